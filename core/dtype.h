@@ -1,0 +1,104 @@
+// Element types and the scalar conversions between them.
+//
+// bf16: the upper 16 bits of an IEEE float, rounded to nearest even; NaN stays a (quiet) NaN,
+//       overflow rounds to infinity as IEEE says.
+// fp8 e4m3 (OCP "E4M3FN", the Hopper tensor-core format): 1 sign, 4 exponent (bias 7), 3 mantissa
+//       bits; no infinities; S.1111.111 is NaN; largest finite 448; smallest subnormal 2^-9.
+//       float -> e4m3 rounds to nearest even and SATURATES: |x| > 448 and +-Inf become +-448
+//       (CUDA's __NV_SATFINITE rule), NaN becomes NaN. FP8 training scales tensors so that their
+//       largest element maps to 448, so saturation only bites on a bad scale.
+// f64 exists for the CPU gradient checks only (no CUDA kernels take it).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <string>
+
+namespace moelab {
+
+enum class DType : uint8_t { F32, F64, BF16, FP8_E4M3, I32 };
+
+inline size_t dtype_size(DType t) {
+  switch (t) {
+    case DType::F32: return 4;
+    case DType::F64: return 8;
+    case DType::BF16: return 2;
+    case DType::FP8_E4M3: return 1;
+    case DType::I32: return 4;
+  }
+  return 0;
+}
+
+inline const char* dtype_name(DType t) {
+  switch (t) {
+    case DType::F32: return "f32";
+    case DType::F64: return "f64";
+    case DType::BF16: return "bf16";
+    case DType::FP8_E4M3: return "fp8_e4m3";
+    case DType::I32: return "i32";
+  }
+  return "?";
+}
+
+// Parses "f32", "f64", "bf16", "fp8_e4m3", "i32"; throws moelab::Error naming the bad value.
+DType dtype_from_name(const std::string& name);
+
+// The C++ type that stores one element of each dtype.
+struct bf16_t { uint16_t bits; };
+struct fp8_e4m3_t { uint8_t bits; };
+
+template <typename T> struct dtype_of;
+template <> struct dtype_of<float> { static constexpr DType value = DType::F32; };
+template <> struct dtype_of<double> { static constexpr DType value = DType::F64; };
+template <> struct dtype_of<bf16_t> { static constexpr DType value = DType::BF16; };
+template <> struct dtype_of<fp8_e4m3_t> { static constexpr DType value = DType::FP8_E4M3; };
+template <> struct dtype_of<int32_t> { static constexpr DType value = DType::I32; };
+
+inline uint32_t float_bits(float x) { uint32_t u; std::memcpy(&u, &x, 4); return u; }
+inline float bits_float(uint32_t u) { float x; std::memcpy(&x, &u, 4); return x; }
+
+inline uint16_t float_to_bf16_bits(float x) {
+  uint32_t u = float_bits(x);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x0040u);  // quiet NaN
+  u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest, ties to the even upper half
+  return static_cast<uint16_t>(u >> 16);
+}
+inline float bf16_bits_to_float(uint16_t b) { return bits_float(static_cast<uint32_t>(b) << 16); }
+
+inline uint8_t float_to_fp8_e4m3_bits(float x) {
+  const uint8_t sign = (float_bits(x) >> 24) & 0x80u;
+  if (std::isnan(x)) return sign | 0x7fu;
+  const double a = std::fabs(static_cast<double>(x));
+  if (a >= 448.0) return sign | 0x7eu;  // saturate (also +-Inf)
+  if (a < 0.015625) {                   // below 2^-6: subnormal, value = m * 2^-9, m in 0..8
+    const double m = std::nearbyint(a * 512.0);  // default rounding mode: nearest even
+    return sign | static_cast<uint8_t>(m);        // m == 8 is exactly the smallest normal 0x08
+  }
+  int e;
+  const double frac = std::frexp(a, &e);                 // a = frac * 2^e, frac in [0.5, 1)
+  int exp_field = e - 1 + 7;                             // a = (2*frac) * 2^(e-1)
+  int mant = static_cast<int>(std::nearbyint((2.0 * frac - 1.0) * 8.0));
+  if (mant == 8) { mant = 0; ++exp_field; }               // rounding carried into the exponent
+  return sign | static_cast<uint8_t>((exp_field << 3) | mant);  // a < 448 keeps this <= 0x7e
+}
+
+inline float fp8_e4m3_bits_to_float(uint8_t b) {
+  const int exp_field = (b >> 3) & 0xf, mant = b & 0x7;
+  float v;
+  if (exp_field == 0xf && mant == 0x7) v = std::nanf("");
+  else if (exp_field == 0) v = std::ldexp(static_cast<float>(mant), -9);
+  else v = std::ldexp(1.0f + mant / 8.0f, exp_field - 7);
+  return (b & 0x80) ? -v : v;
+}
+
+// Generic element <-> double access, used by copies between dtypes and by tests.
+template <typename T> inline double to_double(T x) { return static_cast<double>(x); }
+template <> inline double to_double(bf16_t x) { return bf16_bits_to_float(x.bits); }
+template <> inline double to_double(fp8_e4m3_t x) { return fp8_e4m3_bits_to_float(x.bits); }
+
+template <typename T> inline T from_float(float x) { return static_cast<T>(x); }
+template <> inline bf16_t from_float(float x) { return bf16_t{float_to_bf16_bits(x)}; }
+template <> inline fp8_e4m3_t from_float(float x) { return fp8_e4m3_t{float_to_fp8_e4m3_bits(x)}; }
+
+}  // namespace moelab

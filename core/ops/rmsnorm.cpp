@@ -1,0 +1,146 @@
+// RMSNorm: argument checks + dispatch, and the CPU reference (the specification).
+#include "core/ops/rmsnorm.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/cuda_dispatch.h"
+#include "core/ops/op_util.h"
+#if MOELAB_WITH_CUDA
+#include "cuda/rmsnorm.h"
+#endif
+
+namespace moelab {
+
+namespace ref {
+
+template <typename T>
+void rmsnorm_forward(const T* x, const T* weight, T eps, T* y, T* rstd, int64_t rows, int64_t dim) {
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* xr = x + r * dim;
+    T* yr = y + r * dim;
+    T sum_sq = 0;
+    for (int64_t d = 0; d < dim; ++d) sum_sq += xr[d] * xr[d];
+    const T s = T(1) / std::sqrt(sum_sq / static_cast<T>(dim) + eps);
+    rstd[r] = s;
+    for (int64_t d = 0; d < dim; ++d) yr[d] = xr[d] * s * weight[d];
+  }
+}
+
+// With xhat = x * rstd and g = grad_y * weight:
+//   grad_x = rstd * (g - xhat * mean_d(g * xhat)),   grad_weight += sum_rows(grad_y * xhat)
+template <typename T>
+void rmsnorm_backward(const T* grad_y, const T* x, const T* weight, const T* rstd, T* grad_x, T* grad_weight,
+                      int64_t rows, int64_t dim) {
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* gy = grad_y + r * dim;
+    const T* xr = x + r * dim;
+    T dot = 0;  // sum_d g * xhat
+    for (int64_t d = 0; d < dim; ++d) dot += gy[d] * weight[d] * xr[d] * rstd[r];
+    const T mean_dot = dot / static_cast<T>(dim);
+    for (int64_t d = 0; d < dim; ++d)
+      grad_x[r * dim + d] = rstd[r] * (gy[d] * weight[d] - xr[d] * rstd[r] * mean_dot);
+  }
+  // grad_weight: each thread owns a block of columns and walks the rows in order, so the sum is
+  // the same for any thread count.
+  constexpr int64_t kCols = 64;
+  const int64_t col_blocks = (dim + kCols - 1) / kCols;
+#pragma omp parallel for schedule(static)
+  for (int64_t cb = 0; cb < col_blocks; ++cb) {
+    const int64_t d0 = cb * kCols, d1 = std::min(dim, d0 + kCols);
+    T acc[kCols] = {};
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t d = d0; d < d1; ++d) acc[d - d0] += grad_y[r * dim + d] * x[r * dim + d] * rstd[r];
+    for (int64_t d = d0; d < d1; ++d) grad_weight[d] += acc[d - d0];
+  }
+}
+
+template void rmsnorm_forward<float>(const float*, const float*, float, float*, float*, int64_t, int64_t);
+template void rmsnorm_forward<double>(const double*, const double*, double, double*, double*, int64_t, int64_t);
+template void rmsnorm_backward<float>(const float*, const float*, const float*, const float*, float*, float*, int64_t, int64_t);
+template void rmsnorm_backward<double>(const double*, const double*, const double*, const double*, double*, double*, int64_t,
+                                       int64_t);
+
+}  // namespace ref
+
+namespace {
+// Shapes shared by forward and backward; returns {rows, dim}.
+std::pair<int64_t, int64_t> check_rmsnorm_shapes(const char* op, const Tensor& x, const Tensor& weight, const Tensor& rstd) {
+  check_ndim(op, "x", x, 1, 4);
+  const int64_t dim = x.size(-1), rows = ops_detail::rows_of(x);
+  MOELAB_CHECK(dim > 0, op, ": x is ", x.str(), ", its last dim must be > 0");
+  check_shape(op, "weight", weight, {dim});
+  check_shape(op, "rstd", rstd, {rows});
+  return {rows, dim};
+}
+
+#if MOELAB_WITH_CUDA
+void check_cuda_dtypes(const char* op, const Tensor& act, const Tensor& weight, const Tensor& rstd) {
+  MOELAB_CHECK(act.dtype() == DType::F32 || act.dtype() == DType::BF16, op, ": x is ", act.str(),
+               ", expected f32 or bf16 on CUDA");
+  check_dtype(op, "weight", weight, DType::F32);
+  check_dtype(op, "rstd", rstd, DType::F32);
+}
+#endif
+}  // namespace
+
+void rmsnorm_forward(const Tensor& x, const Tensor& weight, float eps, const Tensor& y, const Tensor& rstd) {
+  const char* op = "rmsnorm_forward";
+  const auto [rows, dim] = check_rmsnorm_shapes(op, x, weight, rstd);
+  check_shape(op, "y", y, x.shape());
+  check_same_device(op, {{"x", &x}, {"weight", &weight}, {"y", &y}, {"rstd", &rstd}});
+  check_dtype(op, "y", y, x.dtype());
+  MOELAB_CHECK(eps >= 0.0f, op, ": eps is ", eps, ", expected >= 0");
+  if (x.device() == Device::CUDA) {
+#if MOELAB_WITH_CUDA
+    check_cuda_dtypes(op, x, weight, rstd);
+    cuda::rmsnorm_forward({x.raw(), weight.data<float>(), y.raw(), rstd.data<float>(), rows, dim, eps,
+                           x.dtype() == DType::BF16, nullptr});
+    return;
+#else
+    MOELAB_NO_CUDA(op);
+#endif
+  }
+  ops_detail::dispatch_cpu_float(op, x, [&](auto tag) {
+    using T = decltype(tag);
+    check_dtype(op, "weight", weight, x.dtype());
+    check_dtype(op, "rstd", rstd, x.dtype());
+    ref::rmsnorm_forward<T>(x.data<T>(), weight.data<T>(), static_cast<T>(eps), y.data<T>(), rstd.data<T>(), rows, dim);
+  });
+}
+
+void rmsnorm_backward(const Tensor& grad_y, const Tensor& x, const Tensor& weight, const Tensor& rstd,
+                      const Tensor& grad_x, const Tensor& grad_weight) {
+  const char* op = "rmsnorm_backward";
+  const auto [rows, dim] = check_rmsnorm_shapes(op, x, weight, rstd);
+  check_shape(op, "grad_y", grad_y, x.shape());
+  check_shape(op, "grad_x", grad_x, x.shape());
+  check_shape(op, "grad_weight", grad_weight, weight.shape());
+  check_same_device(op, {{"grad_y", &grad_y}, {"x", &x}, {"weight", &weight}, {"rstd", &rstd}, {"grad_x", &grad_x},
+                         {"grad_weight", &grad_weight}});
+  check_dtype(op, "grad_y", grad_y, x.dtype());
+  check_dtype(op, "grad_x", grad_x, x.dtype());
+  if (x.device() == Device::CUDA) {
+#if MOELAB_WITH_CUDA
+    check_cuda_dtypes(op, x, weight, rstd);
+    check_dtype(op, "grad_weight", grad_weight, DType::F32);
+    cuda::rmsnorm_backward({grad_y.raw(), x.raw(), weight.data<float>(), rstd.data<float>(), grad_x.raw(),
+                            grad_weight.data<float>(), rows, dim, x.dtype() == DType::BF16, nullptr});
+    return;
+#else
+    MOELAB_NO_CUDA(op);
+#endif
+  }
+  ops_detail::dispatch_cpu_float(op, x, [&](auto tag) {
+    using T = decltype(tag);
+    check_dtype(op, "weight", weight, x.dtype());
+    check_dtype(op, "rstd", rstd, x.dtype());
+    check_dtype(op, "grad_weight", grad_weight, x.dtype());
+    ref::rmsnorm_backward<T>(grad_y.data<T>(), x.data<T>(), weight.data<T>(), rstd.data<T>(), grad_x.data<T>(),
+                             grad_weight.data<T>(), rows, dim);
+  });
+}
+
+}  // namespace moelab

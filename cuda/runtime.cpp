@@ -1,0 +1,46 @@
+// Host-only CUDA runtime glue (compiled as .cpp: TOOLCHAIN.md, 5x faster than .cu).
+#include "cuda/runtime.h"
+
+#include <cstdio>
+
+#include "cuda/check.h"
+
+namespace moelab::cuda {
+
+int device_count() {
+  int count = 0;  // not written by cudaGetDeviceCount on error
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    cudaGetLastError();  // clear the sticky error so that later calls start clean
+    return 0;
+  }
+  return count;
+}
+
+std::string device_description(int device) {
+  cudaDeviceProp prop{};
+  CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+  char buf[512];
+  std::snprintf(buf, sizeof buf, "%s (sm_%d%d, %.1f GiB)", prop.name, prop.major, prop.minor,
+                static_cast<double>(prop.totalGlobalMem) / (1024.0 * 1024.0 * 1024.0));
+  return buf;
+}
+
+void* malloc_device(size_t bytes) {
+  void* ptr = nullptr;
+  CUDA_CHECK(cudaMalloc(&ptr, bytes));
+  return ptr;
+}
+
+void free_device(void* ptr) {
+  // Called from destructors: never throw. A failure here means the context is already broken and
+  // the next checked call reports it.
+  if (ptr) cudaFree(ptr);
+}
+
+void memcpy_h2d(void* dst, const void* src, size_t bytes) { CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice)); }
+void memcpy_d2h(void* dst, const void* src, size_t bytes) { CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost)); }
+void memcpy_d2d(void* dst, const void* src, size_t bytes) { CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice)); }
+void memset_device(void* dst, int value, size_t bytes) { CUDA_CHECK(cudaMemset(dst, value, bytes)); }
+void synchronize() { CUDA_CHECK(cudaDeviceSynchronize()); }
+
+}  // namespace moelab::cuda

@@ -1,0 +1,22 @@
+// Device discovery and raw memory for core/'s CUDA allocator and copies. Plain pointers only.
+#pragma once
+
+#include <cstddef>
+#include <string>
+
+namespace moelab::cuda {
+
+// Number of usable GPUs; 0 when there is no driver, no device or only the stub library
+// (cudaGetDeviceCount fails then and leaves its argument unwritten: TOOLCHAIN.md).
+int device_count();
+std::string device_description(int device);  // "NVIDIA H100 80GB HBM3 (sm_90, 79.1 GiB)"
+
+void* malloc_device(size_t bytes);
+void free_device(void* ptr);
+void memcpy_h2d(void* dst, const void* src, size_t bytes);
+void memcpy_d2h(void* dst, const void* src, size_t bytes);
+void memcpy_d2d(void* dst, const void* src, size_t bytes);
+void memset_device(void* dst, int value, size_t bytes);
+void synchronize();
+
+}  // namespace moelab::cuda

@@ -1,0 +1,51 @@
+// Test helpers shared by every suite (the tolerance policy is in tests/README.md).
+//   close(actual, expected, atol, rtol): passes when |a - e| <= atol + rtol * |e| everywhere, and
+//       otherwise reports the max abs and rel error with their index and the values there.
+//   check_grad(name, x, analytic, loss): central finite differences in double of the scalar `loss`
+//       (which reads x's current values) against the analytic gradient, for every element of x.
+//   random tensors from the project's own Philox fills (fresh values per seed, never zeros).
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <functional>
+#include <string>
+
+#include "core/allocator.h"
+#include "core/tensor.h"
+
+namespace moelab::testing {
+
+// Default finite-difference step and tolerances for double gradient checks (tests/README.md).
+constexpr double kGradStep = 1e-6;
+constexpr double kGradAtol = 1e-7;
+constexpr double kGradRtol = 1e-6;
+
+::testing::AssertionResult close(const Tensor& actual, const Tensor& expected, double atol, double rtol);
+
+// CPU tensors of `dtype` (f32 or f64) with N(mean, std^2) or U[lo, hi) values from seed.
+Tensor randn(const Shape& shape, DType dtype, uint64_t seed, double std = 1.0, double mean = 0.0);
+Tensor rand_uniform(const Shape& shape, DType dtype, uint64_t seed, float lo, float hi);
+// CPU i32 tensor of values in [0, n), from seed.
+Tensor randint(const Shape& shape, int32_t n, uint64_t seed);
+
+// sum_i a_i * b_i in double (a, b on the CPU, any float dtype): the scalar loss L = <G, Y> whose
+// gradient with respect to Y is G, used to turn an op's output into a checkable scalar.
+double dot(const Tensor& a, const Tensor& b);
+
+// Numerical d loss / d x (x: f64 on the CPU, perturbed in place and restored).
+Tensor numeric_grad(const Tensor& x, const std::function<double()>& loss, double step = kGradStep);
+
+// Compares analytic (f64, x's shape) against numeric_grad(x, loss).
+::testing::AssertionResult check_grad(const Tensor& x, const Tensor& analytic, const std::function<double()>& loss,
+                                      double atol = kGradAtol, double rtol = kGradRtol);
+
+// GPU suites derive from this: their tests are skipped (not failed) on machines without a GPU.
+class GpuTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!cuda_available()) GTEST_SKIP() << "no CUDA device visible (or built without CUDA)";
+  }
+};
+
+}  // namespace moelab::testing
