@@ -1,5 +1,5 @@
-// The two allocators behind Storage. CPU blocks are 64-byte aligned (a cache line, an AVX-512
-// vector); CUDA blocks come from cudaMalloc (256-byte aligned, what cuBLASLt wants).
+// The two allocators behind Storage. Blocks on both devices are 256-byte aligned: cudaMalloc gives that, and the
+// CPU matches it so that a flat buffer's layout rules (core/params.h) are the same on both.
 // In a build without CUDA, CudaAllocator throws a moelab::Error that says so.
 #pragma once
 
@@ -8,7 +8,7 @@
 namespace moelab {
 
 struct CpuAllocator {
-  static constexpr size_t kAlignment = 64;
+  static constexpr size_t kAlignment = 256;
   static void* allocate(size_t bytes);
   static void release(void* ptr);
 };

@@ -1,0 +1,77 @@
+#include "core/params.h"
+
+#include "core/rng.h"
+
+namespace moelab {
+
+namespace {
+constexpr int64_t kAlignBytes = 256;
+}
+
+void ParamBuffer::declare(const ParamSpec& spec) {
+  MOELAB_CHECK(!allocated(), "parameter '", spec.name, "' declared after the buffer was allocated");
+  MOELAB_CHECK(!spec.name.empty(), "a parameter needs a name");
+  MOELAB_CHECK(index_.count(spec.name) == 0, "parameter '", spec.name, "' declared twice");
+  MOELAB_CHECK(spec.shape.numel() > 0, "parameter '", spec.name, "' has shape ", spec.shape.str(), ": no elements");
+  MOELAB_CHECK(spec.init != Init::Normal || spec.std > 0.0f, "parameter '", spec.name, "' has init std ", spec.std,
+               ", expected > 0");
+  // 64 elements: 256 bytes of f32 (training), 512 of f64 (checks); both on the boundary.
+  constexpr int64_t kAlignElems = kAlignBytes / 4;
+  const int64_t offset = (next_offset_ + kAlignElems - 1) / kAlignElems * kAlignElems;
+  index_[spec.name] = entries_.size();
+  entries_.push_back({spec, offset});
+  next_offset_ = offset + spec.shape.numel();
+}
+
+void ParamBuffer::allocate(Device device, DType dtype) {
+  MOELAB_CHECK(!allocated(), "ParamBuffer::allocate called twice");
+  MOELAB_CHECK(dtype == DType::F32 || dtype == DType::F64, "ParamBuffer: dtype ", dtype_name(dtype),
+               ", expected f32 (training) or f64 (gradient checks)");
+  params_ = Tensor::zeros({next_offset_}, dtype, device);
+  grads_ = Tensor::zeros({next_offset_}, dtype, device);
+}
+
+void ParamBuffer::initialize(uint64_t seed) const {
+  MOELAB_CHECK(allocated(), "ParamBuffer::initialize before allocate");
+  for (const Entry& e : entries_) {
+    const Tensor p = view(params_, e);
+    switch (e.spec.init) {
+      case Init::Normal: fill_normal(p, seed, static_cast<uint64_t>(e.offset), 0.0, e.spec.std); break;
+      case Init::Zeros: p.zero(); break;
+      case Init::Ones: {
+        Tensor ones = Tensor::empty(p.shape(), p.dtype());
+        ones.fill(1.0);
+        p.copy_from(ones);
+        break;
+      }
+    }
+  }
+}
+
+void ParamBuffer::zero_grads() const {
+  MOELAB_CHECK(allocated(), "ParamBuffer::zero_grads before allocate");
+  grads_.zero();
+}
+
+Tensor ParamBuffer::param(const std::string& name) const { return view(params_, entry(name)); }
+Tensor ParamBuffer::grad(const std::string& name) const { return view(grads_, entry(name)); }
+
+int64_t ParamBuffer::numel() const {
+  int64_t n = 0;
+  for (const Entry& e : entries_) n += e.spec.shape.numel();
+  return n;
+}
+
+const ParamBuffer::Entry& ParamBuffer::entry(const std::string& name) const {
+  const auto it = index_.find(name);
+  MOELAB_CHECK(it != index_.end(), "no parameter named '", name, "'");
+  return entries_[it->second];
+}
+
+Tensor ParamBuffer::view(const Tensor& flat, const Entry& e) const {
+  MOELAB_CHECK(flat.defined(), "parameter '", e.spec.name, "' accessed before ParamBuffer::allocate");
+  return Tensor::view_of(flat.storage(), static_cast<size_t>(e.offset) * dtype_size(flat.dtype()), e.spec.shape,
+                         flat.dtype());
+}
+
+}  // namespace moelab
