@@ -1,0 +1,85 @@
+// ModelConfig: every knob of the model (../shared/MODEL.md), with the Hugging Face DeepSeek-V3
+// config key as the field name wherever HF has one, so that export writes them as they are.
+// moelab's own switches (attention, ffn, the balance terms, capacity_factor) are the ablations.
+//
+// validate() checks every rule and throws moelab::Error naming the key, its value and the rule:
+//   "num_attention_heads = 6 does not divide hidden_size = 64 (mha/gqa need hidden_size % heads == 0)"
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace moelab {
+
+enum class AttentionKind { MLA, MHA, GQA };
+enum class FfnKind { Dense, MoE };
+enum class ScoreFunc { Sigmoid, Softmax };
+
+const char* attention_kind_name(AttentionKind k);  // "mla", "mha", "gqa"
+const char* ffn_kind_name(FfnKind k);              // "dense", "moe"
+const char* score_func_name(ScoreFunc s);          // "sigmoid", "softmax"
+AttentionKind parse_attention_kind(const std::string& s);  // errors name the key and the choices
+FfnKind parse_ffn_kind(const std::string& s);
+ScoreFunc parse_score_func(const std::string& s);
+
+struct ModelConfig {
+  // ---- trunk (B batch, T time, D model dim, V vocab, L layers) ----
+  int64_t vocab_size = 256;                 // V
+  int64_t hidden_size = 64;                 // D
+  int64_t num_hidden_layers = 2;            // L
+  int64_t max_position_embeddings = 256;    // longest T trained or sampled
+  double rms_norm_eps = 1e-6;
+  double rope_theta = 10000.0;
+  bool tie_word_embeddings = false;
+  double initializer_range = 0.02;          // std of the normal init of every matrix
+
+  // ---- attention ----
+  AttentionKind attention = AttentionKind::MLA;
+  int64_t num_attention_heads = 4;          // H
+  // MLA (MODEL.md "Multi-head latent attention")
+  int64_t q_lora_rank = 0;                  // Cq; 0 = no query compression (q_proj)
+  int64_t kv_lora_rank = 32;                // Ckv
+  int64_t qk_nope_head_dim = 16;            // Dn
+  int64_t qk_rope_head_dim = 8;             // Dr
+  int64_t v_head_dim = 16;                  // Dv
+  // MHA / GQA baselines: head_dim = hidden_size / H; RoPE on the last
+  // partial_rotary_factor * head_dim dims of each head (1.0 = all of it).
+  int64_t num_key_value_heads = 4;          // Hkv (GQA; MHA uses H)
+  double partial_rotary_factor = 1.0;
+
+  // ---- feed-forward ----
+  FfnKind ffn = FfnKind::MoE;               // dense: every layer is a dense SwiGLU
+  int64_t intermediate_size = 128;          // dense SwiGLU width (dense layers and the dense baseline)
+  int64_t first_k_dense_replace = 0;        // the first k layers stay dense when ffn = moe
+  int64_t moe_intermediate_size = 32;       // F, width of each expert
+  int64_t n_routed_experts = 8;             // E
+  int64_t n_shared_experts = 1;             // one SwiGLU of width n_shared_experts * F
+  int64_t num_experts_per_tok = 2;          // K
+  ScoreFunc scoring_func = ScoreFunc::Sigmoid;
+  int64_t n_group = 1;                      // G expert groups for group-limited routing
+  int64_t topk_group = 1;                   // M groups kept per token
+  bool norm_topk_prob = true;               // sigmoid: g = s / sum(s over the top-K)
+  double routed_scaling_factor = 1.0;
+  double capacity_factor = 0.0;             // 0 = dropless; c > 0 caps an expert at ceil(c*N*K/E) tokens
+
+  // ---- load balancing (each term on its own, combinable) ----
+  bool aux_free_bias = true;                // route with s + b, b updated after each step
+  double bias_update_speed = 0.001;         // gamma
+  double seq_aux_loss_alpha = 0.0;          // sequence-wise balance loss (V3: 1e-4); 0 = off
+  double aux_loss_alpha = 0.0;              // batch-level balance loss (e.g. 0.01); 0 = off
+  double router_z_loss_coef = 0.0;          // router z-loss (e.g. 1e-3); 0 = off
+
+  // ---- multi-token prediction ----
+  int64_t num_nextn_predict_layers = 0;     // D_mtp
+  double mtp_loss_weight = 0.3;             // lambda
+
+  // Throws moelab::Error on the first broken rule, naming key, value and rule.
+  void validate() const;
+
+  bool is_moe_layer(int64_t layer) const { return ffn == FfnKind::MoE && layer >= first_k_dense_replace; }
+  int64_t mha_head_dim() const { return hidden_size / num_attention_heads; }
+  int64_t mha_rope_dim() const;             // even, <= head_dim
+  int64_t kv_heads() const;                 // Hkv of the attention in use (MHA: H, MLA: H)
+};
+
+}  // namespace moelab
