@@ -8,7 +8,7 @@ namespace {
 constexpr int64_t kAlignBytes = 256;
 }
 
-void ParamBuffer::declare(const ParamSpec& spec) {
+size_t ParamBuffer::declare(const ParamSpec& spec) {
   MOELAB_CHECK(!allocated(), "parameter '", spec.name, "' declared after the buffer was allocated");
   MOELAB_CHECK(!spec.name.empty(), "a parameter needs a name");
   MOELAB_CHECK(index_.count(spec.name) == 0, "parameter '", spec.name, "' declared twice");
@@ -21,6 +21,7 @@ void ParamBuffer::declare(const ParamSpec& spec) {
   index_[spec.name] = entries_.size();
   entries_.push_back({spec, offset});
   next_offset_ = offset + spec.shape.numel();
+  return entries_.size() - 1;
 }
 
 void ParamBuffer::allocate(Device device, DType dtype) {
@@ -55,6 +56,14 @@ void ParamBuffer::zero_grads() const {
 
 Tensor ParamBuffer::param(const std::string& name) const { return view(params_, entry(name)); }
 Tensor ParamBuffer::grad(const std::string& name) const { return view(grads_, entry(name)); }
+Tensor ParamBuffer::param(size_t index) const {
+  MOELAB_CHECK(index < entries_.size(), "parameter index ", index, " out of range (", entries_.size(), " declared)");
+  return view(params_, entries_[index]);
+}
+Tensor ParamBuffer::grad(size_t index) const {
+  MOELAB_CHECK(index < entries_.size(), "parameter index ", index, " out of range (", entries_.size(), " declared)");
+  return view(grads_, entries_[index]);
+}
 
 int64_t ParamBuffer::numel() const {
   int64_t n = 0;

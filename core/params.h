@@ -36,8 +36,9 @@ class ParamBuffer {
     int64_t offset;  // in elements from the start of the flat buffers
   };
 
-  // Declares a parameter; names are unique and declaration closes at allocate().
-  void declare(const ParamSpec& spec);
+  // Declares a parameter and returns its index (for param(i) / grad(i)); names are unique and
+  // declaration closes at allocate().
+  size_t declare(const ParamSpec& spec);
   // Creates the flat parameter and gradient buffers (gradients zeroed). dtype f32 (training) or f64
   // (gradient checks).
   void allocate(Device device, DType dtype = DType::F32);
@@ -47,6 +48,8 @@ class ParamBuffer {
   bool allocated() const { return params_.defined(); }
   Tensor param(const std::string& name) const;  // a view, shaped as declared
   Tensor grad(const std::string& name) const;
+  Tensor param(size_t index) const;
+  Tensor grad(size_t index) const;
   bool contains(const std::string& name) const { return index_.count(name) > 0; }
   const std::vector<Entry>& entries() const { return entries_; }
   const Tensor& flat_params() const { return params_; }  // [numel_padded]

@@ -1,0 +1,18 @@
+#include "core/nn/embedding.h"
+
+#include "core/ops/embedding.h"
+
+namespace moelab {
+
+Embedding::Embedding(ParamBuffer& params, const std::string& name, int64_t vocab, int64_t dim, double std)
+    : params_(&params) {
+  index_ = params.declare({name + ".weight", {vocab, dim}, Init::Normal, static_cast<float>(std), /*weight_decay=*/false});
+}
+
+void Embedding::forward(const Tensor& ids, const Tensor& out) const { embedding_forward(ids, weight(), out); }
+
+void Embedding::backward(const Tensor& ids, const Tensor& grad_out) const {
+  embedding_backward(grad_out, ids, grad_weight());
+}
+
+}  // namespace moelab

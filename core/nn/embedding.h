@@ -1,0 +1,28 @@
+// Token embedding: out[n] = weight[ids[n]], weight [V, D] (HF `model.embed_tokens.weight`), not
+// weight-decayed. Shared by the main model and every MTP module (and by the LM head when tied):
+// each use's backward ACCUMULATES into the one gradient.
+#pragma once
+
+#include <string>
+
+#include "core/params.h"
+
+namespace moelab {
+
+class Embedding {
+ public:
+  Embedding() = default;
+  Embedding(ParamBuffer& params, const std::string& name, int64_t vocab, int64_t dim, double std);
+
+  void forward(const Tensor& ids, const Tensor& out) const;             // ids: i32 [B, T] -> out: [B, T, D]
+  void backward(const Tensor& ids, const Tensor& grad_out) const;       // grad_weight += scatter(grad_out)
+
+  Tensor weight() const { return params_->param(index_); }
+  Tensor grad_weight() const { return params_->grad(index_); }
+
+ private:
+  const ParamBuffer* params_ = nullptr;
+  size_t index_ = 0;
+};
+
+}  // namespace moelab

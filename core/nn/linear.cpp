@@ -1,0 +1,18 @@
+#include "core/nn/linear.h"
+
+#include "core/ops/matmul.h"
+
+namespace moelab {
+
+Linear::Linear(ParamBuffer& params, const std::string& name, int64_t in, int64_t out, double std, bool weight_decay)
+    : params_(&params), in_(in), out_(out) {
+  index_ = params.declare({name + ".weight", {out, in}, Init::Normal, static_cast<float>(std), weight_decay});
+}
+
+void Linear::forward(const Tensor& x, const Tensor& y) const { matmul_forward(x, weight(), y); }
+
+void Linear::backward(const Tensor& x, const Tensor& grad_y, const Tensor& grad_x) const {
+  matmul_backward(grad_y, x, weight(), grad_x, grad_weight());
+}
+
+}  // namespace moelab

@@ -1,0 +1,21 @@
+#include "core/nn/norm.h"
+
+#include "core/ops/rmsnorm.h"
+
+namespace moelab {
+
+RMSNorm::RMSNorm(ParamBuffer& params, const std::string& name, int64_t dim, double eps) : params_(&params), eps_(eps) {
+  index_ = params.declare({name + ".weight", {dim}, Init::Ones, 0.0f, /*weight_decay=*/false});
+}
+
+void RMSNorm::forward(const Context& ctx, const Tensor& x, const Tensor& y, Saved& saved) const {
+  saved.x = x;
+  saved.rstd = ctx.alloc({x.numel() / x.size(-1)}, ctx.dtype == DType::F64 ? DType::F64 : DType::F32);
+  rmsnorm_forward(x, weight(), static_cast<float>(eps_), y, saved.rstd);
+}
+
+void RMSNorm::backward(const Saved& saved, const Tensor& grad_y, const Tensor& grad_x) const {
+  rmsnorm_backward(grad_y, saved.x, weight(), saved.rstd, grad_x, params_->grad(index_));
+}
+
+}  // namespace moelab

@@ -1,0 +1,54 @@
+#include "core/ops/columns.h"
+
+#include <cstring>
+
+#include "core/ops/op_util.h"
+
+namespace moelab {
+
+namespace {
+// Checks the three operands and returns {rows, bytes per row of a, bytes per row of b}.
+struct ColumnLayout { int64_t rows; size_t a_bytes, b_bytes; };
+
+ColumnLayout check_columns(const char* op, const Tensor& a, const Tensor& b, const Tensor& whole) {
+  check_ndim(op, "a", a, 1, 4);
+  check_ndim(op, "b", b, 1, 4);
+  check_ndim(op, "whole", whole, 1, 4);
+  check_dtype(op, "b", b, a.dtype());
+  check_dtype(op, "whole", whole, a.dtype());
+  check_same_device(op, {{"a", &a}, {"b", &b}, {"whole", &whole}});
+  const int64_t rows = ops_detail::rows_of(whole);
+  MOELAB_CHECK(a.size(-1) + b.size(-1) == whole.size(-1) && ops_detail::rows_of(a) == rows &&
+                   ops_detail::rows_of(b) == rows,
+               op, ": a ", a.str(), " and b ", b.str(), " do not split ", whole.str(), " into column blocks");
+  if (whole.device() == Device::CUDA) MOELAB_FAIL(op, ": no CUDA kernel yet");
+  const size_t es = dtype_size(a.dtype());
+  return {rows, static_cast<size_t>(a.size(-1)) * es, static_cast<size_t>(b.size(-1)) * es};
+}
+}  // namespace
+
+void concat_columns(const Tensor& a, const Tensor& b, const Tensor& out) {
+  const ColumnLayout l = check_columns("concat_columns", a, b, out);
+  const char* pa = static_cast<const char*>(a.raw());
+  const char* pb = static_cast<const char*>(b.raw());
+  char* po = static_cast<char*>(out.raw());
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < l.rows; ++r) {
+    std::memcpy(po + r * (l.a_bytes + l.b_bytes), pa + r * l.a_bytes, l.a_bytes);
+    std::memcpy(po + r * (l.a_bytes + l.b_bytes) + l.a_bytes, pb + r * l.b_bytes, l.b_bytes);
+  }
+}
+
+void split_columns(const Tensor& x, const Tensor& a, const Tensor& b) {
+  const ColumnLayout l = check_columns("split_columns", a, b, x);
+  const char* px = static_cast<const char*>(x.raw());
+  char* pa = static_cast<char*>(a.raw());
+  char* pb = static_cast<char*>(b.raw());
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < l.rows; ++r) {
+    std::memcpy(pa + r * l.a_bytes, px + r * (l.a_bytes + l.b_bytes), l.a_bytes);
+    std::memcpy(pb + r * l.b_bytes, px + r * (l.a_bytes + l.b_bytes) + l.a_bytes, l.b_bytes);
+  }
+}
+
+}  // namespace moelab

@@ -1,0 +1,34 @@
+// Helpers for layer-level gradient checks: every parameter of a ParamBuffer against central
+// finite differences, with the accumulate contract checked on the way (gradients start from
+// random values and only the added part is compared).
+#pragma once
+
+#include <functional>
+#include <string>
+
+#include "core/params.h"
+#include "tests/harness.h"
+
+namespace moelab::testing {
+
+// loss(): runs a forward pass (resetting its own arena) and returns the scalar loss.
+// backward(): runs forward + backward once, accumulating parameter gradients into params' grads.
+// Checks d loss / d p for every parameter p (f64 buffers). Returns the first failure, naming it.
+inline ::testing::AssertionResult check_param_grads(const ParamBuffer& params, const std::function<double()>& loss,
+                                                    const std::function<void()>& backward,
+                                                    double atol = kGradAtol, double rtol = kGradRtol) {
+  Tensor before = randn(params.flat_grads().shape(), DType::F64, 987654);
+  params.flat_grads().copy_from(before);
+  backward();
+  for (const auto& e : params.entries()) {
+    const Tensor g = params.grad(e.spec.name);
+    Tensor added = Tensor::empty(g.shape(), DType::F64);
+    const double* pb = before.data<double>() + e.offset;
+    for (int64_t i = 0; i < g.numel(); ++i) added.data<double>()[i] = g.data<double>()[i] - pb[i];
+    auto r = check_grad(params.param(e.spec.name), added, loss, atol, rtol);
+    if (!r) return ::testing::AssertionFailure() << e.spec.name << ": " << r.message();
+  }
+  return ::testing::AssertionSuccess() << params.entries().size() << " parameters checked";
+}
+
+}  // namespace moelab::testing
