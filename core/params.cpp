@@ -24,12 +24,12 @@ size_t ParamBuffer::declare(const ParamSpec& spec) {
   return entries_.size() - 1;
 }
 
-void ParamBuffer::allocate(Device device, DType dtype) {
+void ParamBuffer::allocate(Device device, DType dtype, bool with_grads) {
   MOELAB_CHECK(!allocated(), "ParamBuffer::allocate called twice");
   MOELAB_CHECK(dtype == DType::F32 || dtype == DType::F64, "ParamBuffer: dtype ", dtype_name(dtype),
                ", expected f32 (training) or f64 (gradient checks)");
   params_ = Tensor::zeros({next_offset_}, dtype, device);
-  grads_ = Tensor::zeros({next_offset_}, dtype, device);
+  if (with_grads) grads_ = Tensor::zeros({next_offset_}, dtype, device);
 }
 
 void ParamBuffer::initialize(uint64_t seed) const {
@@ -50,7 +50,7 @@ void ParamBuffer::initialize(uint64_t seed) const {
 }
 
 void ParamBuffer::zero_grads() const {
-  MOELAB_CHECK(allocated(), "ParamBuffer::zero_grads before allocate");
+  MOELAB_CHECK(grads_.defined(), "ParamBuffer::zero_grads: no gradient buffer (not allocated, or a buffer store)");
   grads_.zero();
 }
 
@@ -78,7 +78,7 @@ const ParamBuffer::Entry& ParamBuffer::entry(const std::string& name) const {
 }
 
 Tensor ParamBuffer::view(const Tensor& flat, const Entry& e) const {
-  MOELAB_CHECK(flat.defined(), "parameter '", e.spec.name, "' accessed before ParamBuffer::allocate");
+  MOELAB_CHECK(flat.defined(), "parameter '", e.spec.name, "': buffer not allocated (before allocate, or the gradient of a non-gradient buffer)");
   return Tensor::view_of(flat.storage(), static_cast<size_t>(e.offset) * dtype_size(flat.dtype()), e.spec.shape,
                          flat.dtype());
 }

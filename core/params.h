@@ -40,8 +40,9 @@ class ParamBuffer {
   // declaration closes at allocate().
   size_t declare(const ParamSpec& spec);
   // Creates the flat parameter and gradient buffers (gradients zeroed). dtype f32 (training) or f64
-  // (gradient checks).
-  void allocate(Device device, DType dtype = DType::F32);
+  // (gradient checks). with_grads = false makes a store of named non-gradient buffers (the
+  // aux-loss-free expert bias): same declaration and initialisation, no gradient buffer.
+  void allocate(Device device, DType dtype = DType::F32, bool with_grads = true);
   void initialize(uint64_t seed) const;
   void zero_grads() const;
 

@@ -114,6 +114,11 @@ Tensor Tensor::as_2d() const {
   return reshape({cols ? numel() / cols : 0, cols});
 }
 
+Tensor Tensor::as_rows(int64_t rows) const {
+  MOELAB_CHECK(rows > 0 && numel() % rows == 0, "as_rows(", rows, ") of ", str(), ": rows must divide the element count");
+  return reshape({rows, numel() / rows});
+}
+
 Tensor Tensor::to(Device device) const {
   Tensor out = empty(shape_, dtype_, device);
   out.copy_from(*this);

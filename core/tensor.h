@@ -92,6 +92,8 @@ class Tensor {
   Tensor reshape(const Shape& shape) const;
   // [numel / size(-1), size(-1)]: every leading dim folded into rows.
   Tensor as_2d() const;
+  // [rows, numel / rows]: e.g. a [B, T, H, Dh] activation as the [N, H*Dh] matrix of a projection.
+  Tensor as_rows(int64_t rows) const;
 
   // Copies of the data.
   Tensor to(Device device) const;

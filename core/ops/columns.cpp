@@ -51,4 +51,20 @@ void split_columns(const Tensor& x, const Tensor& a, const Tensor& b) {
   }
 }
 
+void slice_columns(const Tensor& x, int64_t begin, const Tensor& out) {
+  const char* op = "slice_columns";
+  check_ndim(op, "x", x, 1, 4);
+  check_ndim(op, "out", out, 1, 4);
+  check_dtype(op, "out", out, x.dtype());
+  check_same_device(op, {{"x", &x}, {"out", &out}});
+  const int64_t rows = ops_detail::rows_of(x), width = out.size(-1);
+  MOELAB_CHECK(ops_detail::rows_of(out) == rows && begin >= 0 && begin + width <= x.size(-1), op, ": columns [", begin,
+               ", ", begin + width, ") of ", x.str(), " do not fit ", out.str());
+  if (x.device() == Device::CUDA) MOELAB_FAIL(op, ": no CUDA kernel yet");
+  const size_t es = dtype_size(x.dtype()), row_bytes = static_cast<size_t>(x.size(-1)) * es, out_bytes = width * es;
+  const char* px = static_cast<const char*>(x.raw()) + begin * es;
+  char* po = static_cast<char*>(out.raw());
+  for (int64_t r = 0; r < rows; ++r) std::memcpy(po + r * out_bytes, px + r * row_bytes, out_bytes);
+}
+
 }  // namespace moelab

@@ -29,7 +29,9 @@ TEST_F(ParamsCuda, InitialisationMatchesCpu) {
   Tensor g = gpu.flat_params().to(Device::CPU);
   for (int64_t i = 0; i < cpu.numel_padded(); ++i) {
     const float a = g.data<float>()[i], b = cpu.flat_params().data<float>()[i];
-    if (a != b) ASSERT_EQ(std::nextafter(b, a), a) << "element " << i;
+    if (a != b) {
+      ASSERT_EQ(std::nextafter(b, a), a) << "element " << i;
+    }
   }
   EXPECT_TRUE(testing::close(gpu.flat_grads(), cpu.flat_grads(), 0.0, 0.0)) << "gradients start at zero";
 }

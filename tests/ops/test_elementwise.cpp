@@ -43,5 +43,13 @@ TEST(Columns, SplitInvertsConcat) {
   }
 }
 
+TEST(Columns, SliceColumns) {
+  Tensor x = testing::randint({3, 9}, 50, 5), out = Tensor::empty({3, 4}, DType::I32);
+  slice_columns(x, 2, out);
+  for (int r = 0; r < 3; ++r)
+    for (int c = 0; c < 4; ++c) EXPECT_EQ(out.data<int32_t>()[r * 4 + c], x.data<int32_t>()[r * 9 + 2 + c]);
+  EXPECT_THROW(slice_columns(x, 6, out), Error);
+}
+
 }  // namespace
 }  // namespace moelab
