@@ -1,0 +1,128 @@
+// Softmax cross-entropy: argument checks (including every target) + dispatch, and the CPU reference.
+#include "core/ops/cross_entropy.h"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "core/ops/op_util.h"
+
+namespace moelab {
+
+namespace ref {
+
+template <typename T>
+double cross_entropy_forward(const T* logits, const int32_t* targets, int ignore_index, T* losses, T* lse,
+                             int64_t rows, int64_t vocab) {
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* x = logits + r * vocab;
+    const T max = *std::max_element(x, x + vocab);
+    T sum = 0;
+    for (int64_t v = 0; v < vocab; ++v) sum += std::exp(x[v] - max);
+    const T log_sum = std::log(sum);
+    lse[r] = max + log_sum;
+    // (max - x_t) + log_sum rather than lse - x_t: with large logits lse is a large number whose
+    // rounding (float: ~6e-5 at 1000) would swamp a small loss.
+    losses[r] = targets[r] == ignore_index ? T(0) : (max - x[targets[r]]) + log_sum;
+  }
+  // The mean on one thread, in row order and in double: the same value for any thread count.
+  double total = 0;
+  int64_t n_valid = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    if (targets[r] == ignore_index) continue;
+    total += losses[r];
+    ++n_valid;
+  }
+  return n_valid ? total / static_cast<double>(n_valid) : 0.0;
+}
+
+template <typename T>
+void cross_entropy_backward(const T* logits, const int32_t* targets, const T* lse, int ignore_index, double grad_loss,
+                            T* grad_logits, int64_t rows, int64_t vocab) {
+  const int64_t n_valid = std::count_if(targets, targets + rows, [&](int32_t t) { return t != ignore_index; });
+  const T scale = n_valid ? static_cast<T>(grad_loss / static_cast<double>(n_valid)) : T(0);
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* x = logits + r * vocab;
+    T* g = grad_logits + r * vocab;
+    if (targets[r] == ignore_index) {
+      std::fill_n(g, vocab, T(0));
+      continue;
+    }
+    for (int64_t v = 0; v < vocab; ++v) g[v] = scale * std::exp(x[v] - lse[r]);
+    g[targets[r]] -= scale;
+  }
+}
+
+template double cross_entropy_forward<float>(const float*, const int32_t*, int, float*, float*, int64_t, int64_t);
+template double cross_entropy_forward<double>(const double*, const int32_t*, int, double*, double*, int64_t, int64_t);
+template void cross_entropy_backward<float>(const float*, const int32_t*, const float*, int, double, float*, int64_t,
+                                            int64_t);
+template void cross_entropy_backward<double>(const double*, const int32_t*, const double*, int, double, double*,
+                                             int64_t, int64_t);
+
+}  // namespace ref
+
+namespace {
+// logits [..., V] (at least 2-D), targets i32 and lse with logits' dims without V; returns V.
+int64_t check_cross_entropy_shapes(const char* op, const Tensor& logits, const Tensor& targets, const Tensor& lse) {
+  check_ndim(op, "logits", logits, 2, 4);
+  const int64_t vocab = logits.size(-1);
+  MOELAB_CHECK(vocab > 0, op, ": logits is ", logits.str(), ", its last dim (V) must be > 0");
+  std::vector<int64_t> dims = logits.shape().dims();
+  dims.pop_back();
+  const Shape rows_shape(dims);
+  check_shape(op, "targets", targets, rows_shape);
+  check_dtype(op, "targets", targets, DType::I32);
+  check_shape(op, "lse", lse, rows_shape);
+  return vocab;
+}
+
+// A target outside [0, V) would index outside its row, so every target is checked on one thread
+// before any work starts (an exception must not leave an OpenMP region); the first bad one is named.
+void check_targets(const char* op, const Tensor& targets, int ignore_index, int64_t vocab) {
+  const int32_t* t = targets.data<int32_t>();
+  for (int64_t r = 0; r < targets.numel(); ++r)
+    MOELAB_CHECK(t[r] == ignore_index || (t[r] >= 0 && t[r] < vocab), op, ": targets ", targets.str(), " holds ", t[r],
+                 " at row ", r, ", expected a class in [0, V=", vocab, ") or ignore_index ", ignore_index);
+}
+}  // namespace
+
+double cross_entropy_forward(const Tensor& logits, const Tensor& targets, int ignore_index, const Tensor& losses,
+                             const Tensor& lse) {
+  const char* op = "cross_entropy_forward";
+  const int64_t vocab = check_cross_entropy_shapes(op, logits, targets, lse);
+  check_shape(op, "losses", losses, targets.shape());
+  check_same_device(op, {{"logits", &logits}, {"targets", &targets}, {"losses", &losses}, {"lse", &lse}});
+  if (logits.device() == Device::CUDA) MOELAB_FAIL(op, ": no CUDA kernel yet (logits is ", logits.str(), ")");
+  check_targets(op, targets, ignore_index, vocab);
+  double mean = 0;
+  ops_detail::dispatch_cpu_float(op, logits, [&](auto tag) {
+    using T = decltype(tag);
+    check_dtype(op, "losses", losses, logits.dtype());
+    check_dtype(op, "lse", lse, logits.dtype());
+    mean = ref::cross_entropy_forward<T>(logits.data<T>(), targets.data<int32_t>(), ignore_index, losses.data<T>(),
+                                         lse.data<T>(), targets.numel(), vocab);
+  });
+  return mean;
+}
+
+void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse, int ignore_index,
+                            double grad_loss, const Tensor& grad_logits) {
+  const char* op = "cross_entropy_backward";
+  const int64_t vocab = check_cross_entropy_shapes(op, logits, targets, lse);
+  check_shape(op, "grad_logits", grad_logits, logits.shape());
+  check_same_device(op, {{"logits", &logits}, {"targets", &targets}, {"lse", &lse}, {"grad_logits", &grad_logits}});
+  if (logits.device() == Device::CUDA) MOELAB_FAIL(op, ": no CUDA kernel yet (logits is ", logits.str(), ")");
+  check_targets(op, targets, ignore_index, vocab);
+  ops_detail::dispatch_cpu_float(op, logits, [&](auto tag) {
+    using T = decltype(tag);
+    check_dtype(op, "lse", lse, logits.dtype());
+    check_dtype(op, "grad_logits", grad_logits, logits.dtype());
+    ref::cross_entropy_backward<T>(logits.data<T>(), targets.data<int32_t>(), lse.data<T>(), ignore_index, grad_loss,
+                                   grad_logits.data<T>(), targets.numel(), vocab);
+  });
+}
+
+}  // namespace moelab

@@ -1,0 +1,29 @@
+// Token embedding (MODEL.md: Emb, shared by the main model and the MTP modules): a row gather.
+//   out[n, :] = weight[ids[n], :]
+// Backward (a scatter-add, so repeated ids add up): grad_weight[ids[n], :] += grad_out[n, :]
+// Shapes: ids: [...] (N tokens, e.g. [B, T])   weight: [V, D]   out, grad_out: [..., D] (ids' dims + D)
+// Contract: forward OVERWRITES out. backward ACCUMULATES (+=) into grad_weight (there is no
+// gradient for the integer ids), deterministically: the same bits for any thread count.
+// Every id must lie in [0, V); both directions check this first and throw naming the id, its
+// (flat) position and V.
+// Dtypes: ids i32; CPU: weight, out, grad_out, grad_weight all f32 or all f64. CUDA: no kernel yet.
+#pragma once
+
+#include <cstdint>
+
+#include "core/tensor.h"
+
+namespace moelab {
+
+void embedding_forward(const Tensor& ids, const Tensor& weight, const Tensor& out);
+void embedding_backward(const Tensor& grad_out, const Tensor& ids, const Tensor& grad_weight);
+
+// The references trust their ids (the Tensor API above checks them).
+namespace ref {
+template <typename T>
+void embedding_forward(const int32_t* ids, const T* weight, T* out, int64_t tokens, int64_t dim);
+template <typename T>
+void embedding_backward(const T* grad_out, const int32_t* ids, T* grad_weight, int64_t tokens, int64_t dim);
+}  // namespace ref
+
+}  // namespace moelab

@@ -1,0 +1,107 @@
+// Matmul: argument checks + dispatch, and the CPU reference through Eigen (multi-threaded with
+// OpenMP inside its GEMM).
+#include "core/ops/matmul.h"
+
+// GCC 12 with -march=native (AVX-512) reports a false -Wmaybe-uninitialized inside Eigen 3.4's
+// double GEMM packing (gemm_pack_rhs, through _mm512_extractf64x4_pd); silence it for Eigen only.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <Eigen/Core>
+#pragma GCC diagnostic pop
+
+#include <vector>
+
+#include "core/ops/op_util.h"
+
+namespace moelab {
+
+namespace ref {
+
+// Row-major views of the raw buffers: no copies, Eigen reads and writes our memory directly.
+template <typename T>
+using RowMajor = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+template <typename T>
+void matmul_forward(const T* x, const T* w, T* y, int64_t m, int64_t k, int64_t n) {
+  Eigen::Map<const RowMajor<T>> X(x, m, k), W(w, n, k);
+  Eigen::Map<RowMajor<T>> Y(y, m, n);
+  Y.noalias() = X * W.transpose();  // noalias: write straight into y, no temporary
+}
+
+template <typename T>
+void matmul_backward(const T* grad_y, const T* x, const T* w, T* grad_x, T* grad_w, int64_t m, int64_t k,
+                     int64_t n) {
+  Eigen::Map<const RowMajor<T>> GY(grad_y, m, n), X(x, m, k), W(w, n, k);
+  if (grad_x) {
+    Eigen::Map<RowMajor<T>> GX(grad_x, m, k);
+    GX.noalias() = GY * W;
+  }
+  Eigen::Map<RowMajor<T>> GW(grad_w, n, k);
+  GW.noalias() += GY.transpose() * X;
+}
+
+template void matmul_forward<float>(const float*, const float*, float*, int64_t, int64_t, int64_t);
+template void matmul_forward<double>(const double*, const double*, double*, int64_t, int64_t, int64_t);
+template void matmul_backward<float>(const float*, const float*, const float*, float*, float*, int64_t, int64_t,
+                                     int64_t);
+template void matmul_backward<double>(const double*, const double*, const double*, double*, double*, int64_t,
+                                      int64_t, int64_t);
+
+}  // namespace ref
+
+namespace {
+struct Dims { int64_t m, k, n; };
+
+// Shapes shared by forward and backward: x [..., K], w [N, K]; returns {M, K, N}.
+Dims check_matmul_shapes(const char* op, const Tensor& x, const Tensor& w) {
+  check_ndim(op, "x", x, 1, 4);
+  check_ndim(op, "w", w, 2, 2);
+  const int64_t k = x.size(-1);
+  MOELAB_CHECK(k > 0, op, ": x is ", x.str(), ", its last dim (K) must be > 0");
+  MOELAB_CHECK(w.size(1) == k, op, ": w is ", w.str(), ", expected [N, ", k, "] to match the last dim of x ", x.str());
+  return {ops_detail::rows_of(x), k, w.size(0)};
+}
+
+// x's shape with the last dim replaced by N: the shape of y and grad_y.
+Shape output_shape(const Tensor& x, int64_t n) {
+  std::vector<int64_t> dims = x.shape().dims();
+  dims.back() = n;
+  return Shape(dims);
+}
+}  // namespace
+
+void matmul_forward(const Tensor& x, const Tensor& w, const Tensor& y) {
+  const char* op = "matmul_forward";
+  const Dims d = check_matmul_shapes(op, x, w);
+  check_shape(op, "y", y, output_shape(x, d.n));
+  check_same_device(op, {{"x", &x}, {"w", &w}, {"y", &y}});
+  if (x.device() == Device::CUDA) MOELAB_FAIL(op, ": no CUDA kernel yet (x is ", x.str(), ")");
+  ops_detail::dispatch_cpu_float(op, x, [&](auto tag) {
+    using T = decltype(tag);
+    check_dtype(op, "w", w, x.dtype());
+    check_dtype(op, "y", y, x.dtype());
+    ref::matmul_forward<T>(x.data<T>(), w.data<T>(), y.data<T>(), d.m, d.k, d.n);
+  });
+}
+
+void matmul_backward(const Tensor& grad_y, const Tensor& x, const Tensor& w, const Tensor& grad_x,
+                     const Tensor& grad_w) {
+  const char* op = "matmul_backward";
+  const Dims d = check_matmul_shapes(op, x, w);
+  check_shape(op, "grad_y", grad_y, output_shape(x, d.n));
+  if (grad_x.defined()) check_shape(op, "grad_x", grad_x, x.shape());
+  check_shape(op, "grad_w", grad_w, w.shape());
+  check_same_device(op, {{"grad_y", &grad_y}, {"x", &x}, {"w", &w}, {"grad_x", &grad_x}, {"grad_w", &grad_w}});
+  if (x.device() == Device::CUDA) MOELAB_FAIL(op, ": no CUDA kernel yet (x is ", x.str(), ")");
+  ops_detail::dispatch_cpu_float(op, x, [&](auto tag) {
+    using T = decltype(tag);
+    check_dtype(op, "grad_y", grad_y, x.dtype());
+    check_dtype(op, "w", w, x.dtype());
+    if (grad_x.defined()) check_dtype(op, "grad_x", grad_x, x.dtype());
+    check_dtype(op, "grad_w", grad_w, x.dtype());
+    ref::matmul_backward<T>(grad_y.data<T>(), x.data<T>(), w.data<T>(), grad_x.defined() ? grad_x.data<T>() : nullptr,
+                            grad_w.data<T>(), d.m, d.k, d.n);
+  });
+}
+
+}  // namespace moelab

@@ -1,0 +1,97 @@
+// SwiGLU: finite-difference gradient checks in double for both inputs, the overwrite contract,
+// known values (large |gate| included), f32 vs f64 agreement, and argument errors.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <string>
+
+#include "core/ops/swiglu.h"
+#include "tests/harness.h"
+
+namespace moelab {
+namespace {
+using testing::check_grad;
+using testing::randn;
+
+// grad_gate and grad_up are overwritten, so they start as garbage. L = <out, G>; gate ~ N(0, 3^2)
+// reaches both the linear and the flat side of silu.
+void check_swiglu_grads(const Shape& shape) {
+  Tensor gate = randn(shape, DType::F64, 1, 3.0), up = randn(shape, DType::F64, 2), g = randn(shape, DType::F64, 3);
+  Tensor out = Tensor::empty(shape, DType::F64);
+  auto loss = [&] {
+    swiglu_forward(gate, up, out);
+    return testing::dot(out, g);
+  };
+  Tensor grad_gate = randn(shape, DType::F64, 4), grad_up = randn(shape, DType::F64, 5);
+  swiglu_backward(g, gate, up, grad_gate, grad_up);
+  EXPECT_TRUE(check_grad(gate, grad_gate, loss)) << "grad_gate, " << shape.str();
+  EXPECT_TRUE(check_grad(up, grad_up, loss)) << "grad_up, " << shape.str();
+}
+
+TEST(Swiglu, GradCheckOneRow) { check_swiglu_grads({1, 5}); }     // T = 1
+TEST(Swiglu, GradCheckOddShapes) { check_swiglu_grads({3, 7}); }
+TEST(Swiglu, GradCheck3D) { check_swiglu_grads({2, 3, 13}); }     // [B, T, F]
+
+TEST(Swiglu, KnownValuesAndLargeGates) {
+  // silu(0) = 0, silu(1) = 1 / (1 + e^-1), silu(a) -> a for a >> 0 and -> 0 for a << 0.
+  const double gates[5] = {0.0, 1.0, -1.0, 1000.0, -1000.0};
+  Tensor gate = Tensor::empty({5}, DType::F64), up = Tensor::empty({5}, DType::F64), out = Tensor::empty({5}, DType::F64);
+  for (int i = 0; i < 5; ++i) gate.data<double>()[i] = gates[i];
+  up.fill(2.0);
+  swiglu_forward(gate, up, out);
+  const double s1 = 1.0 / (1.0 + std::exp(-1.0));
+  const double* o = out.data<double>();
+  EXPECT_EQ(o[0], 0.0);
+  EXPECT_NEAR(o[1], 2.0 * s1, 1e-15);
+  EXPECT_NEAR(o[2], 2.0 * -(1.0 - s1), 1e-15);
+  EXPECT_EQ(o[3], 2000.0);
+  EXPECT_EQ(o[4], 0.0);
+  // d silu/da: 1/2 at 0, s + a s (1 - s) at 1, 1 and 0 in the tails (finite, no NaN).
+  Tensor g = Tensor::empty({5}, DType::F64);
+  Tensor grad_gate = Tensor::empty({5}, DType::F64), grad_up = Tensor::empty({5}, DType::F64);
+  g.fill(1.0);
+  swiglu_backward(g, gate, up, grad_gate, grad_up);
+  const double* gg = grad_gate.data<double>();
+  EXPECT_EQ(gg[0], 1.0);  // up * 1/2
+  EXPECT_NEAR(gg[1], 2.0 * (s1 + s1 * (1 - s1)), 1e-15);
+  EXPECT_EQ(gg[3], 2.0);
+  EXPECT_EQ(gg[4], 0.0);
+  EXPECT_EQ(grad_up.data<double>()[3], 1000.0);
+  EXPECT_EQ(grad_up.data<double>()[4], 0.0);
+}
+
+TEST(Swiglu, FloatMatchesDouble) {
+  const Shape s{4, 45};
+  Tensor gate = randn(s, DType::F64, 11, 3.0), up = randn(s, DType::F64, 12), g = randn(s, DType::F64, 13);
+  Tensor out64 = Tensor::empty(s, DType::F64), gg64 = Tensor::empty(s, DType::F64), gu64 = Tensor::empty(s, DType::F64);
+  Tensor out32 = Tensor::empty(s, DType::F32), gg32 = Tensor::empty(s, DType::F32), gu32 = Tensor::empty(s, DType::F32);
+  swiglu_forward(gate, up, out64);
+  swiglu_forward(gate.to(DType::F32), up.to(DType::F32), out32);
+  swiglu_backward(g, gate, up, gg64, gu64);
+  swiglu_backward(g.to(DType::F32), gate.to(DType::F32), up.to(DType::F32), gg32, gu32);
+  EXPECT_TRUE(testing::close(out32, out64, 1e-6, 1e-5));
+  EXPECT_TRUE(testing::close(gg32, gg64, 1e-6, 1e-5));
+  EXPECT_TRUE(testing::close(gu32, gu64, 1e-6, 1e-5));
+}
+
+TEST(Swiglu, ArgumentErrorsNameTheTensor) {
+  Tensor gate = Tensor::zeros({2, 8}, DType::F32), up = Tensor::zeros({2, 9}, DType::F32);
+  Tensor out = Tensor::zeros({2, 8}, DType::F32);
+  try {
+    swiglu_forward(gate, up, out);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("swiglu_forward: up is f32[2,9]@cpu, expected shape [2,8]"), std::string::npos)
+        << e.what();
+  }
+  Tensor up8 = Tensor::zeros({2, 8}, DType::F32);
+  try {
+    swiglu_backward(out, gate, up8, Tensor::zeros({2, 8}, DType::F64), up8);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("grad_gate is f64[2,8]@cpu, expected dtype f32"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace moelab
