@@ -102,4 +102,13 @@ Tensor numeric_grad(const Tensor& x, const std::function<double()>& loss, double
   return close(analytic, numeric_grad(x, loss), atol, rtol);
 }
 
+void expect_error(const std::function<void()>& fn, const std::string& fragment) {
+  try {
+    fn();
+    ADD_FAILURE() << "expected an error containing \"" << fragment << "\"";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos) << e.what();
+  }
+}
+
 }  // namespace moelab::testing

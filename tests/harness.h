@@ -40,6 +40,10 @@ Tensor numeric_grad(const Tensor& x, const std::function<double()>& loss, double
 ::testing::AssertionResult check_grad(const Tensor& x, const Tensor& analytic, const std::function<double()>& loss,
                                       double atol = kGradAtol, double rtol = kGradRtol);
 
+// Runs fn and expects a moelab::Error whose message contains `fragment` (the messages name the
+// bad value, so the tests pin that they do).
+void expect_error(const std::function<void()>& fn, const std::string& fragment);
+
 // GPU suites derive from this: their tests are skipped (not failed) on machines without a GPU.
 class GpuTest : public ::testing::Test {
  protected:

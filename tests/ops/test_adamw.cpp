@@ -99,14 +99,7 @@ TEST(Adamw, ZeroGradientOnlyDecays) {
   for (int64_t i = 0; i < 9; ++i) EXPECT_DOUBLE_EQ(p.data<double>()[i], p0.data<double>()[i] * 0.9);
 }
 
-void expect_error(const std::function<void()>& fn, const std::string& fragment) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected an error containing \"" << fragment << "\"";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos) << e.what();
-  }
-}
+using testing::expect_error;
 
 TEST(Adamw, ArgumentErrorsNameTheValue) {
   Tensor p = Tensor::zeros({5}, DType::F32), g = Tensor::zeros({5}, DType::F32);

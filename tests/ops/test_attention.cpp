@@ -186,14 +186,7 @@ TEST(Attention, BackwardIsDeterministicAcrossThreadCounts) {
   for (int i = 0; i < 3; ++i) EXPECT_TRUE(testing::close(many[i], one[i], 0, 0)) << "gradient " << i;
 }
 
-void expect_error(const std::function<void()>& fn, const std::string& fragment) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected an error containing \"" << fragment << "\"";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos) << e.what();
-  }
-}
+using testing::expect_error;
 
 TEST(Attention, ArgumentErrorsNameTheValue) {
   auto z = [](const Shape& s, DType t = DType::F32) { return Tensor::zeros(s, t); };

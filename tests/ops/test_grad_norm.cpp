@@ -80,14 +80,7 @@ TEST(GradNorm, NonFiniteNormLeavesGradsUntouched) {
   EXPECT_EQ(c.data<double>()[1], 30.0);
 }
 
-void expect_error(const std::function<void()>& fn, const std::string& fragment) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected an error containing \"" << fragment << "\"";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos) << e.what();
-  }
-}
+using testing::expect_error;
 
 TEST(GradNorm, ArgumentErrorsNameTheValue) {
   Tensor a = Tensor::zeros({3}, DType::F32);

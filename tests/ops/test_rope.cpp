@@ -114,14 +114,7 @@ TEST(Rope, InPlaceMatchesOutOfPlace) {
   EXPECT_TRUE(testing::close(g, gx, 0, 0));
 }
 
-void expect_error(const std::function<void()>& fn, const std::string& fragment) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected an error containing \"" << fragment << "\"";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos) << e.what();
-  }
-}
+using testing::expect_error;
 
 TEST(Rope, ArgumentErrorsNameTheValue) {
   Tensor x = Tensor::zeros({1, 2, 2, 8}, DType::F32), y = Tensor::zeros({1, 2, 2, 8}, DType::F32);

@@ -90,14 +90,7 @@ TEST(Topk, NanRanksFirst) {
   EXPECT_EQ(topk_row({1, nan, 2, nan}, 3), (std::vector<int32_t>{1, 3, 2}));
 }
 
-void expect_error(const std::function<void()>& fn, const std::string& fragment) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected an error containing \"" << fragment << "\"";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos) << e.what();
-  }
-}
+using testing::expect_error;
 
 TEST(Topk, ArgumentErrorsNameKAndE) {
   Tensor x = Tensor::zeros({4, 8}, DType::F32);
