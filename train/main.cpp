@@ -1,5 +1,10 @@
 // The `moelab` command line. Every subcommand is a function here; the work lives in the library.
 //   moelab info                 version, build options, CPU threads, visible GPUs
+//   moelab info --config X.toml [--batch-size B] [--seq-len T] [--set key=value ...] [--print-config]
+//                               what the model of a config costs: parameters (total, active per
+//                               token, per component), training FLOPs per token, KV cache,
+//                               activation memory (train/model_info.h)
+//   moelab info --keys          every config key with its type, default and help
 // Later issues add: prepare, train, eval, sample, export, bench (listed in `moelab --help` only
 // once they exist).
 #include <omp.h>
@@ -8,9 +13,13 @@
 #include <cstdio>
 #include <exception>
 #include <string>
+#include <vector>
 
 #include "core/allocator.h"
 #include "core/cuda_dispatch.h"
+#include "core/nn/model.h"
+#include "train/config_file.h"
+#include "train/model_info.h"
 #include "moelab/build_info.h"
 #if MOELAB_WITH_CUDA
 #include "cuda/runtime.h"
@@ -39,6 +48,46 @@ int run_info() {
   return 0;
 }
 
+struct InfoConfigOptions {
+  std::string config;                 // the TOML file; empty: plain `moelab info`
+  std::vector<std::string> overrides; // --set key=value, in order
+  int64_t batch_size = 0, seq_len = 0;  // > 0: override [train]
+  bool print_config = false;
+  bool keys = false;
+};
+
+// `moelab info --config`: the config's model is declared (not allocated) and counted.
+int run_info_config(const InfoConfigOptions& o) {
+  std::vector<std::string> overrides = o.overrides;  // --batch-size / --seq-len are sugar, applied last
+  if (o.batch_size > 0) overrides.push_back("train.batch_size=" + std::to_string(o.batch_size));
+  if (o.seq_len > 0) overrides.push_back("train.seq_len=" + std::to_string(o.seq_len));
+  const moelab::RunConfig cfg = moelab::load_config(o.config, overrides);
+  if (o.print_config) {
+    std::printf("# %s%s\n%s", o.config.c_str(), overrides.empty() ? "" : " with the overrides applied",
+                moelab::to_toml(cfg).c_str());
+    return 0;
+  }
+  const moelab::Model model(cfg.model);
+  const moelab::ModelInfo info = moelab::model_info(model, cfg.train.batch_size, cfg.train.seq_len);
+  std::printf("moelab %s: %s\n", MOELAB_VERSION, o.config.c_str());
+  std::fputs(moelab::format_model_info(cfg.model, info).c_str(), stdout);
+  return 0;
+}
+
+// `moelab info --keys`: the field tables.
+int run_info_keys() {
+  const moelab::RunConfig defaults;
+  std::printf("[model]\n");
+  for (const auto& f : moelab::model_config_fields())
+    std::printf("  %-26s %-18s default %-10s %s\n", f.name, f.type().c_str(),
+                moelab::get_run_key(defaults, "model", f.name).c_str(), f.help);
+  std::printf("[train]\n");
+  for (const auto& f : moelab::train_config_fields())
+    std::printf("  %-26s %-18s default %-10s %s\n", f.name, f.type().c_str(),
+                moelab::get_run_key(defaults, "train", f.name).c_str(), f.help);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -47,8 +96,22 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", std::string("moelab ") + MOELAB_VERSION);
 
   int rc = 0;  // the exit code of the subcommand that ran
-  CLI::App* info = app.add_subcommand("info", "Print the version, build options, CPU threads and visible GPUs");
-  info->callback([&]() { rc = run_info(); });
+  CLI::App* info = app.add_subcommand(
+      "info", "Print the version, build options, CPU threads and visible GPUs; with --config, what a model costs");
+  InfoConfigOptions info_opt;
+  CLI::Option* config_opt = info->add_option("--config", info_opt.config, "A TOML config (examples/*.toml): print its "
+                                             "parameters, FLOPs per token, KV cache and activation memory");
+  info->add_option("--set", info_opt.overrides, "Override a config key: model.<key>=value or train.<key>=value "
+                   "(repeatable; applied after the file)")
+      ->needs(config_opt);
+  info->add_option("--batch-size", info_opt.batch_size, "Override train.batch_size")->needs(config_opt);
+  info->add_option("--seq-len", info_opt.seq_len, "Override train.seq_len")->needs(config_opt);
+  info->add_flag("--print-config", info_opt.print_config, "Print the resolved config as TOML instead")
+      ->needs(config_opt);
+  info->add_flag("--keys", info_opt.keys, "List every config key with its type, default and help");
+  info->callback([&]() {
+    rc = info_opt.keys ? run_info_keys() : info_opt.config.empty() ? run_info() : run_info_config(info_opt);
+  });
 
   try {
     app.parse(argc, argv);

@@ -2,14 +2,38 @@
 // config key as the field name wherever HF has one, so that export writes them as they are.
 // moelab's own switches (attention, ffn, the balance terms, capacity_factor) are the ablations.
 //
-// validate() checks every rule and throws moelab::Error naming the key, its value and the rule:
-//   "num_attention_heads = 6 does not divide hidden_size = 64 (mha/gqa need hidden_size % heads == 0)"
+// validate() checks every rule and throws ConfigError naming the key, its value and the rule:
+//   "config: num_attention_heads = 6 does not divide hidden_size = 64 (mha needs ...)"
+//
+// One field table (config.cpp, model_config_fields()) lists every field with its key (the field
+// name), type and a one-line help; it drives set_config_key / get_config_key (text values, as in
+// TOML files and `--set key=value`), to_json / model_config_from_json and operator==. Adding a
+// field = adding it to the struct and one line to the table (a test checks that none is missing).
 #pragma once
 
 #include <cstdint>
 #include <string>
+#include <variant>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+#include "core/check.h"
 
 namespace moelab {
+
+// A config value that breaks a rule (unknown key, bad value, failed validation). what() is
+// "<where>: <reason>" ("config: ..." by default; the TOML loader puts the file name there);
+// reason() names the key, the value and the rule. No C++ file:line: the culprit is the config.
+class ConfigError : public Error {
+ public:
+  explicit ConfigError(const std::string& reason, const std::string& where = "config")
+      : Error(where + ": " + reason), reason_(reason) {}
+  const std::string& reason() const { return reason_; }
+
+ private:
+  std::string reason_;
+};
 
 enum class AttentionKind { MLA, MHA, GQA };
 enum class FfnKind { Dense, MoE };
@@ -81,5 +105,48 @@ struct ModelConfig {
   int64_t mha_rope_dim() const;             // even, <= head_dim
   int64_t kv_heads() const;                 // Hkv of the attention in use (MHA: H, MLA: H)
 };
+
+// ---- the field table ----
+struct ModelConfigField {
+  using Member = std::variant<int64_t ModelConfig::*, double ModelConfig::*, bool ModelConfig::*,
+                              AttentionKind ModelConfig::*, FfnKind ModelConfig::*, ScoreFunc ModelConfig::*>;
+  const char* name;  // the key: the field name (the HF config key where HF has one)
+  const char* help;  // one line
+  Member member;
+
+  std::string type() const;  // "integer", "number", "bool", "mla | mha | gqa", ...
+};
+const std::vector<ModelConfigField>& model_config_fields();  // in declaration order
+
+// Text values: integers (TOML underscores allowed: 102_400), numbers, bools true/false, enums by
+// their lowercase names. Errors name the key and the value and what was expected:
+//   "config: num_attention_heads = 'abc' is not an integer"
+//   "config: unknown key 'hiden_size' (did you mean 'hidden_size'?)"
+// set_config_key does not validate(): call it after the last key.
+void set_config_key(ModelConfig& cfg, const std::string& key, const std::string& value);
+std::string get_config_key(const ModelConfig& cfg, const std::string& key);  // round-trips exactly
+bool has_config_key(const std::string& key);
+
+// JSON: every field; enums as their lowercase names, bools as bools, numbers as numbers.
+// model_config_from_json: unknown keys and wrongly typed values are errors; missing keys keep
+// their defaults; does not validate().
+nlohmann::json to_json(const ModelConfig& cfg);
+ModelConfig model_config_from_json(const nlohmann::json& j);
+
+bool operator==(const ModelConfig& a, const ModelConfig& b);  // field by field, through the table
+inline bool operator!=(const ModelConfig& a, const ModelConfig& b) { return !(a == b); }
+
+// ---- helpers for the other config tables (train/) ----
+// Strict parsers of one text value: the whole text must be the value. Errors as above.
+int64_t parse_config_int(const std::string& key, const std::string& value);
+double parse_config_number(const std::string& key, const std::string& value);  // finite only
+bool parse_config_bool(const std::string& key, const std::string& value);      // true / false
+// The shortest text that parses back to exactly v ("1e-06", "0.3", "10000").
+std::string format_config_number(double v);
+// " (did you mean 'x'?)" for the candidate within edit distance 2 of key (the closest; ties: the
+// first), else "". quote_open/quote_close wrap the suggestion ("'" or "[" and "]").
+std::string did_you_mean(const std::string& key, const std::vector<std::string>& candidates,
+                         const char* quote_open = "'", const char* quote_close = "'");
+size_t edit_distance(const std::string& a, const std::string& b);  // Levenshtein
 
 }  // namespace moelab

@@ -689,6 +689,11 @@ def train_step(model: Twin, opt: torch.optim.Optimizer, tokens: torch.Tensor,
     opt.zero_grad(set_to_none=True)
     out = model(tokens)
     out["loss_total"].backward()
+    # A parameter no token reached (an idle expert) steps with a zero gradient, as in a flat
+    # gradient buffer: its weight still decays and its moments still age (GOLDEN.md).
+    for p in model.parameters():
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
     out["grad_norm"] = clip_grad_norm(list(model.parameters()), max_grad_norm)
     opt.step()
     bias_update(model, {l: i["load"] for l, i in out["router"].items()})

@@ -1,0 +1,54 @@
+// One pre-norm decoder block (MODEL.md, "Block structure"):
+//   h = x + Attn(RMSNorm_in(x));   y = h + FFN(RMSNorm_post(h))
+// Attn is MLA, MHA or GQA (cfg.attention); FFN is the dense SwiGLU or DeepSeekMoE. This class is
+// the one place where those two ablation switches are handled.
+// HF names under the prefix "model.layers.{l}": input_layernorm, self_attn.*,
+// post_attention_layernorm, mlp.*. Contract: core/nn/context.h.
+#pragma once
+
+#include <string>
+
+#include "core/nn/config.h"
+#include "core/nn/context.h"
+#include "core/nn/gqa.h"
+#include "core/nn/mla.h"
+#include "core/nn/mlp.h"
+#include "core/nn/moe.h"
+#include "core/nn/norm.h"
+
+namespace moelab {
+
+class Block {
+ public:
+  struct Saved {
+    RMSNorm::Saved attn_norm, ffn_norm;
+    MLAttention::Saved mla;
+    GQAttention::Saved gqa;
+    SwiGLUMLP::Saved mlp;
+    MoE::Saved moe;
+    MoEStats stats;  // MoE blocks only
+  };
+
+  Block() = default;
+  Block(ParamBuffer& params, ParamBuffer& buffers, const std::string& prefix, const ModelConfig& cfg, bool moe);
+
+  void forward(const Context& ctx, const Tensor& x, const Tensor& y, Saved& saved) const;  // x, y: [N, D]
+  // balance_grad_scale: d total / d (this block's balance loss); see MoE::backward.
+  void backward(const Context& ctx, const Saved& saved, const Tensor& grad_y, double balance_grad_scale,
+                const Tensor& grad_x) const;
+
+  bool is_moe() const { return is_moe_; }
+  MoE& moe() { return moe_; }
+  const MoE& moe() const { return moe_; }
+
+ private:
+  AttentionKind attention_ = AttentionKind::MLA;
+  bool is_moe_ = false;
+  RMSNorm attn_norm_, ffn_norm_;
+  MLAttention mla_;
+  GQAttention gqa_;
+  SwiGLUMLP mlp_;
+  MoE moe_;
+};
+
+}  // namespace moelab

@@ -1,0 +1,189 @@
+#include "core/nn/model.h"
+
+#include "core/ops/columns.h"
+#include "core/ops/cross_entropy.h"
+#include "core/ops/elementwise.h"
+#include "core/ops/matmul.h"
+
+namespace moelab {
+
+namespace {
+constexpr int kIgnoreIndex = -100;  // the HF convention; the window layout never produces it
+std::string layer_prefix(int64_t l) { return "model.layers." + std::to_string(l); }
+}  // namespace
+
+Model::Model(const ModelConfig& cfg) : cfg_(cfg) {
+  cfg_.validate();
+  const int64_t D = cfg_.hidden_size, L = cfg_.num_hidden_layers;
+  const double std = cfg_.initializer_range;
+  embed_ = Embedding(params_, "model.embed_tokens", cfg_.vocab_size, D, std);
+  blocks_.reserve(static_cast<size_t>(L));
+  for (int64_t l = 0; l < L; ++l) blocks_.emplace_back(params_, buffers_, layer_prefix(l), cfg_, cfg_.is_moe_layer(l));
+  final_norm_ = RMSNorm(params_, "model.norm", D, cfg_.rms_norm_eps);
+  if (!cfg_.tie_word_embeddings) lm_head_ = Linear(params_, "lm_head", D, cfg_.vocab_size, std);
+  for (int64_t k = 1; k <= cfg_.num_nextn_predict_layers; ++k) {
+    const std::string p = layer_prefix(L + k - 1);
+    MtpModule m;
+    m.enorm = RMSNorm(params_, p + ".enorm", D, cfg_.rms_norm_eps);
+    m.hnorm = RMSNorm(params_, p + ".hnorm", D, cfg_.rms_norm_eps);
+    m.eh_proj = Linear(params_, p + ".eh_proj", 2 * D, D, std);
+    m.block = Block(params_, buffers_, p, cfg_, cfg_.ffn == FfnKind::MoE);
+    m.head_norm = RMSNorm(params_, p + ".shared_head.norm", D, cfg_.rms_norm_eps);
+    mtp_.push_back(std::move(m));
+  }
+}
+
+void Model::allocate(Device device, DType dtype) {
+  params_.allocate(device, dtype);
+  buffers_.allocate(device, dtype, /*with_grads=*/false);
+}
+
+void Model::initialize(uint64_t seed) {
+  params_.initialize(seed);
+  buffers_.initialize(seed);
+}
+
+Tensor Model::head_weight() const { return cfg_.tie_word_embeddings ? embed_.weight() : lm_head_.weight(); }
+Tensor Model::head_grad() const { return cfg_.tie_word_embeddings ? embed_.grad_weight() : lm_head_.grad_weight(); }
+
+double Model::head_forward(const Context& ctx, const RMSNorm& norm, const Tensor& h, const Tensor& tokens, int64_t k,
+                           HeadSaved& hs) const {
+  const int64_t B = ctx.batch, T = ctx.seq_len, N = ctx.tokens(), V = cfg_.vocab_size;
+  hs.targets = ctx.alloc({B, T}, DType::I32);
+  slice_columns(tokens, k + 1, hs.targets);
+  hs.normed = ctx.alloc(h.shape());
+  norm.forward(ctx, h, hs.normed, hs.norm);
+  hs.logits = ctx.alloc({N, V});
+  matmul_forward(hs.normed, head_weight(), hs.logits);
+  hs.lse = ctx.alloc({N});
+  hs.losses = ctx.alloc({N});
+  return cross_entropy_forward(hs.logits, hs.targets.reshape({N}), kIgnoreIndex, hs.losses, hs.lse);
+}
+
+void Model::head_backward(const Context& ctx, const RMSNorm& norm, const HeadSaved& hs, double weight,
+                          const Tensor& grad_h) const {
+  const int64_t N = ctx.tokens();
+  Tensor grad_logits = ctx.alloc(hs.logits.shape()), grad_normed = ctx.alloc(hs.normed.shape());
+  cross_entropy_backward(hs.logits, hs.targets.reshape({N}), hs.lse, kIgnoreIndex, weight, grad_logits);
+  matmul_backward(grad_logits, hs.normed, head_weight(), grad_normed, head_grad());
+  norm.backward(hs.norm, grad_normed, grad_h);
+}
+
+Model::Losses Model::forward(const Context& ctx, const Tensor& tokens, Saved& s) const {
+  const int64_t B = ctx.batch, T = ctx.seq_len, N = ctx.tokens(), D = cfg_.hidden_size;
+  const int64_t depth = cfg_.num_nextn_predict_layers;
+  check_dtype("Model::forward", "tokens", tokens, DType::I32);
+  check_shape("Model::forward", "tokens", tokens, {B, T + 1 + depth});
+  MOELAB_CHECK(T <= cfg_.max_position_embeddings, "Model::forward: seq_len ", T, " exceeds max_position_embeddings ",
+               cfg_.max_position_embeddings);
+  Losses losses;
+  // Trunk.
+  s.head.ids = ctx.alloc({B, T}, DType::I32);
+  slice_columns(tokens, 0, s.head.ids);
+  s.hidden.assign(blocks_.size() + 1, Tensor());
+  s.blocks.assign(blocks_.size(), Block::Saved());
+  s.hidden[0] = ctx.alloc({N, D});
+  embed_.forward(s.head.ids.reshape({N}), s.hidden[0]);
+  for (size_t l = 0; l < blocks_.size(); ++l) {
+    s.hidden[l + 1] = ctx.alloc({N, D});
+    blocks_[l].forward(ctx, s.hidden[l], s.hidden[l + 1], s.blocks[l]);
+  }
+  losses.main = head_forward(ctx, final_norm_, s.hidden.back(), tokens, 0, s.head);
+  // MTP modules, each fed by the previous depth's hidden state.
+  s.mtp.assign(mtp_.size(), MtpSaved());
+  Tensor h_prev = s.hidden.back();
+  for (size_t i = 0; i < mtp_.size(); ++i) {
+    const MtpModule& m = mtp_[i];
+    MtpSaved& ms = s.mtp[i];
+    const int64_t k = static_cast<int64_t>(i) + 1;
+    ms.head.ids = ctx.alloc({B, T}, DType::I32);
+    slice_columns(tokens, k, ms.head.ids);
+    ms.emb = ctx.alloc({N, D});
+    embed_.forward(ms.head.ids.reshape({N}), ms.emb);
+    Tensor e_normed = ctx.alloc({N, D}), h_normed = ctx.alloc({N, D});
+    m.enorm.forward(ctx, ms.emb, e_normed, ms.enorm);
+    m.hnorm.forward(ctx, h_prev, h_normed, ms.hnorm);
+    ms.cat = ctx.alloc({N, 2 * D});
+    concat_columns(e_normed, h_normed, ms.cat);
+    ms.h_in = ctx.alloc({N, D});
+    m.eh_proj.forward(ms.cat, ms.h_in);
+    ms.out = ctx.alloc({N, D});
+    m.block.forward(ctx, ms.h_in, ms.out, ms.block);
+    losses.mtp.push_back(head_forward(ctx, m.head_norm, ms.out, tokens, k, ms.head));
+    h_prev = ms.out;
+  }
+  losses.total = losses.main;
+  for (double l : losses.mtp) losses.total += cfg_.mtp_loss_weight / static_cast<double>(depth) * l;
+  for (const MoEStats& st : moe_stats(s)) {
+    losses.seq_aux += st.seq_aux_loss;
+    losses.aux += st.aux_loss;
+    losses.z += st.z_loss;
+  }
+  losses.total += losses.seq_aux + losses.aux + losses.z;
+  return losses;
+}
+
+void Model::backward(const Context& ctx, const Saved& s, double grad_scale) const {
+  const int64_t N = ctx.tokens(), D = cfg_.hidden_size;
+  const double mtp_weight = mtp_.empty() ? 0.0 : grad_scale * cfg_.mtp_loss_weight / static_cast<double>(mtp_.size());
+  // MTP modules, deepest first: grad_carry is d total / d (module k's input hidden state), handed
+  // to module k-1's output (or, after module 1, to the trunk's last hidden state).
+  Tensor grad_carry;
+  for (size_t i = mtp_.size(); i-- > 0;) {
+    const MtpModule& m = mtp_[i];
+    const MtpSaved& ms = s.mtp[i];
+    Tensor grad_out = ctx.alloc({N, D});
+    head_backward(ctx, m.head_norm, ms.head, mtp_weight, grad_out);
+    if (grad_carry.defined()) add(grad_out, grad_carry, grad_out);
+    Tensor grad_h_in = ctx.alloc({N, D}), grad_cat = ctx.alloc({N, 2 * D});
+    m.block.backward(ctx, ms.block, grad_out, grad_scale, grad_h_in);
+    m.eh_proj.backward(ms.cat, grad_h_in, grad_cat);
+    Tensor grad_e_normed = ctx.alloc({N, D}), grad_h_normed = ctx.alloc({N, D}), grad_emb = ctx.alloc({N, D});
+    split_columns(grad_cat, grad_e_normed, grad_h_normed);
+    m.enorm.backward(ms.enorm, grad_e_normed, grad_emb);
+    embed_.backward(ms.head.ids.reshape({N}), grad_emb);
+    grad_carry = ctx.alloc({N, D});
+    m.hnorm.backward(ms.hnorm, grad_h_normed, grad_carry);
+  }
+  // Main head, then the blocks in reverse, then the embedding.
+  Tensor grad_h = ctx.alloc({N, D});
+  head_backward(ctx, final_norm_, s.head, grad_scale, grad_h);
+  if (grad_carry.defined()) add(grad_h, grad_carry, grad_h);
+  for (size_t l = blocks_.size(); l-- > 0;) {
+    Tensor grad_in = ctx.alloc({N, D});
+    blocks_[l].backward(ctx, s.blocks[l], grad_h, grad_scale, grad_in);
+    grad_h = grad_in;
+  }
+  embed_.backward(s.head.ids.reshape({N}), grad_h);
+}
+
+std::vector<int64_t> Model::moe_layers() const {
+  std::vector<int64_t> layers;
+  for (size_t l = 0; l < blocks_.size(); ++l)
+    if (blocks_[l].is_moe()) layers.push_back(static_cast<int64_t>(l));
+  for (size_t i = 0; i < mtp_.size(); ++i)
+    if (mtp_[i].block.is_moe()) layers.push_back(static_cast<int64_t>(blocks_.size() + i));
+  return layers;
+}
+
+std::vector<MoEStats> Model::moe_stats(const Saved& s) const {
+  std::vector<MoEStats> stats;
+  for (size_t l = 0; l < blocks_.size(); ++l)
+    if (blocks_[l].is_moe()) stats.push_back(s.blocks[l].stats);
+  for (size_t i = 0; i < mtp_.size(); ++i)
+    if (mtp_[i].block.is_moe()) stats.push_back(s.mtp[i].block.stats);
+  return stats;
+}
+
+void Model::update_bias(const std::vector<std::vector<double>>& loads) const {
+  const std::vector<int64_t> layers = moe_layers();
+  MOELAB_CHECK(loads.size() == layers.size(), "update_bias: ", loads.size(), " load vectors for ", layers.size(),
+               " MoE layers");
+  for (size_t i = 0; i < layers.size(); ++i) {
+    const auto l = static_cast<size_t>(layers[i]);
+    const Block& b = l < blocks_.size() ? blocks_[l] : mtp_[l - blocks_.size()].block;
+    b.moe().update_bias(loads[i]);
+  }
+}
+
+}  // namespace moelab

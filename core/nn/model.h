@@ -1,0 +1,110 @@
+// The whole model (MODEL.md): embedding -> L blocks -> final RMSNorm -> LM head -> cross-entropy,
+// plus D_mtp multi-token-prediction modules and the balance losses of every MoE layer.
+//
+// Input: tokens i32 [B, T + 1 + D_mtp], one window per sequence (tests/reference/GOLDEN.md). The
+// main model reads tokens[:, 0:T] and predicts tokens[:, 1:T+1]; MTP module k (1..D_mtp) embeds
+// tokens[:, k:T+k] and predicts tokens[:, k+1:T+k+1].
+//   total = L_main + (mtp_loss_weight / D_mtp) * sum_k L_k + sum over MoE layers of the balance terms
+// MTP module k: h' = eh_proj([enorm(Emb(t_{i+k})) ; hnorm(h_i)]) (embedding first), one block, its
+// own shared_head.norm, then the SHARED lm_head (the embedding when tied). h for k = 1 is the last
+// block's output before model.norm; for k > 1 the previous module's block output.
+// HF names of module k: model.layers.{L+k-1}.{enorm, hnorm, eh_proj, shared_head.norm, <block>}.
+//
+// forward() fills Saved (caller-owned) and returns the losses; backward() ACCUMULATES the gradient
+// of grad_scale * total into the parameter gradients (grad_scale = 1 / accumulation steps).
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "core/nn/block.h"
+#include "core/nn/config.h"
+#include "core/nn/context.h"
+#include "core/nn/embedding.h"
+#include "core/nn/linear.h"
+#include "core/nn/norm.h"
+#include "core/params.h"
+
+namespace moelab {
+
+class Model {
+ public:
+  struct Losses {
+    double total = 0, main = 0;
+    std::vector<double> mtp;                  // [D_mtp]
+    double seq_aux = 0, aux = 0, z = 0;       // summed over MoE layers, coefficients applied
+  };
+
+  // What one loss head (main or MTP depth k) keeps for backward.
+  struct HeadSaved {
+    Tensor ids, targets;                      // [B, T] i32
+    RMSNorm::Saved norm;
+    Tensor normed;                            // [N, D]
+    Tensor logits;                            // [N, V]
+    Tensor lse, losses;                       // [N]
+  };
+  struct MtpSaved {
+    Tensor emb;                               // [N, D] Emb(t_{i+k})
+    RMSNorm::Saved enorm, hnorm;
+    Tensor cat;                               // [N, 2D]
+    Tensor h_in;                              // [N, D] eh_proj output, the block input
+    Block::Saved block;
+    Tensor out;                               // [N, D] block output
+    HeadSaved head;
+  };
+  struct Saved {
+    std::vector<Tensor> hidden;               // [L + 1] x [N, D]: the embedding, then each block's output
+    std::vector<Block::Saved> blocks;         // [L]
+    HeadSaved head;
+    std::vector<MtpSaved> mtp;                // [D_mtp]
+  };
+
+  explicit Model(const ModelConfig& cfg);     // validates cfg, declares every parameter and buffer
+  Model(const Model&) = delete;               // layers point into the parameter buffers
+  Model& operator=(const Model&) = delete;
+
+  void allocate(Device device, DType dtype = DType::F32);
+  void initialize(uint64_t seed);
+
+  Losses forward(const Context& ctx, const Tensor& tokens, Saved& saved) const;
+  void backward(const Context& ctx, const Saved& saved, double grad_scale = 1.0) const;
+
+  // The MoE layers in HF layer order (MTP blocks after the trunk), their stats from a forward, and
+  // the aux-loss-free bias update with one global load vector per MoE layer.
+  std::vector<int64_t> moe_layers() const;
+  std::vector<MoEStats> moe_stats(const Saved& saved) const;
+  void update_bias(const std::vector<std::vector<double>>& loads) const;
+
+  const ModelConfig& config() const { return cfg_; }
+  ParamBuffer& params() { return params_; }
+  const ParamBuffer& params() const { return params_; }
+  ParamBuffer& buffers() { return buffers_; }
+  const ParamBuffer& buffers() const { return buffers_; }
+
+ private:
+  struct MtpModule {
+    RMSNorm enorm, hnorm;
+    Linear eh_proj;
+    Block block;
+    RMSNorm head_norm;
+  };
+
+  Tensor head_weight() const;
+  Tensor head_grad() const;
+  // norm -> head -> cross-entropy on tokens[:, k+1 : T+k+1]; returns the mean loss.
+  double head_forward(const Context& ctx, const RMSNorm& norm, const Tensor& h, const Tensor& tokens, int64_t k,
+                      HeadSaved& hs) const;
+  // Adds d(weight * loss)/d h to grad_h (which it overwrites).
+  void head_backward(const Context& ctx, const RMSNorm& norm, const HeadSaved& hs, double weight,
+                     const Tensor& grad_h) const;
+
+  ModelConfig cfg_;
+  ParamBuffer params_, buffers_;
+  Embedding embed_;
+  std::vector<Block> blocks_;
+  RMSNorm final_norm_;
+  Linear lm_head_;                            // unused when tie_word_embeddings
+  std::vector<MtpModule> mtp_;
+};
+
+}  // namespace moelab

@@ -1,0 +1,282 @@
+// DeepSeekMoE layer: router, routed experts (grouped or naive), shared experts, balance losses.
+#include "core/nn/moe.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "core/ops/activation.h"
+#include "core/ops/elementwise.h"
+#include "core/ops/moe_balance.h"
+#include "core/ops/moe_route.h"
+#include "core/ops/op_util.h"
+
+namespace moelab {
+
+namespace {
+// The naive path's combine, written as the per-token sum it is (no permutation, no layout):
+//   y[n] = sum_{k kept} w[n, k] * expert_y[n*K + k]
+template <typename T>
+void naive_combine(const Tensor& expert_y, const Tensor& expert_idx, const Tensor& w, const Tensor& y) {
+  const int64_t N = y.size(0), D = y.size(1), K = w.size(1);
+  const T* ey = expert_y.data<T>();
+  const T* wp = w.data<T>();
+  const int32_t* idx = expert_idx.data<int32_t>();
+  T* yp = y.data<T>();
+  for (int64_t n = 0; n < N; ++n) {
+    std::fill_n(yp + n * D, D, T(0));
+    for (int64_t k = 0; k < K; ++k)
+      if (idx[n * K + k] >= 0)
+        for (int64_t d = 0; d < D; ++d) yp[n * D + d] += wp[n * K + k] * ey[(n * K + k) * D + d];
+  }
+}
+
+// Its backward: grad_expert_y[n*K + k] = w[n, k] * grad_y[n], grad_w[n, k] = <grad_y[n], expert_y[n*K + k]>
+// (both 0 for a dropped assignment).
+template <typename T>
+void naive_combine_backward(const Tensor& grad_y, const Tensor& expert_y, const Tensor& expert_idx, const Tensor& w,
+                            const Tensor& grad_expert_y, const Tensor& grad_w) {
+  const int64_t N = grad_y.size(0), D = grad_y.size(1), K = w.size(1);
+  const T* gy = grad_y.data<T>();
+  const T* ey = expert_y.data<T>();
+  const T* wp = w.data<T>();
+  const int32_t* idx = expert_idx.data<int32_t>();
+  T* gey = grad_expert_y.data<T>();
+  T* gw = grad_w.data<T>();
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t k = 0; k < K; ++k) {
+      const int64_t a = n * K + k;
+      const bool kept = idx[a] >= 0;
+      T dot = 0;
+      for (int64_t d = 0; d < D; ++d) {
+        gey[a * D + d] = kept ? wp[a] * gy[n * D + d] : T(0);
+        if (kept) dot += gy[n * D + d] * ey[a * D + d];
+      }
+      gw[a] = dot;
+    }
+}
+}  // namespace
+
+MoE::MoE(ParamBuffer& params, ParamBuffer& buffers, const std::string& prefix, const ModelConfig& cfg)
+    : cfg_(cfg), buffers_(&buffers) {
+  cfg.validate();
+  const int64_t D = cfg.hidden_size, F = cfg.moe_intermediate_size, E = cfg.n_routed_experts;
+  const double init_std = cfg.initializer_range;
+  // Declared in the order of HF's DeepseekV3MoE (experts, gate, shared_experts), so the flat
+  // buffer and the checkpoints list them as HF's state_dict does.
+  experts_.reserve(E);
+  for (int64_t e = 0; e < E; ++e)
+    experts_.emplace_back(params, prefix + ".experts." + std::to_string(e), D, F, init_std);
+  gate_ = Linear(params, prefix + ".gate", D, E, init_std, /*weight_decay=*/true);
+  if (cfg.aux_free_bias)
+    bias_index_ = buffers.declare({prefix + ".gate.e_score_correction_bias", {E}, Init::Zeros, 0.0f, false});
+  if (cfg.n_shared_experts > 0)
+    shared_ = SwiGLUMLP(params, prefix + ".shared_experts", D, cfg.n_shared_experts * F, init_std);
+}
+
+void MoE::set_dispatch(const ExpertDispatch* dispatch) { dispatch_ = dispatch; }
+void MoE::set_naive(bool naive) { naive_ = naive; }
+
+Tensor MoE::e_score_correction_bias() const {
+  return cfg_.aux_free_bias ? buffers_->param(bias_index_) : Tensor();
+}
+
+void MoE::route(const Context& ctx, const Tensor& x, Saved& s, MoEStats& stats) const {
+  const int64_t N = x.size(0), E = cfg_.n_routed_experts, K = cfg_.num_experts_per_tok;
+  s.x = x;
+  s.logits = ctx.alloc({N, E});
+  gate_.forward(x, s.logits);
+  s.scores = ctx.alloc({N, E});
+  if (cfg_.scoring_func == ScoreFunc::Sigmoid) sigmoid_forward(s.logits, s.scores);
+  else softmax_forward(s.logits, s.scores);
+
+  s.topk_idx = ctx.alloc({N, K}, DType::I32);
+  moe_route_topk(s.scores, e_score_correction_bias(), cfg_.n_group, cfg_.topk_group, s.topk_idx);
+  s.topk_weights = ctx.alloc({N, K});
+  moe_gate_forward(s.scores, s.topk_idx, cfg_.norm_topk_prob, cfg_.routed_scaling_factor, s.topk_weights);
+
+  s.expert_idx = s.topk_idx;
+  stats.dropped = 0;
+  if (cfg_.capacity_factor > 0) {
+    s.expert_idx = ctx.alloc({N, K}, DType::I32);
+    stats.dropped = moe_capacity_drop(s.scores, s.topk_idx, moe_capacity(cfg_.capacity_factor, N, K, E), s.expert_idx);
+  }
+
+  // The load counts selections before the drops (GOLDEN.md): it measures what the router asks for.
+  const std::vector<int64_t> load = moe_count_tokens(s.topk_idx, E);
+  stats.load.assign(load.begin(), load.end());
+  const double mean = static_cast<double>(N * K) / static_cast<double>(E);
+  stats.max_vio = (*std::max_element(stats.load.begin(), stats.load.end()) - mean) / mean;
+  stats.bias_min = stats.bias_max = 0;
+  if (cfg_.aux_free_bias) {
+    const Tensor b = e_score_correction_bias().to(Device::CPU).to(DType::F64);
+    const double* p = b.data<double>();
+    stats.bias_min = *std::min_element(p, p + E);
+    stats.bias_max = *std::max_element(p, p + E);
+  }
+}
+
+void MoE::balance_losses(const Context& ctx, const Saved& s, MoEStats& stats) const {
+  const int64_t N = s.scores.size(0);
+  stats.seq_aux_loss = cfg_.seq_aux_loss_alpha > 0
+                           ? moe_aux_loss_forward(s.scores, s.topk_idx, ctx.seq_len, cfg_.seq_aux_loss_alpha)
+                           : 0.0;
+  stats.aux_loss = cfg_.aux_loss_alpha > 0 ? moe_aux_loss_forward(s.scores, s.topk_idx, N, cfg_.aux_loss_alpha) : 0.0;
+  stats.z_loss = cfg_.router_z_loss_coef > 0 ? moe_z_loss_forward(s.logits, cfg_.router_z_loss_coef) : 0.0;
+}
+
+void MoE::experts_grouped(const Context& ctx, const Tensor& y, Saved& s) const {
+  const ExpertDispatch& d = dispatch();
+  s.layout = d.layout(ctx, s.expert_idx, cfg_.n_routed_experts);
+  const DispatchLayout& layout = *s.layout;
+  const int64_t first = layout.first_expert, count = static_cast<int64_t>(layout.num_tokens_per_expert.size());
+  MOELAB_CHECK(first >= 0 && first + count <= cfg_.n_routed_experts, "MoE: the dispatch's local experts [", first,
+               ", ", first + count, ") are not inside [0, n_routed_experts = ", cfg_.n_routed_experts, ")");
+  const int64_t M = layout.rows(), D = cfg_.hidden_size;
+  Tensor expert_x = ctx.alloc({M, D});
+  d.dispatch(ctx, layout, s.x, expert_x);
+  s.expert_y = ctx.alloc({M, D});
+  s.experts.assign(count, {});
+  // Each local expert runs once on its contiguous block of rows (an expert with no rows is skipped).
+  for (int64_t i = 0, row = 0; i < count; row += layout.num_tokens_per_expert[i], ++i) {
+    const int64_t rows = layout.num_tokens_per_expert[i];
+    if (rows > 0)
+      experts_[first + i].forward(ctx, expert_x.slice(row, row + rows), s.expert_y.slice(row, row + rows),
+                                  s.experts[i]);
+  }
+  d.combine(ctx, layout, s.expert_y, s.topk_weights, y);
+}
+
+void MoE::experts_naive(const Context& ctx, const Tensor& y, Saved& s) const {
+  const int64_t N = s.x.size(0), K = cfg_.num_experts_per_tok;
+  s.expert_y = ctx.alloc({N * K, cfg_.hidden_size});
+  s.expert_y.zero();  // the rows of dropped assignments stay 0
+  s.experts.assign(N * K, {});
+  const int32_t* idx = s.expert_idx.data<int32_t>();
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t k = 0; k < K; ++k) {
+      const int64_t a = n * K + k;
+      if (idx[a] >= 0) experts_[idx[a]].forward(ctx, s.x.slice(n, n + 1), s.expert_y.slice(a, a + 1), s.experts[a]);
+    }
+  ops_detail::dispatch_cpu_float("MoE naive combine", y, [&](auto tag) {
+    naive_combine<decltype(tag)>(s.expert_y, s.expert_idx, s.topk_weights, y);
+  });
+}
+
+void MoE::forward(const Context& ctx, const Tensor& x, const Tensor& y, Saved& s, MoEStats& stats) const {
+  const int64_t N = ctx.tokens(), D = cfg_.hidden_size;
+  MOELAB_CHECK(x.ndim() == 2 && x.size(0) == N && x.size(1) == D, "MoE::forward: x is ", x.str(), ", expected [N = ",
+               N, " (batch ", ctx.batch, " x seq_len ", ctx.seq_len, "), D = ", D, "]");
+  check_shape("MoE::forward", "y", y, x.shape());
+  MOELAB_CHECK(!naive_ || (dispatch_ == nullptr && x.device() == Device::CPU), "MoE::forward: the naive expert path "
+               "is a single-process CPU reference (x is ", x.str(), (dispatch_ ? ", and a custom ExpertDispatch is set)" : ")"));
+  route(ctx, x, s, stats);
+  balance_losses(ctx, s, stats);
+  s.naive = naive_;
+  s.layout.reset();
+  if (naive_) experts_naive(ctx, y, s);
+  else experts_grouped(ctx, y, s);
+  if (cfg_.n_shared_experts > 0) {
+    Tensor shared_y = ctx.alloc({N, D});
+    shared_.forward(ctx, x, shared_y, s.shared);
+    add(y, shared_y, y);
+  }
+}
+
+void MoE::experts_grouped_backward(const Context& ctx, const Saved& s, const Tensor& grad_y, const Tensor& grad_x,
+                                   const Tensor& grad_topk_weights) const {
+  const ExpertDispatch& d = dispatch();
+  const DispatchLayout& layout = *s.layout;
+  const int64_t M = layout.rows(), D = cfg_.hidden_size;
+  Tensor grad_expert_y = ctx.alloc({M, D}), grad_expert_x = ctx.alloc({M, D});
+  d.combine_backward(ctx, layout, grad_y, s.expert_y, s.topk_weights, grad_expert_y, grad_topk_weights);
+  const int64_t count = static_cast<int64_t>(layout.num_tokens_per_expert.size());
+  for (int64_t i = 0, row = 0; i < count; row += layout.num_tokens_per_expert[i], ++i) {
+    const int64_t rows = layout.num_tokens_per_expert[i];
+    if (rows > 0)
+      experts_[layout.first_expert + i].backward(ctx, s.experts[i], grad_expert_y.slice(row, row + rows),
+                                                 grad_expert_x.slice(row, row + rows));
+  }
+  d.dispatch_backward(ctx, layout, grad_expert_x, grad_x);
+}
+
+void MoE::experts_naive_backward(const Context& ctx, const Saved& s, const Tensor& grad_y, const Tensor& grad_x,
+                                 const Tensor& grad_topk_weights) const {
+  const int64_t N = s.x.size(0), K = cfg_.num_experts_per_tok, D = cfg_.hidden_size;
+  Tensor grad_expert_y = ctx.alloc({N * K, D}), grad_row = ctx.alloc({1, D});
+  ops_detail::dispatch_cpu_float("MoE naive combine backward", grad_y, [&](auto tag) {
+    naive_combine_backward<decltype(tag)>(grad_y, s.expert_y, s.expert_idx, s.topk_weights, grad_expert_y,
+                                          grad_topk_weights);
+  });
+  grad_x.zero();
+  const int32_t* idx = s.expert_idx.data<int32_t>();
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t k = 0; k < K; ++k) {
+      const int64_t a = n * K + k;
+      if (idx[a] < 0) continue;
+      experts_[idx[a]].backward(ctx, s.experts[a], grad_expert_y.slice(a, a + 1), grad_row);
+      add(grad_x.slice(n, n + 1), grad_row, grad_x.slice(n, n + 1));
+    }
+}
+
+void MoE::router_backward(const Context& ctx, const Saved& s, const Tensor& grad_topk_weights,
+                          double balance_grad_scale, const Tensor& grad_x) const {
+  const int64_t N = s.scores.size(0), E = cfg_.n_routed_experts;
+  // d/ds: the gate values (only the selected experts), then each balance loss through P.
+  Tensor grad_scores = ctx.alloc({N, E});
+  moe_gate_backward(grad_topk_weights, s.scores, s.topk_idx, cfg_.norm_topk_prob, cfg_.routed_scaling_factor,
+                    grad_scores);
+  if (cfg_.seq_aux_loss_alpha > 0)
+    moe_aux_loss_backward(s.scores, s.topk_idx, ctx.seq_len, cfg_.seq_aux_loss_alpha, balance_grad_scale, grad_scores);
+  if (cfg_.aux_loss_alpha > 0)
+    moe_aux_loss_backward(s.scores, s.topk_idx, N, cfg_.aux_loss_alpha, balance_grad_scale, grad_scores);
+  // d/dlogits: through the score function, plus the z-loss, which reads the logits directly.
+  Tensor grad_logits = ctx.alloc({N, E});
+  if (cfg_.scoring_func == ScoreFunc::Sigmoid) sigmoid_backward(grad_scores, s.scores, grad_logits);
+  else softmax_backward(grad_scores, s.scores, grad_logits);
+  if (cfg_.router_z_loss_coef > 0) moe_z_loss_backward(s.logits, cfg_.router_z_loss_coef, balance_grad_scale, grad_logits);
+  Tensor grad_x_router = ctx.alloc({N, cfg_.hidden_size});
+  gate_.backward(s.x, grad_logits, grad_x_router);
+  add(grad_x, grad_x_router, grad_x);
+}
+
+void MoE::backward(const Context& ctx, const Saved& s, const Tensor& grad_y, double balance_grad_scale,
+                   const Tensor& grad_x) const {
+  const int64_t N = s.x.size(0), K = cfg_.num_experts_per_tok, D = cfg_.hidden_size;
+  check_shape("MoE::backward", "grad_y", grad_y, s.x.shape());
+  check_shape("MoE::backward", "grad_x", grad_x, s.x.shape());
+  MOELAB_CHECK(s.naive || s.layout, "MoE::backward: saved has no dispatch layout (was forward run with this Saved?)");
+  Tensor grad_topk_weights = ctx.alloc({N, K});
+  if (s.naive) experts_naive_backward(ctx, s, grad_y, grad_x, grad_topk_weights);
+  else experts_grouped_backward(ctx, s, grad_y, grad_x, grad_topk_weights);
+  router_backward(ctx, s, grad_topk_weights, balance_grad_scale, grad_x);
+  if (cfg_.n_shared_experts > 0) {
+    Tensor grad_x_shared = ctx.alloc({N, D});
+    shared_.backward(ctx, s.shared, grad_y, grad_x_shared);
+    add(grad_x, grad_x_shared, grad_x);
+  }
+}
+
+void MoE::update_bias(const std::vector<double>& load) const {
+  if (!cfg_.aux_free_bias) return;
+  const int64_t E = cfg_.n_routed_experts;
+  MOELAB_CHECK(static_cast<int64_t>(load.size()) == E, "MoE::update_bias: load has ", load.size(),
+               " entries, expected n_routed_experts = ", E);
+  for (int64_t i = 0; i < E; ++i)
+    MOELAB_CHECK(std::isfinite(load[i]) && load[i] >= 0, "MoE::update_bias: load[", i, "] = ", load[i],
+                 ", expected a finite count >= 0");
+  const double mean = std::accumulate(load.begin(), load.end(), 0.0) / static_cast<double>(E);
+  // Under-loaded experts (load < mean) gain gamma, over-loaded ones lose it; exactly-mean ones stay.
+  // The arithmetic is in the bias's own dtype (f32 in training), as an in-place add would do it.
+  const Tensor bias = e_score_correction_bias();
+  const Tensor b = bias.to(Device::CPU);
+  ops_detail::dispatch_cpu_float("MoE::update_bias", b, [&](auto tag) {
+    using T = decltype(tag);
+    T* p = b.data<T>();
+    for (int64_t i = 0; i < E; ++i)
+      p[i] += static_cast<T>(cfg_.bias_update_speed) * static_cast<T>((mean > load[i]) - (mean < load[i]));
+  });
+  bias.copy_from(b);
+}
+
+}  // namespace moelab

@@ -1,0 +1,111 @@
+// DeepSeekMoE layer (MODEL.md, "DeepSeekMoE" and "Load balancing"; tests/reference/GOLDEN.md fixes
+// every choice MODEL.md leaves open):
+//   logits = x W_gate^T [N, E];  s = sigmoid(logits) or softmax(logits)
+//   topk_idx = top-K of s + b (b = aux-loss-free bias), group-limited when n_group > 1
+//   g = s_sel (/ (sum s_sel + 1e-20) if norm_topk_prob) * routed_scaling_factor
+//   capacity_factor c > 0: each expert keeps its ceil(c*N*K/E) best-scored assignments
+//   y = shared(x) + sum_k g_k expert_{topk_idx[k]}(x)         (the residual is added by the block)
+// plus the balance losses (sequence-wise, batch-level, z-loss), returned in MoEStats with their
+// gradients taken in backward, and the aux-loss-free bias update after the optimizer step.
+// Routing runs in the activation dtype: f32 for CPU training, f64 for gradient checks.
+// Experts and shared experts are SwiGLUMLP. The routed experts run either grouped (the real path:
+// an ExpertDispatch gathers each expert's rows, one GEMM chain per expert) or naive (a per-token
+// loop over its K experts: the reference the grouped path is tested against), chosen at run time.
+// Contract (core/nn/context.h): backward OVERWRITES grad_x and ACCUMULATES the parameter gradients.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/nn/config.h"
+#include "core/nn/context.h"
+#include "core/nn/expert_dispatch.h"
+#include "core/nn/linear.h"
+#include "core/nn/mlp.h"
+
+namespace moelab {
+
+struct MoEStats {                       // one layer, one forward
+  std::vector<double> load;             // [E] selections per expert (before capacity drops)
+  int64_t dropped = 0;                  // assignments dropped by the capacity factor
+  double max_vio = 0;                   // (max load - mean load) / mean load
+  double bias_min = 0, bias_max = 0;    // of e_score_correction_bias (0 without aux_free_bias)
+  double seq_aux_loss = 0, aux_loss = 0, z_loss = 0;  // already multiplied by their coefficients
+  double balance_loss() const { return seq_aux_loss + aux_loss + z_loss; }
+};
+
+class MoE {
+ public:
+  struct Saved {
+    Tensor x;             // [N, D] the input
+    Tensor logits;        // [N, E] router logits
+    Tensor scores;        // [N, E] s
+    Tensor topk_idx;      // i32 [N, K] the selection, best first (before capacity drops)
+    Tensor expert_idx;    // i32 [N, K] topk_idx with dropped assignments -1 (topk_idx itself when dropless)
+    Tensor topk_weights;  // [N, K] gate values g (dropped ones included: they only do not reach y)
+    bool naive = false;   // which path ran the experts
+    // grouped: the dispatch layout, expert_y [M, D] grouped by expert, one Saved per local expert.
+    // naive: no layout, expert_y [N*K, D] (row n*K + k: assignment (n, k)), one Saved per assignment.
+    std::shared_ptr<const DispatchLayout> layout;
+    Tensor expert_y;
+    std::vector<SwiGLUMLP::Saved> experts;
+    SwiGLUMLP::Saved shared;
+  };
+
+  MoE() = default;
+  // Declares, under prefix (e.g. "model.layers.3.mlp"): <prefix>.experts.{e}.gate_proj/up_proj/
+  // down_proj.weight, <prefix>.gate.weight [E, D] (normal init, weight-decayed: HF's router is a
+  // Linear weight, and GOLDEN.md exempts only norms, embeddings and biases), <prefix>.shared_experts.*
+  // when n_shared_experts > 0, and in `buffers` (no gradient) <prefix>.gate.e_score_correction_bias
+  // [E] (zeros) when aux_free_bias. Every matrix: normal(0, initializer_range).
+  MoE(ParamBuffer& params, ParamBuffer& buffers, const std::string& prefix, const ModelConfig& cfg);
+
+  // x: [N, D], N = ctx.tokens() = ctx.batch * ctx.seq_len (sequences are consecutive rows) -> y: [N, D].
+  // stats gets the loads, drops, MaxVio, bias range and the balance losses. y must not alias x.
+  void forward(const Context& ctx, const Tensor& x, const Tensor& y, Saved& saved, MoEStats& stats) const;
+  // grad_y: d total / d y. balance_grad_scale: d total / d (stats.balance_loss()): 1 normally, the
+  // gradient-accumulation scale otherwise. Includes the balance losses' gradients into the router.
+  // grad_x must not alias grad_y.
+  void backward(const Context& ctx, const Saved& saved, const Tensor& grad_y, double balance_grad_scale,
+                const Tensor& grad_x) const;
+  // The aux-loss-free update after the optimizer step: b_i += bias_update_speed * sign(mean(load) - load_i)
+  // (sign(0) = 0). `load` [E] is the GLOBAL per-expert load of the step (summed over micro-batches
+  // and ranks by the caller). Does nothing without aux_free_bias (there is no bias).
+  void update_bias(const std::vector<double>& load) const;
+
+  void set_dispatch(const ExpertDispatch* dispatch);  // nullptr = the built-in single-process one
+  // true: the naive per-token expert loop (single process only), false: the grouped path (default).
+  void set_naive(bool naive);
+
+  Tensor e_score_correction_bias() const;  // [E]; undefined without aux_free_bias
+  int64_t num_experts() const { return cfg_.n_routed_experts; }
+
+ private:
+  // Router: logits, scores, selection, gates, capacity; fills stats except the balance losses.
+  void route(const Context& ctx, const Tensor& x, Saved& saved, MoEStats& stats) const;
+  void balance_losses(const Context& ctx, const Saved& saved, MoEStats& stats) const;
+  void experts_grouped(const Context& ctx, const Tensor& y, Saved& saved) const;
+  void experts_naive(const Context& ctx, const Tensor& y, Saved& saved) const;
+  // Writes grad_x (routed part) and grad_topk_weights.
+  void experts_grouped_backward(const Context& ctx, const Saved& saved, const Tensor& grad_y, const Tensor& grad_x,
+                                const Tensor& grad_topk_weights) const;
+  void experts_naive_backward(const Context& ctx, const Saved& saved, const Tensor& grad_y, const Tensor& grad_x,
+                              const Tensor& grad_topk_weights) const;
+  // grad_x += the router's part: gates, balance losses, activation, W_gate (whose gradient it accumulates).
+  void router_backward(const Context& ctx, const Saved& saved, const Tensor& grad_topk_weights,
+                       double balance_grad_scale, const Tensor& grad_x) const;
+  const ExpertDispatch& dispatch() const { return dispatch_ ? *dispatch_ : local_dispatch_; }
+
+  ModelConfig cfg_;
+  Linear gate_;                      // <prefix>.gate: [E, D]
+  std::vector<SwiGLUMLP> experts_;   // [E]
+  SwiGLUMLP shared_;                 // width n_shared_experts * F; unused when n_shared_experts = 0
+  const ParamBuffer* buffers_ = nullptr;
+  size_t bias_index_ = 0;            // in buffers_, when aux_free_bias
+  const ExpertDispatch* dispatch_ = nullptr;
+  LocalExpertDispatch local_dispatch_;
+  bool naive_ = false;
+};
+
+}  // namespace moelab

@@ -1,0 +1,186 @@
+// MoE balance losses: argument checks + dispatch, and the CPU reference (the specification).
+#include "core/ops/moe_balance.h"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "core/ops/op_util.h"
+
+namespace moelab {
+
+namespace ref {
+
+namespace {
+// f [B, E]: f_{b,i} = E / (K*T) * (selections of expert i in sequence b).
+std::vector<double> selection_fractions(const int32_t* topk_idx, int64_t rows, int64_t E, int64_t K, int64_t seq_len) {
+  std::vector<double> f((rows / seq_len) * E, 0.0);
+  for (int64_t i = 0; i < rows * K; ++i) f[(i / K) / seq_len * E + topk_idx[i]] += 1.0;
+  const double scale = static_cast<double>(E) / static_cast<double>(K * seq_len);
+  for (double& v : f) v *= scale;
+  return f;
+}
+
+// lse of one row of logits, with the row max subtracted so that no e^... overflows.
+template <typename T>
+T logsumexp(const T* l, int64_t E) {
+  const T max = *std::max_element(l, l + E);
+  T sum = 0;
+  for (int64_t j = 0; j < E; ++j) sum += std::exp(l[j] - max);
+  return max + std::log(sum);
+}
+}  // namespace
+
+template <typename T>
+double moe_aux_loss_forward(const T* scores, const int32_t* topk_idx, int64_t rows, int64_t E, int64_t K,
+                            int64_t seq_len, double alpha) {
+  const std::vector<double> f = selection_fractions(topk_idx, rows, E, K, seq_len);
+  // sum_b sum_i f_{b,i} P_{b,i} = (1/T) sum_t sum_i f_{b(t),i} s_{t,i} / Z_t: one pass over the rows.
+  double total = 0;
+  for (int64_t t = 0; t < rows; ++t) {
+    const T* s = scores + t * E;
+    const double* fb = f.data() + (t / seq_len) * E;
+    T z = 0, fs = 0;
+    for (int64_t j = 0; j < E; ++j) {
+      z += s[j];
+      fs += static_cast<T>(fb[j]) * s[j];
+    }
+    total += static_cast<double>(fs / z);
+  }
+  const double num_seqs = static_cast<double>(rows / seq_len);
+  return alpha * total / (num_seqs * static_cast<double>(seq_len));
+}
+
+template <typename T>
+void moe_aux_loss_backward(const T* scores, const int32_t* topk_idx, int64_t rows, int64_t E, int64_t K,
+                           int64_t seq_len, double alpha, double grad_loss, T* grad_scores) {
+  const std::vector<double> f = selection_fractions(topk_idx, rows, E, K, seq_len);
+  const T c = static_cast<T>(grad_loss * alpha / static_cast<double>(rows));  // rows = B*T
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < rows; ++t) {
+    const T* s = scores + t * E;
+    const double* fb = f.data() + (t / seq_len) * E;
+    T z = 0, fs = 0;
+    for (int64_t j = 0; j < E; ++j) {
+      z += s[j];
+      fs += static_cast<T>(fb[j]) * s[j];
+    }
+    for (int64_t j = 0; j < E; ++j) grad_scores[t * E + j] += c * (static_cast<T>(fb[j]) - fs / z) / z;
+  }
+}
+
+template <typename T>
+double moe_z_loss_forward(const T* logits, int64_t rows, int64_t E, double coef) {
+  double total = 0;
+  for (int64_t t = 0; t < rows; ++t) {
+    const T lse = logsumexp(logits + t * E, E);
+    total += static_cast<double>(lse * lse);
+  }
+  return coef * total / static_cast<double>(rows);
+}
+
+template <typename T>
+void moe_z_loss_backward(const T* logits, int64_t rows, int64_t E, double coef, double grad_loss, T* grad_logits) {
+  const T c = static_cast<T>(grad_loss * coef * 2.0 / static_cast<double>(rows));
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < rows; ++t) {
+    const T* l = logits + t * E;
+    const T lse = logsumexp(l, E);
+    for (int64_t j = 0; j < E; ++j) grad_logits[t * E + j] += c * lse * std::exp(l[j] - lse);
+  }
+}
+
+template double moe_aux_loss_forward<float>(const float*, const int32_t*, int64_t, int64_t, int64_t, int64_t, double);
+template double moe_aux_loss_forward<double>(const double*, const int32_t*, int64_t, int64_t, int64_t, int64_t,
+                                             double);
+template void moe_aux_loss_backward<float>(const float*, const int32_t*, int64_t, int64_t, int64_t, int64_t, double,
+                                           double, float*);
+template void moe_aux_loss_backward<double>(const double*, const int32_t*, int64_t, int64_t, int64_t, int64_t, double,
+                                            double, double*);
+template double moe_z_loss_forward<float>(const float*, int64_t, int64_t, double);
+template double moe_z_loss_forward<double>(const double*, int64_t, int64_t, double);
+template void moe_z_loss_backward<float>(const float*, int64_t, int64_t, double, double, float*);
+template void moe_z_loss_backward<double>(const double*, int64_t, int64_t, double, double, double*);
+
+}  // namespace ref
+
+namespace {
+// scores [N, E], topk_idx i32 [N, K] with entries in [0, E), seq_len dividing N (> 0).
+void check_aux(const char* op, const Tensor& scores, const Tensor& topk_idx, int64_t seq_len) {
+  check_ndim(op, "scores", scores, 2, 2);
+  check_ndim(op, "topk_idx", topk_idx, 2, 2);
+  const int64_t N = scores.size(0), E = scores.size(1), K = topk_idx.size(1);
+  check_shape(op, "topk_idx", topk_idx, {N, K});
+  check_dtype(op, "topk_idx", topk_idx, DType::I32);
+  MOELAB_CHECK(K >= 1 && K <= E, op, ": topk_idx is ", topk_idx.str(), " but scores ", scores.str(),
+               " has E = ", E, " experts; expected 1 <= K <= E");
+  MOELAB_CHECK(seq_len >= 1 && N % seq_len == 0, op, ": seq_len = ", seq_len, " must be >= 1 and divide the ", N,
+               " rows of scores ", scores.str());
+  check_same_device(op, {{"scores", &scores}, {"topk_idx", &topk_idx}});
+  if (scores.device() == Device::CUDA) MOELAB_FAIL(op, ": no CUDA kernel yet (scores is ", scores.str(), ")");
+  // Before the parallel loops: an exception must not leave an OpenMP region.
+  const int32_t* idx = topk_idx.data<int32_t>();
+  for (int64_t i = 0; i < topk_idx.numel(); ++i)
+    MOELAB_CHECK(idx[i] >= 0 && idx[i] < E, op, ": topk_idx[", i / K, ", ", i % K, "] is ", idx[i],
+                 ", expected an expert in [0, E = ", E, ") (the selection before capacity drops)");
+}
+
+void check_logits(const char* op, const Tensor& logits) {
+  check_ndim(op, "logits", logits, 2, 2);
+  MOELAB_CHECK(logits.size(0) >= 1 && logits.size(1) >= 1, op, ": logits is ", logits.str(),
+               ", expected at least one row and one expert");
+  if (logits.device() == Device::CUDA) MOELAB_FAIL(op, ": no CUDA kernel yet (logits is ", logits.str(), ")");
+}
+}  // namespace
+
+double moe_aux_loss_forward(const Tensor& scores, const Tensor& topk_idx, int64_t seq_len, double alpha) {
+  const char* op = "moe_aux_loss_forward";
+  check_aux(op, scores, topk_idx, seq_len);
+  double loss = 0;
+  ops_detail::dispatch_cpu_float(op, scores, [&](auto tag) {
+    using T = decltype(tag);
+    loss = ref::moe_aux_loss_forward<T>(scores.data<T>(), topk_idx.data<int32_t>(), scores.size(0), scores.size(1),
+                                        topk_idx.size(1), seq_len, alpha);
+  });
+  return loss;
+}
+
+void moe_aux_loss_backward(const Tensor& scores, const Tensor& topk_idx, int64_t seq_len, double alpha,
+                           double grad_loss, const Tensor& grad_scores) {
+  const char* op = "moe_aux_loss_backward";
+  check_aux(op, scores, topk_idx, seq_len);
+  check_shape(op, "grad_scores", grad_scores, scores.shape());
+  check_dtype(op, "grad_scores", grad_scores, scores.dtype());
+  check_same_device(op, {{"scores", &scores}, {"grad_scores", &grad_scores}});
+  ops_detail::dispatch_cpu_float(op, scores, [&](auto tag) {
+    using T = decltype(tag);
+    ref::moe_aux_loss_backward<T>(scores.data<T>(), topk_idx.data<int32_t>(), scores.size(0), scores.size(1),
+                                  topk_idx.size(1), seq_len, alpha, grad_loss, grad_scores.data<T>());
+  });
+}
+
+double moe_z_loss_forward(const Tensor& logits, double coef) {
+  const char* op = "moe_z_loss_forward";
+  check_logits(op, logits);
+  double loss = 0;
+  ops_detail::dispatch_cpu_float(op, logits, [&](auto tag) {
+    using T = decltype(tag);
+    loss = ref::moe_z_loss_forward<T>(logits.data<T>(), logits.size(0), logits.size(1), coef);
+  });
+  return loss;
+}
+
+void moe_z_loss_backward(const Tensor& logits, double coef, double grad_loss, const Tensor& grad_logits) {
+  const char* op = "moe_z_loss_backward";
+  check_logits(op, logits);
+  check_shape(op, "grad_logits", grad_logits, logits.shape());
+  check_dtype(op, "grad_logits", grad_logits, logits.dtype());
+  check_same_device(op, {{"logits", &logits}, {"grad_logits", &grad_logits}});
+  ops_detail::dispatch_cpu_float(op, logits, [&](auto tag) {
+    using T = decltype(tag);
+    ref::moe_z_loss_backward<T>(logits.data<T>(), logits.size(0), logits.size(1), coef, grad_loss,
+                                grad_logits.data<T>());
+  });
+}
+
+}  // namespace moelab

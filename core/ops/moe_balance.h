@@ -1,0 +1,50 @@
+// The MoE balance losses (MODEL.md, "Load balancing"; GOLDEN.md fixes the details), each a scalar
+// added to the training loss, with its gradient into the router.
+//
+// Balance loss over sequences of T consecutive rows (N = B*T rows, B = N / T sequences):
+//   f_{b,i} = E / (K*T) * #{t in b : i in topk_idx[t, :]}       a constant: no gradient flows through it
+//   P_{b,i} = (1/T) * sum_{t in b} s_{t,i} / Z_t,   Z_t = sum_j s_{t,j}
+//   L = alpha * (1/B) * sum_b sum_i f_{b,i} P_{b,i}
+// T = seq_len gives the sequence-wise loss (V3, seq_aux_loss_alpha); T = N the classic batch-level
+// one (aux_loss_alpha). Z_t = 1 for softmax scores; for sigmoid scores it normalises them.
+// Backward of grad_loss * L, for t in sequence b:
+//   grad_s[t, j] += grad_loss * alpha / (B*T) * (f_{b,j} - sum_i f_{b,i} s_{t,i} / Z_t) / Z_t
+//
+// Router z-loss (ablation): L = coef * (1/N) * sum_t lse_t^2,   lse_t = log sum_j e^logits[t, j]
+// Backward of grad_loss * L:
+//   grad_logits[t, j] += grad_loss * coef * 2 * lse_t * softmax(logits[t, :])_j / N
+//
+// Shapes: scores, grad_scores, logits, grad_logits: [N, E]   topk_idx: i32 [N, K] (the selection
+//         before capacity drops; every entry in [0, E)). seq_len must divide N.
+// Contract: forward returns the loss in double (coefficient included); backward ACCUMULATES (+=)
+// into grad_scores / grad_logits, so that each balance term adds its part to the router gradient.
+// Dtypes: CPU: float tensors all f32 or all f64; indices i32. CUDA: no kernel yet (throws).
+#pragma once
+
+#include <cstdint>
+
+#include "core/tensor.h"
+
+namespace moelab {
+
+double moe_aux_loss_forward(const Tensor& scores, const Tensor& topk_idx, int64_t seq_len, double alpha);
+void moe_aux_loss_backward(const Tensor& scores, const Tensor& topk_idx, int64_t seq_len, double alpha,
+                           double grad_loss, const Tensor& grad_scores);
+double moe_z_loss_forward(const Tensor& logits, double coef);
+void moe_z_loss_backward(const Tensor& logits, double coef, double grad_loss, const Tensor& grad_logits);
+
+namespace ref {
+// The references trust their indices and that seq_len divides rows (the Tensor API checks).
+template <typename T>
+double moe_aux_loss_forward(const T* scores, const int32_t* topk_idx, int64_t rows, int64_t E, int64_t K,
+                            int64_t seq_len, double alpha);
+template <typename T>
+void moe_aux_loss_backward(const T* scores, const int32_t* topk_idx, int64_t rows, int64_t E, int64_t K,
+                           int64_t seq_len, double alpha, double grad_loss, T* grad_scores);
+template <typename T>
+double moe_z_loss_forward(const T* logits, int64_t rows, int64_t E, double coef);
+template <typename T>
+void moe_z_loss_backward(const T* logits, int64_t rows, int64_t E, double coef, double grad_loss, T* grad_logits);
+}  // namespace ref
+
+}  // namespace moelab

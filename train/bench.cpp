@@ -1,0 +1,88 @@
+#include "train/bench.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+
+#include "core/nn/model.h"
+#include "core/ops/grad_norm.h"
+#include "core/rng.h"
+#include "train/optimizer.h"
+
+namespace moelab {
+
+namespace {
+// Uniform random token windows [B, T + 1 + D_mtp] from the Philox stream (fresh per step).
+Tensor random_tokens(const ModelConfig& cfg, const BenchOptions& opt, int64_t step) {
+  const int64_t width = opt.seq_len + 1 + cfg.num_nextn_predict_layers;
+  Tensor u = Tensor::empty({opt.batch_size, width}, DType::F32);
+  fill_uniform(u, opt.seed + 1, static_cast<uint64_t>(step * opt.batch_size * width), 0.0f, 1.0f);
+  Tensor ids = Tensor::empty(u.shape(), DType::I32);
+  for (int64_t i = 0; i < u.numel(); ++i)
+    ids.data<int32_t>()[i] = std::min<int32_t>(static_cast<int32_t>(cfg.vocab_size - 1),
+                                               static_cast<int32_t>(u.data<float>()[i] * cfg.vocab_size));
+  return ids;
+}
+}  // namespace
+
+BenchResult run_bench(const ModelConfig& cfg, const BenchOptions& opt) {
+  MOELAB_CHECK(opt.batch_size > 0 && opt.seq_len > 0 && opt.steps > 0 && opt.warmup >= 0, "bench: batch_size ",
+               opt.batch_size, ", seq_len ", opt.seq_len, ", steps ", opt.steps, " must be > 0 (warmup ", opt.warmup,
+               " >= 0)");
+  MOELAB_CHECK(opt.device == Device::CPU, "bench --device cuda: the CUDA model path is not built yet");
+  Model model(cfg);
+  model.allocate(opt.device);
+  model.initialize(opt.seed);
+  AdamW optimizer(model.params(), AdamWConfig{});
+  Arena arena(opt.arena_bytes, opt.device);
+  const Context ctx{&arena, DType::F32, opt.batch_size, opt.seq_len};
+
+  BenchResult r;
+  r.params = model.params().numel();
+  r.threads = omp_get_max_threads();
+  double total_ms = 0, min_ms = 1e300;
+  for (int64_t step = 0; step < opt.warmup + opt.steps; ++step) {
+    const Tensor tokens = random_tokens(cfg, opt, step);  // made outside the timed region
+    const auto t0 = std::chrono::steady_clock::now();
+    arena.reset();
+    Model::Saved saved;
+    const Model::Losses losses = model.forward(ctx, tokens, saved);
+    model.params().zero_grads();
+    model.backward(ctx, saved);
+    clip_grad_norm({model.params().flat_grads()}, 1.0);
+    optimizer.step(opt.lr);
+    std::vector<std::vector<double>> loads;
+    for (const MoEStats& st : model.moe_stats(saved)) loads.push_back(st.load);
+    model.update_bias(loads);
+    const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    if (step == 0) r.first_loss = losses.total;
+    r.last_loss = losses.total;
+    if (step >= opt.warmup) {
+      total_ms += ms;
+      min_ms = std::min(min_ms, ms);
+    }
+  }
+  r.ms_per_step = total_ms / static_cast<double>(opt.steps);
+  r.ms_per_step_min = min_ms;
+  r.tokens_per_second = static_cast<double>(opt.batch_size * opt.seq_len) / (r.ms_per_step / 1000.0);
+  r.arena_peak_bytes = arena.peak();
+  return r;
+}
+
+std::string format_bench(const BenchResult& r, const BenchOptions& opt) {
+  char buf[512];
+  std::snprintf(buf, sizeof buf,
+                "moelab tokens/s: %.0f  ms/step: %.2f (min %.2f)\n"
+                "device %s, %d threads, batch %lld x seq %lld, %lld timed steps after %lld warm-up, %lld params, "
+                "activation arena peak %.1f MiB, loss %.4f -> %.4f\n",
+                r.tokens_per_second, r.ms_per_step, r.ms_per_step_min, device_name(opt.device), r.threads,
+                static_cast<long long>(opt.batch_size), static_cast<long long>(opt.seq_len),
+                static_cast<long long>(opt.steps), static_cast<long long>(opt.warmup),
+                static_cast<long long>(r.params), static_cast<double>(r.arena_peak_bytes) / (1 << 20), r.first_loss,
+                r.last_loss);
+  return buf;
+}
+
+}  // namespace moelab

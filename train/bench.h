@@ -1,0 +1,39 @@
+// `moelab bench`: times full training steps (forward, backward, gradient clipping, AdamW, the
+// aux-loss-free bias update) of a model on random tokens, after a few warm-up steps. A benchmark
+// command, never a test: the numbers go into examples/BENCHMARKS.md next to the peer's
+// (tests/reference/bench_torch.py on the same config and thread count).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "core/nn/config.h"
+#include "core/tensor.h"
+
+namespace moelab {
+
+struct BenchOptions {
+  int64_t batch_size = 8;
+  int64_t seq_len = 128;
+  int64_t steps = 10;         // timed steps
+  int64_t warmup = 2;         // untimed steps first
+  uint64_t seed = 1;
+  double lr = 1e-3;
+  Device device = Device::CPU;
+  size_t arena_bytes = size_t{4} << 30;  // virtual reservation; bench reports the peak actually used
+};
+
+struct BenchResult {
+  double tokens_per_second = 0;
+  double ms_per_step = 0;       // mean over the timed steps
+  double ms_per_step_min = 0;
+  double first_loss = 0, last_loss = 0;
+  size_t arena_peak_bytes = 0;
+  int64_t params = 0;
+  int threads = 0;
+};
+
+BenchResult run_bench(const ModelConfig& cfg, const BenchOptions& opt);
+std::string format_bench(const BenchResult& r, const BenchOptions& opt);
+
+}  // namespace moelab

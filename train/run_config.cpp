@@ -1,0 +1,218 @@
+// RunConfig: the [train] field table, section dispatch, `--set` overrides, TOML and JSON writers.
+// See run_config.h.
+#include "train/run_config.h"
+
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+namespace moelab {
+
+namespace {
+
+using TrainField = TrainConfigField;
+
+const std::vector<TrainField> kTrainFields = {
+    {"batch_size", "B, sequences per step (per process)", &TrainConfig::batch_size},
+    {"seq_len", "T, tokens per sequence (<= model.max_position_embeddings)", &TrainConfig::seq_len},
+};
+
+// Per-type codecs (the ModelConfig table has its own for its enums; these cover the scalars).
+void parse_into(const std::string& key, const std::string& v, int64_t& out) { out = parse_config_int(key, v); }
+void parse_into(const std::string& key, const std::string& v, double& out) { out = parse_config_number(key, v); }
+void parse_into(const std::string& key, const std::string& v, bool& out) { out = parse_config_bool(key, v); }
+
+// TOML text of a value: numbers and bools bare, enum names quoted.
+std::string toml_value(int64_t v) { return std::to_string(v); }
+std::string toml_value(double v) { return format_config_number(v); }
+std::string toml_value(bool v) { return v ? "true" : "false"; }
+std::string toml_value(AttentionKind v) { return std::string("\"") + attention_kind_name(v) + "\""; }
+std::string toml_value(FfnKind v) { return std::string("\"") + ffn_kind_name(v) + "\""; }
+std::string toml_value(ScoreFunc v) { return std::string("\"") + score_func_name(v) + "\""; }
+
+const char* type_name(int64_t) { return "integer"; }
+const char* type_name(double) { return "number"; }
+const char* type_name(bool) { return "bool"; }
+
+std::vector<std::string> train_names() {
+  std::vector<std::string> names;
+  for (const TrainField& f : kTrainFields) names.emplace_back(f.name);
+  return names;
+}
+
+const TrainField* find_train_field(const std::string& key) {
+  for (const TrainField& f : kTrainFields)
+    if (key == f.name) return &f;
+  return nullptr;
+}
+
+const TrainField& train_field_or_throw(const std::string& key) {
+  if (const TrainField* f = find_train_field(key)) return *f;
+  throw ConfigError("unknown key '" + key + "'" + did_you_mean(key, train_names()));
+}
+
+std::string json_text(const nlohmann::json& j) { return j.dump(); }
+
+// JSON -> field, with the JSON type checked (a quoted number or 0/1 for a bool is an error).
+void from_json_into(const std::string& key, const nlohmann::json& j, int64_t& out) {
+  if (!j.is_number_integer()) throw ConfigError(key + " = " + json_text(j) + " is not an integer");
+  out = parse_config_int(key, j.dump());  // range-checked
+}
+void from_json_into(const std::string& key, const nlohmann::json& j, double& out) {
+  if (!j.is_number()) throw ConfigError(key + " = " + json_text(j) + " is not a number");
+  out = j.get<double>();
+}
+void from_json_into(const std::string& key, const nlohmann::json& j, bool& out) {
+  if (!j.is_boolean()) throw ConfigError(key + " = " + json_text(j) + " is not a bool (true or false)");
+  out = j.get<bool>();
+}
+
+// Runs f(); a ConfigError from it comes back with "[section] " before its reason.
+template <typename F>
+auto in_section(const std::string& section, F&& f) {
+  try {
+    return f();
+  } catch (const ConfigError& e) {
+    throw ConfigError("[" + section + "] " + e.reason());
+  }
+}
+
+}  // namespace
+
+// ---- TrainConfig ----
+
+void TrainConfig::validate(const ModelConfig& model) const {
+  if (batch_size <= 0) throw ConfigError("batch_size = " + std::to_string(batch_size) + " must be > 0");
+  if (seq_len <= 0) throw ConfigError("seq_len = " + std::to_string(seq_len) + " must be > 0");
+  if (seq_len > model.max_position_embeddings)
+    throw ConfigError("seq_len = " + std::to_string(seq_len) + " exceeds max_position_embeddings = " +
+                      std::to_string(model.max_position_embeddings) + " (raise model.max_position_embeddings)");
+}
+
+std::string TrainConfigField::type() const {
+  return std::visit([](auto m) { return std::string(type_name(TrainConfig{}.*m)); }, member);
+}
+
+const std::vector<TrainConfigField>& train_config_fields() { return kTrainFields; }
+bool has_train_key(const std::string& key) { return find_train_field(key) != nullptr; }
+
+void set_train_key(TrainConfig& cfg, const std::string& key, const std::string& value) {
+  std::visit([&](auto m) { parse_into(key, value, cfg.*m); }, train_field_or_throw(key).member);
+}
+
+std::string get_train_key(const TrainConfig& cfg, const std::string& key) {
+  return std::visit([&](auto m) { return toml_value(cfg.*m); }, train_field_or_throw(key).member);
+}
+
+nlohmann::json to_json(const TrainConfig& cfg) {
+  nlohmann::json j = nlohmann::json::object();
+  for (const TrainField& f : kTrainFields) std::visit([&](auto m) { j[f.name] = cfg.*m; }, f.member);
+  return j;
+}
+
+TrainConfig train_config_from_json(const nlohmann::json& j) {
+  if (!j.is_object()) throw ConfigError("expected a JSON object of train keys, got " + json_text(j));
+  TrainConfig cfg;
+  for (const auto& [key, value] : j.items())
+    std::visit([&, &key = key, &value = value](auto m) { from_json_into(key, value, cfg.*m); },
+               train_field_or_throw(key).member);
+  return cfg;
+}
+
+bool operator==(const TrainConfig& a, const TrainConfig& b) {
+  for (const TrainField& f : kTrainFields)
+    if (!std::visit([&](auto m) { return a.*m == b.*m; }, f.member)) return false;
+  return true;
+}
+
+// ---- RunConfig ----
+
+void RunConfig::validate() const {
+  model.validate();
+  train.validate(model);
+}
+
+const std::vector<std::string>& config_sections() {
+  static const std::vector<std::string> sections = {"model", "train"};
+  return sections;
+}
+
+void check_config_section(const std::string& section) {
+  for (const std::string& s : config_sections())
+    if (s == section) return;
+  throw ConfigError("unknown section [" + section + "]" + did_you_mean(section, config_sections(), "[", "]") +
+                    "; the sections are [model] and [train]");
+}
+
+void set_run_key(RunConfig& cfg, const std::string& section, const std::string& key, const std::string& value) {
+  check_config_section(section);
+  in_section(section, [&] {
+    if (section == "model") set_config_key(cfg.model, key, value);
+    else set_train_key(cfg.train, key, value);
+  });
+}
+
+std::string get_run_key(const RunConfig& cfg, const std::string& section, const std::string& key) {
+  check_config_section(section);
+  return in_section(
+      section, [&] { return section == "model" ? get_config_key(cfg.model, key) : get_train_key(cfg.train, key); });
+}
+
+void apply_override(RunConfig& cfg, const std::string& assignment) {
+  const std::string where = "--set '" + assignment + "'";
+  try {
+    const size_t eq = assignment.find('=');
+    if (eq == std::string::npos || eq == 0)
+      throw ConfigError("expected key=value, e.g. model.hidden_size=256 or train.batch_size=4");
+    const std::string path = assignment.substr(0, eq), value = assignment.substr(eq + 1);
+    const size_t dot = path.find('.');
+    if (dot != std::string::npos) {
+      set_run_key(cfg, path.substr(0, dot), path.substr(dot + 1), value);
+    } else if (has_config_key(path)) {
+      set_run_key(cfg, "model", path, value);
+    } else if (has_train_key(path)) {
+      set_run_key(cfg, "train", path, value);
+    } else {
+      std::vector<std::string> all;
+      for (const auto& f : model_config_fields()) all.emplace_back(f.name);
+      for (const auto& f : train_config_fields()) all.emplace_back(f.name);
+      throw ConfigError("unknown key '" + path + "'" + did_you_mean(path, all));
+    }
+  } catch (const ConfigError& e) {
+    throw ConfigError(e.reason(), where);
+  }
+}
+
+std::string to_toml(const RunConfig& cfg) {
+  std::ostringstream os;
+  auto line = [&os](const std::string& key, const std::string& value, const char* help) {
+    std::string kv = key + " = " + value;
+    if (kv.size() < 40) kv.resize(40, ' ');
+    os << kv << "  # " << help << "\n";
+  };
+  os << "[model]\n";
+  for (const ModelConfigField& f : model_config_fields())
+    line(f.name, std::visit([&](auto m) { return toml_value(cfg.model.*m); }, f.member), f.help);
+  os << "\n[train]\n";
+  for (const TrainField& f : kTrainFields)
+    line(f.name, std::visit([&](auto m) { return toml_value(cfg.train.*m); }, f.member), f.help);
+  return os.str();
+}
+
+nlohmann::json to_json(const RunConfig& cfg) { return {{"model", to_json(cfg.model)}, {"train", to_json(cfg.train)}}; }
+
+RunConfig run_config_from_json(const nlohmann::json& j) {
+  if (!j.is_object()) throw ConfigError("expected a JSON object with \"model\" and \"train\", got " + json_text(j));
+  RunConfig cfg;
+  for (const auto& [section, value] : j.items()) {
+    check_config_section(section);
+    in_section(section, [&, &section = section, &value = value] {
+      if (section == "model") cfg.model = model_config_from_json(value);
+      else cfg.train = train_config_from_json(value);
+    });
+  }
+  return cfg;
+}
+
+bool operator==(const RunConfig& a, const RunConfig& b) { return a.model == b.model && a.train == b.train; }
+
+}  // namespace moelab
