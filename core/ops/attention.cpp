@@ -145,21 +145,21 @@ ref::AttentionShape check_attention(const char* op, const Tensor& q, const Tenso
 }  // namespace
 
 void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, float scale, const Tensor& out,
-                       const Tensor& lse) {
+                       const Tensor& lse, AttentionImpl impl) {
   const char* op = "attention_forward";
   const ref::AttentionShape s = check_attention(op, q, k, v, out, lse, scale);
   check_same_device(op, {{"q", &q}, {"k", &k}, {"v", &v}, {"out", &out}, {"lse", &lse}});
   if (q.device() == Device::CUDA) MOELAB_FAIL(op, ": no CUDA kernel yet (q is ", q.str(), ")");
   ops_detail::dispatch_cpu_float(op, q, [&](auto tag) {
     using T = decltype(tag);
-    ref::attention_forward<T>(q.data<T>(), k.data<T>(), v.data<T>(), static_cast<T>(scale), out.data<T>(),
-                              lse.data<T>(), s);
+    auto* fn = impl == AttentionImpl::Naive ? &ref::attention_forward<T> : &gemm::attention_forward<T>;
+    fn(q.data<T>(), k.data<T>(), v.data<T>(), static_cast<T>(scale), out.data<T>(), lse.data<T>(), s);
   });
 }
 
 void attention_backward(const Tensor& grad_out, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                         const Tensor& lse, float scale, const Tensor& grad_q, const Tensor& grad_k,
-                        const Tensor& grad_v) {
+                        const Tensor& grad_v, AttentionImpl impl) {
   const char* op = "attention_backward";
   const ref::AttentionShape s = check_attention(op, q, k, v, out, lse, scale);
   check_shape(op, "grad_out", grad_out, out.shape());
@@ -174,9 +174,9 @@ void attention_backward(const Tensor& grad_out, const Tensor& q, const Tensor& k
   if (q.device() == Device::CUDA) MOELAB_FAIL(op, ": no CUDA kernel yet (q is ", q.str(), ")");
   ops_detail::dispatch_cpu_float(op, q, [&](auto tag) {
     using T = decltype(tag);
-    ref::attention_backward<T>(grad_out.data<T>(), q.data<T>(), k.data<T>(), v.data<T>(), out.data<T>(),
-                               lse.data<T>(), static_cast<T>(scale), grad_q.data<T>(), grad_k.data<T>(),
-                               grad_v.data<T>(), s);
+    auto* fn = impl == AttentionImpl::Naive ? &ref::attention_backward<T> : &gemm::attention_backward<T>;
+    fn(grad_out.data<T>(), q.data<T>(), k.data<T>(), v.data<T>(), out.data<T>(), lse.data<T>(), static_cast<T>(scale),
+       grad_q.data<T>(), grad_k.data<T>(), grad_v.data<T>(), s);
   });
 }
 

@@ -24,11 +24,16 @@
 
 namespace moelab {
 
+// CPU implementations: Naive is the reference loops below (the specification); Gemm
+// (attention_gemm.cpp, the default) computes the same per (batch, head) with matrix products.
+// Tests check that they agree.
+enum class AttentionImpl { Naive, Gemm };
+
 void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, float scale, const Tensor& out,
-                       const Tensor& lse);
+                       const Tensor& lse, AttentionImpl impl = AttentionImpl::Gemm);
 void attention_backward(const Tensor& grad_out, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                         const Tensor& lse, float scale, const Tensor& grad_q, const Tensor& grad_k,
-                        const Tensor& grad_v);
+                        const Tensor& grad_v, AttentionImpl impl = AttentionImpl::Gemm);
 
 namespace ref {
 struct AttentionShape {
@@ -40,5 +45,13 @@ template <typename T>
 void attention_backward(const T* grad_out, const T* q, const T* k, const T* v, const T* out, const T* lse, T scale,
                         T* grad_q, T* grad_k, T* grad_v, const AttentionShape& s);
 }  // namespace ref
+
+namespace gemm {  // same signatures and contract as ref::
+template <typename T>
+void attention_forward(const T* q, const T* k, const T* v, T scale, T* out, T* lse, const ref::AttentionShape& s);
+template <typename T>
+void attention_backward(const T* grad_out, const T* q, const T* k, const T* v, const T* out, const T* lse, T scale,
+                        T* grad_q, T* grad_k, T* grad_v, const ref::AttentionShape& s);
+}  // namespace gemm
 
 }  // namespace moelab
