@@ -5,8 +5,10 @@
 //                               token, per component), training FLOPs per token, KV cache,
 //                               activation memory (train/model_info.h)
 //   moelab info --keys          every config key with its type, default and help
-// Later issues add: prepare, train, eval, sample, export, bench (listed in `moelab --help` only
-// once they exist).
+//   moelab bench --config X.toml [--device cpu] [--batch-size B] [--seq-len T] [--steps N]
+//                               training tokens/s and ms per step on random tokens (train/bench.h)
+// Later issues add: prepare, train, eval, sample, export (listed in `moelab --help` only once they
+// exist).
 #include <omp.h>
 
 #include <CLI/CLI.hpp>
@@ -18,6 +20,7 @@
 #include "core/allocator.h"
 #include "core/cuda_dispatch.h"
 #include "core/nn/model.h"
+#include "train/bench.h"
 #include "train/config_file.h"
 #include "train/model_info.h"
 #include "moelab/build_info.h"
@@ -88,6 +91,29 @@ int run_info_keys() {
   return 0;
 }
 
+struct BenchCliOptions {
+  std::string config, device = "cpu";
+  std::vector<std::string> overrides;
+  int64_t batch_size = 0, seq_len = 0, steps = 10, warmup = 2;
+};
+
+// `moelab bench`: full training steps of the config's model, timed after a warm-up.
+int run_bench_cli(const BenchCliOptions& o) {
+  std::vector<std::string> overrides = o.overrides;
+  if (o.batch_size > 0) overrides.push_back("train.batch_size=" + std::to_string(o.batch_size));
+  if (o.seq_len > 0) overrides.push_back("train.seq_len=" + std::to_string(o.seq_len));
+  const moelab::RunConfig cfg = moelab::load_config(o.config, overrides);
+  moelab::BenchOptions opt;
+  opt.batch_size = cfg.train.batch_size;
+  opt.seq_len = cfg.train.seq_len;
+  opt.steps = o.steps;
+  opt.warmup = o.warmup;
+  opt.device = o.device == "cuda" ? moelab::Device::CUDA : moelab::Device::CPU;
+  const moelab::BenchResult r = moelab::run_bench(cfg.model, opt);
+  std::printf("moelab %s bench: %s\n%s", MOELAB_VERSION, o.config.c_str(), moelab::format_bench(r, opt).c_str());
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -112,6 +138,18 @@ int main(int argc, char** argv) {
   info->callback([&]() {
     rc = info_opt.keys ? run_info_keys() : info_opt.config.empty() ? run_info() : run_info_config(info_opt);
   });
+
+  CLI::App* bench = app.add_subcommand("bench", "Time training steps (forward, backward, clip, AdamW, bias update) "
+                                      "of a config's model on random tokens; prints tokens/s and ms/step");
+  BenchCliOptions bench_opt;
+  bench->add_option("--config", bench_opt.config, "A TOML config (examples/*.toml)")->required();
+  bench->add_option("--device", bench_opt.device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
+  bench->add_option("--set", bench_opt.overrides, "Override a config key: model.<key>=value or train.<key>=value");
+  bench->add_option("--batch-size", bench_opt.batch_size, "Override train.batch_size");
+  bench->add_option("--seq-len", bench_opt.seq_len, "Override train.seq_len");
+  bench->add_option("--steps", bench_opt.steps, "Timed steps")->check(CLI::PositiveNumber);
+  bench->add_option("--warmup", bench_opt.warmup, "Untimed steps before them")->check(CLI::NonNegativeNumber);
+  bench->callback([&]() { rc = run_bench_cli(bench_opt); });
 
   try {
     app.parse(argc, argv);

@@ -23,7 +23,22 @@ import os
 import sys
 import time
 
-import torch
+
+def _pin_blas_threads() -> None:
+    """Debian's torch calls the system BLAS (libblas.so.3: OpenBLAS when libopenblas0 is installed,
+    else the ~5 GFLOP/s reference BLAS). OpenBLAS keeps its own thread pool, which torch's
+    set_num_threads does not reach: pin it to --threads before torch loads it, so that the peer
+    runs on exactly the threads moelab gets."""
+    for i, a in enumerate(sys.argv):
+        value = a.split("=", 1)[1] if a.startswith("--threads=") else (
+            sys.argv[i + 1] if a == "--threads" and i + 1 < len(sys.argv) else None)
+        if value:
+            os.environ["OPENBLAS_NUM_THREADS"] = value
+            os.environ.setdefault("OMP_NUM_THREADS", value)
+
+
+_pin_blas_threads()
+import torch  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
