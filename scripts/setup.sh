@@ -9,9 +9,10 @@ MOELAB_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 MOELAB_DEBS=(cmake make g++ libeigen3-dev libcli11-dev libgtest-dev libopenmpi-dev openmpi-bin
              nlohmann-json3-dev python3 python3-numpy)
 
+# moelab_install_debs [extra packages...]: the build's packages plus the caller's extras.
 moelab_install_debs() {
   local missing=()
-  for pkg in "${MOELAB_DEBS[@]}"; do
+  for pkg in "${MOELAB_DEBS[@]}" "$@"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
   done
   [ ${#missing[@]} -eq 0 ] && return 0
@@ -23,6 +24,16 @@ moelab_install_debs() {
   fi
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# moelab_install_pip PACKAGE...: Python packages from PyPI for the checks that compare with other
+# tools (the Hugging Face tokenizers); a failure only warns, and those checks then report skipped.
+moelab_install_pip() {
+  python3 -c "import sys, importlib.util as u; sys.exit(any(u.find_spec(p) is None for p in sys.argv[1:]))" "$@" \
+    2>/dev/null && return 0
+  echo "moelab setup: pip installing $*"
+  python3 -m pip install --quiet --disable-pip-version-check "$@" \
+    || echo "moelab setup: warning: pip could not install $* (the checks that need it will be skipped)" >&2
 }
 
 # moelab_build BUILD_DIR [cmake options...]: configure (once) and build.
