@@ -7,8 +7,9 @@
 //   moelab info --keys          every config key with its type, default and help
 //   moelab bench --config X.toml [--device cpu] [--batch-size B] [--seq-len T] [--steps N]
 //                               training tokens/s and ms per step on random tokens (train/bench.h)
-// Later issues add: prepare, train, eval, sample, export (listed in `moelab --help` only once they
-// exist).
+//   moelab prepare --input FILE... --tokenizer char|byte|bpe [--vocab-size N] --val-fraction F --out DIR
+//                               tokenizer.json + llm.c token shards + meta.json (data/prepare.h)
+// Later issues add: train, eval, sample, export (listed in `moelab --help` only once they exist).
 #include <omp.h>
 
 #include <CLI/CLI.hpp>
@@ -20,6 +21,7 @@
 #include "core/allocator.h"
 #include "core/cuda_dispatch.h"
 #include "core/nn/model.h"
+#include "data/prepare.h"
 #include "train/bench.h"
 #include "train/config_file.h"
 #include "train/model_info.h"
@@ -114,6 +116,22 @@ int run_bench_cli(const BenchCliOptions& o) {
   return 0;
 }
 
+struct PrepareCliOptions {
+  moelab::PrepareOptions opt;
+  std::string tokenizer = "bpe";
+};
+
+int run_prepare_cli(PrepareCliOptions o) {
+  o.opt.kind = moelab::parse_tokenizer_kind(o.tokenizer);
+  o.opt.verbose = true;
+  const moelab::PrepareSummary s = moelab::prepare(o.opt);
+  std::printf("prepared %s: %s tokenizer, vocab %lld; train %lld tokens in %zu shard(s), val %lld tokens; %.1f s\n",
+              s.out_dir.c_str(), moelab::tokenizer_kind_name(s.kind), static_cast<long long>(s.vocab_size),
+              static_cast<long long>(s.train_tokens), s.train_shards.size(), static_cast<long long>(s.val_tokens),
+              s.total_seconds);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -150,6 +168,21 @@ int main(int argc, char** argv) {
   bench->add_option("--steps", bench_opt.steps, "Timed steps")->check(CLI::PositiveNumber);
   bench->add_option("--warmup", bench_opt.warmup, "Untimed steps before them")->check(CLI::NonNegativeNumber);
   bench->callback([&]() { rc = run_bench_cli(bench_opt); });
+
+  CLI::App* prepare = app.add_subcommand("prepare", "Text files -> tokenizer.json, llm.c token shards (train/val) "
+                                        "and meta.json, ready for training");
+  PrepareCliOptions prep;
+  prepare->add_option("--input", prep.opt.inputs, "Text files, joined in order (each is a document)")
+      ->required()
+      ->check(CLI::ExistingFile);
+  prepare->add_option("--tokenizer", prep.tokenizer, "char, byte or bpe (byte-level BPE trained here)")
+      ->check(CLI::IsMember({"char", "byte", "bpe"}));
+  prepare->add_option("--vocab-size", prep.opt.vocab_size, "BPE vocabulary size (256 bytes + merges + specials)");
+  prepare->add_option("--val-fraction", prep.opt.val_fraction, "The last fraction of the text is the validation split")
+      ->check(CLI::Range(0.0, 0.99));
+  prepare->add_option("--shard-tokens", prep.opt.shard_tokens, "At most this many tokens per shard file");
+  prepare->add_option("--out", prep.opt.out_dir, "Output directory (created if missing)")->required();
+  prepare->callback([&]() { rc = run_prepare_cli(prep); });
 
   try {
     app.parse(argc, argv);
