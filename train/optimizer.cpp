@@ -9,6 +9,13 @@ AdamW::AdamW(const ParamBuffer& params, const AdamWConfig& cfg) : params_(&param
   v_ = Tensor::zeros(flat.shape(), flat.dtype(), flat.device());
 }
 
+void AdamW::restore(const Tensor& m, const Tensor& v, int64_t step) {
+  MOELAB_CHECK(step >= 0, "AdamW::restore: step ", step, " must be >= 0");
+  m_.copy_from(m);  // copy_from checks shape and dtype
+  v_.copy_from(v);
+  step_ = step;
+}
+
 void AdamW::step(double lr) {
   ++step_;
   for (size_t i = 0; i < params_->entries().size(); ++i) {

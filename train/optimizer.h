@@ -22,6 +22,8 @@ class AdamW {
   void step(double lr);
 
   int64_t steps_taken() const { return step_; }
+  // Resumes from saved moments (the parameters' flat layout) after `step` updates.
+  void restore(const Tensor& m, const Tensor& v, int64_t step);
   const Tensor& m() const { return m_; }  // [numel_padded], checkpointed with the model
   const Tensor& v() const { return v_; }
 

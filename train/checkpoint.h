@@ -1,0 +1,56 @@
+// Checkpoints (DESIGN.md): one directory per save,
+//   <run>/step_00001200/
+//     model.safetensors       every parameter and non-gradient buffer by its Hugging Face name (f32)
+//     optimizer.safetensors   AdamW's m and v (flat, the parameter buffer's layout) and its step
+//     trainer_state.json      step, RNG seed, data-loader state, the full config (model + train),
+//                             the tokenizer (its tokenizer.json inline), and a file list with sizes
+// A save writes everything into "<name>.tmp", fsyncs, then renames the directory into place, so
+// a directory without ".tmp" is complete; trainer_state.json is written last and lists every file
+// with its byte size, and loading checks them all before touching the model: a damaged checkpoint
+// is reported, never loaded half-way. Older complete checkpoints beyond keep_last are removed.
+#pragma once
+
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "core/nn/model.h"
+#include "data/tokenizer.h"
+#include "train/run_config.h"
+
+namespace moelab {
+
+class AdamW;
+
+struct TrainerState {
+  int64_t step = 0;                   // optimizer steps taken
+  uint64_t seed = 0;
+  nlohmann::ordered_json loader;      // data/loader.h state_json(), or null
+  nlohmann::ordered_json extra;       // anything else the trainer keeps (e.g. its non-finite count)
+};
+
+// Writes <run_dir>/step_<step, 8 digits> atomically and prunes older complete checkpoints beyond
+// keep_last (0 keeps all). Returns the checkpoint's path.
+std::string save_checkpoint(const std::string& run_dir, const RunConfig& cfg, const Model& model,
+                            const AdamW* optimizer, const Tokenizer* tokenizer, const TrainerState& state,
+                            int64_t keep_last);
+
+// The newest complete checkpoint under run_dir ("" when there is none).
+std::string latest_checkpoint(const std::string& run_dir);
+
+struct LoadedCheckpoint {
+  std::string path;
+  RunConfig cfg;
+  std::unique_ptr<Model> model;       // allocated on the CPU in f32, weights and buffers loaded
+  std::unique_ptr<Tokenizer> tokenizer;  // null when the run had none
+  TrainerState state;
+};
+
+// Validates the whole directory (file list, sizes, tensor names/shapes/dtypes against the model
+// the config declares) and loads it. Errors name the checkpoint, the file and the problem.
+LoadedCheckpoint load_checkpoint(const std::string& dir);
+// Loads the AdamW moments of a checkpoint into an optimizer built for its model.
+void restore_optimizer(const std::string& dir, AdamW& optimizer);
+
+}  // namespace moelab
