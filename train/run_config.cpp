@@ -2,6 +2,7 @@
 // See run_config.h.
 #include "train/run_config.h"
 
+#include <cmath>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -12,19 +13,50 @@ namespace {
 using TrainField = TrainConfigField;
 
 const std::vector<TrainField> kTrainFields = {
-    {"batch_size", "B, sequences per step (per process)", &TrainConfig::batch_size},
+    {"batch_size", "B, sequences per micro-step (per process)", &TrainConfig::batch_size},
     {"seq_len", "T, tokens per sequence (<= model.max_position_embeddings)", &TrainConfig::seq_len},
+    {"steps", "optimizer steps", &TrainConfig::steps},
+    {"grad_accum_steps", "micro-batches per optimizer step", &TrainConfig::grad_accum_steps},
+    {"lr", "peak learning rate", &TrainConfig::lr},
+    {"min_lr_ratio", "the schedule ends at lr * min_lr_ratio", &TrainConfig::min_lr_ratio},
+    {"warmup_steps", "linear warm-up steps", &TrainConfig::warmup_steps},
+    {"schedule", "cosine or wsd (warmup-stable-decay)", &TrainConfig::schedule},
+    {"decay_fraction", "wsd: the final fraction of steps that decays", &TrainConfig::decay_fraction},
+    {"weight_decay", "AdamW decoupled weight decay (not on norms, embeddings, biases)", &TrainConfig::weight_decay},
+    {"beta1", "AdamW beta1", &TrainConfig::beta1},
+    {"beta2", "AdamW beta2", &TrainConfig::beta2},
+    {"adam_eps", "AdamW epsilon", &TrainConfig::adam_eps},
+    {"grad_clip", "global gradient-norm clipping; 0 = off", &TrainConfig::grad_clip},
+    {"max_nonfinite", "stop after this many non-finite steps in a row", &TrainConfig::max_nonfinite},
+    {"seed", "initialisation and data seed", &TrainConfig::seed},
+    {"data_dir", "a `moelab prepare` output directory", &TrainConfig::data_dir},
+    {"data_mode", "random (windows) or sequential (shuffled epochs)", &TrainConfig::data_mode},
+    {"eval_every", "steps between validation passes; 0 = only at the end", &TrainConfig::eval_every},
+    {"eval_batches", "validation batches per pass", &TrainConfig::eval_batches},
+    {"log_every", "steps between console lines and metrics records", &TrainConfig::log_every},
+    {"out_dir", "run directory: checkpoints and metrics.jsonl", &TrainConfig::out_dir},
+    {"ckpt_every", "steps between checkpoints; 0 = only at the end", &TrainConfig::ckpt_every},
+    {"keep_last", "complete checkpoints kept; 0 = all", &TrainConfig::keep_last},
+    {"time_limit_s", "stop (evaluate, save) after this many seconds of training; 0 = none", &TrainConfig::time_limit_s},
 };
 
 // Per-type codecs (the ModelConfig table has its own for its enums; these cover the scalars).
 void parse_into(const std::string& key, const std::string& v, int64_t& out) { out = parse_config_int(key, v); }
 void parse_into(const std::string& key, const std::string& v, double& out) { out = parse_config_number(key, v); }
 void parse_into(const std::string& key, const std::string& v, bool& out) { out = parse_config_bool(key, v); }
+void parse_into(const std::string& key, const std::string& v, uint64_t& out) {
+  const int64_t x = parse_config_int(key, v);
+  if (x < 0) throw ConfigError(key + " = " + v + " must be >= 0");
+  out = static_cast<uint64_t>(x);
+}
+void parse_into(const std::string&, const std::string& v, std::string& out) { out = v; }
 
 // TOML text of a value: numbers and bools bare, enum names quoted.
 std::string toml_value(int64_t v) { return std::to_string(v); }
 std::string toml_value(double v) { return format_config_number(v); }
 std::string toml_value(bool v) { return v ? "true" : "false"; }
+std::string toml_value(uint64_t v) { return std::to_string(v); }
+std::string toml_value(const std::string& v) { return nlohmann::json(v).dump(); }
 std::string toml_value(AttentionKind v) { return std::string("\"") + attention_kind_name(v) + "\""; }
 std::string toml_value(FfnKind v) { return std::string("\"") + ffn_kind_name(v) + "\""; }
 std::string toml_value(ScoreFunc v) { return std::string("\"") + score_func_name(v) + "\""; }
@@ -32,6 +64,8 @@ std::string toml_value(ScoreFunc v) { return std::string("\"") + score_func_name
 const char* type_name(int64_t) { return "integer"; }
 const char* type_name(double) { return "number"; }
 const char* type_name(bool) { return "bool"; }
+const char* type_name(uint64_t) { return "integer"; }
+const char* type_name(const std::string&) { return "string"; }
 
 std::vector<std::string> train_names() {
   std::vector<std::string> names;
@@ -61,6 +95,14 @@ void from_json_into(const std::string& key, const nlohmann::json& j, double& out
   if (!j.is_number()) throw ConfigError(key + " = " + json_text(j) + " is not a number");
   out = j.get<double>();
 }
+void from_json_into(const std::string& key, const nlohmann::json& j, uint64_t& out) {
+  if (!j.is_number_unsigned()) throw ConfigError(key + " = " + json_text(j) + " is not an integer >= 0");
+  out = j.get<uint64_t>();
+}
+void from_json_into(const std::string& key, const nlohmann::json& j, std::string& out) {
+  if (!j.is_string()) throw ConfigError(key + " = " + json_text(j) + " is not a string");
+  out = j.get<std::string>();
+}
 void from_json_into(const std::string& key, const nlohmann::json& j, bool& out) {
   if (!j.is_boolean()) throw ConfigError(key + " = " + json_text(j) + " is not a bool (true or false)");
   out = j.get<bool>();
@@ -81,6 +123,35 @@ auto in_section(const std::string& section, F&& f) {
 // ---- TrainConfig ----
 
 void TrainConfig::validate(const ModelConfig& model) const {
+  auto positive = [](const char* key, int64_t v) {
+    if (v <= 0) throw ConfigError(std::string(key) + " = " + std::to_string(v) + " must be > 0");
+  };
+  auto non_negative = [](const char* key, double v) {
+    if (!(v >= 0) || !std::isfinite(v)) throw ConfigError(std::string(key) + " = " + format_config_number(v) + " must be >= 0");
+  };
+  positive("steps", steps);
+  positive("grad_accum_steps", grad_accum_steps);
+  positive("eval_batches", eval_batches);
+  positive("log_every", log_every);
+  positive("max_nonfinite", max_nonfinite);
+  for (auto [key, v] : {std::pair<const char*, int64_t>{"warmup_steps", warmup_steps}, {"eval_every", eval_every},
+                        {"ckpt_every", ckpt_every}, {"keep_last", keep_last}})
+    non_negative(key, static_cast<double>(v));
+  if (!(lr > 0) || !std::isfinite(lr)) throw ConfigError("lr = " + format_config_number(lr) + " must be > 0");
+  if (!(min_lr_ratio >= 0 && min_lr_ratio <= 1))
+    throw ConfigError("min_lr_ratio = " + format_config_number(min_lr_ratio) + " must be in [0, 1]");
+  if (schedule != "cosine" && schedule != "wsd")
+    throw ConfigError("schedule = '" + schedule + "' is not one of cosine, wsd");
+  if (!(decay_fraction > 0 && decay_fraction <= 1))
+    throw ConfigError("decay_fraction = " + format_config_number(decay_fraction) + " must be in (0, 1]");
+  for (auto [key, v] : {std::pair<const char*, double>{"weight_decay", weight_decay}, {"adam_eps", adam_eps},
+                        {"grad_clip", grad_clip}, {"time_limit_s", time_limit_s}})
+    non_negative(key, v);
+  for (auto [key, v] : {std::pair<const char*, double>{"beta1", beta1}, {"beta2", beta2}})
+    if (!(v >= 0 && v < 1)) throw ConfigError(std::string(key) + " = " + format_config_number(v) + " must be in [0, 1)");
+  if (data_mode != "random" && data_mode != "sequential")
+    throw ConfigError("data_mode = '" + data_mode + "' is not one of random, sequential");
+  if (out_dir.empty()) throw ConfigError("out_dir is empty: checkpoints and metrics need a directory");
   if (batch_size <= 0) throw ConfigError("batch_size = " + std::to_string(batch_size) + " must be > 0");
   if (seq_len <= 0) throw ConfigError("seq_len = " + std::to_string(seq_len) + " must be > 0");
   if (seq_len > model.max_position_embeddings)

@@ -27,14 +27,39 @@ namespace moelab {
 // The [train] section. Grows with the trainer: add the field here and one line to the table in
 // run_config.cpp.
 struct TrainConfig {
-  int64_t batch_size = 8;  // B, sequences per step (per process)
-  int64_t seq_len = 128;   // T, tokens per sequence
+  int64_t batch_size = 8;           // B, sequences per micro-step (per process)
+  int64_t seq_len = 128;            // T, tokens per sequence
+  // optimisation
+  int64_t steps = 1000;             // optimizer steps
+  int64_t grad_accum_steps = 1;     // micro-batches per optimizer step
+  double lr = 1e-3;                 // peak learning rate
+  double min_lr_ratio = 0.1;        // the schedule ends at lr * min_lr_ratio
+  int64_t warmup_steps = 100;       // linear warm-up from 0
+  std::string schedule = "cosine";  // cosine | wsd (warmup-stable-decay)
+  double decay_fraction = 0.2;      // wsd: the last fraction of the steps decays (cosine shape)
+  double weight_decay = 0.1;        // decoupled; not on norms, embeddings, biases
+  double beta1 = 0.9, beta2 = 0.95, adam_eps = 1e-8;
+  double grad_clip = 1.0;           // global-norm clipping; 0 = off
+  int64_t max_nonfinite = 5;        // stop after this many non-finite steps in a row (each skipped)
+  uint64_t seed = 1337;
+  // data
+  std::string data_dir;             // a `moelab prepare` output directory
+  std::string data_mode = "random"; // random windows | sequential (shuffled epochs)
+  // evaluation, logging, checkpoints
+  int64_t eval_every = 100;         // steps between validation passes; 0 = only at the end
+  int64_t eval_batches = 20;        // validation batches per pass
+  int64_t log_every = 10;           // steps between console lines / JSONL records
+  std::string out_dir = "runs/default";  // checkpoints + metrics.jsonl
+  int64_t ckpt_every = 0;           // steps between checkpoints; 0 = only at the end (and on a signal)
+  int64_t keep_last = 3;            // complete checkpoints kept; 0 = all
+  double time_limit_s = 0;          // stop (evaluate, save) after this much training time; 0 = none
 
   void validate(const ModelConfig& model) const;  // also: seq_len <= model.max_position_embeddings
 };
 
 struct TrainConfigField {
-  using Member = std::variant<int64_t TrainConfig::*, double TrainConfig::*, bool TrainConfig::*>;
+  using Member = std::variant<int64_t TrainConfig::*, double TrainConfig::*, bool TrainConfig::*, uint64_t TrainConfig::*,
+                              std::string TrainConfig::*>;
   const char* name;
   const char* help;
   Member member;

@@ -1,0 +1,182 @@
+// The training loop end to end on a tiny model and a small char corpus written by the test:
+// 40 steps straight equal 20 steps, a stop (the SIGINT/SIGTERM path), a resume and 20 more steps,
+// bit for bit (weights, optimizer moments, logged losses); the non-finite guard; the schedules;
+// damaged checkpoints are reported and never loaded.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include "data/prepare.h"
+#include "tests/harness.h"
+#include "train/checkpoint.h"
+#include "train/schedule.h"
+#include "train/trainer.h"
+
+namespace moelab {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string scratch(const std::string& name) {
+  const fs::path p = fs::path(::testing::TempDir()) / ("moelab_trainer_" + name);
+  fs::remove_all(p);
+  fs::create_directories(p);
+  return p.string();
+}
+
+// A prepared char corpus (a few kB of generated text: no external file needed).
+std::string prepared_data() {
+  static const std::string dir = [] {
+    const std::string d = scratch("data");
+    std::ofstream(d + "/corpus.txt") << [] {
+      std::string text;
+      for (int i = 0; i < 400; ++i) text += "the quick brown fox " + std::to_string(i * 7919 % 1000) + " jumps.\n";
+      return text;
+    }();
+    PrepareOptions opt;
+    opt.inputs = {d + "/corpus.txt"};
+    opt.out_dir = d + "/prepared";
+    opt.kind = TokenizerKind::Char;
+    opt.val_fraction = 0.1;
+    prepare(opt);
+    return opt.out_dir;
+  }();
+  return dir;
+}
+
+RunConfig tiny_run(const std::string& out_dir) {
+  RunConfig c;
+  c.model.vocab_size = 48;
+  c.model.hidden_size = 24;
+  c.model.num_hidden_layers = 2;
+  c.model.max_position_embeddings = 16;
+  c.model.num_attention_heads = 2;
+  c.model.kv_lora_rank = 8;
+  c.model.qk_nope_head_dim = 6;
+  c.model.qk_rope_head_dim = 4;
+  c.model.v_head_dim = 6;
+  c.model.first_k_dense_replace = 1;
+  c.model.n_routed_experts = 4;
+  c.model.moe_intermediate_size = 8;
+  c.model.num_nextn_predict_layers = 1;
+  c.train.batch_size = 3;
+  c.train.seq_len = 12;
+  c.train.grad_accum_steps = 2;
+  c.train.steps = 40;
+  c.train.warmup_steps = 5;
+  c.train.lr = 3e-3;
+  c.train.eval_every = 10;
+  c.train.eval_batches = 2;
+  c.train.log_every = 5;
+  c.train.data_dir = prepared_data();
+  c.train.out_dir = out_dir;
+  c.train.keep_last = 2;
+  return c;
+}
+
+std::string read_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+// The "loss" of every training record of a metrics.jsonl, by step.
+std::map<int64_t, double> logged_losses(const std::string& out_dir) {
+  std::map<int64_t, double> out;
+  std::ifstream in(out_dir + "/metrics.jsonl");
+  for (std::string line; std::getline(in, line);) {
+    const auto j = nlohmann::json::parse(line);
+    if (j.contains("loss") && !j.contains("nonfinite")) out[j["step"].get<int64_t>()] = j["loss"].get<double>();
+  }
+  return out;
+}
+
+TEST(Trainer, StopAndResumeIsBitExact) {
+  TrainOptions quiet;
+  quiet.console = false;
+  const std::string a = scratch("straight"), b = scratch("resumed");
+  const TrainResult straight = train(tiny_run(a), quiet);
+  ASSERT_EQ(straight.step, 40);
+  EXPECT_LT(straight.train_loss, 3.5) << "the loss must fall from log(48) = 3.87";
+
+  TrainOptions stop = quiet;
+  stop.stop_after_step = 20;  // the path a SIGINT/SIGTERM takes: finish the step, save, return
+  const TrainResult first = train(tiny_run(b), stop);
+  EXPECT_TRUE(first.stopped);
+  ASSERT_EQ(first.step, 20);
+  ASSERT_EQ(latest_checkpoint(b), first.checkpoint);
+  TrainOptions resume = quiet;
+  resume.resume = true;
+  const TrainResult second = train(tiny_run(b), resume);
+  ASSERT_EQ(second.step, 40);
+
+  for (const char* f : {"model.safetensors", "optimizer.safetensors"})
+    EXPECT_EQ(read_bytes(a + "/step_00000040/" + f), read_bytes(b + "/step_00000040/" + f)) << f << " differs";
+  const auto la = logged_losses(a), lb = logged_losses(b);
+  EXPECT_EQ(la.size(), 8u);
+  for (const auto& [step, loss] : la) EXPECT_EQ(lb.at(step), loss) << "step " << step;  // exact: same bits
+  EXPECT_EQ(straight.val_loss, second.val_loss);
+  // keep_last = 2: the checkpoints at steps 20 and 40 remain in the resumed run.
+  EXPECT_TRUE(fs::exists(b + "/step_00000020") && fs::exists(b + "/step_00000040"));
+}
+
+TEST(Trainer, NonFiniteStepsAreSkippedThenStopTheRun) {
+  RunConfig c = tiny_run(scratch("nonfinite"));
+  c.train.lr = 1e30;  // the first update destroys the weights; every later loss is non-finite
+  c.train.warmup_steps = 0;
+  c.train.grad_clip = 0;
+  c.train.max_nonfinite = 3;
+  TrainOptions quiet;
+  quiet.console = false;
+  testing::expect_error([&] { train(c, quiet); }, "3 non-finite steps in a row");
+  std::ifstream in(c.train.out_dir + "/metrics.jsonl");
+  int skipped = 0;
+  for (std::string line; std::getline(in, line);) skipped += line.find("\"nonfinite\":true") != std::string::npos;
+  EXPECT_EQ(skipped, 3);
+}
+
+TEST(Trainer, DamagedCheckpointIsReportedNotLoaded) {
+  const std::string dir = scratch("damaged");
+  RunConfig c = tiny_run(dir);
+  c.train.steps = 2;
+  TrainOptions quiet;
+  quiet.console = false;
+  const TrainResult r = train(c, quiet);
+  const std::string model_file = r.checkpoint + "/model.safetensors";
+  fs::resize_file(model_file, fs::file_size(model_file) - 100);
+  testing::expect_error([&] { load_checkpoint(r.checkpoint); }, "damaged or truncated");
+  // A half-written save (a .tmp directory) is never picked for a resume.
+  fs::create_directories(dir + "/step_00000099.tmp");
+  EXPECT_EQ(latest_checkpoint(dir), r.checkpoint);
+}
+
+TEST(Trainer, MissingDataIsAClearError) {
+  RunConfig c = tiny_run(scratch("nodata"));
+  c.train.data_dir = "/nonexistent/prepared";
+  TrainOptions quiet;
+  quiet.console = false;
+  EXPECT_THROW(train(c, quiet), Error);
+}
+
+TEST(Schedule, WarmupCosineAndWsd) {
+  TrainConfig t;
+  t.lr = 1.0;
+  t.min_lr_ratio = 0.1;
+  t.steps = 100;
+  t.warmup_steps = 10;
+  EXPECT_DOUBLE_EQ(lr_at(t, 0), 0.1);
+  EXPECT_DOUBLE_EQ(lr_at(t, 9), 1.0);
+  EXPECT_DOUBLE_EQ(lr_at(t, 10), 1.0);
+  EXPECT_NEAR(lr_at(t, 55), 0.55, 1e-12);  // the middle of the cosine: halfway between 1 and 0.1
+  EXPECT_NEAR(lr_at(t, 100), 0.1, 1e-12);
+  t.schedule = "wsd";
+  t.decay_fraction = 0.2;
+  EXPECT_DOUBLE_EQ(lr_at(t, 50), 1.0);  // stable
+  EXPECT_DOUBLE_EQ(lr_at(t, 80), 1.0);  // the decay starts at step 80
+  EXPECT_NEAR(lr_at(t, 90), 0.55, 1e-12);
+  EXPECT_NEAR(lr_at(t, 100), 0.1, 1e-12);
+}
+
+}  // namespace
+}  // namespace moelab

@@ -1,0 +1,38 @@
+// `moelab train`: the training loop on the CPU (train/ wires model, data, optimizer, checkpoints).
+// Each optimizer step: grad_accum_steps micro-batches (forward + backward with the loss scaled by
+// 1/grad_accum_steps), a non-finite guard (a NaN/Inf loss or gradient norm skips the update and is
+// logged; max_nonfinite in a row stop the run with an error), global-norm clipping, AdamW at the
+// scheduled learning rate, then the aux-loss-free bias update with the step's summed expert loads.
+// Validation every eval_every steps on the first eval_batches windows of the val split (the same
+// windows every time, so the curve is comparable). Checkpoints every ckpt_every steps, at the end,
+// and when stop is requested (SIGINT/SIGTERM through `stop`): the current step finishes first.
+// Same seed, same thread count -> the same run, bit for bit, including across a resume.
+#pragma once
+
+#include <atomic>
+#include <string>
+
+#include "train/run_config.h"
+
+namespace moelab {
+
+struct TrainOptions {
+  bool resume = false;                        // continue from the newest checkpoint in out_dir
+  bool console = true;                        // print lines and the progress bar
+  const std::atomic<bool>* stop = nullptr;    // set by a signal handler: save and return after the step
+  int64_t stop_after_step = 0;                // > 0: behave as if stopped after this step (tests)
+};
+
+struct TrainResult {
+  int64_t step = 0;                           // optimizer steps completed
+  double train_loss = 0;                      // last step's total loss
+  double val_loss = 0;                        // last validation (main loss); NaN when none ran
+  double seconds = 0;                         // training time of this process
+  double tokens_per_second = 0;
+  std::string checkpoint;                     // the last checkpoint written
+  bool stopped = false;                       // by a signal (or stop_after_step)
+};
+
+TrainResult train(const RunConfig& cfg, const TrainOptions& options);
+
+}  // namespace moelab
