@@ -19,9 +19,10 @@ sanitize=(-DMOELAB_CUDA=OFF -DMOELAB_SANITIZE=ON)
 
 mode="${1:-default}"
 # python3-torch (Debian's, for /usr/bin/python3): the PyTorch twin's checks; tokenizers (PyPI):
-# the check that Hugging Face loads moelab's tokenizer.json to the same ids.
+# the check that Hugging Face loads moelab's tokenizer.json to the same ids; safetensors + numpy
+# (PyPI): the check that the safetensors package reads `moelab export`'s model.safetensors.
 moelab_install_debs python3-torch
-moelab_install_pip tokenizers
+moelab_install_pip tokenizers safetensors numpy
 case "$mode" in
   default)    run_suite "$MOELAB_ROOT/build" "" ;;
   --sanitize) run_suite "$MOELAB_ROOT/build-sanitize" "-LE python" "${sanitize[@]}" ;;

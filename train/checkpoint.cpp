@@ -116,6 +116,16 @@ std::string latest_checkpoint(const std::string& run_dir) {
   return all.empty() ? "" : all.back().string();
 }
 
+std::string resolve_checkpoint(const std::string& path) {
+  MOELAB_CHECK(fs::is_directory(path), "--ckpt ", path, ": no such directory");
+  if (fs::exists(fs::path(path) / "trainer_state.json")) return path;
+  const std::string latest = latest_checkpoint(path);
+  MOELAB_CHECK(!latest.empty(), "--ckpt ", path,
+               ": neither a checkpoint (no trainer_state.json) nor a run directory with a complete checkpoint "
+               "(step_*/trainer_state.json)");
+  return latest;
+}
+
 namespace {
 nlohmann::ordered_json read_state(const fs::path& dir) {
   const fs::path p = dir / kStateFile;

@@ -38,6 +38,9 @@ std::string save_checkpoint(const std::string& run_dir, const RunConfig& cfg, co
 
 // The newest complete checkpoint under run_dir ("" when there is none).
 std::string latest_checkpoint(const std::string& run_dir);
+// What a `--ckpt` argument names: a checkpoint directory, or a run directory (its newest complete
+// checkpoint). Throws naming the path when it is neither.
+std::string resolve_checkpoint(const std::string& ckpt_or_run_dir);
 
 struct LoadedCheckpoint {
   std::string path;

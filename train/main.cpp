@@ -9,10 +9,21 @@
 //                               training tokens/s and ms per step on random tokens (train/bench.h)
 //   moelab prepare --input FILE... --tokenizer char|byte|bpe [--vocab-size N] --val-fraction F --out DIR
 //                               tokenizer.json + llm.c token shards + meta.json (data/prepare.h)
-// Later issues add: train, eval, sample, export (listed in `moelab --help` only once they exist).
+//   moelab export --ckpt DIR --out HF_DIR [--dtype f32|bf16] [--force] [--overwrite]
+//                               a checkpoint (or a run's newest) as a Hugging Face DeepSeek-V3
+//                               directory: config.json, model.safetensors, tokenizer.json,
+//                               tokenizer_config.json, generation_config.json (train/export.h)
+//   moelab sample --ckpt DIR [--prompt TEXT] [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P]
+//                 [--seed S] [--no-cache]
+//                               text from a checkpoint (or a run's newest) with the KV cache; prints
+//                               the cache's bytes per token and tokens/s (train/sample.h)
+//   moelab train --config X.toml [--set key=value ...] [--resume]
+//                               the training loop (train/trainer.h); SIGINT/SIGTERM saves and exits 0
 #include <omp.h>
 
 #include <CLI/CLI.hpp>
+#include <atomic>
+#include <csignal>
 #include <cstdio>
 #include <exception>
 #include <string>
@@ -23,8 +34,11 @@
 #include "core/nn/model.h"
 #include "data/prepare.h"
 #include "train/bench.h"
+#include "train/trainer.h"
 #include "train/config_file.h"
+#include "train/export.h"
 #include "train/model_info.h"
+#include "train/sample.h"
 #include "moelab/build_info.h"
 #if MOELAB_WITH_CUDA
 #include "cuda/runtime.h"
@@ -116,6 +130,29 @@ int run_bench_cli(const BenchCliOptions& o) {
   return 0;
 }
 
+// SIGINT/SIGTERM during `moelab train`: the handler may only set a flag (the one piece of global
+// state moelab has, because a signal handler has no other way in); the trainer finishes the step,
+// saves a checkpoint and returns, and the process exits 0.
+std::atomic<bool> g_stop_requested{false};
+extern "C" void request_stop(int) { g_stop_requested.store(true); }
+
+struct TrainCliOptions {
+  std::string config;
+  std::vector<std::string> overrides;
+  bool resume = false;
+};
+
+int run_train_cli(const TrainCliOptions& o) {
+  const moelab::RunConfig cfg = moelab::load_config(o.config, o.overrides);
+  std::signal(SIGINT, request_stop);
+  std::signal(SIGTERM, request_stop);
+  moelab::TrainOptions opt;
+  opt.resume = o.resume;
+  opt.stop = &g_stop_requested;
+  moelab::train(cfg, opt);
+  return 0;
+}
+
 struct PrepareCliOptions {
   moelab::PrepareOptions opt;
   std::string tokenizer = "bpe";
@@ -129,6 +166,68 @@ int run_prepare_cli(PrepareCliOptions o) {
               s.out_dir.c_str(), moelab::tokenizer_kind_name(s.kind), static_cast<long long>(s.vocab_size),
               static_cast<long long>(s.train_tokens), s.train_shards.size(), static_cast<long long>(s.val_tokens),
               s.total_seconds);
+  return 0;
+}
+
+struct ExportCliOptions {
+  std::string ckpt, out, dtype = "f32";
+  bool force = false, overwrite = false;
+};
+
+// `moelab export`: the checkpoint's HF directory; what HF would compute differently is printed as
+// WARNING lines (stderr), what is exact but worth knowing as notes.
+int run_export_cli(const ExportCliOptions& o) {
+  moelab::ExportOptions opt;
+  opt.dtype = moelab::dtype_from_name(o.dtype);
+  opt.force = o.force;
+  opt.overwrite = o.overwrite;
+  const moelab::ExportSummary s = moelab::export_checkpoint(o.ckpt, o.out, opt);
+  for (const auto& w : s.warnings) std::fprintf(stderr, "WARNING: %s\n", w.c_str());
+  for (const auto& n : s.notes) std::printf("note: %s\n", n.c_str());
+  std::string files;
+  for (const auto& f : s.files) files += (files.empty() ? "" : ", ") + f;
+  std::printf("exported %s (step %lld) to %s: %lld tensors, %lld parameters, %s, %.1f MB; %s\n", s.checkpoint.c_str(),
+              static_cast<long long>(s.step), s.out_dir.c_str(), static_cast<long long>(s.tensors),
+              static_cast<long long>(s.parameters), moelab::dtype_name(s.dtype), s.bytes / 1e6, files.c_str());
+  return 0;
+}
+
+struct SampleCliOptions {
+  std::string ckpt, prompt = "\n";
+  moelab::SampleOptions opt;
+  bool no_cache = false;
+};
+
+// `moelab sample`: the prompt and its continuation, then what the run cost: the KV cache per
+// token and the speed.
+int run_sample_cli(const SampleCliOptions& o) {
+  const moelab::LoadedCheckpoint ck = moelab::load_checkpoint(moelab::resolve_checkpoint(o.ckpt));
+  MOELAB_CHECK(ck.tokenizer != nullptr, "checkpoint ", ck.path, " has no tokenizer (its run had none), so --prompt "
+               "cannot be encoded; train from `moelab prepare` data to get one");
+  const std::vector<int32_t> prompt = ck.tokenizer->encode_with_special(o.prompt);
+  moelab::SampleOptions opt = o.opt;
+  opt.use_cache = !o.no_cache;
+  opt.vocab_limit = ck.tokenizer->vocab_size();  // ids past the tokenizer's (a padded vocabulary) have no text
+  moelab::SampleStats s;
+  const std::vector<int32_t> generated = moelab::generate(*ck.model, prompt, opt, &s);
+  const std::string text = ck.tokenizer->decode(prompt) + ck.tokenizer->decode(generated);
+  std::fwrite(text.data(), 1, text.size(), stdout);  // raw bytes: the text may hold NULs
+  std::printf("\n---\ncheckpoint %s (step %lld): %lld prompt + %lld new tokens, ", ck.path.c_str(),
+              static_cast<long long>(ck.state.step), static_cast<long long>(s.prompt_tokens),
+              static_cast<long long>(s.new_tokens));
+  if (opt.temperature == 0) std::printf("greedy\n");
+  else std::printf("temperature %g, top-k %lld, top-p %g, seed %llu\n", opt.temperature,
+                   static_cast<long long>(opt.top_k), opt.top_p, static_cast<unsigned long long>(opt.seed));
+  if (s.context_full)
+    std::printf("note: stopped at max_position_embeddings = %lld tokens (the context is not slid)\n",
+                static_cast<long long>(ck.cfg.model.max_position_embeddings));
+  std::printf("%s\n", moelab::format_kv_cache(ck.cfg.model, s).c_str());
+  std::printf("%lld tokens in %.3f s: %.1f tokens/s (first step, the %lld-token prompt: %.1f ms, then %.2f ms/token; "
+              "%s)\n",
+              static_cast<long long>(s.new_tokens), s.seconds(), s.tokens_per_second(),
+              static_cast<long long>(s.prompt_tokens), 1e3 * s.prefill_seconds,
+              s.new_tokens > 1 ? 1e3 * s.decode_seconds / static_cast<double>(s.new_tokens - 1) : 0.0,
+              opt.use_cache ? "with the KV cache" : "--no-cache: every step re-runs the whole sequence");
   return 0;
 }
 
@@ -169,6 +268,16 @@ int main(int argc, char** argv) {
   bench->add_option("--warmup", bench_opt.warmup, "Untimed steps before them")->check(CLI::NonNegativeNumber);
   bench->callback([&]() { rc = run_bench_cli(bench_opt); });
 
+  CLI::App* train = app.add_subcommand("train", "Train a model on prepared data: AdamW, schedules, evaluation, "
+                                      "checkpoints (SIGINT/SIGTERM saves and exits 0), metrics.jsonl");
+  TrainCliOptions train_opt;
+  train->add_option("--config", train_opt.config, "A TOML config ([model] and [train], e.g. examples/*.toml)")
+      ->required();
+  train->add_option("--set", train_opt.overrides, "Override a config key: model.<key>=value or train.<key>=value "
+                    "(repeatable; applied after the file)");
+  train->add_flag("--resume", train_opt.resume, "Continue from the newest complete checkpoint in train.out_dir");
+  train->callback([&]() { rc = run_train_cli(train_opt); });
+
   CLI::App* prepare = app.add_subcommand("prepare", "Text files -> tokenizer.json, llm.c token shards (train/val) "
                                         "and meta.json, ready for training");
   PrepareCliOptions prep;
@@ -183,6 +292,41 @@ int main(int argc, char** argv) {
   prepare->add_option("--shard-tokens", prep.opt.shard_tokens, "At most this many tokens per shard file");
   prepare->add_option("--out", prep.opt.out_dir, "Output directory (created if missing)")->required();
   prepare->callback([&]() { rc = run_prepare_cli(prep); });
+
+  CLI::App* export_cmd = app.add_subcommand(
+      "export", "Write a checkpoint as a Hugging Face DeepSeek-V3 directory (config.json, model.safetensors, "
+                "tokenizer.json + tokenizer_config.json, generation_config.json)");
+  ExportCliOptions export_opt;
+  export_cmd->add_option("--ckpt", export_opt.ckpt, "A checkpoint directory, or a run directory (its newest "
+                         "checkpoint)")->required();
+  export_cmd->add_option("--out", export_opt.out, "Output directory (written as <out>.tmp, then renamed)")->required();
+  export_cmd->add_option("--dtype", export_opt.dtype, "Weights in f32 or bf16 (the router bias stays f32)")
+      ->check(CLI::IsMember({"f32", "bf16"}));
+  export_cmd->add_flag("--force", export_opt.force, "Export even what DeepseekV3ForCausalLM cannot load "
+                       "(attention = mha | gqa), with a warning");
+  export_cmd->add_flag("--overwrite", export_opt.overwrite, "Replace an existing non-empty --out directory");
+  export_cmd->callback([&]() { rc = run_export_cli(export_opt); });
+
+  CLI::App* sample = app.add_subcommand("sample", "Generate text from a checkpoint with a KV cache (MLA caches only "
+                                       "the latent and the rope key); prints the cache's bytes/token and tokens/s");
+  SampleCliOptions sample_opt;
+  sample->add_option("--ckpt", sample_opt.ckpt, "A checkpoint directory, or a run directory (its newest checkpoint)")
+      ->required();
+  sample->add_option("--prompt", sample_opt.prompt, "The text to continue (special tokens such as <|endoftext|> are "
+                     "recognised); default a newline");
+  sample->add_option("--max-new-tokens", sample_opt.opt.max_new_tokens, "Tokens to generate (fewer if the sequence "
+                     "reaches max_position_embeddings)")
+      ->check(CLI::NonNegativeNumber);
+  sample->add_option("--temperature", sample_opt.opt.temperature, "Divides the logits; 0 = greedy")
+      ->check(CLI::NonNegativeNumber);
+  sample->add_option("--top-k", sample_opt.opt.top_k, "Sample among the k most likely tokens; 0 = all")
+      ->check(CLI::NonNegativeNumber);
+  sample->add_option("--top-p", sample_opt.opt.top_p, "Nucleus: the smallest set of most likely tokens whose "
+                     "probability reaches p, in (0, 1]; 1 = all");
+  sample->add_option("--seed", sample_opt.opt.seed, "Seed of the Philox draws: the same seed gives the same text");
+  sample->add_flag("--no-cache", sample_opt.no_cache, "Re-run the whole sequence every step (the reference the "
+                   "cached path matches; slower)");
+  sample->callback([&]() { rc = run_sample_cli(sample_opt); });
 
   try {
     app.parse(argc, argv);

@@ -37,6 +37,17 @@ class Block {
   void backward(const Context& ctx, const Saved& saved, const Tensor& grad_y, double balance_grad_scale,
                 const Tensor& grad_x) const;
 
+  // Generation (core/nn/decode.cpp): the attention's cache (the one of cfg.attention is defined).
+  struct KVCache {
+    MLAttention::KVCache mla;
+    GQAttention::KVCache gqa;
+    int64_t elements_per_token() const;  // cached numbers per position of one sequence
+  };
+  KVCache new_cache(int64_t batch, int64_t capacity, DType dtype, Device device) const;
+  // x, y: [B*n, D] at positions [pos, pos + n); the FFN is per token and runs as in forward (MoE: see
+  // MoE::decode).
+  void decode(const Context& ctx, const Tensor& x, const Tensor& y, KVCache& cache, int64_t pos) const;
+
   bool is_moe() const { return is_moe_; }
   MoE& moe() { return moe_; }
   const MoE& moe() const { return moe_; }

@@ -30,6 +30,15 @@ class GQAttention {
   void forward(const Context& ctx, const Tensor& x, const Tensor& y, Saved& saved) const;  // x, y: [N, D]
   void backward(const Context& ctx, const Saved& saved, const Tensor& grad_y, const Tensor& grad_x) const;
 
+  // Generation (core/nn/decode.cpp): the cache holds every position's keys (after RoPE) and values.
+  struct KVCache {
+    Tensor k, v;  // [B, S, Hkv, hd] each
+  };
+  KVCache new_cache(int64_t batch, int64_t capacity, DType dtype, Device device) const;  // zeros
+  // x, y: [B*n, D], the n = ctx.seq_len new tokens of each sequence at positions [pos, pos + n).
+  // Reads positions [0, pos) from the cache and writes [pos, pos + n) into it.
+  void decode(const Context& ctx, const Tensor& x, const Tensor& y, KVCache& cache, int64_t pos) const;
+
  private:
   Linear q_proj_, k_proj_, v_proj_, o_proj_;
   int64_t heads_ = 0, kv_heads_ = 0, head_dim_ = 0, rope_dim_ = 0;

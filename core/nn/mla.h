@@ -37,6 +37,17 @@ class MLAttention {
   void forward(const Context& ctx, const Tensor& x, const Tensor& y, Saved& saved) const;  // x, y: [N, D]
   void backward(const Context& ctx, const Saved& saved, const Tensor& grad_y, const Tensor& grad_x) const;
 
+  // Generation (core/nn/decode.cpp). The cache holds only ckv and rope(kr), MODEL.md's Ckv + Dr
+  // numbers per token; decode attends over them in the absorbed form (core/ops/mla_decode.h).
+  struct KVCache {
+    Tensor ckv;  // [B, S, Ckv] the normalised latent of each position
+    Tensor kr;   // [B, S, Dr] its rope key, after RoPE
+  };
+  KVCache new_cache(int64_t batch, int64_t capacity, DType dtype, Device device) const;  // zeros
+  // x, y: [B*n, D], the n = ctx.seq_len new tokens of each sequence at positions [pos, pos + n).
+  // Reads positions [0, pos) from the cache and writes [pos, pos + n) into it.
+  void decode(const Context& ctx, const Tensor& x, const Tensor& y, KVCache& cache, int64_t pos) const;
+
  private:
   float scale() const;
 

@@ -75,6 +75,26 @@ class Model {
   std::vector<MoEStats> moe_stats(const Saved& saved) const;
   void update_bias(const std::vector<std::vector<double>>& loads) const;
 
+  // Generation with a KV cache (core/nn/decode.cpp): embedding -> blocks (decode) -> final norm ->
+  // LM head; the MTP modules are not used at inference.
+  struct KVCache {
+    std::vector<Block::KVCache> layers;  // [L]
+    int64_t batch = 0, capacity = 0;     // B sequences of at most S = capacity positions
+    int64_t length = 0;                  // positions [0, length) of every sequence are cached
+    DType dtype = DType::F32;
+    int64_t elements_per_token() const;  // cached numbers per position of one sequence, all layers
+    int64_t bytes_per_token() const { return elements_per_token() * static_cast<int64_t>(dtype_size(dtype)); }
+  };
+  // Zero-filled, in the parameters' dtype and device; capacity <= max_position_embeddings.
+  KVCache new_cache(int64_t batch, int64_t capacity) const;
+  // ids: i32 [B, n] (B = ctx.batch, n = ctx.seq_len), the next n tokens of each sequence, at positions
+  // [pos, pos + n); the cache must hold [0, pos) (pos <= cache.length), and afterwards holds
+  // [0, pos + n). logits: [B*n, V], the next-token logits of every new position. pos = 0 with the
+  // whole sequence is a full forward (a prefill).
+  void decode(const Context& ctx, const Tensor& ids, int64_t pos, KVCache& cache, const Tensor& logits) const;
+  // Arena bytes one decode() of `rows` = B*n tokens allocates at most (logits are the caller's).
+  size_t decode_arena_bytes(int64_t rows) const;
+
   const ModelConfig& config() const { return cfg_; }
   ParamBuffer& params() { return params_; }
   const ParamBuffer& params() const { return params_; }

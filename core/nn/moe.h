@@ -73,6 +73,11 @@ class MoE {
   // (sign(0) = 0). `load` [E] is the GLOBAL per-expert load of the step (summed over micro-batches
   // and ranks by the caller). Does nothing without aux_free_bias (there is no bias).
   void update_bias(const std::vector<double>& load) const;
+  // Inference (core/nn/decode.cpp): y = shared(x) + the routed experts, routed as forward does
+  // (biased selection, unbiased gates) but DROPLESS whatever capacity_factor says, so that a token's
+  // output does not depend on the other tokens of the call (a KV-cache step sees one token, a rerun
+  // the whole sequence). No stats, no balance losses, no bias update. x, y: [N, D].
+  void decode(const Context& ctx, const Tensor& x, const Tensor& y) const;
 
   void set_dispatch(const ExpertDispatch* dispatch);  // nullptr = the built-in single-process one
   // true: the naive per-token expert loop (single process only), false: the grouped path (default).

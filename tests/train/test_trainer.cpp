@@ -7,6 +7,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <unistd.h>
 
 #include "data/prepare.h"
 #include "tests/harness.h"
@@ -19,8 +20,12 @@ namespace {
 
 namespace fs = std::filesystem;
 
+// A directory private to this process and test: ctest runs tests as parallel processes, and
+// two of them clearing the same directory would pull the data from under each other.
 std::string scratch(const std::string& name) {
-  const fs::path p = fs::path(::testing::TempDir()) / ("moelab_trainer_" + name);
+  const std::string test = ::testing::UnitTest::GetInstance()->current_test_info()->name();
+  const fs::path p = fs::path(::testing::TempDir()) /
+                     ("moelab_trainer_" + std::to_string(::getpid()) + "_" + test + "_" + name);
   fs::remove_all(p);
   fs::create_directories(p);
   return p.string();

@@ -1,0 +1,237 @@
+// Generation with a KV cache (MODEL.md, "What a KV cache stores for generation"): the inference path
+// of every layer, beside (never inside) the training forward/backward.
+//
+// decode(pos) runs the n new tokens of each sequence, at positions [pos, pos + n), given a cache of
+// positions [0, pos): each attention layer appends the new tokens' cache entries and attends over
+// the cache, RoPE turns every query and key by its absolute position (pos_offset = pos), and the
+// per-token layers (norms, SwiGLU, MoE) run on the new rows only. A prefill is decode(0) of the whole
+// prompt; then one token at a time. The result equals Model::forward's logits up to rounding.
+//   MLA:     caches ckv (the normalised latent) and rope(kr): Ckv + Dr numbers per token per layer,
+//            and attends in the absorbed form (core/ops/mla_decode.h): W_kvb folds into the query
+//            and the output, so no per-head key or value is ever formed.
+//   MHA/GQA: caches k (after RoPE) and v: 2 x Hkv x head_dim numbers per token per layer.
+//   MoE:     dropless routing at inference (MoE::decode).
+// Nothing here keeps activations for a backward: the Saved structs the reused forwards fill are
+// thrown away.
+#include <algorithm>
+#include <cmath>
+
+#include "core/nn/model.h"
+#include "core/ops/attention_decode.h"
+#include "core/ops/columns.h"
+#include "core/ops/elementwise.h"
+#include "core/ops/matmul.h"
+#include "core/ops/mla_decode.h"
+#include "core/ops/rope.h"
+
+namespace moelab {
+
+namespace {
+// cache[b, pos : pos + n] = rows of sequence b, for a cache [B, S, ...] and rows [B*n, ...] (or
+// [B, n, ...]): one copy per sequence, since the cache is strided by its capacity S.
+void write_cache(const Tensor& cache, const Tensor& rows, int64_t pos, int64_t n) {
+  const int64_t B = cache.size(0), S = cache.size(1), width = cache.numel() / (B * S);
+  const Tensor src = rows.reshape({B * n, width});
+  for (int64_t b = 0; b < B; ++b)
+    cache.slice(b, b + 1).reshape({S, width}).slice(pos, pos + n).copy_from(src.slice(b * n, (b + 1) * n));
+}
+
+// Cached numbers per position of one sequence in a [B, S, ...] cache tensor (0 when undefined).
+int64_t per_position(const Tensor& t) { return t.defined() ? t.numel() / (t.size(0) * t.size(1)) : 0; }
+}  // namespace
+
+// ---- MLA ----
+
+MLAttention::KVCache MLAttention::new_cache(int64_t batch, int64_t capacity, DType dtype, Device device) const {
+  return {Tensor::zeros({batch, capacity, kv_rank_}, dtype, device), Tensor::zeros({batch, capacity, rope_}, dtype, device)};
+}
+
+void MLAttention::decode(const Context& ctx, const Tensor& x, const Tensor& y, KVCache& cache, int64_t pos) const {
+  const int64_t B = ctx.batch, n = ctx.seq_len, N = ctx.tokens();
+  RMSNorm::Saved unused;
+  // The query, as in forward, its rope part turned to the absolute positions pos ...
+  Tensor q = ctx.alloc({B, n, heads_, nope_ + rope_});
+  if (q_rank_ > 0) {
+    Tensor cq_raw = ctx.alloc({N, q_rank_}), cq = ctx.alloc({N, q_rank_});
+    q_a_proj_.forward(x, cq_raw);
+    q_a_norm_.forward(ctx, cq_raw, cq, unused);
+    q_b_proj_.forward(cq, q.as_rows(N));
+  } else {
+    q_proj_.forward(x, q.as_rows(N));
+  }
+  rope_forward(q, q, nope_, rope_, rope_theta_, pos);
+  // The new tokens' cache entries: the normalised latent and the turned rope key, nothing per head.
+  Tensor kva = ctx.alloc({N, kv_rank_ + rope_}), ckv_raw = ctx.alloc({N, kv_rank_}), ckv = ctx.alloc({N, kv_rank_});
+  Tensor kr = ctx.alloc({B, n, 1, rope_});
+  kv_a_proj_.forward(x, kva);
+  split_columns(kva, ckv_raw, kr.as_rows(N));
+  kv_a_norm_.forward(ctx, ckv_raw, ckv, unused);
+  rope_forward(kr, kr, 0, rope_, rope_theta_, pos);
+  write_cache(cache.ckv, ckv, pos, n);
+  write_cache(cache.kr, kr, pos, n);
+  // Every head attends over the cached latents with W_kvb folded into its query and output.
+  Tensor out = ctx.alloc({B, n, heads_, v_dim_});
+  mla_decode_attention(q, kv_b_proj_.weight(), cache.ckv, cache.kr, scale(), pos, out);
+  o_proj_.forward(out.as_rows(N), y);
+}
+
+// ---- MHA / GQA ----
+
+GQAttention::KVCache GQAttention::new_cache(int64_t batch, int64_t capacity, DType dtype, Device device) const {
+  return {Tensor::zeros({batch, capacity, kv_heads_, head_dim_}, dtype, device),
+          Tensor::zeros({batch, capacity, kv_heads_, head_dim_}, dtype, device)};
+}
+
+void GQAttention::decode(const Context& ctx, const Tensor& x, const Tensor& y, KVCache& cache, int64_t pos) const {
+  const int64_t B = ctx.batch, n = ctx.seq_len, N = ctx.tokens();
+  Tensor q = ctx.alloc({B, n, heads_, head_dim_});
+  Tensor k = ctx.alloc({B, n, kv_heads_, head_dim_}), v = ctx.alloc({B, n, kv_heads_, head_dim_});
+  q_proj_.forward(x, q.as_rows(N));
+  k_proj_.forward(x, k.as_rows(N));
+  v_proj_.forward(x, v.as_rows(N));
+  if (rope_dim_ > 0) {
+    rope_forward(q, q, head_dim_ - rope_dim_, rope_dim_, rope_theta_, pos);
+    rope_forward(k, k, head_dim_ - rope_dim_, rope_dim_, rope_theta_, pos);
+  }
+  write_cache(cache.k, k, pos, n);
+  write_cache(cache.v, v, pos, n);
+  Tensor out = ctx.alloc({B, n, heads_, head_dim_});
+  attention_decode_forward(q, cache.k, cache.v, static_cast<float>(1.0 / std::sqrt(static_cast<double>(head_dim_))),
+                           pos, out);
+  o_proj_.forward(out.as_rows(N), y);
+}
+
+// ---- MoE ----
+
+void MoE::decode(const Context& ctx, const Tensor& x, const Tensor& y) const {
+  Saved s;
+  MoEStats unused;
+  route(ctx, x, s, unused);
+  // Dropless: route() applied the training capacity to expert_idx when capacity_factor > 0; at
+  // inference every token reaches its K experts, as in HF's and DeepSeek's inference code.
+  s.expert_idx = s.topk_idx;
+  if (naive_) experts_naive(ctx, y, s);
+  else experts_grouped(ctx, y, s);
+  if (cfg_.n_shared_experts > 0) {
+    Tensor shared_y = ctx.alloc(x.shape());
+    shared_.forward(ctx, x, shared_y, s.shared);
+    add(y, shared_y, y);
+  }
+}
+
+// ---- Block ----
+
+int64_t Block::KVCache::elements_per_token() const {
+  return per_position(mla.ckv) + per_position(mla.kr) + per_position(gqa.k) + per_position(gqa.v);
+}
+
+Block::KVCache Block::new_cache(int64_t batch, int64_t capacity, DType dtype, Device device) const {
+  KVCache c;
+  if (attention_ == AttentionKind::MLA) c.mla = mla_.new_cache(batch, capacity, dtype, device);
+  else c.gqa = gqa_.new_cache(batch, capacity, dtype, device);
+  return c;
+}
+
+void Block::decode(const Context& ctx, const Tensor& x, const Tensor& y, KVCache& cache, int64_t pos) const {
+  const Shape shape = x.shape();
+  RMSNorm::Saved unused;
+  // h = x + Attn(RMSNorm_in(x)), the attention over the cache.
+  Tensor normed = ctx.alloc(shape), branch = ctx.alloc(shape), h = ctx.alloc(shape);
+  attn_norm_.forward(ctx, x, normed, unused);
+  if (attention_ == AttentionKind::MLA) mla_.decode(ctx, normed, branch, cache.mla, pos);
+  else gqa_.decode(ctx, normed, branch, cache.gqa, pos);
+  add(x, branch, h);
+  // y = h + FFN(RMSNorm_post(h)), per token.
+  Tensor normed2 = ctx.alloc(shape), branch2 = ctx.alloc(shape);
+  ffn_norm_.forward(ctx, h, normed2, unused);
+  if (is_moe_) {
+    moe_.decode(ctx, normed2, branch2);
+  } else {
+    SwiGLUMLP::Saved mlp_unused;
+    mlp_.forward(ctx, normed2, branch2, mlp_unused);
+  }
+  add(h, branch2, y);
+}
+
+// ---- Model ----
+
+int64_t Model::KVCache::elements_per_token() const {
+  int64_t total = 0;
+  for (const Block::KVCache& l : layers) total += l.elements_per_token();
+  return total;
+}
+
+Model::KVCache Model::new_cache(int64_t batch, int64_t capacity) const {
+  MOELAB_CHECK(batch >= 1, "Model::new_cache: batch is ", batch, ", expected >= 1");
+  MOELAB_CHECK(capacity >= 1 && capacity <= cfg_.max_position_embeddings, "Model::new_cache: capacity ", capacity,
+               " positions, expected 1 .. max_position_embeddings = ", cfg_.max_position_embeddings);
+  KVCache c;
+  c.batch = batch;
+  c.capacity = capacity;
+  c.dtype = params_.flat_params().dtype();
+  for (const Block& b : blocks_) c.layers.push_back(b.new_cache(batch, capacity, c.dtype, params_.flat_params().device()));
+  return c;
+}
+
+void Model::decode(const Context& ctx, const Tensor& ids, int64_t pos, KVCache& cache, const Tensor& logits) const {
+  const int64_t B = ctx.batch, n = ctx.seq_len, N = ctx.tokens(), D = cfg_.hidden_size;
+  check_dtype("Model::decode", "ids", ids, DType::I32);
+  check_shape("Model::decode", "ids", ids, {B, n});
+  check_shape("Model::decode", "logits", logits, {N, cfg_.vocab_size});
+  MOELAB_CHECK(cache.batch == B && cache.layers.size() == blocks_.size(), "Model::decode: the cache holds ",
+               cache.batch, " sequences of ", cache.layers.size(), " layers, the call has ", B, " and the model ",
+               blocks_.size());
+  MOELAB_CHECK(n >= 1, "Model::decode: no tokens to decode (ctx.seq_len = ", n, ")");
+  MOELAB_CHECK(pos >= 0 && pos <= cache.length, "Model::decode: ", n, " tokens at position ", pos,
+               ", but the cache holds positions [0, ", cache.length, "): decode continues from at most its length");
+  MOELAB_CHECK(pos + n <= cache.capacity, "Model::decode: positions [", pos, ", ", pos + n,
+               ") exceed the cache's capacity of ", cache.capacity, " (max_position_embeddings = ",
+               cfg_.max_position_embeddings, ")");
+  Tensor h = ctx.alloc({N, D});
+  embed_.forward(ids.reshape({N}), h);
+  for (size_t l = 0; l < blocks_.size(); ++l) {
+    Tensor next = ctx.alloc({N, D});
+    blocks_[l].decode(ctx, h, next, cache.layers[l], pos);
+    h = next;
+  }
+  Tensor normed = ctx.alloc({N, D});
+  RMSNorm::Saved unused;
+  final_norm_.forward(ctx, h, normed, unused);
+  matmul_forward(normed, head_weight(), logits);
+  cache.length = pos + n;
+}
+
+size_t Model::decode_arena_bytes(int64_t rows) const {
+  // Counted from the ctx.alloc calls above and in the forwards they reuse (RMSNorm's rstd, SwiGLUMLP,
+  // MoE's router, dispatch and experts), in elements per token; i32 indices count as one element.
+  // Each allocation may also lose up to Arena::kAlignment bytes to alignment.
+  const ModelConfig& c = cfg_;
+  const int64_t D = c.hidden_size, H = c.num_attention_heads, E = c.n_routed_experts, K = c.num_experts_per_tok;
+  const int64_t F = c.moe_intermediate_size;
+  int64_t attention = 0;
+  if (c.attention == AttentionKind::MLA) {
+    const int64_t Cq = c.q_lora_rank, Ckv = c.kv_lora_rank, Dr = c.qk_rope_head_dim;
+    attention = H * (c.qk_nope_head_dim + Dr)      // q
+                + (Cq > 0 ? 2 * Cq + 1 : 0)        // cq_raw, cq, rstd
+                + (Ckv + Dr) + 2 * Ckv + 1 + Dr    // kva, ckv_raw, ckv, rstd, kr
+                + H * c.v_head_dim;                // out
+  } else {
+    attention = 2 * H * c.mha_head_dim() + 2 * c.kv_heads() * c.mha_head_dim();  // q, out; k, v
+  }
+  const int64_t moe = 2 * E + 4 * K            // logits, scores; topk_idx, weights, expert_idx, dispatch pos
+                      + 2 * K * D + 3 * K * F  // expert inputs and outputs; each expert's gate, up, hidden
+                      + D + 3 * c.n_shared_experts * F;  // shared experts' output, gate, up, hidden
+  int64_t per_token = 2 * D + 1;  // the embedding, the final norm's output and rstd
+  int64_t allocs = 3;
+  for (const Block& b : blocks_) {
+    // The block's output, its 5 temporaries and 2 rstd, the attention, the FFN.
+    per_token += 6 * D + 2 + attention + (b.is_moe() ? moe : 3 * c.intermediate_size);
+    // 8 in the block, at most 10 in the attention, 12 in the MoE outside its experts; the experts: 3
+    // per expert (grouped) or 3 per assignment (the naive path).
+    allocs += 18 + (b.is_moe() ? 12 + 3 * E + 3 * rows * K : 3);
+  }
+  const size_t elem = std::max<size_t>(dtype_size(params_.flat_params().dtype()), 4);
+  return static_cast<size_t>(rows * per_token) * elem + static_cast<size_t>(allocs) * Arena::kAlignment;
+}
+
+}  // namespace moelab

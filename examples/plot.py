@@ -1,0 +1,94 @@
+#!/usr/bin/env python3
+"""Plots of a moelab run from its metrics.jsonl (train/metrics.h writes it).
+
+    python3 examples/plot.py runs/shakespeare_moe            # or the metrics.jsonl itself
+writes, next to the metrics file:
+    loss.png          training loss (main and total) and validation loss per step, and the lr
+    expert_load.png   per MoE layer, each expert's share of the routed tokens over the steps
+                      (a balanced router is a flat band at 1/E), with MaxVio below
+Needs numpy and matplotlib (Debian: python3-numpy python3-matplotlib).
+"""
+import json
+import os
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def read(path):
+    train, val = [], []
+    with open(path) as f:
+        for line in f:
+            r = json.loads(line)
+            if "val_loss" in r:
+                val.append(r)
+            elif "loss" in r and not r.get("nonfinite"):
+                train.append(r)
+    return train, val
+
+
+def plot_loss(train, val, out):
+    fig, (ax, ax_lr) = plt.subplots(2, 1, figsize=(8, 7), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    steps = [r["step"] for r in train]
+    ax.plot(steps, [r["loss_main"] for r in train], label="train (main)")
+    ax.plot(steps, [r["loss"] for r in train], label="train (total: + MTP, balance)", alpha=0.5)
+    if val:
+        ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="validation (main)")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    ax_lr.plot(steps, [r["lr"] for r in train], color="gray")
+    ax_lr.set_ylabel("lr")
+    ax_lr.set_xlabel("step")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def plot_expert_load(train, out):
+    layers = sorted({k for r in train for k in r.get("expert_load", {})}, key=int)
+    if not layers:
+        return False
+    steps = [r["step"] for r in train]
+    fig, axes = plt.subplots(len(layers) + 1, 1, figsize=(9, 2.2 * len(layers) + 2), sharex=True)
+    for ax, layer in zip(axes, layers):
+        load = np.array([r["expert_load"][layer] for r in train], dtype=float)  # [steps, E]
+        share = load / np.maximum(load.sum(axis=1, keepdims=True), 1)
+        im = ax.imshow(share.T, aspect="auto", origin="lower", cmap="viridis",
+                       extent=[steps[0], steps[-1], -0.5, share.shape[1] - 0.5])
+        ax.set_ylabel(f"layer {layer}\nexpert")
+        fig.colorbar(im, ax=ax, label="token share")
+    axes[-1].plot(steps, [r["max_vio"] for r in train], color="crimson")
+    axes[-1].set_ylabel("MaxVio")
+    axes[-1].set_xlabel("step")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def main():
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    path = sys.argv[1]
+    if os.path.isdir(path):
+        path = os.path.join(path, "metrics.jsonl")
+    if not os.path.exists(path):
+        sys.exit(f"plot.py: {path} does not exist (a moelab train run writes <out_dir>/metrics.jsonl)")
+    train, val = read(path)
+    if not train:
+        sys.exit(f"plot.py: {path} has no training records yet")
+    out_dir = os.path.dirname(os.path.abspath(path))
+    plot_loss(train, val, os.path.join(out_dir, "loss.png"))
+    wrote = ["loss.png"]
+    if plot_expert_load(train, os.path.join(out_dir, "expert_load.png")):
+        wrote.append("expert_load.png")
+    print(f"plot.py: wrote {', '.join(os.path.join(out_dir, w) for w in wrote)}")
+
+
+if __name__ == "__main__":
+    main()
