@@ -38,7 +38,7 @@ trained=$(date +%s)
 
 echo
 echo "=== a sample from the trained model ==="
-"$moelab" sample --ckpt runs/shakespeare_moe --prompt "ROMEO:" --max-new-tokens 300 --temperature 0.8 --top-k 40 --seed 1
+"$moelab" sample --ckpt runs/shakespeare_moe --prompt "ROMEO:" --max-new-tokens 240 --temperature 0.8 --top-k 40 --seed 1
 echo
-python3 examples/plot.py runs/shakespeare_moe
+/usr/bin/python3 examples/plot.py runs/shakespeare_moe  # Debian's python3-matplotlib
 echo "demo: training took $((trained - start)) s; total $(( $(date +%s) - start )) s"

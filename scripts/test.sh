@@ -21,7 +21,7 @@ mode="${1:-default}"
 # python3-torch (Debian's, for /usr/bin/python3): the PyTorch twin's checks; tokenizers (PyPI):
 # the check that Hugging Face loads moelab's tokenizer.json to the same ids; safetensors + numpy
 # (PyPI): the check that the safetensors package reads `moelab export`'s model.safetensors.
-moelab_install_debs python3-torch
+moelab_install_debs python3-torch python3-matplotlib
 moelab_install_pip tokenizers safetensors numpy
 case "$mode" in
   default)    run_suite "$MOELAB_ROOT/build" "" ;;

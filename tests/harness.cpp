@@ -3,6 +3,7 @@
 #include <cmath>
 #include <sstream>
 
+#include "core/nn/config.h"
 #include "core/rng.h"
 
 namespace moelab::testing {
@@ -109,6 +110,19 @@ void expect_error(const std::function<void()>& fn, const std::string& fragment) 
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos) << e.what();
   }
+}
+
+std::string config_error(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const ConfigError& e) {
+    return e.what();
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "expected a ConfigError, got: " << e.what();
+    return "";
+  }
+  ADD_FAILURE() << "expected a ConfigError, nothing was thrown";
+  return "";
 }
 
 }  // namespace moelab::testing

@@ -44,6 +44,10 @@ Tensor numeric_grad(const Tensor& x, const std::function<double()>& loss, double
 // bad value, so the tests pin that they do).
 void expect_error(const std::function<void()>& fn, const std::string& fragment);
 
+// The message of the config error (moelab::ConfigError) that fn throws; fails the test when it
+// throws nothing or another type. Config tests compare the whole message.
+std::string config_error(const std::function<void()>& fn);
+
 // GPU suites derive from this: their tests are skipped (not failed) on machines without a GPU.
 class GpuTest : public ::testing::Test {
  protected:

@@ -6,10 +6,35 @@
 #include <functional>
 #include <string>
 
+#include "core/nn/config.h"
 #include "core/params.h"
 #include "tests/harness.h"
 
 namespace moelab::testing {
+
+// A tiny MLA + MoE model for whole-model tests (gradient checks, decode): odd dims, large weights
+// (initializer_range 0.5) so that every path carries a gradient well above finite-difference
+// noise and logits are far from ties.
+inline ModelConfig tiny_model_config() {
+  ModelConfig c;
+  c.vocab_size = 13;
+  c.hidden_size = 8;
+  c.num_hidden_layers = 2;
+  c.max_position_embeddings = 16;
+  c.initializer_range = 0.5;
+  c.num_attention_heads = 2;
+  c.kv_lora_rank = 6;
+  c.qk_nope_head_dim = 3;
+  c.qk_rope_head_dim = 2;
+  c.v_head_dim = 3;
+  c.num_key_value_heads = 2;
+  c.intermediate_size = 7;
+  c.moe_intermediate_size = 3;
+  c.n_routed_experts = 4;
+  c.num_experts_per_tok = 2;
+  c.n_shared_experts = 1;
+  return c;
+}
 
 // loss(): runs a forward pass (resetting its own arena) and returns the scalar loss.
 // backward(): runs forward + backward once, accumulating parameter gradients into params' grads.

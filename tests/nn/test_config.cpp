@@ -12,23 +12,12 @@
 #include <vector>
 
 #include "core/nn/config.h"
+#include "tests/harness.h"
 
 namespace moelab {
 namespace {
 
-// The message of the ConfigError that f throws (fails the test when it throws nothing or another type).
-std::string config_error(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const ConfigError& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "expected a ConfigError, got: " << e.what();
-    return "";
-  }
-  ADD_FAILURE() << "expected a ConfigError, nothing was thrown";
-  return "";
-}
+using moelab::testing::config_error;
 
 ::testing::AssertionResult names_all(const std::string& message, const std::vector<std::string>& parts) {
   for (const std::string& p : parts)

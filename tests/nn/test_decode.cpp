@@ -12,31 +12,12 @@
 #include "core/nn/model.h"
 #include "core/ops/columns.h"
 #include "core/rng.h"
-#include "tests/harness.h"
+#include "tests/nn/nn_harness.h"
 
 namespace moelab {
 namespace {
 
-ModelConfig base_config() {
-  ModelConfig c;
-  c.vocab_size = 13;
-  c.hidden_size = 8;
-  c.num_hidden_layers = 2;
-  c.max_position_embeddings = 16;
-  c.initializer_range = 0.5;
-  c.num_attention_heads = 2;
-  c.kv_lora_rank = 6;
-  c.qk_nope_head_dim = 3;
-  c.qk_rope_head_dim = 2;
-  c.v_head_dim = 3;
-  c.num_key_value_heads = 2;
-  c.intermediate_size = 7;
-  c.moe_intermediate_size = 3;
-  c.n_routed_experts = 4;
-  c.num_experts_per_tok = 2;
-  c.n_shared_experts = 1;
-  return c;
-}
+ModelConfig base_config() { return testing::tiny_model_config(); }
 
 // Random weights with norm weights away from 1 and a nonzero expert bias, so ignoring either shows.
 void init_model(Model& model, DType dtype, uint64_t seed) {

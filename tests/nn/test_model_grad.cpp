@@ -16,26 +16,7 @@
 namespace moelab {
 namespace {
 
-ModelConfig base_config() {
-  ModelConfig c;
-  c.vocab_size = 13;
-  c.hidden_size = 8;
-  c.num_hidden_layers = 2;
-  c.max_position_embeddings = 8;
-  c.initializer_range = 0.5;  // large weights: every path carries a gradient well above FD noise
-  c.num_attention_heads = 2;
-  c.kv_lora_rank = 6;
-  c.qk_nope_head_dim = 3;
-  c.qk_rope_head_dim = 2;
-  c.v_head_dim = 3;
-  c.num_key_value_heads = 2;
-  c.intermediate_size = 7;
-  c.moe_intermediate_size = 3;
-  c.n_routed_experts = 4;
-  c.num_experts_per_tok = 2;
-  c.n_shared_experts = 1;
-  return c;
-}
+ModelConfig base_config() { return testing::tiny_model_config(); }
 
 // The smallest gap, over tokens and MoE layers, between the K-th and (K+1)-th selection score.
 double routing_margin(const Model& model, const Model::Saved& s) {

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "tests/harness.h"
 #include "train/config_file.h"
 #include "train/run_config.h"
 
@@ -22,18 +23,7 @@ std::string preset_path(const std::string& name) {
   return std::string(MOELAB_SOURCE_DIR) + "/examples/" + name + ".toml";
 }
 
-std::string config_error(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const ConfigError& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "expected a ConfigError, got: " << e.what();
-    return "";
-  }
-  ADD_FAILURE() << "expected a ConfigError, nothing was thrown";
-  return "";
-}
+using moelab::testing::config_error;
 
 // ---- presets ----
 
