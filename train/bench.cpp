@@ -8,6 +8,7 @@
 
 #include "core/nn/model.h"
 #include "core/ops/grad_norm.h"
+#include "core/ops/matmul.h"
 #include "core/rng.h"
 #include "train/optimizer.h"
 
@@ -69,6 +70,19 @@ BenchResult run_bench(const ModelConfig& cfg, const BenchOptions& opt) {
   r.tokens_per_second = static_cast<double>(opt.batch_size * opt.seq_len) / (r.ms_per_step / 1000.0);
   r.arena_peak_bytes = arena.peak();
   return r;
+}
+
+double measured_gemm_gflops(int64_t n) {
+  Tensor a = Tensor::empty({n, n}, DType::F32), b = Tensor::empty({n, n}, DType::F32), c = Tensor::empty({n, n}, DType::F32);
+  fill_uniform(a, 1, 0, -1.0f, 1.0f);
+  fill_uniform(b, 2, 0, -1.0f, 1.0f);
+  double best = 1e300;
+  for (int run = 0; run < 4; ++run) {  // the first run warms the caches and the thread pool
+    const auto t0 = std::chrono::steady_clock::now();
+    matmul_forward(a, b, c);
+    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  return 2.0 * static_cast<double>(n) * static_cast<double>(n) * static_cast<double>(n) / best / 1e9;
 }
 
 std::string format_bench(const BenchResult& r, const BenchOptions& opt) {

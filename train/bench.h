@@ -34,6 +34,11 @@ struct BenchResult {
 };
 
 BenchResult run_bench(const ModelConfig& cfg, const BenchOptions& opt);
+
+// The fp32 GEMM rate this machine reaches through moelab's own matmul (a square n^3 product with
+// the current thread count, best of a few runs), in GFLOP/s: the CPU's measured "peak" that MFU
+// is reported against (MODEL.md, "Counting for MFU": report against a measured GEMM peak).
+double measured_gemm_gflops(int64_t n = 512);
 std::string format_bench(const BenchResult& r, const BenchOptions& opt);
 
 }  // namespace moelab

@@ -11,6 +11,7 @@
 #include "core/ops/grad_norm.h"
 #include "data/loader.h"
 #include "data/prepare.h"
+#include "train/bench.h"
 #include "train/checkpoint.h"
 #include "train/metrics.h"
 #include "train/model_info.h"
@@ -108,13 +109,14 @@ TrainResult train(const RunConfig& cfg_in, const TrainOptions& options) {
   const Context ctx{&arena, DType::F32, tc.batch_size, tc.seq_len};
   const ModelInfo info = model_info(*model, tc.batch_size, tc.seq_len);
   const double tokens_per_step = static_cast<double>(tc.batch_size * tc.seq_len * tc.grad_accum_steps);
+  const double peak_gflops = measured_gemm_gflops();  // MFU's denominator on the CPU
   {
     char buf[512];
     std::snprintf(buf, sizeof buf,
-                  "moelab train: %lld params (%lld active/token), %.2f MFLOP/token, %s tokens/step, %d threads, "
-                  "%lld steps%s%s",
+                  "moelab train: %lld params (%lld active/token), %.2f MFLOP/token, %s tokens/step, %d threads "
+                  "(fp32 GEMM peak measured: %.0f GFLOP/s), %lld steps%s%s",
                   static_cast<long long>(info.params.total), static_cast<long long>(info.params.active),
-                  info.flops_per_token / 1e6, human(tokens_per_step).c_str(), omp_get_max_threads(),
+                  info.flops_per_token / 1e6, human(tokens_per_step).c_str(), omp_get_max_threads(), peak_gflops,
                   static_cast<long long>(tc.steps), resumed_from.empty() ? "" : ", resumed from ",
                   resumed_from.c_str());
     log.print_line(buf);
@@ -204,17 +206,19 @@ TrainResult train(const RunConfig& cfg_in, const TrainOptions& options) {
       const double tps = tokens_per_step / step_s, flops = tps * info.flops_per_token;
       nlohmann::ordered_json rec = {{"step", step},        {"loss", sum.total},   {"loss_main", sum.main},
                                     {"loss_mtp", sum.mtp}, {"lr", lr},            {"grad_norm", norm},
-                                    {"tokens_per_s", tps}, {"gflops", flops / 1e9}, {"max_vio", max_vio},
+                                    {"tokens_per_s", tps}, {"gflops", flops / 1e9},
+                                    {"mfu", flops / 1e9 / peak_gflops}, {"max_vio", max_vio},
                                     {"aux_loss", sum.seq_aux + sum.aux + sum.z},
                                     {"ms_per_step", step_s * 1e3}, {"expert_load", expert_load}};
       log.write(rec);
       char buf[512];
       std::snprintf(buf, sizeof buf,
                     "step %5lld/%lld | loss %.4f (total %.4f) | val %s | lr %.2e | gnorm %.3f | %s tok/s | %.1f GFLOP/s "
-                    "| maxvio %.2f | aux %.2e | %.0f ms",
+                    "MFU %.0f%% | maxvio %.2f | aux %.2e | %.0f ms",
                     static_cast<long long>(step), static_cast<long long>(tc.steps), sum.main, sum.total,
                     std::isnan(result.val_loss) ? "  -   " : std::to_string(result.val_loss).substr(0, 6).c_str(), lr,
-                    norm, human(tps).c_str(), flops / 1e9, max_vio, sum.seq_aux + sum.aux + sum.z, step_s * 1e3);
+                    norm, human(tps).c_str(), flops / 1e9, 100.0 * flops / 1e9 / peak_gflops, max_vio,
+                    sum.seq_aux + sum.aux + sum.z, step_s * 1e3);
       log.print_line(buf);
     }
     if (tc.eval_every > 0 && step % tc.eval_every == 0 && step < tc.steps) run_eval(step);
