@@ -3,24 +3,14 @@
 #include <cuda_bf16.h>
 
 #include "cuda/check.h"
+#include "cuda/device_util.cuh"
 #include "cuda/rmsnorm.h"
 
 namespace moelab::cuda {
 
 namespace {
 
-constexpr int kWarp = 32;
 constexpr int kRowsPerBlock = 8;  // 8 warps = 256 threads per block for the row kernels
-
-__device__ __forceinline__ float load(const float* p, int64_t i) { return p[i]; }
-__device__ __forceinline__ float load(const __nv_bfloat16* p, int64_t i) { return __bfloat162float(p[i]); }
-__device__ __forceinline__ void store(float* p, int64_t i, float v) { p[i] = v; }
-__device__ __forceinline__ void store(__nv_bfloat16* p, int64_t i, float v) { p[i] = __float2bfloat16_rn(v); }
-
-__device__ __forceinline__ float warp_sum(float v) {
-  for (int off = kWarp / 2; off > 0; off /= 2) v += __shfl_xor_sync(0xffffffffu, v, off);
-  return v;
-}
 
 template <typename T>
 __global__ void rmsnorm_forward_kernel(const T* x, const float* weight, T* y, float* rstd, int64_t rows, int64_t dim,

@@ -3,7 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "core/ops/rmsnorm.h"
-#include "tests/harness.h"
+#include "tests/gpu/gpu_harness.h"
 
 namespace moelab {
 namespace {
@@ -11,26 +11,7 @@ using testing::randn;
 
 class RmsnormCuda : public testing::GpuTest, public ::testing::WithParamInterface<std::pair<Shape, DType>> {};
 
-constexpr float kGuard = 12345.0f;  // written around every output; must survive untouched
-
-// A CUDA tensor of `shape` inside a buffer with one guard row before and after it.
-struct Guarded {
-  Tensor buffer, view;
-  Guarded(const Shape& shape, DType dtype) {
-    const int64_t row = shape.numel() / shape[0];
-    Tensor host = Tensor::empty({shape[0] + 2, row}, DType::F32);
-    host.fill(kGuard);
-    buffer = host.to(dtype).to(Device::CUDA);
-    view = buffer.slice(1, shape[0] + 1).reshape(shape);
-  }
-  bool guards_intact() const {
-    Tensor h = buffer.to(Device::CPU).to(DType::F32);
-    const int64_t row = h.size(1), n = h.numel();
-    for (int64_t i = 0; i < row; ++i)
-      if (h.data<float>()[i] != kGuard || h.data<float>()[n - 1 - i] != kGuard) return false;
-    return true;
-  }
-};
+using testing::Guarded;
 
 TEST_P(RmsnormCuda, MatchesCpuReference) {
   const auto [shape, act] = GetParam();
