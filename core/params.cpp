@@ -1,5 +1,6 @@
 #include "core/params.h"
 
+#include "core/ops/elementwise.h"
 #include "core/rng.h"
 
 namespace moelab {
@@ -47,6 +48,19 @@ void ParamBuffer::initialize(uint64_t seed) const {
       }
     }
   }
+  sync_compute_copy();
+}
+
+void ParamBuffer::add_compute_copy(DType dtype) {
+  MOELAB_CHECK(allocated(), "ParamBuffer::add_compute_copy before allocate");
+  MOELAB_CHECK(!compute_.defined(), "ParamBuffer::add_compute_copy called twice");
+  MOELAB_CHECK(dtype == DType::BF16, "ParamBuffer: compute copy dtype ", dtype_name(dtype), ", expected bf16");
+  compute_ = Tensor::zeros(params_.shape(), dtype, params_.device());
+  sync_compute_copy();
+}
+
+void ParamBuffer::sync_compute_copy() const {
+  if (compute_.defined()) cast(params_, compute_);  // the zero padding stays zero
 }
 
 void ParamBuffer::zero_grads() const {
@@ -59,6 +73,11 @@ Tensor ParamBuffer::grad(const std::string& name) const { return view(grads_, en
 Tensor ParamBuffer::param(size_t index) const {
   MOELAB_CHECK(index < entries_.size(), "parameter index ", index, " out of range (", entries_.size(), " declared)");
   return view(params_, entries_[index]);
+}
+Tensor ParamBuffer::compute(size_t index) const {
+  if (!compute_.defined()) return param(index);
+  MOELAB_CHECK(index < entries_.size(), "parameter index ", index, " out of range (", entries_.size(), " declared)");
+  return view(compute_, entries_[index]);
 }
 Tensor ParamBuffer::grad(size_t index) const {
   MOELAB_CHECK(index < entries_.size(), "parameter index ", index, " out of range (", entries_.size(), " declared)");

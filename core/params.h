@@ -9,6 +9,13 @@
 // between parameters is zero in both buffers, so norms over the flat buffers are unaffected.
 // Initialisation draws parameter p's element i from the Philox stream at index (p's offset + i):
 // the values depend on the seed and the layout only, never on the device or the rank.
+//
+// Mixed precision (DESIGN.md, "Precision"): add_compute_copy(BF16) adds a third flat buffer of
+// the same layout holding every parameter rounded to bf16 (to nearest even). The matmuls and the
+// embedding read compute(i); norms, the router and the optimizer read the f32 master param(i).
+// AdamW rewrites the copy in the same pass as the update (core/ops/adamw.h); sync_compute_copy()
+// refreshes it from the master after anything else writes the master (initialize() does it
+// itself; a checkpoint load must call it). Without a copy, compute(i) is param(i).
 #pragma once
 
 #include <string>
@@ -45,16 +52,21 @@ class ParamBuffer {
   void allocate(Device device, DType dtype = DType::F32, bool with_grads = true);
   void initialize(uint64_t seed) const;
   void zero_grads() const;
+  void add_compute_copy(DType dtype);  // after allocate(); bf16
+  void sync_compute_copy() const;      // compute copy = dtype(master); a no-op without a copy
 
   bool allocated() const { return params_.defined(); }
   Tensor param(const std::string& name) const;  // a view, shaped as declared
   Tensor grad(const std::string& name) const;
   Tensor param(size_t index) const;
   Tensor grad(size_t index) const;
+  Tensor compute(size_t index) const;  // the compute copy's view, or param(index) without one
+  bool has_compute_copy() const { return compute_.defined(); }
   bool contains(const std::string& name) const { return index_.count(name) > 0; }
   const std::vector<Entry>& entries() const { return entries_; }
   const Tensor& flat_params() const { return params_; }  // [numel_padded]
   const Tensor& flat_grads() const { return grads_; }
+  const Tensor& flat_compute() const { return compute_; }  // undefined without a compute copy
   int64_t numel() const;         // parameters, without the alignment padding
   int64_t numel_padded() const { return next_offset_; }
 
@@ -65,7 +77,7 @@ class ParamBuffer {
   std::vector<Entry> entries_;
   std::unordered_map<std::string, size_t> index_;
   int64_t next_offset_ = 0;
-  Tensor params_, grads_;
+  Tensor params_, grads_, compute_;
 };
 
 }  // namespace moelab

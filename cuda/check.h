@@ -4,6 +4,7 @@
 // file:line, the failed expression and CUDA's own error string.
 #pragma once
 
+#include <cublasLt.h>
 #include <cuda_runtime.h>
 
 #include <stdexcept>
@@ -21,6 +22,11 @@ class CudaError : public std::runtime_error {
                   cudaGetErrorName(err) + " (" + cudaGetErrorString(err) + ")");
 }
 
+[[noreturn]] inline void throw_cublas_error(cublasStatus_t status, const char* expr, const char* file, int line) {
+  throw CudaError(std::string(file) + ":" + std::to_string(line) + ": " + expr + " failed: cuBLAS status " +
+                  std::to_string(static_cast<int>(status)) + " (" + cublasLtGetStatusString(status) + ")");
+}
+
 }  // namespace moelab::cuda
 
 #define CUDA_CHECK(expr)                                                              \
@@ -32,3 +38,10 @@ class CudaError : public std::runtime_error {
 
 // After every <<<...>>>: reports launch-configuration errors at the launch site.
 #define CUDA_CHECK_LAUNCH() CUDA_CHECK(cudaGetLastError())
+
+#define CUBLAS_CHECK(expr)                                                            \
+  do {                                                                                \
+    cublasStatus_t moelab_status_ = (expr);                                           \
+    if (moelab_status_ != CUBLAS_STATUS_SUCCESS)                                      \
+      ::moelab::cuda::throw_cublas_error(moelab_status_, #expr, __FILE__, __LINE__);  \
+  } while (0)

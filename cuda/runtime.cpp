@@ -43,4 +43,10 @@ void memcpy_d2d(void* dst, const void* src, size_t bytes) { CUDA_CHECK(cudaMemcp
 void memset_device(void* dst, int value, size_t bytes) { CUDA_CHECK(cudaMemset(dst, value, bytes)); }
 void synchronize() { CUDA_CHECK(cudaDeviceSynchronize()); }
 
+size_t free_memory() {
+  size_t free_bytes = 0, total_bytes = 0;
+  CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+  return free_bytes;
+}
+
 }  // namespace moelab::cuda

@@ -18,5 +18,6 @@ void memcpy_d2h(void* dst, const void* src, size_t bytes);
 void memcpy_d2d(void* dst, const void* src, size_t bytes);
 void memset_device(void* dst, int value, size_t bytes);
 void synchronize();
+size_t free_memory();  // bytes free on the current device (cudaMemGetInfo)
 
 }  // namespace moelab::cuda

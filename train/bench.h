@@ -19,8 +19,8 @@ struct BenchOptions {
   int64_t warmup = 2;         // untimed steps first
   uint64_t seed = 1;
   double lr = 1e-3;
-  Device device = Device::CPU;
-  size_t arena_bytes = size_t{4} << 30;  // virtual reservation; bench reports the peak actually used
+  std::string device = "cpu";           // cpu | cuda (train/runtime.h)
+  std::string precision = "auto";       // auto | fp32 | bf16
 };
 
 struct BenchResult {
@@ -31,14 +31,18 @@ struct BenchResult {
   size_t arena_peak_bytes = 0;
   int64_t params = 0;
   int threads = 0;
+  std::string runtime;          // Runtime::describe()
+  double gemm_gflops = 0;       // the GEMM rate measured in the same run (MFU's denominator)
+  double model_gflops = 0;      // training FLOPs per second (train/model_info.h's count)
 };
 
 BenchResult run_bench(const ModelConfig& cfg, const BenchOptions& opt);
 
-// The fp32 GEMM rate this machine reaches through moelab's own matmul (a square n^3 product with
-// the current thread count, best of a few runs), in GFLOP/s: the CPU's measured "peak" that MFU
-// is reported against (MODEL.md, "Counting for MFU": report against a measured GEMM peak).
-double measured_gemm_gflops(int64_t n = 512);
+struct Runtime;
+// The GEMM rate this machine reaches through moelab's own matmul_forward in the runtime's
+// precision (a square n^3 product, best of a few runs; n = 0 picks 512 on the CPU, 8192 on CUDA),
+// in GFLOP/s: the measured "peak" that MFU is reported against (MODEL.md, "Counting for MFU").
+double measured_gemm_gflops(const Runtime& rt, int64_t n = 0);
 std::string format_bench(const BenchResult& r, const BenchOptions& opt);
 
 }  // namespace moelab

@@ -5,8 +5,9 @@
 //                               token, per component), training FLOPs per token, KV cache,
 //                               activation memory (train/model_info.h)
 //   moelab info --keys          every config key with its type, default and help
-//   moelab bench --config X.toml [--device cpu] [--batch-size B] [--seq-len T] [--steps N]
-//                               training tokens/s and ms per step on random tokens (train/bench.h)
+//   moelab bench --config X.toml [--device cpu|cuda] [--precision P] [--batch-size B] [--seq-len T] [--steps N]
+//                               training tokens/s and ms per step on random tokens, MFU against a
+//                               GEMM measured in the same run (train/bench.h)
 //   moelab prepare --input FILE... --tokenizer char|byte|bpe [--vocab-size N] --val-fraction F --out DIR
 //                               tokenizer.json + llm.c token shards + meta.json (data/prepare.h)
 //   moelab export --ckpt DIR --out HF_DIR [--dtype f32|bf16] [--force] [--overwrite]
@@ -14,15 +15,19 @@
 //                               directory: config.json, model.safetensors, tokenizer.json,
 //                               tokenizer_config.json, generation_config.json (train/export.h)
 //   moelab sample --ckpt DIR [--prompt TEXT] [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P]
-//                 [--seed S] [--no-cache]
+//                 [--seed S] [--no-cache] [--device cpu|cuda]
 //                               text from a checkpoint (or a run's newest) with the KV cache; prints
 //                               the cache's bytes per token and tokens/s (train/sample.h)
-//   moelab train --config X.toml [--set key=value ...] [--resume]
+//   moelab train --config X.toml [--set key=value ...] [--resume] [--device cpu|cuda] [--precision P]
 //                               the training loop (train/trainer.h); SIGINT/SIGTERM saves and exits 0
+//   moelab eval --ckpt DIR [--batches N] [--data-dir DIR] [--device cpu|cuda]
+//                               a checkpoint's validation loss (train/trainer.h)
+// --device and --precision (auto | fp32 | bf16) are train.device / train.precision: train/runtime.h.
 #include <omp.h>
 
 #include <CLI/CLI.hpp>
 #include <atomic>
+#include <cmath>
 #include <csignal>
 #include <cstdio>
 #include <exception>
@@ -107,8 +112,26 @@ int run_info_keys() {
   return 0;
 }
 
+// --device / --precision of every subcommand that runs a model (train/runtime.h).
+struct DeviceCliOptions {
+  std::string device, precision;  // empty: the config's train.device / train.precision
+  void add_to(CLI::App* cmd) {
+    cmd->add_option("--device", device, "cpu or cuda (default: train.device, cpu)")
+        ->check(CLI::IsMember({"cpu", "cuda"}));
+    cmd->add_option("--precision", precision, "auto (cpu: fp32, cuda: bf16 mixed), fp32 or bf16 "
+                    "(default: train.precision)")
+        ->check(CLI::IsMember({"auto", "fp32", "bf16"}));
+  }
+  // As `--set` overrides, so that they are validated (and saved in checkpoints) like the file's keys.
+  void append_to(std::vector<std::string>& overrides) const {
+    if (!device.empty()) overrides.push_back("train.device=" + device);
+    if (!precision.empty()) overrides.push_back("train.precision=" + precision);
+  }
+};
+
 struct BenchCliOptions {
-  std::string config, device = "cpu";
+  std::string config;
+  DeviceCliOptions where;
   std::vector<std::string> overrides;
   int64_t batch_size = 0, seq_len = 0, steps = 10, warmup = 2;
 };
@@ -118,13 +141,15 @@ int run_bench_cli(const BenchCliOptions& o) {
   std::vector<std::string> overrides = o.overrides;
   if (o.batch_size > 0) overrides.push_back("train.batch_size=" + std::to_string(o.batch_size));
   if (o.seq_len > 0) overrides.push_back("train.seq_len=" + std::to_string(o.seq_len));
+  o.where.append_to(overrides);
   const moelab::RunConfig cfg = moelab::load_config(o.config, overrides);
   moelab::BenchOptions opt;
   opt.batch_size = cfg.train.batch_size;
   opt.seq_len = cfg.train.seq_len;
   opt.steps = o.steps;
   opt.warmup = o.warmup;
-  opt.device = o.device == "cuda" ? moelab::Device::CUDA : moelab::Device::CPU;
+  opt.device = cfg.train.device;
+  opt.precision = cfg.train.precision;
   const moelab::BenchResult r = moelab::run_bench(cfg.model, opt);
   std::printf("moelab %s bench: %s\n%s", MOELAB_VERSION, o.config.c_str(), moelab::format_bench(r, opt).c_str());
   return 0;
@@ -139,11 +164,14 @@ extern "C" void request_stop(int) { g_stop_requested.store(true); }
 struct TrainCliOptions {
   std::string config;
   std::vector<std::string> overrides;
+  DeviceCliOptions where;
   bool resume = false;
 };
 
 int run_train_cli(const TrainCliOptions& o) {
-  const moelab::RunConfig cfg = moelab::load_config(o.config, o.overrides);
+  std::vector<std::string> overrides = o.overrides;
+  o.where.append_to(overrides);
+  const moelab::RunConfig cfg = moelab::load_config(o.config, overrides);
   std::signal(SIGINT, request_stop);
   std::signal(SIGTERM, request_stop);
   moelab::TrainOptions opt;
@@ -195,13 +223,17 @@ int run_export_cli(const ExportCliOptions& o) {
 struct SampleCliOptions {
   std::string ckpt, prompt = "\n";
   moelab::SampleOptions opt;
+  DeviceCliOptions where;
   bool no_cache = false;
 };
 
 // `moelab sample`: the prompt and its continuation, then what the run cost: the KV cache per
 // token and the speed.
 int run_sample_cli(const SampleCliOptions& o) {
-  const moelab::LoadedCheckpoint ck = moelab::load_checkpoint(moelab::resolve_checkpoint(o.ckpt));
+  moelab::LoadedCheckpoint ck = moelab::load_checkpoint(moelab::resolve_checkpoint(o.ckpt));
+  const moelab::Runtime rt = moelab::make_runtime(o.where.device.empty() ? "cpu" : o.where.device,
+                                                  o.where.precision.empty() ? "auto" : o.where.precision);
+  const std::unique_ptr<moelab::Model> model = moelab::place_model(std::move(ck.model), rt);
   MOELAB_CHECK(ck.tokenizer != nullptr, "checkpoint ", ck.path, " has no tokenizer (its run had none), so --prompt "
                "cannot be encoded; train from `moelab prepare` data to get one");
   const std::vector<int32_t> prompt = ck.tokenizer->encode_with_special(o.prompt);
@@ -209,7 +241,7 @@ int run_sample_cli(const SampleCliOptions& o) {
   opt.use_cache = !o.no_cache;
   opt.vocab_limit = ck.tokenizer->vocab_size();  // ids past the tokenizer's (a padded vocabulary) have no text
   moelab::SampleStats s;
-  const std::vector<int32_t> generated = moelab::generate(*ck.model, prompt, opt, &s);
+  const std::vector<int32_t> generated = moelab::generate(*model, prompt, opt, &s, &rt);
   const std::string text = ck.tokenizer->decode(prompt) + ck.tokenizer->decode(generated);
   std::fwrite(text.data(), 1, text.size(), stdout);  // raw bytes: the text may hold NULs
   std::printf("\n---\ncheckpoint %s (step %lld): %lld prompt + %lld new tokens, ", ck.path.c_str(),
@@ -228,6 +260,23 @@ int run_sample_cli(const SampleCliOptions& o) {
               static_cast<long long>(s.prompt_tokens), 1e3 * s.prefill_seconds,
               s.new_tokens > 1 ? 1e3 * s.decode_seconds / static_cast<double>(s.new_tokens - 1) : 0.0,
               opt.use_cache ? "with the KV cache" : "--no-cache: every step re-runs the whole sequence");
+  return 0;
+}
+
+struct EvalCliOptions {
+  std::string ckpt;
+  moelab::EvalOptions opt;
+  DeviceCliOptions where;
+};
+
+// `moelab eval`: a checkpoint's validation loss, as the trainer measures it.
+int run_eval_cli(const EvalCliOptions& o) {
+  moelab::EvalOptions opt = o.opt;
+  if (!o.where.device.empty()) opt.device = o.where.device;
+  if (!o.where.precision.empty()) opt.precision = o.where.precision;
+  const moelab::EvalResult r = moelab::evaluate_checkpoint(o.ckpt, opt);
+  std::printf("val loss %.4f (ppl %.2f): checkpoint %s (step %lld), %s, %.1f s\n", r.loss, std::exp(r.loss),
+              r.checkpoint.c_str(), static_cast<long long>(r.step), r.runtime.c_str(), r.seconds);
   return 0;
 }
 
@@ -260,7 +309,7 @@ int main(int argc, char** argv) {
                                       "of a config's model on random tokens; prints tokens/s and ms/step");
   BenchCliOptions bench_opt;
   bench->add_option("--config", bench_opt.config, "A TOML config (examples/*.toml)")->required();
-  bench->add_option("--device", bench_opt.device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
+  bench_opt.where.add_to(bench);
   bench->add_option("--set", bench_opt.overrides, "Override a config key: model.<key>=value or train.<key>=value");
   bench->add_option("--batch-size", bench_opt.batch_size, "Override train.batch_size");
   bench->add_option("--seq-len", bench_opt.seq_len, "Override train.seq_len");
@@ -276,6 +325,7 @@ int main(int argc, char** argv) {
   train->add_option("--set", train_opt.overrides, "Override a config key: model.<key>=value or train.<key>=value "
                     "(repeatable; applied after the file)");
   train->add_flag("--resume", train_opt.resume, "Continue from the newest complete checkpoint in train.out_dir");
+  train_opt.where.add_to(train);
   train->callback([&]() { rc = run_train_cli(train_opt); });
 
   CLI::App* prepare = app.add_subcommand("prepare", "Text files -> tokenizer.json, llm.c token shards (train/val) "
@@ -324,9 +374,22 @@ int main(int argc, char** argv) {
   sample->add_option("--top-p", sample_opt.opt.top_p, "Nucleus: the smallest set of most likely tokens whose "
                      "probability reaches p, in (0, 1]; 1 = all");
   sample->add_option("--seed", sample_opt.opt.seed, "Seed of the Philox draws: the same seed gives the same text");
+  sample_opt.where.add_to(sample);
   sample->add_flag("--no-cache", sample_opt.no_cache, "Re-run the whole sequence every step (the reference the "
                    "cached path matches; slower)");
   sample->callback([&]() { rc = run_sample_cli(sample_opt); });
+
+  CLI::App* eval = app.add_subcommand("eval", "A checkpoint's validation loss over the first eval_batches windows of "
+                                     "the val split (what training reports as val loss)");
+  EvalCliOptions eval_opt;
+  eval->add_option("--ckpt", eval_opt.ckpt, "A checkpoint directory, or a run directory (its newest checkpoint)")
+      ->required();
+  eval->add_option("--batches", eval_opt.opt.batches, "Validation batches (default: the run's train.eval_batches)")
+      ->check(CLI::PositiveNumber);
+  eval->add_option("--data-dir", eval_opt.opt.data_dir, "Prepared data to evaluate on (default: the run's "
+                   "train.data_dir)");
+  eval_opt.where.add_to(eval);
+  eval->callback([&]() { rc = run_eval_cli(eval_opt); });
 
   try {
     app.parse(argc, argv);

@@ -31,7 +31,9 @@ void AdamW::step(double lr) {
     const Tensor m = m_.slice(e.offset, e.offset + e.spec.shape.numel());
     const Tensor v = v_.slice(e.offset, e.offset + e.spec.shape.numel());
     const Tensor p = params_->param(i), g = params_->grad(i);
-    adamw_step(p.reshape({p.numel()}), g.reshape({g.numel()}), m, v, hp);
+    // In mixed precision the same pass refreshes the parameter's bf16 compute copy.
+    const Tensor copy = params_->has_compute_copy() ? params_->compute(i).reshape({p.numel()}) : Tensor();
+    adamw_step(p.reshape({p.numel()}), g.reshape({g.numel()}), m, v, hp, copy);
   }
 }
 

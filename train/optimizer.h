@@ -1,7 +1,8 @@
 // AdamW over a model's flat parameter buffer (DESIGN.md): the moments m and v are two more flat
 // buffers with the parameters' layout. Parameter groups follow each parameter's declared
 // weight-decay flag (no decay on norms, embeddings, biases). The update per element is
-// core/ops/adamw.h's (torch.optim.AdamW).
+// core/ops/adamw.h's (torch.optim.AdamW). The buffers live where the parameters do (CPU or CUDA);
+// with a bf16 compute copy (mixed precision) each update also rewrites the copy.
 #pragma once
 
 #include "core/ops/adamw.h"

@@ -29,6 +29,9 @@ const std::vector<TrainField> kTrainFields = {
     {"grad_clip", "global gradient-norm clipping; 0 = off", &TrainConfig::grad_clip},
     {"max_nonfinite", "stop after this many non-finite steps in a row", &TrainConfig::max_nonfinite},
     {"seed", "initialisation and data seed", &TrainConfig::seed},
+    {"device", "cpu or cuda", &TrainConfig::device},
+    {"precision", "auto (cpu: fp32, cuda: bf16), fp32, or bf16 (bf16 compute, f32 master weights; cuda only)",
+     &TrainConfig::precision},
     {"data_dir", "a `moelab prepare` output directory", &TrainConfig::data_dir},
     {"data_mode", "random (windows) or sequential (shuffled epochs)", &TrainConfig::data_mode},
     {"eval_every", "steps between validation passes; 0 = only at the end", &TrainConfig::eval_every},
@@ -149,6 +152,11 @@ void TrainConfig::validate(const ModelConfig& model) const {
     non_negative(key, v);
   for (auto [key, v] : {std::pair<const char*, double>{"beta1", beta1}, {"beta2", beta2}})
     if (!(v >= 0 && v < 1)) throw ConfigError(std::string(key) + " = " + format_config_number(v) + " must be in [0, 1)");
+  if (device != "cpu" && device != "cuda") throw ConfigError("device = '" + device + "' is not one of cpu, cuda");
+  if (precision != "auto" && precision != "fp32" && precision != "bf16")
+    throw ConfigError("precision = '" + precision + "' is not one of auto, fp32, bf16");
+  if (device == "cpu" && precision == "bf16")
+    throw ConfigError("precision = 'bf16' runs on CUDA only (device = 'cpu' trains in fp32)");
   if (data_mode != "random" && data_mode != "sequential")
     throw ConfigError("data_mode = '" + data_mode + "' is not one of random, sequential");
   if (out_dir.empty()) throw ConfigError("out_dir is empty: checkpoints and metrics need a directory");

@@ -42,6 +42,9 @@ struct TrainConfig {
   double grad_clip = 1.0;           // global-norm clipping; 0 = off
   int64_t max_nonfinite = 5;        // stop after this many non-finite steps in a row (each skipped)
   uint64_t seed = 1337;
+  // where and in which precision (train/runtime.h)
+  std::string device = "cpu";       // cpu | cuda
+  std::string precision = "auto";   // auto (cpu: fp32, cuda: bf16) | fp32 | bf16 (mixed: f32 master weights)
   // data
   std::string data_dir;             // a `moelab prepare` output directory
   std::string data_mode = "random"; // random windows | sequential (shuffled epochs)

@@ -69,7 +69,7 @@ int32_t sample_token(const std::vector<double>& logits, const SampleOptions& opt
 }
 
 std::vector<int32_t> generate(const Model& model, const std::vector<int32_t>& prompt, const SampleOptions& opt,
-                              SampleStats* stats) {
+                              SampleStats* stats, const Runtime* rt) {
   validate(opt);
   const ModelConfig& cfg = model.config();
   const int64_t P = static_cast<int64_t>(prompt.size()), V = cfg.vocab_size, max_len = cfg.max_position_embeddings;
@@ -79,9 +79,10 @@ std::vector<int32_t> generate(const Model& model, const std::vector<int32_t>& pr
     MOELAB_CHECK(prompt[i] >= 0 && prompt[i] < V, "generate: prompt token ", i, " is ", prompt[i],
                  ", outside the vocabulary [0, ", V, ")");
   const Tensor& params = model.params().flat_params();
-  MOELAB_CHECK(params.device() == Device::CPU, "generate: the model is on ", device_name(params.device()),
-               "; generation runs on the CPU");
-  const DType dtype = params.dtype();
+  const Device device = params.device();
+  MOELAB_CHECK(device == Device::CPU || (rt != nullptr && rt->device == device), "generate: the model is on ",
+               device_name(device), " but no runtime for it was given");
+  const DType dtype = rt != nullptr ? rt->act : params.dtype();  // the activations' (f64 in tests)
   const int64_t total = std::min(P + opt.max_new_tokens, max_len);  // the final sequence length
 
   SampleStats st;
@@ -91,7 +92,7 @@ std::vector<int32_t> generate(const Model& model, const std::vector<int32_t>& pr
   st.kv_elements_per_token = cache.elements_per_token();
   st.kv_dtype = cache.dtype;
   // The largest decode call: the prompt with the cache, the whole sequence without.
-  Arena arena(model.decode_arena_bytes(opt.use_cache ? P : total), Device::CPU);
+  Arena arena(model.decode_arena_bytes(opt.use_cache ? P : total), device);
 
   std::vector<int32_t> seq = prompt;
   std::vector<double> last(opt.vocab_limit > 0 ? std::min(opt.vocab_limit, V) : V);  // the candidates' logits
@@ -99,12 +100,12 @@ std::vector<int32_t> generate(const Model& model, const std::vector<int32_t>& pr
   auto run = [&](Model::KVCache& c, int64_t pos) {
     const int64_t n = static_cast<int64_t>(seq.size()) - pos;
     arena.reset();
-    const Context ctx{&arena, dtype, 1, n};
+    const Context ctx{&arena, dtype, 1, n, rt != nullptr ? rt->gpu.get() : nullptr};
     Tensor ids = Tensor::empty({1, n}, DType::I32);
     std::copy(seq.begin() + pos, seq.end(), ids.data<int32_t>());
-    Tensor logits = Tensor::empty({n, V}, dtype);
-    model.decode(ctx, ids, pos, c, logits);
-    const Tensor row = logits.slice(n - 1, n).to(DType::F64);
+    Tensor logits = Tensor::empty({n, V}, dtype, device);
+    model.decode(ctx, device == Device::CPU ? ids : ids.to(device), pos, c, logits);
+    const Tensor row = logits.slice(n - 1, n).to(Device::CPU).to(DType::F64);
     std::copy(row.data<double>(), row.data<double>() + last.size(), last.begin());
   };
   using Clock = std::chrono::steady_clock;

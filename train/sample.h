@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "core/nn/model.h"
+#include "train/runtime.h"
 
 namespace moelab {
 
@@ -54,9 +55,10 @@ void validate(const SampleOptions& opt);
 int32_t sample_token(const std::vector<double>& logits, const SampleOptions& opt, double u);
 
 // The new tokens after `prompt` (ids in [0, V), at least one, at most max_position_embeddings).
-// The model must be on the CPU (f32, or f64 in tests).
+// The model runs where its parameters are: on the CPU without a runtime (f32, or f64 in tests);
+// elsewhere `rt` (train/runtime.h) gives the device, the activation dtype and the GpuContext.
 std::vector<int32_t> generate(const Model& model, const std::vector<int32_t>& prompt, const SampleOptions& opt,
-                              SampleStats* stats = nullptr);
+                              SampleStats* stats = nullptr, const Runtime* rt = nullptr);
 
 // "KV cache: 320 bytes/token (MLA latent Ckv + rope key Dr per layer: (32 + 8) x 4 B (f32) = 160 B,
 // x 2 layers); 160 bytes/token in bf16; MHA with these heads would cache 1280 (4.0x)": the line of

@@ -16,6 +16,7 @@
 #include "train/metrics.h"
 #include "train/model_info.h"
 #include "train/optimizer.h"
+#include "train/runtime.h"
 #include "train/schedule.h"
 
 namespace moelab {
@@ -24,8 +25,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
-
-constexpr size_t kArenaBytes = size_t{8} << 30;  // a virtual reservation; the peak used is printed
 
 LoaderConfig loader_config(const RunConfig& cfg, const std::vector<std::string>& shards, int64_t vocab, bool train) {
   LoaderConfig lc;
@@ -44,15 +43,15 @@ LoaderConfig loader_config(const RunConfig& cfg, const std::vector<std::string>&
 }
 
 // Mean main-model loss over the first eval_batches validation windows.
-double evaluate(const Model& model, const RunConfig& cfg, const LoaderConfig& val_cfg, Arena& arena) {
+double evaluate(const Model& model, const RunConfig& cfg, const LoaderConfig& val_cfg, const Runtime& rt, Arena& arena) {
   Loader val(val_cfg);
-  const Context ctx{&arena, DType::F32, cfg.train.batch_size, cfg.train.seq_len};
+  const Context ctx = rt.context(arena, cfg.train.batch_size, cfg.train.seq_len);
   const int64_t batches = std::min<int64_t>(cfg.train.eval_batches, std::max<int64_t>(1, val.num_windows() / val_cfg.batch_size));
   double sum = 0;
   for (int64_t i = 0; i < batches; ++i) {
     arena.reset();
     Model::Saved saved;
-    sum += model.forward(ctx, val.next(), saved).main;
+    sum += model.forward(ctx, rt.upload(val.next()), saved).main;
   }
   return sum / static_cast<double>(batches);
 }
@@ -78,6 +77,7 @@ TrainResult train(const RunConfig& cfg_in, const TrainOptions& options) {
   MOELAB_CHECK(!data.train_shards.empty(), "train: ", tc.data_dir, " has no train shards");
   const Tokenizer tokenizer = Tokenizer::load(data.tokenizer_path);
 
+  const Runtime rt = make_runtime(tc.device, tc.precision);
   // Model, optimizer and data, fresh or from the newest checkpoint.
   std::unique_ptr<Model> model;
   TrainerState state;
@@ -88,12 +88,10 @@ TrainResult train(const RunConfig& cfg_in, const TrainOptions& options) {
     LoadedCheckpoint ck = load_checkpoint(resumed_from);
     MOELAB_CHECK(ck.cfg.model == cfg.model, "train --resume: the model config of ", resumed_from,
                  " differs from this run's (resume with the same [model])");
-    model = std::move(ck.model);
+    model = place_model(std::move(ck.model), rt);
     state = ck.state;
   } else {
-    model = std::make_unique<Model>(cfg.model);
-    model->allocate(Device::CPU, DType::F32);
-    model->initialize(tc.seed);
+    model = new_model(cfg.model, tc.seed, rt);
   }
   AdamW optimizer(model->params(), AdamWConfig{tc.beta1, tc.beta2, tc.adam_eps, tc.weight_decay});
   Loader loader(loader_config(cfg, data.train_shards, cfg.model.vocab_size, true));
@@ -105,18 +103,19 @@ TrainResult train(const RunConfig& cfg_in, const TrainOptions& options) {
   const bool has_val = !data.val_shards.empty();
 
   MetricsLog log(tc.out_dir, options.console);
-  Arena arena(kArenaBytes, Device::CPU);
-  const Context ctx{&arena, DType::F32, tc.batch_size, tc.seq_len};
   const ModelInfo info = model_info(*model, tc.batch_size, tc.seq_len);
+  Arena arena(rt.arena_bytes(info.activation_bytes()), rt.device);
+  const Context ctx = rt.context(arena, tc.batch_size, tc.seq_len);
   const double tokens_per_step = static_cast<double>(tc.batch_size * tc.seq_len * tc.grad_accum_steps);
-  const double peak_gflops = measured_gemm_gflops();  // MFU's denominator on the CPU
+  const double peak_gflops = measured_gemm_gflops(rt);  // MFU's denominator: a GEMM measured here, now
   {
-    char buf[512];
+    char buf[768];
     std::snprintf(buf, sizeof buf,
-                  "moelab train: %lld params (%lld active/token), %.2f MFLOP/token, %s tokens/step, %d threads "
-                  "(fp32 GEMM peak measured: %.0f GFLOP/s), %lld steps%s%s",
+                  "moelab train: %lld params (%lld active/token), %.2f MFLOP/token, %s tokens/step, %s, %d threads "
+                  "(%s GEMM peak measured: %.0f GFLOP/s), %lld steps%s%s",
                   static_cast<long long>(info.params.total), static_cast<long long>(info.params.active),
-                  info.flops_per_token / 1e6, human(tokens_per_step).c_str(), omp_get_max_threads(), peak_gflops,
+                  info.flops_per_token / 1e6, human(tokens_per_step).c_str(), rt.describe().c_str(),
+                  omp_get_max_threads(), rt.act == DType::BF16 ? "bf16" : "fp32", peak_gflops,
                   static_cast<long long>(tc.steps), resumed_from.empty() ? "" : ", resumed from ",
                   resumed_from.c_str());
     log.print_line(buf);
@@ -135,7 +134,7 @@ TrainResult train(const RunConfig& cfg_in, const TrainOptions& options) {
   };
   auto run_eval = [&](int64_t step) {
     if (!has_val) return;
-    result.val_loss = evaluate(*model, cfg, val_cfg, arena);
+    result.val_loss = evaluate(*model, cfg, val_cfg, rt, arena);
     log.write({{"step", step}, {"val_loss", result.val_loss}});
     char buf[128];
     std::snprintf(buf, sizeof buf, "step %lld | val loss %.4f", static_cast<long long>(step), result.val_loss);
@@ -155,7 +154,7 @@ TrainResult train(const RunConfig& cfg_in, const TrainOptions& options) {
     std::vector<MoEStats> last_stats;
     const double scale = 1.0 / static_cast<double>(tc.grad_accum_steps);
     for (int64_t micro = 0; micro < tc.grad_accum_steps; ++micro) {
-      const Tensor tokens = loader.next();
+      const Tensor tokens = rt.upload(loader.next());
       arena.reset();
       Model::Saved saved;
       const Model::Losses l = model->forward(ctx, tokens, saved);
@@ -191,6 +190,7 @@ TrainResult train(const RunConfig& cfg_in, const TrainOptions& options) {
                    result.checkpoint.empty() ? "none" : result.checkpoint);
     }
     ++step;
+    rt.synchronize();  // the step's GPU work is done before it is timed (the losses above already waited)
     const double step_s = seconds_since(t0);
     train_seconds += step_s;
     result.train_loss = sum.total;
@@ -251,6 +251,30 @@ TrainResult train(const RunConfig& cfg_in, const TrainOptions& options) {
                 result.checkpoint.c_str());
   log.print_line(buf);
   return result;
+}
+
+EvalResult evaluate_checkpoint(const std::string& ckpt_or_run_dir, const EvalOptions& options) {
+  const auto t0 = Clock::now();
+  LoadedCheckpoint ck = load_checkpoint(resolve_checkpoint(ckpt_or_run_dir));
+  RunConfig cfg = ck.cfg;
+  if (!options.data_dir.empty()) cfg.train.data_dir = options.data_dir;
+  if (options.batches > 0) cfg.train.eval_batches = options.batches;
+  const PrepareSummary data = read_prepared(cfg.train.data_dir);
+  MOELAB_CHECK(!data.val_shards.empty(), "eval: ", cfg.train.data_dir, " has no validation shards (prepare with "
+               "--val-fraction > 0)");
+  MOELAB_CHECK(data.vocab_size <= cfg.model.vocab_size, "eval: the data in ", cfg.train.data_dir, " has a vocabulary of ",
+               data.vocab_size, " tokens but the checkpoint's model has ", cfg.model.vocab_size);
+  const Runtime rt = make_runtime(options.device, options.precision);
+  const std::unique_ptr<Model> model = place_model(std::move(ck.model), rt);
+  const ModelInfo info = model_info(*model, cfg.train.batch_size, cfg.train.seq_len);
+  Arena arena(rt.arena_bytes(info.activation_bytes()), rt.device);
+  EvalResult r;
+  r.checkpoint = ck.path;
+  r.runtime = rt.describe();
+  r.step = ck.state.step;
+  r.loss = evaluate(*model, cfg, loader_config(cfg, data.val_shards, cfg.model.vocab_size, false), rt, arena);
+  r.seconds = seconds_since(t0);
+  return r;
 }
 
 }  // namespace moelab

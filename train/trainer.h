@@ -1,4 +1,5 @@
-// `moelab train`: the training loop on the CPU (train/ wires model, data, optimizer, checkpoints).
+// `moelab train`: the training loop on the CPU or one GPU (train.device, train.precision:
+// train/runtime.h), wiring model, data, optimizer and checkpoints.
 // Each optimizer step: grad_accum_steps micro-batches (forward + backward with the loss scaled by
 // 1/grad_accum_steps), a non-finite guard (a NaN/Inf loss or gradient norm skips the update and is
 // logged; max_nonfinite in a row stop the run with an error), global-norm clipping, AdamW at the
@@ -34,5 +35,20 @@ struct TrainResult {
 };
 
 TrainResult train(const RunConfig& cfg, const TrainOptions& options);
+
+// `moelab eval`: a checkpoint's mean main-model loss over the validation windows the trainer's
+// evaluation uses (the first eval_batches of the val split, in file order), on any device.
+struct EvalOptions {
+  std::string device = "cpu", precision = "auto";  // train/runtime.h
+  int64_t batches = 0;                             // > 0: instead of the run's train.eval_batches
+  std::string data_dir;                            // non-empty: instead of the run's train.data_dir
+};
+struct EvalResult {
+  std::string checkpoint, runtime;
+  int64_t step = 0;
+  double loss = 0;
+  double seconds = 0;
+};
+EvalResult evaluate_checkpoint(const std::string& ckpt_or_run_dir, const EvalOptions& options);
 
 }  // namespace moelab

@@ -1,5 +1,11 @@
 // The per-forward context every layer receives: where activations come from (the step's arena),
-// their dtype, and the batch structure (B sequences of T tokens; N = B*T rows everywhere).
+// their dtype, the batch structure (B sequences of T tokens; N = B*T rows everywhere) and, on
+// CUDA, the GpuContext (cuBLASLt) that the matmuls need.
+//
+// Precision (DESIGN.md): activations are `dtype` (CPU: f32, or f64 in gradient checks; CUDA: bf16
+// in mixed-precision training, or f32); statistics that must stay in full precision (RMSNorm's
+// rstd, attention and cross-entropy log-sum-exps, per-token losses, the router's logits, scores
+// and weights) are `stat_dtype()`: f32, or f64 in gradient checks.
 //
 // The layer contract (DESIGN.md): forward(ctx, inputs..., outputs..., saved) fills caller-provided
 // outputs and a caller-owned Saved struct with what backward needs; backward(ctx, saved,
@@ -10,20 +16,24 @@
 #include <cstdint>
 
 #include "core/arena.h"
+#include "core/gpu_context.h"
 #include "core/tensor.h"
 
 namespace moelab {
 
 struct Context {
   Arena* arena = nullptr;
-  DType dtype = DType::F32;  // activations: f32 (training on the CPU) or f64 (gradient checks)
+  DType dtype = DType::F32;  // activations: f32 or bf16 (training), f64 (gradient checks)
   int64_t batch = 0;         // B
   int64_t seq_len = 0;       // T
+  const GpuContext* gpu = nullptr;  // required when the arena is on CUDA
 
   int64_t tokens() const { return batch * seq_len; }  // N
   Device device() const { return arena->device(); }
   Tensor alloc(const Shape& shape) const { return arena->alloc(shape, dtype); }
   Tensor alloc(const Shape& shape, DType t) const { return arena->alloc(shape, t); }
+  DType stat_dtype() const { return dtype == DType::F64 ? DType::F64 : DType::F32; }
+  Tensor alloc_stat(const Shape& shape) const { return arena->alloc(shape, stat_dtype()); }
 };
 
 }  // namespace moelab

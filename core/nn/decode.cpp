@@ -53,17 +53,17 @@ void MLAttention::decode(const Context& ctx, const Tensor& x, const Tensor& y, K
   Tensor q = ctx.alloc({B, n, heads_, nope_ + rope_});
   if (q_rank_ > 0) {
     Tensor cq_raw = ctx.alloc({N, q_rank_}), cq = ctx.alloc({N, q_rank_});
-    q_a_proj_.forward(x, cq_raw);
+    q_a_proj_.forward(ctx, x, cq_raw);
     q_a_norm_.forward(ctx, cq_raw, cq, unused);
-    q_b_proj_.forward(cq, q.as_rows(N));
+    q_b_proj_.forward(ctx, cq, q.as_rows(N));
   } else {
-    q_proj_.forward(x, q.as_rows(N));
+    q_proj_.forward(ctx, x, q.as_rows(N));
   }
   rope_forward(q, q, nope_, rope_, rope_theta_, pos);
   // The new tokens' cache entries: the normalised latent and the turned rope key, nothing per head.
   Tensor kva = ctx.alloc({N, kv_rank_ + rope_}), ckv_raw = ctx.alloc({N, kv_rank_}), ckv = ctx.alloc({N, kv_rank_});
   Tensor kr = ctx.alloc({B, n, 1, rope_});
-  kv_a_proj_.forward(x, kva);
+  kv_a_proj_.forward(ctx, x, kva);
   split_columns(kva, ckv_raw, kr.as_rows(N));
   kv_a_norm_.forward(ctx, ckv_raw, ckv, unused);
   rope_forward(kr, kr, 0, rope_, rope_theta_, pos);
@@ -72,7 +72,7 @@ void MLAttention::decode(const Context& ctx, const Tensor& x, const Tensor& y, K
   // Every head attends over the cached latents with W_kvb folded into its query and output.
   Tensor out = ctx.alloc({B, n, heads_, v_dim_});
   mla_decode_attention(q, kv_b_proj_.weight(), cache.ckv, cache.kr, scale(), pos, out);
-  o_proj_.forward(out.as_rows(N), y);
+  o_proj_.forward(ctx, out.as_rows(N), y);
 }
 
 // ---- MHA / GQA ----
@@ -86,9 +86,9 @@ void GQAttention::decode(const Context& ctx, const Tensor& x, const Tensor& y, K
   const int64_t B = ctx.batch, n = ctx.seq_len, N = ctx.tokens();
   Tensor q = ctx.alloc({B, n, heads_, head_dim_});
   Tensor k = ctx.alloc({B, n, kv_heads_, head_dim_}), v = ctx.alloc({B, n, kv_heads_, head_dim_});
-  q_proj_.forward(x, q.as_rows(N));
-  k_proj_.forward(x, k.as_rows(N));
-  v_proj_.forward(x, v.as_rows(N));
+  q_proj_.forward(ctx, x, q.as_rows(N));
+  k_proj_.forward(ctx, x, k.as_rows(N));
+  v_proj_.forward(ctx, x, v.as_rows(N));
   if (rope_dim_ > 0) {
     rope_forward(q, q, head_dim_ - rope_dim_, rope_dim_, rope_theta_, pos);
     rope_forward(k, k, head_dim_ - rope_dim_, rope_dim_, rope_theta_, pos);
@@ -98,7 +98,7 @@ void GQAttention::decode(const Context& ctx, const Tensor& x, const Tensor& y, K
   Tensor out = ctx.alloc({B, n, heads_, head_dim_});
   attention_decode_forward(q, cache.k, cache.v, static_cast<float>(1.0 / std::sqrt(static_cast<double>(head_dim_))),
                            pos, out);
-  o_proj_.forward(out.as_rows(N), y);
+  o_proj_.forward(ctx, out.as_rows(N), y);
 }
 
 // ---- MoE ----
@@ -168,7 +168,8 @@ Model::KVCache Model::new_cache(int64_t batch, int64_t capacity) const {
   KVCache c;
   c.batch = batch;
   c.capacity = capacity;
-  c.dtype = params_.flat_params().dtype();
+  // The cache holds activations: the compute dtype (bf16 in mixed precision), like the rows written to it.
+  c.dtype = params_.has_compute_copy() ? params_.flat_compute().dtype() : params_.flat_params().dtype();
   for (const Block& b : blocks_) c.layers.push_back(b.new_cache(batch, capacity, c.dtype, params_.flat_params().device()));
   return c;
 }
@@ -197,7 +198,7 @@ void Model::decode(const Context& ctx, const Tensor& ids, int64_t pos, KVCache& 
   Tensor normed = ctx.alloc({N, D});
   RMSNorm::Saved unused;
   final_norm_.forward(ctx, h, normed, unused);
-  matmul_forward(normed, head_weight(), logits);
+  matmul_forward(normed, head_weight(), logits, ctx.gpu);
   cache.length = pos + n;
 }
 
@@ -218,7 +219,7 @@ size_t Model::decode_arena_bytes(int64_t rows) const {
   } else {
     attention = 2 * H * c.mha_head_dim() + 2 * c.kv_heads() * c.mha_head_dim();  // q, out; k, v
   }
-  const int64_t moe = 2 * E + 4 * K            // logits, scores; topk_idx, weights, expert_idx, dispatch pos
+  const int64_t moe = D + 2 * E + 4 * K        // x_router; logits, scores; topk_idx, weights, expert_idx, dispatch pos
                       + 2 * K * D + 3 * K * F  // expert inputs and outputs; each expert's gate, up, hidden
                       + D + 3 * c.n_shared_experts * F;  // shared experts' output, gate, up, hidden
   int64_t per_token = 2 * D + 1;  // the embedding, the final norm's output and rstd
@@ -226,10 +227,11 @@ size_t Model::decode_arena_bytes(int64_t rows) const {
   for (const Block& b : blocks_) {
     // The block's output, its 5 temporaries and 2 rstd, the attention, the FFN.
     per_token += 6 * D + 2 + attention + (b.is_moe() ? moe : 3 * c.intermediate_size);
-    // 8 in the block, at most 10 in the attention, 12 in the MoE outside its experts; the experts: 3
+    // 8 in the block, at most 10 in the attention, 13 in the MoE outside its experts; the experts: 3
     // per expert (grouped) or 3 per assignment (the naive path).
-    allocs += 18 + (b.is_moe() ? 12 + 3 * E + 3 * rows * K : 3);
+    allocs += 18 + (b.is_moe() ? 13 + 3 * E + 3 * rows * K : 3);
   }
+  // f32 counts every element at 4 bytes: bf16 activations take less, their f32 statistics no more.
   const size_t elem = std::max<size_t>(dtype_size(params_.flat_params().dtype()), 4);
   return static_cast<size_t>(rows * per_token) * elem + static_cast<size_t>(allocs) * Arena::kAlignment;
 }

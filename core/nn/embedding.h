@@ -17,7 +17,7 @@ class Embedding {
   void forward(const Tensor& ids, const Tensor& out) const;             // ids: i32 [B, T] -> out: [B, T, D]
   void backward(const Tensor& ids, const Tensor& grad_out) const;       // grad_weight += scatter(grad_out)
 
-  Tensor weight() const { return params_->param(index_); }
+  Tensor weight() const { return params_->compute(index_); }  // the compute copy (core/params.h)
   Tensor grad_weight() const { return params_->grad(index_); }
 
  private:

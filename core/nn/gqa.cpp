@@ -29,23 +29,23 @@ void GQAttention::forward(const Context& ctx, const Tensor& x, const Tensor& y, 
   s.k = ctx.alloc({B, T, kv_heads_, head_dim_});
   s.v = ctx.alloc({B, T, kv_heads_, head_dim_});
   s.out = ctx.alloc({B, T, heads_, head_dim_});
-  s.lse = ctx.alloc({B, heads_, T});
+  s.lse = ctx.alloc_stat({B, heads_, T});
   const int64_t N = ctx.tokens();
-  q_proj_.forward(x, s.q.as_rows(N));
-  k_proj_.forward(x, s.k.as_rows(N));
-  v_proj_.forward(x, s.v.as_rows(N));
+  q_proj_.forward(ctx, x, s.q.as_rows(N));
+  k_proj_.forward(ctx, x, s.k.as_rows(N));
+  v_proj_.forward(ctx, x, s.v.as_rows(N));
   if (rope_dim_ > 0) {  // the last rope_dim_ dims of each head turn
     rope_forward(s.q, s.q, head_dim_ - rope_dim_, rope_dim_, rope_theta_);
     rope_forward(s.k, s.k, head_dim_ - rope_dim_, rope_dim_, rope_theta_);
   }
   attention_forward(s.q, s.k, s.v, static_cast<float>(1.0 / std::sqrt(static_cast<double>(head_dim_))), s.out, s.lse);
-  o_proj_.forward(s.out.as_rows(N), y);
+  o_proj_.forward(ctx, s.out.as_rows(N), y);
 }
 
 void GQAttention::backward(const Context& ctx, const Saved& s, const Tensor& grad_y, const Tensor& grad_x) const {
   const int64_t N = ctx.tokens();
   Tensor grad_out = ctx.alloc({N, heads_ * head_dim_});
-  o_proj_.backward(s.out.as_rows(N), grad_y, grad_out);
+  o_proj_.backward(ctx, s.out.as_rows(N), grad_y, grad_out);
   Tensor gq = ctx.alloc(s.q.shape()), gk = ctx.alloc(s.k.shape()), gv = ctx.alloc(s.v.shape());
   attention_backward(grad_out.reshape(s.out.shape()), s.q, s.k, s.v, s.out, s.lse,
                      static_cast<float>(1.0 / std::sqrt(static_cast<double>(head_dim_))), gq, gk, gv);
@@ -54,10 +54,10 @@ void GQAttention::backward(const Context& ctx, const Saved& s, const Tensor& gra
     rope_backward(gk, gk, head_dim_ - rope_dim_, rope_dim_, rope_theta_);
   }
   Tensor gx_part = ctx.alloc(grad_x.shape());
-  q_proj_.backward(s.x, gq.as_rows(N), grad_x);
-  k_proj_.backward(s.x, gk.as_rows(N), gx_part);
+  q_proj_.backward(ctx, s.x, gq.as_rows(N), grad_x);
+  k_proj_.backward(ctx, s.x, gk.as_rows(N), gx_part);
   add(grad_x, gx_part, grad_x);
-  v_proj_.backward(s.x, gv.as_rows(N), gx_part);
+  v_proj_.backward(ctx, s.x, gv.as_rows(N), gx_part);
   add(grad_x, gx_part, grad_x);
 }
 

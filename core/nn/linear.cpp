@@ -9,10 +9,12 @@ Linear::Linear(ParamBuffer& params, const std::string& name, int64_t in, int64_t
   index_ = params.declare({name + ".weight", {out, in}, Init::Normal, static_cast<float>(std), weight_decay});
 }
 
-void Linear::forward(const Tensor& x, const Tensor& y) const { matmul_forward(x, weight(), y); }
+void Linear::forward(const Context& ctx, const Tensor& x, const Tensor& y) const {
+  matmul_forward(x, weight(), y, ctx.gpu);
+}
 
-void Linear::backward(const Tensor& x, const Tensor& grad_y, const Tensor& grad_x) const {
-  matmul_backward(grad_y, x, weight(), grad_x, grad_weight());
+void Linear::backward(const Context& ctx, const Tensor& x, const Tensor& grad_y, const Tensor& grad_x) const {
+  matmul_backward(grad_y, x, weight(), grad_x, grad_weight(), ctx.gpu);
 }
 
 }  // namespace moelab

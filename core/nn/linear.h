@@ -1,10 +1,13 @@
 // Linear: y = x W^T with W: [out, in] (no bias, as every projection in DeepSeek-V3), the HF
 // nn.Linear layout. Contract (core/nn/context.h): backward OVERWRITES grad_x (skipped when
 // grad_x is undefined) and ACCUMULATES grad_W.
+// The GEMMs use the parameter buffer's compute copy of W (bf16 in mixed precision, else the
+// parameter itself: core/params.h); the gradient goes to the f32 gradient buffer.
 #pragma once
 
 #include <string>
 
+#include "core/nn/context.h"
 #include "core/params.h"
 
 namespace moelab {
@@ -15,10 +18,13 @@ class Linear {
   // Declares `<name>.weight` [out, in] with normal(0, std) init.
   Linear(ParamBuffer& params, const std::string& name, int64_t in, int64_t out, double std, bool weight_decay = true);
 
-  void forward(const Tensor& x, const Tensor& y) const;                               // x: [..., in] -> y: [..., out]
-  void backward(const Tensor& x, const Tensor& grad_y, const Tensor& grad_x) const;  // grad_x: [..., in]
+  // x: [..., in] -> y: [..., out]
+  void forward(const Context& ctx, const Tensor& x, const Tensor& y) const;
+  // grad_y: [..., out] -> grad_x: [..., in]
+  void backward(const Context& ctx, const Tensor& x, const Tensor& grad_y, const Tensor& grad_x) const;
 
-  Tensor weight() const { return params_->param(index_); }
+  Tensor weight() const { return params_->compute(index_); }       // what the GEMMs read
+  Tensor master_weight() const { return params_->param(index_); }  // f32 (f64 in checks)
   Tensor grad_weight() const { return params_->grad(index_); }
   int64_t in_features() const { return in_; }
   int64_t out_features() const { return out_; }

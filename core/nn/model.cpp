@@ -54,9 +54,9 @@ double Model::head_forward(const Context& ctx, const RMSNorm& norm, const Tensor
   hs.normed = ctx.alloc(h.shape());
   norm.forward(ctx, h, hs.normed, hs.norm);
   hs.logits = ctx.alloc({N, V});
-  matmul_forward(hs.normed, head_weight(), hs.logits);
-  hs.lse = ctx.alloc({N});
-  hs.losses = ctx.alloc({N});
+  matmul_forward(hs.normed, head_weight(), hs.logits, ctx.gpu);
+  hs.lse = ctx.alloc_stat({N});
+  hs.losses = ctx.alloc_stat({N});
   return cross_entropy_forward(hs.logits, hs.targets.reshape({N}), kIgnoreIndex, hs.losses, hs.lse);
 }
 
@@ -65,7 +65,7 @@ void Model::head_backward(const Context& ctx, const RMSNorm& norm, const HeadSav
   const int64_t N = ctx.tokens();
   Tensor grad_logits = ctx.alloc(hs.logits.shape()), grad_normed = ctx.alloc(hs.normed.shape());
   cross_entropy_backward(hs.logits, hs.targets.reshape({N}), hs.lse, kIgnoreIndex, weight, grad_logits);
-  matmul_backward(grad_logits, hs.normed, head_weight(), grad_normed, head_grad());
+  matmul_backward(grad_logits, hs.normed, head_weight(), grad_normed, head_grad(), ctx.gpu);
   norm.backward(hs.norm, grad_normed, grad_h);
 }
 
@@ -106,7 +106,7 @@ Model::Losses Model::forward(const Context& ctx, const Tensor& tokens, Saved& s)
     ms.cat = ctx.alloc({N, 2 * D});
     concat_columns(e_normed, h_normed, ms.cat);
     ms.h_in = ctx.alloc({N, D});
-    m.eh_proj.forward(ms.cat, ms.h_in);
+    m.eh_proj.forward(ctx, ms.cat, ms.h_in);
     ms.out = ctx.alloc({N, D});
     m.block.forward(ctx, ms.h_in, ms.out, ms.block);
     losses.mtp.push_back(head_forward(ctx, m.head_norm, ms.out, tokens, k, ms.head));
@@ -137,7 +137,7 @@ void Model::backward(const Context& ctx, const Saved& s, double grad_scale) cons
     if (grad_carry.defined()) add(grad_out, grad_carry, grad_out);
     Tensor grad_h_in = ctx.alloc({N, D}), grad_cat = ctx.alloc({N, 2 * D});
     m.block.backward(ctx, ms.block, grad_out, grad_scale, grad_h_in);
-    m.eh_proj.backward(ms.cat, grad_h_in, grad_cat);
+    m.eh_proj.backward(ctx, ms.cat, grad_h_in, grad_cat);
     Tensor grad_e_normed = ctx.alloc({N, D}), grad_h_normed = ctx.alloc({N, D}), grad_emb = ctx.alloc({N, D});
     split_columns(grad_cat, grad_e_normed, grad_h_normed);
     m.enorm.backward(ms.enorm, grad_e_normed, grad_emb);

@@ -7,6 +7,7 @@
 
 #include "core/ops/activation.h"
 #include "core/ops/elementwise.h"
+#include "core/ops/matmul.h"
 #include "core/ops/moe_balance.h"
 #include "core/ops/moe_route.h"
 #include "core/ops/op_util.h"
@@ -84,15 +85,22 @@ Tensor MoE::e_score_correction_bias() const {
 void MoE::route(const Context& ctx, const Tensor& x, Saved& s, MoEStats& stats) const {
   const int64_t N = x.size(0), E = cfg_.n_routed_experts, K = cfg_.num_experts_per_tok;
   s.x = x;
-  s.logits = ctx.alloc({N, E});
-  gate_.forward(x, s.logits);
-  s.scores = ctx.alloc({N, E});
+  // The router runs in full precision (DESIGN.md, "Precision"): the gate GEMM reads the f32 master
+  // weight and an f32 copy of a bf16 input, and every router tensor is f32.
+  s.x_router = x;
+  if (x.dtype() != ctx.stat_dtype()) {
+    s.x_router = ctx.alloc_stat(x.shape());
+    cast(x, s.x_router);
+  }
+  s.logits = ctx.alloc_stat({N, E});
+  matmul_forward(s.x_router, gate_.master_weight(), s.logits, ctx.gpu);
+  s.scores = ctx.alloc_stat({N, E});
   if (cfg_.scoring_func == ScoreFunc::Sigmoid) sigmoid_forward(s.logits, s.scores);
   else softmax_forward(s.logits, s.scores);
 
   s.topk_idx = ctx.alloc({N, K}, DType::I32);
   moe_route_topk(s.scores, e_score_correction_bias(), cfg_.n_group, cfg_.topk_group, s.topk_idx);
-  s.topk_weights = ctx.alloc({N, K});
+  s.topk_weights = ctx.alloc_stat({N, K});
   moe_gate_forward(s.scores, s.topk_idx, cfg_.norm_topk_prob, cfg_.routed_scaling_factor, s.topk_weights);
 
   s.expert_idx = s.topk_idx;
@@ -223,7 +231,7 @@ void MoE::router_backward(const Context& ctx, const Saved& s, const Tensor& grad
                           double balance_grad_scale, const Tensor& grad_x) const {
   const int64_t N = s.scores.size(0), E = cfg_.n_routed_experts;
   // d/ds: the gate values (only the selected experts), then each balance loss through P.
-  Tensor grad_scores = ctx.alloc({N, E});
+  Tensor grad_scores = ctx.alloc_stat({N, E});
   moe_gate_backward(grad_topk_weights, s.scores, s.topk_idx, cfg_.norm_topk_prob, cfg_.routed_scaling_factor,
                     grad_scores);
   if (cfg_.seq_aux_loss_alpha > 0)
@@ -231,12 +239,17 @@ void MoE::router_backward(const Context& ctx, const Saved& s, const Tensor& grad
   if (cfg_.aux_loss_alpha > 0)
     moe_aux_loss_backward(s.scores, s.topk_idx, N, cfg_.aux_loss_alpha, balance_grad_scale, grad_scores);
   // d/dlogits: through the score function, plus the z-loss, which reads the logits directly.
-  Tensor grad_logits = ctx.alloc({N, E});
+  Tensor grad_logits = ctx.alloc_stat({N, E});
   if (cfg_.scoring_func == ScoreFunc::Sigmoid) sigmoid_backward(grad_scores, s.scores, grad_logits);
   else softmax_backward(grad_scores, s.scores, grad_logits);
   if (cfg_.router_z_loss_coef > 0) moe_z_loss_backward(s.logits, cfg_.router_z_loss_coef, balance_grad_scale, grad_logits);
-  Tensor grad_x_router = ctx.alloc({N, cfg_.hidden_size});
-  gate_.backward(s.x, grad_logits, grad_x_router);
+  Tensor grad_x_router = ctx.alloc_stat({N, cfg_.hidden_size});
+  matmul_backward(grad_logits, s.x_router, gate_.master_weight(), grad_x_router, gate_.grad_weight(), ctx.gpu);
+  if (grad_x_router.dtype() != grad_x.dtype()) {
+    Tensor narrowed = ctx.alloc(grad_x_router.shape());
+    cast(grad_x_router, narrowed);
+    grad_x_router = narrowed;
+  }
   add(grad_x, grad_x_router, grad_x);
 }
 
@@ -246,7 +259,7 @@ void MoE::backward(const Context& ctx, const Saved& s, const Tensor& grad_y, dou
   check_shape("MoE::backward", "grad_y", grad_y, s.x.shape());
   check_shape("MoE::backward", "grad_x", grad_x, s.x.shape());
   MOELAB_CHECK(s.naive || s.layout, "MoE::backward: saved has no dispatch layout (was forward run with this Saved?)");
-  Tensor grad_topk_weights = ctx.alloc({N, K});
+  Tensor grad_topk_weights = ctx.alloc_stat({N, K});
   if (s.naive) experts_naive_backward(ctx, s, grad_y, grad_x, grad_topk_weights);
   else experts_grouped_backward(ctx, s, grad_y, grad_x, grad_topk_weights);
   router_backward(ctx, s, grad_topk_weights, balance_grad_scale, grad_x);

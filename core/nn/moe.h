@@ -39,7 +39,8 @@ class MoE {
  public:
   struct Saved {
     Tensor x;             // [N, D] the input
-    Tensor logits;        // [N, E] router logits
+    Tensor x_router;      // [N, D] the input in the router's full precision (x itself unless bf16)
+    Tensor logits;        // [N, E] router logits (this and every router tensor: ctx.stat_dtype())
     Tensor scores;        // [N, E] s
     Tensor topk_idx;      // i32 [N, K] the selection, best first (before capacity drops)
     Tensor expert_idx;    // i32 [N, K] topk_idx with dropped assignments -1 (topk_idx itself when dropless)

@@ -10,7 +10,7 @@ RMSNorm::RMSNorm(ParamBuffer& params, const std::string& name, int64_t dim, doub
 
 void RMSNorm::forward(const Context& ctx, const Tensor& x, const Tensor& y, Saved& saved) const {
   saved.x = x;
-  saved.rstd = ctx.alloc({x.numel() / x.size(-1)}, ctx.dtype == DType::F64 ? DType::F64 : DType::F32);
+  saved.rstd = ctx.alloc_stat({x.numel() / x.size(-1)});
   rmsnorm_forward(x, weight(), static_cast<float>(eps_), y, saved.rstd);
 }
 

@@ -7,7 +7,8 @@
 // Shapes: sigmoid: x, y, grad_y, grad_x any shape (all equal). softmax: [..., C] (rows of C, e.g.
 //         router logits [B*T, E]), all equal.
 // Contract: forward OVERWRITES y; backward OVERWRITES grad_x and needs only the saved output y.
-// Dtypes: CPU: every tensor f32, or every tensor f64 (gradient checks). CUDA: no kernel yet.
+// Dtypes: CPU: every tensor f32, or every tensor f64 (gradient checks).
+//         CUDA: every tensor f32 (the router), or every tensor bf16 (computed in f32).
 #pragma once
 
 #include <cmath>

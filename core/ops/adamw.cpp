@@ -3,7 +3,11 @@
 
 #include <cmath>
 
+#include "core/cuda_dispatch.h"
 #include "core/ops/op_util.h"
+#if MOELAB_WITH_CUDA
+#include "cuda/adamw.h"
+#endif
 
 namespace moelab {
 
@@ -31,14 +35,21 @@ template void adamw_step<double>(double*, const double*, double*, double*, int64
 
 }  // namespace ref
 
-void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v, const AdamWParams& hp) {
+void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v, const AdamWParams& hp,
+                const Tensor& param_copy) {
   const char* op = "adamw_step";
   check_defined(op, "param", param);
   for (const auto& [name, t] : {std::pair<const char*, const Tensor*>{"grad", &grad}, {"m", &m}, {"v", &v}}) {
     check_shape(op, name, *t, param.shape());
     check_dtype(op, name, *t, param.dtype());
   }
-  check_same_device(op, {{"param", &param}, {"grad", &grad}, {"m", &m}, {"v", &v}});
+  check_same_device(op, {{"param", &param}, {"grad", &grad}, {"m", &m}, {"v", &v}, {"param_copy", &param_copy}});
+  if (param_copy.defined()) {
+    MOELAB_CHECK(param_copy.numel() == param.numel(), op, ": param_copy is ", param_copy.str(), ", expected ",
+                 param.numel(), " elements (param is ", param.str(), ")");
+    MOELAB_CHECK(param_copy.dtype() == DType::F32 || param_copy.dtype() == DType::BF16, op, ": param_copy is ",
+                 param_copy.str(), ", expected dtype f32 or bf16");
+  }
   MOELAB_CHECK(hp.step >= 1, op, ": step is ", hp.step, ", expected >= 1 (the first update is step 1)");
   MOELAB_CHECK(std::isfinite(hp.lr) && hp.lr >= 0, op, ": lr is ", hp.lr, ", expected a finite value >= 0");
   MOELAB_CHECK(hp.beta1 >= 0 && hp.beta1 < 1, op, ": beta1 is ", hp.beta1, ", expected a value in [0, 1)");
@@ -46,10 +57,37 @@ void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const 
   MOELAB_CHECK(std::isfinite(hp.eps) && hp.eps >= 0, op, ": eps is ", hp.eps, ", expected a finite value >= 0");
   MOELAB_CHECK(std::isfinite(hp.weight_decay) && hp.weight_decay >= 0, op, ": weight_decay is ", hp.weight_decay,
                ", expected a finite value >= 0");
-  if (param.device() == Device::CUDA) MOELAB_FAIL(op, ": no CUDA kernel yet (param is ", param.str(), ")");
+  if (param.device() == Device::CUDA) {
+#if MOELAB_WITH_CUDA
+    check_dtype(op, "param", param, DType::F32);  // grad, m, v were checked against param's dtype
+    // The scalars exactly as ref::adamw_step<float> rounds them.
+    const double t = static_cast<double>(hp.step);
+    cuda::adamw_step({param.data<float>(), grad.data<float>(), m.data<float>(), v.data<float>(),
+                      param_copy.defined() ? param_copy.raw() : nullptr, param.numel(),
+                      static_cast<float>(1.0 - hp.lr * hp.weight_decay), static_cast<float>(hp.beta1),
+                      static_cast<float>(hp.beta2), static_cast<float>(hp.lr / (1.0 - std::pow(hp.beta1, t))),
+                      static_cast<float>(std::sqrt(1.0 - std::pow(hp.beta2, t))), static_cast<float>(hp.eps),
+                      param_copy.defined() && param_copy.dtype() == DType::BF16, nullptr});
+    return;
+#else
+    MOELAB_NO_CUDA(op);
+#endif
+  }
   ops_detail::dispatch_cpu_float(op, param, [&](auto tag) {
     using T = decltype(tag);
     ref::adamw_step<T>(param.data<T>(), grad.data<T>(), m.data<T>(), v.data<T>(), param.numel(), hp);
+    if (!param_copy.defined()) return;
+    const T* p = param.data<T>();
+    const int64_t n = param.numel();
+    if (param_copy.dtype() == DType::BF16) {
+      bf16_t* c = param_copy.data<bf16_t>();
+#pragma omp parallel for schedule(static)
+      for (int64_t i = 0; i < n; ++i) c[i] = from_float<bf16_t>(static_cast<float>(p[i]));
+    } else {
+      float* c = param_copy.data<float>();
+#pragma omp parallel for schedule(static)
+      for (int64_t i = 0; i < n; ++i) c[i] = static_cast<float>(p[i]);
+    }
   });
 }
 

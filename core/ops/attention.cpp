@@ -6,7 +6,11 @@
 #include <limits>
 #include <vector>
 
+#include "core/cuda_dispatch.h"
 #include "core/ops/op_util.h"
+#if MOELAB_WITH_CUDA
+#include "cuda/attention.h"
+#endif
 
 namespace moelab {
 
@@ -137,11 +141,31 @@ ref::AttentionShape check_attention(const char* op, const Tensor& q, const Tenso
   check_shape(op, "v", v, {B, T, Hkv, Dv});
   check_shape(op, "out", out, {B, T, H, Dv});
   check_shape(op, "lse", lse, {B, H, T});
-  for (const auto& [name, t] : {std::pair<const char*, const Tensor*>{"k", &k}, {"v", &v}, {"out", &out}, {"lse", &lse}})
+  for (const auto& [name, t] : {std::pair<const char*, const Tensor*>{"k", &k}, {"v", &v}, {"out", &out}})
     check_dtype(op, name, *t, q.dtype());
+  // lse is a statistic: f32 on CUDA whatever the activations; on the CPU it matches q.
+  check_dtype(op, "lse", lse, q.device() == Device::CUDA ? DType::F32 : q.dtype());
   MOELAB_CHECK(std::isfinite(scale) && scale > 0.0f, op, ": scale is ", scale, ", expected a finite value > 0");
   return {B, T, H, Hkv, Dqk, Dv};
 }
+
+#if MOELAB_WITH_CUDA
+// What the CUDA kernels take beyond the shared checks; returns whether the activations are bf16.
+bool check_cuda_attention(const char* op, const Tensor& q, const ref::AttentionShape& s) {
+  MOELAB_CHECK(q.dtype() == DType::F32 || q.dtype() == DType::BF16, op, ": q is ", q.str(),
+               ", expected f32 or bf16 on CUDA");
+  MOELAB_CHECK(s.Dqk <= cuda::kAttentionMaxHeadDim && s.Dv <= cuda::kAttentionMaxHeadDim, op, ": head dims Dqk = ",
+               s.Dqk, " and Dv = ", s.Dv, " (q is ", q.str(), "); the CUDA kernels take at most ",
+               cuda::kAttentionMaxHeadDim);
+  MOELAB_CHECK(s.B <= 65535 && s.H <= 65535, op, ": B = ", s.B, " and H = ", s.H,
+               " must be <= 65535 on CUDA (grid dims); q is ", q.str());
+  return q.dtype() == DType::BF16;
+}
+
+cuda::AttentionKernel cuda_kernel(AttentionImpl impl) {
+  return impl == AttentionImpl::Naive ? cuda::AttentionKernel::Reference : cuda::AttentionKernel::Flash;
+}
+#endif
 }  // namespace
 
 void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, float scale, const Tensor& out,
@@ -149,7 +173,16 @@ void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, float 
   const char* op = "attention_forward";
   const ref::AttentionShape s = check_attention(op, q, k, v, out, lse, scale);
   check_same_device(op, {{"q", &q}, {"k", &k}, {"v", &v}, {"out", &out}, {"lse", &lse}});
-  if (q.device() == Device::CUDA) MOELAB_FAIL(op, ": no CUDA kernel yet (q is ", q.str(), ")");
+  if (q.device() == Device::CUDA) {
+#if MOELAB_WITH_CUDA
+    const bool bf16 = check_cuda_attention(op, q, s);
+    cuda::attention_forward({q.raw(), k.raw(), v.raw(), out.raw(), lse.data<float>(), s.B, s.T, s.H, s.Hkv, s.Dqk, s.Dv,
+                             scale, bf16, cuda_kernel(impl), nullptr});
+    return;
+#else
+    MOELAB_NO_CUDA(op);
+#endif
+  }
   ops_detail::dispatch_cpu_float(op, q, [&](auto tag) {
     using T = decltype(tag);
     auto* fn = impl == AttentionImpl::Naive ? &ref::attention_forward<T> : &gemm::attention_forward<T>;
@@ -171,7 +204,17 @@ void attention_backward(const Tensor& grad_out, const Tensor& q, const Tensor& k
     check_dtype(op, name, *t, q.dtype());
   check_same_device(op, {{"grad_out", &grad_out}, {"q", &q}, {"k", &k}, {"v", &v}, {"out", &out}, {"lse", &lse},
                          {"grad_q", &grad_q}, {"grad_k", &grad_k}, {"grad_v", &grad_v}});
-  if (q.device() == Device::CUDA) MOELAB_FAIL(op, ": no CUDA kernel yet (q is ", q.str(), ")");
+  if (q.device() == Device::CUDA) {
+#if MOELAB_WITH_CUDA
+    const bool bf16 = check_cuda_attention(op, q, s);
+    cuda::attention_backward({grad_out.raw(), q.raw(), k.raw(), v.raw(), out.raw(), lse.data<float>(), grad_q.raw(),
+                              grad_k.raw(), grad_v.raw(), s.B, s.T, s.H, s.Hkv, s.Dqk, s.Dv, scale, bf16,
+                              cuda_kernel(impl), nullptr});
+    return;
+#else
+    MOELAB_NO_CUDA(op);
+#endif
+  }
   ops_detail::dispatch_cpu_float(op, q, [&](auto tag) {
     using T = decltype(tag);
     auto* fn = impl == AttentionImpl::Naive ? &ref::attention_backward<T> : &gemm::attention_backward<T>;

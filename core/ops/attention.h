@@ -15,7 +15,9 @@
 // Contract: forward writes out and lse. backward OVERWRITES grad_q, grad_k and grad_v (they are
 // activation gradients: q, k, v come from projections). Every gradient element has one writer
 // that sums in a fixed order, so the result does not depend on the thread count.
-// Dtypes: CPU: every tensor f32, or every tensor f64. CUDA: no kernel yet (throws).
+// Dtypes: CPU: every tensor f32, or every tensor f64.
+//         CUDA: q, k, v, out, grad_out, grad_q, grad_k, grad_v all f32 or all bf16; lse f32.
+//         Dqk, Dv <= 256 on CUDA (cuda/attention.h, kAttentionMaxHeadDim); math in f32.
 #pragma once
 
 #include <cstdint>
@@ -24,9 +26,12 @@
 
 namespace moelab {
 
-// CPU implementations: Naive is the reference loops below (the specification); Gemm
+// Implementations. CPU: Naive is the reference loops below (the specification); Gemm
 // (attention_gemm.cpp, the default) computes the same per (batch, head) with matrix products.
-// Tests check that they agree.
+// CUDA (cuda/attention.cu): Naive runs the reference kernels (one thread per row, plain loops);
+// Gemm, the default, runs the fused flash kernels (online softmax over shared-memory key tiles, no
+// T x T matrix; backward recomputes P from lse, deterministic, no atomics).
+// Tests check that they agree (tests/ops/test_attention_impls.cpp, tests/gpu/test_attention_cuda.cpp).
 enum class AttentionImpl { Naive, Gemm };
 
 void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, float scale, const Tensor& out,

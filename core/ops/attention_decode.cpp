@@ -6,7 +6,11 @@
 #include <limits>
 #include <vector>
 
+#include "core/cuda_dispatch.h"
 #include "core/ops/op_util.h"
+#if MOELAB_WITH_CUDA
+#include "cuda/attention_decode.h"
+#endif
 
 namespace moelab {
 
@@ -76,7 +80,17 @@ void attention_decode_forward(const Tensor& q, const Tensor& k, const Tensor& v,
   for (const auto& [name, t] : {std::pair<const char*, const Tensor*>{"k", &k}, {"v", &v}, {"out", &out}})
     check_dtype(op, name, *t, q.dtype());
   check_same_device(op, {{"q", &q}, {"k", &k}, {"v", &v}, {"out", &out}});
-  if (q.device() == Device::CUDA) MOELAB_FAIL(op, ": no CUDA kernel yet (q is ", q.str(), ")");
+  if (q.device() == Device::CUDA) {
+#if MOELAB_WITH_CUDA
+    MOELAB_CHECK(q.dtype() == DType::F32 || q.dtype() == DType::BF16, op, ": q is ", q.str(),
+                 ", expected f32 or bf16 on CUDA");
+    cuda::attention_decode_forward({q.raw(), k.raw(), v.raw(), out.raw(), B, n, S, H, Hkv, Dqk, Dv, pos, scale,
+                                    q.dtype() == DType::BF16, nullptr});
+    return;
+#else
+    MOELAB_NO_CUDA(op);
+#endif
+  }
   const ref::AttentionDecodeShape s{B, n, S, H, Hkv, Dqk, Dv, pos};
   ops_detail::dispatch_cpu_float(op, q, [&](auto tag) {
     using T = decltype(tag);

@@ -8,7 +8,8 @@
 // Shapes: q: [B, n, H, Dqk]   k: [B, S, Hkv, Dqk]   v: [B, S, Hkv, Dv]   out: [B, n, H, Dv]
 //         S is the cache's capacity, pos + n <= S; rows at positions >= pos + n are never read.
 // Contract: OVERWRITES out. Inference only: no lse, no backward.
-// Dtypes: CPU: every tensor f32, or every tensor f64. CUDA: no kernel yet (throws).
+// Dtypes: CPU: every tensor f32, or every tensor f64. CUDA: every tensor f32, or every tensor bf16
+//         (math in f32; cuda/attention_decode.cu).
 #pragma once
 
 #include <cstdint>

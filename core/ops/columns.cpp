@@ -2,7 +2,11 @@
 
 #include <cstring>
 
+#include "core/cuda_dispatch.h"
 #include "core/ops/op_util.h"
+#if MOELAB_WITH_CUDA
+#include "cuda/columns.h"
+#endif
 
 namespace moelab {
 
@@ -21,14 +25,24 @@ ColumnLayout check_columns(const char* op, const Tensor& a, const Tensor& b, con
   MOELAB_CHECK(a.size(-1) + b.size(-1) == whole.size(-1) && ops_detail::rows_of(a) == rows &&
                    ops_detail::rows_of(b) == rows,
                op, ": a ", a.str(), " and b ", b.str(), " do not split ", whole.str(), " into column blocks");
-  if (whole.device() == Device::CUDA) MOELAB_FAIL(op, ": no CUDA kernel yet");
   const size_t es = dtype_size(a.dtype());
   return {rows, static_cast<size_t>(a.size(-1)) * es, static_cast<size_t>(b.size(-1)) * es};
 }
 }  // namespace
 
 void concat_columns(const Tensor& a, const Tensor& b, const Tensor& out) {
-  const ColumnLayout l = check_columns("concat_columns", a, b, out);
+  const char* op = "concat_columns";
+  const ColumnLayout l = check_columns(op, a, b, out);
+  if (out.device() == Device::CUDA) {
+#if MOELAB_WITH_CUDA
+    const int64_t ab = static_cast<int64_t>(l.a_bytes), bb = static_cast<int64_t>(l.b_bytes);
+    cuda::copy_columns({out.raw(), ab + bb, a.raw(), ab, l.rows, ab, nullptr});
+    cuda::copy_columns({static_cast<char*>(out.raw()) + ab, ab + bb, b.raw(), bb, l.rows, bb, nullptr});
+    return;
+#else
+    MOELAB_NO_CUDA(op);
+#endif
+  }
   const char* pa = static_cast<const char*>(a.raw());
   const char* pb = static_cast<const char*>(b.raw());
   char* po = static_cast<char*>(out.raw());
@@ -40,7 +54,18 @@ void concat_columns(const Tensor& a, const Tensor& b, const Tensor& out) {
 }
 
 void split_columns(const Tensor& x, const Tensor& a, const Tensor& b) {
-  const ColumnLayout l = check_columns("split_columns", a, b, x);
+  const char* op = "split_columns";
+  const ColumnLayout l = check_columns(op, a, b, x);
+  if (x.device() == Device::CUDA) {
+#if MOELAB_WITH_CUDA
+    const int64_t ab = static_cast<int64_t>(l.a_bytes), bb = static_cast<int64_t>(l.b_bytes);
+    cuda::copy_columns({a.raw(), ab, x.raw(), ab + bb, l.rows, ab, nullptr});
+    cuda::copy_columns({b.raw(), bb, static_cast<const char*>(x.raw()) + ab, ab + bb, l.rows, bb, nullptr});
+    return;
+#else
+    MOELAB_NO_CUDA(op);
+#endif
+  }
   const char* px = static_cast<const char*>(x.raw());
   char* pa = static_cast<char*>(a.raw());
   char* pb = static_cast<char*>(b.raw());
@@ -60,9 +85,17 @@ void slice_columns(const Tensor& x, int64_t begin, const Tensor& out) {
   const int64_t rows = ops_detail::rows_of(x), width = out.size(-1);
   MOELAB_CHECK(ops_detail::rows_of(out) == rows && begin >= 0 && begin + width <= x.size(-1), op, ": columns [", begin,
                ", ", begin + width, ") of ", x.str(), " do not fit ", out.str());
-  if (x.device() == Device::CUDA) MOELAB_FAIL(op, ": no CUDA kernel yet");
   const size_t es = dtype_size(x.dtype()), row_bytes = static_cast<size_t>(x.size(-1)) * es, out_bytes = width * es;
   const char* px = static_cast<const char*>(x.raw()) + begin * es;
+  if (x.device() == Device::CUDA) {
+#if MOELAB_WITH_CUDA
+    cuda::copy_columns({out.raw(), static_cast<int64_t>(out_bytes), px, static_cast<int64_t>(row_bytes), rows,
+                        static_cast<int64_t>(out_bytes), nullptr});
+    return;
+#else
+    MOELAB_NO_CUDA(op);
+#endif
+  }
   char* po = static_cast<char*>(out.raw());
   for (int64_t r = 0; r < rows; ++r) std::memcpy(po + r * out_bytes, px + r * row_bytes, out_bytes);
 }

@@ -5,7 +5,8 @@
 // Shapes: a: [..., A], b: [..., B], x/out: [..., A + B] with the same leading dims (N rows);
 //         slice_columns: x: [..., C], out: [..., W] with begin + W <= C.
 // Contract: the outputs are OVERWRITTEN. Backward of concat is split of the gradient, and vice versa.
-// Dtypes: any dtype (a plain copy), all operands the same. CUDA: no kernel yet.
+// Dtypes: any dtype (a plain copy by byte size: i32 token windows, f32, bf16, ...), all operands the
+//         same, on the CPU and on CUDA.
 #pragma once
 
 #include "core/tensor.h"

@@ -1,11 +1,19 @@
 // Softmax cross-entropy: argument checks (including every target) + dispatch, and the CPU reference.
+// On CUDA the targets are checked on the device by the launchers' scan (the first bad row is
+// reported with the CPU's message), which also counts the valid rows.
 #include "core/ops/cross_entropy.h"
 
 #include <algorithm>
 #include <cmath>
+#include <initializer_list>
+#include <utility>
 #include <vector>
 
+#include "core/cuda_dispatch.h"
 #include "core/ops/op_util.h"
+#if MOELAB_WITH_CUDA
+#include "cuda/cross_entropy.h"
+#endif
 
 namespace moelab {
 
@@ -87,6 +95,21 @@ void check_targets(const char* op, const Tensor& targets, int ignore_index, int6
     MOELAB_CHECK(t[r] == ignore_index || (t[r] >= 0 && t[r] < vocab), op, ": targets ", targets.str(), " holds ", t[r],
                  " at row ", r, ", expected a class in [0, V=", vocab, ") or ignore_index ", ignore_index);
 }
+
+#if MOELAB_WITH_CUDA
+void check_cuda_dtypes(const char* op, const Tensor& logits, std::initializer_list<std::pair<const char*, const Tensor*>> stats) {
+  MOELAB_CHECK(logits.dtype() == DType::F32 || logits.dtype() == DType::BF16, op, ": logits is ", logits.str(),
+               ", expected f32 or bf16 on CUDA");
+  for (const auto& [name, t] : stats) check_dtype(op, name, *t, DType::F32);
+}
+
+// The same message as check_targets, from the device scan's first bad row.
+void throw_bad_target(const char* op, const Tensor& targets, const cuda::CrossEntropyStatus& st, int ignore_index,
+                      int64_t vocab) {
+  MOELAB_FAIL(op, ": targets ", targets.str(), " holds ", st.bad_target, " at row ", st.bad_row,
+              ", expected a class in [0, V=", vocab, ") or ignore_index ", ignore_index);
+}
+#endif
 }  // namespace
 
 double cross_entropy_forward(const Tensor& logits, const Tensor& targets, int ignore_index, const Tensor& losses,
@@ -95,7 +118,21 @@ double cross_entropy_forward(const Tensor& logits, const Tensor& targets, int ig
   const int64_t vocab = check_cross_entropy_shapes(op, logits, targets, lse);
   check_shape(op, "losses", losses, targets.shape());
   check_same_device(op, {{"logits", &logits}, {"targets", &targets}, {"losses", &losses}, {"lse", &lse}});
-  if (logits.device() == Device::CUDA) MOELAB_FAIL(op, ": no CUDA kernel yet (logits is ", logits.str(), ")");
+  if (logits.device() == Device::CUDA) {
+#if MOELAB_WITH_CUDA
+    check_cuda_dtypes(op, logits, {{"losses", &losses}, {"lse", &lse}});
+    // Device scratch for the status the launcher copies back (allocated per call for now).
+    Tensor workspace = Tensor::empty({4}, DType::F64, Device::CUDA);
+    static_assert(cuda::kCrossEntropyWorkspaceBytes <= 4 * sizeof(double), "workspace");
+    const cuda::CrossEntropyStatus st = cuda::cross_entropy_forward(
+        {logits.raw(), targets.data<int32_t>(), losses.data<float>(), lse.data<float>(), workspace.raw(),
+         targets.numel(), vocab, ignore_index, logits.dtype() == DType::BF16, nullptr});
+    if (st.bad_row >= 0) throw_bad_target(op, targets, st, ignore_index, vocab);
+    return st.n_valid ? st.loss_sum / static_cast<double>(st.n_valid) : 0.0;
+#else
+    MOELAB_NO_CUDA(op);
+#endif
+  }
   check_targets(op, targets, ignore_index, vocab);
   double mean = 0;
   ops_detail::dispatch_cpu_float(op, logits, [&](auto tag) {
@@ -114,7 +151,23 @@ void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const T
   const int64_t vocab = check_cross_entropy_shapes(op, logits, targets, lse);
   check_shape(op, "grad_logits", grad_logits, logits.shape());
   check_same_device(op, {{"logits", &logits}, {"targets", &targets}, {"lse", &lse}, {"grad_logits", &grad_logits}});
-  if (logits.device() == Device::CUDA) MOELAB_FAIL(op, ": no CUDA kernel yet (logits is ", logits.str(), ")");
+  if (logits.device() == Device::CUDA) {
+#if MOELAB_WITH_CUDA
+    check_cuda_dtypes(op, logits, {{"lse", &lse}});
+    check_dtype(op, "grad_logits", grad_logits, logits.dtype());
+    Tensor workspace = Tensor::empty({4}, DType::F64, Device::CUDA);
+    const cuda::CrossEntropyStatus st = cuda::cross_entropy_scan_targets(
+        {targets.data<int32_t>(), workspace.raw(), targets.numel(), vocab, ignore_index, nullptr});
+    if (st.bad_row >= 0) throw_bad_target(op, targets, st, ignore_index, vocab);
+    // The CPU reference's scale: grad_loss / n_valid in double, then rounded to f32.
+    const float scale = st.n_valid ? static_cast<float>(grad_loss / static_cast<double>(st.n_valid)) : 0.0f;
+    cuda::cross_entropy_backward({logits.raw(), targets.data<int32_t>(), lse.data<float>(), grad_logits.raw(),
+                                  targets.numel(), vocab, ignore_index, scale, logits.dtype() == DType::BF16, nullptr});
+    return;
+#else
+    MOELAB_NO_CUDA(op);
+#endif
+  }
   check_targets(op, targets, ignore_index, vocab);
   ops_detail::dispatch_cpu_float(op, logits, [&](auto tag) {
     using T = decltype(tag);

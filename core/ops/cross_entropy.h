@@ -14,7 +14,12 @@
 // Contract: forward OVERWRITES losses and lse (lse of ignored rows too) and returns the mean in
 // double; backward OVERWRITES grad_logits. A target must be ignore_index or lie in [0, V);
 // anything else throws, naming the row, the value and V.
-// Dtypes: targets i32; CPU: logits, losses, lse, grad_logits all f32 or all f64. CUDA: no kernel yet.
+// Dtypes: targets i32; CPU: logits, losses, lse, grad_logits all f32 or all f64.
+//         CUDA: logits, grad_logits both f32 or both bf16; losses, lse f32.
+// CUDA: the mean is reduced on the device (double, fixed order: deterministic, within rounding of
+// the CPU's row-order sum) and copied back, so the forward waits for the device; the backward
+// waits too (it counts n_valid and checks the targets on the device first). A bad target is found
+// by the device after the forward kernel ran, so on CUDA losses/lse may be written when it throws.
 #pragma once
 
 #include <cstdint>

@@ -1,6 +1,12 @@
 #include "core/ops/elementwise.h"
 
+#include <type_traits>
+
+#include "core/cuda_dispatch.h"
 #include "core/ops/op_util.h"
+#if MOELAB_WITH_CUDA
+#include "cuda/elementwise.h"
+#endif
 
 namespace moelab {
 
@@ -30,13 +36,46 @@ void check_same(const char* op, const char* na, const Tensor& a, const char* nb,
   check_dtype(op, nb, b, a.dtype());
   check_same_device(op, {{na, &a}, {nb, &b}});
 }
+
+#if MOELAB_WITH_CUDA
+void check_cuda_act(const char* op, const char* name, const Tensor& t) {
+  MOELAB_CHECK(t.dtype() == DType::F32 || t.dtype() == DType::BF16, op, ": ", name, " is ", t.str(),
+               ", expected f32 or bf16 on CUDA");
+}
+#endif
+
+// One element of the CPU cast: through double (exact for every source dtype), then to D the way
+// Tensor::to converts (f32 and bf16 targets round from float, to nearest even).
+template <typename D>
+D cast_from_double(double v) {
+  if constexpr (std::is_same_v<D, double>) return v;
+  else return from_float<D>(static_cast<float>(v));
+}
+
+template <typename Fn>
+void visit_cast_dtype(const char* op, const char* name, const Tensor& t, Fn&& fn) {
+  switch (t.dtype()) {
+    case DType::F32: fn(float{}); break;
+    case DType::F64: fn(double{}); break;
+    case DType::BF16: fn(bf16_t{}); break;
+    default: MOELAB_FAIL(op, ": ", name, " is ", t.str(), ", expected f32, f64 or bf16 (or the same dtype as the other side)");
+  }
+}
 }  // namespace
 
 void add(const Tensor& a, const Tensor& b, const Tensor& out) {
   const char* op = "add";
   check_same(op, "a", a, "b", b);
   check_same(op, "a", a, "out", out);
-  if (a.device() == Device::CUDA) MOELAB_FAIL(op, ": no CUDA kernel yet");
+  if (a.device() == Device::CUDA) {
+#if MOELAB_WITH_CUDA
+    check_cuda_act(op, "a", a);
+    cuda::add({a.raw(), b.raw(), out.raw(), a.numel(), a.dtype() == DType::BF16, nullptr});
+    return;
+#else
+    MOELAB_NO_CUDA(op);
+#endif
+  }
   ops_detail::dispatch_cpu_float(op, a, [&](auto tag) {
     using T = decltype(tag);
     ref::add<T>(a.data<T>(), b.data<T>(), out.data<T>(), a.numel());
@@ -46,10 +85,58 @@ void add(const Tensor& a, const Tensor& b, const Tensor& out) {
 void axpy(double alpha, const Tensor& x, const Tensor& y) {
   const char* op = "axpy";
   check_same(op, "x", x, "y", y);
-  if (x.device() == Device::CUDA) MOELAB_FAIL(op, ": no CUDA kernel yet");
+  if (x.device() == Device::CUDA) {
+#if MOELAB_WITH_CUDA
+    check_cuda_act(op, "x", x);
+    cuda::axpy({static_cast<float>(alpha), x.raw(), y.raw(), x.numel(), x.dtype() == DType::BF16, nullptr});
+    return;
+#else
+    MOELAB_NO_CUDA(op);
+#endif
+  }
   ops_detail::dispatch_cpu_float(op, x, [&](auto tag) {
     using T = decltype(tag);
     ref::axpy<T>(static_cast<T>(alpha), x.data<T>(), y.data<T>(), x.numel());
+  });
+}
+
+void cast(const Tensor& x, const Tensor& y) {
+  const char* op = "cast";
+  check_defined(op, "x", x);
+  check_defined(op, "y", y);
+  check_shape(op, "y", y, x.shape());
+  check_same_device(op, {{"x", &x}, {"y", &y}});
+  const bool same_dtype = x.dtype() == y.dtype();
+  if (x.storage() == y.storage()) {
+    const size_t a = x.byte_offset(), b = y.byte_offset();
+    if (same_dtype && a == b) return;  // the very same tensor: nothing to do
+    MOELAB_CHECK(a + x.nbytes() <= b || b + y.nbytes() <= a, op, ": y ", y.str(), " overlaps x ", x.str(),
+                 "; cast needs disjoint memory (or the same tensor of one dtype)");
+  }
+  if (same_dtype) {  // any dtype, any device: a plain copy
+    y.copy_from(x);
+    return;
+  }
+  if (x.device() == Device::CUDA) {
+#if MOELAB_WITH_CUDA
+    check_cuda_act(op, "x", x);
+    check_cuda_act(op, "y", y);
+    cuda::cast({x.raw(), y.raw(), x.numel(), x.dtype() == DType::BF16, y.dtype() == DType::BF16, nullptr});
+    return;
+#else
+    MOELAB_NO_CUDA(op);
+#endif
+  }
+  const int64_t n = x.numel();
+  visit_cast_dtype(op, "x", x, [&](auto src_tag) {
+    using S = decltype(src_tag);
+    visit_cast_dtype(op, "y", y, [&](auto dst_tag) {
+      using D = decltype(dst_tag);
+      const S* src = x.data<S>();
+      D* dst = y.data<D>();
+#pragma omp parallel for schedule(static)
+      for (int64_t i = 0; i < n; ++i) dst[i] = cast_from_double<D>(to_double(src[i]));
+    });
   });
 }
 

@@ -4,7 +4,11 @@
 #include <algorithm>
 #include <vector>
 
+#include "core/cuda_dispatch.h"
 #include "core/ops/op_util.h"
+#if MOELAB_WITH_CUDA
+#include "cuda/embedding.h"
+#endif
 
 namespace moelab {
 
@@ -54,21 +58,54 @@ Shape check_embedding_shapes(const char* op, const Tensor& ids, const char* name
   return Shape(dims);
 }
 
+[[noreturn]] void fail_bad_id(const char* op, const Tensor& ids, int32_t id, int64_t n, int64_t vocab) {
+  MOELAB_FAIL(op, ": ids ", ids.str(), " holds ", id, " at flat position ", n, ", expected a token id in [0, V=", vocab,
+              ")");
+}
+
 // A bad id would read or write outside weight, so every id is checked on one thread before any
 // work starts (an exception must not leave an OpenMP region); the error names the first bad one.
 void check_ids(const char* op, const Tensor& ids, int64_t vocab) {
   const int32_t* p = ids.data<int32_t>();
   for (int64_t n = 0; n < ids.numel(); ++n)
-    MOELAB_CHECK(p[n] >= 0 && p[n] < vocab, op, ": ids ", ids.str(), " holds ", p[n], " at flat position ", n,
-                 ", expected a token id in [0, V=", vocab, ")");
+    if (p[n] < 0 || p[n] >= vocab) fail_bad_id(op, ids, p[n], n, vocab);
 }
+
+#if MOELAB_WITH_CUDA
+// A CUDA launcher left the first bad position in `flag` (-1: none): bring it back and report.
+void check_ids_flag(const char* op, const Tensor& ids, const Tensor& flag, int64_t vocab) {
+  const int32_t pos = flag.to(Device::CPU).data<int32_t>()[0];
+  if (pos < 0) return;
+  const int32_t id = ids.reshape({ids.numel()}).slice(pos, pos + 1).to(Device::CPU).data<int32_t>()[0];
+  fail_bad_id(op, ids, id, pos, vocab);
+}
+
+void check_tokens(const char* op, const Tensor& ids) {
+  MOELAB_CHECK(ids.numel() < (int64_t{1} << 31), op, ": ids ", ids.str(), " holds more than 2^31 - 1 tokens");
+}
+#endif
 }  // namespace
 
 void embedding_forward(const Tensor& ids, const Tensor& weight, const Tensor& out) {
   const char* op = "embedding_forward";
   check_shape(op, "out", out, check_embedding_shapes(op, ids, "weight", weight));
   check_same_device(op, {{"ids", &ids}, {"weight", &weight}, {"out", &out}});
-  if (weight.device() == Device::CUDA) MOELAB_FAIL(op, ": no CUDA kernel yet (weight is ", weight.str(), ")");
+  if (weight.device() == Device::CUDA) {
+#if MOELAB_WITH_CUDA
+    MOELAB_CHECK(weight.dtype() == DType::F32 || weight.dtype() == DType::BF16, op, ": weight is ", weight.str(),
+                 ", expected f32 or bf16 on CUDA");
+    check_dtype(op, "out", out, weight.dtype());
+    check_tokens(op, ids);
+    if (ids.numel() == 0) return;
+    Tensor flag = Tensor::empty({1}, DType::I32, Device::CUDA);
+    cuda::embedding_forward({ids.data<int32_t>(), weight.raw(), out.raw(), reinterpret_cast<uint32_t*>(flag.raw()),
+                             ids.numel(), weight.size(0), weight.size(1), weight.dtype() == DType::BF16, nullptr});
+    check_ids_flag(op, ids, flag, weight.size(0));
+    return;
+#else
+    MOELAB_NO_CUDA(op);
+#endif
+  }
   check_ids(op, ids, weight.size(0));
   ops_detail::dispatch_cpu_float(op, weight, [&](auto tag) {
     using T = decltype(tag);
@@ -81,8 +118,26 @@ void embedding_backward(const Tensor& grad_out, const Tensor& ids, const Tensor&
   const char* op = "embedding_backward";
   check_shape(op, "grad_out", grad_out, check_embedding_shapes(op, ids, "grad_weight", grad_weight));
   check_same_device(op, {{"grad_out", &grad_out}, {"ids", &ids}, {"grad_weight", &grad_weight}});
-  if (grad_weight.device() == Device::CUDA)
-    MOELAB_FAIL(op, ": no CUDA kernel yet (grad_weight is ", grad_weight.str(), ")");
+  if (grad_weight.device() == Device::CUDA) {
+#if MOELAB_WITH_CUDA
+    check_dtype(op, "grad_weight", grad_weight, DType::F32);
+    MOELAB_CHECK(grad_out.dtype() == DType::F32 || grad_out.dtype() == DType::BF16, op, ": grad_out is ", grad_out.str(),
+                 ", expected f32 or bf16 on CUDA");
+    check_tokens(op, ids);
+    if (ids.numel() == 0) return;
+    const size_t ws_bytes = cuda::embedding_backward_workspace_bytes(ids.numel());
+    // Scratch allocated here at every call (no workspace argument yet): the sort's buffers, and the flag.
+    Tensor ws = Tensor::empty({static_cast<int64_t>((ws_bytes + 3) / 4)}, DType::I32, Device::CUDA);
+    Tensor flag = Tensor::empty({1}, DType::I32, Device::CUDA);
+    cuda::embedding_backward({grad_out.raw(), ids.data<int32_t>(), grad_weight.data<float>(),
+                              reinterpret_cast<uint32_t*>(flag.raw()), ws.raw(), ws.nbytes(), ids.numel(),
+                              grad_weight.size(0), grad_weight.size(1), grad_out.dtype() == DType::BF16, nullptr});
+    check_ids_flag(op, ids, flag, grad_weight.size(0));
+    return;
+#else
+    MOELAB_NO_CUDA(op);
+#endif
+  }
   check_ids(op, ids, grad_weight.size(0));
   ops_detail::dispatch_cpu_float(op, grad_weight, [&](auto tag) {
     using T = decltype(tag);

@@ -5,8 +5,14 @@
 // Contract: forward OVERWRITES out. backward ACCUMULATES (+=) into grad_weight (there is no
 // gradient for the integer ids), deterministically: the same bits for any thread count.
 // Every id must lie in [0, V); both directions check this first and throw naming the id, its
-// (flat) position and V.
-// Dtypes: ids i32; CPU: weight, out, grad_out, grad_weight all f32 or all f64. CUDA: no kernel yet.
+// (flat) position and V. On CUDA the check runs in the kernels (a bad id is never read or written)
+// and the op then reads one word back (a device sync per call) and throws the same error; the
+// outputs of the good ids may have been written by then.
+// Dtypes: ids i32; CPU: weight, out, grad_out, grad_weight all f32 or all f64.
+//         CUDA: weight and out both f32 or both bf16; grad_out f32 or bf16, grad_weight f32.
+// CUDA backward: a stable sort of the ids, then one writer per grad_weight element that adds its
+// tokens in token order (bit-identical to the CPU in f32); it allocates its workspace (about
+// 12 bytes per token plus the sort's scratch) and a 4-byte flag on the device at every call.
 #pragma once
 
 #include <cstdint>

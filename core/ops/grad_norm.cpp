@@ -5,7 +5,12 @@
 #include <cmath>
 #include <string>
 
+#include "core/cuda_dispatch.h"
 #include "core/ops/op_util.h"
+#if MOELAB_WITH_CUDA
+#include "cuda/grad_norm.h"
+#include "cuda/runtime.h"
+#endif
 
 namespace moelab {
 
@@ -43,16 +48,53 @@ template void grad_scale<double>(double*, int64_t, double);
 }  // namespace ref
 
 namespace {
-// Every tensor defined and on the CPU; the name in messages is "grads[i]".
-void check_grads(const char* op, const std::vector<Tensor>& grads) {
+// Every tensor defined and all on one device (a mix names the first tensor on the other device);
+// on CUDA every tensor is f32. The name in messages is "grads[i]". Returns the device.
+Device check_grads(const char* op, const std::vector<Tensor>& grads) {
   for (size_t i = 0; i < grads.size(); ++i) {
     const std::string name = "grads[" + std::to_string(i) + "]";
     check_defined(op, name.c_str(), grads[i]);
-    if (grads[i].device() == Device::CUDA) MOELAB_FAIL(op, ": no CUDA kernel yet (", name, " is ", grads[i].str(), ")");
+    MOELAB_CHECK(grads[i].device() == grads[0].device(), op, ": ", name, " is ", grads[i].str(), " but grads[0] is on ",
+                 device_name(grads[0].device()), ": every tensor must be on one device");
+    if (grads[i].device() == Device::CUDA) {
+#if MOELAB_WITH_CUDA
+      check_dtype(op, name.c_str(), grads[i], DType::F32);
+#else
+      MOELAB_NO_CUDA(op);
+#endif
+    }
   }
+  return grads.empty() ? Device::CPU : grads[0].device();
 }
 
-double grad_norm_unchecked(const char* op, const std::vector<Tensor>& grads) {
+#if MOELAB_WITH_CUDA
+// Each tensor's sum of squares on the device (cuda/grad_norm.h: double, fixed order), the per-tensor
+// sums copied back and added in list order on the host, as the CPU path does.
+double grad_norm_cuda(const std::vector<Tensor>& grads) {
+  const int64_t count = static_cast<int64_t>(grads.size());
+  // Scratch: the partials (reused tensor after tensor, in stream order) and one sum per tensor.
+  // Allocated per call for now.
+  Tensor workspace = Tensor::empty({cuda::kGradNormBlocks + count}, DType::F64, Device::CUDA);
+  double* partials = workspace.data<double>();
+  double* sums = partials + cuda::kGradNormBlocks;
+  for (int64_t i = 0; i < count; ++i)
+    cuda::grad_sum_squares({grads[i].data<float>(), grads[i].numel(), partials, sums + i, nullptr});
+  std::vector<double> host(count);
+  cuda::memcpy_d2h(host.data(), sums, count * sizeof(double));
+  double total = 0;
+  for (double s : host) total += s;
+  return std::sqrt(total);
+}
+#endif
+
+double grad_norm_unchecked(const char* op, const std::vector<Tensor>& grads, Device device) {
+  if (device == Device::CUDA) {
+#if MOELAB_WITH_CUDA
+    return grad_norm_cuda(grads);
+#else
+    MOELAB_NO_CUDA(op);
+#endif
+  }
   double total = 0;  // tensors in list order, so the sum is deterministic too
   for (const Tensor& g : grads)
     ops_detail::dispatch_cpu_float(op, g, [&](auto tag) {
@@ -65,18 +107,26 @@ double grad_norm_unchecked(const char* op, const std::vector<Tensor>& grads) {
 
 double grad_norm(const std::vector<Tensor>& grads) {
   const char* op = "grad_norm";
-  check_grads(op, grads);
-  return grad_norm_unchecked(op, grads);
+  const Device device = check_grads(op, grads);
+  return grad_norm_unchecked(op, grads, device);
 }
 
 double clip_grad_norm(const std::vector<Tensor>& grads, double max_norm) {
   const char* op = "clip_grad_norm";
   MOELAB_CHECK(max_norm > 0, op, ": max_norm is ", max_norm, ", expected > 0");
-  check_grads(op, grads);
-  const double norm = grad_norm_unchecked(op, grads);
+  const Device device = check_grads(op, grads);
+  const double norm = grad_norm_unchecked(op, grads, device);
   if (!std::isfinite(norm)) return norm;  // left to the trainer's non-finite guard
   const double coef = max_norm / (norm + 1e-6);  // +1e-6: PyTorch's guard against norm = 0
   if (coef >= 1.0) return norm;                  // below the threshold: the gradients stay as they are
+  if (device == Device::CUDA) {
+#if MOELAB_WITH_CUDA
+    for (const Tensor& g : grads) cuda::grad_scale({g.data<float>(), g.numel(), static_cast<float>(coef), nullptr});
+    return norm;
+#else
+    MOELAB_NO_CUDA(op);
+#endif
+  }
   for (const Tensor& g : grads)
     ops_detail::dispatch_cpu_float(op, g, [&](auto tag) {
       using T = decltype(tag);

@@ -9,7 +9,12 @@
 // Shapes: any (each tensor is taken as flat). Contract: clip_grad_norm scales in place.
 // The sum is split into fixed-size chunks whose partial sums are added in order, so the result is
 // bit-identical for any thread count (a resumed run must replay the same clipping).
-// Dtypes: CPU: each tensor f32 or f64 (they may differ). CUDA: no kernel yet (throws).
+// Dtypes: CPU: each tensor f32 or f64 (they may differ). CUDA: every tensor f32.
+// Devices: all tensors on the CPU or all on CUDA; a mix throws, naming the first tensor (grads[i])
+// on another device than grads[0]. CUDA: each tensor's sum of squares accumulates in double in a
+// fixed two-pass order (cuda/grad_norm.h), the per-tensor sums come back to the host and are added
+// in list order; bit-identical from run to run, equal to the CPU's sum within double rounding.
+// Clipping scales in place on the device (x *= float(c), as on the CPU).
 #pragma once
 
 #include <cstdint>

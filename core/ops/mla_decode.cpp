@@ -6,7 +6,11 @@
 #include <limits>
 #include <vector>
 
+#include "core/cuda_dispatch.h"
 #include "core/ops/op_util.h"
+#if MOELAB_WITH_CUDA
+#include "cuda/mla_decode.h"
+#endif
 
 namespace moelab {
 
@@ -93,11 +97,23 @@ void mla_decode_attention(const Tensor& q, const Tensor& w_kvb, const Tensor& ck
   MOELAB_CHECK(pos >= 0 && pos + n <= S, op, ": positions [", pos, ", ", pos + n, ") do not fit the cache's ", S,
                " positions (ckv is ", ckv.str(), ")");
   MOELAB_CHECK(std::isfinite(scale) && scale > 0.0f, op, ": scale is ", scale, ", expected a finite value > 0");
-  for (const auto& [name, t] :
-       {std::pair<const char*, const Tensor*>{"w_kvb", &w_kvb}, {"ckv", &ckv}, {"kr", &kr}, {"out", &out}})
+  for (const auto& [name, t] : {std::pair<const char*, const Tensor*>{"ckv", &ckv}, {"kr", &kr}, {"out", &out}})
     check_dtype(op, name, *t, q.dtype());
   check_same_device(op, {{"q", &q}, {"w_kvb", &w_kvb}, {"ckv", &ckv}, {"kr", &kr}, {"out", &out}});
-  if (q.device() == Device::CUDA) MOELAB_FAIL(op, ": no CUDA kernel yet (q is ", q.str(), ")");
+  if (q.device() == Device::CUDA) {
+#if MOELAB_WITH_CUDA
+    MOELAB_CHECK(q.dtype() == DType::F32 || q.dtype() == DType::BF16, op, ": q is ", q.str(),
+                 ", expected f32 or bf16 on CUDA");
+    MOELAB_CHECK(w_kvb.dtype() == DType::F32 || w_kvb.dtype() == DType::BF16, op, ": w_kvb is ", w_kvb.str(),
+                 ", expected f32 or bf16 on CUDA");
+    cuda::mla_decode_attention({q.raw(), w_kvb.raw(), ckv.raw(), kr.raw(), out.raw(), B, n, S, H, Dn, Dr, Dv, Ckv, pos,
+                                scale, q.dtype() == DType::BF16, w_kvb.dtype() == DType::BF16, nullptr});
+    return;
+#else
+    MOELAB_NO_CUDA(op);
+#endif
+  }
+  check_dtype(op, "w_kvb", w_kvb, q.dtype());
   const ref::MlaDecodeShape s{B, n, S, H, Dn, Dr, Dv, Ckv, pos};
   ops_detail::dispatch_cpu_float(op, q, [&](auto tag) {
     using T = decltype(tag);

@@ -23,7 +23,8 @@
 //         ckv: [B, S, Ckv]   kr: [B, S, Dr]   out: [B, n, H, Dv]
 //         S is the cache's capacity, pos + n <= S; positions >= pos + n are never read.
 // Contract: OVERWRITES out. Inference only: no backward.
-// Dtypes: CPU: every tensor f32, or every tensor f64. CUDA: no kernel yet (throws).
+// Dtypes: CPU: every tensor f32, or every tensor f64. CUDA: q, ckv, kr, out all f32 or all bf16;
+//         w_kvb (a parameter) f32 or bf16, either way (math in f32; cuda/mla_decode.cu).
 #pragma once
 
 #include <cstdint>

@@ -7,7 +7,7 @@
 // Shapes: kv: [N, H, Dn+Dv]   kr: [N, Dr]   k: [N, H, Dn+Dr]   v: [N, H, Dv]  (N = B*T; any leading
 //         dims that fold to N are accepted)
 // Contract: forward OVERWRITES k and v; backward OVERWRITES grad_kv and grad_kr.
-// Dtypes: CPU: all f32 or all f64. CUDA: no kernel yet.
+// Dtypes: CPU: all f32 or all f64. CUDA: all f32 or all bf16 (grad_kr summed in f32).
 #pragma once
 
 #include <cstdint>

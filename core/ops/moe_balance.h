@@ -18,7 +18,12 @@
 //         before capacity drops; every entry in [0, E)). seq_len must divide N.
 // Contract: forward returns the loss in double (coefficient included); backward ACCUMULATES (+=)
 // into grad_scores / grad_logits, so that each balance term adds its part to the router gradient.
-// Dtypes: CPU: float tensors all f32 or all f64; indices i32. CUDA: no kernel yet (throws).
+// Dtypes: CPU: float tensors all f32 or all f64; indices i32.
+//         CUDA: scores, logits and their gradients f32; indices i32; E <= 8192 for the aux loss.
+//         The forwards reduce on the device in a fixed order and copy the loss back (they wait for
+//         the device). topk_idx is checked on the device: the aux forward throws on an index out of
+//         [0, E); the aux backward turns that sequence's gradient rows into NaN. The CUDA paths
+//         allocate a small device workspace per call (per-sequence f, per-row values).
 #pragma once
 
 #include <cstdint>

@@ -2,8 +2,13 @@
 #include "core/ops/moe_dispatch.h"
 
 #include <algorithm>
+#include <limits>
 
+#include "core/cuda_dispatch.h"
 #include "core/ops/op_util.h"
+#if MOELAB_WITH_CUDA
+#include "cuda/moe_dispatch.h"
+#endif
 
 namespace moelab {
 
@@ -78,13 +83,16 @@ template void moe_combine_backward<double>(const double*, const double*, const i
 }  // namespace ref
 
 namespace {
-// pos: i32 [N, K] mapping the entries >= 0 one to one onto the rows [0, M) of the expert buffer.
-// Checked before the parallel loops (an exception must not leave an OpenMP region).
-void check_pos(const char* op, const Tensor& pos, int64_t N, int64_t M) {
+// pos: i32 [N, K] on the device of the token side. On the CPU, also: the entries >= 0 map one to
+// one onto the rows [0, M) of the expert buffer (checked before the parallel loops: an exception
+// must not leave an OpenMP region). On CUDA pos is not read on the host (cuda/moe_dispatch.h).
+void check_pos(const char* op, const Tensor& pos, int64_t N, int64_t M, Device device) {
   check_ndim(op, "pos", pos, 2, 2);
   MOELAB_CHECK(pos.size(0) == N, op, ": pos is ", pos.str(), ", expected ", N, " rows (one per token)");
   check_dtype(op, "pos", pos, DType::I32);
-  MOELAB_CHECK(pos.device() == Device::CPU, op, ": pos is ", pos.str(), ", expected a CPU tensor like the others");
+  MOELAB_CHECK(pos.device() == device, op, ": pos is ", pos.str(), ", expected a ",
+               device == Device::CPU ? "CPU" : "CUDA", " tensor like the others");
+  if (device == Device::CUDA) return;
   const int32_t* p = pos.data<int32_t>();
   const int64_t K = pos.size(1);
   std::vector<char> seen(M, 0);
@@ -108,7 +116,16 @@ void check_sides(const char* op, const char* tok_name, const Tensor& tok, const 
                tok.str(), "; expected the same D");
   check_dtype(op, exp_name, exp, tok.dtype());
   check_same_device(op, {{tok_name, &tok}, {exp_name, &exp}});
-  if (tok.device() == Device::CUDA) MOELAB_FAIL(op, ": no CUDA kernel yet (", tok_name, " is ", tok.str(), ")");
+#if MOELAB_WITH_CUDA
+  if (tok.device() == Device::CUDA)
+    MOELAB_CHECK(tok.dtype() == DType::F32 || tok.dtype() == DType::BF16, op, ": ", tok_name, " is ", tok.str(),
+                 ", expected f32 or bf16 on CUDA");
+#endif
+}
+
+// topk_weights (and grad_topk_weights): the activations' dtype on the CPU, f32 on CUDA.
+void check_weights(const char* op, const char* name, const Tensor& w, const Tensor& act) {
+  check_dtype(op, name, w, act.device() == Device::CUDA ? DType::F32 : act.dtype());
 }
 }  // namespace
 
@@ -119,7 +136,23 @@ std::vector<int64_t> moe_dispatch_layout(const Tensor& topk_idx, int64_t num_exp
   check_shape(op, "pos", pos, topk_idx.shape());
   check_dtype(op, "pos", pos, DType::I32);
   check_same_device(op, {{"topk_idx", &topk_idx}, {"pos", &pos}});
-  if (pos.device() == Device::CUDA) MOELAB_FAIL(op, ": no CUDA kernel yet (pos is ", pos.str(), ")");
+  if (pos.device() == Device::CUDA) {
+#if MOELAB_WITH_CUDA
+    MOELAB_CHECK(topk_idx.numel() <= std::numeric_limits<int32_t>::max(), op, ": ", topk_idx.str(),
+                 " holds more assignments than i32 positions can number");
+    MOELAB_CHECK(num_experts >= 0 && num_experts <= cuda::kMoeLayoutMaxExperts, op, ": E = ", num_experts,
+                 " experts; the CUDA kernel takes at most ", cuda::kMoeLayoutMaxExperts);
+    const Tensor counts = Tensor::empty({num_experts + 1}, DType::I32, Device::CUDA);  // per call, for now
+    std::vector<int32_t> host(num_experts + 1);
+    cuda::moe_dispatch_layout({topk_idx.data<int32_t>(), topk_idx.numel(), num_experts, /*min_index=*/-1,
+                               pos.data<int32_t>(), nullptr, counts.data<int32_t>(), nullptr, host.data(), nullptr});
+    MOELAB_CHECK(host[num_experts] == 0, op, ": topk_idx holds ", host[num_experts], " entries outside [-1, E = ",
+                 num_experts, "); expected experts or -1 (dropped)");
+    return std::vector<int64_t>(host.begin(), host.end() - 1);
+#else
+    MOELAB_NO_CUDA(op);
+#endif
+  }
   const int32_t* idx = topk_idx.data<int32_t>();
   const int64_t K = topk_idx.size(1), numel = topk_idx.numel();
   // A counting sort: count the rows of each expert, turn the counts into each expert's first row,
@@ -140,7 +173,16 @@ std::vector<int64_t> moe_dispatch_layout(const Tensor& topk_idx, int64_t num_exp
 void moe_dispatch_forward(const Tensor& x, const Tensor& pos, const Tensor& expert_x) {
   const char* op = "moe_dispatch_forward";
   check_sides(op, "x", x, "expert_x", expert_x);
-  check_pos(op, pos, x.size(0), expert_x.size(0));
+  check_pos(op, pos, x.size(0), expert_x.size(0), x.device());
+  if (x.device() == Device::CUDA) {
+#if MOELAB_WITH_CUDA
+    cuda::moe_dispatch_forward({x.raw(), pos.data<int32_t>(), expert_x.raw(), x.size(0), pos.size(1), x.size(1),
+                                expert_x.size(0), x.dtype() == DType::BF16, nullptr});
+    return;
+#else
+    MOELAB_NO_CUDA(op);
+#endif
+  }
   ops_detail::dispatch_cpu_float(op, x, [&](auto tag) {
     using T = decltype(tag);
     ref::moe_dispatch_forward<T>(x.data<T>(), pos.data<int32_t>(), expert_x.data<T>(), x.size(0), pos.size(1),
@@ -151,7 +193,16 @@ void moe_dispatch_forward(const Tensor& x, const Tensor& pos, const Tensor& expe
 void moe_dispatch_backward(const Tensor& grad_expert_x, const Tensor& pos, const Tensor& grad_x) {
   const char* op = "moe_dispatch_backward";
   check_sides(op, "grad_x", grad_x, "grad_expert_x", grad_expert_x);
-  check_pos(op, pos, grad_x.size(0), grad_expert_x.size(0));
+  check_pos(op, pos, grad_x.size(0), grad_expert_x.size(0), grad_x.device());
+  if (grad_x.device() == Device::CUDA) {
+#if MOELAB_WITH_CUDA
+    cuda::moe_dispatch_backward({grad_expert_x.raw(), pos.data<int32_t>(), grad_x.raw(), grad_x.size(0), pos.size(1),
+                                 grad_x.size(1), grad_expert_x.size(0), grad_x.dtype() == DType::BF16, nullptr});
+    return;
+#else
+    MOELAB_NO_CUDA(op);
+#endif
+  }
   ops_detail::dispatch_cpu_float(op, grad_x, [&](auto tag) {
     using T = decltype(tag);
     ref::moe_dispatch_backward<T>(grad_expert_x.data<T>(), pos.data<int32_t>(), grad_x.data<T>(), grad_x.size(0),
@@ -162,10 +213,19 @@ void moe_dispatch_backward(const Tensor& grad_expert_x, const Tensor& pos, const
 void moe_combine_forward(const Tensor& expert_y, const Tensor& pos, const Tensor& topk_weights, const Tensor& y) {
   const char* op = "moe_combine_forward";
   check_sides(op, "y", y, "expert_y", expert_y);
-  check_pos(op, pos, y.size(0), expert_y.size(0));
+  check_pos(op, pos, y.size(0), expert_y.size(0), y.device());
   check_shape(op, "topk_weights", topk_weights, pos.shape());
-  check_dtype(op, "topk_weights", topk_weights, y.dtype());
+  check_weights(op, "topk_weights", topk_weights, y);
   check_same_device(op, {{"y", &y}, {"pos", &pos}, {"topk_weights", &topk_weights}});
+  if (y.device() == Device::CUDA) {
+#if MOELAB_WITH_CUDA
+    cuda::moe_combine_forward({expert_y.raw(), pos.data<int32_t>(), topk_weights.data<float>(), y.raw(), y.size(0),
+                               pos.size(1), y.size(1), expert_y.size(0), y.dtype() == DType::BF16, nullptr});
+    return;
+#else
+    MOELAB_NO_CUDA(op);
+#endif
+  }
   ops_detail::dispatch_cpu_float(op, y, [&](auto tag) {
     using T = decltype(tag);
     ref::moe_combine_forward<T>(expert_y.data<T>(), pos.data<int32_t>(), topk_weights.data<T>(), y.data<T>(),
@@ -179,13 +239,23 @@ void moe_combine_backward(const Tensor& grad_y, const Tensor& expert_y, const Te
   check_sides(op, "grad_y", grad_y, "expert_y", expert_y);
   check_sides(op, "grad_y", grad_y, "grad_expert_y", grad_expert_y);
   check_shape(op, "grad_expert_y", grad_expert_y, expert_y.shape());
-  check_pos(op, pos, grad_y.size(0), expert_y.size(0));
+  check_pos(op, pos, grad_y.size(0), expert_y.size(0), grad_y.device());
   check_shape(op, "topk_weights", topk_weights, pos.shape());
   check_shape(op, "grad_topk_weights", grad_topk_weights, pos.shape());
-  check_dtype(op, "topk_weights", topk_weights, grad_y.dtype());
-  check_dtype(op, "grad_topk_weights", grad_topk_weights, grad_y.dtype());
+  check_weights(op, "topk_weights", topk_weights, grad_y);
+  check_weights(op, "grad_topk_weights", grad_topk_weights, grad_y);
   check_same_device(op, {{"grad_y", &grad_y}, {"pos", &pos}, {"topk_weights", &topk_weights},
                          {"grad_topk_weights", &grad_topk_weights}});
+  if (grad_y.device() == Device::CUDA) {
+#if MOELAB_WITH_CUDA
+    cuda::moe_combine_backward({grad_y.raw(), expert_y.raw(), pos.data<int32_t>(), topk_weights.data<float>(),
+                                grad_expert_y.raw(), grad_topk_weights.data<float>(), grad_y.size(0), pos.size(1),
+                                grad_y.size(1), expert_y.size(0), grad_y.dtype() == DType::BF16, nullptr});
+    return;
+#else
+    MOELAB_NO_CUDA(op);
+#endif
+  }
   ops_detail::dispatch_cpu_float(op, grad_y, [&](auto tag) {
     using T = decltype(tag);
     ref::moe_combine_backward<T>(grad_y.data<T>(), expert_y.data<T>(), pos.data<int32_t>(), topk_weights.data<T>(),

@@ -18,7 +18,12 @@
 // pos must map the kept assignments one to one onto the M rows (what moe_dispatch_layout makes);
 // the Tensor API checks it, so every output row is written.
 // Contract: every output is OVERWRITTEN (all of it).
-// Dtypes: CPU: the float tensors all f32 or all f64; indices i32. CUDA: no kernel yet (throws).
+// Dtypes: CPU: the float tensors all f32 or all f64; indices i32.
+//        CUDA: x, expert_x, expert_y, y and their gradients all f32 or all bf16 (sums in f32);
+//        topk_weights and grad_topk_weights f32 whatever the activations; indices i32. pos is not
+//        read on the host there (it comes from moe_dispatch_layout on the device): an entry >= M is
+//        never followed out of bounds and turns its token's outputs into NaN (see cuda/moe_dispatch.h).
+//        The CUDA moe_dispatch_layout allocates a small device workspace (E + 1 counters) per call.
 #pragma once
 
 #include <cstdint>

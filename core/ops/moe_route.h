@@ -28,7 +28,11 @@
 //         topk_idx, kept_idx: i32 [N, K]   topk_weights, grad_topk_weights: [N, K], 1 <= K <= E
 // Contract: every output is OVERWRITTEN (grad_scores entirely, zeros included).
 // Dtypes: CPU: scores, bias, topk_weights and their gradients all f32 or all f64; indices i32.
-//         CUDA: no kernel yet (throws).
+//         CUDA: the same tensors all f32; indices i32. On CUDA the indices are not read on the host
+//         (no device-to-host copy per call): a topk_idx entry out of range turns its row of
+//         topk_weights / grad_scores into NaN; moe_capacity_drop and moe_count_tokens, which copy
+//         their counts to the host anyway, throw. Limits: n_group <= 1024; E <= 8192 (drop, count).
+//         The CUDA moe_capacity_drop and moe_count_tokens allocate a small device workspace per call.
 #pragma once
 
 #include <cstdint>

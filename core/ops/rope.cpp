@@ -4,7 +4,11 @@
 #include <cmath>
 #include <vector>
 
+#include "core/cuda_dispatch.h"
 #include "core/ops/op_util.h"
+#if MOELAB_WITH_CUDA
+#include "cuda/rope.h"
+#endif
 
 namespace moelab {
 
@@ -72,8 +76,18 @@ void rope_apply(const char* op, const char* in_name, const Tensor& in, const cha
     MOELAB_CHECK(a + in.nbytes() <= b || b + out.nbytes() <= a, op, ": ", out_name, " partly overlaps ", in_name,
                  "; pass the same tensor for in-place or disjoint memory");
   }
-  if (in.device() == Device::CUDA) MOELAB_FAIL(op, ": no CUDA kernel yet (", in_name, " is ", in.str(), ")");
   const ref::RopeShape s{in.size(0), in.size(1), in.size(2), head_dim, rope_offset, rope_dim};
+  if (in.device() == Device::CUDA) {
+#if MOELAB_WITH_CUDA
+    MOELAB_CHECK(in.dtype() == DType::F32 || in.dtype() == DType::BF16, op, ": ", in_name, " is ", in.str(),
+                 ", expected f32 or bf16 on CUDA");
+    cuda::rope_rotate({in.raw(), out.raw(), s.B, s.T, s.H, s.Dh, s.rope_offset, s.rope_dim, theta, pos_offset, inverse,
+                       in.dtype() == DType::BF16, nullptr});
+    return;
+#else
+    MOELAB_NO_CUDA(op);
+#endif
+  }
   ops_detail::dispatch_cpu_float(op, in, [&](auto tag) {
     using T = decltype(tag);
     ref::rope_rotate<T>(in.data<T>(), out.data<T>(), s, theta, pos_offset, inverse);

@@ -11,7 +11,8 @@
 // Contract: forward writes y (y may be x itself: in place). backward OVERWRITES grad_x with the
 // inverse rotation of grad_y (the rotation is orthogonal); grad_x may be grad_y itself.
 // Angles are computed in double and then cast, so float positions in the thousands stay accurate.
-// Dtypes: CPU: f32 or f64, the same for both tensors. CUDA: no kernel yet (throws).
+// Dtypes: CPU: f32 or f64, the same for both tensors. CUDA: f32 or bf16, the same for both
+//         tensors (rotated in f32 with cos/sin from double angles).
 #pragma once
 
 #include <cstdint>

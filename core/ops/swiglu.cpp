@@ -5,8 +5,12 @@
 #include <initializer_list>
 #include <utility>
 
+#include "core/cuda_dispatch.h"
 #include "core/ops/activation.h"  // ref::sigmoid, stable for any |a|
 #include "core/ops/op_util.h"
+#if MOELAB_WITH_CUDA
+#include "cuda/swiglu.h"
+#endif
 
 namespace moelab {
 
@@ -45,14 +49,29 @@ void check_alike(const char* op, std::initializer_list<Named> tensors) {
   check_ndim(op, gate_name, *gate, 1, 4);
   for (const auto& [name, t] : tensors) check_shape(op, name, *t, gate->shape());
   check_same_device(op, tensors);
-  if (gate->device() == Device::CUDA) MOELAB_FAIL(op, ": no CUDA kernel yet (gate is ", gate->str(), ")");
   for (const auto& [name, t] : tensors) check_dtype(op, name, *t, gate->dtype());
 }
+
+#if MOELAB_WITH_CUDA
+void check_cuda_dtype(const char* op, const Tensor& gate) {
+  MOELAB_CHECK(gate.dtype() == DType::F32 || gate.dtype() == DType::BF16, op, ": gate is ", gate.str(),
+               ", expected f32 or bf16 on CUDA");
+}
+#endif
 }  // namespace
 
 void swiglu_forward(const Tensor& gate, const Tensor& up, const Tensor& out) {
   const char* op = "swiglu_forward";
   check_alike(op, {{"gate", &gate}, {"up", &up}, {"out", &out}});
+  if (gate.device() == Device::CUDA) {
+#if MOELAB_WITH_CUDA
+    check_cuda_dtype(op, gate);
+    cuda::swiglu_forward({gate.raw(), up.raw(), out.raw(), gate.numel(), gate.dtype() == DType::BF16, nullptr});
+    return;
+#else
+    MOELAB_NO_CUDA(op);
+#endif
+  }
   ops_detail::dispatch_cpu_float(op, gate, [&](auto tag) {
     using T = decltype(tag);
     ref::swiglu_forward<T>(gate.data<T>(), up.data<T>(), out.data<T>(), gate.numel());
@@ -64,6 +83,16 @@ void swiglu_backward(const Tensor& grad_out, const Tensor& gate, const Tensor& u
   const char* op = "swiglu_backward";
   check_alike(op, {{"gate", &gate}, {"up", &up}, {"grad_out", &grad_out}, {"grad_gate", &grad_gate},
                    {"grad_up", &grad_up}});
+  if (gate.device() == Device::CUDA) {
+#if MOELAB_WITH_CUDA
+    check_cuda_dtype(op, gate);
+    cuda::swiglu_backward({grad_out.raw(), gate.raw(), up.raw(), grad_gate.raw(), grad_up.raw(), gate.numel(),
+                           gate.dtype() == DType::BF16, nullptr});
+    return;
+#else
+    MOELAB_NO_CUDA(op);
+#endif
+  }
   ops_detail::dispatch_cpu_float(op, gate, [&](auto tag) {
     using T = decltype(tag);
     ref::swiglu_backward<T>(grad_out.data<T>(), gate.data<T>(), up.data<T>(), grad_gate.data<T>(), grad_up.data<T>(),

@@ -5,7 +5,8 @@
 //   grad_up   = grad_out * silu(gate)
 // Shapes: gate, up, out, grad_out, grad_gate, grad_up: [..., F] (the projections' outputs), all equal.
 // Contract: forward OVERWRITES out; backward OVERWRITES grad_gate and grad_up (no parameters).
-// Dtypes: CPU: every tensor f32, or every tensor f64 (gradient checks). CUDA: no kernel yet.
+// Dtypes: CPU: every tensor f32, or every tensor f64 (gradient checks).
+//         CUDA: every tensor f32, or every tensor bf16 (computed in f32).
 #pragma once
 
 #include <cstdint>

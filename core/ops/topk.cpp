@@ -7,7 +7,11 @@
 #include <numeric>
 #include <vector>
 
+#include "core/cuda_dispatch.h"
 #include "core/ops/op_util.h"
+#if MOELAB_WITH_CUDA
+#include "cuda/topk.h"
+#endif
 
 namespace moelab {
 
@@ -77,7 +81,15 @@ void topk_forward(const Tensor& x, int64_t k, const Tensor& values, const Tensor
   check_dtype(op, "values", values, x.dtype());
   check_dtype(op, "indices", indices, DType::I32);
   check_same_device(op, {{"x", &x}, {"values", &values}, {"indices", &indices}});
-  if (x.device() == Device::CUDA) MOELAB_FAIL(op, ": no CUDA kernel yet (x is ", x.str(), ")");
+  if (x.device() == Device::CUDA) {
+#if MOELAB_WITH_CUDA
+    check_dtype(op, "x", x, DType::F32);
+    cuda::topk_forward({x.data<float>(), values.data<float>(), indices.data<int32_t>(), N, E, k, nullptr});
+    return;
+#else
+    MOELAB_NO_CUDA(op);
+#endif
+  }
   ops_detail::dispatch_cpu_float(op, x, [&](auto tag) {
     using T = decltype(tag);
     ref::topk_forward<T>(x.data<T>(), values.data<T>(), indices.data<int32_t>(), N, E, k);
@@ -95,7 +107,15 @@ void topk_backward(const Tensor& grad_values, const Tensor& indices, const Tenso
   check_dtype(op, "indices", indices, DType::I32);
   check_dtype(op, "grad_x", grad_x, grad_values.dtype());
   check_same_device(op, {{"grad_values", &grad_values}, {"indices", &indices}, {"grad_x", &grad_x}});
-  if (grad_x.device() == Device::CUDA) MOELAB_FAIL(op, ": no CUDA kernel yet (grad_x is ", grad_x.str(), ")");
+  if (grad_x.device() == Device::CUDA) {
+#if MOELAB_WITH_CUDA
+    check_dtype(op, "grad_values", grad_values, DType::F32);
+    cuda::topk_backward({grad_values.data<float>(), indices.data<int32_t>(), grad_x.data<float>(), N, E, K, nullptr});
+    return;
+#else
+    MOELAB_NO_CUDA(op);
+#endif
+  }
   // Checked here, before the parallel loop: an exception must not leave an OpenMP region.
   const int32_t* idx = indices.data<int32_t>();
   for (int64_t i = 0; i < N * K; ++i)

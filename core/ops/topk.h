@@ -8,7 +8,8 @@
 // Shapes: x, grad_x: [N, E]   values, grad_values: [N, K]   indices: [N, K], 1 <= K <= E.
 // Contract: forward writes values and indices. backward OVERWRITES grad_x (all of it).
 // Dtypes: CPU: x, values, grad_values, grad_x f32 or f64 (all the same); indices i32.
-//         CUDA: no kernel yet (throws).
+//         CUDA: x, values, grad_values, grad_x f32; indices i32. The indices of backward are not
+//         read on the host there: an out-of-range index turns its row of grad_x into NaN.
 #pragma once
 
 #include <cstdint>

@@ -60,10 +60,10 @@ TEST(Layers, NormEmbeddingLinearGradCheck) {
     RMSNorm::Saved ns;
     emb.forward(ids, e);
     norm.forward(ctx, e, h, ns);
-    head.forward(h, y);
+    head.forward(ctx, h, y);
     if (do_backward) {
       Tensor gh = ctx.alloc({2, 3, 6}), ge = ctx.alloc({2, 3, 6});
-      head.backward(h, gy, gh);
+      head.backward(ctx, h, gy, gh);
       norm.backward(ns, gh, ge);
       emb.backward(ids, ge);
     }

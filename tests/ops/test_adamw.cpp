@@ -1,7 +1,9 @@
 // AdamW: the first step's known move (lr * sign(g) after decay), several steps against an
-// independent double-precision re-implementation (f32 and f64 tensors), and argument errors.
+// independent double-precision re-implementation (f32 and f64 tensors), the optional converted
+// param_copy output, and argument errors.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <functional>
 #include <string>
@@ -99,6 +101,58 @@ TEST(Adamw, ZeroGradientOnlyDecays) {
   for (int64_t i = 0; i < 9; ++i) EXPECT_DOUBLE_EQ(p.data<double>()[i], p0.data<double>()[i] * 0.9);
 }
 
+// param_copy receives the UPDATED param converted to its dtype (bf16: round to nearest even, the
+// same conversion as Tensor::to), whatever it held before; the step itself is unchanged by it.
+TEST(Adamw, ParamCopyReceivesTheUpdatedParamConverted) {
+  const int64_t n = 203;
+  for (DType dtype : {DType::F32, DType::F64}) {
+    for (DType copy_dtype : {DType::BF16, DType::F32}) {
+      Tensor p = randn({n}, dtype, 41), m = Tensor::zeros({n}, dtype), v = Tensor::zeros({n}, dtype);
+      Tensor p_plain = p.to(dtype), m_plain = m.to(dtype), v_plain = v.to(dtype);  // copies: a run without param_copy
+      // Another shape with the same numel, pre-filled with garbage that must be overwritten.
+      Tensor copy = randn({7, 29}, DType::F32, 42, 100.0).to(copy_dtype);
+      AdamWParams hp;
+      hp.lr = 2e-2;
+      for (int64_t step : {1, 2, 3}) {
+        hp.step = step;
+        hp.weight_decay = step == 2 ? 0.0 : 0.1;
+        const Tensor g = randn({n}, dtype, 50 + step, 0.3);
+        adamw_step(p, g, m, v, hp, copy);
+        adamw_step(p_plain, g, m_plain, v_plain, hp);
+        // The step is bit-identical with and without the copy.
+        EXPECT_TRUE(testing::close(p, p_plain, 0.0, 0.0)) << dtype_name(dtype) << " step " << step;
+        EXPECT_TRUE(testing::close(m, m_plain, 0.0, 0.0)) << dtype_name(dtype) << " step " << step;
+        // The copy: exactly the f32 value (through f32 for an f64 param), rounded once to copy_dtype.
+        const Tensor expected = p.to(DType::F32).to(copy_dtype).to(DType::F64).reshape({7, 29});
+        EXPECT_TRUE(testing::close(copy.to(DType::F64), expected, 0.0, 0.0))
+            << dtype_name(dtype) << " -> " << dtype_name(copy_dtype) << " step " << step;
+      }
+    }
+  }
+}
+
+// bf16 rounding of the copy is to nearest EVEN: values built exactly halfway between two bf16
+// numbers (after a step that leaves them unchanged: lr = 0) round to the even neighbour.
+TEST(Adamw, ParamCopyBf16RoundsToNearestEven) {
+  // 1 + 2^-8 lies halfway between 1 and 1 + 2^-7: ties to 1 (even). 1 + 3 * 2^-8 lies halfway
+  // between 1 + 2^-7 and 1 + 2^-6: ties to 1 + 2^-6 (even). -(1 + 2^-8) ties to -1.
+  const std::vector<float> values = {1.0f + 0x1p-8f, 1.0f + 3 * 0x1p-8f, -(1.0f + 0x1p-8f), 1.0f + 0x1p-8f + 0x1p-20f};
+  const std::vector<float> expected = {1.0f, 1.0f + 0x1p-6f, -1.0f, 1.0f + 0x1p-7f};
+  const int64_t n = static_cast<int64_t>(values.size());
+  Tensor p = Tensor::empty({n}, DType::F32), g = randn({n}, DType::F32, 61);
+  std::copy(values.begin(), values.end(), p.data<float>());
+  Tensor m = Tensor::zeros({n}, DType::F32), v = Tensor::zeros({n}, DType::F32);
+  Tensor copy = Tensor::zeros({n}, DType::BF16);
+  AdamWParams hp;
+  hp.lr = 0.0;  // the param stays as it is; only the copy is written
+  adamw_step(p, g, m, v, hp, copy);
+  const Tensor got = copy.to(DType::F32);
+  for (int64_t i = 0; i < n; ++i) {
+    EXPECT_EQ(p.data<float>()[i], values[i]) << i;
+    EXPECT_EQ(got.data<float>()[i], expected[i]) << i;
+  }
+}
+
 using testing::expect_error;
 
 TEST(Adamw, ArgumentErrorsNameTheValue) {
@@ -117,6 +171,10 @@ TEST(Adamw, ArgumentErrorsNameTheValue) {
   expect_error([&] { adamw_step(p, g, m, v, with([](AdamWParams& h) { h.weight_decay = -0.1; })); }, "weight_decay is -0.1");
   expect_error([&] { adamw_step(p, g, Tensor::zeros({4}, DType::F32), v, AdamWParams{}); }, "m is f32[4]@cpu, expected shape [5]");
   expect_error([&] { adamw_step(p, g, m, Tensor::zeros({5}, DType::F64), AdamWParams{}); }, "v is f64[5]@cpu, expected dtype f32");
+  expect_error([&] { adamw_step(p, g, m, v, AdamWParams{}, Tensor::zeros({6}, DType::BF16)); },
+               "param_copy is bf16[6]@cpu, expected 5 elements");
+  expect_error([&] { adamw_step(p, g, m, v, AdamWParams{}, Tensor::zeros({5}, DType::I32)); },
+               "param_copy is i32[5]@cpu, expected dtype f32 or bf16");
 }
 
 }  // namespace

@@ -1,27 +1,49 @@
-"""bench_torch.py: train the PyTorch twin (twin.py) on a config and report its training speed,
-to put moelab's own numbers next to PyTorch's on the same machine and thread count.
+"""bench_torch.py: train a PyTorch peer on a config and report its training speed, to put
+moelab's own numbers next to PyTorch's on the same machine and thread count.
 
     /usr/bin/python3 tests/reference/bench_torch.py --config examples/<preset>.toml --threads 8
     /usr/bin/python3 tests/reference/bench_torch.py --batch-size 8 --seq-len 128 --steps 20
-    /usr/bin/python3 tests/reference/bench_torch.py --device cuda [--compile]
+    python3 tests/reference/bench_torch.py --device cuda --dtype bfloat16 [--compile] [--peer hf]
 
-A step is what moelab's trainer does: forward (main model + MTP), backward, global-norm clipping
-to 1.0, AdamW (betas 0.9/0.95, weight decay 0.1 except norms/embeddings), aux-free bias update.
+Peers (--peer):
+  twin  the PyTorch twin (twin.py), the default. A step is what moelab's trainer does: forward
+        (main model + MTP), backward, global-norm clipping to 1.0, AdamW (betas 0.9/0.95,
+        weight decay 0.1 except norms/embeddings), aux-free bias update.
+  hf    Hugging Face transformers' DeepseekV3ForCausalLM with the same shapes (the config is mapped
+        to HF's keys as train/export.cpp writes config.json; MLA configs only, exit 2 otherwise).
+        Step: forward, cross-entropy on the B*T next tokens, backward, clip_grad_norm_(1.0), AdamW
+        (same groups and hyper-parameters). HF's model has no MTP module, no balance loss and no
+        bias update, and its router always scores with sigmoid: it runs HF's code as shipped.
+        Needs transformers with DeepseekV3 (>= 4.51); exits 77 (skipped) when it is missing.
 Batches are fresh random tokens. Prints one line `torch tokens/s: X  ms/step: Y` (tokens = B*T
-per step, the trained positions) followed by details.
+per step, the trained positions) followed by details (the first names the peer).
+
+Precision (--dtype):
+  auto      float32 on the CPU, bfloat16 on CUDA (moelab's --precision auto).
+  float32 / float64
+            parameters, activations and optimizer in that dtype (router, losses stay >= fp32).
+  bfloat16  mixed precision as moelab's bf16 mode: fp32 master weights, gradients and AdamW;
+            the forward under torch.autocast(bfloat16), so matmuls and attention run in bf16 with
+            fp32 accumulation while norms' reductions, softmax and the losses stay in fp32. The
+            twin's router GEMM runs outside autocast in fp32 (as moelab's router does); HF's router
+            runs as HF wrote it (under autocast its F.linear runs in bf16).
+  Both peers use the same mode; the details line says which.
 
 --config takes moelab's TOML presets (ModelConfig field names, at the top level or in tables
 such as [model]; batch_size / seq_len / steps found in any table are used as defaults) or JSON
 (a flat ModelConfig object, or one with a "model" or "config" object). Without --config the
 ModelConfig defaults are used. --threads defaults to OMP_NUM_THREADS, else every CPU.
+Exit codes: 0 ok, 2 usage or unsupported combination, 77 peer not available here (skipped).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import time
+import types
 
 
 def _pin_blas_threads() -> None:
@@ -43,8 +65,11 @@ import torch  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
+import twin as twin_module  # noqa: E402
 from twin import (ModelConfig, Twin, bias_update, clip_grad_norm, init_weights,  # noqa: E402
-                  make_adamw, set_moe_mode, train_step)
+                  make_adamw, no_weight_decay, set_moe_mode)
+
+SKIP = 77  # the exit code of a peer that is not available here (ctest's and automake's "skipped")
 
 BENCH_KEYS = ("batch_size", "seq_len", "steps", "warmup")
 
@@ -129,30 +154,139 @@ def read_config(path: str):
 
 # ---- counting ----
 
-def count_params(model: Twin):
-    cfg = model.cfg
+def count_params(model: torch.nn.Module, cfg: ModelConfig):
+    """-> (total, active per token in the main model). Active: everything but the routed experts
+    not chosen, the MTP modules and the embedding table (a lookup); each MoE layer counts K of its
+    E routed experts (K/E of the routed-expert tensors, which also covers HF's fused layouts)."""
     total = sum(p.numel() for p in model.parameters())
-    # active per token in the main model: everything but the routed experts not chosen, the MTP
-    # modules and the embedding table (a lookup), plus K routed experts per MoE layer
-    active = 0
+    E, K = cfg.n_routed_experts, cfg.num_experts_per_tok
+    active = 0.0
     for n, p in model.named_parameters():
         if "embed_tokens" in n and not cfg.tie_word_embeddings:
             continue
-        if n.startswith("model.layers."):
-            idx = int(n.split(".")[2])
-            if idx >= cfg.num_hidden_layers:
-                continue
-            if ".mlp.experts." in n:
-                e = int(n.split(".")[5])
-                if e >= cfg.num_experts_per_tok:  # count K experts' worth
-                    continue
+        parts = n.split(".")
+        if n.startswith("model.layers.") and int(parts[2]) >= cfg.num_hidden_layers:
+            continue  # MTP module (twin only; HF builds none)
+        if ".mlp.experts." in n:
+            active += p.numel() * K / E
+            continue
         active += p.numel()
-    return total, active
+    return total, int(round(active))
+
+
+# ---- precision ----
+
+def resolve_dtype(name: str, device: torch.device) -> str:
+    if name == "auto":
+        return "bfloat16" if device.type == "cuda" else "float32"
+    return name
+
+
+def amp_context(dtype_name: str, device: torch.device):
+    """The forward's context: autocast(bfloat16) for the mixed mode, else nothing."""
+    if dtype_name == "bfloat16":
+        return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def fp32_router_under_autocast(cfg: ModelConfig, device_type: str) -> bool:
+    """Runs the twin's router GEMM (its only F.linear with an E x D weight) outside autocast, in
+    fp32 as moelab does. twin.py calls F.linear directly in two places, the router and the LM head
+    (V x D); the twin module's `F` becomes a copy of torch.nn.functional whose linear tells them
+    apart by the weight's shape. Returns False (router left to autocast) when E == V."""
+    if cfg.ffn != "moe" or cfg.n_routed_experts == cfg.vocab_size:
+        return False
+    E, D = cfg.n_routed_experts, cfg.hidden_size
+    functional = torch.nn.functional
+
+    def linear(x, w, b=None):
+        if w.dim() == 2 and w.shape[0] == E and w.shape[1] == D:
+            with torch.autocast(device_type=device_type, enabled=False):
+                return functional.linear(x.float(), w.float(), None if b is None else b.float())
+        return functional.linear(x, w, b)
+
+    ns = types.ModuleType("twin_functional")
+    ns.__dict__.update({k: v for k, v in vars(functional).items() if not k.startswith("__")})
+    ns.linear = linear
+    twin_module.F = ns
+    return True
+
+
+# ---- peers ----
+
+def hf_config_dict(cfg: ModelConfig) -> dict:
+    """ModelConfig -> the keys of HF's DeepseekV3Config, as hf_config_json in train/export.cpp."""
+    seq = cfg.seq_aux_loss_alpha > 0
+    return dict(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,
+        num_hidden_layers=cfg.num_hidden_layers,
+        num_nextn_predict_layers=cfg.num_nextn_predict_layers,
+        max_position_embeddings=cfg.max_position_embeddings, rms_norm_eps=cfg.rms_norm_eps,
+        rope_theta=cfg.rope_theta, rope_scaling=None, rope_interleave=True,
+        tie_word_embeddings=cfg.tie_word_embeddings, initializer_range=cfg.initializer_range,
+        hidden_act="silu", use_cache=False, attention_bias=False, attention_dropout=0.0,
+        pretraining_tp=1,
+        num_attention_heads=cfg.num_attention_heads, num_key_value_heads=cfg.kv_heads(),
+        q_lora_rank=cfg.q_lora_rank if cfg.q_lora_rank > 0 else None,
+        kv_lora_rank=cfg.kv_lora_rank, qk_nope_head_dim=cfg.qk_nope_head_dim,
+        qk_rope_head_dim=cfg.qk_rope_head_dim, v_head_dim=cfg.v_head_dim,
+        intermediate_size=cfg.intermediate_size,
+        first_k_dense_replace=(cfg.num_hidden_layers if cfg.ffn == "dense"
+                               else cfg.first_k_dense_replace),
+        moe_layer_freq=1, ep_size=1, moe_intermediate_size=cfg.moe_intermediate_size,
+        n_routed_experts=cfg.n_routed_experts, n_shared_experts=cfg.n_shared_experts,
+        num_experts_per_tok=cfg.num_experts_per_tok, scoring_func=cfg.scoring_func,
+        topk_method=("noaux_tc" if cfg.aux_free_bias
+                     else "group_limited_greedy" if cfg.n_group > 1 else "greedy"),
+        n_group=cfg.n_group, topk_group=cfg.topk_group, norm_topk_prob=cfg.norm_topk_prob,
+        routed_scaling_factor=cfg.routed_scaling_factor, seq_aux=seq,
+        aux_loss_alpha=cfg.seq_aux_loss_alpha if seq else cfg.aux_loss_alpha,
+        bos_token_id=None, eos_token_id=None, pad_token_id=None)
+
+
+def import_hf():
+    """-> (DeepseekV3Config, DeepseekV3ForCausalLM, version) or a reason string."""
+    try:
+        import transformers
+        from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
+    except Exception as e:  # missing, too old, or incompatible with this torch
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        return f"{type(e).__name__}: {first}"
+    # A transformers that finds this torch too old imports placeholder classes that fail later.
+    if not transformers.utils.is_torch_available():
+        return f"transformers {transformers.__version__} does not support this torch"
+    return DeepseekV3Config, DeepseekV3ForCausalLM, transformers.__version__
+
+
+def build_hf(cfg: ModelConfig, classes, attn: str | None, experts: str | None):
+    Config, Model, _ = classes
+    extra = {}
+    if attn:
+        extra["attn_implementation"] = attn
+    if experts:
+        extra["experts_implementation"] = experts
+    hf_cfg = Config(**hf_config_dict(cfg), **extra)
+    model = Model(hf_cfg)
+    model.train()
+    return model
+
+
+def make_adamw_named(model: torch.nn.Module, lr: float) -> torch.optim.AdamW:
+    """twin.make_adamw's groups for any module: no decay on norms, embeddings, biases."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if no_weight_decay(name) else decay).append(p)
+    return torch.optim.AdamW([dict(params=decay, weight_decay=0.1),
+                              dict(params=no_decay, weight_decay=0.0)],
+                             lr=lr, betas=(0.9, 0.95), eps=1e-8)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--config", help="moelab TOML preset or JSON ModelConfig")
+    ap.add_argument("--peer", default="twin", choices=["twin", "hf"],
+                    help="twin: tests/reference/twin.py; hf: transformers' DeepseekV3ForCausalLM")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch.set_num_threads (default: OMP_NUM_THREADS, else all CPUs)")
     ap.add_argument("--batch-size", type=int, default=None, help="B (default: config file, else 8)")
@@ -160,11 +294,16 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=None, help="timed steps (default 10)")
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 2)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16"],
-                    help="parameter/activation dtype (router, losses stay >= fp32)")
+    ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "float64", "bfloat16"],
+                    help="auto: float32 on cpu, bfloat16 on cuda; bfloat16 = autocast with fp32 "
+                         "master weights (see above)")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--dispatch", default="sorted", choices=["sorted", "loop"],
-                    help="MoE dispatch: sorted (one host sync per layer) or the reference loop")
+                    help="twin MoE dispatch: sorted (one host sync per layer) or the reference loop")
+    ap.add_argument("--hf-attn", default=None,
+                    help="hf: attn_implementation (eager, sdpa, ...; default: transformers' choice)")
+    ap.add_argument("--hf-experts", default=None,
+                    help="hf: experts_implementation where transformers has it (default: its choice)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model (torch >= 2)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -179,28 +318,80 @@ def main() -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda but torch sees no CUDA device", file=sys.stderr)
         return 2
+    if args.compile and not hasattr(torch, "compile"):
+        print(f"error: --compile needs torch >= 2.0 (this is torch {torch.__version__})",
+              file=sys.stderr)
+        return 2
+    device = torch.device(args.device)
+    dtype_name = resolve_dtype(args.dtype, device)
+    mixed = dtype_name == "bfloat16"
+    param_dtype = torch.float32 if mixed else getattr(torch, dtype_name)
+    amp = amp_context(dtype_name, device)
     if T > cfg.max_position_embeddings:
         print(f"note: seq_len {T} > max_position_embeddings {cfg.max_position_embeddings}")
-    dtype = getattr(torch, args.dtype)
-    device = torch.device(args.device)
 
-    gen = torch.Generator().manual_seed(args.seed)
-    model = Twin(cfg)
-    init_weights(model, gen, f32_exact=False)
-    model = model.to(device=device, dtype=dtype)
-    set_moe_mode(model, args.dispatch, track_margins=False)
-    opt = make_adamw(model, lr=args.lr)
-    runner = model
-    if args.compile:
-        if not hasattr(torch, "compile"):
-            print(f"error: --compile needs torch >= 2.0 (this is torch {torch.__version__})",
-                  file=sys.stderr)
+    hf_classes = None
+    if args.peer == "hf":
+        if cfg.attention != "mla":
+            print(f"error: --peer hf needs attention = mla (this config has {cfg.attention}): "
+                  "HF's DeepseekV3ForCausalLM has only MLA attention", file=sys.stderr)
             return 2
-        runner = torch.compile(model)
+        hf_classes = import_hf()
+        if isinstance(hf_classes, str):
+            print(f"skip: --peer hf needs transformers with DeepseekV3 (>= 4.51) under torch "
+                  f"{torch.__version__}: {hf_classes}")
+            return SKIP
 
-    Dm = cfg.num_nextn_predict_layers
+    torch.manual_seed(args.seed)
+    gen = torch.Generator().manual_seed(args.seed)
+    router_note = ""
+    if args.peer == "twin":
+        model = Twin(cfg)
+        init_weights(model, gen, f32_exact=False)
+        model = model.to(device=device, dtype=param_dtype)
+        set_moe_mode(model, args.dispatch, track_margins=False)
+        opt = make_adamw(model, lr=args.lr)
+        if mixed and cfg.ffn == "moe":
+            router_note = (", router GEMM fp32" if fp32_router_under_autocast(cfg, device.type)
+                           else ", router GEMM under autocast (E == V)")
+        Dm = cfg.num_nextn_predict_layers
+    else:
+        model = build_hf(cfg, hf_classes, args.hf_attn, args.hf_experts)
+        model = model.to(device=device, dtype=param_dtype)
+        opt = make_adamw_named(model, lr=args.lr)
+        Dm = 0
+    runner = torch.compile(model) if args.compile else model
+
     n_batches = warmup + steps
     batches = torch.randint(0, cfg.vocab_size, (n_batches, B, T + 1 + Dm), generator=gen).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def twin_step(tokens):
+        """twin.train_step with the forward under `amp` (and through the compiled runner)."""
+        opt.zero_grad(set_to_none=True)
+        with amp():
+            out = runner(tokens)
+        out["loss_total"].backward()
+        for p in params:  # an idle expert steps with a zero gradient, as in train_step
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        clip_grad_norm(params, 1.0)
+        opt.step()
+        bias_update(model, {l: r["load"] for l, r in out["router"].items()})
+        return out["loss_total"].detach()
+
+    def hf_step(tokens):
+        opt.zero_grad(set_to_none=True)
+        with amp():
+            logits = runner(input_ids=tokens[:, :T], use_cache=False).logits
+            loss = torch.nn.functional.cross_entropy(
+                logits.float().reshape(-1, cfg.vocab_size), tokens[:, 1:T + 1].reshape(-1))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        return loss.detach()
+
+    step = twin_step if args.peer == "twin" else hf_step
 
     def sync():
         if device.type == "cuda":
@@ -212,37 +403,39 @@ def main() -> int:
         if i == warmup:
             sync()
             t0 = time.perf_counter()
-        if runner is model:
-            out = train_step(model, opt, batches[i])
-        else:  # compiled forward, same step otherwise
-            opt.zero_grad(set_to_none=True)
-            out = runner(batches[i])
-            out["loss_total"].backward()
-            clip_grad_norm(list(model.parameters()), 1.0)
-            opt.step()
-            bias_update(model, {l: r["load"] for l, r in out["router"].items()})
-        losses.append(out["loss_total"].detach())
+        losses.append(step(batches[i]))
     sync()
     elapsed = time.perf_counter() - (t0 if t0 is not None else time.perf_counter())
     losses = [float(l) for l in losses]
 
-    total, active = count_params(model)
+    total, active = count_params(model, cfg)
     if steps > 0:
         ms = 1000.0 * elapsed / steps
         tps = B * T * steps / elapsed
         print(f"torch tokens/s: {tps:.1f}  ms/step: {ms:.2f}")
     else:
         print("torch tokens/s: n/a  ms/step: n/a  (--steps 0)")
-    print(f"  torch {torch.__version__}, device {args.device}"
+    precision = (f"bf16 autocast, fp32 master weights{router_note}" if mixed
+                 else f"{dtype_name} everywhere")
+    if args.peer == "twin":
+        peer = f"peer twin (MoE dispatch {args.dispatch})"
+    else:
+        hcfg = model.config
+        peer = (f"peer hf (transformers {hf_classes[2]} DeepseekV3ForCausalLM, attention "
+                f"{getattr(hcfg, '_attn_implementation', '?')}"
+                + (f", experts {getattr(hcfg, '_experts_implementation', None)}"
+                   if getattr(hcfg, "_experts_implementation", None) else "")
+                + "; no MTP, no balance loss, no bias update)")
+    print(f"  {peer}, torch {torch.__version__}, device {args.device}"
           + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else "")
-          + f", threads {torch.get_num_threads()}, dtype {args.dtype}, "
-          f"{'compiled' if args.compile else 'eager'}, MoE dispatch {args.dispatch}")
+          + f", threads {torch.get_num_threads()}, precision {precision}, "
+          f"{'compiled' if args.compile else 'eager'}")
     print(f"  B {B}  T {T}  steps {steps} (+{warmup} warmup)  tokens/step {B * T}")
     print(f"  attention {cfg.attention}, ffn {cfg.ffn}, L {cfg.num_hidden_layers}, D {cfg.hidden_size}, "
           f"V {cfg.vocab_size}, MTP {Dm}" + (f", E {cfg.n_routed_experts} K {cfg.num_experts_per_tok}"
                                           if cfg.ffn == "moe" else ""))
     print(f"  parameters {total:,} (active per token, main model, no embedding lookup: {active:,})")
-    print(f"  loss first {losses[0]:.4f}  last {losses[-1]:.4f}")
+    print(f"  loss first {losses[0]:.4f}  last {losses[-1]:.4f}" if losses else "  no steps run")
     return 0
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `moelab train` end to end through the command line, on the char-level tinyshakespeare shards of
 # the cli.prepare_char fixture: a short run, a run stopped by a real SIGINT (it must finish the
-# step, save a checkpoint and exit 0) and resumed, a sample, an export, and the plots.
+# step, save a checkpoint and exit 0) and resumed, `moelab eval` (the same val loss as the trainer's
+# last evaluation), a sample, an export, and the plots.
 #   cli_train_test.sh MOELAB PREPARED_DIR WORK_DIR SOURCE_DIR
 set -euo pipefail
 moelab=$1 data=$2 work=$3 src=$4
@@ -26,6 +27,12 @@ saved=$((10#$(basename "$ckpt" | sed 's/step_//')))
 "$moelab" train "${common[@]}" --set train.steps=$((saved + 3)) --set "train.out_dir=$work/b" --resume > "$work/b2.log"
 grep -q "resumed from" "$work/b2.log" && grep -q "done: step $((saved + 3))" "$work/b2.log" \
   || { cat "$work/b2.log"; echo "FAIL: resume"; exit 1; }
+
+# eval runs the trainer's evaluation on the same windows: the same number, to the printed digits.
+"$moelab" eval --ckpt "$work/a" > "$work/eval.log"
+trained=$(grep -o "done: step 30, train loss [0-9.]*, val loss [0-9.]*" "$work/a.log" | grep -o "[0-9.]*$")
+grep -q "val loss $trained " "$work/eval.log" \
+  || { cat "$work/eval.log"; echo "FAIL: eval gives another val loss than the trainer's ($trained)"; exit 1; }
 
 "$moelab" sample --ckpt "$work/a" --prompt "ROMEO:" --max-new-tokens 20 --seed 1 | tee "$work/sample.txt"
 grep -q "KV cache:" "$work/sample.txt" || { echo "FAIL: sample"; exit 1; }

@@ -1,0 +1,46 @@
+// Launchers for the token embedding (core/ops/embedding.h has the math and the contract).
+// Forward: out[n, :] = weight[ids[n], :], weight and out both f32 or both bf16 as `bf16` says (a
+// plain copy, no rounding). Backward: grad_weight (f32) += the grad_out rows (f32 or bf16) of the
+// tokens of each id, deterministically (no float atomics; see embedding.cu).
+// Ids are checked on the device: a token whose id lies outside [0, vocab) is never read from or
+// written to the table; instead *bad_pos (one word of scratch the caller passes) ends as the
+// smallest flat position of such a token, or 0xffffffff when every id is valid. The caller reads
+// it back and reports the error.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace moelab::cuda {
+
+struct EmbeddingForwardParams {
+  const int32_t* ids;  // [tokens]
+  const void* weight;  // [vocab, dim]
+  void* out;           // [tokens, dim], overwritten (rows of bad ids are left as they were)
+  uint32_t* bad_pos;   // [1] scratch, set by the launcher (see above)
+  int64_t tokens, vocab, dim;
+  bool bf16;
+  cudaStream_t stream;
+};
+
+struct EmbeddingBackwardParams {
+  const void* grad_out;    // [tokens, dim]
+  const int32_t* ids;      // [tokens]
+  float* grad_weight;      // [vocab, dim], accumulated (+=)
+  uint32_t* bad_pos;       // [1] scratch, set by the launcher (see above)
+  void* workspace;         // embedding_backward_workspace_bytes(tokens) bytes of device memory
+  size_t workspace_bytes;
+  int64_t tokens, vocab, dim;  // tokens < 2^31
+  bool bf16;               // grad_out's storage type
+  cudaStream_t stream;
+};
+
+// Device workspace that embedding_backward needs for `tokens` tokens (a stable sort of the ids).
+size_t embedding_backward_workspace_bytes(int64_t tokens);
+
+void embedding_forward(const EmbeddingForwardParams& p);
+void embedding_backward(const EmbeddingBackwardParams& p);
+
+}  // namespace moelab::cuda

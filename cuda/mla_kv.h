@@ -1,0 +1,35 @@
+// Launchers for MLA's key/value layout shuffle (core/ops/mla_kv.h has the math and the contract).
+// Every tensor of one call is f32 or every tensor is bf16 as `bf16` says; the one sum (grad_kr
+// over the heads) runs in f32, over the heads in order: deterministic.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace moelab::cuda {
+
+struct MlaKvForwardParams {
+  const void* kv;  // [N, H, Dn + Dv]
+  const void* kr;  // [N, Dr]
+  void* k;         // [N, H, Dn + Dr], overwritten
+  void* v;         // [N, H, Dv], overwritten
+  int64_t N, H, Dn, Dr, Dv;
+  bool bf16;
+  cudaStream_t stream;
+};
+
+struct MlaKvBackwardParams {
+  const void* grad_k;  // [N, H, Dn + Dr]
+  const void* grad_v;  // [N, H, Dv]
+  void* grad_kv;       // [N, H, Dn + Dv], overwritten
+  void* grad_kr;       // [N, Dr], overwritten: sum over the heads of grad_k[:, h, Dn:]
+  int64_t N, H, Dn, Dr, Dv;
+  bool bf16;
+  cudaStream_t stream;
+};
+
+void mla_kv_forward(const MlaKvForwardParams& p);
+void mla_kv_backward(const MlaKvBackwardParams& p);
+
+}  // namespace moelab::cuda

@@ -1,0 +1,50 @@
+// Launchers for the MoE balance losses (core/ops/moe_balance.h has the math and the contract).
+// scores, logits and their gradients are f32, topk_idx i32. The forwards reduce on the device in a
+// fixed order (per-row values, then one block sums them in f64) and copy the loss to the host.
+// Indices are not read on the host: an index outside [0, E) is counted, never followed out of
+// bounds; the aux-loss forward reports the count (the op throws), the backward adds NaN to the
+// gradient rows of that sequence.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace moelab::cuda {
+
+// The per-sequence expert histogram lives in shared memory (one i32 per expert).
+constexpr int64_t kMoeBalanceMaxExperts = 8192;
+
+struct MoeAuxLossParams {
+  const float* scores;      // [rows, E]
+  const int32_t* topk_idx;  // [rows, K]
+  int64_t rows, E, K, seq_len;
+  float* f;                 // device workspace [rows / seq_len, E]: f_{b,i}
+  int32_t* invalid;         // device workspace [rows / seq_len]: out-of-range indices per sequence
+  float* row_values;        // device workspace [rows] (forward only): sum_i f_{b,i} s_{t,i} / Z_t
+  double* result;           // device workspace [2] (forward only): sum_t row_values, invalid indices
+  double alpha, grad_loss;  // grad_loss: backward only
+  float* grad_scores;       // [rows, E], accumulated (+=) (backward only)
+  cudaStream_t stream;
+};
+
+// Forward: host_result[0] = sum_t sum_i f_{b(t),i} s_{t,i} / Z_t (the op scales it by
+// alpha / rows), host_result[1] = the number of indices out of [0, E). Waits for the stream.
+void moe_aux_loss_forward(const MoeAuxLossParams& p, double* host_result);
+void moe_aux_loss_backward(const MoeAuxLossParams& p);
+
+struct MoeZLossParams {
+  const float* logits;      // [rows, E]
+  int64_t rows, E;
+  float* row_values;        // device workspace [rows] (forward only): lse_t^2
+  double* result;           // device workspace [2] (forward only)
+  double coef, grad_loss;   // grad_loss: backward only
+  float* grad_logits;       // [rows, E], accumulated (+=) (backward only)
+  cudaStream_t stream;
+};
+
+// Forward: *host_sum = sum_t lse_t^2 (the op scales it by coef / rows). Waits for the stream.
+void moe_z_loss_forward(const MoeZLossParams& p, double* host_sum);
+void moe_z_loss_backward(const MoeZLossParams& p);
+
+}  // namespace moelab::cuda

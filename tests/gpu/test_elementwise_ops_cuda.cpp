@@ -1,0 +1,308 @@
+// The small CUDA ops against their CPU references: swiglu, sigmoid / softmax, add / axpy / cast,
+// concat / split / slice_columns and mla_kv, forward and backward, f32 and bf16 activations, odd
+// shapes, guard values around every output. Pure copies (columns, mla_kv's k, v, grad_kv, casts)
+// must match exactly; arithmetic within the tolerances of tests/README.md.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <vector>
+
+#include "core/ops/activation.h"
+#include "core/ops/columns.h"
+#include "core/ops/elementwise.h"
+#include "core/ops/mla_kv.h"
+#include "core/ops/swiglu.h"
+#include "tests/gpu/gpu_harness.h"
+
+namespace moelab {
+namespace {
+using testing::Guarded;
+using testing::randn;
+
+// A random CPU f32 input holding exactly the values a tensor of `act` can hold.
+Tensor act_input(const Shape& shape, DType act, uint64_t seed, double std = 1.0) {
+  Tensor t = randn(shape, DType::F32, seed, std);
+  return act == DType::BF16 ? testing::bf16_round(t) : t;
+}
+
+using ShapeAct = std::pair<Shape, DType>;
+const auto kShapes = ::testing::Values(ShapeAct{{1}, DType::F32}, ShapeAct{{3, 7}, DType::F32},
+                                       ShapeAct{{2, 33, 65}, DType::F32}, ShapeAct{{4, 100, 257}, DType::F32},
+                                       ShapeAct{{1, 1}, DType::BF16}, ShapeAct{{3, 7}, DType::BF16},
+                                       ShapeAct{{4, 100, 257}, DType::BF16});
+const auto kName = [](const auto& info) { return "case" + std::to_string(info.index); };
+
+// ---------------------------------------------------------------------------------------------- swiglu
+
+class SwigluCuda : public testing::GpuTest, public ::testing::WithParamInterface<ShapeAct> {};
+
+TEST_P(SwigluCuda, MatchesCpuReference) {
+  const auto [shape, act] = GetParam();
+  const double atol = testing::act_atol(act), rtol = testing::act_rtol(act);
+  // gate spans the saturated tails of the sigmoid too (std 6: |gate| up to ~25).
+  Tensor gate = act_input(shape, act, 101, 6.0), up = act_input(shape, act, 102), gout = act_input(shape, act, 103);
+  Tensor out = Tensor::empty(shape, DType::F32), gg = Tensor::empty(shape, DType::F32), gu = Tensor::empty(shape, DType::F32);
+  swiglu_forward(gate, up, out);
+  swiglu_backward(gout, gate, up, gg, gu);
+
+  Guarded dout(shape, act), dgg(shape, act), dgu(shape, act);
+  const Tensor dgate = testing::to_gpu(gate, act), dup = testing::to_gpu(up, act);
+  swiglu_forward(dgate, dup, dout.view);
+  swiglu_backward(testing::to_gpu(gout, act), dgate, dup, dgg.view, dgu.view);
+  EXPECT_TRUE(testing::close(dout.host_f32(), out, atol, rtol)) << "out";
+  EXPECT_TRUE(testing::close(dgg.host_f32(), gg, atol, rtol)) << "grad_gate";
+  EXPECT_TRUE(testing::close(dgu.host_f32(), gu, atol, rtol)) << "grad_up";
+  EXPECT_TRUE(dout.guards_intact() && dgg.guards_intact() && dgu.guards_intact()) << "write outside the output";
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, SwigluCuda, kShapes, kName);
+
+// ---------------------------------------------------------------------------------------------- sigmoid, softmax
+
+class ActivationCuda : public testing::GpuTest, public ::testing::WithParamInterface<ShapeAct> {};
+
+TEST_P(ActivationCuda, SigmoidMatchesCpuReference) {
+  const auto [shape, act] = GetParam();
+  const double atol = testing::act_atol(act), rtol = testing::act_rtol(act);
+  Tensor x = act_input(shape, act, 111, 8.0), gy = act_input(shape, act, 112);
+  Tensor y = Tensor::empty(shape, DType::F32), gx = Tensor::empty(shape, DType::F32);
+  sigmoid_forward(x, y);
+  // The backward reads the saved output: give both sides the same stored y.
+  const Tensor y_in = act == DType::BF16 ? testing::bf16_round(y) : y;
+  sigmoid_backward(gy, y_in, gx);
+
+  Guarded dy(shape, act), dgx(shape, act);
+  sigmoid_forward(testing::to_gpu(x, act), dy.view);
+  sigmoid_backward(testing::to_gpu(gy, act), testing::to_gpu(y_in, act), dgx.view);
+  EXPECT_TRUE(testing::close(dy.host_f32(), y, atol, rtol)) << "y";
+  EXPECT_TRUE(testing::close(dgx.host_f32(), gx, atol, rtol)) << "grad_x";
+  EXPECT_TRUE(dy.guards_intact() && dgx.guards_intact()) << "write outside the output";
+}
+
+TEST_P(ActivationCuda, SoftmaxMatchesCpuReference) {
+  const auto [shape, act] = GetParam();
+  const double atol = testing::act_atol(act), rtol = testing::act_rtol(act);
+  Tensor x = act_input(shape, act, 121, 4.0), gy = act_input(shape, act, 122);
+  Tensor y = Tensor::empty(shape, DType::F32), gx = Tensor::empty(shape, DType::F32);
+  softmax_forward(x, y);
+  const Tensor y_in = act == DType::BF16 ? testing::bf16_round(y) : y;
+  softmax_backward(gy, y_in, gx);
+
+  Guarded dy(shape, act), dgx(shape, act);
+  softmax_forward(testing::to_gpu(x, act), dy.view);
+  softmax_backward(testing::to_gpu(gy, act), testing::to_gpu(y_in, act), dgx.view);
+  EXPECT_TRUE(testing::close(dy.host_f32(), y, atol, rtol)) << "y";
+  EXPECT_TRUE(testing::close(dgx.host_f32(), gx, atol, rtol)) << "grad_x";
+  EXPECT_TRUE(dy.guards_intact() && dgx.guards_intact()) << "write outside the output";
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, ActivationCuda, kShapes, kName);
+
+using ActivationCudaChecks = testing::GpuTest;
+
+TEST_F(ActivationCudaChecks, SoftmaxRowsSumToOneAndAreDeterministic) {
+  // Router-sized rows (E = 256) and a wide one, with large logits (the max shift must work).
+  for (const Shape shape : {Shape{300, 256}, Shape{5, 5000}}) {
+    const Tensor x = randn(shape, DType::F32, 131, 30.0).to(Device::CUDA), gy = randn(shape, DType::F32, 132).to(Device::CUDA);
+    Tensor y1 = Tensor::empty(shape, DType::F32, Device::CUDA), y2 = Tensor::empty(shape, DType::F32, Device::CUDA);
+    Tensor g1 = Tensor::empty(shape, DType::F32, Device::CUDA), g2 = Tensor::empty(shape, DType::F32, Device::CUDA);
+    softmax_forward(x, y1);
+    softmax_forward(x, y2);
+    softmax_backward(gy, y1, g1);
+    softmax_backward(gy, y1, g2);
+    EXPECT_TRUE(testing::close(y1, y2, 0.0, 0.0)) << "softmax forward, two runs";
+    EXPECT_TRUE(testing::close(g1, g2, 0.0, 0.0)) << "softmax backward, two runs";
+    const Tensor h = y1.to(Device::CPU);
+    for (int64_t r = 0; r < shape[0]; ++r) {
+      double sum = 0;
+      for (int64_t c = 0; c < shape[1]; ++c) sum += h.data<float>()[r * shape[1] + c];
+      ASSERT_NEAR(sum, 1.0, 1e-5) << "row " << r;
+    }
+  }
+}
+
+TEST_F(ActivationCudaChecks, DtypeError) {
+  const Tensor x = Tensor::zeros({2, 3}, DType::F64, Device::CUDA);
+  testing::expect_error([&] { softmax_forward(x, x); }, "softmax_forward: x is f64[2,3]@cuda, expected f32 or bf16 on CUDA");
+  testing::expect_error([&] { sigmoid_backward(x, x, x); }, "sigmoid_backward: y is f64[2,3]@cuda, expected f32 or bf16");
+}
+
+// ---------------------------------------------------------------------------------------------- add, axpy, cast
+
+class ElementwiseCuda : public testing::GpuTest, public ::testing::WithParamInterface<ShapeAct> {};
+
+TEST_P(ElementwiseCuda, AddAndAxpyMatchCpu) {
+  const auto [shape, act] = GetParam();
+  const double atol = testing::act_atol(act), rtol = testing::act_rtol(act);
+  const Tensor a = act_input(shape, act, 141), b = act_input(shape, act, 142);
+  Tensor sum = Tensor::empty(shape, DType::F32);
+  add(a, b, sum);
+  Tensor y = act_input(shape, act, 143), y_ref = y.to(Device::CPU);
+  axpy(-0.37, a, y_ref);
+
+  Guarded dsum(shape, act), dy(shape, act);
+  const Tensor da = testing::to_gpu(a, act), db = testing::to_gpu(b, act);
+  add(da, db, dsum.view);
+  dy.view.copy_from(testing::to_gpu(y, act));
+  axpy(-0.37, da, dy.view);
+  EXPECT_TRUE(testing::close(dsum.host_f32(), sum, atol, rtol)) << "add";
+  EXPECT_TRUE(testing::close(dy.host_f32(), y_ref, atol, rtol)) << "axpy";
+  EXPECT_TRUE(dsum.guards_intact() && dy.guards_intact()) << "write outside the output";
+
+  // Aliased: out = a (the residual add in place) and y = x (y += alpha * y).
+  Guarded ia(shape, act), iy(shape, act);
+  ia.view.copy_from(da);
+  add(ia.view, db, ia.view);
+  EXPECT_TRUE(testing::close(ia.host_f32(), sum, atol, rtol)) << "add in place";
+  iy.view.copy_from(da);
+  axpy(0.5, iy.view, iy.view);
+  Tensor a15 = a.to(Device::CPU);
+  axpy(0.5, a, a15);
+  EXPECT_TRUE(testing::close(iy.host_f32(), a15, atol, rtol)) << "axpy with y = x";
+  EXPECT_TRUE(ia.guards_intact() && iy.guards_intact()) << "write outside the tensor (in place)";
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, ElementwiseCuda, kShapes, kName);
+
+using CastCuda = testing::GpuTest;
+
+std::vector<uint8_t> bytes_of(const Tensor& t) {
+  const Tensor h = t.to(Device::CPU);
+  std::vector<uint8_t> v(h.nbytes());
+  std::memcpy(v.data(), h.raw(), v.size());
+  return v;
+}
+
+TEST_F(CastCuda, F32ToBf16RoundsLikeTheCpu) {
+  // Random values at many scales, plus the ties, overflow, signed zero and subnormals.
+  Tensor x = randn({3, 1001}, DType::F32, 151, 100.0);
+  const float special[] = {1.0f + 0x1p-8f, 1.0f + 0x1p-7f + 0x1p-8f, -(1.0f + 0x1p-8f), 3.4e38f, -3.4e38f,
+                           -0.0f, 1e-40f, -3e-39f, 0x1p-126f, 65504.0f};
+  std::memcpy(x.data<float>(), special, sizeof(special));
+  Tensor y_cpu = Tensor::empty({3, 1001}, DType::BF16);
+  cast(x, y_cpu);
+  Guarded y({3, 1001}, DType::BF16);
+  cast(x.to(Device::CUDA), y.view);
+  EXPECT_EQ(bytes_of(y.view), bytes_of(y_cpu)) << "f32 -> bf16 bits";
+  EXPECT_TRUE(y.guards_intact());
+
+  // bf16 -> f32 is exact.
+  Guarded back({3, 1001}, DType::F32);
+  cast(y.view, back.view);
+  Tensor back_cpu = Tensor::empty({3, 1001}, DType::F32);
+  cast(y_cpu, back_cpu);
+  EXPECT_EQ(bytes_of(back.view), bytes_of(back_cpu)) << "bf16 -> f32 bits";
+  EXPECT_TRUE(back.guards_intact());
+}
+
+TEST_F(CastCuda, SameDtypeCopiesAndErrors) {
+  const Tensor ids = testing::randint({5, 7}, 1000, 161).to(Device::CUDA);
+  Guarded ids2({5, 7}, DType::I32);
+  cast(ids, ids2.view);
+  EXPECT_EQ(bytes_of(ids2.view), bytes_of(ids));
+  EXPECT_TRUE(ids2.guards_intact());
+  const Tensor b = testing::to_gpu(randn({65}, DType::F32, 162), DType::BF16);
+  Guarded b2({65}, DType::BF16);
+  cast(b, b2.view);
+  EXPECT_EQ(bytes_of(b2.view), bytes_of(b));
+  cast(b, b);  // the same tensor: nothing to do
+  const Tensor d = Tensor::zeros({4}, DType::F64, Device::CUDA);
+  testing::expect_error([&] { cast(d, Tensor::empty({4}, DType::F32, Device::CUDA)); },
+                        "cast: x is f64[4]@cuda, expected f32 or bf16 on CUDA");
+  testing::expect_error([&] { cast(b, Tensor::empty({64}, DType::F32, Device::CUDA)); }, "cast");
+}
+
+// ---------------------------------------------------------------------------------------------- columns
+
+struct ColCase {
+  int64_t rows, wa, wb;
+  DType dtype;
+};
+
+class ColumnsCuda : public testing::GpuTest, public ::testing::WithParamInterface<ColCase> {};
+
+Tensor col_input(const Shape& shape, DType dtype, uint64_t seed) {
+  if (dtype == DType::I32) return testing::randint(shape, 50000, seed);
+  return act_input(shape, dtype, seed);
+}
+
+TEST_P(ColumnsCuda, ConcatSplitSliceMatchCpu) {
+  const ColCase c = GetParam();
+  const int64_t w = c.wa + c.wb;
+  const Tensor a = col_input({c.rows, c.wa}, c.dtype, 171), b = col_input({c.rows, c.wb}, c.dtype, 172);
+  const Tensor x = col_input({c.rows, w}, c.dtype, 173);
+  // The CPU reference works on the exact stored values (i32 as is; floats in their own dtype).
+  const Tensor ha = c.dtype == DType::I32 ? a : a.to(c.dtype), hb = c.dtype == DType::I32 ? b : b.to(c.dtype);
+  const Tensor hx = c.dtype == DType::I32 ? x : x.to(c.dtype);
+  Tensor cat = Tensor::empty({c.rows, w}, c.dtype), sa = Tensor::empty({c.rows, c.wa}, c.dtype),
+         sb = Tensor::empty({c.rows, c.wb}, c.dtype), sl = Tensor::empty({c.rows, c.wb}, c.dtype);
+  concat_columns(ha, hb, cat);
+  split_columns(hx, sa, sb);
+  slice_columns(hx, c.wa, sl);  // a window that starts at an odd column when wa is odd
+
+  Guarded dcat({c.rows, w}, c.dtype), dsa({c.rows, c.wa}, c.dtype), dsb({c.rows, c.wb}, c.dtype),
+      dsl({c.rows, c.wb}, c.dtype);
+  const Tensor dx = hx.to(Device::CUDA);
+  concat_columns(ha.to(Device::CUDA), hb.to(Device::CUDA), dcat.view);
+  split_columns(dx, dsa.view, dsb.view);
+  slice_columns(dx, c.wa, dsl.view);
+  EXPECT_EQ(bytes_of(dcat.view), bytes_of(cat)) << "concat_columns";
+  EXPECT_EQ(bytes_of(dsa.view), bytes_of(sa)) << "split_columns a";
+  EXPECT_EQ(bytes_of(dsb.view), bytes_of(sb)) << "split_columns b";
+  EXPECT_EQ(bytes_of(dsl.view), bytes_of(sl)) << "slice_columns";
+  EXPECT_TRUE(dcat.guards_intact() && dsa.guards_intact() && dsb.guards_intact() && dsl.guards_intact())
+      << "write outside the output";
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, ColumnsCuda,
+    ::testing::Values(ColCase{1, 1, 1, DType::F32}, ColCase{3, 7, 2, DType::F32}, ColCase{65, 64, 32, DType::F32},
+                      ColCase{33, 512, 64, DType::F32},  // 16-byte words
+                      ColCase{5, 3, 5, DType::BF16}, ColCase{65, 64, 8, DType::BF16}, ColCase{7, 1, 33, DType::BF16},
+                      ColCase{4, 1, 256, DType::I32},  // a token window [B, T+1] -> inputs / targets
+                      ColCase{9, 17, 16, DType::I32}),
+    kName);
+
+// ---------------------------------------------------------------------------------------------- mla_kv
+
+struct MlaCase {
+  int64_t N, H, Dn, Dr, Dv;
+  DType act;
+};
+
+class MlaKvCuda : public testing::GpuTest, public ::testing::WithParamInterface<MlaCase> {};
+
+TEST_P(MlaKvCuda, MatchesCpuReference) {
+  const MlaCase c = GetParam();
+  const Shape kv_s{c.N, c.H, c.Dn + c.Dv}, kr_s{c.N, c.Dr}, k_s{c.N, c.H, c.Dn + c.Dr}, v_s{c.N, c.H, c.Dv};
+  const Tensor kv = act_input(kv_s, c.act, 181), kr = act_input(kr_s, c.act, 182);
+  const Tensor gk = act_input(k_s, c.act, 183), gv = act_input(v_s, c.act, 184);
+  Tensor k = Tensor::empty(k_s, DType::F32), v = Tensor::empty(v_s, DType::F32);
+  Tensor gkv = Tensor::empty(kv_s, DType::F32), gkr = Tensor::empty(kr_s, DType::F32);
+  mla_kv_forward(kv, kr, c.H, c.Dn, k, v);
+  mla_kv_backward(gk, gv, c.H, c.Dn, gkv, gkr);
+
+  Guarded dk(k_s, c.act), dv(v_s, c.act), dgkv(kv_s, c.act), dgkr(kr_s, c.act);
+  mla_kv_forward(testing::to_gpu(kv, c.act), testing::to_gpu(kr, c.act), c.H, c.Dn, dk.view, dv.view);
+  mla_kv_backward(testing::to_gpu(gk, c.act), testing::to_gpu(gv, c.act), c.H, c.Dn, dgkv.view, dgkr.view);
+  EXPECT_TRUE(testing::close(dk.host_f32(), k, 0.0, 0.0)) << "k (a copy)";
+  EXPECT_TRUE(testing::close(dv.host_f32(), v, 0.0, 0.0)) << "v (a copy)";
+  EXPECT_TRUE(testing::close(dgkv.host_f32(), gkv, 0.0, 0.0)) << "grad_kv (a copy)";
+  // f32: the same additions in the same order as the CPU; bf16: the f32 sum rounded once.
+  EXPECT_TRUE(testing::close(dgkr.host_f32(), gkr, c.act == DType::BF16 ? testing::act_atol(c.act) : 0.0,
+                             c.act == DType::BF16 ? testing::act_rtol(c.act) : 0.0))
+      << "grad_kr (sum over heads)";
+  EXPECT_TRUE(dk.guards_intact() && dv.guards_intact() && dgkv.guards_intact() && dgkr.guards_intact())
+      << "write outside the output";
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, MlaKvCuda,
+                         ::testing::Values(MlaCase{1, 1, 1, 2, 1, DType::F32}, MlaCase{7, 3, 5, 4, 6, DType::F32},
+                                           MlaCase{33, 4, 32, 16, 32, DType::F32},
+                                           MlaCase{65, 16, 128, 64, 128, DType::F32},
+                                           MlaCase{7, 3, 5, 4, 6, DType::BF16},
+                                           MlaCase{65, 16, 128, 64, 128, DType::BF16}),
+                         kName);
+
+}  // namespace
+}  // namespace moelab

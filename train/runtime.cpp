@@ -1,0 +1,83 @@
+#include "train/runtime.h"
+
+#include <algorithm>
+
+#include "core/allocator.h"
+#if MOELAB_WITH_CUDA
+#include "cuda/runtime.h"
+#endif
+
+namespace moelab {
+
+Runtime make_runtime(const std::string& device, const std::string& precision) {
+  Runtime rt;
+  MOELAB_CHECK(device == "cpu" || device == "cuda", "device '", device, "' is not one of cpu, cuda");
+  MOELAB_CHECK(precision == "auto" || precision == "fp32" || precision == "bf16", "precision '", precision,
+               "' is not one of auto, fp32, bf16");
+  if (device == "cpu") {
+    MOELAB_CHECK(precision != "bf16", "precision bf16 runs on CUDA only (the CPU trains in fp32)");
+    return rt;
+  }
+  MOELAB_CHECK(cuda_available(), "device cuda: ",
+               MOELAB_WITH_CUDA ? "no GPU is visible (no driver, no device, or CUDA_VISIBLE_DEVICES hides them)"
+                                : "this moelab was built without CUDA (configure with -DMOELAB_CUDA=ON)");
+  rt.device = Device::CUDA;
+  rt.act = precision == "fp32" ? DType::F32 : DType::BF16;
+  rt.gpu = std::make_unique<GpuContext>();
+  return rt;
+}
+
+std::string Runtime::describe() const {
+  std::string s = std::string(device_name(device)) + (act == DType::BF16 ? " bf16 (f32 master weights)" : " fp32");
+#if MOELAB_WITH_CUDA
+  if (device == Device::CUDA) s += " on " + cuda::device_description(0);
+#endif
+  return s;
+}
+
+void Runtime::synchronize() const {
+#if MOELAB_WITH_CUDA
+  if (device == Device::CUDA) cuda::synchronize();
+#endif
+}
+
+size_t Runtime::arena_bytes(double estimate) const {
+  if (device == Device::CPU) return size_t{8} << 30;
+  double want = 3.0 * estimate + static_cast<double>(size_t{256} << 20);
+#if MOELAB_WITH_CUDA
+  const double free_bytes = static_cast<double>(cuda::free_memory()) - static_cast<double>(size_t{1} << 30);
+  MOELAB_CHECK(free_bytes > static_cast<double>(size_t{256} << 20), "the GPU has ",
+               (free_bytes + (size_t{1} << 30)) / (1 << 20), " MiB free after the model: too little for activations");
+  want = std::min(want, free_bytes);
+#endif
+  return static_cast<size_t>(want) / Arena::kAlignment * Arena::kAlignment;
+}
+
+namespace {
+void finish_placement(Model& model, const Runtime& rt) {
+  if (rt.act == DType::BF16) model.params().add_compute_copy(DType::BF16);
+}
+}  // namespace
+
+std::unique_ptr<Model> new_model(const ModelConfig& cfg, uint64_t seed, const Runtime& rt) {
+  auto model = std::make_unique<Model>(cfg);
+  model->allocate(rt.device, DType::F32);
+  model->initialize(seed);
+  finish_placement(*model, rt);
+  return model;
+}
+
+std::unique_ptr<Model> place_model(std::unique_ptr<Model> model, const Runtime& rt) {
+  MOELAB_CHECK(model->params().flat_params().device() == Device::CPU &&
+                   model->params().flat_params().dtype() == DType::F32,
+               "place_model: expected a CPU f32 model, got ", model->params().flat_params().str());
+  if (rt.device == Device::CPU) return model;
+  auto placed = std::make_unique<Model>(model->config());
+  placed->allocate(rt.device, DType::F32);
+  placed->params().flat_params().copy_from(model->params().flat_params());
+  placed->buffers().flat_params().copy_from(model->buffers().flat_params());
+  finish_placement(*placed, rt);
+  return placed;
+}
+
+}  // namespace moelab

@@ -1,0 +1,49 @@
+// Where and in which precision a command runs (train.device, train.precision; `--device` on the
+// command line): the device, the activation dtype, and on CUDA the GpuContext (cuBLASLt) that the
+// layers reach through Context::gpu. DESIGN.md, "Precision":
+//   cpu            fp32 everything
+//   cuda fp32      fp32 everything (the tight parity mode of the GPU tests)
+//   cuda bf16      bf16 weights (the parameter buffer's compute copy) and activations for matmuls
+//                  and attention, f32 accumulation; f32 norms, softmax, router and losses; f32
+//                  gradients, f32 master weights and AdamW (precision "auto" on cuda)
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "core/gpu_context.h"
+#include "core/nn/context.h"
+#include "core/nn/model.h"
+
+namespace moelab {
+
+struct Runtime {
+  Device device = Device::CPU;
+  DType act = DType::F32;            // activation dtype: f32, or bf16 (mixed precision on CUDA)
+  std::unique_ptr<GpuContext> gpu;   // set on CUDA
+
+  Context context(Arena& arena, int64_t batch, int64_t seq_len) const {
+    return Context{&arena, act, batch, seq_len, gpu.get()};
+  }
+  Tensor upload(const Tensor& host) const { return device == Device::CPU ? host : host.to(device); }
+  std::string describe() const;      // "cpu fp32", "cuda bf16 (f32 master weights) on NVIDIA H100 ..."
+  void synchronize() const;          // waits for the GPU's queued work (timing); a no-op on the CPU
+  // The activation arena's size for a step whose estimated activations take `estimate` bytes
+  // (train/model_info.h). CPU: a virtual reservation of 8 GiB (only the pages used are touched).
+  // CUDA: real memory, so 3x the estimate (saved activations, backward's temporaries) + 256 MiB,
+  // at most the free memory less 1 GiB; the peak used is printed at the end of a run.
+  size_t arena_bytes(double estimate) const;
+};
+
+// device: "cpu" | "cuda"; precision: "auto" | "fp32" | "bf16". Throws naming a bad value, or when
+// CUDA is asked for but not built or no GPU is visible.
+Runtime make_runtime(const std::string& device, const std::string& precision);
+
+// A freshly initialised model on the runtime's device (f32 master weights, plus the bf16 compute
+// copy in mixed precision): the same weights on every device for the same seed.
+std::unique_ptr<Model> new_model(const ModelConfig& cfg, uint64_t seed, const Runtime& rt);
+// The same model on the runtime's device: `model` (f32, on the CPU, e.g. from a checkpoint) itself
+// when that is where it runs, else a copy of its parameters and buffers.
+std::unique_ptr<Model> place_model(std::unique_ptr<Model> model, const Runtime& rt);
+
+}  // namespace moelab
