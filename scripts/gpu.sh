@@ -5,9 +5,15 @@
 #                            into .gpu_deps/debs (git-ignored; carried to the device)
 #   scripts/gpu.sh run       THERE: unpack them into .gpu_deps/prefix (never into /), build with
 #                            CUDA, run `ctest -L gpu`, compute-sanitizer (memcheck, racecheck) over
-#                            the GPU tests, and print a summary table last. Logs go to $OUT (or
-#                            gpu-logs/ when $OUT is unset).
-# With the device tool: run(command="bash scripts/gpu.sh run", carry=[".gpu_deps"]).
+#                            the GPU tests and over a short `moelab bench --device cuda`, and print a
+#                            summary table last. Logs go to $OUT (or gpu-logs/ when $OUT is unset).
+#   scripts/gpu.sh bench [preset ...]
+#                            THERE: build if needed, then scripts/gpu_bench.sh: moelab's bench next
+#                            to the PyTorch twin (eager, torch.compile) and HF DeepseekV3, with the
+#                            ratio table last (default presets: small v2lite_mini).
+# With the device tool: run(command="bash scripts/gpu.sh run", carry=[".gpu_deps"]), then
+# run(command="bash scripts/gpu.sh bench small", carry=[".gpu_deps"]) (one preset per call fits
+# the 10-minute limit with torch.compile's warm-up).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DEPS="$ROOT/.gpu_deps"
@@ -30,14 +36,22 @@ unpack() {
        "-Dnlohmann_json_DIR=$prefix/usr/share/cmake/nlohmann_json -DGTest_DIR=$gtest_dir"
 }
 
+BUILD="$ROOT/build-gpu"
+
+# Configures and builds into build-gpu/ against the unpacked packages; logs into $1.
+build() {
+  local out=$1
+  # shellcheck disable=SC2046
+  cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DMOELAB_CUDA=ON -DMOELAB_MPI=OFF $(unpack) \
+    > "$out/configure.log" 2>&1 && cmake --build "$BUILD" -j "$(nproc)" > "$out/build.log" 2>&1
+}
+
 run() {
   local out="${OUT:-$ROOT/gpu-logs}"; mkdir -p "$out"
-  local build="$ROOT/build-gpu" jobs; jobs=$(nproc)
+  local build="$BUILD"
   { nvidia-smi || true; nvcc --version || true; g++ --version | head -1; cmake --version | head -1; } > "$out/machine.txt" 2>&1
-  local status_build=FAIL status_tests=FAIL status_memcheck=SKIP status_racecheck=SKIP
-  # shellcheck disable=SC2046
-  if cmake -S "$ROOT" -B "$build" -DCMAKE_BUILD_TYPE=Release -DMOELAB_CUDA=ON -DMOELAB_MPI=OFF $(unpack) \
-       > "$out/configure.log" 2>&1 && cmake --build "$build" -j "$jobs" > "$out/build.log" 2>&1; then
+  local status_build=FAIL status_tests=FAIL status_memcheck=SKIP status_racecheck=SKIP status_bench=FAIL
+  if build "$out"; then
     status_build=ok
     "$build/train/moelab" info > "$out/info.txt" 2>&1 || true
     (cd "$build" && ctest -L gpu --output-on-failure) > "$out/ctest_gpu.log" 2>&1 && status_tests=ok
@@ -50,21 +64,36 @@ run() {
           eval "status_$tool=FAIL"
         fi
       done
+      # The whole training step under memcheck: every kernel with the model's real shapes.
+      compute-sanitizer --tool memcheck --error-exitcode 1 "$build/train/moelab" bench \
+        --config "$ROOT/examples/tiny.toml" --device cuda --steps 2 --warmup 1 > "$out/sanitizer_bench.log" 2>&1 \
+        || status_memcheck=FAIL
     fi
+    "$build/train/moelab" bench --config "$ROOT/examples/shakespeare_moe.toml" --device cuda --steps 20 --warmup 3 \
+      > "$out/bench_shakespeare_moe.log" 2>&1 && status_bench=ok
   fi
   tail -n 30 "$out/build.log" 2>/dev/null | grep -iE "error" | head -20 || true
   tail -n 40 "$out/ctest_gpu.log" 2>/dev/null || true
   cat "$out/info.txt" 2>/dev/null || true
+  cat "$out/bench_shakespeare_moe.log" 2>/dev/null || true
   printf '\n| step | result | log |\n|---|---|---|\n'
   printf '| build (CUDA) | %s | build.log |\n' "$status_build"
   printf '| ctest -L gpu | %s | ctest_gpu.log |\n' "$status_tests"
   printf '| compute-sanitizer memcheck | %s | sanitizer_memcheck.log |\n' "$status_memcheck"
   printf '| compute-sanitizer racecheck | %s | sanitizer_racecheck.log |\n' "$status_racecheck"
+  printf '| bench shakespeare_moe (cuda bf16) | %s | bench_shakespeare_moe.log |\n' "$status_bench"
   [ "$status_build" = ok ] && [ "$status_tests" = ok ]
+}
+
+bench() {
+  local out="${OUT:-$ROOT/gpu-logs}"; mkdir -p "$out"
+  [ -x "$BUILD/train/moelab" ] || build "$out" || { tail -n 30 "$out/build.log"; exit 1; }
+  bash "$ROOT/scripts/gpu_bench.sh" "$BUILD" "$out" "$@"
 }
 
 case "${1:-}" in
   prepare) prepare ;;
   run) run ;;
-  *) echo "usage: scripts/gpu.sh prepare|run" >&2; exit 2 ;;
+  bench) shift; bench "$@" ;;
+  *) echo "usage: scripts/gpu.sh prepare|run|bench [preset ...]" >&2; exit 2 ;;
 esac

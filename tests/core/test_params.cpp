@@ -55,6 +55,35 @@ TEST(ParamBuffer, InitialisationFollowsTheSpecAndTheStream) {
   EXPECT_DOUBLE_EQ(sum_sq, flat_sq);
 }
 
+// Mixed precision: the bf16 compute copy holds every parameter rounded to nearest even, at the same
+// offsets, and follows the master through initialize() and sync_compute_copy().
+TEST(ParamBuffer, ComputeCopyIsTheRoundedMaster) {
+  ParamBuffer pb = make_buffer();
+  pb.allocate(Device::CPU);
+  EXPECT_FALSE(pb.has_compute_copy());
+  EXPECT_EQ(pb.compute(2).raw(), pb.param(2).raw());  // without a copy, compute() is the master
+  EXPECT_THROW(pb.add_compute_copy(DType::F32), Error);
+  pb.add_compute_copy(DType::BF16);
+  EXPECT_THROW(pb.add_compute_copy(DType::BF16), Error);
+  pb.initialize(77);
+  auto expect_rounded = [&] {
+    for (size_t i = 0; i < pb.entries().size(); ++i) {
+      const Tensor master = pb.param(i), copy = pb.compute(i);
+      ASSERT_EQ(copy.dtype(), DType::BF16);
+      ASSERT_EQ(copy.shape(), master.shape());
+      const Tensor expected = master.to(DType::BF16);
+      for (int64_t j = 0; j < master.numel(); ++j)
+        ASSERT_EQ(copy.data<bf16_t>()[j].bits, expected.data<bf16_t>()[j].bits) << pb.entries()[i].spec.name << " [" << j << "]";
+    }
+  };
+  expect_rounded();
+  EXPECT_NE(pb.param(0).data<float>()[0], 0.0f);
+  // Something else writes the master (a checkpoint load): the copy follows after a sync.
+  fill_normal(pb.param(2), 5, 0, 0.0, 3.0);
+  pb.sync_compute_copy();
+  expect_rounded();
+}
+
 TEST(ParamBuffer, MisuseIsAClearError) {
   ParamBuffer pb = make_buffer();
   EXPECT_THROW(pb.declare({"model.embed_tokens.weight", {2}, Init::Zeros, 0.0f, false}), Error);

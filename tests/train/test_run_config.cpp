@@ -198,6 +198,12 @@ TEST(ConfigToml, TrainRules) {
               parse_config_toml("[model]\nmax_position_embeddings = 64\n[train]\nseq_len = 65\n", "x.toml").validate();
             }),
             "config: seq_len = 65 exceeds max_position_embeddings = 64 (raise model.max_position_embeddings)");
+  EXPECT_EQ(config_error([] { parse_config_toml("[train]\ndevice = \"gpu\"\n", "x.toml").validate(); }),
+            "config: device = 'gpu' is not one of cpu, cuda");
+  EXPECT_EQ(config_error([] { parse_config_toml("[train]\nprecision = \"fp16\"\n", "x.toml").validate(); }),
+            "config: precision = 'fp16' is not one of auto, fp32, bf16");
+  EXPECT_EQ(config_error([] { parse_config_toml("[train]\nprecision = \"bf16\"\n", "x.toml").validate(); }),
+            "config: precision = 'bf16' runs on CUDA only (device = 'cpu' trains in fp32)");
 }
 
 // ---- --set ----

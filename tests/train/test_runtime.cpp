@@ -1,0 +1,65 @@
+// train/runtime.h on the CPU: what --device / --precision resolve to, the errors for what this
+// machine cannot run, and models placed on the CPU (the CUDA side is tests/gpu/test_model_cuda.cpp).
+#include <gtest/gtest.h>
+
+#include "core/allocator.h"
+#include "tests/harness.h"
+#include "tests/nn/nn_harness.h"
+#include "train/optimizer.h"
+#include "train/runtime.h"
+
+namespace moelab {
+namespace {
+
+TEST(Runtime, CpuIsFp32WithoutAGpuContext) {
+  for (const char* precision : {"auto", "fp32"}) {
+    const Runtime rt = make_runtime("cpu", precision);
+    EXPECT_EQ(rt.device, Device::CPU);
+    EXPECT_EQ(rt.act, DType::F32);
+    EXPECT_EQ(rt.gpu, nullptr);
+    EXPECT_EQ(rt.describe(), "cpu fp32");
+  }
+}
+
+TEST(Runtime, WhatCannotRunHereIsAClearError) {
+  testing::expect_error([] { make_runtime("cpu", "bf16"); }, "bf16 runs on CUDA only");
+  testing::expect_error([] { make_runtime("tpu", "auto"); }, "device 'tpu' is not one of cpu, cuda");
+  testing::expect_error([] { make_runtime("cpu", "fp16"); }, "precision 'fp16' is not one of auto, fp32, bf16");
+  if (!cuda_available()) testing::expect_error([] { make_runtime("cuda", "auto"); }, "device cuda: ");
+}
+
+TEST(Runtime, NewModelIsTheSeededModelAndPlacingOnTheCpuKeepsIt) {
+  const ModelConfig cfg = testing::tiny_model_config();
+  const Runtime rt = make_runtime("cpu", "auto");
+  std::unique_ptr<Model> a = new_model(cfg, 42, rt);
+  Model b(cfg);
+  b.allocate(Device::CPU, DType::F32);
+  b.initialize(42);
+  EXPECT_FALSE(a->params().has_compute_copy());
+  EXPECT_TRUE(testing::close(a->params().flat_params(), b.params().flat_params(), 0.0, 0.0));
+  const Model* raw = a.get();
+  EXPECT_EQ(place_model(std::move(a), rt).get(), raw);  // already where it runs: the same model
+}
+
+// Mixed precision's bookkeeping, checkable on the CPU: AdamW's step rewrites the bf16 compute copy
+// so that it stays the master rounded to nearest even.
+TEST(Runtime, OptimizerStepKeepsTheComputeCopyRounded) {
+  Model model(testing::tiny_model_config());
+  model.allocate(Device::CPU, DType::F32);
+  model.initialize(3);
+  ParamBuffer& params = model.params();
+  params.add_compute_copy(DType::BF16);
+  AdamW optimizer(params, AdamWConfig{});
+  for (int step = 0; step < 3; ++step) {
+    params.flat_grads().copy_from(testing::randn(params.flat_grads().shape(), DType::F32, 10 + step));
+    optimizer.step(1e-2);
+  }
+  const Tensor expected = params.flat_params().to(DType::BF16);
+  for (const auto& e : params.entries())
+    for (int64_t i = 0; i < e.spec.shape.numel(); ++i)
+      ASSERT_EQ(params.flat_compute().data<bf16_t>()[e.offset + i].bits, expected.data<bf16_t>()[e.offset + i].bits)
+          << e.spec.name << " [" << i << "]";
+}
+
+}  // namespace
+}  // namespace moelab
