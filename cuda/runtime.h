@@ -18,6 +18,14 @@ void memcpy_d2h(void* dst, const void* src, size_t bytes);
 void memcpy_d2d(void* dst, const void* src, size_t bytes);
 void memset_device(void* dst, int value, size_t bytes);
 void synchronize();
-size_t free_memory();  // bytes free on the current device (cudaMemGetInfo)
+size_t free_memory();   // bytes free on the current device (cudaMemGetInfo)
+size_t total_memory();  // bytes on the current device
+
+// Timing events (a cudaEvent_t behind the pointer) on the default stream: record at a point of
+// the queued work, read the milliseconds between two after a synchronize().
+void* event_create();
+void event_destroy(void* event);
+void event_record(void* event);
+float event_elapsed_ms(void* start, void* end);
 
 }  // namespace moelab::cuda

@@ -13,10 +13,64 @@
 #include "train/model_info.h"
 #include "train/optimizer.h"
 #include "train/runtime.h"
+#if MOELAB_WITH_CUDA
+#include "cuda/runtime.h"
+#endif
 
 namespace moelab {
 
 namespace {
+// The phase timeline of core/profile.h for one step at a time: the clock (CPU) or a CUDA event
+// (GPU) at every phase change; after the step, each interval is added to the phase it began in.
+class StepTimeline final : public Profiler {
+ public:
+  explicit StepTimeline(bool cuda) : cuda_(cuda) {}
+  ~StepTimeline() override {
+#if MOELAB_WITH_CUDA
+    for (void* e : events_) cuda::event_destroy(e);
+#endif
+  }
+  void begin_step() {
+    marks_.clear();
+    mark(current());
+  }
+  // Ends the step (the GPU work queued so far must be finished: the caller synchronises after this
+  // call records its last mark) and adds its intervals to ms.
+  void end_step(std::array<double, kNumPhases>& ms, const Runtime& rt) {
+    mark(current());
+    rt.synchronize();
+    for (size_t i = 0; i + 1 < marks_.size(); ++i) ms[static_cast<size_t>(marks_[i].phase)] += elapsed_ms(i);
+  }
+
+ protected:
+  void mark(Phase now) override {
+    Mark m{now, std::chrono::steady_clock::now()};
+#if MOELAB_WITH_CUDA
+    if (cuda_) {
+      if (marks_.size() == events_.size()) events_.push_back(cuda::event_create());
+      cuda::event_record(events_[marks_.size()]);
+    }
+#endif
+    marks_.push_back(m);
+  }
+
+ private:
+  struct Mark {
+    Phase phase;
+    std::chrono::steady_clock::time_point t;
+  };
+  double elapsed_ms(size_t i) const {
+#if MOELAB_WITH_CUDA
+    if (cuda_) return cuda::event_elapsed_ms(events_[i], events_[i + 1]);
+#endif
+    return std::chrono::duration<double, std::milli>(marks_[i + 1].t - marks_[i].t).count();
+  }
+
+  bool cuda_;
+  std::vector<Mark> marks_;
+  std::vector<void*> events_;  // CUDA: one per mark, reused every step
+};
+
 // Uniform random token windows [B, T + 1 + D_mtp] from the Philox stream (fresh per step).
 Tensor random_tokens(const ModelConfig& cfg, const BenchOptions& opt, int64_t step) {
   const int64_t width = opt.seq_len + 1 + cfg.num_nextn_predict_layers;
@@ -40,9 +94,13 @@ BenchResult run_bench(const ModelConfig& cfg, const BenchOptions& opt) {
   AdamW optimizer(model.params(), AdamWConfig{});
   const ModelInfo info = model_info(model, opt.batch_size, opt.seq_len);
   Arena arena(rt.arena_bytes(info.activation_bytes()), rt.device);
-  const Context ctx = rt.context(arena, opt.batch_size, opt.seq_len);
+  Context ctx = rt.context(arena, opt.batch_size, opt.seq_len);
+  StepTimeline timeline(rt.device == Device::CUDA);
+  ctx.profiler = &timeline;
+  std::array<double, kNumPhases> phase_total{};
 
   BenchResult r;
+  r.cuda = rt.device == Device::CUDA;
   r.params = model.params().numel();
   r.threads = omp_get_max_threads();
   r.runtime = rt.describe();
@@ -52,18 +110,25 @@ BenchResult run_bench(const ModelConfig& cfg, const BenchOptions& opt) {
     const Tensor tokens = rt.upload(random_tokens(cfg, opt, step));  // made outside the timed region
     rt.synchronize();
     const auto t0 = std::chrono::steady_clock::now();
+    timeline.begin_step();
     arena.reset();
     Model::Saved saved;
     const Model::Losses losses = model.forward(ctx, tokens, saved);
     model.params().zero_grads();
     model.backward(ctx, saved);
-    clip_grad_norm({model.params().flat_grads()}, 1.0);
-    optimizer.step(opt.lr);
-    std::vector<std::vector<double>> loads;
-    for (const MoEStats& st : model.moe_stats(saved)) loads.push_back(st.load);
-    model.update_bias(loads);
-    rt.synchronize();
+    {
+      const PhaseScope phase(&timeline, Phase::Optimizer);
+      clip_grad_norm({model.params().flat_grads()}, 1.0);
+      optimizer.step(opt.lr);
+      std::vector<std::vector<double>> loads;
+      for (const MoEStats& st : model.moe_stats(saved)) loads.push_back(st.load);
+      model.update_bias(loads);
+    }
+    std::array<double, kNumPhases> step_phases{};
+    timeline.end_step(step_phases, rt);  // synchronises
     const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    if (step >= opt.warmup)
+      for (int p = 0; p < kNumPhases; ++p) phase_total[static_cast<size_t>(p)] += step_phases[static_cast<size_t>(p)];
     if (step == 0) r.first_loss = losses.total;
     r.last_loss = losses.total;
     if (step >= opt.warmup) {
@@ -76,6 +141,11 @@ BenchResult run_bench(const ModelConfig& cfg, const BenchOptions& opt) {
   r.tokens_per_second = static_cast<double>(opt.batch_size * opt.seq_len) / (r.ms_per_step / 1000.0);
   r.arena_peak_bytes = arena.peak();
   r.model_gflops = r.tokens_per_second * info.flops_per_token / 1e9;
+  for (int p = 0; p < kNumPhases; ++p)
+    r.phase_ms[static_cast<size_t>(p)] = phase_total[static_cast<size_t>(p)] / static_cast<double>(opt.steps);
+#if MOELAB_WITH_CUDA
+  if (r.cuda) r.device_memory_bytes = static_cast<double>(cuda::total_memory() - cuda::free_memory());
+#endif
   return r;
 }
 
@@ -104,17 +174,34 @@ double measured_gemm_gflops(const Runtime& rt, int64_t n) {
 
 std::string format_bench(const BenchResult& r, const BenchOptions& opt) {
   char buf[1024];
+  std::string out;
   std::snprintf(buf, sizeof buf,
                 "moelab tokens/s: %.0f  ms/step: %.2f (min %.2f)\n"
                 "%s, %d threads, batch %lld x seq %lld, %lld timed steps after %lld warm-up, %lld params, "
                 "activation arena peak %.1f MiB, loss %.4f -> %.4f\n"
-                "model %.1f GFLOP/s = %.1f%% of the %.0f GFLOP/s GEMM measured in this run\n",
+                "model %.1f GFLOP/s = MFU %.1f%% of the %.0f GFLOP/s GEMM measured in this run",
                 r.tokens_per_second, r.ms_per_step, r.ms_per_step_min, r.runtime.c_str(), r.threads,
                 static_cast<long long>(opt.batch_size), static_cast<long long>(opt.seq_len),
                 static_cast<long long>(opt.steps), static_cast<long long>(opt.warmup),
                 static_cast<long long>(r.params), static_cast<double>(r.arena_peak_bytes) / (1 << 20), r.first_loss,
                 r.last_loss, r.model_gflops, 100.0 * r.model_gflops / r.gemm_gflops, r.gemm_gflops);
-  return buf;
+  out += buf;
+  if (r.cuda) {
+    std::snprintf(buf, sizeof buf, "; %.1f%% of the H100 SXM's %.0f TFLOP/s bf16 dense peak; GPU memory in use %.0f MiB",
+                  100.0 * r.model_gflops / (kH100Bf16DenseTflops * 1e3), kH100Bf16DenseTflops,
+                  r.device_memory_bytes / (1 << 20));
+    out += buf;
+  }
+  out += "\nphase               ms/step      %\n";
+  double total = 0;
+  for (double ms : r.phase_ms) total += ms;
+  for (int p = 0; p < kNumPhases; ++p) {
+    const double ms = r.phase_ms[static_cast<size_t>(p)];
+    std::snprintf(buf, sizeof buf, "  %-17s %9.3f %6.1f\n", phase_name(static_cast<Phase>(p)), ms,
+                  total > 0 ? 100.0 * ms / total : 0.0);
+    out += buf;
+  }
+  return out;
 }
 
 }  // namespace moelab

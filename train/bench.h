@@ -1,13 +1,20 @@
 // `moelab bench`: times full training steps (forward, backward, gradient clipping, AdamW, the
-// aux-loss-free bias update) of a model on random tokens, after a few warm-up steps. A benchmark
-// command, never a test: the numbers go into examples/BENCHMARKS.md next to the peer's
-// (tests/reference/bench_torch.py on the same config and thread count).
+// aux-loss-free bias update) of a model on random tokens, after a few warm-up steps, on the CPU or
+// the GPU (--device, --precision: train/runtime.h). Reports tokens/s, ms per step and per phase
+// (core/profile.h: attention, router, permute/combine, expert GEMMs, dense GEMMs, norms/elementwise,
+// loss, optimizer; on the GPU timed with CUDA events between phase changes), the model's FLOP rate
+// (train/model_info.h's count) as MFU against a GEMM measured in the same run and, on CUDA, against
+// the H100 SXM's 989 TFLOP/s bf16 dense peak, and the memory used. A benchmark command, never a
+// test: the numbers go into examples/BENCHMARKS.md next to the peers' (tests/reference/
+// bench_torch.py on the same config; scripts/gpu_bench.sh runs both on the GPU).
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <string>
 
 #include "core/nn/config.h"
+#include "core/profile.h"
 #include "core/tensor.h"
 
 namespace moelab {
@@ -34,7 +41,12 @@ struct BenchResult {
   std::string runtime;          // Runtime::describe()
   double gemm_gflops = 0;       // the GEMM rate measured in the same run (MFU's denominator)
   double model_gflops = 0;      // training FLOPs per second (train/model_info.h's count)
+  std::array<double, kNumPhases> phase_ms{};  // mean ms per timed step in each phase
+  double device_memory_bytes = 0;  // CUDA: memory in use on the device at the end (all of moelab's)
+  bool cuda = false;
 };
+
+constexpr double kH100Bf16DenseTflops = 989.0;  // H100 SXM, dense bf16 (the MFU reference)
 
 BenchResult run_bench(const ModelConfig& cfg, const BenchOptions& opt);
 

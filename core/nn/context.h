@@ -17,6 +17,7 @@
 
 #include "core/arena.h"
 #include "core/gpu_context.h"
+#include "core/profile.h"
 #include "core/tensor.h"
 
 namespace moelab {
@@ -27,6 +28,7 @@ struct Context {
   int64_t batch = 0;         // B
   int64_t seq_len = 0;       // T
   const GpuContext* gpu = nullptr;  // required when the arena is on CUDA
+  Profiler* profiler = nullptr;     // phase timing (`moelab bench`); null: off
 
   int64_t tokens() const { return batch * seq_len; }  // N
   Device device() const { return arena->device(); }

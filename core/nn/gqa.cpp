@@ -38,7 +38,10 @@ void GQAttention::forward(const Context& ctx, const Tensor& x, const Tensor& y, 
     rope_forward(s.q, s.q, head_dim_ - rope_dim_, rope_dim_, rope_theta_);
     rope_forward(s.k, s.k, head_dim_ - rope_dim_, rope_dim_, rope_theta_);
   }
-  attention_forward(s.q, s.k, s.v, static_cast<float>(1.0 / std::sqrt(static_cast<double>(head_dim_))), s.out, s.lse);
+  {
+    const PhaseScope phase(ctx.profiler, Phase::Attention);
+    attention_forward(s.q, s.k, s.v, static_cast<float>(1.0 / std::sqrt(static_cast<double>(head_dim_))), s.out, s.lse);
+  }
   o_proj_.forward(ctx, s.out.as_rows(N), y);
 }
 
@@ -47,8 +50,11 @@ void GQAttention::backward(const Context& ctx, const Saved& s, const Tensor& gra
   Tensor grad_out = ctx.alloc({N, heads_ * head_dim_});
   o_proj_.backward(ctx, s.out.as_rows(N), grad_y, grad_out);
   Tensor gq = ctx.alloc(s.q.shape()), gk = ctx.alloc(s.k.shape()), gv = ctx.alloc(s.v.shape());
-  attention_backward(grad_out.reshape(s.out.shape()), s.q, s.k, s.v, s.out, s.lse,
-                     static_cast<float>(1.0 / std::sqrt(static_cast<double>(head_dim_))), gq, gk, gv);
+  {
+    const PhaseScope phase(ctx.profiler, Phase::Attention);
+    attention_backward(grad_out.reshape(s.out.shape()), s.q, s.k, s.v, s.out, s.lse,
+                       static_cast<float>(1.0 / std::sqrt(static_cast<double>(head_dim_))), gq, gk, gv);
+  }
   if (rope_dim_ > 0) {
     rope_backward(gq, gq, head_dim_ - rope_dim_, rope_dim_, rope_theta_);
     rope_backward(gk, gk, head_dim_ - rope_dim_, rope_dim_, rope_theta_);

@@ -64,7 +64,10 @@ void MLAttention::forward(const Context& ctx, const Tensor& x, const Tensor& y, 
   mla_kv_forward(kv, kr, heads_, nope_, s.k, s.v);
   s.out = ctx.alloc({B, T, heads_, v_dim_});
   s.lse = ctx.alloc_stat({B, heads_, T});
-  attention_forward(s.q, s.k, s.v, scale(), s.out, s.lse);
+  {
+    const PhaseScope phase(ctx.profiler, Phase::Attention);
+    attention_forward(s.q, s.k, s.v, scale(), s.out, s.lse);
+  }
   o_proj_.forward(ctx, s.out.as_rows(N), y);
 }
 
@@ -73,7 +76,10 @@ void MLAttention::backward(const Context& ctx, const Saved& s, const Tensor& gra
   Tensor grad_out = ctx.alloc(s.out.shape());
   o_proj_.backward(ctx, s.out.as_rows(N), grad_y, grad_out.as_rows(N));
   Tensor gq = ctx.alloc(s.q.shape()), gk = ctx.alloc(s.k.shape()), gv = ctx.alloc(s.v.shape());
-  attention_backward(grad_out, s.q, s.k, s.v, s.out, s.lse, scale(), gq, gk, gv);
+  {
+    const PhaseScope phase(ctx.profiler, Phase::Attention);
+    attention_backward(grad_out, s.q, s.k, s.v, s.out, s.lse, scale(), gq, gk, gv);
+  }
 
   // Key/value path back to x.
   Tensor gkv = ctx.alloc({N, heads_, nope_ + v_dim_}), gkr = ctx.alloc({N, rope_});

@@ -54,9 +54,13 @@ double Model::head_forward(const Context& ctx, const RMSNorm& norm, const Tensor
   hs.normed = ctx.alloc(h.shape());
   norm.forward(ctx, h, hs.normed, hs.norm);
   hs.logits = ctx.alloc({N, V});
-  matmul_forward(hs.normed, head_weight(), hs.logits, ctx.gpu);
+  {
+    const PhaseScope phase(ctx.profiler, Phase::DenseGemm);
+    matmul_forward(hs.normed, head_weight(), hs.logits, ctx.gpu);
+  }
   hs.lse = ctx.alloc_stat({N});
   hs.losses = ctx.alloc_stat({N});
+  const PhaseScope phase(ctx.profiler, Phase::Loss);
   return cross_entropy_forward(hs.logits, hs.targets.reshape({N}), kIgnoreIndex, hs.losses, hs.lse);
 }
 
@@ -64,8 +68,14 @@ void Model::head_backward(const Context& ctx, const RMSNorm& norm, const HeadSav
                           const Tensor& grad_h) const {
   const int64_t N = ctx.tokens();
   Tensor grad_logits = ctx.alloc(hs.logits.shape()), grad_normed = ctx.alloc(hs.normed.shape());
-  cross_entropy_backward(hs.logits, hs.targets.reshape({N}), hs.lse, kIgnoreIndex, weight, grad_logits);
-  matmul_backward(grad_logits, hs.normed, head_weight(), grad_normed, head_grad(), ctx.gpu);
+  {
+    const PhaseScope phase(ctx.profiler, Phase::Loss);
+    cross_entropy_backward(hs.logits, hs.targets.reshape({N}), hs.lse, kIgnoreIndex, weight, grad_logits);
+  }
+  {
+    const PhaseScope phase(ctx.profiler, Phase::DenseGemm);
+    matmul_backward(grad_logits, hs.normed, head_weight(), grad_normed, head_grad(), ctx.gpu);
+  }
   norm.backward(hs.norm, grad_normed, grad_h);
 }
 

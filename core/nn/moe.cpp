@@ -83,6 +83,7 @@ Tensor MoE::e_score_correction_bias() const {
 }
 
 void MoE::route(const Context& ctx, const Tensor& x, Saved& s, MoEStats& stats) const {
+  const PhaseScope phase(ctx.profiler, Phase::Router);
   const int64_t N = x.size(0), E = cfg_.n_routed_experts, K = cfg_.num_experts_per_tok;
   s.x = x;
   // The router runs in full precision (DESIGN.md, "Precision"): the gate GEMM reads the f32 master
@@ -125,6 +126,7 @@ void MoE::route(const Context& ctx, const Tensor& x, Saved& s, MoEStats& stats) 
 }
 
 void MoE::balance_losses(const Context& ctx, const Saved& s, MoEStats& stats) const {
+  const PhaseScope phase(ctx.profiler, Phase::Router);
   const int64_t N = s.scores.size(0);
   stats.seq_aux_loss = cfg_.seq_aux_loss_alpha > 0
                            ? moe_aux_loss_forward(s.scores, s.topk_idx, ctx.seq_len, cfg_.seq_aux_loss_alpha)
@@ -135,6 +137,7 @@ void MoE::balance_losses(const Context& ctx, const Saved& s, MoEStats& stats) co
 
 void MoE::experts_grouped(const Context& ctx, const Tensor& y, Saved& s) const {
   const ExpertDispatch& d = dispatch();
+  PhaseScope permute(ctx.profiler, Phase::PermuteCombine);
   s.layout = d.layout(ctx, s.expert_idx, cfg_.n_routed_experts);
   const DispatchLayout& layout = *s.layout;
   const int64_t first = layout.first_expert, count = static_cast<int64_t>(layout.num_tokens_per_expert.size());
@@ -145,12 +148,17 @@ void MoE::experts_grouped(const Context& ctx, const Tensor& y, Saved& s) const {
   d.dispatch(ctx, layout, s.x, expert_x);
   s.expert_y = ctx.alloc({M, D});
   s.experts.assign(count, {});
-  // Each local expert runs once on its contiguous block of rows (an expert with no rows is skipped).
-  for (int64_t i = 0, row = 0; i < count; row += layout.num_tokens_per_expert[i], ++i) {
-    const int64_t rows = layout.num_tokens_per_expert[i];
-    if (rows > 0)
-      experts_[first + i].forward(ctx, expert_x.slice(row, row + rows), s.expert_y.slice(row, row + rows),
-                                  s.experts[i]);
+  // Each local expert runs once on its contiguous block of rows (an expert with no rows is skipped):
+  // one cuBLASLt call per expert and projection. A grouped GEMM over all experts would replace this
+  // loop (and its backward twin) and nothing else.
+  {
+    const PhaseScope experts(ctx.profiler, Phase::ExpertGemm);
+    for (int64_t i = 0, row = 0; i < count; row += layout.num_tokens_per_expert[i], ++i) {
+      const int64_t rows = layout.num_tokens_per_expert[i];
+      if (rows > 0)
+        experts_[first + i].forward(ctx, expert_x.slice(row, row + rows), s.expert_y.slice(row, row + rows),
+                                    s.experts[i]);
+    }
   }
   d.combine(ctx, layout, s.expert_y, s.topk_weights, y);
 }
@@ -197,13 +205,17 @@ void MoE::experts_grouped_backward(const Context& ctx, const Saved& s, const Ten
   const DispatchLayout& layout = *s.layout;
   const int64_t M = layout.rows(), D = cfg_.hidden_size;
   Tensor grad_expert_y = ctx.alloc({M, D}), grad_expert_x = ctx.alloc({M, D});
+  const PhaseScope permute(ctx.profiler, Phase::PermuteCombine);
   d.combine_backward(ctx, layout, grad_y, s.expert_y, s.topk_weights, grad_expert_y, grad_topk_weights);
   const int64_t count = static_cast<int64_t>(layout.num_tokens_per_expert.size());
-  for (int64_t i = 0, row = 0; i < count; row += layout.num_tokens_per_expert[i], ++i) {
-    const int64_t rows = layout.num_tokens_per_expert[i];
-    if (rows > 0)
-      experts_[layout.first_expert + i].backward(ctx, s.experts[i], grad_expert_y.slice(row, row + rows),
-                                                 grad_expert_x.slice(row, row + rows));
+  {
+    const PhaseScope experts(ctx.profiler, Phase::ExpertGemm);
+    for (int64_t i = 0, row = 0; i < count; row += layout.num_tokens_per_expert[i], ++i) {
+      const int64_t rows = layout.num_tokens_per_expert[i];
+      if (rows > 0)
+        experts_[layout.first_expert + i].backward(ctx, s.experts[i], grad_expert_y.slice(row, row + rows),
+                                                   grad_expert_x.slice(row, row + rows));
+    }
   }
   d.dispatch_backward(ctx, layout, grad_expert_x, grad_x);
 }
@@ -229,6 +241,7 @@ void MoE::experts_naive_backward(const Context& ctx, const Saved& s, const Tenso
 
 void MoE::router_backward(const Context& ctx, const Saved& s, const Tensor& grad_topk_weights,
                           double balance_grad_scale, const Tensor& grad_x) const {
+  const PhaseScope phase(ctx.profiler, Phase::Router);
   const int64_t N = s.scores.size(0), E = cfg_.n_routed_experts;
   // d/ds: the gate values (only the selected experts), then each balance loss through P.
   Tensor grad_scores = ctx.alloc_stat({N, E});
