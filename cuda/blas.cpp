@@ -16,10 +16,14 @@ namespace {
 
 cudaDataType_t data_type(GemmType t) { return t == GemmType::BF16 ? CUDA_R_16BF : CUDA_R_32F; }
 
-// The largest power of two (<= 256) dividing the address: cuBLASLt assumes 256-byte aligned
-// operands unless told otherwise, and sub-tensors (an expert's rows) often are not.
-uint32_t alignment_of(const void* p) {
-  const auto a = reinterpret_cast<uintptr_t>(p);
+size_t element_bytes(GemmType t) { return t == GemmType::BF16 ? 2 : 4; }
+
+// The largest power of two (<= 256) dividing the address of every matrix of a batch (the base
+// and the stride in bytes): cuBLASLt assumes 256-byte aligned operands unless told otherwise, and
+// sub-tensors (an expert's rows) often are not.
+uint32_t alignment_of(const void* p, int64_t batch = 1, int64_t stride_bytes = 0) {
+  uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  if (batch > 1) a |= static_cast<uintptr_t>(stride_bytes);
   uint32_t align = 256;
   while (align > 1 && a % align != 0) align /= 2;
   return align;
@@ -67,7 +71,22 @@ struct Blas::Impl {
   void* workspace = nullptr;
   std::map<PlanKey, std::unique_ptr<Plan>> plans;
 
+  Impl() = default;
+  Impl(const Impl&) = delete;
+  Impl& operator=(const Impl&) = delete;
+  ~Impl() {  // also after a constructor that threw half-way (Blas owns a complete Impl by then)
+    plans.clear();
+    if (workspace) cudaFree(workspace);
+    if (handle) cublasLtDestroy(handle);
+  }
   const Plan& plan_for(const GemmParams& p);
+  // The alignments cuBLASLt may assume for A, B and C (ours, row-major names).
+  std::array<uint32_t, 3> alignments(const GemmParams& p) const {
+    const size_t ab = element_bytes(p.ab_type), c = element_bytes(p.c_type);
+    return {alignment_of(p.a, p.batch, p.stride_a * static_cast<int64_t>(ab)),
+            alignment_of(p.b, p.batch, p.stride_b * static_cast<int64_t>(ab)),
+            alignment_of(p.c, p.batch, p.stride_c * static_cast<int64_t>(c))};
+  }
 };
 
 Blas::Blas() : impl_(std::make_unique<Impl>()) {
@@ -75,18 +94,14 @@ Blas::Blas() : impl_(std::make_unique<Impl>()) {
   CUDA_CHECK(cudaMalloc(&impl_->workspace, kWorkspaceBytes));
 }
 
-Blas::~Blas() {
-  impl_->plans.clear();
-  if (impl_->workspace) cudaFree(impl_->workspace);
-  if (impl_->handle) cublasLtDestroy(impl_->handle);
-}
+Blas::~Blas() = default;
 
 size_t Blas::cached_plans() const { return impl_->plans.size(); }
 
 const Plan& Blas::Impl::plan_for(const GemmParams& p) {
+  const std::array<uint32_t, 3> align = alignments(p);
   const PlanKey key{p.m, p.n, p.k, p.trans_a, p.trans_b, static_cast<int64_t>(p.ab_type), static_cast<int64_t>(p.c_type),
-                    p.beta != 0.0f, p.batch, p.stride_a, p.stride_b, p.stride_c, alignment_of(p.a),
-                    alignment_of(p.b), alignment_of(p.c), 0};
+                    p.beta != 0.0f, p.batch, p.stride_a, p.stride_b, p.stride_c, align[0], align[1], align[2], 0};
   auto it = plans.find(key);
   if (it != plans.end()) return *it->second;
 
@@ -113,7 +128,7 @@ const Plan& Blas::Impl::plan_for(const GemmParams& p) {
   cublasLtMatmulPreference_t pref = nullptr;
   CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
   const uint64_t ws = kWorkspaceBytes;
-  const uint32_t align_first = alignment_of(p.b), align_second = alignment_of(p.a), align_c = alignment_of(p.c);
+  const uint32_t align_first = align[1], align_second = align[0], align_c = align[2];
   cublasLtMatmulHeuristicResult_t result{};
   int found = 0;
   cublasStatus_t status =
@@ -144,9 +159,12 @@ void Blas::gemm(const GemmParams& p) {
   if (p.m < 0 || p.n < 0 || p.k < 0 || p.batch < 1) throw CudaError("Blas::gemm: bad sizes in " + describe(p));
   if (p.m == 0 || p.n == 0 || p.batch == 0) return;
   if (p.k == 0) {  // an empty sum: C = beta * C, which cuBLASLt does not promise for k = 0
-    if (p.beta != 0.0f) return;  // only beta 0 and 1 are used by moelab; beta = 1 leaves C as it is
-    const size_t elem = p.c_type == GemmType::BF16 ? 2 : 4;
-    CUDA_CHECK(cudaMemsetAsync(p.c, 0, static_cast<size_t>(p.m * p.n * p.batch) * elem, p.stream));
+    if (p.beta == 1.0f) return;
+    if (p.beta != 0.0f) throw CudaError("Blas::gemm: k = 0 with beta other than 0 or 1 in " + describe(p));
+    const size_t elem = element_bytes(p.c_type);
+    for (int64_t i = 0; i < p.batch; ++i)
+      CUDA_CHECK(cudaMemsetAsync(static_cast<char*>(p.c) + static_cast<size_t>(i * p.stride_c) * elem, 0,
+                                 static_cast<size_t>(p.m * p.n) * elem, p.stream));
     return;
   }
   const Plan& plan = impl_->plan_for(p);

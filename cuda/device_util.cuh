@@ -48,6 +48,11 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
   return warp_max(v);
 }
 
+// The global index of this thread in a 1-D grid (64-bit: tensors may exceed 2^31 elements).
+__device__ __forceinline__ int64_t thread_index() {
+  return static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+}
+
 inline unsigned blocks_for(int64_t n, int threads) { return static_cast<unsigned>((n + threads - 1) / threads); }
 
 // Calls fn(T*) with the storage type of an activation tensor: f32 or bf16.

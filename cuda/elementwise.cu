@@ -14,10 +14,6 @@ namespace {
 
 constexpr int kThreads = 256;
 
-__device__ __forceinline__ int64_t thread_index() {
-  return static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-}
-
 template <typename T>
 __global__ void add_kernel(const T* a, const T* b, T* out, int64_t n) {
   const int64_t i = thread_index();

@@ -15,10 +15,6 @@ namespace {
 
 constexpr int kThreads = 256;
 
-__device__ __forceinline__ int64_t thread_index() {
-  return static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-}
-
 // k[n, h, d] = d < Dn ? kv[n, h, d] : kr[n, d - Dn]
 template <typename T>
 __global__ void mla_k_forward_kernel(const T* kv, const T* kr, T* k, int64_t N, int64_t H, int64_t Dn, int64_t Dr,

@@ -104,10 +104,11 @@ TrainResult train(const RunConfig& cfg_in, const TrainOptions& options) {
 
   MetricsLog log(tc.out_dir, options.console);
   const ModelInfo info = model_info(*model, tc.batch_size, tc.seq_len);
+  // MFU's denominator: a GEMM measured here, now (before the arena takes the GPU's free memory).
+  const double peak_gflops = measured_gemm_gflops(rt);
   Arena arena(rt.arena_bytes(info.activation_bytes()), rt.device);
   const Context ctx = rt.context(arena, tc.batch_size, tc.seq_len);
   const double tokens_per_step = static_cast<double>(tc.batch_size * tc.seq_len * tc.grad_accum_steps);
-  const double peak_gflops = measured_gemm_gflops(rt);  // MFU's denominator: a GEMM measured here, now
   {
     char buf[768];
     std::snprintf(buf, sizeof buf,

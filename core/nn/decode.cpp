@@ -104,6 +104,8 @@ void GQAttention::decode(const Context& ctx, const Tensor& x, const Tensor& y, K
 // ---- MoE ----
 
 void MoE::decode(const Context& ctx, const Tensor& x, const Tensor& y) const {
+  MOELAB_CHECK(!naive_ || x.device() == Device::CPU, "MoE::decode: the naive expert path is a CPU reference (x is ",
+               x.str(), ")");
   Saved s;
   MoEStats unused;
   route(ctx, x, s, unused);
