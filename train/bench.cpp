@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstdio>
 
+#include "core/cuda_dispatch.h"
 #include "core/nn/model.h"
 #include "core/ops/grad_norm.h"
 #include "core/ops/matmul.h"

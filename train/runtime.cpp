@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "core/allocator.h"
+#include "core/cuda_dispatch.h"
 #if MOELAB_WITH_CUDA
 #include "cuda/runtime.h"
 #endif
