@@ -35,13 +35,14 @@ __global__ void ce_forward_kernel(const T* logits, const int32_t* targets, float
     if (v > m) {
       s = s * expf(m - v) + 1.0f;  // expf(-inf) = 0 on the first element
       m = v;
-    } else {
+    } else if (v != -INFINITY) {  // -inf adds e^-inf = 0 (and -inf - -inf would be NaN)
       s += expf(v - m);  // a NaN logit makes s NaN, as on the CPU
     }
   }
   const float row_max = block_max(m, scratch);
-  // A thread that saw no column (V < blockDim) or only -inf adds nothing.
-  const float mine = m == -INFINITY ? 0.0f : s * expf(m - row_max);
+  // A thread that saw no column (V < blockDim) or only -inf adds nothing; one that saw a NaN
+  // passes it on (s is NaN), so a NaN logit makes the row's loss NaN whatever the thread layout.
+  const float mine = s == 0.0f ? 0.0f : s * expf(m - row_max);
   const float sum = block_sum(mine, scratch);
   if (threadIdx.x == 0) {
     const float log_sum = logf(sum);

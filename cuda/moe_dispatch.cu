@@ -125,7 +125,7 @@ __global__ void combine_forward_kernel(const T* expert_y, const int32_t* pos, co
     float acc = 0.0f;
     for (int64_t k = 0; k < K; ++k)
       if (const int32_t p = pn[k]; p >= 0 && p < M)
-        acc = __fadd_rn(acc, __fmul_rn(wn[k], load(expert_y, p * D + d)));  // no FMA: the CPU's rounding
+        acc = __fadd_rn(acc, __fmul_rn(wn[k], load(expert_y, p * D + d)));  // separate multiply and add (no FMA contraction)
     store(yn, d, bad ? NAN : acc);
   }
 }

@@ -4,7 +4,7 @@
 // entry that ranks after the (k-1)-th: K warp-wide arg-max passes, no per-token storage, and the
 // result is the CPU's whatever the reduction tree. The selection scores s + b are the same f32
 // additions as on the CPU, so the chosen experts are exactly the CPU's.
-// Gates: one thread (forward) or one warp (backward) per token, sums in k order without FMA
+// Gates: one thread (forward) or one warp (backward) per token, sums in k order (multiply, then add)
 // contraction (the CPU's roundings). Capacity: the assignments grouped by expert with the layout
 // kernel of cuda/moe_dispatch.cu, then each assignment counts the entries of its expert that rank
 // before it (higher score, ties by the lower assignment index = the CPU's stable sort).
@@ -137,7 +137,7 @@ __global__ void gate_backward_kernel(const float* grad_topk_weights, const float
   if (norm_topk_prob && !bad)
     for (int64_t k = 0; k < K; ++k) {
       denom += s[idx[k]];
-      dot = __fadd_rn(dot, __fmul_rn(gg[k], s[idx[k]]));  // no FMA: the CPU's rounding
+      dot = __fadd_rn(dot, __fmul_rn(gg[k], s[idx[k]]));  // separate multiply and add (no FMA contraction)
     }
   float* gs = grad_scores + row * E;
   for (int64_t e = threadIdx.x; e < E; e += kWarp) {

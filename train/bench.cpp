@@ -143,6 +143,9 @@ BenchResult run_bench(const ModelConfig& cfg, const BenchOptions& opt) {
   r.tokens_per_second = static_cast<double>(opt.batch_size * opt.seq_len) / (r.ms_per_step / 1000.0);
   r.arena_peak_bytes = arena.peak();
   r.model_gflops = r.tokens_per_second * info.flops_per_token / 1e9;
+  const double tokens = static_cast<double>(opt.batch_size * opt.seq_len);
+  r.attention_flops = info.flops_attention * tokens;
+  r.expert_flops = 6.0 * static_cast<double>(info.routed_experts.active + info.mtp_routed_experts.active) * tokens;
   for (int p = 0; p < kNumPhases; ++p)
     r.phase_ms[static_cast<size_t>(p)] = phase_total[static_cast<size_t>(p)] / static_cast<double>(opt.steps);
 #if MOELAB_WITH_CUDA
@@ -203,6 +206,17 @@ std::string format_bench(const BenchResult& r, const BenchOptions& opt) {
                   total > 0 ? 100.0 * ms / total : 0.0);
     out += buf;
   }
+  // TFLOP/s of a phase from its FLOPs per step and its ms per step, and the share of the GEMM rate.
+  auto rate = [&](const char* what, double flops, Phase p) {
+    const double ms = r.phase_ms[static_cast<size_t>(p)];
+    if (flops <= 0 || ms <= 0) return;
+    const double gflops = flops / (ms * 1e6);
+    std::snprintf(buf, sizeof buf, "%s: %.1f GFLOP/s = %.1f%% of the measured GEMM\n", what, gflops,
+                  100.0 * gflops / r.gemm_gflops);
+    out += buf;
+  };
+  rate("attention (causal, fwd + bwd)", r.attention_flops, Phase::Attention);
+  rate("expert GEMMs (routed, fwd + bwd)", r.expert_flops, Phase::ExpertGemm);
   return out;
 }
 

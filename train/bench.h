@@ -42,6 +42,11 @@ struct BenchResult {
   double gemm_gflops = 0;       // the GEMM rate measured in the same run (MFU's denominator)
   double model_gflops = 0;      // training FLOPs per second (train/model_info.h's count)
   std::array<double, kNumPhases> phase_ms{};  // mean ms per timed step in each phase
+  // FLOPs per step of the phases with a clean count (train/model_info.h): attention (causal half,
+  // forward + backward) and the routed experts' GEMMs (6 x active routed-expert parameters per
+  // token): their rates against the measured GEMM are the issue's "attention" and "expert GEMMs
+  // at >= 60% of the dense rate" figures.
+  double attention_flops = 0, expert_flops = 0;
   double device_memory_bytes = 0;  // CUDA: memory in use on the device at the end (all of moelab's)
   bool cuda = false;
 };

@@ -67,6 +67,8 @@ void add(const Tensor& a, const Tensor& b, const Tensor& out) {
   const char* op = "add";
   check_same(op, "a", a, "b", b);
   check_same(op, "a", a, "out", out);
+  ops_detail::check_in_place_or_disjoint(op, "a", a, "out", out);
+  ops_detail::check_in_place_or_disjoint(op, "b", b, "out", out);
   if (a.device() == Device::CUDA) {
 #if MOELAB_WITH_CUDA
     check_cuda_act(op, "a", a);
@@ -85,6 +87,7 @@ void add(const Tensor& a, const Tensor& b, const Tensor& out) {
 void axpy(double alpha, const Tensor& x, const Tensor& y) {
   const char* op = "axpy";
   check_same(op, "x", x, "y", y);
+  ops_detail::check_in_place_or_disjoint(op, "x", x, "y", y);
   if (x.device() == Device::CUDA) {
 #if MOELAB_WITH_CUDA
     check_cuda_act(op, "x", x);

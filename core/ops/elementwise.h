@@ -8,7 +8,8 @@
 // There is no backward op: d(a + b) passes the gradient through to both inputs unchanged (and the
 // gradient of a cast is the cast of the gradient back).
 // cast rounds to nearest even (core/dtype.h); bf16 -> f32/f64 and f32 -> f64 are exact; f64 ->
-// bf16 goes through f32 as Tensor::to does (two roundings, each to nearest even).
+// bf16 goes through f32 as Tensor::to does (two roundings, each to nearest even). A NaN stays a
+// NaN, but its bf16 bits may differ between the CPU (sign and payload kept) and CUDA (canonical).
 // Dtypes: add/axpy: CPU: all f32 or all f64. CUDA: all f32 or all bf16 (computed in f32).
 //         cast: CPU: any combination of f32, f64, bf16, or the same dtype on both sides (any
 //         dtype: a copy). CUDA: f32 <-> bf16, or the same dtype on both sides (a copy).

@@ -62,6 +62,7 @@ ref::MlaKvShape check_mla_kv(const char* op, const Tensor& kv, const Tensor& kr,
   check_same_device(op, {{"kv", &kv}, {"kr", &kr}, {"k", &k}, {"v", &v}});
   MOELAB_CHECK(heads > 0 && nope_dim > 0, op, ": heads = ", heads, " and nope_dim = ", nope_dim, " must be > 0");
   const int64_t n = ops_detail::rows_of(kr), dr = kr.size(-1);
+  MOELAB_CHECK(n > 0 && dr > 0, op, ": kr is ", kr.str(), ", expected at least one token and Dr > 0");
   MOELAB_CHECK(kv.numel() % (n * heads) == 0 && v.numel() % (n * heads) == 0, op, ": kv ", kv.str(), " / v ", v.str(),
                " do not hold ", n, " tokens x ", heads, " heads");
   const int64_t dv = v.numel() / (n * heads);

@@ -71,11 +71,7 @@ void rope_apply(const char* op, const char* in_name, const Tensor& in, const cha
   MOELAB_CHECK(theta > 0 && std::isfinite(theta), op, ": theta is ", theta, ", expected a finite value > 0");
   MOELAB_CHECK(pos_offset >= 0, op, ": pos_offset is ", pos_offset, ", expected >= 0");
   // In place is fine (each pair is read before it is written); a partial overlap is not.
-  if (in.storage() == out.storage() && in.byte_offset() != out.byte_offset()) {
-    const size_t a = in.byte_offset(), b = out.byte_offset();
-    MOELAB_CHECK(a + in.nbytes() <= b || b + out.nbytes() <= a, op, ": ", out_name, " partly overlaps ", in_name,
-                 "; pass the same tensor for in-place or disjoint memory");
-  }
+  ops_detail::check_in_place_or_disjoint(op, in_name, in, out_name, out);
   const ref::RopeShape s{in.size(0), in.size(1), in.size(2), head_dim, rope_offset, rope_dim};
   if (in.device() == Device::CUDA) {
 #if MOELAB_WITH_CUDA

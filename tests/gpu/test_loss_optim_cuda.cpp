@@ -149,6 +149,32 @@ TEST_F(CrossEntropyCudaMisc, TwoRunsAreBitIdentical) {
   }
 }
 
+// -inf logits (masked vocabulary) add nothing wherever they sit, and a NaN logit makes its row's
+// loss NaN whatever thread reads it, as on the CPU (the trainer's non-finite guard relies on it).
+TEST_F(CrossEntropyCudaMisc, MinusInfAndNaNLogitsBehaveAsOnTheCpu) {
+  const int64_t rows = 3, vocab = 65;
+  Tensor logits = randn({rows, vocab}, DType::F32, 121);
+  logits.data<float>()[0] = -INFINITY;                // row 0: -inf first, the rest finite
+  logits.data<float>()[vocab + 40] = NAN;             // row 1: one NaN
+  for (int64_t d = 0; d < vocab; d += 2) logits.data<float>()[2 * vocab + d] = -INFINITY;  // row 2: half masked
+  Tensor targets = Tensor::empty({rows}, DType::I32);
+  targets.data<int32_t>()[0] = 5;
+  targets.data<int32_t>()[1] = 7;
+  targets.data<int32_t>()[2] = 9;
+  Tensor losses = Tensor::empty({rows}, DType::F32), lse = Tensor::empty({rows}, DType::F32);
+  cross_entropy_forward(logits, targets, kIgnore, losses, lse);
+  Tensor dl = Tensor::empty({rows}, DType::F32, Device::CUDA), ds = Tensor::empty({rows}, DType::F32, Device::CUDA);
+  cross_entropy_forward(logits.to(Device::CUDA), targets.to(Device::CUDA), kIgnore, dl, ds);
+  const Tensor hl = testing::to_host(dl), hs = testing::to_host(ds);
+  for (int64_t r : {0, 2}) {
+    EXPECT_TRUE(std::isfinite(hl.data<float>()[r])) << "row " << r;
+    EXPECT_NEAR(hl.data<float>()[r], losses.data<float>()[r], 1e-5) << "row " << r;
+    EXPECT_NEAR(hs.data<float>()[r], lse.data<float>()[r], 1e-5) << "row " << r;
+  }
+  EXPECT_TRUE(std::isnan(losses.data<float>()[1])) << "the CPU reference's NaN row";
+  EXPECT_TRUE(std::isnan(hl.data<float>()[1]) && std::isnan(hs.data<float>()[1])) << "the NaN row on the GPU";
+}
+
 TEST_F(CrossEntropyCudaMisc, BadTargetsAndDtypesAreErrors) {
   const int64_t rows = 6, vocab = 11;
   const Tensor logits = randn({rows, vocab}, DType::F32, 121).to(Device::CUDA);
