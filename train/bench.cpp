@@ -4,10 +4,12 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 
 #include "core/cuda_dispatch.h"
 #include "core/nn/model.h"
+#include "core/ops/attention.h"
 #include "core/ops/grad_norm.h"
 #include "core/ops/matmul.h"
 #include "core/rng.h"
@@ -218,6 +220,67 @@ std::string format_bench(const BenchResult& r, const BenchOptions& opt) {
   rate("attention (causal, fwd + bwd)", r.attention_flops, Phase::Attention);
   rate("expert GEMMs (routed, fwd + bwd)", r.expert_flops, Phase::ExpertGemm);
   return out;
+}
+
+AttentionBenchResult run_attention_bench(const ModelConfig& cfg, const BenchOptions& opt) {
+  MOELAB_CHECK(opt.batch_size > 0 && opt.seq_len > 0 && opt.steps > 0 && opt.warmup >= 0, "bench --kernel attention: "
+               "batch_size ", opt.batch_size, ", seq_len ", opt.seq_len, ", steps ", opt.steps, " must be > 0");
+  const Runtime rt = make_runtime(opt.device, opt.precision);
+  AttentionBenchResult r;
+  r.runtime = rt.describe();
+  r.B = opt.batch_size;
+  r.T = opt.seq_len;
+  r.H = cfg.num_attention_heads;
+  r.Hkv = cfg.kv_heads();
+  const bool mla = cfg.attention == AttentionKind::MLA;
+  r.Dqk = mla ? cfg.qk_nope_head_dim + cfg.qk_rope_head_dim : cfg.mha_head_dim();
+  r.Dv = mla ? cfg.v_head_dim : cfg.mha_head_dim();
+  const double blocks = static_cast<double>(cfg.num_hidden_layers + cfg.num_nextn_predict_layers);
+  r.flops = attention_flops_per_token(cfg, r.T) / blocks * static_cast<double>(r.B * r.T);
+  // Random inputs made on the CPU (Philox), rounded to the activation dtype, then moved.
+  uint64_t seed = opt.seed;
+  auto random = [&](const Shape& shape) {
+    Tensor t = Tensor::empty(shape, DType::F32);
+    fill_normal(t, seed++, 0, 0.0, 1.0);
+    return rt.upload(rt.act == DType::F32 ? t : t.to(rt.act));
+  };
+  const Tensor q = random({r.B, r.T, r.H, r.Dqk}), k = random({r.B, r.T, r.Hkv, r.Dqk});
+  const Tensor v = random({r.B, r.T, r.Hkv, r.Dv}), grad_out = random({r.B, r.T, r.H, r.Dv});
+  const Tensor out = Tensor::empty(grad_out.shape(), rt.act, rt.device);
+  const Tensor lse = Tensor::empty({r.B, r.H, r.T}, DType::F32, rt.device);
+  const Tensor gq = Tensor::empty(q.shape(), rt.act, rt.device), gk = Tensor::empty(k.shape(), rt.act, rt.device);
+  const Tensor gv = Tensor::empty(v.shape(), rt.act, rt.device);
+  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(r.Dqk)));
+  using Clock = std::chrono::steady_clock;
+  auto ms_since = [](Clock::time_point t) { return std::chrono::duration<double, std::milli>(Clock::now() - t).count(); };
+  for (int64_t step = 0; step < opt.warmup + opt.steps; ++step) {
+    rt.synchronize();
+    auto t0 = Clock::now();
+    attention_forward(q, k, v, scale, out, lse);
+    rt.synchronize();
+    const double fwd = ms_since(t0);
+    t0 = Clock::now();
+    attention_backward(grad_out, q, k, v, out, lse, scale, gq, gk, gv);
+    rt.synchronize();
+    const double bwd = ms_since(t0);
+    if (step >= opt.warmup) {
+      r.forward_ms += fwd / static_cast<double>(opt.steps);
+      r.backward_ms += bwd / static_cast<double>(opt.steps);
+    }
+  }
+  return r;
+}
+
+std::string format_attention_bench(const AttentionBenchResult& r) {
+  char buf[512];
+  const double ms = r.forward_ms + r.backward_ms;
+  std::snprintf(buf, sizeof buf,
+                "moelab attention ms: %.3f (forward %.3f, backward %.3f)  GFLOP/s: %.1f\n"
+                "%s, B %lld T %lld H %lld Hkv %lld Dqk %lld Dv %lld, causal, %.3f GFLOP per forward + backward\n",
+                ms, r.forward_ms, r.backward_ms, r.flops / (ms * 1e6), r.runtime.c_str(), static_cast<long long>(r.B),
+                static_cast<long long>(r.T), static_cast<long long>(r.H), static_cast<long long>(r.Hkv),
+                static_cast<long long>(r.Dqk), static_cast<long long>(r.Dv), r.flops / 1e9);
+  return buf;
 }
 
 }  // namespace moelab

@@ -62,4 +62,18 @@ struct Runtime;
 double measured_gemm_gflops(const Runtime& rt, int64_t n = 0);
 std::string format_bench(const BenchResult& r, const BenchOptions& opt);
 
+// `moelab bench --kernel attention`: one layer's causal attention alone (forward, then backward),
+// on the config's shapes (MLA: H heads of Dqk = Dn + Dr and Dv; MHA/GQA: head_dim, Hkv), with
+// random q, k, v in the runtime's activation dtype: the peer of PyTorch's
+// scaled_dot_product_attention on the same shapes (tests/reference/bench_torch.py --kernel
+// attention). GFLOP/s counts the causal half, forward + backward (train/model_info.h).
+struct AttentionBenchResult {
+  std::string runtime;
+  int64_t B = 0, T = 0, H = 0, Hkv = 0, Dqk = 0, Dv = 0;
+  double forward_ms = 0, backward_ms = 0;  // means over the timed steps
+  double flops = 0;                        // per forward + backward
+};
+AttentionBenchResult run_attention_bench(const ModelConfig& cfg, const BenchOptions& opt);
+std::string format_attention_bench(const AttentionBenchResult& r);
+
 }  // namespace moelab

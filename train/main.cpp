@@ -6,6 +6,7 @@
 //                               activation memory (train/model_info.h)
 //   moelab info --keys          every config key with its type, default and help
 //   moelab bench --config X.toml [--device cpu|cuda] [--precision P] [--batch-size B] [--seq-len T] [--steps N]
+//                [--kernel step|attention]
 //                               training tokens/s and ms per step on random tokens, MFU against a
 //                               GEMM measured in the same run (train/bench.h)
 //   moelab prepare --input FILE... --tokenizer char|byte|bpe [--vocab-size N] --val-fraction F --out DIR
@@ -130,7 +131,7 @@ struct DeviceCliOptions {
 };
 
 struct BenchCliOptions {
-  std::string config;
+  std::string config, kernel = "step";
   DeviceCliOptions where;
   std::vector<std::string> overrides;
   int64_t batch_size = 0, seq_len = 0, steps = 10, warmup = 2;
@@ -150,6 +151,12 @@ int run_bench_cli(const BenchCliOptions& o) {
   opt.warmup = o.warmup;
   opt.device = cfg.train.device;
   opt.precision = cfg.train.precision;
+  if (o.kernel == "attention") {
+    const moelab::AttentionBenchResult r = moelab::run_attention_bench(cfg.model, opt);
+    std::printf("moelab %s bench --kernel attention: %s\n%s", MOELAB_VERSION, o.config.c_str(),
+                moelab::format_attention_bench(r).c_str());
+    return 0;
+  }
   const moelab::BenchResult r = moelab::run_bench(cfg.model, opt);
   std::printf("moelab %s bench: %s\n%s", MOELAB_VERSION, o.config.c_str(), moelab::format_bench(r, opt).c_str());
   return 0;
@@ -315,6 +322,9 @@ int main(int argc, char** argv) {
   bench->add_option("--seq-len", bench_opt.seq_len, "Override train.seq_len");
   bench->add_option("--steps", bench_opt.steps, "Timed steps")->check(CLI::PositiveNumber);
   bench->add_option("--warmup", bench_opt.warmup, "Untimed steps before them")->check(CLI::NonNegativeNumber);
+  bench->add_option("--kernel", bench_opt.kernel, "step (a whole training step, default) or attention (one layer's "
+                    "attention forward + backward on the config's shapes)")
+      ->check(CLI::IsMember({"step", "attention"}));
   bench->callback([&]() { rc = run_bench_cli(bench_opt); });
 
   CLI::App* train = app.add_subcommand("train", "Train a model on prepared data: AdamW, schedules, evaluation, "

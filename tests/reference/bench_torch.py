@@ -34,6 +34,19 @@ such as [model]; batch_size / seq_len / steps found in any table are used as def
 (a flat ModelConfig object, or one with a "model" or "config" object). Without --config the
 ModelConfig defaults are used. --threads defaults to OMP_NUM_THREADS, else every CPU.
 Exit codes: 0 ok, 2 usage or unsupported combination, 77 peer not available here (skipped).
+
+--kernel attention: instead of a training step, one layer's causal attention forward + backward on
+the config's shapes, the peer of `moelab bench --kernel attention`. q [B, H, T, Dqk], k [B, Hkv, T,
+Dqk], v [B, Hkv, T, Dv] (MLA: Dqk = qk_nope + qk_rope, Dv = v_head_dim, Hkv = H; MHA/GQA: Dqk = Dv =
+hidden_size / H, Hkv = kv_heads()), scale 1/sqrt(Dqk), random normal inputs and grad_out as real
+tensors of the dtype (auto: bf16 on CUDA, fp32 on the CPU; no autocast here). A step: forward
+F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale), then torch.autograd.grad for
+q, k, v; each timed separately between synchronizations, averaged over the timed steps. torch picks
+its backend (the details say which ran: flash needs Dqk == Dv, so MLA shapes fall to another one;
+on CUDA with Dqk != Dv a second line times v zero-padded to Dqk). Without sdpa (torch < 2.0) an
+explicit causal softmax(q k^T) v. FLOPs as moelab's attention_flops_per_token: causal half of
+2 B H T^2 (Dqk + Dv) forward, x3 for forward + backward. Prints
+`torch attention ms: X (forward F, backward B)  GFLOP/s: G`, X = F + B, then details.
 """
 from __future__ import annotations
 
@@ -282,9 +295,173 @@ def make_adamw_named(model: torch.nn.Module, lr: float) -> torch.optim.AdamW:
                              lr=lr, betas=(0.9, 0.95), eps=1e-8)
 
 
+# ---- attention microbenchmark (--kernel attention) ----
+
+def _has_sdpa() -> bool:
+    return hasattr(torch.nn.functional, "scaled_dot_product_attention")
+
+
+def _sdpa_takes_enable_gqa(device: torch.device) -> bool:
+    """enable_gqa appeared in torch 2.5: try it on a tiny problem."""
+    try:
+        q = torch.zeros(1, 2, 2, 4, device=device)
+        kv = torch.zeros(1, 1, 2, 4, device=device)
+        torch.nn.functional.scaled_dot_product_attention(q, kv, kv, is_causal=True, enable_gqa=True)
+        return True
+    except (TypeError, RuntimeError):
+        return False
+
+
+def explicit_causal_attention(q, k, v, scale):
+    """softmax(q k^T * scale, causal) v on [B, H, T, D] (k, v already with H heads)."""
+    T = q.shape[-2]
+    scores = torch.matmul(q, k.transpose(-2, -1)) * scale
+    future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
+    p = torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1)
+    return torch.matmul(p, v)
+
+
+_SDPA_OPS = (("flash", "_scaled_dot_product_flash_attention"),
+             ("efficient", "_scaled_dot_product_efficient_attention"),
+             ("cudnn", "_scaled_dot_product_cudnn_attention"),
+             ("math", "_scaled_dot_product_attention_math"))
+
+
+def sdpa_backend_used(fn) -> str:
+    """Which sdpa backend fn() dispatched to, from the aten op names the profiler records."""
+    try:
+        from torch.profiler import profile, ProfilerActivity
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            fn()
+        names = {e.key for e in prof.key_averages()}
+    except Exception as e:  # profiler unavailable: say so rather than fail the bench
+        return f"unknown ({type(e).__name__})"
+    for label, op in _SDPA_OPS:
+        if any(op in n for n in names):
+            return label
+    return "unknown"
+
+
+def sdpa_backends_enabled(device: torch.device) -> str:
+    if device.type != "cuda":
+        return "cpu"
+    b = torch.backends.cuda
+    flags = []
+    for name in ("flash", "mem_efficient", "cudnn", "math"):
+        f = getattr(b, f"{name}_sdp_enabled", None)
+        if f is not None:
+            flags.append(f"{name} {'on' if f() else 'off'}")
+    return ", ".join(flags)
+
+
+def attention_bench(cfg: ModelConfig, B: int, T: int, steps: int, warmup: int,
+                    device: torch.device, dtype_name: str, seed: int) -> int:
+    H = cfg.num_attention_heads
+    if cfg.attention == "mla":
+        Hkv, Dqk, Dv = H, cfg.qk_nope_head_dim + cfg.qk_rope_head_dim, cfg.v_head_dim
+    else:
+        hd = int(getattr(cfg, "head_dim", 0) or 0) or cfg.mha_head_dim()
+        Hkv, Dqk, Dv = cfg.kv_heads(), hd, hd
+    if H % Hkv:
+        print(f"error: num_key_value_heads {Hkv} does not divide num_attention_heads {H}",
+              file=sys.stderr)
+        return 2
+    scale = 1.0 / (Dqk ** 0.5)
+    dtype = getattr(torch, dtype_name)
+    # As moelab_attention_flops_per_token (train/model_info.cpp) for one block and B*T tokens.
+    flops = 6.0 * T * H * (Dqk + Dv) / 2 * B * T
+    F = torch.nn.functional
+    sdpa = _has_sdpa()
+    gqa = Hkv != H
+    gqa_note = ""
+    use_enable_gqa = False
+    if gqa:
+        use_enable_gqa = sdpa and _sdpa_takes_enable_gqa(device)
+        gqa_note = ("GQA via enable_gqa=True" if use_enable_gqa
+                    else "GQA via repeat_interleave of k, v (inside the timed forward)")
+
+    gen = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=gen).to(device=device, dtype=dtype)
+
+    q, k, v = rnd(B, H, T, Dqk), rnd(B, Hkv, T, Dqk), rnd(B, Hkv, T, Dv)
+    grad_out = rnd(B, H, T, Dv)
+
+    def make_forward(v_width: int):
+        def forward(q, k, v):
+            if gqa and not use_enable_gqa:
+                k = k.repeat_interleave(H // Hkv, dim=1)
+                v = v.repeat_interleave(H // Hkv, dim=1)
+            if not sdpa:
+                o = explicit_causal_attention(q, k, v, scale)
+            elif use_enable_gqa:
+                o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale,
+                                                   enable_gqa=True)
+            else:
+                o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+            return o[..., :Dv] if v_width != Dv else o
+        return forward
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def timed(forward, vv):
+        leaves = [t.detach().requires_grad_(True) for t in (q, k, vv)]
+        fwd = bwd = 0.0
+        for step in range(warmup + steps):
+            sync()
+            t0 = time.perf_counter()
+            o = forward(*leaves)
+            sync()
+            t1 = time.perf_counter()
+            torch.autograd.grad(o, leaves, grad_out)
+            sync()
+            t2 = time.perf_counter()
+            del o
+            if step >= warmup:
+                fwd += (t1 - t0) * 1000.0 / steps
+                bwd += (t2 - t1) * 1000.0 / steps
+        backend = (sdpa_backend_used(lambda: forward(*leaves)) if sdpa
+                   else "sdpa unavailable: explicit math")
+        return fwd, bwd, backend
+
+    def line(label, fwd, bwd):
+        ms = fwd + bwd
+        g = flops / (ms * 1e6) if ms > 0 else float("nan")
+        print(f"{label} attention ms: {ms:.3f} (forward {fwd:.3f}, backward {bwd:.3f})  GFLOP/s: {g:.1f}")
+
+    fwd, bwd, backend = timed(make_forward(Dv), v)
+    line("torch", fwd, bwd)
+    print(f"  torch {torch.__version__}, device {device.type}"
+          + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else "")
+          + f", threads {torch.get_num_threads()}, {dtype_name} tensors (no autocast), "
+          + (f"sdpa backend {backend} (enabled: {sdpa_backends_enabled(device)})" if sdpa
+             else backend)
+          + (f", {gqa_note}" if gqa_note else ""))
+    print(f"  attention {cfg.attention}, B {B} T {T} H {H} Hkv {Hkv} Dqk {Dqk} Dv {Dv}, causal, "
+          f"scale 1/sqrt({Dqk}), steps {steps} (+{warmup} warmup), "
+          f"{flops / 1e9:.3f} GFLOP per forward + backward")
+    if sdpa and device.type == "cuda" and Dqk > Dv:
+        vpad = F.pad(v, (0, Dqk - Dv))  # zero columns: the sliced output is the same attention
+        try:
+            pf, pb, pbackend = timed(make_forward(Dqk), vpad)
+        except RuntimeError as e:
+            print(f"  sdpa (v padded to Dqk) failed: {str(e).splitlines()[0]}")
+        else:
+            line("sdpa (v padded to Dqk)", pf, pb)
+            print(f"  v zero-padded {Dv} -> {Dqk} so the flash backend can take it, output sliced "
+                  f"back to Dv; backend {pbackend}; GFLOP/s on the unpadded FLOPs")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--config", help="moelab TOML preset or JSON ModelConfig")
+    ap.add_argument("--kernel", default="step", choices=["step", "attention"],
+                    help="step: a whole training step (default); attention: one layer's causal "
+                         "attention forward + backward (see above)")
     ap.add_argument("--peer", default="twin", choices=["twin", "hf"],
                     help="twin: tests/reference/twin.py; hf: transformers' DeepseekV3ForCausalLM")
     ap.add_argument("--threads", type=int, default=None,
@@ -327,6 +504,11 @@ def main() -> int:
     mixed = dtype_name == "bfloat16"
     param_dtype = torch.float32 if mixed else getattr(torch, dtype_name)
     amp = amp_context(dtype_name, device)
+    if args.kernel == "attention":
+        if args.peer != "twin" or args.compile:
+            print("error: --kernel attention takes no --peer hf or --compile", file=sys.stderr)
+            return 2
+        return attention_bench(cfg, B, T, steps, warmup, device, dtype_name, args.seed)
     if T > cfg.max_position_embeddings:
         print(f"note: seq_len {T} > max_position_embeddings {cfg.max_position_embeddings}")
 

@@ -19,4 +19,6 @@ python3 -c "import sys; g, c = $gpu, $cpu; sys.exit(0 if abs(g - c) <= 2e-2 * c 
 grep -q "KV cache:" "$work/sample.txt" || { cat "$work/sample.txt"; echo "FAIL: cuda sample"; exit 1; }
 "$moelab" bench --config "$src/examples/tiny.toml" --device cuda --steps 3 --warmup 1 | tee "$work/bench.txt"
 grep -q "moelab tokens/s: [0-9]" "$work/bench.txt" || { echo "FAIL: cuda bench"; exit 1; }
+"$moelab" bench --kernel attention --config "$src/examples/tiny.toml" --device cuda --steps 2 --warmup 1 \
+  | grep "moelab attention ms: [0-9]" || { echo "FAIL: cuda attention bench"; exit 1; }
 echo "cli cuda test: OK (val loss cuda $gpu, cpu $cpu)"
