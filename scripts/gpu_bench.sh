@@ -8,9 +8,12 @@
 #   OUT_DIR/bench_<p>_twin_eager.log    tests/reference/bench_torch.py --device cuda --dtype bfloat16 --peer twin
 #   OUT_DIR/bench_<p>_twin_compile.log  the same with --compile
 #   OUT_DIR/bench_<p>_hf.log            the same with --peer hf (transformers' DeepseekV3ForCausalLM; MLA presets only)
+#   OUT_DIR/attn_<p>_moelab.log         moelab bench --kernel attention (one layer's causal attention fwd + bwd)
+#   OUT_DIR/attn_<p>_sdpa.log           bench_torch.py --kernel attention (torch's scaled_dot_product_attention,
+#                                       real bf16 tensors on cuda; with Dqk != Dv also v padded to Dqk)
 # All runs use the preset's [train] batch_size and seq_len (both benches read them from the config),
 # the same steps and warm-up, bf16 mixed precision with fp32 master weights. Then it prints, last, a
-# markdown table of tokens/s (also written to OUT_DIR/summary.md); a run that failed or was skipped
+# markdown table of tokens/s and one of attention ms (also written to OUT_DIR/summary.md); a run that failed or was skipped
 # shows as "-" with its exit code (77 = peer not available, 124 = timed out).
 #
 # Environment:
@@ -20,7 +23,7 @@
 set -euo pipefail
 
 usage() {
-  sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 [[ $# -ge 2 ]] || usage
@@ -80,6 +83,22 @@ tps() {
   fi
 }
 
+# attn_ms LOG RC PREFIX: the "PREFIX attention ms: X" the run printed, or "-" with why.
+attn_ms() {
+  local v=""
+  v=$(grep -m1 -E "^$3 attention ms: [0-9.]+" "$1" 2>/dev/null | sed -E 's/.* attention ms: ([0-9.]+).*/\1/') || true
+  if [[ $2 -eq 0 && -n $v ]]; then
+    printf '%s' "$v"
+  else
+    case $2 in
+      0) printf -- '- (rc 0, no attention ms)' ;;
+      77) printf -- '- (rc 77, skipped)' ;;
+      124|137) printf -- '- (rc %s, timeout %ss)' "$2" "$TIMEOUT" ;;
+      *) printf -- '- (rc %s)' "$2" ;;
+    esac
+  fi
+}
+
 is_number() { [[ $1 =~ ^[0-9]+(\.[0-9]+)?$ ]]; }
 
 # attention kind of a preset: the first `attention = "..."` line; ModelConfig's default is mla.
@@ -100,6 +119,7 @@ attention_of() {
 } | tee "$OUT_DIR/environment.txt"
 
 ROWS=()
+ATTN_ROWS=()
 NOTES=()
 for p in "${PRESETS[@]}"; do
   if [[ -f $p ]]; then
@@ -111,6 +131,7 @@ for p in "${PRESETS[@]}"; do
   if [[ ! -f $cfg ]]; then
     echo "gpu_bench: no preset $cfg" >&2
     ROWS+=("| $name | - (no config) | - | - | - | - | - |")
+    ATTN_ROWS+=("| $name | - (no config) | - | - | - | - |")
     continue
   fi
   base=$OUT_DIR/bench_${name}
@@ -151,6 +172,29 @@ for p in "${PRESETS[@]}"; do
         sed -E 's/^model //; s/ measured in this run//') || true
   ROWS+=("| $name | $m | $te | $tc | $hf | $ratio | ${mfu:--} |")
 
+  # Attention alone: moelab's kernels vs torch's scaled_dot_product_attention on the same shapes.
+  if [[ -x $MOELAB ]]; then
+    run "${OUT_DIR}/attn_${name}_moelab.log" "$MOELAB" bench --kernel attention --device "$DEVICE" --config "$cfg" \
+        --steps "$STEPS" --warmup "$WARMUP"
+  else
+    echo "gpu_bench: $MOELAB not found or not executable" >"${OUT_DIR}/attn_${name}_moelab.log"
+    RC=127
+  fi
+  am=$(attn_ms "${OUT_DIR}/attn_${name}_moelab.log" "$RC" moelab)
+  run "${OUT_DIR}/attn_${name}_sdpa.log" "$PYTHON" "$BENCH_TORCH" --kernel attention --config "$cfg" \
+      --device "$DEVICE" --dtype "$DTYPE" --steps "$STEPS" --warmup "$WARMUP"
+  as=$(attn_ms "${OUT_DIR}/attn_${name}_sdpa.log" "$RC" torch)
+  ap=$(attn_ms "${OUT_DIR}/attn_${name}_sdpa.log" "$RC" 'sdpa \(v padded to Dqk\)')
+  [[ $ap == "- (rc 0, no attention ms)" ]] && ap="- (no padded run: Dqk = Dv, or not on CUDA)"
+  abk=$(grep -m1 -oE 'sdpa backend [a-z]+|sdpa unavailable: explicit math' "${OUT_DIR}/attn_${name}_sdpa.log" 2>/dev/null |
+        sed 's/^sdpa backend //') || true
+  echo "[$name] attention ms: moelab $am, sdpa $as (${abk:-?}), sdpa v padded $ap"
+  aratio="-"
+  if is_number "$am" && is_number "$as"; then
+    aratio=$(awk -v a="$am" -v b="$as" 'BEGIN { if (a > 0) printf "%.2fx", b / a; else print "-" }')
+  fi
+  ATTN_ROWS+=("| $name | $am | $as | $aratio | $ap | ${abk:--} |")
+
   # Same B x T everywhere? (moelab: "batch B x seq T"; bench_torch.py: "B B  T T")
   mbt=$(grep -m1 -oE 'batch [0-9]+ x seq [0-9]+' "${base}_moelab.log" 2>/dev/null | awk '{print $2"x"$5}') || true
   for peer in twin_eager twin_compile hf; do
@@ -171,5 +215,12 @@ done
   echo "| preset | moelab tok/s | twin eager | twin compile | HF | moelab / compile | moelab MFU line |"
   echo "|---|---|---|---|---|---|---|"
   printf '%s\n' "${ROWS[@]}"
+  echo
+  echo "attention fwd+bwd: one layer's causal attention forward + backward, ms per step (mean of $STEPS after $WARMUP" \
+       "warm-up), torch in $DTYPE tensors. Logs: $OUT_DIR/attn_<preset>_*.log"
+  echo
+  echo "| preset | moelab ms | sdpa ms | ratio (sdpa / moelab, > 1 = moelab faster) | sdpa v padded to Dqk ms | sdpa backend |"
+  echo "|---|---|---|---|---|---|"
+  printf '%s\n' "${ATTN_ROWS[@]}"
   [[ ${#NOTES[@]} -eq 0 ]] || { echo; printf '%s\n' "${NOTES[@]}"; }
 } | tee "$OUT_DIR/summary.md"

@@ -301,12 +301,13 @@ def _has_sdpa() -> bool:
     return hasattr(torch.nn.functional, "scaled_dot_product_attention")
 
 
-def _sdpa_takes_enable_gqa(device: torch.device) -> bool:
-    """enable_gqa appeared in torch 2.5: try it on a tiny problem."""
+def _sdpa_takes(device: torch.device, **kwargs) -> bool:
+    """Whether this torch's sdpa takes kwargs (scale: torch 2.1, enable_gqa: 2.5), tried on a tiny
+    problem."""
     try:
         q = torch.zeros(1, 2, 2, 4, device=device)
-        kv = torch.zeros(1, 1, 2, 4, device=device)
-        torch.nn.functional.scaled_dot_product_attention(q, kv, kv, is_causal=True, enable_gqa=True)
+        kv = torch.zeros(1, 1 if kwargs.get("enable_gqa") else 2, 2, 4, device=device)
+        torch.nn.functional.scaled_dot_product_attention(q, kv, kv, is_causal=True, **kwargs)
         return True
     except (TypeError, RuntimeError):
         return False
@@ -376,10 +377,14 @@ def attention_bench(cfg: ModelConfig, B: int, T: int, steps: int, warmup: int,
     gqa_note = ""
     use_enable_gqa = False
     if gqa:
-        use_enable_gqa = sdpa and _sdpa_takes_enable_gqa(device)
+        use_enable_gqa = sdpa and _sdpa_takes(device, enable_gqa=True)
         gqa_note = ("GQA via enable_gqa=True" if use_enable_gqa
                     else "GQA via repeat_interleave of k, v (inside the timed forward)")
 
+    # scale is 1/sqrt(Dqk), sdpa's own default, so a torch 2.0 without the argument computes the same.
+    sdpa_kw = {"scale": scale} if sdpa and _sdpa_takes(device, scale=0.5) else {}
+    if use_enable_gqa:
+        sdpa_kw["enable_gqa"] = True
     gen = torch.Generator().manual_seed(seed)
 
     def rnd(*shape):
@@ -395,11 +400,8 @@ def attention_bench(cfg: ModelConfig, B: int, T: int, steps: int, warmup: int,
                 v = v.repeat_interleave(H // Hkv, dim=1)
             if not sdpa:
                 o = explicit_causal_attention(q, k, v, scale)
-            elif use_enable_gqa:
-                o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale,
-                                                   enable_gqa=True)
             else:
-                o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+                o = F.scaled_dot_product_attention(q, k, v, is_causal=True, **sdpa_kw)
             return o[..., :Dv] if v_width != Dv else o
         return forward
 
@@ -442,7 +444,7 @@ def attention_bench(cfg: ModelConfig, B: int, T: int, steps: int, warmup: int,
           + (f", {gqa_note}" if gqa_note else ""))
     print(f"  attention {cfg.attention}, B {B} T {T} H {H} Hkv {Hkv} Dqk {Dqk} Dv {Dv}, causal, "
           f"scale 1/sqrt({Dqk}), steps {steps} (+{warmup} warmup), "
-          f"{flops / 1e9:.3f} GFLOP per forward + backward")
+          f"{flops / 1e9:.4g} GFLOP per forward + backward")
     if sdpa and device.type == "cuda" and Dqk > Dv:
         vpad = F.pad(v, (0, Dqk - Dv))  # zero columns: the sliced output is the same attention
         try:
