@@ -151,6 +151,27 @@ INSTANTIATE_TEST_SUITE_P(Shapes, AttentionCuda, ::testing::Combine(::testing::Va
                                   std::to_string(d.Dv) + "_" + dtype_str(std::get<1>(info.param));
                          });
 
+// Peaked softmax rows (q scaled by 8: scores spread over tens of units), so the online softmax's
+// running maximum jumps between key tiles and every rescale factor is far from 1: a wrong rescale
+// shows at once. f32, where the tolerance is tight.
+using AttentionCudaSharp = testing::GpuTest;
+
+TEST_F(AttentionCudaSharp, LargeScoresRescaleCorrectly) {
+  const Dims d{2, 97, 2, 1, 64, 32};
+  Inputs in = make_inputs(d, DType::F32, 61);
+  float* q = in.q.data<float>();
+  for (int64_t i = 0; i < in.q.numel(); ++i) q[i] *= 8.0f;
+  const std::vector<Tensor> cpu = cpu_attention(in, d);
+  for (AttentionImpl impl : {AttentionImpl::Gemm, AttentionImpl::Naive}) {
+    const GpuRun run = gpu_attention(in, d, DType::F32, impl);
+    const std::vector<Tensor> gpu = run.host();
+    for (int i = 0; i < kOutputs; ++i)  // scores of order 50: the sums are longer in ulps, so 1e-4
+      EXPECT_TRUE(testing::close(gpu[i], cpu[i], 1e-4, 1e-4))
+          << (impl == AttentionImpl::Gemm ? "flash " : "reference ") << kNames[i];
+    EXPECT_TRUE(run.guards_intact());
+  }
+}
+
 using AttentionCudaDeterminism = testing::GpuTest;
 
 TEST_F(AttentionCudaDeterminism, FlashRunsTwiceBitIdentical) {
