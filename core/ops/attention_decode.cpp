@@ -2,6 +2,7 @@
 #include "core/ops/attention_decode.h"
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -84,6 +85,7 @@ void attention_decode_forward(const Tensor& q, const Tensor& k, const Tensor& v,
 #if MOELAB_WITH_CUDA
     MOELAB_CHECK(q.dtype() == DType::F32 || q.dtype() == DType::BF16, op, ": q is ", q.str(),
                  ", expected f32 or bf16 on CUDA");
+    MOELAB_CHECK(B * n * H <= INT32_MAX, op, ": ", B * n * H, " query rows (B x n x H) exceed one CUDA grid (2^31 - 1)");
     cuda::attention_decode_forward({q.raw(), k.raw(), v.raw(), out.raw(), B, n, S, H, Hkv, Dqk, Dv, pos, scale,
                                     q.dtype() == DType::BF16, nullptr});
     return;

@@ -2,6 +2,7 @@
 #include "core/ops/mla_decode.h"
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -104,6 +105,7 @@ void mla_decode_attention(const Tensor& q, const Tensor& w_kvb, const Tensor& ck
 #if MOELAB_WITH_CUDA
     MOELAB_CHECK(q.dtype() == DType::F32 || q.dtype() == DType::BF16, op, ": q is ", q.str(),
                  ", expected f32 or bf16 on CUDA");
+    MOELAB_CHECK(B * n * H <= INT32_MAX, op, ": ", B * n * H, " query rows (B x n x H) exceed one CUDA grid (2^31 - 1)");
     MOELAB_CHECK(w_kvb.dtype() == DType::F32 || w_kvb.dtype() == DType::BF16, op, ": w_kvb is ", w_kvb.str(),
                  ", expected f32 or bf16 on CUDA");
     cuda::mla_decode_attention({q.raw(), w_kvb.raw(), ckv.raw(), kr.raw(), out.raw(), B, n, S, H, Dn, Dr, Dv, Ckv, pos,

@@ -258,6 +258,7 @@ INSTANTIATE_TEST_SUITE_P(
     Shapes, ColumnsCuda,
     ::testing::Values(ColCase{1, 1, 1, DType::F32}, ColCase{3, 7, 2, DType::F32}, ColCase{65, 64, 32, DType::F32},
                       ColCase{33, 512, 64, DType::F32},  // 16-byte words
+                      ColCase{5, 2, 4, DType::F32},      // 8-byte words (pitches of 24 bytes)
                       ColCase{5, 3, 5, DType::BF16}, ColCase{65, 64, 8, DType::BF16}, ColCase{7, 1, 33, DType::BF16},
                       ColCase{4, 1, 256, DType::I32},  // a token window [B, T+1] -> inputs / targets
                       ColCase{9, 17, 16, DType::I32}),

@@ -180,6 +180,7 @@ INSTANTIATE_TEST_SUITE_P(
                       RouteCase{333, 64, 6, 8, 3, false, Scores::Softmax}, RouteCase{65, 16, 8, 4, 2, true, Scores::Sigmoid},
                       RouteCase{33, 60, 4, 6, 2, true, Scores::Sigmoid},      // groups of 10
                       RouteCase{100, 16, 2, 16, 4, false, Scores::Sigmoid},   // one expert per group
+                      RouteCase{129, 128, 8, 64, 8, true, Scores::Sigmoid},   // more groups than a warp's lanes
                       RouteCase{333, 64, 8, 1, 1, true, Scores::Ties}, RouteCase{333, 64, 8, 8, 3, true, Scores::Ties},
                       RouteCase{333, 32, 4, 4, 2, false, Scores::Ties}, RouteCase{200, 64, 8, 1, 1, false, Scores::NaN},
                       RouteCase{200, 64, 8, 8, 4, true, Scores::NaN}, RouteCase{3, 1000, 8, 1, 1, true, Scores::Sigmoid}),
