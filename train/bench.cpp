@@ -10,12 +10,12 @@
 #include "core/cuda_dispatch.h"
 #include "core/nn/model.h"
 #include "core/ops/attention.h"
-#include "core/ops/grad_norm.h"
 #include "core/ops/matmul.h"
 #include "core/rng.h"
 #include "train/model_info.h"
 #include "train/optimizer.h"
 #include "train/runtime.h"
+#include "train/step.h"
 #if MOELAB_WITH_CUDA
 #include "cuda/runtime.h"
 #endif
@@ -110,31 +110,21 @@ BenchResult run_bench(const ModelConfig& cfg, const BenchOptions& opt) {
   r.runtime = rt.describe();
   r.gemm_gflops = gemm_gflops;
   double total_ms = 0, min_ms = 1e300;
+  // The trainer's step with the bench's fixed choices: one micro-batch, lr opt.lr, clipping at 1.0.
+  const StepConfig step_cfg{opt.lr, 1.0, 1};
   for (int64_t step = 0; step < opt.warmup + opt.steps; ++step) {
     const Tensor tokens = rt.upload(random_tokens(cfg, opt, step));  // made outside the timed region
     rt.synchronize();
     const auto t0 = std::chrono::steady_clock::now();
     timeline.begin_step();
-    arena.reset();
-    Model::Saved saved;
-    const Model::Losses losses = model.forward(ctx, tokens, saved);
-    model.params().zero_grads();
-    model.backward(ctx, saved);
-    {
-      const PhaseScope phase(&timeline, Phase::Optimizer);
-      clip_grad_norm({model.params().flat_grads()}, 1.0);
-      optimizer.step(opt.lr);
-      std::vector<std::vector<double>> loads;
-      for (const MoEStats& st : model.moe_stats(saved)) loads.push_back(st.load);
-      model.update_bias(loads);
-    }
+    const StepStats stats = train_step(model, optimizer, ctx, step_cfg, [&] { return tokens; });
     std::array<double, kNumPhases> step_phases{};
     timeline.end_step(step_phases, rt);  // synchronises
     const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     if (step >= opt.warmup)
       for (int p = 0; p < kNumPhases; ++p) phase_total[static_cast<size_t>(p)] += step_phases[static_cast<size_t>(p)];
-    if (step == 0) r.first_loss = losses.total;
-    r.last_loss = losses.total;
+    if (step == 0) r.first_loss = stats.losses.total;
+    r.last_loss = stats.losses.total;
     if (step >= opt.warmup) {
       total_ms += ms;
       min_ms = std::min(min_ms, ms);
@@ -230,13 +220,15 @@ AttentionBenchResult run_attention_bench(const ModelConfig& cfg, const BenchOpti
   r.runtime = rt.describe();
   r.B = opt.batch_size;
   r.T = opt.seq_len;
-  r.H = cfg.num_attention_heads;
-  r.Hkv = cfg.kv_heads();
-  const bool mla = cfg.attention == AttentionKind::MLA;
-  r.Dqk = mla ? cfg.qk_nope_head_dim + cfg.qk_rope_head_dim : cfg.mha_head_dim();
-  r.Dv = mla ? cfg.v_head_dim : cfg.mha_head_dim();
-  const double blocks = static_cast<double>(cfg.num_hidden_layers + cfg.num_nextn_predict_layers);
-  r.flops = attention_flops_per_token(cfg, r.T) / blocks * static_cast<double>(r.B * r.T);
+  // One block's attention layer says its score shapes and FLOPs (core/nn/cost.h); declared, not allocated.
+  ParamBuffer declared, declared_buffers;
+  const Block block(declared, declared_buffers, "model.layers.0", cfg, /*moe=*/false);
+  const AttentionDims dims = block.attention_dims();
+  r.H = dims.heads;
+  r.Hkv = dims.kv_heads;
+  r.Dqk = dims.qk_dim;
+  r.Dv = dims.v_dim;
+  r.flops = block.attention_cost({r.B, r.T, rt.act}).flops(Phase::Attention) * static_cast<double>(r.B * r.T);
   // Random inputs made on the CPU (Philox), rounded to the activation dtype, then moved.
   uint64_t seed = opt.seed;
   auto random = [&](const Shape& shape) {

@@ -1,12 +1,14 @@
-// `moelab bench`: times full training steps (forward, backward, gradient clipping, AdamW, the
-// aux-loss-free bias update) of a model on random tokens, after a few warm-up steps, on the CPU or
-// the GPU (--device, --precision: train/runtime.h). Reports tokens/s, ms per step and per phase
-// (core/profile.h: attention, router, permute/combine, expert GEMMs, dense GEMMs, norms/elementwise,
-// loss, optimizer; on the GPU timed with CUDA events between phase changes), the model's FLOP rate
-// (train/model_info.h's count) as MFU against a GEMM measured in the same run and, on CUDA, against
-// the H100 SXM's 989 TFLOP/s bf16 dense peak, and the memory used. A benchmark command, never a
-// test: the numbers go into examples/BENCHMARKS.md next to the peers' (tests/reference/
-// bench_torch.py on the same config; scripts/gpu_bench.sh runs both on the GPU).
+// `moelab bench`: times full training steps (train/step.h's train_step, the trainer's own: forward,
+// backward, gradient norm and clipping at 1.0, AdamW, the aux-loss-free bias update; one
+// micro-batch) of a model on random tokens, after a few warm-up steps, on the CPU or the GPU
+// (--device, --precision: train/runtime.h). Reports tokens/s, ms per step and per phase
+// (core/profile.h: attention, router, permute/combine, expert GEMMs, dense GEMMs,
+// norms/elementwise, loss, optimizer = norm, clipping, AdamW and bias update; on the GPU timed with
+// CUDA events between phase changes), the model's FLOP rate (train/model_info.h's count) as MFU
+// against a GEMM measured in the same run and, on CUDA, against the H100 SXM's 989 TFLOP/s bf16
+// dense peak, and the memory used. A benchmark command, never a test: the numbers go into
+// examples/BENCHMARKS.md next to the peers' (tests/reference/bench_torch.py on the same config;
+// scripts/gpu_bench.sh runs both on the GPU).
 #pragma once
 
 #include <array>

@@ -25,41 +25,6 @@ bool is_norm(const std::string& name) {
   return contains(name, "layernorm.") || contains(name, "norm.weight");  // input_layernorm, q_a_layernorm, enorm, ...
 }
 
-// Per-token activation elements of the pieces of a block (see model_info.h for what is counted).
-int64_t attention_saved(const ModelConfig& c) {
-  const int64_t H = c.num_attention_heads;
-  if (c.attention == AttentionKind::MLA) {
-    const int64_t q = c.q_lora_rank > 0 ? 2 * c.q_lora_rank + 1 : 0;  // cq, q_a_layernorm input + rstd
-    return q + 2 * c.kv_lora_rank + 1                                 // kv_a_layernorm input + rstd, ckv
-           + 2 * H * (c.qk_nope_head_dim + c.qk_rope_head_dim)        // q, k
-           + 2 * H * c.v_head_dim                                     // v, out
-           + H;                                                       // lse
-  }
-  const int64_t hd = c.mha_head_dim(), Hkv = c.kv_heads();
-  return 2 * H * hd + 2 * Hkv * hd + H;  // q, out; k, v; lse
-}
-
-int64_t dense_ffn_saved(const ModelConfig& c) { return 3 * c.intermediate_size; }  // gate, up, hidden
-
-int64_t moe_saved(const ModelConfig& c) {
-  const int64_t E = c.n_routed_experts, K = c.num_experts_per_tok, F = c.moe_intermediate_size;
-  return 2 * E                              // router logits, scores
-         + 3 * K                            // topk_idx, topk_weights, dispatch positions
-         + (c.capacity_factor > 0 ? K : 0)  // expert_idx after drops
-         + 2 * K * c.hidden_size            // dispatched rows (the experts' input), expert outputs
-         + 3 * K * F                        // each expert's gate, up, hidden
-         + 3 * c.n_shared_experts * F;      // the shared experts' gate, up, hidden
-}
-
-// A block: its input, the two norms (rstd) and their outputs, the residual h, the two branches.
-int64_t block_saved(const ModelConfig& c, bool moe) {
-  const int64_t D = c.hidden_size;
-  return D + 1 + D + attention_saved(c) + D + 1 + D + (moe ? moe_saved(c) : dense_ffn_saved(c));
-}
-
-// A loss head: its input, the final norm (rstd, output), logits, lse, losses, ids and targets.
-int64_t head_saved(const ModelConfig& c) { return c.hidden_size + 1 + c.hidden_size + c.vocab_size + 2 + 2; }
-
 std::string with_commas(int64_t v) {
   std::string digits = std::to_string(v < 0 ? -v : v), out;
   for (size_t i = 0; i < digits.size(); ++i) {
@@ -84,51 +49,44 @@ std::string human(double v, const std::string& unit) {
   return s;
 }
 
+// A block of cfg declared into scratch buffers (nothing is allocated), for the figures of one config.
+LayerCost declared_attention_cost(const ModelConfig& cfg, int64_t seq_len) {
+  cfg.validate();
+  ParamBuffer params, buffers;
+  const Block block(params, buffers, "model.layers.0", cfg, /*moe=*/false);
+  return block.attention_cost({1, seq_len, DType::F32});
+}
+constexpr int64_t kBf16Bytes = 2;  // the KV cache's convention
 }  // namespace
 
 double attention_flops_per_token(const ModelConfig& cfg, int64_t seq_len, bool causal_half) {
   const double blocks = static_cast<double>(cfg.num_hidden_layers + cfg.num_nextn_predict_layers);
-  double dqk, dv;
-  if (cfg.attention == AttentionKind::MLA) {
-    dqk = static_cast<double>(cfg.qk_nope_head_dim + cfg.qk_rope_head_dim);
-    dv = static_cast<double>(cfg.v_head_dim);
-  } else {
-    dqk = dv = static_cast<double>(cfg.mha_head_dim());
-  }
-  const double full =
-      6.0 * blocks * static_cast<double>(seq_len) * static_cast<double>(cfg.num_attention_heads) * (dqk + dv);
-  return causal_half ? full / 2 : full;
+  const double half = blocks * declared_attention_cost(cfg, seq_len).flops(Phase::Attention);
+  return causal_half ? half : 2 * half;
 }
 
 int64_t kv_cache_bytes_per_token_layer(const ModelConfig& cfg) {
-  constexpr int64_t kBf16 = 2;
-  if (cfg.attention == AttentionKind::MLA) return (cfg.kv_lora_rank + cfg.qk_rope_head_dim) * kBf16;
-  return 2 * cfg.kv_heads() * cfg.mha_head_dim() * kBf16;
+  return declared_attention_cost(cfg, 1).kv_cache_elements * kBf16Bytes;
 }
 
 int64_t mha_kv_cache_bytes_per_token_layer(const ModelConfig& cfg) {
-  constexpr int64_t kBf16 = 2;
-  const int64_t H = cfg.num_attention_heads;
-  if (cfg.attention == AttentionKind::MLA)
-    return (H * (cfg.qk_nope_head_dim + cfg.qk_rope_head_dim) + H * cfg.v_head_dim) * kBf16;
-  return 2 * H * cfg.mha_head_dim() * kBf16;
+  return declared_attention_cost(cfg, 1).kv_cache_mha_elements * kBf16Bytes;
 }
 
 double ModelInfo::logits_bytes() const {
   return 4.0 * static_cast<double>(vocab) * static_cast<double>(loss_heads) * static_cast<double>(batch * seq_len);
 }
 
-ModelInfo model_info(const ModelConfig& cfg, const ParamBuffer& params, const ParamBuffer& buffers, int64_t batch,
-                     int64_t seq_len) {
+ModelInfo model_info(const Model& model, int64_t batch, int64_t seq_len, DType act) {
+  const ModelConfig& cfg = model.config();
   ModelInfo info;
   const int64_t L = cfg.num_hidden_layers, E = cfg.n_routed_experts, K = cfg.num_experts_per_tok;
-  const int64_t D = cfg.hidden_size, V = cfg.vocab_size, depth = cfg.num_nextn_predict_layers;
   // Routed experts: K of the E experts of a layer work for a token. Every expert of every layer has
   // the same shape, so the active part of any set of whole layers' experts is total / E * K.
   auto routed_active = [&](int64_t total) { return total / E * K; };
 
-  int64_t matmul_total = 0;  // every matmul weight but the embedding and the LM head
-  for (const ParamBuffer::Entry& e : params.entries()) {
+  // The components, by the declared names.
+  for (const ParamBuffer::Entry& e : model.params().entries()) {
     const std::string& name = e.spec.name;
     const int64_t n = e.spec.shape.numel();
     const int64_t layer = layer_of(name);
@@ -146,48 +104,59 @@ ModelInfo model_info(const ModelConfig& cfg, const ParamBuffer& params, const Pa
     part->total += n;
     if (routed && layer >= L) info.mtp_routed_experts.total += n;
     if (!routed) part->active += n;
-    if (part != &info.embedding && part != &info.lm_head && !is_norm(name) && !routed && e.spec.shape.ndim() == 2)
-      matmul_total += n;
   }
   info.routed_experts.active = routed_active(info.routed_experts.total);
   info.mtp_routed_experts.active = routed_active(info.mtp_routed_experts.total);
   info.mtp.active += info.mtp_routed_experts.active;
+  ParamCount declared;
   for (const ParamCount* p : {&info.embedding, &info.attention, &info.dense_ffn, &info.shared_experts,
                               &info.routed_experts, &info.router, &info.norms, &info.lm_head, &info.mtp, &info.other}) {
-    info.params.total += p->total;
-    info.params.active += p->active;
+    declared.total += p->total;
+    declared.active += p->active;
   }
-  for (const ParamBuffer::Entry& e : buffers.entries()) info.buffers += e.spec.shape.numel();
+  for (const ParamBuffer::Entry& e : model.buffers().entries()) info.buffers += e.spec.shape.numel();
 
-  // FLOPs: the LM head multiplies once per loss head, tied or not.
-  info.loss_heads = 1 + depth;
-  info.vocab = V;
-  info.matmul_params =
-      matmul_total + info.routed_experts.active + info.mtp_routed_experts.active + info.loss_heads * V * D;
-  info.flops_matmul = 6.0 * static_cast<double>(info.matmul_params);
-  info.flops_attention = attention_flops_per_token(cfg, seq_len, true);
-  info.flops_attention_full = attention_flops_per_token(cfg, seq_len, false);
-  info.flops_per_token = info.flops_matmul + info.flops_attention;
-
-  info.kv_bytes = kv_cache_bytes_per_token_layer(cfg);
-  info.kv_bytes_mha = mha_kv_cache_bytes_per_token_layer(cfg);
-
+  // Everything else, from the layers.
   info.batch = batch;
   info.seq_len = seq_len;
-  info.act_dense_layer = block_saved(cfg, false);
-  info.act_moe_layer = cfg.ffn == FfnKind::MoE ? block_saved(cfg, true) : 0;
-  for (int64_t l = 0; l < L; ++l) info.act_layers += cfg.is_moe_layer(l) ? info.act_moe_layer : info.act_dense_layer;
-  info.act_head = head_saved(cfg);
-  // An MTP module: Emb(t_{i+k}), the two norms' rstd, the concatenation [2D], its block (whose
-  // input is eh_proj's output) and its head (whose input is the block's output).
-  const int64_t mtp_block = cfg.ffn == FfnKind::MoE ? info.act_moe_layer : info.act_dense_layer;
-  info.act_mtp = depth * (D + 2 + 2 * D + mtp_block + info.act_head);
-  info.act_total = info.act_layers + info.act_head + info.act_mtp;
-  return info;
-}
+  info.act = act;
+  const Model::CostParts parts = model.cost_parts({batch, seq_len, act});
+  info.cost = parts.total();
+  info.activation_bytes_f32 = static_cast<double>(model.cost({batch, seq_len, DType::F32}).activation_bytes);
+  info.activation_bytes_bf16 = static_cast<double>(model.cost({batch, seq_len, DType::BF16}).activation_bytes);
+  info.params = {info.cost.params, info.cost.active_params};
+  MOELAB_CHECK(info.params.total == declared.total && info.params.active == declared.active,
+               "model_info: the layers report ", info.params.total, " parameters (", info.params.active,
+               " active) but declared ", declared.total, " (", declared.active, " active): a layer's cost() "
+               "no longer matches its declarations");
 
-ModelInfo model_info(const Model& model, int64_t batch, int64_t seq_len) {
-  return model_info(model.config(), model.params(), model.buffers(), batch, seq_len);
+  // FLOPs: the LM head multiplies once per loss head, tied or not (Model::cost_parts).
+  info.loss_heads = 1 + cfg.num_nextn_predict_layers;
+  info.vocab = cfg.vocab_size;
+  info.matmul_params = info.cost.matmul_params;
+  info.flops_matmul =
+      info.cost.flops(Phase::DenseGemm) + info.cost.flops(Phase::ExpertGemm) + info.cost.flops(Phase::Router);
+  info.flops_attention = info.cost.flops(Phase::Attention);
+  info.flops_attention_full = 2 * info.flops_attention;  // the causal count is exactly half the square
+  info.flops_per_token = info.flops_matmul + info.flops_attention;
+
+  const Block& block = model.blocks().front();
+  const LayerCost attention = block.attention_cost({batch, seq_len, act});
+  info.kv_bytes = attention.kv_cache_elements * kBf16Bytes;
+  info.kv_bytes_mha = attention.kv_cache_mha_elements * kBf16Bytes;
+  info.attention_dims = block.attention_dims();
+  info.attention_shape = block.describe_attention();
+  info.kv_cache_formula = block.kv_cache_formula();
+
+  for (size_t l = 0; l < parts.blocks.size(); ++l) {
+    const int64_t saved = parts.blocks[l].saved_per_token;
+    (model.blocks()[l].is_moe() ? info.act_moe_layer : info.act_dense_layer) = saved;
+    info.act_layers += saved;
+  }
+  info.act_head = parts.head.saved_per_token;
+  for (const LayerCost& m : parts.mtp) info.act_mtp += m.saved_per_token;
+  info.act_total = parts.embedding.saved_per_token + info.act_layers + info.act_head + info.act_mtp;
+  return info;
 }
 
 std::string format_model_info(const ModelConfig& c, const ModelInfo& info) {
@@ -198,11 +167,7 @@ std::string format_model_info(const ModelConfig& c, const ModelInfo& info) {
 
   // The shape in one glance.
   os << "model: L=" << L << " D=" << c.hidden_size << " V=" << c.vocab_size << "; attention "
-     << attention_kind_name(c.attention) << " H=" << c.num_attention_heads;
-  if (c.attention == AttentionKind::MLA)
-    os << " Cq=" << c.q_lora_rank << " Ckv=" << c.kv_lora_rank << " Dn=" << c.qk_nope_head_dim
-       << " Dr=" << c.qk_rope_head_dim << " Dv=" << c.v_head_dim;
-  else os << " Hkv=" << c.kv_heads() << " head_dim=" << c.mha_head_dim() << " rope_dim=" << c.mha_rope_dim();
+     << attention_kind_name(c.attention) << " " << info.attention_shape;
   os << "; ffn " << ffn_kind_name(c.ffn);
   if (moe)
     os << " E=" << c.n_routed_experts << " K=" << c.num_experts_per_tok << " F=" << c.moe_intermediate_size
@@ -256,11 +221,11 @@ std::string format_model_info(const ModelConfig& c, const ModelInfo& info) {
   os << "            (attention projections, dense FFN / shared + K routed experts, router"
      << (depth > 0 ? ", eh_proj" : "") << ", LM head x " << info.loss_heads << (depth > 0 ? " (main + MTP heads)" : "")
      << "; not the embedding lookup, not the norms)\n";
-  const char* dims = c.attention == AttentionKind::MLA ? "(Dn+Dr+Dv)" : "(2 x head_dim)";
   std::snprintf(buf, sizeof(buf),
-                "  attention 6 x L' x T x H x %s / 2 = %s   (causal: half of the T^2 work; L' = %" PRId64
-                " blocks%s, T = %" PRId64 "; the full square would be %s)\n",
-                dims, human(info.flops_attention, "FLOP").c_str(), L + depth, depth > 0 ? " incl. MTP" : "", T,
+                "  attention 6 x L' x T x H x (Dqk+Dv) / 2 = %s   (causal: half of the T^2 work; L' = %" PRId64
+                " blocks%s, T = %" PRId64 ", Dqk = %" PRId64 ", Dv = %" PRId64 "; the full square would be %s)\n",
+                human(info.flops_attention, "FLOP").c_str(), L + depth, depth > 0 ? " incl. MTP" : "", T,
+                info.attention_dims.qk_dim, info.attention_dims.v_dim,
                 human(info.flops_attention_full, "FLOP").c_str());
   os << buf;
   std::snprintf(buf, sizeof(buf), "  total     %s per token = %s per step of %s tokens\n",
@@ -270,16 +235,14 @@ std::string format_model_info(const ModelConfig& c, const ModelInfo& info) {
 
   // KV cache.
   os << "\nKV cache for generation (bf16, per token per layer):\n";
-  if (c.attention == AttentionKind::MLA) {
-    std::snprintf(
-        buf, sizeof(buf),
-        "  MLA (Ckv + Dr) x 2 B = %" PRId64
-        " B; MHA with the same heads (H x (Dn+Dr) keys + H x Dv values) x 2 B = %" PRId64 " B: %.1fx smaller\n",
-        info.kv_bytes, info.kv_bytes_mha, static_cast<double>(info.kv_bytes_mha) / static_cast<double>(info.kv_bytes));
-  } else {
-    std::snprintf(buf, sizeof(buf), "  %s 2 x Hkv x head_dim x 2 B = %" PRId64 " B (MHA: %" PRId64 " B, %.1fx)\n",
-                  attention_kind_name(c.attention), info.kv_bytes, info.kv_bytes_mha,
+  if (info.kv_bytes_mha != info.kv_bytes) {
+    std::snprintf(buf, sizeof(buf),
+                  "  %s x 2 B = %" PRId64 " B; MHA with the same heads (H x (Dqk+Dv)) x 2 B = %" PRId64
+                  " B: %.1fx smaller\n",
+                  info.kv_cache_formula.c_str(), info.kv_bytes, info.kv_bytes_mha,
                   static_cast<double>(info.kv_bytes_mha) / static_cast<double>(info.kv_bytes));
+  } else {
+    std::snprintf(buf, sizeof(buf), "  %s x 2 B = %" PRId64 " B\n", info.kv_cache_formula.c_str(), info.kv_bytes);
   }
   os << buf;
   std::snprintf(buf, sizeof(buf), "  all %" PRId64 " layers: %s per token, %s for one sequence of T = %" PRId64 "\n", L,
@@ -288,19 +251,21 @@ std::string format_model_info(const ModelConfig& c, const ModelInfo& info) {
   os << buf;
 
   // Memory.
-  os << "\nactivation memory, ESTIMATE (what the layers save for backward, fp32, dropless):\n";
-  std::snprintf(buf, sizeof(buf), "  per token: %s B per dense block", with_commas(4 * info.act_dense_layer).c_str());
+  std::snprintf(buf, sizeof(buf),
+                "\nactivation memory of one step (B x T = %s tokens), counted by the layers (dropless):\n"
+                "  the arena, forward + backward: %s in fp32 (cpu), %s in bf16 (cuda mixed precision)\n",
+                with_commas(B * T).c_str(), human(info.activation_bytes_f32, "B").c_str(),
+                human(info.activation_bytes_bf16, "B").c_str());
   os << buf;
-  if (info.act_moe_layer) os << ", " << with_commas(4 * info.act_moe_layer) << " B per MoE block";
-  os << ", " << with_commas(4 * info.act_head) << " B per loss head (logits V = " << c.vocab_size << ")";
+  os << "  of which kept for backward, per token (fp32):";
+  if (info.act_dense_layer) os << " " << with_commas(4 * info.act_dense_layer) << " B per dense block,";
+  if (info.act_moe_layer) os << " " << with_commas(4 * info.act_moe_layer) << " B per MoE block,";
+  os << " " << with_commas(4 * info.act_head) << " B per loss head (logits V = " << c.vocab_size << ")";
   if (depth > 0) os << ", " << with_commas(4 * info.act_mtp) << " B for the MTP module(s)";
   os << "\n";
-  std::snprintf(buf, sizeof(buf), "  one step (B x T = %s tokens): %s, of which logits %s\n",
-                with_commas(B * T).c_str(), human(info.activation_bytes(), "B").c_str(),
-                human(info.logits_bytes(), "B").c_str());
+  std::snprintf(buf, sizeof(buf), "  kept for backward in one step: %s, of which logits %s\n",
+                human(info.saved_bytes(), "B").c_str(), human(info.logits_bytes(), "B").c_str());
   os << buf;
-  os << "  (the step's arena also holds forward temporaries and backward's gradients: `moelab bench` measures its "
-        "peak)\n";
   std::snprintf(buf, sizeof(buf), "training state: 16 B/param (fp32 weights, gradients, AdamW m and v) = %s\n",
                 human(16.0 * static_cast<double>(info.params.total), "B").c_str());
   os << buf;

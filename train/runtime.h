@@ -28,11 +28,12 @@ struct Runtime {
   Tensor upload(const Tensor& host) const { return device == Device::CPU ? host : host.to(device); }
   std::string describe() const;      // "cpu fp32", "cuda bf16 (f32 master weights) on NVIDIA H100 ..."
   void synchronize() const;          // waits for the GPU's queued work (timing); a no-op on the CPU
-  // The activation arena's size for a step whose estimated activations take `estimate` bytes
-  // (train/model_info.h). CPU: a virtual reservation of 8 GiB (only the pages used are touched).
-  // CUDA: real memory, so 3x the estimate (saved activations, backward's temporaries) + 256 MiB,
-  // at most the free memory less 1 GiB; the peak used is printed at the end of a run.
-  size_t arena_bytes(double estimate) const;
+  // The activation arena's size for a step whose layers count `predicted` bytes of activations
+  // (ModelInfo::activation_bytes(), core/nn/cost.h: every tensor forward and backward allocate, an
+  // upper bound of the arena's peak on one process). CPU: a virtual reservation of 8 GiB (only the
+  // pages used are touched). CUDA: real memory, so the prediction plus 10% and 64 MiB (runtime.cpp
+  // says why), at most the free memory less 1 GiB; the peak used is printed at the end of a run.
+  size_t arena_bytes(double predicted) const;
 };
 
 // device: "cpu" | "cuda"; precision: "auto" | "fp32" | "bf16". Throws naming a bad value, or when

@@ -9,7 +9,6 @@
 #include <numeric>
 
 #include "cuda/philox.h"
-#include "train/model_info.h"
 
 namespace moelab {
 
@@ -129,28 +128,24 @@ std::vector<int32_t> generate(const Model& model, const std::vector<int32_t>& pr
 std::string format_kv_cache(const ModelConfig& cfg, const SampleStats& s) {
   const int64_t L = cfg.num_hidden_layers, bytes = static_cast<int64_t>(dtype_size(s.kv_dtype));
   const int64_t per_token = s.kv_elements_per_token * bytes, bf16 = s.kv_elements_per_token * 2;
+  // The attention layer's own account of its cache (core/nn/cost.h): its formula, and what MHA with
+  // the same heads and head dims would cache, from a block declared for the config (nothing allocated).
+  ParamBuffer declared, declared_buffers;
+  const Block block(declared, declared_buffers, "model.layers.0", cfg, /*moe=*/false);
+  const int64_t mha = block.attention_cost({1, 1, s.kv_dtype}).kv_cache_mha_elements * L * bytes;
   char buf[512];
-  if (cfg.attention == AttentionKind::MLA) {
-    // model_info's MHA equivalent (H x (Dn + Dr) keys and H x Dv values per layer) is in bf16 bytes.
-    const int64_t mha = mha_kv_cache_bytes_per_token_layer(cfg) / 2 * L * bytes;
-    std::snprintf(buf, sizeof(buf),
-                  "KV cache: %lld bytes/token (MLA latent Ckv + rope key Dr per layer: (%lld + %lld) x %lld B (%s) = "
-                  "%lld B, x %lld layers); %lld bytes/token in bf16; MHA with these heads would cache %lld (%.1fx)",
-                  static_cast<long long>(per_token), static_cast<long long>(cfg.kv_lora_rank),
-                  static_cast<long long>(cfg.qk_rope_head_dim), static_cast<long long>(bytes), dtype_name(s.kv_dtype),
-                  static_cast<long long>(per_token / L), static_cast<long long>(L), static_cast<long long>(bf16),
-                  static_cast<long long>(mha),
+  std::snprintf(buf, sizeof(buf),
+                "KV cache: %lld bytes/token (%s x %lld B (%s) = %lld B, x %lld layers); %lld bytes/token in bf16",
+                static_cast<long long>(per_token), block.kv_cache_formula().c_str(), static_cast<long long>(bytes),
+                dtype_name(s.kv_dtype), static_cast<long long>(per_token / L), static_cast<long long>(L),
+                static_cast<long long>(bf16));
+  std::string line = buf;
+  if (mha != per_token) {
+    std::snprintf(buf, sizeof(buf), "; MHA with these heads would cache %lld (%.1fx)", static_cast<long long>(mha),
                   static_cast<double>(mha) / static_cast<double>(per_token));
-  } else {
-    std::snprintf(buf, sizeof(buf),
-                  "KV cache: %lld bytes/token (%s keys and values per layer: 2 x Hkv %lld x head_dim %lld x %lld B "
-                  "(%s) = %lld B, x %lld layers); %lld bytes/token in bf16",
-                  static_cast<long long>(per_token), attention_kind_name(cfg.attention),
-                  static_cast<long long>(cfg.kv_heads()), static_cast<long long>(cfg.mha_head_dim()),
-                  static_cast<long long>(bytes), dtype_name(s.kv_dtype), static_cast<long long>(per_token / L),
-                  static_cast<long long>(L), static_cast<long long>(bf16));
+    line += buf;
   }
-  return buf;
+  return line;
 }
 
 }  // namespace moelab

@@ -1,9 +1,10 @@
 // `moelab train`: the training loop on the CPU or one GPU (train.device, train.precision:
 // train/runtime.h), wiring model, data, optimizer and checkpoints.
-// Each optimizer step: grad_accum_steps micro-batches (forward + backward with the loss scaled by
-// 1/grad_accum_steps), a non-finite guard (a NaN/Inf loss or gradient norm skips the update and is
-// logged; max_nonfinite in a row stop the run with an error), global-norm clipping, AdamW at the
-// scheduled learning rate, then the aux-loss-free bias update with the step's summed expert loads.
+// Each optimizer step is train/step.h's train_step (the one `moelab bench` times): grad_accum_steps
+// micro-batches (forward + backward with the loss scaled by 1/grad_accum_steps), a non-finite guard
+// (a NaN/Inf loss or gradient norm skips the update; the trainer logs it, and max_nonfinite in a row
+// stop the run with an error), global-norm clipping, AdamW at the scheduled learning rate, then the
+// aux-loss-free bias update with the step's summed expert loads.
 // Validation every eval_every steps on the first eval_batches windows of the val split (the same
 // windows every time, so the curve is comparable). Checkpoints every ckpt_every steps, at the end,
 // and when stop is requested (SIGINT/SIGTERM through `stop`): the current step finishes first.

@@ -5,7 +5,7 @@
 namespace moelab {
 
 Block::Block(ParamBuffer& params, ParamBuffer& buffers, const std::string& prefix, const ModelConfig& cfg, bool moe)
-    : attention_(cfg.attention), is_moe_(moe) {
+    : attention_(cfg.attention), is_moe_(moe), dim_(cfg.hidden_size) {
   attn_norm_ = RMSNorm(params, prefix + ".input_layernorm", cfg.hidden_size, cfg.rms_norm_eps);
   if (attention_ == AttentionKind::MLA) mla_ = MLAttention(params, prefix + ".self_attn", cfg);
   else gqa_ = GQAttention(params, prefix + ".self_attn", cfg);
@@ -46,6 +46,30 @@ void Block::backward(const Context& ctx, const Saved& s, const Tensor& grad_y, d
   else gqa_.backward(ctx, s.gqa, g_h, g_normed);
   attn_norm_.backward(s.attn_norm, g_normed, grad_x);
   add(grad_x, g_h, grad_x);
+}
+
+LayerCost Block::attention_cost(const CostShape& shape) const {
+  return with_attention([&](const auto& a) { return a.cost(shape); });
+}
+AttentionDims Block::attention_dims() const {
+  return with_attention([](const auto& a) { return a.dims(); });
+}
+std::string Block::describe_attention() const {
+  return with_attention([](const auto& a) { return a.describe(); });
+}
+std::string Block::kv_cache_formula() const {
+  return with_attention([](const auto& a) { return a.kv_cache_formula(); });
+}
+
+LayerCost Block::cost(const CostShape& shape) const {
+  const int64_t D = dim_;
+  LayerCost c = attn_norm_.cost(shape);
+  c += attention_cost(shape);
+  c += ffn_norm_.cost(shape);
+  c += is_moe_ ? moe_.cost(shape) : mlp_.cost(shape);
+  c.saved_per_token += 4 * D;  // its input x, normed, h, normed2
+  for (int i = 0; i < 5 + 3; ++i) c.alloc(shape.tokens() * D, shape.act);  // forward's 5, backward's 3
+  return c;
 }
 
 }  // namespace moelab

@@ -10,6 +10,7 @@
 
 #include "core/nn/config.h"
 #include "core/nn/context.h"
+#include "core/nn/cost.h"
 #include "core/nn/gqa.h"
 #include "core/nn/mla.h"
 #include "core/nn/mlp.h"
@@ -47,14 +48,34 @@ class Block {
   // x, y: [B*n, D] at positions [pos, pos + n); the FFN is per token and runs as in forward (MoE: see
   // MoE::decode).
   void decode(const Context& ctx, const Tensor& x, const Tensor& y, KVCache& cache, int64_t pos) const;
+  // Arena bytes one decode() of shape.tokens() rows allocates (core/nn/cost.h's rules).
+  int64_t decode_bytes(const CostShape& shape) const;
+
+  // What it costs (core/nn/cost.h): its norms, attention and FFN, and the five [N, D] temporaries of
+  // forward (normed, branch, h, normed2, branch2) and three of backward.
+  LayerCost cost(const CostShape& shape) const;
+  // The attention in use: its cost alone, its score shapes and what `moelab info` and `moelab sample`
+  // print about it (MLAttention / GQAttention::describe and kv_cache_formula).
+  LayerCost attention_cost(const CostShape& shape) const;
+  AttentionDims attention_dims() const;
+  std::string describe_attention() const;
+  std::string kv_cache_formula() const;
 
   bool is_moe() const { return is_moe_; }
   MoE& moe() { return moe_; }
   const MoE& moe() const { return moe_; }
 
  private:
+  // f(the attention layer in use): every question about the attention goes through here, but
+  // forward, backward, new_cache and decode, whose Saved and caches are of the kind's own type.
+  template <typename F>
+  auto with_attention(F f) const {
+    return attention_ == AttentionKind::MLA ? f(mla_) : f(gqa_);
+  }
+
   AttentionKind attention_ = AttentionKind::MLA;
   bool is_moe_ = false;
+  int64_t dim_ = 0;  // D
   RMSNorm attn_norm_, ffn_norm_;
   MLAttention mla_;
   GQAttention gqa_;

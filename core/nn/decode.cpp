@@ -12,7 +12,8 @@
 //   MHA/GQA: caches k (after RoPE) and v: 2 x Hkv x head_dim numbers per token per layer.
 //   MoE:     dropless routing at inference (MoE::decode).
 // Nothing here keeps activations for a backward: the Saved structs the reused forwards fill are
-// thrown away.
+// thrown away. Each layer's decode_bytes counts what its decode allocates, by core/nn/cost.h's rules
+// (Model::decode_arena_bytes sizes generation's arena with their sum).
 #include <algorithm>
 #include <cmath>
 
@@ -75,6 +76,24 @@ void MLAttention::decode(const Context& ctx, const Tensor& x, const Tensor& y, K
   o_proj_.forward(ctx, out.as_rows(N), y);
 }
 
+int64_t MLAttention::decode_bytes(const CostShape& shape) const {
+  LayerCost c;
+  auto rows = [&](int64_t width) { c.alloc(shape.tokens() * width, shape.act); };
+  rows(heads_ * (nope_ + rope_));  // q
+  if (q_rank_ > 0) {
+    rows(q_rank_);  // cq_raw
+    rows(q_rank_);  // cq
+    c.activation_bytes += q_a_norm_.cost(shape).activation_bytes;  // its rstd
+  }
+  rows(kv_rank_ + rope_);  // kva
+  rows(kv_rank_);          // ckv_raw
+  rows(kv_rank_);          // ckv
+  rows(rope_);             // kr
+  c.activation_bytes += kv_a_norm_.cost(shape).activation_bytes;
+  rows(heads_ * v_dim_);   // out
+  return c.activation_bytes;
+}
+
 // ---- MHA / GQA ----
 
 GQAttention::KVCache GQAttention::new_cache(int64_t batch, int64_t capacity, DType dtype, Device device) const {
@@ -101,6 +120,22 @@ void GQAttention::decode(const Context& ctx, const Tensor& x, const Tensor& y, K
   o_proj_.forward(ctx, out.as_rows(N), y);
 }
 
+int64_t GQAttention::decode_bytes(const CostShape& shape) const {
+  LayerCost c;
+  auto rows = [&](int64_t width) { c.alloc(shape.tokens() * width, shape.act); };
+  rows(heads_ * head_dim_);     // q
+  rows(kv_heads_ * head_dim_);  // k
+  rows(kv_heads_ * head_dim_);  // v
+  rows(heads_ * head_dim_);     // out
+  return c.activation_bytes;
+}
+
+// ---- SwiGLU MLP (the dense FFN, and the shared and routed experts) ----
+
+int64_t SwiGLUMLP::decode_bytes(const CostShape& shape) const {
+  return 3 * arena_alloc_bytes(shape.tokens() * hidden_size(), shape.act);  // gate, up, hidden
+}
+
 // ---- MoE ----
 
 void MoE::decode(const Context& ctx, const Tensor& x, const Tensor& y) const {
@@ -119,6 +154,35 @@ void MoE::decode(const Context& ctx, const Tensor& x, const Tensor& y) const {
     shared_.forward(ctx, x, shared_y, s.shared);
     add(y, shared_y, y);
   }
+}
+
+int64_t MoE::decode_bytes(const CostShape& shape) const {
+  const int64_t N = shape.tokens(), D = cfg_.hidden_size, F = cfg_.moe_intermediate_size;
+  const int64_t E = cfg_.n_routed_experts, K = cfg_.num_experts_per_tok, M = N * K;  // every assignment runs
+  const DType act = shape.act, stat = shape.stat();
+  LayerCost c;
+  // route(), as in training: the widened input, logits, scores, selection, gates (and expert_idx,
+  // which route() makes for the capacity factor even though decode does not use it).
+  if (act != stat) c.alloc(N * D, stat);
+  c.alloc(N * E, stat);
+  c.alloc(N * E, stat);
+  c.alloc(N * K, DType::I32);
+  c.alloc(N * K, stat);
+  if (cfg_.capacity_factor > 0) c.alloc(N * K, DType::I32);
+  if (naive_) {
+    c.alloc(M * D, act);                                      // expert_y
+    c.activation_bytes += M * 3 * arena_alloc_bytes(F, act);  // each assignment's gate, up, hidden
+  } else {
+    c.alloc(M, DType::I32);  // the dispatch layout's positions
+    c.alloc(M * D, act);     // expert_x
+    c.alloc(M * D, act);     // expert_y
+    for (int i = 0; i < 3; ++i) c.alloc_split(M * F, act, std::min(E, M));  // per expert: gate, up, hidden
+  }
+  if (cfg_.n_shared_experts > 0) {
+    c.alloc(N * D, act);  // shared_y
+    c.activation_bytes += shared_.decode_bytes(shape);
+  }
+  return c.activation_bytes;
 }
 
 // ---- Block ----
@@ -153,6 +217,16 @@ void Block::decode(const Context& ctx, const Tensor& x, const Tensor& y, KVCache
     mlp_.forward(ctx, normed2, branch2, mlp_unused);
   }
   add(h, branch2, y);
+}
+
+int64_t Block::decode_bytes(const CostShape& shape) const {
+  LayerCost c;
+  for (int i = 0; i < 5; ++i) c.alloc(shape.tokens() * dim_, shape.act);  // normed, branch, h, normed2, branch2
+  // The norms' rstd, the attention over the cache, the FFN.
+  c.activation_bytes += attn_norm_.cost(shape).activation_bytes + ffn_norm_.cost(shape).activation_bytes;
+  c.activation_bytes += with_attention([&](const auto& a) { return a.decode_bytes(shape); });
+  c.activation_bytes += is_moe_ ? moe_.decode_bytes(shape) : mlp_.decode_bytes(shape);
+  return c.activation_bytes;
 }
 
 // ---- Model ----
@@ -205,37 +279,19 @@ void Model::decode(const Context& ctx, const Tensor& ids, int64_t pos, KVCache& 
 }
 
 size_t Model::decode_arena_bytes(int64_t rows) const {
-  // Counted from the ctx.alloc calls above and in the forwards they reuse (RMSNorm's rstd, SwiGLUMLP,
-  // MoE's router, dispatch and experts), in elements per token; i32 indices count as one element.
-  // Each allocation may also lose up to Arena::kAlignment bytes to alignment.
-  const ModelConfig& c = cfg_;
-  const int64_t D = c.hidden_size, H = c.num_attention_heads, E = c.n_routed_experts, K = c.num_experts_per_tok;
-  const int64_t F = c.moe_intermediate_size;
-  int64_t attention = 0;
-  if (c.attention == AttentionKind::MLA) {
-    const int64_t Cq = c.q_lora_rank, Ckv = c.kv_lora_rank, Dr = c.qk_rope_head_dim;
-    attention = H * (c.qk_nope_head_dim + Dr)      // q
-                + (Cq > 0 ? 2 * Cq + 1 : 0)        // cq_raw, cq, rstd
-                + (Ckv + Dr) + 2 * Ckv + 1 + Dr    // kva, ckv_raw, ckv, rstd, kr
-                + H * c.v_head_dim;                // out
-  } else {
-    attention = 2 * H * c.mha_head_dim() + 2 * c.kv_heads() * c.mha_head_dim();  // q, out; k, v
-  }
-  const int64_t moe = D + 2 * E + 4 * K        // x_router; logits, scores; topk_idx, weights, expert_idx, dispatch pos
-                      + 2 * K * D + 3 * K * F  // expert inputs and outputs; each expert's gate, up, hidden
-                      + D + 3 * c.n_shared_experts * F;  // shared experts' output, gate, up, hidden
-  int64_t per_token = 2 * D + 1;  // the embedding, the final norm's output and rstd
-  int64_t allocs = 3;
+  // The rows run as one sequence (the counts depend on B x n only), in the activations' dtype: the
+  // compute copy's (bf16 in mixed precision), else the parameters' (f32, f64 in gradient checks).
+  const DType act = params_.has_compute_copy() ? params_.flat_compute().dtype() : params_.flat_params().dtype();
+  const CostShape shape{1, rows, act};
+  LayerCost c;
+  c.alloc(rows * cfg_.hidden_size, act);  // the embedding's output
   for (const Block& b : blocks_) {
-    // The block's output, its 5 temporaries and 2 rstd, the attention, the FFN.
-    per_token += 6 * D + 2 + attention + (b.is_moe() ? moe : 3 * c.intermediate_size);
-    // 8 in the block, at most 10 in the attention, 13 in the MoE outside its experts; the experts: 3
-    // per expert (grouped) or 3 per assignment (the naive path).
-    allocs += 18 + (b.is_moe() ? 13 + 3 * E + 3 * rows * K : 3);
+    c.alloc(rows * cfg_.hidden_size, act);  // the block's output
+    c.activation_bytes += b.decode_bytes(shape);
   }
-  // f32 counts every element at 4 bytes: bf16 activations take less, their f32 statistics no more.
-  const size_t elem = std::max<size_t>(dtype_size(params_.flat_params().dtype()), 4);
-  return static_cast<size_t>(rows * per_token) * elem + static_cast<size_t>(allocs) * Arena::kAlignment;
+  c.alloc(rows * cfg_.hidden_size, act);                    // the final norm's output
+  c.activation_bytes += final_norm_.cost(shape).activation_bytes;  // its rstd
+  return static_cast<size_t>(c.activation_bytes);
 }
 
 }  // namespace moelab

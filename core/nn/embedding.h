@@ -5,6 +5,7 @@
 
 #include <string>
 
+#include "core/nn/cost.h"
 #include "core/params.h"
 
 namespace moelab {
@@ -16,6 +17,9 @@ class Embedding {
 
   void forward(const Tensor& ids, const Tensor& out) const;             // ids: i32 [B, T] -> out: [B, T, D]
   void backward(const Tensor& ids, const Tensor& grad_out) const;       // grad_weight += scatter(grad_out)
+  // V x D parameters, all active (the convention counts the table, though a token reads one row); a
+  // lookup is no FLOP, and its output is the caller's.
+  LayerCost cost(const CostShape& shape) const;
 
   Tensor weight() const { return params_->compute(index_); }  // the compute copy (core/params.h)
   Tensor grad_weight() const { return params_->grad(index_); }
@@ -23,6 +27,7 @@ class Embedding {
  private:
   const ParamBuffer* params_ = nullptr;
   size_t index_ = 0;
+  int64_t vocab_ = 0, dim_ = 0;
 };
 
 }  // namespace moelab

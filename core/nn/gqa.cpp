@@ -1,6 +1,7 @@
 #include "core/nn/gqa.h"
 
 #include <cmath>
+#include <sstream>
 
 #include "core/ops/attention.h"
 #include "core/ops/elementwise.h"
@@ -9,7 +10,8 @@
 namespace moelab {
 
 GQAttention::GQAttention(ParamBuffer& params, const std::string& prefix, const ModelConfig& cfg)
-    : heads_(cfg.num_attention_heads),
+    : kind_(attention_kind_name(cfg.attention)),
+      heads_(cfg.num_attention_heads),
       kv_heads_(cfg.kv_heads()),
       head_dim_(cfg.mha_head_dim()),
       rope_dim_(cfg.mha_rope_dim()),
@@ -65,6 +67,43 @@ void GQAttention::backward(const Context& ctx, const Saved& s, const Tensor& gra
   add(grad_x, gx_part, grad_x);
   v_proj_.backward(ctx, s.x, gv.as_rows(N), gx_part);
   add(grad_x, gx_part, grad_x);
+}
+
+LayerCost GQAttention::cost(const CostShape& shape) const {
+  const int64_t N = shape.tokens(), D = o_proj_.out_features(), H = heads_, Hkv = kv_heads_, hd = head_dim_;
+  LayerCost c;
+  c += q_proj_.cost(shape);
+  c += k_proj_.cost(shape);
+  c += v_proj_.cost(shape);
+  c += o_proj_.cost(shape);
+  c += attention_scores_cost(dims(), shape);
+  c.kv_cache_elements = 2 * Hkv * hd;  // k (after RoPE) and v of every kv head
+  c.kv_cache_mha_elements = 2 * H * hd;
+  c.saved_per_token = 2 * H * hd + 2 * Hkv * hd + H;  // q, out; k, v; lse
+  // Forward's allocations, then backward's: [N, width] activations each.
+  auto rows = [&](int64_t width) { c.alloc(N * width, shape.act); };
+  rows(H * hd);                  // q
+  rows(Hkv * hd);                // k
+  rows(Hkv * hd);                // v
+  rows(H * hd);                  // out
+  c.alloc(N * H, shape.stat());  // lse [B, H, T]
+  rows(H * hd);                  // grad_out
+  rows(H * hd);                  // gq
+  rows(Hkv * hd);                // gk
+  rows(Hkv * hd);                // gv
+  rows(D);                       // gx_part
+  return c;
+}
+
+std::string GQAttention::describe() const {
+  std::ostringstream os;
+  os << "H=" << heads_ << " Hkv=" << kv_heads_ << " head_dim=" << head_dim_ << " rope_dim=" << rope_dim_;
+  return os.str();
+}
+
+std::string GQAttention::kv_cache_formula() const {
+  return std::string(kind_) + " keys and values per layer: 2 x Hkv " + std::to_string(kv_heads_) + " x head_dim " +
+         std::to_string(head_dim_);
 }
 
 }  // namespace moelab

@@ -10,6 +10,7 @@
 
 #include "core/nn/config.h"
 #include "core/nn/context.h"
+#include "core/nn/cost.h"
 #include "core/nn/linear.h"
 
 namespace moelab {
@@ -38,8 +39,18 @@ class GQAttention {
   // x, y: [B*n, D], the n = ctx.seq_len new tokens of each sequence at positions [pos, pos + n).
   // Reads positions [0, pos) from the cache and writes [pos, pos + n) into it.
   void decode(const Context& ctx, const Tensor& x, const Tensor& y, KVCache& cache, int64_t pos) const;
+  // Arena bytes one decode() of shape.tokens() rows allocates (core/nn/cost.h's rules).
+  int64_t decode_bytes(const CostShape& shape) const;
+
+  // What it costs (core/nn/cost.h): the projections, the scores with Dqk = Dv = hd, a cache of
+  // 2 x Hkv x hd numbers per token, and every tensor forward and backward allocate.
+  LayerCost cost(const CostShape& shape) const;
+  AttentionDims dims() const { return {heads_, kv_heads_, head_dim_, head_dim_}; }
+  std::string describe() const;          // "H=4 Hkv=2 head_dim=32 rope_dim=32"
+  std::string kv_cache_formula() const;  // "gqa keys and values per layer: 2 x Hkv 2 x head_dim 32"
 
  private:
+  const char* kind_ = "mha";  // attention_kind_name(cfg.attention): mha or gqa
   Linear q_proj_, k_proj_, v_proj_, o_proj_;
   int64_t heads_ = 0, kv_heads_ = 0, head_dim_ = 0, rope_dim_ = 0;
   double rope_theta_ = 10000.0;

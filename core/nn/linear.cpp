@@ -19,4 +19,11 @@ void Linear::backward(const Context& ctx, const Tensor& x, const Tensor& grad_y,
   matmul_backward(grad_y, x, weight(), grad_x, grad_weight(), ctx.gpu);
 }
 
+LayerCost Linear::cost(const CostShape&) const {
+  LayerCost c;
+  c.params = c.active_params = c.matmul_params = in_ * out_;
+  c.gemm(Phase::DenseGemm, in_, out_);
+  return c;
+}
+
 }  // namespace moelab

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "core/nn/context.h"
+#include "core/nn/cost.h"
 #include "core/params.h"
 
 namespace moelab {
@@ -22,6 +23,8 @@ class Linear {
   void forward(const Context& ctx, const Tensor& x, const Tensor& y) const;
   // grad_y: [..., out] -> grad_x: [..., in]
   void backward(const Context& ctx, const Tensor& x, const Tensor& grad_y, const Tensor& grad_x) const;
+  // in x out parameters and one GEMM per token in Phase::DenseGemm; nothing from the arena.
+  LayerCost cost(const CostShape& shape) const;
 
   Tensor weight() const { return params_->compute(index_); }       // what the GEMMs read
   Tensor master_weight() const { return params_->param(index_); }  // f32 (f64 in checks)

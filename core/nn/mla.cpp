@@ -1,6 +1,7 @@
 #include "core/nn/mla.h"
 
 #include <cmath>
+#include <sstream>
 
 #include "core/ops/attention.h"
 #include "core/ops/columns.h"
@@ -104,6 +105,71 @@ void MLAttention::backward(const Context& ctx, const Saved& s, const Tensor& gra
     q_proj_.backward(ctx, s.x, gq.as_rows(N), gx_q);
   }
   add(grad_x, gx_q, grad_x);
+}
+
+LayerCost MLAttention::cost(const CostShape& shape) const {
+  const int64_t N = shape.tokens(), D = o_proj_.out_features(), H = heads_, qk = nope_ + rope_;
+  const DType act = shape.act;
+  LayerCost c;
+  if (q_rank_ > 0) {
+    c += q_a_proj_.cost(shape);
+    c += q_a_norm_.cost(shape);
+    c += q_b_proj_.cost(shape);
+  } else {
+    c += q_proj_.cost(shape);
+  }
+  c += kv_a_proj_.cost(shape);
+  c += kv_a_norm_.cost(shape);
+  c += kv_b_proj_.cost(shape);
+  c += o_proj_.cost(shape);
+  c += attention_scores_cost(dims(), shape);
+  // Generation caches the normalised latent and the turned rope key, nothing per head.
+  c.kv_cache_elements = kv_rank_ + rope_;
+  c.kv_cache_mha_elements = H * qk + H * v_dim_;
+  // Saved for backward (the norms add their rstd): cq_raw and cq, ckv_raw and ckv, q, k, v, out, lse.
+  c.saved_per_token += (q_rank_ > 0 ? 2 * q_rank_ : 0) + 2 * kv_rank_ + 2 * H * qk + 2 * H * v_dim_ + H;
+  // Forward's allocations, in forward's order, then backward's: [N, width] activations each.
+  auto rows = [&](int64_t width) { c.alloc(N * width, act); };
+  rows(H * qk);                           // q
+  if (q_rank_ > 0) {
+    rows(q_rank_);                        // cq_raw
+    rows(q_rank_);                        // cq
+  }
+  rows(kv_rank_ + rope_);                 // kva
+  rows(kv_rank_);                         // ckv_raw
+  rows(rope_);                            // kr
+  rows(kv_rank_);                         // ckv
+  rows(H * (nope_ + v_dim_));             // kv
+  rows(H * qk);                           // k
+  rows(H * v_dim_);                       // v
+  rows(H * v_dim_);                       // out
+  c.alloc(N * H, shape.stat());           // lse [B, H, T]
+  rows(H * v_dim_);                       // grad_out
+  rows(H * qk);                           // gq
+  rows(H * qk);                           // gk
+  rows(H * v_dim_);                       // gv
+  rows(H * (nope_ + v_dim_));             // gkv
+  rows(rope_);                            // gkr
+  rows(kv_rank_);                         // gckv
+  rows(kv_rank_);                         // gckv_raw
+  rows(kv_rank_ + rope_);                 // gkva
+  rows(D);                                // gx_q
+  if (q_rank_ > 0) {
+    rows(q_rank_);                        // gcq
+    rows(q_rank_);                        // gcq_raw
+  }
+  return c;
+}
+
+std::string MLAttention::describe() const {
+  std::ostringstream os;
+  os << "H=" << heads_ << " Cq=" << q_rank_ << " Ckv=" << kv_rank_ << " Dn=" << nope_ << " Dr=" << rope_
+     << " Dv=" << v_dim_;
+  return os.str();
+}
+
+std::string MLAttention::kv_cache_formula() const {
+  return "MLA latent Ckv + rope key Dr per layer: (" + std::to_string(kv_rank_) + " + " + std::to_string(rope_) + ")";
 }
 
 }  // namespace moelab

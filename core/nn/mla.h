@@ -13,6 +13,7 @@
 
 #include "core/nn/config.h"
 #include "core/nn/context.h"
+#include "core/nn/cost.h"
 #include "core/nn/linear.h"
 #include "core/nn/norm.h"
 
@@ -47,6 +48,15 @@ class MLAttention {
   // x, y: [B*n, D], the n = ctx.seq_len new tokens of each sequence at positions [pos, pos + n).
   // Reads positions [0, pos) from the cache and writes [pos, pos + n) into it.
   void decode(const Context& ctx, const Tensor& x, const Tensor& y, KVCache& cache, int64_t pos) const;
+  // Arena bytes one decode() of shape.tokens() rows allocates (core/nn/cost.h's rules).
+  int64_t decode_bytes(const CostShape& shape) const;
+
+  // What it costs (core/nn/cost.h): the projections, the scores with Dqk = Dn + Dr and Dv, a cache of
+  // Ckv + Dr numbers per token, and every tensor forward and backward allocate (the list in cost()).
+  LayerCost cost(const CostShape& shape) const;
+  AttentionDims dims() const { return {heads_, heads_, nope_ + rope_, v_dim_}; }
+  std::string describe() const;          // "H=16 Cq=0 Ckv=512 Dn=128 Dr=64 Dv=128"
+  std::string kv_cache_formula() const;  // "MLA latent Ckv + rope key Dr per layer: (512 + 64)"
 
  private:
   float scale() const;

@@ -33,4 +33,17 @@ void SwiGLUMLP::backward(const Context& ctx, const Saved& s, const Tensor& grad_
   add(grad_x, grad_x_up, grad_x);
 }
 
+LayerCost SwiGLUMLP::cost(const CostShape& shape) const {
+  const int64_t n = shape.tokens(), f = hidden_size(), d = gate_.in_features();
+  LayerCost c;
+  c += gate_.cost(shape);
+  c += up_.cost(shape);
+  c += down_.cost(shape);
+  c.saved_per_token = 3 * f;  // gate, up, hidden
+  for (int i = 0; i < 3; ++i) c.alloc(n * f, shape.act);  // forward: gate, up, hidden
+  for (int i = 0; i < 3; ++i) c.alloc(n * f, shape.act);  // backward: grad_hidden, grad_gate, grad_up
+  c.alloc(n * d, shape.act);                              // grad_x_up
+  return c;
+}
+
 }  // namespace moelab

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "core/nn/context.h"
+#include "core/nn/cost.h"
 #include "core/nn/linear.h"
 
 namespace moelab {
@@ -27,6 +28,12 @@ class SwiGLUMLP {
   void backward(const Context& ctx, const Saved& saved, const Tensor& grad_y, const Tensor& grad_x) const;
 
   int64_t hidden_size() const { return gate_.out_features(); }
+  // Three projections in Phase::DenseGemm (the MoE moves its experts' to ExpertGemm); the arena
+  // holds gate, up, hidden [N, F] forward and their three gradients and one [N, D] backward, for
+  // N = shape.tokens() rows.
+  LayerCost cost(const CostShape& shape) const;
+  // Arena bytes of forward alone (gate, up, hidden), what generation runs (core/nn/decode.cpp).
+  int64_t decode_bytes(const CostShape& shape) const;
 
  private:
   Linear gate_, up_, down_;

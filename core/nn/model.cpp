@@ -21,16 +21,8 @@ Model::Model(const ModelConfig& cfg) : cfg_(cfg) {
   for (int64_t l = 0; l < L; ++l) blocks_.emplace_back(params_, buffers_, layer_prefix(l), cfg_, cfg_.is_moe_layer(l));
   final_norm_ = RMSNorm(params_, "model.norm", D, cfg_.rms_norm_eps);
   if (!cfg_.tie_word_embeddings) lm_head_ = Linear(params_, "lm_head", D, cfg_.vocab_size, std);
-  for (int64_t k = 1; k <= cfg_.num_nextn_predict_layers; ++k) {
-    const std::string p = layer_prefix(L + k - 1);
-    MtpModule m;
-    m.enorm = RMSNorm(params_, p + ".enorm", D, cfg_.rms_norm_eps);
-    m.hnorm = RMSNorm(params_, p + ".hnorm", D, cfg_.rms_norm_eps);
-    m.eh_proj = Linear(params_, p + ".eh_proj", 2 * D, D, std);
-    m.block = Block(params_, buffers_, p, cfg_, cfg_.ffn == FfnKind::MoE);
-    m.head_norm = RMSNorm(params_, p + ".shared_head.norm", D, cfg_.rms_norm_eps);
-    mtp_.push_back(std::move(m));
-  }
+  for (int64_t k = 1; k <= cfg_.num_nextn_predict_layers; ++k)
+    mtp_.emplace_back(params_, buffers_, layer_prefix(L + k - 1), cfg_);
 }
 
 void Model::allocate(Device device, DType dtype) {
@@ -110,16 +102,9 @@ Model::Losses Model::forward(const Context& ctx, const Tensor& tokens, Saved& s)
     slice_columns(tokens, k, ms.head.ids);
     ms.emb = ctx.alloc({N, D});
     embed_.forward(ms.head.ids.reshape({N}), ms.emb);
-    Tensor e_normed = ctx.alloc({N, D}), h_normed = ctx.alloc({N, D});
-    m.enorm.forward(ctx, ms.emb, e_normed, ms.enorm);
-    m.hnorm.forward(ctx, h_prev, h_normed, ms.hnorm);
-    ms.cat = ctx.alloc({N, 2 * D});
-    concat_columns(e_normed, h_normed, ms.cat);
-    ms.h_in = ctx.alloc({N, D});
-    m.eh_proj.forward(ctx, ms.cat, ms.h_in);
     ms.out = ctx.alloc({N, D});
-    m.block.forward(ctx, ms.h_in, ms.out, ms.block);
-    losses.mtp.push_back(head_forward(ctx, m.head_norm, ms.out, tokens, k, ms.head));
+    m.forward(ctx, ms.emb, h_prev, ms.out, ms.module);
+    losses.mtp.push_back(head_forward(ctx, m.head_norm(), ms.out, tokens, k, ms.head));
     h_prev = ms.out;
   }
   losses.total = losses.main;
@@ -143,17 +128,12 @@ void Model::backward(const Context& ctx, const Saved& s, double grad_scale) cons
     const MtpModule& m = mtp_[i];
     const MtpSaved& ms = s.mtp[i];
     Tensor grad_out = ctx.alloc({N, D});
-    head_backward(ctx, m.head_norm, ms.head, mtp_weight, grad_out);
+    head_backward(ctx, m.head_norm(), ms.head, mtp_weight, grad_out);
     if (grad_carry.defined()) add(grad_out, grad_carry, grad_out);
-    Tensor grad_h_in = ctx.alloc({N, D}), grad_cat = ctx.alloc({N, 2 * D});
-    m.block.backward(ctx, ms.block, grad_out, grad_scale, grad_h_in);
-    m.eh_proj.backward(ctx, ms.cat, grad_h_in, grad_cat);
-    Tensor grad_e_normed = ctx.alloc({N, D}), grad_h_normed = ctx.alloc({N, D}), grad_emb = ctx.alloc({N, D});
-    split_columns(grad_cat, grad_e_normed, grad_h_normed);
-    m.enorm.backward(ms.enorm, grad_e_normed, grad_emb);
+    Tensor grad_emb = ctx.alloc({N, D}), grad_h = ctx.alloc({N, D});
+    m.backward(ctx, ms.module, grad_out, grad_scale, grad_emb, grad_h);
     embed_.backward(ms.head.ids.reshape({N}), grad_emb);
-    grad_carry = ctx.alloc({N, D});
-    m.hnorm.backward(ms.hnorm, grad_h_normed, grad_carry);
+    grad_carry = grad_h;
   }
   // Main head, then the blocks in reverse, then the embedding.
   Tensor grad_h = ctx.alloc({N, D});
@@ -167,12 +147,69 @@ void Model::backward(const Context& ctx, const Saved& s, double grad_scale) cons
   embed_.backward(s.head.ids.reshape({N}), grad_h);
 }
 
+LayerCost Model::head_use_cost(const CostShape& shape) const {
+  const int64_t B = shape.batch, T = shape.seq_len, N = shape.tokens(), D = cfg_.hidden_size, V = cfg_.vocab_size;
+  LayerCost c;
+  c.matmul_params = V * D;
+  c.gemm(Phase::DenseGemm, D, V);
+  c.saved_per_token = D + D + V + 2 + 2;  // its input, normed, logits, lse and losses, ids and targets
+  c.alloc(B * T, DType::I32);  // targets
+  c.alloc(N * D, shape.act);   // normed
+  c.alloc(N * V, shape.act);   // logits
+  c.alloc(N, shape.stat());    // lse
+  c.alloc(N, shape.stat());    // losses
+  c.alloc(N * V, shape.act);   // grad_logits
+  c.alloc(N * D, shape.act);   // grad_normed
+  return c;
+}
+
+Model::CostParts Model::cost_parts(const CostShape& shape) const {
+  const int64_t B = shape.batch, T = shape.seq_len, N = shape.tokens(), D = cfg_.hidden_size;
+  auto hidden = [&](LayerCost& c) { c.alloc(N * D, shape.act); };  // one [N, D] activation
+  CostParts parts;
+  parts.embedding = embed_.cost(shape);
+  parts.embedding.alloc(B * T, DType::I32);  // the main input's ids
+  hidden(parts.embedding);                   // hidden[0]
+  for (const Block& b : blocks_) {
+    LayerCost c = b.cost(shape);
+    hidden(c);  // its output, hidden[l + 1]
+    hidden(c);  // the gradient of its input
+    parts.blocks.push_back(c);
+  }
+  parts.head = final_norm_.cost(shape);
+  if (!cfg_.tie_word_embeddings) {  // the weight; its GEMM is counted per use below
+    const LayerCost weight = lm_head_.cost(shape);
+    parts.head.params += weight.params;
+    parts.head.active_params += weight.active_params;
+  }
+  parts.head += head_use_cost(shape);
+  hidden(parts.head);  // grad_h, the gradient the head hands to the last block
+  for (const MtpModule& m : mtp_) {
+    LayerCost c = m.cost(shape);
+    c += head_use_cost(shape);
+    c.saved_per_token += D;      // Emb(t_{i+k})
+    c.alloc(B * T, DType::I32);  // its ids
+    for (int i = 0; i < 2; ++i) hidden(c);  // emb, out
+    for (int i = 0; i < 3; ++i) hidden(c);  // grad_out, grad_emb, grad_h
+    parts.mtp.push_back(c);
+  }
+  return parts;
+}
+
+LayerCost Model::CostParts::total() const {
+  LayerCost c = embedding;
+  for (const LayerCost& b : blocks) c += b;
+  c += head;
+  for (const LayerCost& m : mtp) c += m;
+  return c;
+}
+
 std::vector<int64_t> Model::moe_layers() const {
   std::vector<int64_t> layers;
   for (size_t l = 0; l < blocks_.size(); ++l)
     if (blocks_[l].is_moe()) layers.push_back(static_cast<int64_t>(l));
   for (size_t i = 0; i < mtp_.size(); ++i)
-    if (mtp_[i].block.is_moe()) layers.push_back(static_cast<int64_t>(blocks_.size() + i));
+    if (mtp_[i].block().is_moe()) layers.push_back(static_cast<int64_t>(blocks_.size() + i));
   return layers;
 }
 
@@ -181,7 +218,7 @@ std::vector<MoEStats> Model::moe_stats(const Saved& s) const {
   for (size_t l = 0; l < blocks_.size(); ++l)
     if (blocks_[l].is_moe()) stats.push_back(s.blocks[l].stats);
   for (size_t i = 0; i < mtp_.size(); ++i)
-    if (mtp_[i].block.is_moe()) stats.push_back(s.mtp[i].block.stats);
+    if (mtp_[i].block().is_moe()) stats.push_back(s.mtp[i].module.block.stats);
   return stats;
 }
 
@@ -191,7 +228,7 @@ void Model::update_bias(const std::vector<std::vector<double>>& loads) const {
                " MoE layers");
   for (size_t i = 0; i < layers.size(); ++i) {
     const auto l = static_cast<size_t>(layers[i]);
-    const Block& b = l < blocks_.size() ? blocks_[l] : mtp_[l - blocks_.size()].block;
+    const Block& b = l < blocks_.size() ? blocks_[l] : mtp_[l - blocks_.size()].block();
     b.moe().update_bias(loads[i]);
   }
 }

@@ -5,10 +5,10 @@
 // main model reads tokens[:, 0:T] and predicts tokens[:, 1:T+1]; MTP module k (1..D_mtp) embeds
 // tokens[:, k:T+k] and predicts tokens[:, k+1:T+k+1].
 //   total = L_main + (mtp_loss_weight / D_mtp) * sum_k L_k + sum over MoE layers of the balance terms
-// MTP module k: h' = eh_proj([enorm(Emb(t_{i+k})) ; hnorm(h_i)]) (embedding first), one block, its
-// own shared_head.norm, then the SHARED lm_head (the embedding when tied). h for k = 1 is the last
-// block's output before model.norm; for k > 1 the previous module's block output.
-// HF names of module k: model.layers.{L+k-1}.{enorm, hnorm, eh_proj, shared_head.norm, <block>}.
+// MTP module k (core/nn/mtp.h) is fed the SHARED embedding of its tokens and the previous depth's
+// hidden state (for k = 1 the last block's output before model.norm, for k > 1 module k-1's
+// output); its output goes through its own shared_head.norm and the SHARED lm_head (the embedding
+// when tied). The Model runs the shared pieces, so each has one gradient that every use adds to.
 //
 // forward() fills Saved (caller-owned) and returns the losses; backward() ACCUMULATES the gradient
 // of grad_scale * total into the parameter gradients (grad_scale = 1 / accumulation steps).
@@ -21,7 +21,9 @@
 #include "core/nn/config.h"
 #include "core/nn/context.h"
 #include "core/nn/embedding.h"
+#include "core/nn/cost.h"
 #include "core/nn/linear.h"
+#include "core/nn/mtp.h"
 #include "core/nn/norm.h"
 #include "core/params.h"
 
@@ -43,13 +45,11 @@ class Model {
     Tensor logits;                            // [N, V]
     Tensor lse, losses;                       // [N]
   };
+  // What MTP depth k keeps: the module's Saved, and the shared embedding's and loss head's part.
   struct MtpSaved {
     Tensor emb;                               // [N, D] Emb(t_{i+k})
-    RMSNorm::Saved enorm, hnorm;
-    Tensor cat;                               // [N, 2D]
-    Tensor h_in;                              // [N, D] eh_proj output, the block input
-    Block::Saved block;
-    Tensor out;                               // [N, D] block output
+    MtpModule::Saved module;
+    Tensor out;                               // [N, D] the module's output
     HeadSaved head;
   };
   struct Saved {
@@ -95,6 +95,22 @@ class Model {
   // Arena bytes one decode() of `rows` = B*n tokens allocates at most (logits are the caller's).
   size_t decode_arena_bytes(int64_t rows) const;
 
+  // What the model costs (core/nn/cost.h), by part, and in total: the sum of its layers' costs plus
+  // the hidden states, loss heads and gradients the Model allocates itself.
+  struct CostParts {
+    LayerCost embedding;            // the table, the main input's ids and its lookup
+    std::vector<LayerCost> blocks;  // [L] each block, with the hidden state it writes and its gradient
+    LayerCost head;                 // the main loss head: model.norm, the LM head (its weight when
+                                    // untied), cross-entropy
+    std::vector<LayerCost> mtp;     // [D_mtp] each module with its tokens' lookup and its loss head
+                                    // (the shared weights are the embedding's and the head's)
+    LayerCost total() const;
+  };
+  CostParts cost_parts(const CostShape& shape) const;
+  LayerCost cost(const CostShape& shape) const { return cost_parts(shape).total(); }
+
+  const std::vector<Block>& blocks() const { return blocks_; }  // the trunk's [L]
+
   const ModelConfig& config() const { return cfg_; }
   ParamBuffer& params() { return params_; }
   const ParamBuffer& params() const { return params_; }
@@ -102,13 +118,6 @@ class Model {
   const ParamBuffer& buffers() const { return buffers_; }
 
  private:
-  struct MtpModule {
-    RMSNorm enorm, hnorm;
-    Linear eh_proj;
-    Block block;
-    RMSNorm head_norm;
-  };
-
   Tensor head_weight() const;
   Tensor head_grad() const;
   // norm -> head -> cross-entropy on tokens[:, k+1 : T+k+1]; returns the mean loss.
@@ -117,6 +126,9 @@ class Model {
   // Adds d(weight * loss)/d h to grad_h (which it overwrites).
   void head_backward(const Context& ctx, const RMSNorm& norm, const HeadSaved& hs, double weight,
                      const Tensor& grad_h) const;
+  // One use of a loss head without its norm (whose owner counts it): the LM head's GEMM (a matmul of
+  // every loss head, tied or not) and what head_forward and head_backward allocate.
+  LayerCost head_use_cost(const CostShape& shape) const;
 
   ModelConfig cfg_;
   ParamBuffer params_, buffers_;

@@ -305,4 +305,71 @@ void MoE::update_bias(const std::vector<double>& load) const {
   bias.copy_from(b);
 }
 
+LayerCost MoE::cost(const CostShape& shape) const {
+  const int64_t N = shape.tokens(), D = cfg_.hidden_size, F = cfg_.moe_intermediate_size;
+  const int64_t E = cfg_.n_routed_experts, K = cfg_.num_experts_per_tok;
+  const DType act = shape.act, stat = shape.stat();
+  LayerCost c;
+  // The router's GEMM is router time; each token's K experts are expert time; the shared experts,
+  // which run on every token outside both, dense GEMM time (core/profile.h).
+  LayerCost gate = gate_.cost(shape);
+  gate.move_flops(Phase::DenseGemm, Phase::Router);
+  c += gate;
+  LayerCost expert = experts_.front().cost(shape);
+  expert.move_flops(Phase::DenseGemm, Phase::ExpertGemm);
+  c.params += E * expert.params;
+  c.active_params += K * expert.active_params;
+  c.matmul_params += K * expert.matmul_params;
+  for (size_t p = 0; p < c.forward_flops.size(); ++p) {
+    c.forward_flops[p] += static_cast<double>(K) * expert.forward_flops[p];
+    c.backward_flops[p] += static_cast<double>(K) * expert.backward_flops[p];
+  }
+  if (cfg_.n_shared_experts > 0) c += shared_.cost(shape);  // its arena too: [N, S*F] blocks
+
+  // Saved: logits, scores; topk_idx, topk_weights, the dispatch positions (and expert_idx after
+  // drops); the experts' input and output rows and each one's gate, up, hidden (the shared experts
+  // count theirs).
+  c.saved_per_token += 2 * E + 3 * K + (cfg_.capacity_factor > 0 ? K : 0) + 2 * K * D + 3 * K * F;
+
+  // The router, forward then backward, in full precision: a bf16 input is widened to f32 first.
+  const bool widen = act != stat;
+  if (widen) c.alloc(N * D, stat);  // x_router
+  c.alloc(N * E, stat);             // logits
+  c.alloc(N * E, stat);             // scores
+  c.alloc(N * K, DType::I32);       // topk_idx
+  c.alloc(N * K, stat);             // topk_weights
+  if (cfg_.capacity_factor > 0) c.alloc(N * K, DType::I32);  // expert_idx
+  c.alloc(N * K, stat);             // grad_topk_weights
+  c.alloc(N * E, stat);             // grad_scores
+  c.alloc(N * E, stat);             // grad_logits
+  c.alloc(N * D, stat);             // grad_x_router
+  if (widen) c.alloc(N * D, act);   // grad_x_router narrowed
+  if (cfg_.n_shared_experts > 0) {
+    c.alloc(N * D, act);            // shared_y
+    c.alloc(N * D, act);            // grad_x_shared
+  }
+  // The routed experts, dropless: M = N x K rows (capacity drops only remove rows).
+  const int64_t M = N * K;
+  if (naive_) {
+    // One row per assignment: expert_y and its gradient [M, D], a [1, D] row gradient, and for each
+    // assignment its expert's [1, F] gate, up, hidden, their three gradients and a [1, D] grad_x_up.
+    c.alloc(M * D, act);            // expert_y
+    c.alloc(M * D, act);            // grad_expert_y
+    c.alloc(D, act);                // grad_row
+    c.activation_bytes += M * (6 * arena_alloc_bytes(F, act) + arena_alloc_bytes(D, act));
+  } else {
+    c.alloc(M, DType::I32);         // the dispatch layout's positions [N, K]
+    c.alloc(M * D, act);            // expert_x
+    c.alloc(M * D, act);            // expert_y
+    c.alloc(M * D, act);            // grad_expert_y
+    c.alloc(M * D, act);            // grad_expert_x
+    // Each expert with rows allocates its own blocks: gate, up, hidden [rows, F] forward, their
+    // gradients and grad_x_up [rows, D] backward.
+    const int64_t pieces = std::min(E, M);
+    for (int i = 0; i < 6; ++i) c.alloc_split(M * F, act, pieces);
+    c.alloc_split(M * D, act, pieces);
+  }
+  return c;
+}
+
 }  // namespace moelab

@@ -20,6 +20,7 @@
 
 #include "core/nn/config.h"
 #include "core/nn/context.h"
+#include "core/nn/cost.h"
 #include "core/nn/expert_dispatch.h"
 #include "core/nn/linear.h"
 #include "core/nn/mlp.h"
@@ -79,10 +80,18 @@ class MoE {
   // output does not depend on the other tokens of the call (a KV-cache step sees one token, a rerun
   // the whole sequence). No stats, no balance losses, no bias update. x, y: [N, D].
   void decode(const Context& ctx, const Tensor& x, const Tensor& y) const;
+  // Arena bytes one decode() of shape.tokens() rows allocates (core/nn/cost.h's rules).
+  int64_t decode_bytes(const CostShape& shape) const;
 
   void set_dispatch(const ExpertDispatch* dispatch);  // nullptr = the built-in single-process one
   // true: the naive per-token expert loop (single process only), false: the grouped path (default).
   void set_naive(bool naive);
+
+  // What it costs (core/nn/cost.h): the router (Phase::Router), K of the E experts per token
+  // (Phase::ExpertGemm; dropless), the shared experts (Phase::DenseGemm), and what the single-process
+  // path (the built-in dispatch, grouped or naive) allocates; an expert-parallel dispatch receives a
+  // data-dependent number of rows that no config predicts.
+  LayerCost cost(const CostShape& shape) const;
 
   Tensor e_score_correction_bias() const;  // [E]; undefined without aux_free_bias
   int64_t num_experts() const { return cfg_.n_routed_experts; }

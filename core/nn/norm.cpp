@@ -4,7 +4,8 @@
 
 namespace moelab {
 
-RMSNorm::RMSNorm(ParamBuffer& params, const std::string& name, int64_t dim, double eps) : params_(&params), eps_(eps) {
+RMSNorm::RMSNorm(ParamBuffer& params, const std::string& name, int64_t dim, double eps)
+    : params_(&params), dim_(dim), eps_(eps) {
   index_ = params.declare({name + ".weight", {dim}, Init::Ones, 0.0f, /*weight_decay=*/false});
 }
 
@@ -16,6 +17,14 @@ void RMSNorm::forward(const Context& ctx, const Tensor& x, const Tensor& y, Save
 
 void RMSNorm::backward(const Saved& saved, const Tensor& grad_y, const Tensor& grad_x) const {
   rmsnorm_backward(grad_y, saved.x, weight(), saved.rstd, grad_x, params_->grad(index_));
+}
+
+LayerCost RMSNorm::cost(const CostShape& shape) const {
+  LayerCost c;
+  c.params = c.active_params = dim_;
+  c.saved_per_token = 1;  // rstd
+  c.alloc(shape.tokens(), shape.stat());
+  return c;
 }
 
 }  // namespace moelab

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "core/nn/context.h"
+#include "core/nn/cost.h"
 #include "core/params.h"
 
 namespace moelab {
@@ -23,12 +24,15 @@ class RMSNorm {
 
   void forward(const Context& ctx, const Tensor& x, const Tensor& y, Saved& saved) const;
   void backward(const Saved& saved, const Tensor& grad_y, const Tensor& grad_x) const;
+  // dim parameters, no FLOPs (the convention), and rstd [N] from the arena (its input is the caller's).
+  LayerCost cost(const CostShape& shape) const;
 
   Tensor weight() const { return params_->param(index_); }
 
  private:
   const ParamBuffer* params_ = nullptr;
   size_t index_ = 0;
+  int64_t dim_ = 0;
   double eps_ = 1e-6;
 };
 

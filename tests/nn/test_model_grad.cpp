@@ -23,7 +23,7 @@ double routing_margin(const Model& model, const Model::Saved& s) {
   const ModelConfig& c = model.config();
   std::vector<const Block::Saved*> blocks;
   for (const auto& b : s.blocks) blocks.push_back(&b);
-  for (const auto& m : s.mtp) blocks.push_back(&m.block);
+  for (const auto& m : s.mtp) blocks.push_back(&m.module.block);
   double margin = 1e300;
   size_t moe_index = 0;
   const std::vector<int64_t> layers = model.moe_layers();

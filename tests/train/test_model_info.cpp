@@ -155,7 +155,7 @@ TEST(ModelInfo, ActivationEstimateByHand) {
   // The head: its input 64, rstd 1, normed 64, logits 100, lse, loss, ids, targets.
   EXPECT_EQ(info.act_head, 64 + 1 + 64 + 100 + 4);  // 233
   EXPECT_EQ(info.act_total, 2 * 806 + 233);
-  EXPECT_DOUBLE_EQ(info.activation_bytes(), 4.0 * (2 * 806 + 233) * 3 * 32);
+  EXPECT_DOUBLE_EQ(info.saved_bytes(), 4.0 * (2 * 806 + 233) * 3 * 32);
   EXPECT_DOUBLE_EQ(info.logits_bytes(), 4.0 * 100 * 3 * 32);
 }
 

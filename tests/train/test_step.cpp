@@ -1,0 +1,200 @@
+// train/step.h's train_step on a tiny MoE model in f32 on the CPU: two micro-batches of B/2
+// sequences give the step one micro-batch of B gives (losses, loads, gradients, norm, weights and
+// aux-loss-free bias after the update); the data-parallel hook runs exactly once per step, after
+// every backward and before the norm (what it does to the gradients is what the norm, clipping and
+// update see); a non-finite gradient skips the update and leaves weights, moments and bias alone.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <memory>
+#include <numeric>
+#include <vector>
+
+#include "core/ops/grad_norm.h"
+#include "tests/harness.h"
+#include "train/step.h"
+
+namespace moelab {
+namespace {
+
+constexpr int64_t kB = 4, kT = 8;
+
+ModelConfig tiny_config() {
+  ModelConfig c;
+  c.vocab_size = 31;
+  c.hidden_size = 16;
+  c.num_hidden_layers = 2;
+  c.max_position_embeddings = 16;
+  c.num_attention_heads = 2;
+  c.kv_lora_rank = 8;
+  c.qk_nope_head_dim = 4;
+  c.qk_rope_head_dim = 4;
+  c.v_head_dim = 4;
+  c.intermediate_size = 24;
+  c.first_k_dense_replace = 1;
+  c.moe_intermediate_size = 8;
+  c.n_routed_experts = 4;
+  c.num_experts_per_tok = 2;
+  c.num_nextn_predict_layers = 1;
+  c.bias_update_speed = 0.01;
+  // Balance terms that are means over sequences or tokens, so that halves average to the whole.
+  c.seq_aux_loss_alpha = 0.01;
+  c.router_z_loss_coef = 1e-3;
+  c.validate();
+  return c;
+}
+
+// A model, its optimizer and an arena: what the trainer holds around the step.
+struct StepRig {
+  explicit StepRig(const ModelConfig& c) : model(c), arena(size_t{64} << 20, Device::CPU) {
+    model.allocate(Device::CPU, DType::F32);
+    model.initialize(7);
+    optimizer = std::make_unique<AdamW>(model.params(), AdamWConfig{});
+  }
+  Context context(int64_t batch) { return Context{&arena, DType::F32, batch, kT, nullptr}; }
+  Model model;
+  Arena arena;
+  std::unique_ptr<AdamW> optimizer;
+};
+
+Tensor copy(const Tensor& t) { return t.to(Device::CPU); }
+
+Tensor tokens_for_test() {
+  return testing::randint({kB, kT + 1 + tiny_config().num_nextn_predict_layers}, 31, 11);
+}
+
+TEST(TrainStep, TwoMicroBatchesOfHalfEqualOneBatch) {
+  const Tensor tokens = tokens_for_test();
+  StepConfig cfg;
+  cfg.lr = 1e-3;
+  cfg.grad_clip = 0.5;  // below the norm here: clipping is part of what must agree
+  Tensor grads_whole, grads_halves;
+
+  StepRig whole(tiny_config());
+  cfg.grad_accum_steps = 1;
+  const StepStats a = train_step(
+      whole.model, *whole.optimizer, whole.context(kB), cfg, [&] { return tokens; },
+      [&](ParamBuffer& p, StepStats&) { grads_whole = copy(p.flat_grads()); });
+
+  StepRig halves(tiny_config());
+  cfg.grad_accum_steps = 2;
+  int64_t next = 0;
+  const StepStats b = train_step(
+      halves.model, *halves.optimizer, halves.context(kB / 2), cfg,
+      [&] {
+        const int64_t begin = next++ * (kB / 2);
+        return tokens.slice(begin, begin + kB / 2);
+      },
+      [&](ParamBuffer& p, StepStats&) { grads_halves = copy(p.flat_grads()); });
+  ASSERT_EQ(next, 2);
+
+  ASSERT_TRUE(a.finite && b.finite);
+  EXPECT_GT(a.grad_norm, cfg.grad_clip) << "clipping must be active for this test to cover it";
+  auto near = [](double x, double y) { return std::abs(x - y) <= 1e-6 + 1e-5 * std::abs(y); };
+  EXPECT_PRED2(near, b.losses.total, a.losses.total);
+  EXPECT_PRED2(near, b.losses.main, a.losses.main);
+  ASSERT_EQ(b.losses.mtp.size(), 1u);
+  EXPECT_PRED2(near, b.losses.mtp[0], a.losses.mtp[0]);
+  EXPECT_GT(a.losses.seq_aux, 0);
+  EXPECT_PRED2(near, b.losses.seq_aux, a.losses.seq_aux);
+  EXPECT_GT(a.losses.z, 0);
+  EXPECT_PRED2(near, b.losses.z, a.losses.z);
+  EXPECT_PRED2(near, b.grad_norm, a.grad_norm);
+  // Loads are counts: the same tokens make the same selections, however they are split.
+  ASSERT_EQ(a.loads.size(), 2u);  // layer 1 and the MTP block
+  EXPECT_EQ(b.loads, a.loads);
+  for (const auto& layer : a.loads)
+    EXPECT_EQ(std::accumulate(layer.begin(), layer.end(), 0.0), static_cast<double>(kB * kT * 2));
+  ASSERT_EQ(b.last_moe.size(), 2u);
+  EXPECT_EQ(std::accumulate(b.last_moe[0].load.begin(), b.last_moe[0].load.end(), 0.0),
+            static_cast<double>(kB / 2 * kT * 2))
+      << "last_moe is the last micro-batch's";
+
+  EXPECT_TRUE(testing::close(grads_halves, grads_whole, 1e-7, 1e-4));
+  // One AdamW step moves each weight by about lr (the first step's update is g/|g|): compare at
+  // a fraction of that.
+  EXPECT_TRUE(testing::close(halves.model.params().flat_params(), whole.model.params().flat_params(), 1e-3 * cfg.lr,
+                             1e-5));
+  EXPECT_TRUE(testing::close(halves.model.buffers().flat_params(), whole.model.buffers().flat_params(), 0, 0))
+      << "the bias update follows the summed loads";
+}
+
+TEST(TrainStep, ReduceHookRunsOnceAfterBackwardBeforeTheNorm) {
+  const Tensor tokens = tokens_for_test();
+  StepRig s(tiny_config());
+  StepConfig cfg;
+  cfg.lr = 1e-3;
+  cfg.grad_accum_steps = 2;
+  int64_t micro_batches = 0, calls = 0;
+  double seen_norm = 0;
+  const auto next_tokens = [&] {
+    ++micro_batches;
+    return tokens.slice(0, kB / 2);
+  };
+  // An "all-reduce over two ranks holding the same gradients" done as a sum: it doubles them.
+  const ReduceGrads reduce = [&](ParamBuffer& p, StepStats& stats) {
+    ++calls;
+    EXPECT_EQ(micro_batches, 2 * calls) << "the hook must run after the step's last micro-batch";
+    ASSERT_EQ(stats.loads.size(), 2u);
+    EXPECT_EQ(std::accumulate(stats.loads[0].begin(), stats.loads[0].end(), 0.0),
+              static_cast<double>(2 * (kB / 2) * kT * 2))
+        << "the hook sees the loads of every micro-batch";
+    seen_norm = grad_norm({p.flat_grads()});
+    EXPECT_GT(seen_norm, 0) << "the hook must run after backward";
+    float* g = p.flat_grads().data<float>();
+    for (int64_t i = 0; i < p.flat_grads().numel(); ++i) g[i] *= 2.0f;
+  };
+  for (int step = 1; step <= 2; ++step) {
+    const StepStats st = train_step(s.model, *s.optimizer, s.context(kB / 2), cfg, next_tokens, reduce);
+    EXPECT_EQ(calls, step) << "exactly one reduction per step";
+    // Doubling is exact in float and the norm's double sum, so the norm must be exactly twice.
+    EXPECT_EQ(st.grad_norm, 2 * seen_norm) << "the norm must be taken after the reduction";
+  }
+  EXPECT_EQ(s.optimizer->steps_taken(), 2);
+}
+
+TEST(TrainStep, NonFiniteGradientSkipsTheUpdate) {
+  const Tensor tokens = tokens_for_test();
+  StepRig s(tiny_config());
+  StepConfig cfg;
+  cfg.lr = 1e-3;
+  cfg.grad_clip = 1.0;
+  const Tensor params_before = copy(s.model.params().flat_params());
+  const Tensor bias_before = copy(s.model.buffers().flat_params());
+  const StepStats st = train_step(s.model, *s.optimizer, s.context(kB), cfg, [&] { return tokens; },
+                                  [](ParamBuffer& p, StepStats&) { p.flat_grads().data<float>()[0] = NAN; });
+  EXPECT_FALSE(st.finite);
+  EXPECT_TRUE(std::isfinite(st.losses.total));
+  EXPECT_TRUE(std::isnan(st.grad_norm));
+  EXPECT_EQ(s.optimizer->steps_taken(), 0);
+  EXPECT_TRUE(testing::close(s.model.params().flat_params(), params_before, 0, 0));
+  EXPECT_TRUE(testing::close(s.model.buffers().flat_params(), bias_before, 0, 0));
+}
+
+TEST(TrainStep, StatsAddScaledLossesAndSumLoads) {
+  MicroBatchStats m;
+  m.losses.total = 3;
+  m.losses.main = 2;
+  m.losses.mtp = {1};
+  m.losses.z = 0.5;
+  m.scale = 0.5;
+  m.moe.resize(1);
+  m.moe[0].load = {1, 3};
+  m.moe[0].max_vio = 0.5;
+  StepStats s;
+  s += m;
+  m.moe[0].max_vio = 0.25;
+  s += m;
+  EXPECT_EQ(s.losses.total, 3);
+  EXPECT_EQ(s.losses.main, 2);
+  EXPECT_EQ(s.losses.mtp, std::vector<double>{1});
+  EXPECT_EQ(s.balance_loss(), 0.5);
+  EXPECT_EQ(s.loads, (std::vector<std::vector<double>>{{2, 6}}));
+  EXPECT_EQ(s.max_vio(), 0.25) << "MaxVio is the last micro-batch's";
+  MicroBatchStats other;
+  other.moe.resize(2);
+  testing::expect_error([&] { s += other; }, "2 MoE layers added to a step with 1");
+}
+
+}  // namespace
+}  // namespace moelab
