@@ -1,10 +1,7 @@
 #include "core/rng.h"
 
-#include "core/cuda_dispatch.h"
 #include "cuda/philox.h"
-#if MOELAB_WITH_CUDA
 #include "cuda/rng.h"
-#endif
 
 namespace moelab {
 
@@ -27,12 +24,8 @@ void check_fill(const char* op, const Tensor& t) {
 void fill_uniform(const Tensor& t, uint64_t seed, uint64_t offset, float lo, float hi) {
   check_fill("fill_uniform", t);
   if (t.device() == Device::CUDA) {
-#if MOELAB_WITH_CUDA
     cuda::fill_random_f32({t.data<float>(), t.numel(), seed, offset, lo, hi, /*normal=*/false, nullptr});
     return;
-#else
-    MOELAB_NO_CUDA("fill_uniform");
-#endif
   }
   const float scale = hi - lo;
   // lo + scale * u in float, without FMA contraction (ISO C++ mode), as the CUDA kernel does.
@@ -44,12 +37,8 @@ void fill_uniform(const Tensor& t, uint64_t seed, uint64_t offset, float lo, flo
 void fill_normal(const Tensor& t, uint64_t seed, uint64_t offset, double mean, double std) {
   check_fill("fill_normal", t);
   if (t.device() == Device::CUDA) {
-#if MOELAB_WITH_CUDA
     cuda::fill_random_f32({t.data<float>(), t.numel(), seed, offset, mean, std, /*normal=*/true, nullptr});
     return;
-#else
-    MOELAB_NO_CUDA("fill_normal");
-#endif
   }
   auto draw = [&](uint64_t i) { const double s = std * philox::normal(seed, offset + i); return mean + s; };
   if (t.dtype() == DType::F32) fill_cpu<float>(t, draw);

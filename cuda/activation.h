@@ -3,9 +3,9 @@
 // logits and scores); all arithmetic is f32.
 #pragma once
 
-#include <cuda_runtime.h>
-
 #include <cstdint>
+
+#include "cuda/stream.h"
 
 namespace moelab::cuda {
 
@@ -14,7 +14,7 @@ struct SigmoidForwardParams {
   void* y;        // [n], overwritten
   int64_t n;
   bool bf16;
-  cudaStream_t stream;
+  Stream stream;
 };
 
 struct SigmoidBackwardParams {
@@ -23,7 +23,7 @@ struct SigmoidBackwardParams {
   void* grad_x;        // [n], overwritten
   int64_t n;
   bool bf16;
-  cudaStream_t stream;
+  Stream stream;
 };
 
 // Softmax over the last dim: rows of `cols` elements.
@@ -32,7 +32,7 @@ struct SoftmaxForwardParams {
   void* y;        // [rows, cols], overwritten
   int64_t rows, cols;
   bool bf16;
-  cudaStream_t stream;
+  Stream stream;
 };
 
 struct SoftmaxBackwardParams {
@@ -41,7 +41,7 @@ struct SoftmaxBackwardParams {
   void* grad_x;        // [rows, cols], overwritten
   int64_t rows, cols;
   bool bf16;
-  cudaStream_t stream;
+  Stream stream;
 };
 
 void sigmoid_forward(const SigmoidForwardParams& p);

@@ -3,9 +3,9 @@
 // nearest even): the bf16 compute copy of the fp32 master weights, written in the same pass.
 #pragma once
 
-#include <cuda_runtime.h>
-
 #include <cstdint>
+
+#include "cuda/stream.h"
 
 namespace moelab::cuda {
 
@@ -23,7 +23,7 @@ struct AdamwParams {
   float bc2_sqrt;      // sqrt(1 - beta2^t)
   float eps;
   bool copy_bf16;
-  cudaStream_t stream;
+  Stream stream;
 };
 
 void adamw_step(const AdamwParams& p);

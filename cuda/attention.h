@@ -13,9 +13,9 @@
 // Both take any B, T, H, Hkv (H % Hkv == 0) and head dims Dqk, Dv <= kAttentionMaxHeadDim.
 #pragma once
 
-#include <cuda_runtime.h>
-
 #include <cstdint>
+
+#include "cuda/stream.h"
 
 namespace moelab::cuda {
 
@@ -35,7 +35,7 @@ struct AttentionForwardParams {
   float scale;
   bool bf16;
   AttentionKernel kernel;
-  cudaStream_t stream;
+  Stream stream;
 };
 
 struct AttentionBackwardParams {
@@ -52,7 +52,7 @@ struct AttentionBackwardParams {
   float scale;
   bool bf16;
   AttentionKernel kernel;
-  cudaStream_t stream;
+  Stream stream;
 };
 
 // Throw moelab::cuda::CudaError on a CUDA failure, std::invalid_argument on dims the kernels do

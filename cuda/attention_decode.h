@@ -2,9 +2,9 @@
 // shapes). q, k, v, out are f32 or bf16 as `bf16` says; the math runs in f32.
 #pragma once
 
-#include <cuda_runtime.h>
-
 #include <cstdint>
+
+#include "cuda/stream.h"
 
 namespace moelab::cuda {
 
@@ -16,7 +16,7 @@ struct AttentionDecodeParams {
   int64_t B, n, S, H, Hkv, Dqk, Dv, pos;
   float scale;
   bool bf16;
-  cudaStream_t stream;
+  Stream stream;
 };
 
 // Throws moelab::cuda::CudaError on a CUDA failure, std::invalid_argument when q's row and the

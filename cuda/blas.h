@@ -19,11 +19,11 @@
 // Batched: `batch` > 1 runs independent GEMMs whose matrices start stride_a/b/c ELEMENTS apart.
 #pragma once
 
-#include <cuda_runtime.h>
-
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+
+#include "cuda/stream.h"
 
 namespace moelab::cuda {
 
@@ -39,7 +39,7 @@ struct GemmParams {
   GemmType c_type = GemmType::F32;
   float alpha = 1.0f, beta = 0.0f;
   int64_t batch = 1, stride_a = 0, stride_b = 0, stride_c = 0;
-  cudaStream_t stream = nullptr;
+  Stream stream = nullptr;
 };
 
 class Blas {

@@ -4,9 +4,9 @@
 // The op calls it once per block (concat and split: twice, slice: once).
 #pragma once
 
-#include <cuda_runtime.h>
-
 #include <cstdint>
+
+#include "cuda/stream.h"
 
 namespace moelab::cuda {
 
@@ -17,7 +17,7 @@ struct CopyColumnsParams {
   int64_t src_pitch;
   int64_t rows;
   int64_t width_bytes;  // bytes copied per row; dst and src must not overlap
-  cudaStream_t stream;
+  Stream stream;
 };
 
 void copy_columns(const CopyColumnsParams& p);

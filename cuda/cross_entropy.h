@@ -5,9 +5,9 @@
 // give identical bits.
 #pragma once
 
-#include <cuda_runtime.h>
-
 #include <cstdint>
+
+#include "cuda/stream.h"
 
 namespace moelab::cuda {
 
@@ -31,7 +31,7 @@ struct CrossEntropyForwardParams {
   int64_t rows, vocab;
   int ignore_index;
   bool bf16;
-  cudaStream_t stream;
+  Stream stream;
 };
 
 struct CrossEntropyScanParams {
@@ -39,7 +39,7 @@ struct CrossEntropyScanParams {
   void* workspace;         // kCrossEntropyWorkspaceBytes of device memory
   int64_t rows, vocab;
   int ignore_index;
-  cudaStream_t stream;
+  Stream stream;
 };
 
 struct CrossEntropyBackwardParams {
@@ -51,7 +51,7 @@ struct CrossEntropyBackwardParams {
   int ignore_index;
   float scale;             // grad_loss / n_valid (0 when n_valid = 0), rounded to f32 by the caller
   bool bf16;
-  cudaStream_t stream;
+  Stream stream;
 };
 
 // losses, lse, then the scan with the loss sum; waits for the stream and returns the status.

@@ -4,9 +4,9 @@
 // the very same memory as an input: each element is read and then written by one thread.
 #pragma once
 
-#include <cuda_runtime.h>
-
 #include <cstdint>
+
+#include "cuda/stream.h"
 
 namespace moelab::cuda {
 
@@ -16,7 +16,7 @@ struct AddParams {
   void* out;      // [n], overwritten; may be a or b
   int64_t n;
   bool bf16;
-  cudaStream_t stream;
+  Stream stream;
 };
 
 struct AxpyParams {
@@ -25,7 +25,7 @@ struct AxpyParams {
   void* y;        // [n], accumulated (+=); may be x
   int64_t n;
   bool bf16;
-  cudaStream_t stream;
+  Stream stream;
 };
 
 // y = x converted elementwise, each side f32 or bf16 (f32 -> bf16 rounds to nearest even;
@@ -35,7 +35,7 @@ struct CastParams {
   void* y;        // [n], overwritten
   int64_t n;
   bool x_bf16, y_bf16;
-  cudaStream_t stream;
+  Stream stream;
 };
 
 void add(const AddParams& p);

@@ -8,10 +8,10 @@
 // it back and reports the error.
 #pragma once
 
-#include <cuda_runtime.h>
-
 #include <cstddef>
 #include <cstdint>
+
+#include "cuda/stream.h"
 
 namespace moelab::cuda {
 
@@ -22,7 +22,7 @@ struct EmbeddingForwardParams {
   uint32_t* bad_pos;   // [1] scratch, set by the launcher (see above)
   int64_t tokens, vocab, dim;
   bool bf16;
-  cudaStream_t stream;
+  Stream stream;
 };
 
 struct EmbeddingBackwardParams {
@@ -34,7 +34,7 @@ struct EmbeddingBackwardParams {
   size_t workspace_bytes;
   int64_t tokens, vocab, dim;  // tokens < 2^31
   bool bf16;               // grad_out's storage type
-  cudaStream_t stream;
+  Stream stream;
 };
 
 // Device workspace that embedding_backward needs for `tokens` tokens (a stable sort of the ids).

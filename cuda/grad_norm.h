@@ -5,9 +5,9 @@
 // partials in a fixed tree. Two runs give identical bits.
 #pragma once
 
-#include <cuda_runtime.h>
-
 #include <cstdint>
+
+#include "cuda/stream.h"
 
 namespace moelab::cuda {
 
@@ -18,14 +18,14 @@ struct GradSumSquaresParams {
   int64_t n;
   double* partials;   // kGradNormBlocks doubles of device scratch
   double* result;     // one device double: sum_i x_i^2
-  cudaStream_t stream;
+  Stream stream;
 };
 
 struct GradScaleParams {
   float* x;           // [n], scaled in place
   int64_t n;
   float factor;
-  cudaStream_t stream;
+  Stream stream;
 };
 
 void grad_sum_squares(const GradSumSquaresParams& p);  // asynchronous: *result is on the device

@@ -3,9 +3,9 @@
 // bf16 as `w_bf16` says; the math runs in f32.
 #pragma once
 
-#include <cuda_runtime.h>
-
 #include <cstdint>
+
+#include "cuda/stream.h"
 
 namespace moelab::cuda {
 
@@ -19,7 +19,7 @@ struct MlaDecodeParams {
   float scale;
   bool bf16;    // q, ckv, kr, out
   bool w_bf16;  // w_kvb
-  cudaStream_t stream;
+  Stream stream;
 };
 
 // Throws moelab::cuda::CudaError on a CUDA failure, std::invalid_argument when the absorbed query

@@ -3,9 +3,9 @@
 // over the heads) runs in f32, over the heads in order: deterministic.
 #pragma once
 
-#include <cuda_runtime.h>
-
 #include <cstdint>
+
+#include "cuda/stream.h"
 
 namespace moelab::cuda {
 
@@ -16,7 +16,7 @@ struct MlaKvForwardParams {
   void* v;         // [N, H, Dv], overwritten
   int64_t N, H, Dn, Dr, Dv;
   bool bf16;
-  cudaStream_t stream;
+  Stream stream;
 };
 
 struct MlaKvBackwardParams {
@@ -26,7 +26,7 @@ struct MlaKvBackwardParams {
   void* grad_kr;       // [N, Dr], overwritten: sum over the heads of grad_k[:, h, Dn:]
   int64_t N, H, Dn, Dr, Dv;
   bool bf16;
-  cudaStream_t stream;
+  Stream stream;
 };
 
 void mla_kv_forward(const MlaKvForwardParams& p);

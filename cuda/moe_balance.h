@@ -6,9 +6,9 @@
 // gradient rows of that sequence.
 #pragma once
 
-#include <cuda_runtime.h>
-
 #include <cstdint>
+
+#include "cuda/stream.h"
 
 namespace moelab::cuda {
 
@@ -25,7 +25,7 @@ struct MoeAuxLossParams {
   double* result;           // device workspace [2] (forward only): sum_t row_values, invalid indices
   double alpha, grad_loss;  // grad_loss: backward only
   float* grad_scores;       // [rows, E], accumulated (+=) (backward only)
-  cudaStream_t stream;
+  Stream stream;
 };
 
 // Forward: host_result[0] = sum_t sum_i f_{b(t),i} s_{t,i} / Z_t (the op scales it by
@@ -40,7 +40,7 @@ struct MoeZLossParams {
   double* result;           // device workspace [2] (forward only)
   double coef, grad_loss;   // grad_loss: backward only
   float* grad_logits;       // [rows, E], accumulated (+=) (backward only)
-  cudaStream_t stream;
+  Stream stream;
 };
 
 // Forward: *host_sum = sum_t lse_t^2 (the op scales it by coef / rows). Waits for the stream.

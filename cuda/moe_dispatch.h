@@ -7,9 +7,9 @@
 // grad_topk_weights) or is skipped (dispatch forward, grad_expert_y).
 #pragma once
 
-#include <cuda_runtime.h>
-
 #include <cstdint>
+
+#include "cuda/stream.h"
 
 namespace moelab::cuda {
 
@@ -29,7 +29,7 @@ struct MoeDispatchLayoutParams {
   int32_t* counts;          // device [E + 1]: assignments per expert, then the entries outside [min_index, E)
   int32_t* offsets;         // device [E + 1] or nullptr: exclusive prefix sums of counts[0..E)
   int32_t* host_counts;     // host [E + 1] or nullptr: a copy of counts (the call waits for the stream)
-  cudaStream_t stream;
+  Stream stream;
 };
 
 struct MoeDispatchForwardParams {
@@ -38,7 +38,7 @@ struct MoeDispatchForwardParams {
   void* expert_x;        // [M, D]
   int64_t N, K, D, M;
   bool bf16;
-  cudaStream_t stream;
+  Stream stream;
 };
 
 struct MoeDispatchBackwardParams {
@@ -47,7 +47,7 @@ struct MoeDispatchBackwardParams {
   void* grad_x;               // [N, D], overwritten
   int64_t N, K, D, M;
   bool bf16;
-  cudaStream_t stream;
+  Stream stream;
 };
 
 struct MoeCombineForwardParams {
@@ -57,7 +57,7 @@ struct MoeCombineForwardParams {
   void* y;                     // [N, D], overwritten
   int64_t N, K, D, M;
   bool bf16;
-  cudaStream_t stream;
+  Stream stream;
 };
 
 struct MoeCombineBackwardParams {
@@ -69,7 +69,7 @@ struct MoeCombineBackwardParams {
   float* grad_topk_weights;    // [N, K], overwritten
   int64_t N, K, D, M;
   bool bf16;
-  cudaStream_t stream;
+  Stream stream;
 };
 
 void moe_dispatch_layout(const MoeDispatchLayoutParams& p);

@@ -5,9 +5,9 @@
 // drop reports it through host_counts[E] without writing kept_idx.
 #pragma once
 
-#include <cuda_runtime.h>
-
 #include <cstdint>
+
+#include "cuda/stream.h"
 
 namespace moelab::cuda {
 
@@ -20,7 +20,7 @@ struct MoeRouteTopkParams {
   const float* bias;    // [E], or nullptr (no bias)
   int32_t* topk_idx;    // [rows, K]
   int64_t rows, E, K, n_group, topk_group;
-  cudaStream_t stream;
+  Stream stream;
 };
 
 struct MoeGateForwardParams {
@@ -30,7 +30,7 @@ struct MoeGateForwardParams {
   int64_t rows, E, K;
   bool norm_topk_prob;
   float scale;
-  cudaStream_t stream;
+  Stream stream;
 };
 
 struct MoeGateBackwardParams {
@@ -41,7 +41,7 @@ struct MoeGateBackwardParams {
   int64_t rows, E, K;
   bool norm_topk_prob;
   float scale;
-  cudaStream_t stream;
+  Stream stream;
 };
 
 struct MoeCapacityDropParams {
@@ -51,7 +51,7 @@ struct MoeCapacityDropParams {
   int64_t rows, E, K, capacity;
   int32_t* workspace;       // device i32 [moe_capacity_drop_workspace(rows * K, E)]
   int32_t* host_counts;     // host [E + 1]: assignments per expert, then the number of indices out of [0, E)
-  cudaStream_t stream;
+  Stream stream;
 };
 
 // i32 elements of MoeCapacityDropParams::workspace.

@@ -3,9 +3,9 @@
 // reduction runs in f32.
 #pragma once
 
-#include <cuda_runtime.h>
-
 #include <cstdint>
+
+#include "cuda/stream.h"
 
 namespace moelab::cuda {
 
@@ -17,7 +17,7 @@ struct RmsnormForwardParams {
   int64_t rows, dim;
   float eps;
   bool bf16;
-  cudaStream_t stream;
+  Stream stream;
 };
 
 struct RmsnormBackwardParams {
@@ -29,7 +29,7 @@ struct RmsnormBackwardParams {
   float* grad_weight;    // [dim], accumulated (+=), in a fixed order: deterministic
   int64_t rows, dim;
   bool bf16;
-  cudaStream_t stream;
+  Stream stream;
 };
 
 void rmsnorm_forward(const RmsnormForwardParams& p);

@@ -1,9 +1,9 @@
 // Launcher for the Philox fills of core/rng.h (same streams, same arithmetic as the CPU).
 #pragma once
 
-#include <cuda_runtime.h>
-
 #include <cstdint>
+
+#include "cuda/stream.h"
 
 namespace moelab::cuda {
 
@@ -14,7 +14,7 @@ struct FillRandomParams {
   uint64_t offset;  // stream index of out[0]
   double a, b;      // uniform: lo, hi; normal: mean, std
   bool normal;
-  cudaStream_t stream;
+  Stream stream;
 };
 
 void fill_random_f32(const FillRandomParams& p);

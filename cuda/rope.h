@@ -5,9 +5,9 @@
 // partly overlap it. The angles are computed in double, as the CPU reference does.
 #pragma once
 
-#include <cuda_runtime.h>
-
 #include <cstdint>
+
+#include "cuda/stream.h"
 
 namespace moelab::cuda {
 
@@ -20,7 +20,7 @@ struct RopeParams {
   int64_t pos_offset;  // token t sits at position pos_offset + t
   bool inverse;
   bool bf16;
-  cudaStream_t stream;
+  Stream stream;
 };
 
 void rope_rotate(const RopeParams& p);

@@ -2,9 +2,9 @@
 // elements; every tensor f32 or every tensor bf16 as `bf16` says, computed in f32.
 #pragma once
 
-#include <cuda_runtime.h>
-
 #include <cstdint>
+
+#include "cuda/stream.h"
 
 namespace moelab::cuda {
 
@@ -14,7 +14,7 @@ struct SwigluForwardParams {
   void* out;         // [n], overwritten
   int64_t n;
   bool bf16;
-  cudaStream_t stream;
+  Stream stream;
 };
 
 struct SwigluBackwardParams {
@@ -25,7 +25,7 @@ struct SwigluBackwardParams {
   void* grad_up;         // [n], overwritten
   int64_t n;
   bool bf16;
-  cudaStream_t stream;
+  Stream stream;
 };
 
 void swiglu_forward(const SwigluForwardParams& p);

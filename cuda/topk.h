@@ -4,9 +4,9 @@
 // bounds; it turns its row of grad_x into NaN.
 #pragma once
 
-#include <cuda_runtime.h>
-
 #include <cstdint>
+
+#include "cuda/stream.h"
 
 namespace moelab::cuda {
 
@@ -15,7 +15,7 @@ struct TopkForwardParams {
   float* values;     // [rows, K]
   int32_t* indices;  // [rows, K]
   int64_t rows, E, K;
-  cudaStream_t stream;
+  Stream stream;
 };
 
 struct TopkBackwardParams {
@@ -23,7 +23,7 @@ struct TopkBackwardParams {
   const int32_t* indices;    // [rows, K]
   float* grad_x;             // [rows, E], overwritten (zeros included)
   int64_t rows, E, K;
-  cudaStream_t stream;
+  Stream stream;
 };
 
 void topk_forward(const TopkForwardParams& p);

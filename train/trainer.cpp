@@ -173,12 +173,12 @@ TrainResult train(const RunConfig& cfg_in, const TrainOptions& options) {
         for (size_t e = 0; e < last_stats[i].load.size(); ++e) loads[i][e] += last_stats[i].load[e];
       }
     }
-    const double norm = grad_norm({model->params().flat_grads()});
+    const double norm = grad_norm(ctx, {model->params().flat_grads()});
     const bool finite = std::isfinite(sum.total) && std::isfinite(norm);
     if (finite) {
       nonfinite_in_a_row = 0;
-      if (tc.grad_clip > 0) clip_grad_norm({model->params().flat_grads()}, tc.grad_clip);
-      optimizer.step(lr);
+      if (tc.grad_clip > 0) clip_grad_norm(ctx, {model->params().flat_grads()}, tc.grad_clip);
+      optimizer.step(ctx, lr);
       model->update_bias(loads);
     } else {
       ++nonfinite_in_a_row;

@@ -5,6 +5,7 @@
 
 #include <string>
 
+#include "core/nn/context.h"
 #include "core/params.h"
 
 namespace moelab {
@@ -14,8 +15,8 @@ class Embedding {
   Embedding() = default;
   Embedding(ParamBuffer& params, const std::string& name, int64_t vocab, int64_t dim, double std);
 
-  void forward(const Tensor& ids, const Tensor& out) const;             // ids: i32 [B, T] -> out: [B, T, D]
-  void backward(const Tensor& ids, const Tensor& grad_out) const;       // grad_weight += scatter(grad_out)
+  void forward(const Context& ctx, const Tensor& ids, const Tensor& out) const;            // ids: i32 [B, T] -> out: [B, T, D]
+  void backward(const Context& ctx, const Tensor& ids, const Tensor& grad_out) const;      // grad_weight += scatter(grad_out)
 
   Tensor weight() const { return params_->compute(index_); }  // the compute copy (core/params.h)
   Tensor grad_weight() const { return params_->grad(index_); }

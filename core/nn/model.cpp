@@ -50,18 +50,18 @@ double Model::head_forward(const Context& ctx, const RMSNorm& norm, const Tensor
                            HeadSaved& hs) const {
   const int64_t B = ctx.batch, T = ctx.seq_len, N = ctx.tokens(), V = cfg_.vocab_size;
   hs.targets = ctx.alloc({B, T}, DType::I32);
-  slice_columns(tokens, k + 1, hs.targets);
+  slice_columns(ctx, tokens, k + 1, hs.targets);
   hs.normed = ctx.alloc(h.shape());
   norm.forward(ctx, h, hs.normed, hs.norm);
   hs.logits = ctx.alloc({N, V});
   {
     const PhaseScope phase(ctx.profiler, Phase::DenseGemm);
-    matmul_forward(hs.normed, head_weight(), hs.logits, ctx.gpu);
+    matmul_forward(ctx, hs.normed, head_weight(), hs.logits);
   }
   hs.lse = ctx.alloc_stat({N});
   hs.losses = ctx.alloc_stat({N});
   const PhaseScope phase(ctx.profiler, Phase::Loss);
-  return cross_entropy_forward(hs.logits, hs.targets.reshape({N}), kIgnoreIndex, hs.losses, hs.lse);
+  return cross_entropy_forward(ctx, hs.logits, hs.targets.reshape({N}), kIgnoreIndex, hs.losses, hs.lse);
 }
 
 void Model::head_backward(const Context& ctx, const RMSNorm& norm, const HeadSaved& hs, double weight,
@@ -70,13 +70,13 @@ void Model::head_backward(const Context& ctx, const RMSNorm& norm, const HeadSav
   Tensor grad_logits = ctx.alloc(hs.logits.shape()), grad_normed = ctx.alloc(hs.normed.shape());
   {
     const PhaseScope phase(ctx.profiler, Phase::Loss);
-    cross_entropy_backward(hs.logits, hs.targets.reshape({N}), hs.lse, kIgnoreIndex, weight, grad_logits);
+    cross_entropy_backward(ctx, hs.logits, hs.targets.reshape({N}), hs.lse, kIgnoreIndex, weight, grad_logits);
   }
   {
     const PhaseScope phase(ctx.profiler, Phase::DenseGemm);
-    matmul_backward(grad_logits, hs.normed, head_weight(), grad_normed, head_grad(), ctx.gpu);
+    matmul_backward(ctx, grad_logits, hs.normed, head_weight(), grad_normed, head_grad());
   }
-  norm.backward(hs.norm, grad_normed, grad_h);
+  norm.backward(ctx, hs.norm, grad_normed, grad_h);
 }
 
 Model::Losses Model::forward(const Context& ctx, const Tensor& tokens, Saved& s) const {
@@ -89,11 +89,11 @@ Model::Losses Model::forward(const Context& ctx, const Tensor& tokens, Saved& s)
   Losses losses;
   // Trunk.
   s.head.ids = ctx.alloc({B, T}, DType::I32);
-  slice_columns(tokens, 0, s.head.ids);
+  slice_columns(ctx, tokens, 0, s.head.ids);
   s.hidden.assign(blocks_.size() + 1, Tensor());
   s.blocks.assign(blocks_.size(), Block::Saved());
   s.hidden[0] = ctx.alloc({N, D});
-  embed_.forward(s.head.ids.reshape({N}), s.hidden[0]);
+  embed_.forward(ctx, s.head.ids.reshape({N}), s.hidden[0]);
   for (size_t l = 0; l < blocks_.size(); ++l) {
     s.hidden[l + 1] = ctx.alloc({N, D});
     blocks_[l].forward(ctx, s.hidden[l], s.hidden[l + 1], s.blocks[l]);
@@ -107,14 +107,14 @@ Model::Losses Model::forward(const Context& ctx, const Tensor& tokens, Saved& s)
     MtpSaved& ms = s.mtp[i];
     const int64_t k = static_cast<int64_t>(i) + 1;
     ms.head.ids = ctx.alloc({B, T}, DType::I32);
-    slice_columns(tokens, k, ms.head.ids);
+    slice_columns(ctx, tokens, k, ms.head.ids);
     ms.emb = ctx.alloc({N, D});
-    embed_.forward(ms.head.ids.reshape({N}), ms.emb);
+    embed_.forward(ctx, ms.head.ids.reshape({N}), ms.emb);
     Tensor e_normed = ctx.alloc({N, D}), h_normed = ctx.alloc({N, D});
     m.enorm.forward(ctx, ms.emb, e_normed, ms.enorm);
     m.hnorm.forward(ctx, h_prev, h_normed, ms.hnorm);
     ms.cat = ctx.alloc({N, 2 * D});
-    concat_columns(e_normed, h_normed, ms.cat);
+    concat_columns(ctx, e_normed, h_normed, ms.cat);
     ms.h_in = ctx.alloc({N, D});
     m.eh_proj.forward(ctx, ms.cat, ms.h_in);
     ms.out = ctx.alloc({N, D});
@@ -144,27 +144,27 @@ void Model::backward(const Context& ctx, const Saved& s, double grad_scale) cons
     const MtpSaved& ms = s.mtp[i];
     Tensor grad_out = ctx.alloc({N, D});
     head_backward(ctx, m.head_norm, ms.head, mtp_weight, grad_out);
-    if (grad_carry.defined()) add(grad_out, grad_carry, grad_out);
+    if (grad_carry.defined()) add(ctx, grad_out, grad_carry, grad_out);
     Tensor grad_h_in = ctx.alloc({N, D}), grad_cat = ctx.alloc({N, 2 * D});
     m.block.backward(ctx, ms.block, grad_out, grad_scale, grad_h_in);
     m.eh_proj.backward(ctx, ms.cat, grad_h_in, grad_cat);
     Tensor grad_e_normed = ctx.alloc({N, D}), grad_h_normed = ctx.alloc({N, D}), grad_emb = ctx.alloc({N, D});
-    split_columns(grad_cat, grad_e_normed, grad_h_normed);
-    m.enorm.backward(ms.enorm, grad_e_normed, grad_emb);
-    embed_.backward(ms.head.ids.reshape({N}), grad_emb);
+    split_columns(ctx, grad_cat, grad_e_normed, grad_h_normed);
+    m.enorm.backward(ctx, ms.enorm, grad_e_normed, grad_emb);
+    embed_.backward(ctx, ms.head.ids.reshape({N}), grad_emb);
     grad_carry = ctx.alloc({N, D});
-    m.hnorm.backward(ms.hnorm, grad_h_normed, grad_carry);
+    m.hnorm.backward(ctx, ms.hnorm, grad_h_normed, grad_carry);
   }
   // Main head, then the blocks in reverse, then the embedding.
   Tensor grad_h = ctx.alloc({N, D});
   head_backward(ctx, final_norm_, s.head, grad_scale, grad_h);
-  if (grad_carry.defined()) add(grad_h, grad_carry, grad_h);
+  if (grad_carry.defined()) add(ctx, grad_h, grad_carry, grad_h);
   for (size_t l = blocks_.size(); l-- > 0;) {
     Tensor grad_in = ctx.alloc({N, D});
     blocks_[l].backward(ctx, s.blocks[l], grad_h, grad_scale, grad_in);
     grad_h = grad_in;
   }
-  embed_.backward(s.head.ids.reshape({N}), grad_h);
+  embed_.backward(ctx, s.head.ids.reshape({N}), grad_h);
 }
 
 std::vector<int64_t> Model::moe_layers() const {

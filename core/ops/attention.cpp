@@ -6,11 +6,8 @@
 #include <limits>
 #include <vector>
 
-#include "core/cuda_dispatch.h"
 #include "core/ops/op_util.h"
-#if MOELAB_WITH_CUDA
 #include "cuda/attention.h"
-#endif
 
 namespace moelab {
 
@@ -149,7 +146,6 @@ ref::AttentionShape check_attention(const char* op, const Tensor& q, const Tenso
   return {B, T, H, Hkv, Dqk, Dv};
 }
 
-#if MOELAB_WITH_CUDA
 // What the CUDA kernels take beyond the shared checks; returns whether the activations are bf16.
 bool check_cuda_attention(const char* op, const Tensor& q, const ref::AttentionShape& s) {
   MOELAB_CHECK(q.dtype() == DType::F32 || q.dtype() == DType::BF16, op, ": q is ", q.str(),
@@ -165,23 +161,18 @@ bool check_cuda_attention(const char* op, const Tensor& q, const ref::AttentionS
 cuda::AttentionKernel cuda_kernel(AttentionImpl impl) {
   return impl == AttentionImpl::Naive ? cuda::AttentionKernel::Reference : cuda::AttentionKernel::Flash;
 }
-#endif
 }  // namespace
 
-void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, float scale, const Tensor& out,
+void attention_forward(const Exec& ex, const Tensor& q, const Tensor& k, const Tensor& v, float scale, const Tensor& out,
                        const Tensor& lse, AttentionImpl impl) {
   const char* op = "attention_forward";
   const ref::AttentionShape s = check_attention(op, q, k, v, out, lse, scale);
   check_same_device(op, {{"q", &q}, {"k", &k}, {"v", &v}, {"out", &out}, {"lse", &lse}});
   if (q.device() == Device::CUDA) {
-#if MOELAB_WITH_CUDA
     const bool bf16 = check_cuda_attention(op, q, s);
     cuda::attention_forward({q.raw(), k.raw(), v.raw(), out.raw(), lse.data<float>(), s.B, s.T, s.H, s.Hkv, s.Dqk, s.Dv,
-                             scale, bf16, cuda_kernel(impl), nullptr});
+                             scale, bf16, cuda_kernel(impl), ex.stream});
     return;
-#else
-    MOELAB_NO_CUDA(op);
-#endif
   }
   ops_detail::dispatch_cpu_float(op, q, [&](auto tag) {
     using T = decltype(tag);
@@ -190,7 +181,7 @@ void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, float 
   });
 }
 
-void attention_backward(const Tensor& grad_out, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+void attention_backward(const Exec& ex, const Tensor& grad_out, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                         const Tensor& lse, float scale, const Tensor& grad_q, const Tensor& grad_k,
                         const Tensor& grad_v, AttentionImpl impl) {
   const char* op = "attention_backward";
@@ -205,15 +196,11 @@ void attention_backward(const Tensor& grad_out, const Tensor& q, const Tensor& k
   check_same_device(op, {{"grad_out", &grad_out}, {"q", &q}, {"k", &k}, {"v", &v}, {"out", &out}, {"lse", &lse},
                          {"grad_q", &grad_q}, {"grad_k", &grad_k}, {"grad_v", &grad_v}});
   if (q.device() == Device::CUDA) {
-#if MOELAB_WITH_CUDA
     const bool bf16 = check_cuda_attention(op, q, s);
     cuda::attention_backward({grad_out.raw(), q.raw(), k.raw(), v.raw(), out.raw(), lse.data<float>(), grad_q.raw(),
                               grad_k.raw(), grad_v.raw(), s.B, s.T, s.H, s.Hkv, s.Dqk, s.Dv, scale, bf16,
-                              cuda_kernel(impl), nullptr});
+                              cuda_kernel(impl), ex.stream});
     return;
-#else
-    MOELAB_NO_CUDA(op);
-#endif
   }
   ops_detail::dispatch_cpu_float(op, q, [&](auto tag) {
     using T = decltype(tag);

@@ -7,11 +7,8 @@
 #include <limits>
 #include <vector>
 
-#include "core/cuda_dispatch.h"
 #include "core/ops/op_util.h"
-#if MOELAB_WITH_CUDA
 #include "cuda/attention_decode.h"
-#endif
 
 namespace moelab {
 
@@ -62,7 +59,7 @@ template void attention_decode_forward<double>(const double*, const double*, con
 
 }  // namespace ref
 
-void attention_decode_forward(const Tensor& q, const Tensor& k, const Tensor& v, float scale, int64_t pos,
+void attention_decode_forward(const Exec& ex, const Tensor& q, const Tensor& k, const Tensor& v, float scale, int64_t pos,
                               const Tensor& out) {
   const char* op = "attention_decode_forward";
   check_ndim(op, "q", q, 4, 4);
@@ -82,16 +79,12 @@ void attention_decode_forward(const Tensor& q, const Tensor& k, const Tensor& v,
     check_dtype(op, name, *t, q.dtype());
   check_same_device(op, {{"q", &q}, {"k", &k}, {"v", &v}, {"out", &out}});
   if (q.device() == Device::CUDA) {
-#if MOELAB_WITH_CUDA
     MOELAB_CHECK(q.dtype() == DType::F32 || q.dtype() == DType::BF16, op, ": q is ", q.str(),
                  ", expected f32 or bf16 on CUDA");
     MOELAB_CHECK(B * n * H <= INT32_MAX, op, ": ", B * n * H, " query rows (B x n x H) exceed one CUDA grid (2^31 - 1)");
     cuda::attention_decode_forward({q.raw(), k.raw(), v.raw(), out.raw(), B, n, S, H, Hkv, Dqk, Dv, pos, scale,
-                                    q.dtype() == DType::BF16, nullptr});
+                                    q.dtype() == DType::BF16, ex.stream});
     return;
-#else
-    MOELAB_NO_CUDA(op);
-#endif
   }
   const ref::AttentionDecodeShape s{B, n, S, H, Hkv, Dqk, Dv, pos};
   ops_detail::dispatch_cpu_float(op, q, [&](auto tag) {

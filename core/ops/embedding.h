@@ -17,12 +17,13 @@
 
 #include <cstdint>
 
+#include "core/exec.h"
 #include "core/tensor.h"
 
 namespace moelab {
 
-void embedding_forward(const Tensor& ids, const Tensor& weight, const Tensor& out);
-void embedding_backward(const Tensor& grad_out, const Tensor& ids, const Tensor& grad_weight);
+void embedding_forward(const Exec& ex, const Tensor& ids, const Tensor& weight, const Tensor& out);
+void embedding_backward(const Exec& ex, const Tensor& grad_out, const Tensor& ids, const Tensor& grad_weight);
 
 // The references trust their ids (the Tensor API above checks them).
 namespace ref {

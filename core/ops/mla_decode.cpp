@@ -7,11 +7,8 @@
 #include <limits>
 #include <vector>
 
-#include "core/cuda_dispatch.h"
 #include "core/ops/op_util.h"
-#if MOELAB_WITH_CUDA
 #include "cuda/mla_decode.h"
-#endif
 
 namespace moelab {
 
@@ -80,7 +77,7 @@ template void mla_decode_attention<double>(const double*, const double*, const d
 
 }  // namespace ref
 
-void mla_decode_attention(const Tensor& q, const Tensor& w_kvb, const Tensor& ckv, const Tensor& kr, float scale,
+void mla_decode_attention(const Exec& ex, const Tensor& q, const Tensor& w_kvb, const Tensor& ckv, const Tensor& kr, float scale,
                           int64_t pos, const Tensor& out) {
   const char* op = "mla_decode_attention";
   check_ndim(op, "q", q, 4, 4);
@@ -102,18 +99,14 @@ void mla_decode_attention(const Tensor& q, const Tensor& w_kvb, const Tensor& ck
     check_dtype(op, name, *t, q.dtype());
   check_same_device(op, {{"q", &q}, {"w_kvb", &w_kvb}, {"ckv", &ckv}, {"kr", &kr}, {"out", &out}});
   if (q.device() == Device::CUDA) {
-#if MOELAB_WITH_CUDA
     MOELAB_CHECK(q.dtype() == DType::F32 || q.dtype() == DType::BF16, op, ": q is ", q.str(),
                  ", expected f32 or bf16 on CUDA");
     MOELAB_CHECK(B * n * H <= INT32_MAX, op, ": ", B * n * H, " query rows (B x n x H) exceed one CUDA grid (2^31 - 1)");
     MOELAB_CHECK(w_kvb.dtype() == DType::F32 || w_kvb.dtype() == DType::BF16, op, ": w_kvb is ", w_kvb.str(),
                  ", expected f32 or bf16 on CUDA");
     cuda::mla_decode_attention({q.raw(), w_kvb.raw(), ckv.raw(), kr.raw(), out.raw(), B, n, S, H, Dn, Dr, Dv, Ckv, pos,
-                                scale, q.dtype() == DType::BF16, w_kvb.dtype() == DType::BF16, nullptr});
+                                scale, q.dtype() == DType::BF16, w_kvb.dtype() == DType::BF16, ex.stream});
     return;
-#else
-    MOELAB_NO_CUDA(op);
-#endif
   }
   check_dtype(op, "w_kvb", w_kvb, q.dtype());
   const ref::MlaDecodeShape s{B, n, S, H, Dn, Dr, Dv, Ckv, pos};

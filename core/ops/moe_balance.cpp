@@ -5,11 +5,8 @@
 #include <cmath>
 #include <vector>
 
-#include "core/cuda_dispatch.h"
 #include "core/ops/op_util.h"
-#if MOELAB_WITH_CUDA
 #include "cuda/moe_balance.h"
-#endif
 
 namespace moelab {
 
@@ -122,14 +119,10 @@ void check_aux(const char* op, const Tensor& scores, const Tensor& topk_idx, int
                " rows of scores ", scores.str());
   check_same_device(op, {{"scores", &scores}, {"topk_idx", &topk_idx}});
   if (scores.device() == Device::CUDA) {  // the indices are checked on the device (cuda/moe_balance.h)
-#if MOELAB_WITH_CUDA
     check_dtype(op, "scores", scores, DType::F32);
     MOELAB_CHECK(E <= cuda::kMoeBalanceMaxExperts, op, ": E = ", E, " experts; the CUDA kernel takes at most ",
                  cuda::kMoeBalanceMaxExperts);
     return;
-#else
-    MOELAB_NO_CUDA(op);
-#endif
   }
   // Before the parallel loops: an exception must not leave an OpenMP region.
   const int32_t* idx = topk_idx.data<int32_t>();
@@ -142,12 +135,9 @@ void check_logits(const char* op, const Tensor& logits) {
   check_ndim(op, "logits", logits, 2, 2);
   MOELAB_CHECK(logits.size(0) >= 1 && logits.size(1) >= 1, op, ": logits is ", logits.str(),
                ", expected at least one row and one expert");
-#if MOELAB_WITH_CUDA
   if (logits.device() == Device::CUDA) check_dtype(op, "logits", logits, DType::F32);
-#endif
 }
 
-#if MOELAB_WITH_CUDA
 // The device workspace of the aux loss, allocated per call for now: f [B, E] and the per-row values
 // [N] (f32), the out-of-range index counts [B] (i32), the forward's two sums (f64).
 struct AuxWorkspace {
@@ -164,14 +154,12 @@ struct AuxWorkspace {
             nullptr};
   }
 };
-#endif
 }  // namespace
 
-double moe_aux_loss_forward(const Tensor& scores, const Tensor& topk_idx, int64_t seq_len, double alpha) {
+double moe_aux_loss_forward(const Exec& ex, const Tensor& scores, const Tensor& topk_idx, int64_t seq_len, double alpha) {
   const char* op = "moe_aux_loss_forward";
   check_aux(op, scores, topk_idx, seq_len);
   if (scores.device() == Device::CUDA) {
-#if MOELAB_WITH_CUDA
     AuxWorkspace ws;
     double sums[2];
     cuda::moe_aux_loss_forward(ws.params(scores, topk_idx, seq_len, alpha, 0.0, nullptr), sums);
@@ -179,9 +167,6 @@ double moe_aux_loss_forward(const Tensor& scores, const Tensor& topk_idx, int64_
                  scores.size(1), ") (the selection before capacity drops)");
     const double num_seqs = static_cast<double>(scores.size(0) / seq_len);
     return alpha * sums[0] / (num_seqs * static_cast<double>(seq_len));  // the CPU's expression
-#else
-    MOELAB_NO_CUDA(op);
-#endif
   }
   double loss = 0;
   ops_detail::dispatch_cpu_float(op, scores, [&](auto tag) {
@@ -192,7 +177,7 @@ double moe_aux_loss_forward(const Tensor& scores, const Tensor& topk_idx, int64_
   return loss;
 }
 
-void moe_aux_loss_backward(const Tensor& scores, const Tensor& topk_idx, int64_t seq_len, double alpha,
+void moe_aux_loss_backward(const Exec& ex, const Tensor& scores, const Tensor& topk_idx, int64_t seq_len, double alpha,
                            double grad_loss, const Tensor& grad_scores) {
   const char* op = "moe_aux_loss_backward";
   check_aux(op, scores, topk_idx, seq_len);
@@ -200,13 +185,9 @@ void moe_aux_loss_backward(const Tensor& scores, const Tensor& topk_idx, int64_t
   check_dtype(op, "grad_scores", grad_scores, scores.dtype());
   check_same_device(op, {{"scores", &scores}, {"grad_scores", &grad_scores}});
   if (scores.device() == Device::CUDA) {
-#if MOELAB_WITH_CUDA
     AuxWorkspace ws;
     cuda::moe_aux_loss_backward(ws.params(scores, topk_idx, seq_len, alpha, grad_loss, grad_scores.data<float>()));
     return;
-#else
-    MOELAB_NO_CUDA(op);
-#endif
   }
   ops_detail::dispatch_cpu_float(op, scores, [&](auto tag) {
     using T = decltype(tag);
@@ -215,11 +196,10 @@ void moe_aux_loss_backward(const Tensor& scores, const Tensor& topk_idx, int64_t
   });
 }
 
-double moe_z_loss_forward(const Tensor& logits, double coef) {
+double moe_z_loss_forward(const Exec& ex, const Tensor& logits, double coef) {
   const char* op = "moe_z_loss_forward";
   check_logits(op, logits);
   if (logits.device() == Device::CUDA) {
-#if MOELAB_WITH_CUDA
     const int64_t N = logits.size(0);
     const Tensor rows = Tensor::empty({N}, DType::F32, Device::CUDA);  // workspace, per call for now
     const Tensor result = Tensor::empty({2}, DType::F64, Device::CUDA);
@@ -228,9 +208,6 @@ double moe_z_loss_forward(const Tensor& logits, double coef) {
                               0.0, nullptr, nullptr},
                              &sum);
     return coef * sum / static_cast<double>(N);  // the CPU's expression
-#else
-    MOELAB_NO_CUDA(op);
-#endif
   }
   double loss = 0;
   ops_detail::dispatch_cpu_float(op, logits, [&](auto tag) {
@@ -240,20 +217,16 @@ double moe_z_loss_forward(const Tensor& logits, double coef) {
   return loss;
 }
 
-void moe_z_loss_backward(const Tensor& logits, double coef, double grad_loss, const Tensor& grad_logits) {
+void moe_z_loss_backward(const Exec& ex, const Tensor& logits, double coef, double grad_loss, const Tensor& grad_logits) {
   const char* op = "moe_z_loss_backward";
   check_logits(op, logits);
   check_shape(op, "grad_logits", grad_logits, logits.shape());
   check_dtype(op, "grad_logits", grad_logits, logits.dtype());
   check_same_device(op, {{"logits", &logits}, {"grad_logits", &grad_logits}});
   if (logits.device() == Device::CUDA) {
-#if MOELAB_WITH_CUDA
     cuda::moe_z_loss_backward({logits.data<float>(), logits.size(0), logits.size(1), nullptr, nullptr, coef, grad_loss,
-                               grad_logits.data<float>(), nullptr});
+                               grad_logits.data<float>(), ex.stream});
     return;
-#else
-    MOELAB_NO_CUDA(op);
-#endif
   }
   ops_detail::dispatch_cpu_float(op, logits, [&](auto tag) {
     using T = decltype(tag);

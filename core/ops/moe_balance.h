@@ -28,15 +28,16 @@
 
 #include <cstdint>
 
+#include "core/exec.h"
 #include "core/tensor.h"
 
 namespace moelab {
 
-double moe_aux_loss_forward(const Tensor& scores, const Tensor& topk_idx, int64_t seq_len, double alpha);
-void moe_aux_loss_backward(const Tensor& scores, const Tensor& topk_idx, int64_t seq_len, double alpha,
+double moe_aux_loss_forward(const Exec& ex, const Tensor& scores, const Tensor& topk_idx, int64_t seq_len, double alpha);
+void moe_aux_loss_backward(const Exec& ex, const Tensor& scores, const Tensor& topk_idx, int64_t seq_len, double alpha,
                            double grad_loss, const Tensor& grad_scores);
-double moe_z_loss_forward(const Tensor& logits, double coef);
-void moe_z_loss_backward(const Tensor& logits, double coef, double grad_loss, const Tensor& grad_logits);
+double moe_z_loss_forward(const Exec& ex, const Tensor& logits, double coef);
+void moe_z_loss_backward(const Exec& ex, const Tensor& logits, double coef, double grad_loss, const Tensor& grad_logits);
 
 namespace ref {
 // The references trust their indices and that seq_len divides rows (the Tensor API checks).

@@ -7,12 +7,9 @@
 #include <cmath>
 #include <cstdio>
 
-#include "core/cuda_dispatch.h"
 #include "core/ops/grad_norm.h"
 #include "core/ops/matmul.h"
-#if MOELAB_WITH_CUDA
 #include "cuda/blas.h"
-#endif
 #include "tests/gpu/gpu_harness.h"
 #include "tests/nn/nn_harness.h"
 #include "train/optimizer.h"
@@ -34,7 +31,6 @@ class MatmulCuda : public testing::GpuTest, public ::testing::WithParamInterface
 
 TEST_P(MatmulCuda, MatchesCpuReference) {
   const MatmulCase c = GetParam();
-  GpuContext gpu;
   Tensor x_big = randn({c.m + c.row_offset, c.k}, DType::F32, 1), w = randn({c.n, c.k}, DType::F32, 2);
   Tensor gy = randn({c.m, c.n}, DType::F32, 3), gw0 = randn({c.n, c.k}, DType::F32, 4);
   if (c.act == DType::BF16) {
@@ -46,16 +42,16 @@ TEST_P(MatmulCuda, MatchesCpuReference) {
   Tensor y = Tensor::empty({c.m, c.n}, DType::F32), gx = Tensor::empty({c.m, c.k}, DType::F32);
   Tensor gw = Tensor::empty({c.n, c.k}, DType::F32);
   gw.copy_from(gw0);
-  matmul_forward(x, w, y);
-  matmul_backward(gy, x, w, gx, gw);
+  matmul_forward(Exec{}, x, w, y);
+  matmul_backward(Exec{}, gy, x, w, gx, gw);
 
   const Tensor dx_big = testing::to_gpu(x_big, c.act);
   const Tensor dx = dx_big.slice(c.row_offset, c.row_offset + c.m);
   const Tensor dw = testing::to_gpu(w, c.act), dgy = testing::to_gpu(gy, c.act);
   testing::Guarded dy({c.m, c.n}, c.act), dgx({c.m, c.k}, c.act);
   const Tensor dgw = gw0.to(Device::CUDA);
-  matmul_forward(dx, dw, dy.view, &gpu);
-  matmul_backward(dgy, dx, dw, dgx.view, dgw, &gpu);
+  matmul_forward(testing::gpu_exec(), dx, dw, dy.view);
+  matmul_backward(testing::gpu_exec(), dgy, dx, dw, dgx.view, dgw);
 
   // f32: cuBLASLt's summation order differs from Eigen's: ~K ulps. bf16 outputs: one rounding.
   const double atol = c.act == DType::BF16 ? 2e-2 : 1e-5 * std::sqrt(static_cast<double>(c.k + c.n + c.m));
@@ -79,15 +75,15 @@ INSTANTIATE_TEST_SUITE_P(Shapes, MatmulCuda,
 
 using MatmulCudaPlans = testing::GpuTest;
 
-#if MOELAB_WITH_CUDA  // these two reach into cuda::Blas, which a CPU-only build does not have
 TEST_F(MatmulCudaPlans, OnePlanPerShapeAndBitIdenticalRepeats) {
   GpuContext gpu;
   const Tensor x = testing::to_gpu(randn({77, 64}, DType::F32, 5), DType::BF16);
   const Tensor w = testing::to_gpu(randn({96, 64}, DType::F32, 6), DType::BF16);
   Tensor y1 = Tensor::empty({77, 96}, DType::BF16, Device::CUDA), y2 = Tensor::empty({77, 96}, DType::BF16, Device::CUDA);
-  matmul_forward(x, w, y1, &gpu);
+  const Exec ex{nullptr, &gpu, nullptr};
+  matmul_forward(ex, x, w, y1);
   const size_t plans = gpu.blas().cached_plans();
-  matmul_forward(x, w, y2, &gpu);
+  matmul_forward(ex, x, w, y2);
   EXPECT_EQ(gpu.blas().cached_plans(), plans) << "the second call of a shape must reuse its plan";
   EXPECT_TRUE(testing::close(testing::to_host(y1), testing::to_host(y2), 0.0, 0.0));
 }
@@ -139,12 +135,11 @@ TEST_F(MatmulCudaPlans, StridedBatchEqualsOneCallPerMatrix) {
     }
 }
 
-#endif
 
 TEST_F(MatmulCudaPlans, MissingContextIsAClearError) {
   const Tensor x = Tensor::zeros({2, 3}, DType::F32, Device::CUDA), w = Tensor::zeros({4, 3}, DType::F32, Device::CUDA);
   const Tensor y = Tensor::empty({2, 4}, DType::F32, Device::CUDA);
-  testing::expect_error([&] { matmul_forward(x, w, y); }, "GpuContext");
+  testing::expect_error([&] { matmul_forward(Exec{}, x, w, y); }, "GpuContext");
 }
 
 // ---- the whole model ----
@@ -306,8 +301,8 @@ std::vector<double> train_losses(const ModelConfig& cfg, const Runtime& rt, int6
     Model::Saved saved;
     losses.push_back(model->forward(ctx, rt.upload(tokens), saved).total);
     model->backward(ctx, saved);
-    clip_grad_norm({model->params().flat_grads()}, 1.0);
-    optimizer.step(3e-3);
+    clip_grad_norm(ctx, {model->params().flat_grads()}, 1.0);
+    optimizer.step(ctx, 3e-3);
     std::vector<std::vector<double>> loads;
     for (const MoEStats& st : model->moe_stats(saved)) loads.push_back(st.load);
     model->update_bias(loads);

@@ -560,12 +560,12 @@ Tensor i32_tensor(const Shape& shape, const std::vector<int32_t>& values) {
 TEST(MoE, DispatchLayoutGroupsByExpert) {
   const Tensor topk_idx = i32_tensor({3, 2}, {2, 0, 0, -1, 1, 2});
   Tensor pos = Tensor::empty({3, 2}, DType::I32);
-  EXPECT_EQ(moe_dispatch_layout(topk_idx, 3, pos), (std::vector<int64_t>{2, 1, 2}));
+  EXPECT_EQ(moe_dispatch_layout(Exec{}, topk_idx, 3, pos), (std::vector<int64_t>{2, 1, 2}));
   EXPECT_EQ(std::vector<int32_t>(pos.data<int32_t>(), pos.data<int32_t>() + 6),
             (std::vector<int32_t>{3, 0, 1, -1, 2, 4}));
   // The rows land where pos says; a combine with weights 1 sums each token's kept rows.
   Tensor x = randn({3, 2}, DType::F64, 161), expert_x = Tensor::empty({5, 2}, DType::F64);
-  moe_dispatch_forward(x, pos, expert_x);
+  moe_dispatch_forward(Exec{}, x, pos, expert_x);
   const int src[5] = {0, 1, 2, 0, 2};  // the token of each expert row
   for (int r = 0; r < 5; ++r)
     for (int d = 0; d < 2; ++d) EXPECT_EQ(expert_x.data<double>()[r * 2 + d], x.data<double>()[src[r] * 2 + d]);
@@ -574,15 +574,15 @@ TEST(MoE, DispatchLayoutGroupsByExpert) {
 TEST(MoE, OpsRejectBadArguments) {
   Tensor scores = randn({2, 4}, DType::F64, 171), w = Tensor::empty({2, 2}, DType::F64);
   Tensor idx = Tensor::empty({2, 2}, DType::I32), pos = Tensor::empty({2, 2}, DType::I32);
-  EXPECT_THROW(moe_route_topk(scores, Tensor(), 3, 1, idx), Error);   // 3 groups do not divide E = 4
-  EXPECT_THROW(moe_route_topk(scores, Tensor(), 2, 3, idx), Error);   // topk_group > n_group
-  EXPECT_THROW(moe_route_topk(scores, Tensor::empty({3}, DType::F64), 1, 1, idx), Error);  // bias [3]
-  EXPECT_THROW(moe_gate_forward(scores, i32_tensor({2, 2}, {0, 4, 1, 2}), true, 1.0, w), Error);  // expert 4
-  EXPECT_THROW(moe_dispatch_layout(i32_tensor({2, 2}, {0, 1, -2, 2}), 4, pos), Error);            // -2
+  EXPECT_THROW(moe_route_topk(Exec{}, scores, Tensor(), 3, 1, idx), Error);   // 3 groups do not divide E = 4
+  EXPECT_THROW(moe_route_topk(Exec{}, scores, Tensor(), 2, 3, idx), Error);   // topk_group > n_group
+  EXPECT_THROW(moe_route_topk(Exec{}, scores, Tensor::empty({3}, DType::F64), 1, 1, idx), Error);  // bias [3]
+  EXPECT_THROW(moe_gate_forward(Exec{}, scores, i32_tensor({2, 2}, {0, 4, 1, 2}), true, 1.0, w), Error);  // expert 4
+  EXPECT_THROW(moe_dispatch_layout(Exec{}, i32_tensor({2, 2}, {0, 1, -2, 2}), 4, pos), Error);            // -2
   Tensor expert_x = Tensor::empty({3, 4}, DType::F64);
-  EXPECT_THROW(moe_dispatch_forward(scores, i32_tensor({2, 2}, {0, 1, 1, 2}), expert_x), Error);  // row 1 twice
-  EXPECT_THROW(moe_dispatch_forward(scores, i32_tensor({2, 2}, {0, 1, -1, -1}), expert_x), Error);  // row 2 unset
-  EXPECT_THROW(moe_capacity_drop(scores, i32_tensor({2, 2}, {0, 1, 5, 2}), 1, pos), Error);       // expert 5
+  EXPECT_THROW(moe_dispatch_forward(Exec{}, scores, i32_tensor({2, 2}, {0, 1, 1, 2}), expert_x), Error);  // row 1 twice
+  EXPECT_THROW(moe_dispatch_forward(Exec{}, scores, i32_tensor({2, 2}, {0, 1, -1, -1}), expert_x), Error);  // row 2 unset
+  EXPECT_THROW(moe_capacity_drop(Exec{}, scores, i32_tensor({2, 2}, {0, 1, 5, 2}), 1, pos), Error);       // expert 5
 }
 
 // ---- implementations that must agree ----------------------------------------------------------------
