@@ -30,10 +30,10 @@ namespace moelab::cuda {
 enum class GemmType : uint8_t { F32, BF16 };
 
 struct GemmParams {
-  const void* a;
-  const void* b;
-  void* c;
-  int64_t m, n, k;
+  const void* a = nullptr;
+  const void* b = nullptr;
+  void* c = nullptr;
+  int64_t m = 0, n = 0, k = 0;
   bool trans_a = false, trans_b = false;
   GemmType ab_type = GemmType::F32;
   GemmType c_type = GemmType::F32;

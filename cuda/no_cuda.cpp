@@ -19,6 +19,7 @@
 #include "cuda/mla_decode.h"
 #include "cuda/mla_kv.h"
 #include "cuda/moe_balance.h"
+#include "cuda/moe_bias.h"
 #include "cuda/moe_dispatch.h"
 #include "cuda/moe_route.h"
 #include "cuda/rmsnorm.h"
@@ -92,6 +93,7 @@ void moe_aux_loss_forward(const MoeAuxLossParams&, double*) { no_cuda("moe_aux_l
 void moe_aux_loss_backward(const MoeAuxLossParams&) { no_cuda("moe_aux_loss_backward"); }
 void moe_z_loss_forward(const MoeZLossParams&, double*) { no_cuda("moe_z_loss_forward"); }
 void moe_z_loss_backward(const MoeZLossParams&) { no_cuda("moe_z_loss_backward"); }
+void moe_bias_update(const MoeBiasUpdateParams&) { no_cuda("moe_bias_update"); }
 void moe_dispatch_layout(const MoeDispatchLayoutParams&) { no_cuda("moe_dispatch_layout"); }
 void moe_dispatch_forward(const MoeDispatchForwardParams&) { no_cuda("moe_dispatch_forward"); }
 void moe_dispatch_backward(const MoeDispatchBackwardParams&) { no_cuda("moe_dispatch_backward"); }

@@ -11,19 +11,19 @@
 namespace moelab::cuda {
 
 struct TopkForwardParams {
-  const float* x;    // [rows, E]
-  float* values;     // [rows, K]
-  int32_t* indices;  // [rows, K]
-  int64_t rows, E, K;
-  Stream stream;
+  const float* x = nullptr;    // [rows, E]
+  float* values = nullptr;     // [rows, K]
+  int32_t* indices = nullptr;  // [rows, K]
+  int64_t rows = 0, E = 0, K = 0;
+  Stream stream = nullptr;
 };
 
 struct TopkBackwardParams {
-  const float* grad_values;  // [rows, K]
-  const int32_t* indices;    // [rows, K]
-  float* grad_x;             // [rows, E], overwritten (zeros included)
-  int64_t rows, E, K;
-  Stream stream;
+  const float* grad_values = nullptr;  // [rows, K]
+  const int32_t* indices = nullptr;    // [rows, K]
+  float* grad_x = nullptr;             // [rows, E], overwritten (zeros included)
+  int64_t rows = 0, E = 0, K = 0;
+  Stream stream = nullptr;
 };
 
 void topk_forward(const TopkForwardParams& p);

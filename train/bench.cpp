@@ -113,7 +113,7 @@ BenchResult run_bench(const ModelConfig& cfg, const BenchOptions& opt) {
       optimizer.step(ctx, opt.lr);
       std::vector<std::vector<double>> loads;
       for (const MoEStats& st : model.moe_stats(saved)) loads.push_back(st.load);
-      model.update_bias(loads);
+      model.update_bias(ctx, loads);
     }
     std::array<double, kNumPhases> step_phases{};
     timeline.end_step(step_phases, rt);  // synchronises

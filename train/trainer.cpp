@@ -179,7 +179,7 @@ TrainResult train(const RunConfig& cfg_in, const TrainOptions& options) {
       nonfinite_in_a_row = 0;
       if (tc.grad_clip > 0) clip_grad_norm(ctx, {model->params().flat_grads()}, tc.grad_clip);
       optimizer.step(ctx, lr);
-      model->update_bias(loads);
+      model->update_bias(ctx, loads);
     } else {
       ++nonfinite_in_a_row;
       log.write({{"step", step + 1}, {"nonfinite", true}, {"loss", std::isfinite(sum.total) ? sum.total : -1.0}});
@@ -199,10 +199,15 @@ TrainResult train(const RunConfig& cfg_in, const TrainOptions& options) {
     if (step % tc.log_every == 0 || step == tc.steps) {
       double max_vio = 0;
       nlohmann::ordered_json expert_load = nlohmann::ordered_json::object();
+      nlohmann::ordered_json bias_range = nlohmann::ordered_json::object();
       const std::vector<int64_t> layers = model->moe_layers();
+      // The biases after this step's update, read here rather than in every forward (on the GPU
+      // each read is a small copy to the host).
+      model->read_bias_ranges(last_stats);
       for (size_t i = 0; i < last_stats.size(); ++i) {
         max_vio = std::max(max_vio, last_stats[i].max_vio);
         expert_load[std::to_string(layers[i])] = loads[i];
+        bias_range[std::to_string(layers[i])] = {last_stats[i].bias_min, last_stats[i].bias_max};
       }
       const double tps = tokens_per_step / step_s, flops = tps * info.flops_per_token;
       nlohmann::ordered_json rec = {{"step", step},        {"loss", sum.total},   {"loss_main", sum.main},
@@ -211,6 +216,7 @@ TrainResult train(const RunConfig& cfg_in, const TrainOptions& options) {
                                     {"mfu", flops / 1e9 / peak_gflops}, {"max_vio", max_vio},
                                     {"aux_loss", sum.seq_aux + sum.aux + sum.z},
                                     {"ms_per_step", step_s * 1e3}, {"expert_load", expert_load}};
+      if (cfg.model.aux_free_bias) rec["bias_range"] = bias_range;  // per MoE layer: [min, max]
       log.write(rec);
       char buf[512];
       std::snprintf(buf, sizeof buf,

@@ -1,5 +1,8 @@
 #include "core/nn/model.h"
 
+#include <cmath>
+#include <tuple>
+
 #include "core/ops/columns.h"
 #include "core/ops/cross_entropy.h"
 #include "core/ops/elementwise.h"
@@ -185,15 +188,55 @@ std::vector<MoEStats> Model::moe_stats(const Saved& s) const {
   return stats;
 }
 
-void Model::update_bias(const std::vector<std::vector<double>>& loads) const {
+const MoE& Model::moe_of(int64_t layer) const {
+  const auto l = static_cast<size_t>(layer);
+  const Block& b = l < blocks_.size() ? blocks_[l] : mtp_[l - blocks_.size()].block;
+  return b.moe();
+}
+
+void Model::update_bias(const Exec& ex, const std::vector<std::vector<double>>& loads) const {
   const std::vector<int64_t> layers = moe_layers();
   MOELAB_CHECK(loads.size() == layers.size(), "update_bias: ", loads.size(), " load vectors for ", layers.size(),
                " MoE layers");
-  for (size_t i = 0; i < layers.size(); ++i) {
-    const auto l = static_cast<size_t>(layers[i]);
-    const Block& b = l < blocks_.size() ? blocks_[l] : mtp_[l - blocks_.size()].block;
-    b.moe().update_bias(loads[i]);
+  if (layers.empty() || !cfg_.aux_free_bias) return;  // no bias to move
+  const auto L = static_cast<int64_t>(layers.size());
+  const int64_t E = cfg_.n_routed_experts;
+  // The loads as f32 [L, E] (counts: exact below 2^24, so the update is the one the double counts give).
+  const Tensor host = Tensor::empty({L, E}, DType::F32);
+  float* h = host.data<float>();
+  for (int64_t i = 0; i < L; ++i) {
+    const std::vector<double>& load = loads[static_cast<size_t>(i)];
+    MOELAB_CHECK(static_cast<int64_t>(load.size()) == E, "update_bias: layer ", layers[static_cast<size_t>(i)],
+                 ": load has ", load.size(), " entries, expected n_routed_experts = ", E);
+    for (int64_t e = 0; e < E; ++e) {
+      const double v = load[static_cast<size_t>(e)];
+      MOELAB_CHECK(std::isfinite(v) && v >= 0, "update_bias: layer ", layers[static_cast<size_t>(i)], ": load[", e,
+                   "] = ", v, ", expected a finite count >= 0");
+      h[i * E + e] = static_cast<float>(v);
+    }
   }
+  auto update = [&](const Tensor& all) {  // all: [L, E] on the biases' device
+    for (int64_t i = 0; i < L; ++i)
+      moe_of(layers[static_cast<size_t>(i)]).update_bias(ex, all.slice(i, i + 1).reshape({E}));
+  };
+  if (moe_of(layers[0]).e_score_correction_bias().device() == Device::CPU) {
+    update(host);
+    return;
+  }
+  // On the GPU: ONE upload of all the loads (L * E floats, a synchronous host-to-device copy) into
+  // the op scratch, then one small kernel per layer; nothing comes back.
+  ScratchScope scratch(ex, "Model::update_bias");
+  const Tensor load = scratch.take({L, E}, DType::F32);
+  load.copy_from(host);
+  update(load);
+}
+
+void Model::read_bias_ranges(std::vector<MoEStats>& stats) const {
+  const std::vector<int64_t> layers = moe_layers();
+  MOELAB_CHECK(stats.size() == layers.size(), "read_bias_ranges: ", stats.size(), " stats for ", layers.size(),
+               " MoE layers");
+  for (size_t i = 0; i < layers.size(); ++i)
+    std::tie(stats[i].bias_min, stats[i].bias_max) = moe_of(layers[i]).bias_range();
 }
 
 }  // namespace moelab

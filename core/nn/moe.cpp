@@ -2,13 +2,12 @@
 #include "core/nn/moe.h"
 
 #include <algorithm>
-#include <cmath>
-#include <numeric>
 
 #include "core/ops/activation.h"
 #include "core/ops/elementwise.h"
 #include "core/ops/matmul.h"
 #include "core/ops/moe_balance.h"
+#include "core/ops/moe_bias.h"
 #include "core/ops/moe_route.h"
 #include "core/ops/op_util.h"
 
@@ -116,13 +115,7 @@ void MoE::route(const Context& ctx, const Tensor& x, Saved& s, MoEStats& stats) 
   stats.load.assign(load.begin(), load.end());
   const double mean = static_cast<double>(N * K) / static_cast<double>(E);
   stats.max_vio = (*std::max_element(stats.load.begin(), stats.load.end()) - mean) / mean;
-  stats.bias_min = stats.bias_max = 0;
-  if (cfg_.aux_free_bias) {
-    const Tensor b = e_score_correction_bias().to(Device::CPU).to(DType::F64);
-    const double* p = b.data<double>();
-    stats.bias_min = *std::min_element(p, p + E);
-    stats.bias_max = *std::max_element(p, p + E);
-  }
+  stats.bias_min = stats.bias_max = 0;  // read at the log step (bias_range), not every forward
 }
 
 void MoE::balance_losses(const Context& ctx, const Saved& s, MoEStats& stats) const {
@@ -283,26 +276,19 @@ void MoE::backward(const Context& ctx, const Saved& s, const Tensor& grad_y, dou
   }
 }
 
-void MoE::update_bias(const std::vector<double>& load) const {
+void MoE::update_bias(const Exec& ex, const Tensor& load) const {
   if (!cfg_.aux_free_bias) return;
-  const int64_t E = cfg_.n_routed_experts;
-  MOELAB_CHECK(static_cast<int64_t>(load.size()) == E, "MoE::update_bias: load has ", load.size(),
-               " entries, expected n_routed_experts = ", E);
-  for (int64_t i = 0; i < E; ++i)
-    MOELAB_CHECK(std::isfinite(load[i]) && load[i] >= 0, "MoE::update_bias: load[", i, "] = ", load[i],
-                 ", expected a finite count >= 0");
-  const double mean = std::accumulate(load.begin(), load.end(), 0.0) / static_cast<double>(E);
-  // Under-loaded experts (load < mean) gain gamma, over-loaded ones lose it; exactly-mean ones stay.
-  // The arithmetic is in the bias's own dtype (f32 in training), as an in-place add would do it.
+  // In place, on the bias's device: under-loaded experts gain gamma, over-loaded ones lose it.
+  moe_bias_update(ex, load, cfg_.bias_update_speed, e_score_correction_bias());
+}
+
+std::pair<double, double> MoE::bias_range() const {
+  if (!cfg_.aux_free_bias) return {0.0, 0.0};
   const Tensor bias = e_score_correction_bias();
-  const Tensor b = bias.to(Device::CPU);
-  ops_detail::dispatch_cpu_float("MoE::update_bias", b, [&](auto tag) {
-    using T = decltype(tag);
-    T* p = b.data<T>();
-    for (int64_t i = 0; i < E; ++i)
-      p[i] += static_cast<T>(cfg_.bias_update_speed) * static_cast<T>((mean > load[i]) - (mean < load[i]));
-  });
-  bias.copy_from(b);
+  const Tensor b = (bias.device() == Device::CPU ? bias : bias.to(Device::CPU)).to(DType::F64);
+  const double* p = b.data<double>();
+  const auto [lo, hi] = std::minmax_element(p, p + b.numel());
+  return {*lo, *hi};
 }
 
 }  // namespace moelab

@@ -32,8 +32,17 @@ void concat_columns(const Exec& ex, const Tensor& a, const Tensor& b, const Tens
   const ColumnLayout l = check_columns(op, a, b, out);
   if (out.device() == Device::CUDA) {
     const int64_t ab = static_cast<int64_t>(l.a_bytes), bb = static_cast<int64_t>(l.b_bytes);
-    cuda::copy_columns({out.raw(), ab + bb, a.raw(), ab, l.rows, ab, ex.stream});
-    cuda::copy_columns({static_cast<char*>(out.raw()) + ab, ab + bb, b.raw(), bb, l.rows, bb, ex.stream});
+    // Two blocks into every row of out (ab + bb bytes): a's ab bytes, then b's bb bytes.
+    cuda::CopyColumnsParams p;
+    p.dst_pitch = ab + bb;
+    p.rows = l.rows;
+    p.stream = ex.stream;
+    p.dst = out.raw();
+    p.src = a.raw(); p.src_pitch = ab; p.width_bytes = ab;
+    cuda::copy_columns(p);
+    p.dst = static_cast<char*>(out.raw()) + ab;
+    p.src = b.raw(); p.src_pitch = bb; p.width_bytes = bb;
+    cuda::copy_columns(p);
     return;
   }
   const char* pa = static_cast<const char*>(a.raw());
@@ -51,8 +60,17 @@ void split_columns(const Exec& ex, const Tensor& x, const Tensor& a, const Tenso
   const ColumnLayout l = check_columns(op, a, b, x);
   if (x.device() == Device::CUDA) {
     const int64_t ab = static_cast<int64_t>(l.a_bytes), bb = static_cast<int64_t>(l.b_bytes);
-    cuda::copy_columns({a.raw(), ab, x.raw(), ab + bb, l.rows, ab, ex.stream});
-    cuda::copy_columns({b.raw(), bb, static_cast<const char*>(x.raw()) + ab, ab + bb, l.rows, bb, ex.stream});
+    // Two blocks from every row of x (ab + bb bytes): a's ab bytes, then b's bb bytes.
+    cuda::CopyColumnsParams p;
+    p.src_pitch = ab + bb;
+    p.rows = l.rows;
+    p.stream = ex.stream;
+    p.src = x.raw();
+    p.dst = a.raw(); p.dst_pitch = ab; p.width_bytes = ab;
+    cuda::copy_columns(p);
+    p.src = static_cast<const char*>(x.raw()) + ab;
+    p.dst = b.raw(); p.dst_pitch = bb; p.width_bytes = bb;
+    cuda::copy_columns(p);
     return;
   }
   const char* px = static_cast<const char*>(x.raw());
@@ -77,8 +95,15 @@ void slice_columns(const Exec& ex, const Tensor& x, int64_t begin, const Tensor&
   const size_t es = dtype_size(x.dtype()), row_bytes = static_cast<size_t>(x.size(-1)) * es, out_bytes = width * es;
   const char* px = static_cast<const char*>(x.raw()) + begin * es;
   if (x.device() == Device::CUDA) {
-    cuda::copy_columns({out.raw(), static_cast<int64_t>(out_bytes), px, static_cast<int64_t>(row_bytes), rows,
-                        static_cast<int64_t>(out_bytes), ex.stream});
+    cuda::CopyColumnsParams p;
+    p.dst = out.raw();
+    p.dst_pitch = static_cast<int64_t>(out_bytes);
+    p.src = px;
+    p.src_pitch = static_cast<int64_t>(row_bytes);
+    p.rows = rows;
+    p.width_bytes = static_cast<int64_t>(out_bytes);
+    p.stream = ex.stream;
+    cuda::copy_columns(p);
     return;
   }
   char* po = static_cast<char*>(out.raw());

@@ -99,6 +99,13 @@ void check_cuda_dtypes(const char* op, const Tensor& logits, std::initializer_li
   for (const auto& [name, t] : stats) check_dtype(op, name, *t, DType::F32);
 }
 
+// The device words the launchers' target scan fills and copies back (cuda::kCrossEntropyWorkspaceBytes),
+// from the op's scratch: a device allocation per call would synchronise the device each time.
+Tensor status_workspace(ScratchScope& scratch) {
+  static_assert(cuda::kCrossEntropyWorkspaceBytes <= 4 * sizeof(double), "the status fits 4 doubles");
+  return scratch.take({4}, DType::F64);
+}
+
 // The same message as check_targets, from the device scan's first bad row.
 void throw_bad_target(const char* op, const Tensor& targets, const cuda::CrossEntropyStatus& st, int ignore_index,
                       int64_t vocab) {
@@ -115,12 +122,19 @@ double cross_entropy_forward(const Exec& ex, const Tensor& logits, const Tensor&
   check_same_device(op, {{"logits", &logits}, {"targets", &targets}, {"losses", &losses}, {"lse", &lse}});
   if (logits.device() == Device::CUDA) {
     check_cuda_dtypes(op, logits, {{"losses", &losses}, {"lse", &lse}});
-    // Device scratch for the status the launcher copies back (allocated per call for now).
-    Tensor workspace = Tensor::empty({4}, DType::F64, Device::CUDA);
-    static_assert(cuda::kCrossEntropyWorkspaceBytes <= 4 * sizeof(double), "workspace");
-    const cuda::CrossEntropyStatus st = cuda::cross_entropy_forward(
-        {logits.raw(), targets.data<int32_t>(), losses.data<float>(), lse.data<float>(), workspace.raw(),
-         targets.numel(), vocab, ignore_index, logits.dtype() == DType::BF16, ex.stream});
+    ScratchScope scratch(ex, op);
+    cuda::CrossEntropyForwardParams p;
+    p.logits = logits.raw();
+    p.targets = targets.data<int32_t>();
+    p.losses = losses.data<float>();
+    p.lse = lse.data<float>();
+    p.workspace = status_workspace(scratch).raw();
+    p.rows = targets.numel();
+    p.vocab = vocab;
+    p.ignore_index = ignore_index;
+    p.bf16 = logits.dtype() == DType::BF16;
+    p.stream = ex.stream;
+    const cuda::CrossEntropyStatus st = cuda::cross_entropy_forward(p);
     if (st.bad_row >= 0) throw_bad_target(op, targets, st, ignore_index, vocab);
     return st.n_valid ? st.loss_sum / static_cast<double>(st.n_valid) : 0.0;
   }
@@ -145,14 +159,29 @@ void cross_entropy_backward(const Exec& ex, const Tensor& logits, const Tensor& 
   if (logits.device() == Device::CUDA) {
     check_cuda_dtypes(op, logits, {{"lse", &lse}});
     check_dtype(op, "grad_logits", grad_logits, logits.dtype());
-    Tensor workspace = Tensor::empty({4}, DType::F64, Device::CUDA);
-    const cuda::CrossEntropyStatus st = cuda::cross_entropy_scan_targets(
-        {targets.data<int32_t>(), workspace.raw(), targets.numel(), vocab, ignore_index, ex.stream});
+    ScratchScope scratch(ex, op);
+    cuda::CrossEntropyScanParams scan;
+    scan.targets = targets.data<int32_t>();
+    scan.workspace = status_workspace(scratch).raw();
+    scan.rows = targets.numel();
+    scan.vocab = vocab;
+    scan.ignore_index = ignore_index;
+    scan.stream = ex.stream;
+    const cuda::CrossEntropyStatus st = cuda::cross_entropy_scan_targets(scan);
     if (st.bad_row >= 0) throw_bad_target(op, targets, st, ignore_index, vocab);
+    cuda::CrossEntropyBackwardParams p;
+    p.logits = logits.raw();
+    p.targets = targets.data<int32_t>();
+    p.lse = lse.data<float>();
+    p.grad_logits = grad_logits.raw();
+    p.rows = targets.numel();
+    p.vocab = vocab;
+    p.ignore_index = ignore_index;
     // The CPU reference's scale: grad_loss / n_valid in double, then rounded to f32.
-    const float scale = st.n_valid ? static_cast<float>(grad_loss / static_cast<double>(st.n_valid)) : 0.0f;
-    cuda::cross_entropy_backward({logits.raw(), targets.data<int32_t>(), lse.data<float>(), grad_logits.raw(),
-                                  targets.numel(), vocab, ignore_index, scale, logits.dtype() == DType::BF16, ex.stream});
+    p.scale = st.n_valid ? static_cast<float>(grad_loss / static_cast<double>(st.n_valid)) : 0.0f;
+    p.bf16 = logits.dtype() == DType::BF16;
+    p.stream = ex.stream;
+    cuda::cross_entropy_backward(p);
     return;
   }
   check_targets(op, targets, ignore_index, vocab);

@@ -34,11 +34,6 @@ void check_same(const char* op, const char* na, const Tensor& a, const char* nb,
   check_same_device(op, {{na, &a}, {nb, &b}});
 }
 
-void check_cuda_act(const char* op, const char* name, const Tensor& t) {
-  MOELAB_CHECK(t.dtype() == DType::F32 || t.dtype() == DType::BF16, op, ": ", name, " is ", t.str(),
-               ", expected f32 or bf16 on CUDA");
-}
-
 // One element of the CPU cast: through double (exact for every source dtype), then to D the way
 // Tensor::to converts (f32 and bf16 targets round from float, to nearest even).
 template <typename D>
@@ -65,8 +60,15 @@ void add(const Exec& ex, const Tensor& a, const Tensor& b, const Tensor& out) {
   ops_detail::check_in_place_or_disjoint(op, "a", a, "out", out);
   ops_detail::check_in_place_or_disjoint(op, "b", b, "out", out);
   if (a.device() == Device::CUDA) {
-    check_cuda_act(op, "a", a);
-    cuda::add({a.raw(), b.raw(), out.raw(), a.numel(), a.dtype() == DType::BF16, ex.stream});
+    ops_detail::check_cuda_f32_or_bf16(op, "a", a);
+    cuda::AddParams p;
+    p.a = a.raw();
+    p.b = b.raw();
+    p.out = out.raw();
+    p.n = a.numel();
+    p.bf16 = a.dtype() == DType::BF16;
+    p.stream = ex.stream;
+    cuda::add(p);
     return;
   }
   ops_detail::dispatch_cpu_float(op, a, [&](auto tag) {
@@ -80,8 +82,15 @@ void axpy(const Exec& ex, double alpha, const Tensor& x, const Tensor& y) {
   check_same(op, "x", x, "y", y);
   ops_detail::check_in_place_or_disjoint(op, "x", x, "y", y);
   if (x.device() == Device::CUDA) {
-    check_cuda_act(op, "x", x);
-    cuda::axpy({static_cast<float>(alpha), x.raw(), y.raw(), x.numel(), x.dtype() == DType::BF16, ex.stream});
+    ops_detail::check_cuda_f32_or_bf16(op, "x", x);
+    cuda::AxpyParams p;
+    p.alpha = static_cast<float>(alpha);
+    p.x = x.raw();
+    p.y = y.raw();
+    p.n = x.numel();
+    p.bf16 = x.dtype() == DType::BF16;
+    p.stream = ex.stream;
+    cuda::axpy(p);
     return;
   }
   ops_detail::dispatch_cpu_float(op, x, [&](auto tag) {
@@ -108,9 +117,16 @@ void cast(const Exec& ex, const Tensor& x, const Tensor& y) {
     return;
   }
   if (x.device() == Device::CUDA) {
-    check_cuda_act(op, "x", x);
-    check_cuda_act(op, "y", y);
-    cuda::cast({x.raw(), y.raw(), x.numel(), x.dtype() == DType::BF16, y.dtype() == DType::BF16, ex.stream});
+    ops_detail::check_cuda_f32_or_bf16(op, "x", x);
+    ops_detail::check_cuda_f32_or_bf16(op, "y", y);
+    cuda::CastParams p;
+    p.x = x.raw();
+    p.y = y.raw();
+    p.n = x.numel();
+    p.x_bf16 = x.dtype() == DType::BF16;
+    p.y_bf16 = y.dtype() == DType::BF16;
+    p.stream = ex.stream;
+    cuda::cast(p);
     return;
   }
   const int64_t n = x.numel();

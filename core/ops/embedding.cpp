@@ -91,9 +91,19 @@ void embedding_forward(const Exec& ex, const Tensor& ids, const Tensor& weight, 
     check_dtype(op, "out", out, weight.dtype());
     check_tokens(op, ids);
     if (ids.numel() == 0) return;
-    Tensor flag = Tensor::empty({1}, DType::I32, Device::CUDA);
-    cuda::embedding_forward({ids.data<int32_t>(), weight.raw(), out.raw(), reinterpret_cast<uint32_t*>(flag.raw()),
-                             ids.numel(), weight.size(0), weight.size(1), weight.dtype() == DType::BF16, ex.stream});
+    ScratchScope scratch(ex, op);
+    const Tensor flag = scratch.take({1}, DType::I32);
+    cuda::EmbeddingForwardParams p;
+    p.ids = ids.data<int32_t>();
+    p.weight = weight.raw();
+    p.out = out.raw();
+    p.bad_pos = reinterpret_cast<uint32_t*>(flag.raw());
+    p.tokens = ids.numel();
+    p.vocab = weight.size(0);
+    p.dim = weight.size(1);
+    p.bf16 = weight.dtype() == DType::BF16;
+    p.stream = ex.stream;
+    cuda::embedding_forward(p);
     check_ids_flag(op, ids, flag, weight.size(0));
     return;
   }
@@ -115,13 +125,25 @@ void embedding_backward(const Exec& ex, const Tensor& grad_out, const Tensor& id
                  ", expected f32 or bf16 on CUDA");
     check_tokens(op, ids);
     if (ids.numel() == 0) return;
+    // The sort's buffers and the flag come from the step's scratch: allocating them here would
+    // synchronise the device at every call.
+    ScratchScope scratch(ex, op);
     const size_t ws_bytes = cuda::embedding_backward_workspace_bytes(ids.numel());
-    // Scratch allocated here at every call (no workspace argument yet): the sort's buffers, and the flag.
-    Tensor ws = Tensor::empty({static_cast<int64_t>((ws_bytes + 3) / 4)}, DType::I32, Device::CUDA);
-    Tensor flag = Tensor::empty({1}, DType::I32, Device::CUDA);
-    cuda::embedding_backward({grad_out.raw(), ids.data<int32_t>(), grad_weight.data<float>(),
-                              reinterpret_cast<uint32_t*>(flag.raw()), ws.raw(), ws.nbytes(), ids.numel(),
-                              grad_weight.size(0), grad_weight.size(1), grad_out.dtype() == DType::BF16, ex.stream});
+    const Tensor ws = scratch.take({static_cast<int64_t>((ws_bytes + 3) / 4)}, DType::I32);
+    const Tensor flag = scratch.take({1}, DType::I32);
+    cuda::EmbeddingBackwardParams p;
+    p.grad_out = grad_out.raw();
+    p.ids = ids.data<int32_t>();
+    p.grad_weight = grad_weight.data<float>();
+    p.bad_pos = reinterpret_cast<uint32_t*>(flag.raw());
+    p.workspace = ws.raw();
+    p.workspace_bytes = ws.nbytes();
+    p.tokens = ids.numel();
+    p.vocab = grad_weight.size(0);
+    p.dim = grad_weight.size(1);
+    p.bf16 = grad_out.dtype() == DType::BF16;
+    p.stream = ex.stream;
+    cuda::embedding_backward(p);
     check_ids_flag(op, ids, flag, grad_weight.size(0));
     return;
   }

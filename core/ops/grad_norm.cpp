@@ -62,15 +62,23 @@ Device check_grads(const char* op, const std::vector<Tensor>& grads) {
 
 // Each tensor's sum of squares on the device (cuda/grad_norm.h: double, fixed order), the per-tensor
 // sums copied back and added in list order on the host, as the CPU path does.
-double grad_norm_cuda(const Exec& ex, const std::vector<Tensor>& grads) {
+double grad_norm_cuda(const Exec& ex, const char* op, const std::vector<Tensor>& grads) {
   const int64_t count = static_cast<int64_t>(grads.size());
-  // Scratch: the partials (reused tensor after tensor, in stream order) and one sum per tensor.
-  // Allocated per call for now.
-  Tensor workspace = Tensor::empty({cuda::kGradNormBlocks + count}, DType::F64, Device::CUDA);
+  // Scratch from the step's arena (a device allocation here would synchronise the device): the
+  // partials (reused tensor after tensor, in stream order) and one sum per tensor.
+  ScratchScope scratch(ex, op);
+  const Tensor workspace = scratch.take({cuda::kGradNormBlocks + count}, DType::F64);
   double* partials = workspace.data<double>();
   double* sums = partials + cuda::kGradNormBlocks;
-  for (int64_t i = 0; i < count; ++i)
-    cuda::grad_sum_squares({grads[i].data<float>(), grads[i].numel(), partials, sums + i, ex.stream});
+  for (int64_t i = 0; i < count; ++i) {
+    cuda::GradSumSquaresParams p;
+    p.x = grads[i].data<float>();
+    p.n = grads[i].numel();
+    p.partials = partials;
+    p.result = sums + i;
+    p.stream = ex.stream;
+    cuda::grad_sum_squares(p);
+  }
   std::vector<double> host(count);
   cuda::memcpy_d2h(host.data(), sums, count * sizeof(double));
   double total = 0;
@@ -80,7 +88,7 @@ double grad_norm_cuda(const Exec& ex, const std::vector<Tensor>& grads) {
 
 double grad_norm_unchecked(const Exec& ex, const char* op, const std::vector<Tensor>& grads, Device device) {
   if (device == Device::CUDA) {
-    return grad_norm_cuda(ex, grads);
+    return grad_norm_cuda(ex, op, grads);
   }
   double total = 0;  // tensors in list order, so the sum is deterministic too
   for (const Tensor& g : grads)
@@ -107,7 +115,14 @@ double clip_grad_norm(const Exec& ex, const std::vector<Tensor>& grads, double m
   const double coef = max_norm / (norm + 1e-6);  // +1e-6: PyTorch's guard against norm = 0
   if (coef >= 1.0) return norm;                  // below the threshold: the gradients stay as they are
   if (device == Device::CUDA) {
-    for (const Tensor& g : grads) cuda::grad_scale({g.data<float>(), g.numel(), static_cast<float>(coef), ex.stream});
+    for (const Tensor& g : grads) {
+      cuda::GradScaleParams p;
+      p.x = g.data<float>();
+      p.n = g.numel();
+      p.factor = static_cast<float>(coef);
+      p.stream = ex.stream;
+      cuda::grad_scale(p);
+    }
     return norm;
   }
   for (const Tensor& g : grads)

@@ -75,8 +75,7 @@ Shape output_shape(const Tensor& x, int64_t n) {
 cuda::GemmType cuda_act_type(const char* op, const Tensor& x, const Exec& ex) {
   MOELAB_CHECK(ex.gpu != nullptr, op, ": x is ", x.str(), " on CUDA, which needs the GpuContext (core/gpu_context.h) "
                "that owns the cuBLASLt handle: set Exec::gpu (layers have it in their Context)");
-  MOELAB_CHECK(x.dtype() == DType::F32 || x.dtype() == DType::BF16, op, ": x is ", x.str(),
-               ", expected f32 or bf16 on CUDA");
+  ops_detail::check_cuda_f32_or_bf16(op, "x", x);
   return x.dtype() == DType::BF16 ? cuda::GemmType::BF16 : cuda::GemmType::F32;
 }
 }  // namespace
@@ -91,7 +90,11 @@ void matmul_forward(const Exec& ex, const Tensor& x, const Tensor& w, const Tens
     check_dtype(op, "w", w, x.dtype());
     check_dtype(op, "y", y, x.dtype());
     // y[M, N] = x[M, K] w[N, K]^T
-    cuda::GemmParams p{x.raw(), w.raw(), y.raw(), d.m, d.n, d.k};
+    cuda::GemmParams p;
+    p.a = x.raw();
+    p.b = w.raw();
+    p.c = y.raw();
+    p.m = d.m; p.n = d.n; p.k = d.k;
     p.trans_b = true;
     p.ab_type = p.c_type = t;
     p.stream = ex.stream;
@@ -121,13 +124,21 @@ void matmul_backward(const Exec& ex, const Tensor& grad_y, const Tensor& x, cons
     if (grad_x.defined()) check_dtype(op, "grad_x", grad_x, x.dtype());
     check_dtype(op, "grad_w", grad_w, DType::F32);
     if (grad_x.defined()) {  // grad_x[M, K] = grad_y[M, N] w[N, K]
-      cuda::GemmParams p{grad_y.raw(), w.raw(), grad_x.raw(), d.m, d.k, d.n};
+      cuda::GemmParams p;
+      p.a = grad_y.raw();
+      p.b = w.raw();
+      p.c = grad_x.raw();
+      p.m = d.m; p.n = d.k; p.k = d.n;
       p.ab_type = p.c_type = t;
       p.stream = ex.stream;
-    ex.gpu->blas().gemm(p);
+      ex.gpu->blas().gemm(p);
     }
     // grad_w[N, K] += grad_y[M, N]^T x[M, K], accumulated in f32
-    cuda::GemmParams p{grad_y.raw(), x.raw(), grad_w.raw(), d.n, d.k, d.m};
+    cuda::GemmParams p;
+    p.a = grad_y.raw();
+    p.b = x.raw();
+    p.c = grad_w.raw();
+    p.m = d.n; p.n = d.k; p.k = d.m;
     p.trans_a = true;
     p.ab_type = t;
     p.c_type = cuda::GemmType::F32;

@@ -22,8 +22,9 @@
 //         CUDA: scores, logits and their gradients f32; indices i32; E <= 8192 for the aux loss.
 //         The forwards reduce on the device in a fixed order and copy the loss back (they wait for
 //         the device). topk_idx is checked on the device: the aux forward throws on an index out of
-//         [0, E); the aux backward turns that sequence's gradient rows into NaN. The CUDA paths
-//         allocate a small device workspace per call (per-sequence f, per-row values).
+//         [0, E); the aux backward turns that sequence's gradient rows into NaN. The CUDA
+//         forwards and the aux backward take a small workspace (per-sequence f, per-row values)
+//         from ex.scratch (core/exec.h); the z-loss backward needs none.
 #pragma once
 
 #include <cstdint>

@@ -136,10 +136,20 @@ std::vector<int64_t> moe_dispatch_layout(const Exec& ex, const Tensor& topk_idx,
                  " holds more assignments than i32 positions can number");
     MOELAB_CHECK(num_experts >= 0 && num_experts <= cuda::kMoeLayoutMaxExperts, op, ": E = ", num_experts,
                  " experts; the CUDA kernel takes at most ", cuda::kMoeLayoutMaxExperts);
-    const Tensor counts = Tensor::empty({num_experts + 1}, DType::I32, Device::CUDA);  // per call, for now
+    // The device counters come from the op's scratch: a device allocation would synchronise the device.
+    ScratchScope scratch(ex, op);
+    const Tensor counts = scratch.take({num_experts + 1}, DType::I32);
     std::vector<int32_t> host(num_experts + 1);
-    cuda::moe_dispatch_layout({topk_idx.data<int32_t>(), topk_idx.numel(), num_experts, /*min_index=*/-1,
-                               pos.data<int32_t>(), nullptr, counts.data<int32_t>(), nullptr, host.data(), ex.stream});
+    cuda::MoeDispatchLayoutParams p;
+    p.topk_idx = topk_idx.data<int32_t>();
+    p.numel = topk_idx.numel();
+    p.num_experts = num_experts;
+    p.min_index = -1;  // -1 marks an assignment the capacity dropped: it gets no row
+    p.pos = pos.data<int32_t>();
+    p.counts = counts.data<int32_t>();
+    p.host_counts = host.data();
+    p.stream = ex.stream;
+    cuda::moe_dispatch_layout(p);
     MOELAB_CHECK(host[num_experts] == 0, op, ": topk_idx holds ", host[num_experts], " entries outside [-1, E = ",
                  num_experts, "); expected experts or -1 (dropped)");
     return std::vector<int64_t>(host.begin(), host.end() - 1);
@@ -166,8 +176,17 @@ void moe_dispatch_forward(const Exec& ex, const Tensor& x, const Tensor& pos, co
   check_sides(op, "x", x, "expert_x", expert_x);
   check_pos(op, pos, x.size(0), expert_x.size(0), x.device());
   if (x.device() == Device::CUDA) {
-    cuda::moe_dispatch_forward({x.raw(), pos.data<int32_t>(), expert_x.raw(), x.size(0), pos.size(1), x.size(1),
-                                expert_x.size(0), x.dtype() == DType::BF16, ex.stream});
+    cuda::MoeDispatchForwardParams p;
+    p.x = x.raw();
+    p.pos = pos.data<int32_t>();
+    p.expert_x = expert_x.raw();
+    p.N = x.size(0);
+    p.K = pos.size(1);
+    p.D = x.size(1);
+    p.M = expert_x.size(0);
+    p.bf16 = x.dtype() == DType::BF16;
+    p.stream = ex.stream;
+    cuda::moe_dispatch_forward(p);
     return;
   }
   ops_detail::dispatch_cpu_float(op, x, [&](auto tag) {
@@ -182,8 +201,17 @@ void moe_dispatch_backward(const Exec& ex, const Tensor& grad_expert_x, const Te
   check_sides(op, "grad_x", grad_x, "grad_expert_x", grad_expert_x);
   check_pos(op, pos, grad_x.size(0), grad_expert_x.size(0), grad_x.device());
   if (grad_x.device() == Device::CUDA) {
-    cuda::moe_dispatch_backward({grad_expert_x.raw(), pos.data<int32_t>(), grad_x.raw(), grad_x.size(0), pos.size(1),
-                                 grad_x.size(1), grad_expert_x.size(0), grad_x.dtype() == DType::BF16, ex.stream});
+    cuda::MoeDispatchBackwardParams p;
+    p.grad_expert_x = grad_expert_x.raw();
+    p.pos = pos.data<int32_t>();
+    p.grad_x = grad_x.raw();
+    p.N = grad_x.size(0);
+    p.K = pos.size(1);
+    p.D = grad_x.size(1);
+    p.M = grad_expert_x.size(0);
+    p.bf16 = grad_x.dtype() == DType::BF16;
+    p.stream = ex.stream;
+    cuda::moe_dispatch_backward(p);
     return;
   }
   ops_detail::dispatch_cpu_float(op, grad_x, [&](auto tag) {
@@ -201,8 +229,18 @@ void moe_combine_forward(const Exec& ex, const Tensor& expert_y, const Tensor& p
   check_weights(op, "topk_weights", topk_weights, y);
   check_same_device(op, {{"y", &y}, {"pos", &pos}, {"topk_weights", &topk_weights}});
   if (y.device() == Device::CUDA) {
-    cuda::moe_combine_forward({expert_y.raw(), pos.data<int32_t>(), topk_weights.data<float>(), y.raw(), y.size(0),
-                               pos.size(1), y.size(1), expert_y.size(0), y.dtype() == DType::BF16, ex.stream});
+    cuda::MoeCombineForwardParams p;
+    p.expert_y = expert_y.raw();
+    p.pos = pos.data<int32_t>();
+    p.topk_weights = topk_weights.data<float>();
+    p.y = y.raw();
+    p.N = y.size(0);
+    p.K = pos.size(1);
+    p.D = y.size(1);
+    p.M = expert_y.size(0);
+    p.bf16 = y.dtype() == DType::BF16;
+    p.stream = ex.stream;
+    cuda::moe_combine_forward(p);
     return;
   }
   ops_detail::dispatch_cpu_float(op, y, [&](auto tag) {
@@ -226,9 +264,20 @@ void moe_combine_backward(const Exec& ex, const Tensor& grad_y, const Tensor& ex
   check_same_device(op, {{"grad_y", &grad_y}, {"pos", &pos}, {"topk_weights", &topk_weights},
                          {"grad_topk_weights", &grad_topk_weights}});
   if (grad_y.device() == Device::CUDA) {
-    cuda::moe_combine_backward({grad_y.raw(), expert_y.raw(), pos.data<int32_t>(), topk_weights.data<float>(),
-                                grad_expert_y.raw(), grad_topk_weights.data<float>(), grad_y.size(0), pos.size(1),
-                                grad_y.size(1), expert_y.size(0), grad_y.dtype() == DType::BF16, ex.stream});
+    cuda::MoeCombineBackwardParams p;
+    p.grad_y = grad_y.raw();
+    p.expert_y = expert_y.raw();
+    p.pos = pos.data<int32_t>();
+    p.topk_weights = topk_weights.data<float>();
+    p.grad_expert_y = grad_expert_y.raw();
+    p.grad_topk_weights = grad_topk_weights.data<float>();
+    p.N = grad_y.size(0);
+    p.K = pos.size(1);
+    p.D = grad_y.size(1);
+    p.M = expert_y.size(0);
+    p.bf16 = grad_y.dtype() == DType::BF16;
+    p.stream = ex.stream;
+    cuda::moe_combine_backward(p);
     return;
   }
   ops_detail::dispatch_cpu_float(op, grad_y, [&](auto tag) {

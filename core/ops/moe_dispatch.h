@@ -23,7 +23,7 @@
 //        topk_weights and grad_topk_weights f32 whatever the activations; indices i32. pos is not
 //        read on the host there (it comes from moe_dispatch_layout on the device): an entry >= M is
 //        never followed out of bounds and turns its token's outputs into NaN (see cuda/moe_dispatch.h).
-//        The CUDA moe_dispatch_layout allocates a small device workspace (E + 1 counters) per call.
+//        The CUDA moe_dispatch_layout takes its E + 1 device counters from ex.scratch (core/exec.h).
 #pragma once
 
 #include <cstdint>

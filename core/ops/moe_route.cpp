@@ -212,8 +212,17 @@ void moe_route_topk(const Exec& ex, const Tensor& scores, const Tensor& bias, in
     check_cuda_scores(op, scores);
     MOELAB_CHECK(n_group <= cuda::kMoeRouteMaxGroups, op, ": n_group = ", n_group,
                  "; the CUDA kernel keeps at most ", cuda::kMoeRouteMaxGroups, " group scores in shared memory");
-    cuda::moe_route_topk({scores.data<float>(), bias.defined() ? bias.data<float>() : nullptr,
-                          topk_idx.data<int32_t>(), N, E, K, n_group, topk_group, ex.stream});
+    cuda::MoeRouteTopkParams p;
+    p.scores = scores.data<float>();
+    p.bias = bias.defined() ? bias.data<float>() : nullptr;
+    p.topk_idx = topk_idx.data<int32_t>();
+    p.rows = N;
+    p.E = E;
+    p.K = K;
+    p.n_group = n_group;
+    p.topk_group = topk_group;
+    p.stream = ex.stream;
+    cuda::moe_route_topk(p);
     return;
   }
   ops_detail::dispatch_cpu_float(op, scores, [&](auto tag) {
@@ -232,8 +241,17 @@ void moe_gate_forward(const Exec& ex, const Tensor& scores, const Tensor& topk_i
   check_same_device(op, {{"scores", &scores}, {"topk_weights", &topk_weights}});
   if (scores.device() == Device::CUDA) {
     check_cuda_scores(op, scores);
-    cuda::moe_gate_forward({scores.data<float>(), topk_idx.data<int32_t>(), topk_weights.data<float>(), N, E, K,
-                            norm_topk_prob, static_cast<float>(scale), ex.stream});
+    cuda::MoeGateForwardParams p;
+    p.scores = scores.data<float>();
+    p.topk_idx = topk_idx.data<int32_t>();
+    p.topk_weights = topk_weights.data<float>();
+    p.rows = N;
+    p.E = E;
+    p.K = K;
+    p.norm_topk_prob = norm_topk_prob;
+    p.scale = static_cast<float>(scale);
+    p.stream = ex.stream;
+    cuda::moe_gate_forward(p);
     return;
   }
   check_indices(op, "topk_idx", topk_idx, E, 0);
@@ -255,8 +273,18 @@ void moe_gate_backward(const Exec& ex, const Tensor& grad_topk_weights, const Te
   check_same_device(op, {{"scores", &scores}, {"grad_topk_weights", &grad_topk_weights}, {"grad_scores", &grad_scores}});
   if (scores.device() == Device::CUDA) {
     check_cuda_scores(op, scores);
-    cuda::moe_gate_backward({grad_topk_weights.data<float>(), scores.data<float>(), topk_idx.data<int32_t>(),
-                             grad_scores.data<float>(), N, E, K, norm_topk_prob, static_cast<float>(scale), ex.stream});
+    cuda::MoeGateBackwardParams p;
+    p.grad_topk_weights = grad_topk_weights.data<float>();
+    p.scores = scores.data<float>();
+    p.topk_idx = topk_idx.data<int32_t>();
+    p.grad_scores = grad_scores.data<float>();
+    p.rows = N;
+    p.E = E;
+    p.K = K;
+    p.norm_topk_prob = norm_topk_prob;
+    p.scale = static_cast<float>(scale);
+    p.stream = ex.stream;
+    cuda::moe_gate_backward(p);
     return;
   }
   check_indices(op, "topk_idx", topk_idx, E, 0);
@@ -286,11 +314,23 @@ int64_t moe_capacity_drop(const Exec& ex, const Tensor& scores, const Tensor& to
   if (scores.device() == Device::CUDA) {
     check_cuda_scores(op, scores);
     check_cuda_layout(op, topk_idx, E);
-    // Workspace (allocated per call for now): counts, first rows and the assignments by expert.
-    const Tensor workspace = Tensor::empty({cuda::moe_capacity_drop_workspace(N * K, E)}, DType::I32, Device::CUDA);
+    // Workspace from the op's scratch (a device allocation would synchronise the device): counts,
+    // first rows and the assignments grouped by expert.
+    ScratchScope scratch(ex, op);
+    const Tensor workspace = scratch.take({cuda::moe_capacity_drop_workspace(N * K, E)}, DType::I32);
     std::vector<int32_t> counts(E + 1);
-    cuda::moe_capacity_drop({scores.data<float>(), topk_idx.data<int32_t>(), kept_idx.data<int32_t>(), N, E, K,
-                             capacity, workspace.data<int32_t>(), counts.data(), ex.stream});
+    cuda::MoeCapacityDropParams p;
+    p.scores = scores.data<float>();
+    p.topk_idx = topk_idx.data<int32_t>();
+    p.kept_idx = kept_idx.data<int32_t>();
+    p.rows = N;
+    p.E = E;
+    p.K = K;
+    p.capacity = capacity;
+    p.workspace = workspace.data<int32_t>();
+    p.host_counts = counts.data();
+    p.stream = ex.stream;
+    cuda::moe_capacity_drop(p);
     MOELAB_CHECK(counts[E] == 0, op, ": topk_idx holds ", counts[E], " entries outside [0, E = ", E,
                  "); expected experts only");
     int64_t dropped = 0;
@@ -313,10 +353,19 @@ std::vector<int64_t> moe_count_tokens(const Exec& ex, const Tensor& topk_idx, in
   check_dtype(op, "topk_idx", topk_idx, DType::I32);
   if (topk_idx.device() == Device::CUDA) {
     check_cuda_layout(op, topk_idx, num_experts);
-    const Tensor workspace = Tensor::empty({num_experts + 1}, DType::I32, Device::CUDA);  // per call, for now
+    // The device counters come from the op's scratch (a device allocation would synchronise the device).
+    ScratchScope scratch(ex, op);
+    const Tensor workspace = scratch.take({num_experts + 1}, DType::I32);
     std::vector<int32_t> host(num_experts + 1);
-    cuda::moe_dispatch_layout({topk_idx.data<int32_t>(), topk_idx.numel(), num_experts, /*min_index=*/-1, nullptr,
-                               nullptr, workspace.data<int32_t>(), nullptr, host.data(), ex.stream});
+    cuda::MoeDispatchLayoutParams p;  // the layout's histogram alone: no pos, order or offsets
+    p.topk_idx = topk_idx.data<int32_t>();
+    p.numel = topk_idx.numel();
+    p.num_experts = num_experts;
+    p.min_index = -1;  // -1 (dropped) is skipped, not an error
+    p.counts = workspace.data<int32_t>();
+    p.host_counts = host.data();
+    p.stream = ex.stream;
+    cuda::moe_dispatch_layout(p);
     MOELAB_CHECK(host[num_experts] == 0, op, ": topk_idx holds ", host[num_experts], " entries outside [-1, E = ",
                  num_experts, "); expected experts or -1 (dropped)");
     return std::vector<int64_t>(host.begin(), host.end() - 1);

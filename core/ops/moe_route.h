@@ -32,7 +32,8 @@
 //         (no device-to-host copy per call): a topk_idx entry out of range turns its row of
 //         topk_weights / grad_scores into NaN; moe_capacity_drop and moe_count_tokens, which copy
 //         their counts to the host anyway, throw. Limits: n_group <= 1024; E <= 8192 (drop, count).
-//         The CUDA moe_capacity_drop and moe_count_tokens allocate a small device workspace per call.
+//         The CUDA moe_capacity_drop and moe_count_tokens take a small device workspace (counters,
+//         and for the drop the assignments grouped by expert) from ex.scratch (core/exec.h).
 #pragma once
 
 #include <cstdint>

@@ -73,9 +73,8 @@ std::pair<int64_t, int64_t> check_rmsnorm_shapes(const char* op, const Tensor& x
   return {rows, dim};
 }
 
-void check_cuda_dtypes(const char* op, const Tensor& act, const Tensor& weight, const Tensor& rstd) {
-  MOELAB_CHECK(act.dtype() == DType::F32 || act.dtype() == DType::BF16, op, ": x is ", act.str(),
-               ", expected f32 or bf16 on CUDA");
+void check_cuda_dtypes(const char* op, const Tensor& x, const Tensor& weight, const Tensor& rstd) {
+  ops_detail::check_cuda_f32_or_bf16(op, "x", x);
   check_dtype(op, "weight", weight, DType::F32);
   check_dtype(op, "rstd", rstd, DType::F32);
 }
@@ -90,8 +89,16 @@ void rmsnorm_forward(const Exec& ex, const Tensor& x, const Tensor& weight, floa
   MOELAB_CHECK(eps >= 0.0f, op, ": eps is ", eps, ", expected >= 0");
   if (x.device() == Device::CUDA) {
     check_cuda_dtypes(op, x, weight, rstd);
-    cuda::rmsnorm_forward({x.raw(), weight.data<float>(), y.raw(), rstd.data<float>(), rows, dim, eps,
-                           x.dtype() == DType::BF16, ex.stream});
+    cuda::RmsnormForwardParams p;
+    p.x = x.raw();
+    p.weight = weight.data<float>();
+    p.y = y.raw();
+    p.rstd = rstd.data<float>();
+    p.rows = rows; p.dim = dim;
+    p.eps = eps;
+    p.bf16 = x.dtype() == DType::BF16;
+    p.stream = ex.stream;
+    cuda::rmsnorm_forward(p);
     return;
   }
   ops_detail::dispatch_cpu_float(op, x, [&](auto tag) {
@@ -116,8 +123,17 @@ void rmsnorm_backward(const Exec& ex, const Tensor& grad_y, const Tensor& x, con
   if (x.device() == Device::CUDA) {
     check_cuda_dtypes(op, x, weight, rstd);
     check_dtype(op, "grad_weight", grad_weight, DType::F32);
-    cuda::rmsnorm_backward({grad_y.raw(), x.raw(), weight.data<float>(), rstd.data<float>(), grad_x.raw(),
-                            grad_weight.data<float>(), rows, dim, x.dtype() == DType::BF16, ex.stream});
+    cuda::RmsnormBackwardParams p;
+    p.grad_y = grad_y.raw();
+    p.x = x.raw();
+    p.weight = weight.data<float>();
+    p.rstd = rstd.data<float>();
+    p.grad_x = grad_x.raw();
+    p.grad_weight = grad_weight.data<float>();
+    p.rows = rows; p.dim = dim;
+    p.bf16 = x.dtype() == DType::BF16;
+    p.stream = ex.stream;
+    cuda::rmsnorm_backward(p);
     return;
   }
   ops_detail::dispatch_cpu_float(op, x, [&](auto tag) {

@@ -71,10 +71,18 @@ void rope_apply(const Exec& ex, const char* op, const char* in_name, const Tenso
   ops_detail::check_in_place_or_disjoint(op, in_name, in, out_name, out);
   const ref::RopeShape s{in.size(0), in.size(1), in.size(2), head_dim, rope_offset, rope_dim};
   if (in.device() == Device::CUDA) {
-    MOELAB_CHECK(in.dtype() == DType::F32 || in.dtype() == DType::BF16, op, ": ", in_name, " is ", in.str(),
-                 ", expected f32 or bf16 on CUDA");
-    cuda::rope_rotate({in.raw(), out.raw(), s.B, s.T, s.H, s.Dh, s.rope_offset, s.rope_dim, theta, pos_offset, inverse,
-                       in.dtype() == DType::BF16, ex.stream});
+    ops_detail::check_cuda_f32_or_bf16(op, in_name, in);
+    cuda::RopeParams p;
+    p.in = in.raw();
+    p.out = out.raw();
+    p.B = s.B; p.T = s.T; p.H = s.H; p.Dh = s.Dh;
+    p.rope_offset = s.rope_offset; p.rope_dim = s.rope_dim;
+    p.theta = theta;
+    p.pos_offset = pos_offset;
+    p.inverse = inverse;
+    p.bf16 = in.dtype() == DType::BF16;
+    p.stream = ex.stream;
+    cuda::rope_rotate(p);
     return;
   }
   ops_detail::dispatch_cpu_float(op, in, [&](auto tag) {

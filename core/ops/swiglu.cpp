@@ -48,19 +48,21 @@ void check_alike(const char* op, std::initializer_list<Named> tensors) {
   check_same_device(op, tensors);
   for (const auto& [name, t] : tensors) check_dtype(op, name, *t, gate->dtype());
 }
-
-void check_cuda_dtype(const char* op, const Tensor& gate) {
-  MOELAB_CHECK(gate.dtype() == DType::F32 || gate.dtype() == DType::BF16, op, ": gate is ", gate.str(),
-               ", expected f32 or bf16 on CUDA");
-}
 }  // namespace
 
 void swiglu_forward(const Exec& ex, const Tensor& gate, const Tensor& up, const Tensor& out) {
   const char* op = "swiglu_forward";
   check_alike(op, {{"gate", &gate}, {"up", &up}, {"out", &out}});
   if (gate.device() == Device::CUDA) {
-    check_cuda_dtype(op, gate);
-    cuda::swiglu_forward({gate.raw(), up.raw(), out.raw(), gate.numel(), gate.dtype() == DType::BF16, ex.stream});
+    ops_detail::check_cuda_f32_or_bf16(op, "gate", gate);
+    cuda::SwigluForwardParams p;
+    p.gate = gate.raw();
+    p.up = up.raw();
+    p.out = out.raw();
+    p.n = gate.numel();
+    p.bf16 = gate.dtype() == DType::BF16;
+    p.stream = ex.stream;
+    cuda::swiglu_forward(p);
     return;
   }
   ops_detail::dispatch_cpu_float(op, gate, [&](auto tag) {
@@ -75,9 +77,17 @@ void swiglu_backward(const Exec& ex, const Tensor& grad_out, const Tensor& gate,
   check_alike(op, {{"gate", &gate}, {"up", &up}, {"grad_out", &grad_out}, {"grad_gate", &grad_gate},
                    {"grad_up", &grad_up}});
   if (gate.device() == Device::CUDA) {
-    check_cuda_dtype(op, gate);
-    cuda::swiglu_backward({grad_out.raw(), gate.raw(), up.raw(), grad_gate.raw(), grad_up.raw(), gate.numel(),
-                           gate.dtype() == DType::BF16, ex.stream});
+    ops_detail::check_cuda_f32_or_bf16(op, "gate", gate);
+    cuda::SwigluBackwardParams p;
+    p.grad_out = grad_out.raw();
+    p.gate = gate.raw();
+    p.up = up.raw();
+    p.grad_gate = grad_gate.raw();
+    p.grad_up = grad_up.raw();
+    p.n = gate.numel();
+    p.bf16 = gate.dtype() == DType::BF16;
+    p.stream = ex.stream;
+    cuda::swiglu_backward(p);
     return;
   }
   ops_detail::dispatch_cpu_float(op, gate, [&](auto tag) {

@@ -80,7 +80,13 @@ void topk_forward(const Exec& ex, const Tensor& x, int64_t k, const Tensor& valu
   check_same_device(op, {{"x", &x}, {"values", &values}, {"indices", &indices}});
   if (x.device() == Device::CUDA) {
     check_dtype(op, "x", x, DType::F32);
-    cuda::topk_forward({x.data<float>(), values.data<float>(), indices.data<int32_t>(), N, E, k, ex.stream});
+    cuda::TopkForwardParams p;
+    p.x = x.data<float>();
+    p.values = values.data<float>();
+    p.indices = indices.data<int32_t>();
+    p.rows = N; p.E = E; p.K = k;
+    p.stream = ex.stream;
+    cuda::topk_forward(p);
     return;
   }
   ops_detail::dispatch_cpu_float(op, x, [&](auto tag) {
@@ -102,7 +108,13 @@ void topk_backward(const Exec& ex, const Tensor& grad_values, const Tensor& indi
   check_same_device(op, {{"grad_values", &grad_values}, {"indices", &indices}, {"grad_x", &grad_x}});
   if (grad_x.device() == Device::CUDA) {
     check_dtype(op, "grad_values", grad_values, DType::F32);
-    cuda::topk_backward({grad_values.data<float>(), indices.data<int32_t>(), grad_x.data<float>(), N, E, K, ex.stream});
+    cuda::TopkBackwardParams p;
+    p.grad_values = grad_values.data<float>();
+    p.indices = indices.data<int32_t>();
+    p.grad_x = grad_x.data<float>();
+    p.rows = N; p.E = E; p.K = K;
+    p.stream = ex.stream;
+    cuda::topk_backward(p);
     return;
   }
   // Checked here, before the parallel loop: an exception must not leave an OpenMP region.

@@ -1,7 +1,8 @@
 // The whole model and the training step on the GPU against the CPU (issue "CUDA backend",
 // tests/README.md): the cuBLASLt matmul on odd and misaligned shapes; the tiny models' losses and
 // every parameter gradient in fp32 (tight) and bf16 mixed precision (relative error per tensor);
-// 50 optimizer steps tracking the CPU's losses; two GPU runs with one seed giving identical losses.
+// 50 optimizer steps tracking the CPU's losses; two GPU runs with one seed giving identical losses;
+// the aux-loss-free bias update of the whole model (one upload of the loads) equal to the CPU's.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -305,7 +306,7 @@ std::vector<double> train_losses(const ModelConfig& cfg, const Runtime& rt, int6
     optimizer.step(ctx, 3e-3);
     std::vector<std::vector<double>> loads;
     for (const MoEStats& st : model->moe_stats(saved)) loads.push_back(st.load);
-    model->update_bias(loads);
+    model->update_bias(ctx, loads);
   }
   return losses;
 }
@@ -325,6 +326,40 @@ TEST_F(TrainCuda, FiftyStepsTrackTheCpuLosses) {
   }
   std::printf("step 50 loss: cpu %.5f  cuda fp32 %.5f  cuda bf16 %.5f (step 1: %.5f)\n", cpu.back(), f32.back(),
               bf16.back(), cpu.front());
+}
+
+// Model::update_bias from host loads (trunk and MTP MoE layers) moves the GPU's biases exactly as
+// the CPU's, step after step, and read_bias_ranges reports the same ranges.
+TEST_F(TrainCuda, BiasUpdateMatchesCpuExactly) {
+  const ModelConfig cfg = mla_moe_mtp();
+  const Runtime cpu_rt = make_runtime("cpu", "fp32"), gpu_rt = make_runtime("cuda", "fp32");
+  const std::unique_ptr<Model> cpu = new_model(cfg, 7, cpu_rt), gpu = new_model(cfg, 7, gpu_rt);
+  Arena cpu_arena(size_t{1} << 20, Device::CPU), gpu_arena(size_t{1} << 20, Device::CUDA);
+  const Context cpu_ctx = cpu_rt.context(cpu_arena, 1, 1), gpu_ctx = gpu_rt.context(gpu_arena, 1, 1);
+  const size_t layers = cpu->moe_layers().size();
+  ASSERT_GE(layers, 2u);
+  for (uint64_t step = 0; step < 3; ++step) {
+    std::vector<std::vector<double>> loads(layers);
+    for (size_t i = 0; i < layers; ++i) {
+      const Tensor r = testing::randint({cfg.n_routed_experts}, 4, 200 + 10 * step + i);  // ties with the mean too
+      for (int64_t e = 0; e < cfg.n_routed_experts; ++e) loads[i].push_back(r.data<int32_t>()[e]);
+    }
+    cpu->update_bias(cpu_ctx, loads);
+    gpu->update_bias(gpu_ctx, loads);
+  }
+  EXPECT_EQ(gpu_arena.used(), 0u) << "the loads' upload must give its scratch back";
+  for (const auto& e : cpu->buffers().entries()) {
+    const Tensor a = cpu->buffers().param(e.spec.name), b = testing::to_host(gpu->buffers().param(e.spec.name));
+    EXPECT_TRUE(testing::close(b, a, 0, 0)) << e.spec.name;
+  }
+  std::vector<MoEStats> cs(layers), gs(layers);
+  cpu->read_bias_ranges(cs);
+  gpu->read_bias_ranges(gs);
+  for (size_t i = 0; i < layers; ++i) {
+    EXPECT_EQ(gs[i].bias_min, cs[i].bias_min) << "layer " << i;
+    EXPECT_EQ(gs[i].bias_max, cs[i].bias_max) << "layer " << i;
+    EXPECT_LT(cs[i].bias_min, cs[i].bias_max) << "the biases must have moved apart";
+  }
 }
 
 TEST_F(TrainCuda, SameSeedGivesIdenticalLosses) {

@@ -1,6 +1,7 @@
 // The MoE ops on the GPU against their CPU references (core/ops/moe_route.h, topk.h,
-// moe_dispatch.h, moe_balance.h): routing decisions (top-k, groups, capacity drops, layouts,
-// counts) must equal the CPU's exactly, ties and NaNs included; gates, dispatch/combine and the
+// moe_dispatch.h, moe_balance.h, moe_bias.h): routing decisions (top-k, groups, capacity drops,
+// layouts, counts) and the aux-loss-free bias update must equal the CPU's exactly, ties (and a
+// load exactly at the mean) and NaNs included; gates, dispatch/combine and the
 // balance losses follow tests/README.md's tolerances (f32 tight, bf16 activations atol 2e-2 rtol
 // 1.6e-2). Guard rows around every output catch stray writes; determinism tests run each op twice.
 #include <gtest/gtest.h>
@@ -8,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <limits>
 #include <sstream>
@@ -16,6 +18,7 @@
 #include <vector>
 
 #include "core/ops/moe_balance.h"
+#include "core/ops/moe_bias.h"
 #include "core/ops/moe_dispatch.h"
 #include "core/ops/moe_route.h"
 #include "core/ops/topk.h"
@@ -456,6 +459,68 @@ INSTANTIATE_TEST_SUITE_P(Shapes, MoeZLossCuda,
                                            std::make_pair(int64_t{4096}, int64_t{64})),
                          [](const auto& info) { return "case" + std::to_string(info.index); });
 
+// ---- the aux-loss-free bias update --------------------------------------------------------------
+
+enum class Loads { CountsAtTheMean, Fractional, AllEqual };
+
+// f32 [E] loads on the CPU.
+//   CountsAtTheMean: whole counts 100 - d and 100 + d in pairs (d in [0, 5), so many experts sit
+//                    exactly at the mean 100: sign 0), one more at 100 when E is odd.
+//   Fractional:      U[0, 1000): a mean that is no load, summed in an order-sensitive way (the
+//                    kernel must add in the CPU's index order to get the same mean).
+//   AllEqual:        every expert at the mean: nothing moves.
+Tensor make_loads(int64_t E, Loads kind, uint64_t seed) {
+  if (kind == Loads::Fractional) return rand_uniform({E}, DType::F32, seed, 0.0f, 1000.0f);
+  Tensor load = Tensor::empty({E}, DType::F32);
+  float* l = load.data<float>();
+  if (kind == Loads::AllEqual) {
+    for (int64_t i = 0; i < E; ++i) l[i] = 7.0f;
+    return load;
+  }
+  const Tensor d = randint({E / 2 + 1}, 5, seed);
+  for (int64_t i = 0; i + 1 < E; i += 2) {
+    l[i] = 100.0f - static_cast<float>(d.data<int32_t>()[i / 2]);
+    l[i + 1] = 100.0f + static_cast<float>(d.data<int32_t>()[i / 2]);
+  }
+  if (E % 2) l[E - 1] = 100.0f;
+  return load;
+}
+
+class MoeBiasCuda : public testing::GpuTest, public ::testing::WithParamInterface<std::tuple<int64_t, Loads>> {};
+
+TEST_P(MoeBiasCuda, MatchesCpuExactly) {
+  const auto [E, kind] = GetParam();
+  const Tensor load = make_loads(E, kind, 110 + static_cast<uint64_t>(E));
+  const Tensor before = randn({E}, DType::F32, 111, 0.05);
+  Tensor ref = before.to(DType::F32);
+  moe_bias_update(Exec{}, load, 0.001, ref);
+  Guarded bias({E}, DType::F32);
+  bias.view.copy_from(before.to(Device::CUDA));
+  const Tensor gload = load.to(Device::CUDA);
+  moe_bias_update(testing::gpu_exec(), gload, 0.001, bias.view);
+  EXPECT_TRUE(identical(bias.view, ref)) << "bias after one update";
+  EXPECT_TRUE(testing::close(bias.host_f32(), ref, 0, 0));  // the max abs/rel error, if any
+  EXPECT_TRUE(bias.guards_intact()) << "write outside the bias";
+  // A second step from there: the same again (and the loads are only read).
+  moe_bias_update(Exec{}, load, 0.001, ref);
+  moe_bias_update(testing::gpu_exec(), gload, 0.001, bias.view);
+  EXPECT_TRUE(identical(bias.view, ref)) << "bias after two updates";
+  EXPECT_TRUE(identical(gload, load)) << "the loads were written";
+  int64_t moved = 0;
+  for (int64_t i = 0; i < E; ++i) moved += ref.data<float>()[i] != before.data<float>()[i];
+  if (kind == Loads::AllEqual) EXPECT_EQ(moved, 0);
+  else EXPECT_GT(moved, 0);
+  std::printf("E = %lld: %lld of %lld biases moved, GPU identical to the CPU\n", static_cast<long long>(E),
+              static_cast<long long>(moved), static_cast<long long>(E));
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, MoeBiasCuda,
+                         ::testing::Combine(::testing::Values(int64_t{1}, int64_t{7}, int64_t{256}, int64_t{1001},
+                                                              int64_t{8192}),
+                                            ::testing::Values(Loads::CountsAtTheMean, Loads::Fractional,
+                                                              Loads::AllEqual)),
+                         [](const auto& info) { return "case" + std::to_string(info.index); });
+
 // ---- determinism --------------------------------------------------------------------------------
 
 using MoeOpsCudaDeterminism = testing::GpuTest;
@@ -524,6 +589,13 @@ TEST_F(MoeOpsCudaErrors, WrongDtypesNameTheOp) {
                         "moe_combine_forward");
   testing::expect_error([&] { moe_z_loss_forward(testing::gpu_exec(), Tensor::empty({2, 4}, DType::BF16, Device::CUDA), 1.0); },
                         "moe_z_loss_forward");
+  // The bias update takes an f32 bias and f32 loads on one device.
+  const Tensor load = Tensor::zeros({4}, DType::F32, Device::CUDA);
+  testing::expect_error([&] { moe_bias_update(testing::gpu_exec(), load, 0.001, Tensor::zeros({4}, DType::F64).to(Device::CUDA)); },
+                        "moe_bias_update: bias is f64[4]@cuda, expected dtype f32");
+  testing::expect_error([&] { moe_bias_update(testing::gpu_exec(), Tensor::zeros({4}, DType::F32), 0.001,
+                                              Tensor::zeros({4}, DType::F32, Device::CUDA)); },
+                        "moe_bias_update");
 }
 
 TEST_F(MoeOpsCudaErrors, OutOfRangeIndices) {

@@ -107,7 +107,7 @@ TEST_P(Golden, MatchesThePyTorchTwin) {
     optimizer.step(Exec{}, 1e-2);
     std::vector<std::vector<double>> loads;
     for (const MoEStats& st : model.moe_stats(s)) loads.push_back(st.load);
-    model.update_bias(loads);
+    model.update_bias(ctx, loads);
   }
   EXPECT_TRUE(testing::close(step_losses, g.at("adamw.loss"), 1e-5, 1e-4)) << "adamw.loss";
   for (const auto& e : model.buffers().entries()) {
