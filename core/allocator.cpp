@@ -4,10 +4,8 @@
 #include <new>
 
 #include "core/check.h"
-#include "core/cuda_dispatch.h"
-#if MOELAB_WITH_CUDA
+#include "core/device.h"
 #include "cuda/runtime.h"
-#endif
 
 namespace moelab {
 
@@ -20,33 +18,9 @@ void* CpuAllocator::allocate(size_t bytes) {
 void CpuAllocator::release(void* ptr) { std::free(ptr); }
 
 void* CudaAllocator::allocate(size_t bytes) {
-#if MOELAB_WITH_CUDA
-  MOELAB_CHECK(cuda_available(), "CUDA tensor of ", bytes, " bytes requested but no GPU is visible");
+  MOELAB_CHECK(cuda_available(), "CUDA tensor of ", bytes, " bytes requested but ", no_cuda_reason());
   return cuda::malloc_device(bytes == 0 ? 256 : bytes);
-#else
-  (void)bytes;
-  MOELAB_NO_CUDA("CudaAllocator::allocate");
-#endif
 }
-void CudaAllocator::release(void* ptr) {
-#if MOELAB_WITH_CUDA
-  cuda::free_device(ptr);
-#else
-  (void)ptr;
-#endif
-}
-
-int cuda_device_count() {
-#if MOELAB_WITH_CUDA
-  return cuda::device_count();
-#else
-  return 0;
-#endif
-}
-
-bool cuda_available() {
-  static const bool available = cuda_device_count() > 0;  // a fact of the process, asked once
-  return available;
-}
+void CudaAllocator::release(void* ptr) { cuda::free_device(ptr); }
 
 }  // namespace moelab

@@ -21,6 +21,11 @@ class Arena {
   // it does not fit.
   Tensor alloc(const Shape& shape, DType dtype);
   void reset() { used_ = 0; }
+  // Gives back everything allocated since used() was `mark` (an op's scratch: core/exec.h).
+  void rewind(size_t mark) {
+    MOELAB_CHECK(mark <= used_, "Arena::rewind to ", mark, " bytes, but only ", used_, " are in use");
+    used_ = mark;
+  }
 
   size_t used() const { return used_; }
   size_t peak() const { return peak_; }  // the most bytes ever in use: what a run really needs

@@ -1,6 +1,5 @@
 #include "core/params.h"
 
-#include "core/ops/elementwise.h"
 #include "core/rng.h"
 
 namespace moelab {
@@ -60,7 +59,9 @@ void ParamBuffer::add_compute_copy(DType dtype) {
 }
 
 void ParamBuffer::sync_compute_copy() const {
-  if (compute_.defined()) cast(params_, compute_);  // the zero padding stays zero
+  // Through the host: this runs at start-up only (AdamW keeps the copy current during training),
+  // and core/ sits below the ops. The zero padding stays zero.
+  if (compute_.defined()) compute_.copy_from(params_.to(Device::CPU).to(compute_.dtype()));
 }
 
 void ParamBuffer::zero_grads() const {

@@ -1,10 +1,7 @@
 #include "core/rng.h"
 
-#include "core/cuda_dispatch.h"
 #include "cuda/philox.h"
-#if MOELAB_WITH_CUDA
 #include "cuda/rng.h"
-#endif
 
 namespace moelab {
 
@@ -22,17 +19,28 @@ void check_fill(const char* op, const Tensor& t) {
   if (t.device() == Device::CUDA) check_dtype(op, "t", t, DType::F32);
   else MOELAB_CHECK(t.dtype() == DType::F32 || t.dtype() == DType::F64, op, ": t is ", t.str(), ", expected f32 or f64");
 }
+
+// A CUDA fill of t but for the distribution: the caller sets a, b and normal.
+cuda::FillRandomParams cuda_fill_params(const Tensor& t, uint64_t seed, uint64_t offset) {
+  cuda::FillRandomParams p;
+  p.out = t.data<float>();
+  p.n = t.numel();
+  p.seed = seed;
+  p.offset = offset;
+  p.stream = nullptr;  // the fills take no Exec: the default stream
+  return p;
+}
 }  // namespace
 
 void fill_uniform(const Tensor& t, uint64_t seed, uint64_t offset, float lo, float hi) {
   check_fill("fill_uniform", t);
   if (t.device() == Device::CUDA) {
-#if MOELAB_WITH_CUDA
-    cuda::fill_random_f32({t.data<float>(), t.numel(), seed, offset, lo, hi, /*normal=*/false, nullptr});
+    cuda::FillRandomParams p = cuda_fill_params(t, seed, offset);
+    p.a = lo;
+    p.b = hi;
+    p.normal = false;
+    cuda::fill_random_f32(p);
     return;
-#else
-    MOELAB_NO_CUDA("fill_uniform");
-#endif
   }
   const float scale = hi - lo;
   // lo + scale * u in float, without FMA contraction (ISO C++ mode), as the CUDA kernel does.
@@ -44,16 +52,25 @@ void fill_uniform(const Tensor& t, uint64_t seed, uint64_t offset, float lo, flo
 void fill_normal(const Tensor& t, uint64_t seed, uint64_t offset, double mean, double std) {
   check_fill("fill_normal", t);
   if (t.device() == Device::CUDA) {
-#if MOELAB_WITH_CUDA
-    cuda::fill_random_f32({t.data<float>(), t.numel(), seed, offset, mean, std, /*normal=*/true, nullptr});
+    cuda::FillRandomParams p = cuda_fill_params(t, seed, offset);
+    p.a = mean;
+    p.b = std;
+    p.normal = true;
+    cuda::fill_random_f32(p);
     return;
-#else
-    MOELAB_NO_CUDA("fill_normal");
-#endif
   }
   auto draw = [&](uint64_t i) { const double s = std * philox::normal(seed, offset + i); return mean + s; };
   if (t.dtype() == DType::F32) fill_cpu<float>(t, draw);
   else fill_cpu<double>(t, draw);
+}
+
+float uniform_at(uint64_t seed, uint64_t g) { return philox::uniform(seed, g); }
+
+std::array<uint32_t, 4> philox_block(uint64_t seed, uint64_t counter, uint32_t stream, uint32_t extra) {
+  const philox::U32x4 r = philox::philox4x32_10(
+      philox::U32x4{{static_cast<uint32_t>(counter), static_cast<uint32_t>(counter >> 32), stream, extra}},
+      static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
+  return {r.v[0], r.v[1], r.v[2], r.v[3]};
 }
 
 }  // namespace moelab

@@ -4,10 +4,7 @@
 #include <sstream>
 
 #include "core/allocator.h"
-#include "core/cuda_dispatch.h"
-#if MOELAB_WITH_CUDA
 #include "cuda/runtime.h"
-#endif
 
 namespace moelab {
 
@@ -170,13 +167,9 @@ void Tensor::copy_from(const Tensor& src) const {
     std::memcpy(raw(), src.raw(), bytes);
     return;
   }
-#if MOELAB_WITH_CUDA
   if (device() == Device::CUDA && src.device() == Device::CPU) cuda::memcpy_h2d(raw(), src.raw(), bytes);
   else if (device() == Device::CPU) cuda::memcpy_d2h(raw(), src.raw(), bytes);
   else cuda::memcpy_d2d(raw(), src.raw(), bytes);
-#else
-  MOELAB_NO_CUDA("Tensor::copy_from");
-#endif
 }
 
 void Tensor::zero() const {
@@ -185,11 +178,7 @@ void Tensor::zero() const {
     std::memset(raw(), 0, nbytes());
     return;
   }
-#if MOELAB_WITH_CUDA
   cuda::memset_device(raw(), 0, nbytes());
-#else
-  MOELAB_NO_CUDA("Tensor::zero");
-#endif
 }
 
 void Tensor::fill(double value) const {

@@ -3,45 +3,45 @@
 // logits and scores); all arithmetic is f32.
 #pragma once
 
-#include <cuda_runtime.h>
-
 #include <cstdint>
+
+#include "cuda/stream.h"
 
 namespace moelab::cuda {
 
 struct SigmoidForwardParams {
-  const void* x;  // [n]
-  void* y;        // [n], overwritten
-  int64_t n;
-  bool bf16;
-  cudaStream_t stream;
+  const void* x = nullptr;  // [n]
+  void* y = nullptr;        // [n], overwritten
+  int64_t n = 0;
+  bool bf16 = false;
+  Stream stream = nullptr;
 };
 
 struct SigmoidBackwardParams {
-  const void* grad_y;  // [n]
-  const void* y;       // [n], the saved forward output
-  void* grad_x;        // [n], overwritten
-  int64_t n;
-  bool bf16;
-  cudaStream_t stream;
+  const void* grad_y = nullptr;  // [n]
+  const void* y = nullptr;       // [n], the saved forward output
+  void* grad_x = nullptr;        // [n], overwritten
+  int64_t n = 0;
+  bool bf16 = false;
+  Stream stream = nullptr;
 };
 
 // Softmax over the last dim: rows of `cols` elements.
 struct SoftmaxForwardParams {
-  const void* x;  // [rows, cols]
-  void* y;        // [rows, cols], overwritten
-  int64_t rows, cols;
-  bool bf16;
-  cudaStream_t stream;
+  const void* x = nullptr;  // [rows, cols]
+  void* y = nullptr;        // [rows, cols], overwritten
+  int64_t rows = 0, cols = 0;
+  bool bf16 = false;
+  Stream stream = nullptr;
 };
 
 struct SoftmaxBackwardParams {
-  const void* grad_y;  // [rows, cols]
-  const void* y;       // [rows, cols], the saved forward output
-  void* grad_x;        // [rows, cols], overwritten
-  int64_t rows, cols;
-  bool bf16;
-  cudaStream_t stream;
+  const void* grad_y = nullptr;  // [rows, cols]
+  const void* y = nullptr;       // [rows, cols], the saved forward output
+  void* grad_x = nullptr;        // [rows, cols], overwritten
+  int64_t rows = 0, cols = 0;
+  bool bf16 = false;
+  Stream stream = nullptr;
 };
 
 void sigmoid_forward(const SigmoidForwardParams& p);

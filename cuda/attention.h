@@ -13,9 +13,9 @@
 // Both take any B, T, H, Hkv (H % Hkv == 0) and head dims Dqk, Dv <= kAttentionMaxHeadDim.
 #pragma once
 
-#include <cuda_runtime.h>
-
 #include <cstdint>
+
+#include "cuda/stream.h"
 
 namespace moelab::cuda {
 
@@ -26,33 +26,33 @@ constexpr int64_t kAttentionMaxHeadDim = 256;
 enum class AttentionKernel { Flash, Reference };
 
 struct AttentionForwardParams {
-  const void* q;    // [B, T, H, Dqk]
-  const void* k;    // [B, T, Hkv, Dqk]
-  const void* v;    // [B, T, Hkv, Dv]
-  void* out;        // [B, T, H, Dv], overwritten
-  float* lse;       // [B, H, T], overwritten
-  int64_t B, T, H, Hkv, Dqk, Dv;
-  float scale;
-  bool bf16;
-  AttentionKernel kernel;
-  cudaStream_t stream;
+  const void* q = nullptr;  // [B, T, H, Dqk]
+  const void* k = nullptr;  // [B, T, Hkv, Dqk]
+  const void* v = nullptr;  // [B, T, Hkv, Dv]
+  void* out = nullptr;      // [B, T, H, Dv], overwritten
+  float* lse = nullptr;     // [B, H, T], overwritten
+  int64_t B = 0, T = 0, H = 0, Hkv = 0, Dqk = 0, Dv = 0;
+  float scale = 0.0f;
+  bool bf16 = false;
+  AttentionKernel kernel = AttentionKernel::Flash;
+  Stream stream = nullptr;
 };
 
 struct AttentionBackwardParams {
-  const void* grad_out;  // [B, T, H, Dv]
-  const void* q;         // [B, T, H, Dqk]
-  const void* k;         // [B, T, Hkv, Dqk]
-  const void* v;         // [B, T, Hkv, Dv]
-  const void* out;       // [B, T, H, Dv] (the forward's)
-  const float* lse;      // [B, H, T] (the forward's)
-  void* grad_q;          // [B, T, H, Dqk], overwritten
-  void* grad_k;          // [B, T, Hkv, Dqk], overwritten
-  void* grad_v;          // [B, T, Hkv, Dv], overwritten
-  int64_t B, T, H, Hkv, Dqk, Dv;
-  float scale;
-  bool bf16;
-  AttentionKernel kernel;
-  cudaStream_t stream;
+  const void* grad_out = nullptr;  // [B, T, H, Dv]
+  const void* q = nullptr;         // [B, T, H, Dqk]
+  const void* k = nullptr;         // [B, T, Hkv, Dqk]
+  const void* v = nullptr;         // [B, T, Hkv, Dv]
+  const void* out = nullptr;       // [B, T, H, Dv] (the forward's)
+  const float* lse = nullptr;      // [B, H, T] (the forward's)
+  void* grad_q = nullptr;          // [B, T, H, Dqk], overwritten
+  void* grad_k = nullptr;          // [B, T, Hkv, Dqk], overwritten
+  void* grad_v = nullptr;          // [B, T, Hkv, Dv], overwritten
+  int64_t B = 0, T = 0, H = 0, Hkv = 0, Dqk = 0, Dv = 0;
+  float scale = 0.0f;
+  bool bf16 = false;
+  AttentionKernel kernel = AttentionKernel::Flash;
+  Stream stream = nullptr;
 };
 
 // Throw moelab::cuda::CudaError on a CUDA failure, std::invalid_argument on dims the kernels do

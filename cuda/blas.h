@@ -19,27 +19,27 @@
 // Batched: `batch` > 1 runs independent GEMMs whose matrices start stride_a/b/c ELEMENTS apart.
 #pragma once
 
-#include <cuda_runtime.h>
-
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+
+#include "cuda/stream.h"
 
 namespace moelab::cuda {
 
 enum class GemmType : uint8_t { F32, BF16 };
 
 struct GemmParams {
-  const void* a;
-  const void* b;
-  void* c;
-  int64_t m, n, k;
+  const void* a = nullptr;
+  const void* b = nullptr;
+  void* c = nullptr;
+  int64_t m = 0, n = 0, k = 0;
   bool trans_a = false, trans_b = false;
   GemmType ab_type = GemmType::F32;
   GemmType c_type = GemmType::F32;
   float alpha = 1.0f, beta = 0.0f;
   int64_t batch = 1, stride_a = 0, stride_b = 0, stride_c = 0;
-  cudaStream_t stream = nullptr;
+  Stream stream = nullptr;
 };
 
 class Blas {

@@ -4,20 +4,20 @@
 // The op calls it once per block (concat and split: twice, slice: once).
 #pragma once
 
-#include <cuda_runtime.h>
-
 #include <cstdint>
+
+#include "cuda/stream.h"
 
 namespace moelab::cuda {
 
 struct CopyColumnsParams {
-  void* dst;            // row r starts at dst + r * dst_pitch (bytes)
-  int64_t dst_pitch;
-  const void* src;      // row r starts at src + r * src_pitch (bytes)
-  int64_t src_pitch;
-  int64_t rows;
-  int64_t width_bytes;  // bytes copied per row; dst and src must not overlap
-  cudaStream_t stream;
+  void* dst = nullptr;        // row r starts at dst + r * dst_pitch (bytes)
+  int64_t dst_pitch = 0;
+  const void* src = nullptr;  // row r starts at src + r * src_pitch (bytes)
+  int64_t src_pitch = 0;
+  int64_t rows = 0;
+  int64_t width_bytes = 0;    // bytes copied per row; dst and src must not overlap
+  Stream stream = nullptr;
 };
 
 void copy_columns(const CopyColumnsParams& p);

@@ -9,6 +9,7 @@
 #include <type_traits>
 
 #include "cuda/check.h"
+#include "cuda/runtime.h"
 #include "cuda/cross_entropy.h"
 #include "cuda/device_util.cuh"
 
@@ -125,6 +126,7 @@ CrossEntropyStatus scan(const int32_t* targets, const float* losses, int64_t row
   CUDA_CHECK_LAUNCH();
   CrossEntropyStatus host{};
   CUDA_CHECK(cudaMemcpyAsync(&host, dev, sizeof(host), cudaMemcpyDeviceToHost, stream));
+  count_host_sync();
   CUDA_CHECK(cudaStreamSynchronize(stream));
   return host;
 }

@@ -5,9 +5,9 @@
 // give identical bits.
 #pragma once
 
-#include <cuda_runtime.h>
-
 #include <cstdint>
+
+#include "cuda/stream.h"
 
 namespace moelab::cuda {
 
@@ -23,35 +23,35 @@ struct CrossEntropyStatus {
 };
 
 struct CrossEntropyForwardParams {
-  const void* logits;      // [rows, vocab]
-  const int32_t* targets;  // [rows]
-  float* losses;           // [rows], overwritten (0 for ignored rows; NaN for a bad target, see bad_row)
-  float* lse;              // [rows], overwritten
-  void* workspace;         // kCrossEntropyWorkspaceBytes of device memory
-  int64_t rows, vocab;
-  int ignore_index;
-  bool bf16;
-  cudaStream_t stream;
+  const void* logits = nullptr;      // [rows, vocab]
+  const int32_t* targets = nullptr;  // [rows]
+  float* losses = nullptr;           // [rows], overwritten (0 for ignored rows; NaN for a bad target, see bad_row)
+  float* lse = nullptr;              // [rows], overwritten
+  void* workspace = nullptr;         // kCrossEntropyWorkspaceBytes of device memory
+  int64_t rows = 0, vocab = 0;
+  int ignore_index = 0;
+  bool bf16 = false;
+  Stream stream = nullptr;
 };
 
 struct CrossEntropyScanParams {
-  const int32_t* targets;  // [rows]
-  void* workspace;         // kCrossEntropyWorkspaceBytes of device memory
-  int64_t rows, vocab;
-  int ignore_index;
-  cudaStream_t stream;
+  const int32_t* targets = nullptr;  // [rows]
+  void* workspace = nullptr;         // kCrossEntropyWorkspaceBytes of device memory
+  int64_t rows = 0, vocab = 0;
+  int ignore_index = 0;
+  Stream stream = nullptr;
 };
 
 struct CrossEntropyBackwardParams {
-  const void* logits;      // [rows, vocab]
-  const int32_t* targets;  // [rows], every one ignore_index or in [0, vocab) (checked by the scan)
-  const float* lse;        // [rows]
-  void* grad_logits;       // [rows, vocab], overwritten
-  int64_t rows, vocab;
-  int ignore_index;
-  float scale;             // grad_loss / n_valid (0 when n_valid = 0), rounded to f32 by the caller
-  bool bf16;
-  cudaStream_t stream;
+  const void* logits = nullptr;      // [rows, vocab]
+  const int32_t* targets = nullptr;  // [rows], every one ignore_index or in [0, vocab) (checked by the scan)
+  const float* lse = nullptr;        // [rows]
+  void* grad_logits = nullptr;       // [rows, vocab], overwritten
+  int64_t rows = 0, vocab = 0;
+  int ignore_index = 0;
+  float scale = 0.0f;                // grad_loss / n_valid (0 when n_valid = 0), rounded to f32 by the caller
+  bool bf16 = false;
+  Stream stream = nullptr;
 };
 
 // losses, lse, then the scan with the loss sum; waits for the stream and returns the status.

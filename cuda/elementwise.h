@@ -4,38 +4,38 @@
 // the very same memory as an input: each element is read and then written by one thread.
 #pragma once
 
-#include <cuda_runtime.h>
-
 #include <cstdint>
+
+#include "cuda/stream.h"
 
 namespace moelab::cuda {
 
 struct AddParams {
-  const void* a;  // [n]
-  const void* b;  // [n]
-  void* out;      // [n], overwritten; may be a or b
-  int64_t n;
-  bool bf16;
-  cudaStream_t stream;
+  const void* a = nullptr;  // [n]
+  const void* b = nullptr;  // [n]
+  void* out = nullptr;      // [n], overwritten; may be a or b
+  int64_t n = 0;
+  bool bf16 = false;
+  Stream stream = nullptr;
 };
 
 struct AxpyParams {
-  float alpha;
-  const void* x;  // [n]
-  void* y;        // [n], accumulated (+=); may be x
-  int64_t n;
-  bool bf16;
-  cudaStream_t stream;
+  float alpha = 0.0f;
+  const void* x = nullptr;  // [n]
+  void* y = nullptr;        // [n], accumulated (+=); may be x
+  int64_t n = 0;
+  bool bf16 = false;
+  Stream stream = nullptr;
 };
 
 // y = x converted elementwise, each side f32 or bf16 (f32 -> bf16 rounds to nearest even;
 // bf16 -> f32 is exact). x and y must not overlap unless they are the same memory of one dtype.
 struct CastParams {
-  const void* x;  // [n]
-  void* y;        // [n], overwritten
-  int64_t n;
-  bool x_bf16, y_bf16;
-  cudaStream_t stream;
+  const void* x = nullptr;  // [n]
+  void* y = nullptr;        // [n], overwritten
+  int64_t n = 0;
+  bool x_bf16 = false, y_bf16 = false;
+  Stream stream = nullptr;
 };
 
 void add(const AddParams& p);

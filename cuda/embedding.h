@@ -8,33 +8,33 @@
 // it back and reports the error.
 #pragma once
 
-#include <cuda_runtime.h>
-
 #include <cstddef>
 #include <cstdint>
+
+#include "cuda/stream.h"
 
 namespace moelab::cuda {
 
 struct EmbeddingForwardParams {
-  const int32_t* ids;  // [tokens]
-  const void* weight;  // [vocab, dim]
-  void* out;           // [tokens, dim], overwritten (rows of bad ids are left as they were)
-  uint32_t* bad_pos;   // [1] scratch, set by the launcher (see above)
-  int64_t tokens, vocab, dim;
-  bool bf16;
-  cudaStream_t stream;
+  const int32_t* ids = nullptr;  // [tokens]
+  const void* weight = nullptr;  // [vocab, dim]
+  void* out = nullptr;           // [tokens, dim], overwritten (rows of bad ids are left as they were)
+  uint32_t* bad_pos = nullptr;   // [1] scratch, set by the launcher (see above)
+  int64_t tokens = 0, vocab = 0, dim = 0;
+  bool bf16 = false;
+  Stream stream = nullptr;
 };
 
 struct EmbeddingBackwardParams {
-  const void* grad_out;    // [tokens, dim]
-  const int32_t* ids;      // [tokens]
-  float* grad_weight;      // [vocab, dim], accumulated (+=)
-  uint32_t* bad_pos;       // [1] scratch, set by the launcher (see above)
-  void* workspace;         // embedding_backward_workspace_bytes(tokens) bytes of device memory
-  size_t workspace_bytes;
-  int64_t tokens, vocab, dim;  // tokens < 2^31
-  bool bf16;               // grad_out's storage type
-  cudaStream_t stream;
+  const void* grad_out = nullptr;    // [tokens, dim]
+  const int32_t* ids = nullptr;      // [tokens]
+  float* grad_weight = nullptr;      // [vocab, dim], accumulated (+=)
+  uint32_t* bad_pos = nullptr;       // [1] scratch, set by the launcher (see above)
+  void* workspace = nullptr;         // embedding_backward_workspace_bytes(tokens) bytes of device memory
+  size_t workspace_bytes = 0;
+  int64_t tokens = 0, vocab = 0, dim = 0;  // tokens < 2^31
+  bool bf16 = false;                 // grad_out's storage type
+  Stream stream = nullptr;
 };
 
 // Device workspace that embedding_backward needs for `tokens` tokens (a stable sort of the ids).

@@ -5,27 +5,27 @@
 // partials in a fixed tree. Two runs give identical bits.
 #pragma once
 
-#include <cuda_runtime.h>
-
 #include <cstdint>
+
+#include "cuda/stream.h"
 
 namespace moelab::cuda {
 
 constexpr int kGradNormBlocks = 1024;  // the fixed grid of the first pass (= partials per tensor)
 
 struct GradSumSquaresParams {
-  const float* x;     // [n]
-  int64_t n;
-  double* partials;   // kGradNormBlocks doubles of device scratch
-  double* result;     // one device double: sum_i x_i^2
-  cudaStream_t stream;
+  const float* x = nullptr;     // [n]
+  int64_t n = 0;
+  double* partials = nullptr;   // kGradNormBlocks doubles of device scratch
+  double* result = nullptr;     // one device double: sum_i x_i^2
+  Stream stream = nullptr;
 };
 
 struct GradScaleParams {
-  float* x;           // [n], scaled in place
-  int64_t n;
-  float factor;
-  cudaStream_t stream;
+  float* x = nullptr;           // [n], scaled in place
+  int64_t n = 0;
+  float factor = 0.0f;
+  Stream stream = nullptr;
 };
 
 void grad_sum_squares(const GradSumSquaresParams& p);  // asynchronous: *result is on the device

@@ -3,23 +3,23 @@
 // bf16 as `w_bf16` says; the math runs in f32.
 #pragma once
 
-#include <cuda_runtime.h>
-
 #include <cstdint>
+
+#include "cuda/stream.h"
 
 namespace moelab::cuda {
 
 struct MlaDecodeParams {
-  const void* q;      // [B, n, H, Dn + Dr] (q_rope turned)
-  const void* w_kvb;  // [H * (Dn + Dv), Ckv]: per head Dn key rows W_uk_h, then Dv value rows W_uv_h
-  const void* ckv;    // [B, S, Ckv]: the latent cache; positions >= pos + n are never read
-  const void* kr;     // [B, S, Dr]: the rope-key cache
-  void* out;          // [B, n, H, Dv], overwritten
-  int64_t B, n, S, H, Dn, Dr, Dv, Ckv, pos;
-  float scale;
-  bool bf16;    // q, ckv, kr, out
-  bool w_bf16;  // w_kvb
-  cudaStream_t stream;
+  const void* q = nullptr;      // [B, n, H, Dn + Dr] (q_rope turned)
+  const void* w_kvb = nullptr;  // [H * (Dn + Dv), Ckv]: per head Dn key rows W_uk_h, then Dv value rows W_uv_h
+  const void* ckv = nullptr;    // [B, S, Ckv]: the latent cache; positions >= pos + n are never read
+  const void* kr = nullptr;     // [B, S, Dr]: the rope-key cache
+  void* out = nullptr;          // [B, n, H, Dv], overwritten
+  int64_t B = 0, n = 0, S = 0, H = 0, Dn = 0, Dr = 0, Dv = 0, Ckv = 0, pos = 0;
+  float scale = 0.0f;
+  bool bf16 = false;            // q, ckv, kr, out
+  bool w_bf16 = false;          // w_kvb
+  Stream stream = nullptr;
 };
 
 // Throws moelab::cuda::CudaError on a CUDA failure, std::invalid_argument when the absorbed query

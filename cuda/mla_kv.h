@@ -3,30 +3,30 @@
 // over the heads) runs in f32, over the heads in order: deterministic.
 #pragma once
 
-#include <cuda_runtime.h>
-
 #include <cstdint>
+
+#include "cuda/stream.h"
 
 namespace moelab::cuda {
 
 struct MlaKvForwardParams {
-  const void* kv;  // [N, H, Dn + Dv]
-  const void* kr;  // [N, Dr]
-  void* k;         // [N, H, Dn + Dr], overwritten
-  void* v;         // [N, H, Dv], overwritten
-  int64_t N, H, Dn, Dr, Dv;
-  bool bf16;
-  cudaStream_t stream;
+  const void* kv = nullptr;  // [N, H, Dn + Dv]
+  const void* kr = nullptr;  // [N, Dr]
+  void* k = nullptr;         // [N, H, Dn + Dr], overwritten
+  void* v = nullptr;         // [N, H, Dv], overwritten
+  int64_t N = 0, H = 0, Dn = 0, Dr = 0, Dv = 0;
+  bool bf16 = false;
+  Stream stream = nullptr;
 };
 
 struct MlaKvBackwardParams {
-  const void* grad_k;  // [N, H, Dn + Dr]
-  const void* grad_v;  // [N, H, Dv]
-  void* grad_kv;       // [N, H, Dn + Dv], overwritten
-  void* grad_kr;       // [N, Dr], overwritten: sum over the heads of grad_k[:, h, Dn:]
-  int64_t N, H, Dn, Dr, Dv;
-  bool bf16;
-  cudaStream_t stream;
+  const void* grad_k = nullptr;  // [N, H, Dn + Dr]
+  const void* grad_v = nullptr;  // [N, H, Dv]
+  void* grad_kv = nullptr;       // [N, H, Dn + Dv], overwritten
+  void* grad_kr = nullptr;       // [N, Dr], overwritten: sum over the heads of grad_k[:, h, Dn:]
+  int64_t N = 0, H = 0, Dn = 0, Dr = 0, Dv = 0;
+  bool bf16 = false;
+  Stream stream = nullptr;
 };
 
 void mla_kv_forward(const MlaKvForwardParams& p);

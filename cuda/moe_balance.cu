@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 
 #include "cuda/check.h"
+#include "cuda/runtime.h"
 #include "cuda/device_util.cuh"
 #include "cuda/moe_balance.h"
 
@@ -146,6 +147,7 @@ void aux_histogram(const MoeAuxLossParams& p) {
 
 void copy_result(const double* result, double* host, cudaStream_t stream) {
   CUDA_CHECK(cudaMemcpyAsync(host, result, 2 * sizeof(double), cudaMemcpyDeviceToHost, stream));
+  count_host_sync();
   CUDA_CHECK(cudaStreamSynchronize(stream));
 }
 

@@ -6,9 +6,9 @@
 // gradient rows of that sequence.
 #pragma once
 
-#include <cuda_runtime.h>
-
 #include <cstdint>
+
+#include "cuda/stream.h"
 
 namespace moelab::cuda {
 
@@ -16,16 +16,16 @@ namespace moelab::cuda {
 constexpr int64_t kMoeBalanceMaxExperts = 8192;
 
 struct MoeAuxLossParams {
-  const float* scores;      // [rows, E]
-  const int32_t* topk_idx;  // [rows, K]
-  int64_t rows, E, K, seq_len;
-  float* f;                 // device workspace [rows / seq_len, E]: f_{b,i}
-  int32_t* invalid;         // device workspace [rows / seq_len]: out-of-range indices per sequence
-  float* row_values;        // device workspace [rows] (forward only): sum_i f_{b,i} s_{t,i} / Z_t
-  double* result;           // device workspace [2] (forward only): sum_t row_values, invalid indices
-  double alpha, grad_loss;  // grad_loss: backward only
-  float* grad_scores;       // [rows, E], accumulated (+=) (backward only)
-  cudaStream_t stream;
+  const float* scores = nullptr;      // [rows, E]
+  const int32_t* topk_idx = nullptr;  // [rows, K]
+  int64_t rows = 0, E = 0, K = 0, seq_len = 0;
+  float* f = nullptr;                 // device workspace [rows / seq_len, E]: f_{b,i}
+  int32_t* invalid = nullptr;         // device workspace [rows / seq_len]: out-of-range indices per sequence
+  float* row_values = nullptr;        // device workspace [rows] (forward only): sum_i f_{b,i} s_{t,i} / Z_t
+  double* result = nullptr;           // device workspace [2] (forward only): sum_t row_values, invalid indices
+  double alpha = 0.0, grad_loss = 0.0;  // grad_loss: backward only
+  float* grad_scores = nullptr;       // [rows, E], accumulated (+=) (backward only)
+  Stream stream = nullptr;
 };
 
 // Forward: host_result[0] = sum_t sum_i f_{b(t),i} s_{t,i} / Z_t (the op scales it by
@@ -34,13 +34,13 @@ void moe_aux_loss_forward(const MoeAuxLossParams& p, double* host_result);
 void moe_aux_loss_backward(const MoeAuxLossParams& p);
 
 struct MoeZLossParams {
-  const float* logits;      // [rows, E]
-  int64_t rows, E;
-  float* row_values;        // device workspace [rows] (forward only): lse_t^2
-  double* result;           // device workspace [2] (forward only)
-  double coef, grad_loss;   // grad_loss: backward only
-  float* grad_logits;       // [rows, E], accumulated (+=) (backward only)
-  cudaStream_t stream;
+  const float* logits = nullptr;      // [rows, E]
+  int64_t rows = 0, E = 0;
+  float* row_values = nullptr;        // device workspace [rows] (forward only): lse_t^2
+  double* result = nullptr;           // device workspace [2] (forward only)
+  double coef = 0.0, grad_loss = 0.0;  // grad_loss: backward only
+  float* grad_logits = nullptr;       // [rows, E], accumulated (+=) (backward only)
+  Stream stream = nullptr;
 };
 
 // Forward: *host_sum = sum_t lse_t^2 (the op scales it by coef / rows). Waits for the stream.

@@ -9,6 +9,7 @@
 #include <type_traits>
 
 #include "cuda/check.h"
+#include "cuda/runtime.h"
 #include "cuda/device_util.cuh"
 #include "cuda/moe_dispatch.h"
 
@@ -169,6 +170,7 @@ void moe_dispatch_layout(const MoeDispatchLayoutParams& p) {
   CUDA_CHECK_LAUNCH();
   if (p.host_counts) {
     CUDA_CHECK(cudaMemcpyAsync(p.host_counts, p.counts, smem, cudaMemcpyDeviceToHost, p.stream));
+    count_host_sync();
     CUDA_CHECK(cudaStreamSynchronize(p.stream));
   }
 }

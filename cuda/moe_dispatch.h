@@ -7,9 +7,9 @@
 // grad_topk_weights) or is skipped (dispatch forward, grad_expert_y).
 #pragma once
 
-#include <cuda_runtime.h>
-
 #include <cstdint>
+
+#include "cuda/stream.h"
 
 namespace moelab::cuda {
 
@@ -21,55 +21,55 @@ constexpr int64_t kMoeLayoutMaxExperts = 8192;
 // assignment order i = n * K + k. One block: a histogram, then one warp places 32 assignments a
 // step from tiles the block stages in shared memory.
 struct MoeDispatchLayoutParams {
-  const int32_t* topk_idx;  // [numel]
-  int64_t numel, num_experts;
-  int32_t min_index;        // -1: -1 means "not sent" and is allowed; 0: every entry must be an expert
-  int32_t* pos;             // [numel] or nullptr: the row of assignment i, -1 when not sent (or invalid)
-  int32_t* order;           // [rows] or nullptr: order[pos[i]] = i
-  int32_t* counts;          // device [E + 1]: assignments per expert, then the entries outside [min_index, E)
-  int32_t* offsets;         // device [E + 1] or nullptr: exclusive prefix sums of counts[0..E)
-  int32_t* host_counts;     // host [E + 1] or nullptr: a copy of counts (the call waits for the stream)
-  cudaStream_t stream;
+  const int32_t* topk_idx = nullptr;  // [numel]
+  int64_t numel = 0, num_experts = 0;
+  int32_t min_index = 0;              // -1: -1 means "not sent" and is allowed; 0: every entry must be an expert
+  int32_t* pos = nullptr;             // [numel] or nullptr: the row of assignment i, -1 when not sent (or invalid)
+  int32_t* order = nullptr;           // [rows] or nullptr: order[pos[i]] = i
+  int32_t* counts = nullptr;          // device [E + 1]: assignments per expert, then the entries outside [min_index, E)
+  int32_t* offsets = nullptr;         // device [E + 1] or nullptr: exclusive prefix sums of counts[0..E)
+  int32_t* host_counts = nullptr;     // host [E + 1] or nullptr: a copy of counts (the call waits for the stream)
+  Stream stream = nullptr;
 };
 
 struct MoeDispatchForwardParams {
-  const void* x;         // [N, D]
-  const int32_t* pos;    // [N, K]
-  void* expert_x;        // [M, D]
-  int64_t N, K, D, M;
-  bool bf16;
-  cudaStream_t stream;
+  const void* x = nullptr;         // [N, D]
+  const int32_t* pos = nullptr;    // [N, K]
+  void* expert_x = nullptr;        // [M, D]
+  int64_t N = 0, K = 0, D = 0, M = 0;
+  bool bf16 = false;
+  Stream stream = nullptr;
 };
 
 struct MoeDispatchBackwardParams {
-  const void* grad_expert_x;  // [M, D]
-  const int32_t* pos;         // [N, K]
-  void* grad_x;               // [N, D], overwritten
-  int64_t N, K, D, M;
-  bool bf16;
-  cudaStream_t stream;
+  const void* grad_expert_x = nullptr;  // [M, D]
+  const int32_t* pos = nullptr;         // [N, K]
+  void* grad_x = nullptr;               // [N, D], overwritten
+  int64_t N = 0, K = 0, D = 0, M = 0;
+  bool bf16 = false;
+  Stream stream = nullptr;
 };
 
 struct MoeCombineForwardParams {
-  const void* expert_y;        // [M, D]
-  const int32_t* pos;          // [N, K]
-  const float* topk_weights;   // [N, K]
-  void* y;                     // [N, D], overwritten
-  int64_t N, K, D, M;
-  bool bf16;
-  cudaStream_t stream;
+  const void* expert_y = nullptr;        // [M, D]
+  const int32_t* pos = nullptr;          // [N, K]
+  const float* topk_weights = nullptr;   // [N, K]
+  void* y = nullptr;                     // [N, D], overwritten
+  int64_t N = 0, K = 0, D = 0, M = 0;
+  bool bf16 = false;
+  Stream stream = nullptr;
 };
 
 struct MoeCombineBackwardParams {
-  const void* grad_y;          // [N, D]
-  const void* expert_y;        // [M, D]
-  const int32_t* pos;          // [N, K]
-  const float* topk_weights;   // [N, K]
-  void* grad_expert_y;         // [M, D], overwritten
-  float* grad_topk_weights;    // [N, K], overwritten
-  int64_t N, K, D, M;
-  bool bf16;
-  cudaStream_t stream;
+  const void* grad_y = nullptr;          // [N, D]
+  const void* expert_y = nullptr;        // [M, D]
+  const int32_t* pos = nullptr;          // [N, K]
+  const float* topk_weights = nullptr;   // [N, K]
+  void* grad_expert_y = nullptr;         // [M, D], overwritten
+  float* grad_topk_weights = nullptr;    // [N, K], overwritten
+  int64_t N = 0, K = 0, D = 0, M = 0;
+  bool bf16 = false;
+  Stream stream = nullptr;
 };
 
 void moe_dispatch_layout(const MoeDispatchLayoutParams& p);

@@ -202,8 +202,17 @@ void moe_capacity_drop(const MoeCapacityDropParams& p) {
   int32_t* counts = p.workspace;             // [E + 1]
   int32_t* offsets = counts + (p.E + 1);     // [E + 1]
   int32_t* order = offsets + (p.E + 1);      // [numel]
-  moe_dispatch_layout({p.topk_idx, numel, p.E, /*min_index=*/0, nullptr, order, counts, offsets, p.host_counts,
-                       p.stream});
+  MoeDispatchLayoutParams layout;
+  layout.topk_idx = p.topk_idx;
+  layout.numel = numel;
+  layout.num_experts = p.E;
+  layout.min_index = 0;  // the selection before the drops: every entry must be an expert
+  layout.order = order;  // no pos: the drop kernel walks each expert's assignments through order
+  layout.counts = counts;
+  layout.offsets = offsets;
+  layout.host_counts = p.host_counts;
+  layout.stream = p.stream;
+  moe_dispatch_layout(layout);
   if (p.host_counts[p.E] != 0 || numel == 0) return;  // an index out of [0, E): the op reports it
   capacity_drop_kernel<<<blocks_for(numel, kThreadsPerBlock), kThreadsPerBlock, 0, p.stream>>>(
       p.scores, p.topk_idx, counts, offsets, order, p.kept_idx, numel, p.E, p.K, p.capacity);

@@ -5,9 +5,9 @@
 // drop reports it through host_counts[E] without writing kept_idx.
 #pragma once
 
-#include <cuda_runtime.h>
-
 #include <cstdint>
+
+#include "cuda/stream.h"
 
 namespace moelab::cuda {
 
@@ -16,42 +16,42 @@ namespace moelab::cuda {
 constexpr int64_t kMoeRouteMaxGroups = 1024;
 
 struct MoeRouteTopkParams {
-  const float* scores;  // [rows, E]
-  const float* bias;    // [E], or nullptr (no bias)
-  int32_t* topk_idx;    // [rows, K]
-  int64_t rows, E, K, n_group, topk_group;
-  cudaStream_t stream;
+  const float* scores = nullptr;  // [rows, E]
+  const float* bias = nullptr;    // [E], or nullptr (no bias)
+  int32_t* topk_idx = nullptr;    // [rows, K]
+  int64_t rows = 0, E = 0, K = 0, n_group = 1, topk_group = 1;
+  Stream stream = nullptr;
 };
 
 struct MoeGateForwardParams {
-  const float* scores;      // [rows, E]
-  const int32_t* topk_idx;  // [rows, K]
-  float* topk_weights;      // [rows, K]
-  int64_t rows, E, K;
-  bool norm_topk_prob;
-  float scale;
-  cudaStream_t stream;
+  const float* scores = nullptr;      // [rows, E]
+  const int32_t* topk_idx = nullptr;  // [rows, K]
+  float* topk_weights = nullptr;      // [rows, K]
+  int64_t rows = 0, E = 0, K = 0;
+  bool norm_topk_prob = false;
+  float scale = 1.0f;
+  Stream stream = nullptr;
 };
 
 struct MoeGateBackwardParams {
-  const float* grad_topk_weights;  // [rows, K]
-  const float* scores;             // [rows, E]
-  const int32_t* topk_idx;         // [rows, K]
-  float* grad_scores;              // [rows, E], overwritten (zeros included)
-  int64_t rows, E, K;
-  bool norm_topk_prob;
-  float scale;
-  cudaStream_t stream;
+  const float* grad_topk_weights = nullptr;  // [rows, K]
+  const float* scores = nullptr;             // [rows, E]
+  const int32_t* topk_idx = nullptr;         // [rows, K]
+  float* grad_scores = nullptr;              // [rows, E], overwritten (zeros included)
+  int64_t rows = 0, E = 0, K = 0;
+  bool norm_topk_prob = false;
+  float scale = 1.0f;
+  Stream stream = nullptr;
 };
 
 struct MoeCapacityDropParams {
-  const float* scores;      // [rows, E]
-  const int32_t* topk_idx;  // [rows, K]
-  int32_t* kept_idx;        // [rows, K]
-  int64_t rows, E, K, capacity;
-  int32_t* workspace;       // device i32 [moe_capacity_drop_workspace(rows * K, E)]
-  int32_t* host_counts;     // host [E + 1]: assignments per expert, then the number of indices out of [0, E)
-  cudaStream_t stream;
+  const float* scores = nullptr;      // [rows, E]
+  const int32_t* topk_idx = nullptr;  // [rows, K]
+  int32_t* kept_idx = nullptr;        // [rows, K]
+  int64_t rows = 0, E = 0, K = 0, capacity = 0;
+  int32_t* workspace = nullptr;       // device i32 [moe_capacity_drop_workspace(rows * K, E)]
+  int32_t* host_counts = nullptr;     // host [E + 1]: assignments per expert, then the number of indices out of [0, E)
+  Stream stream = nullptr;
 };
 
 // i32 elements of MoeCapacityDropParams::workspace.

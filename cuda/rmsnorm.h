@@ -3,33 +3,33 @@
 // reduction runs in f32.
 #pragma once
 
-#include <cuda_runtime.h>
-
 #include <cstdint>
+
+#include "cuda/stream.h"
 
 namespace moelab::cuda {
 
 struct RmsnormForwardParams {
-  const void* x;         // [rows, dim]
-  const float* weight;   // [dim]
-  void* y;               // [rows, dim]
-  float* rstd;           // [rows]
-  int64_t rows, dim;
-  float eps;
-  bool bf16;
-  cudaStream_t stream;
+  const void* x = nullptr;        // [rows, dim]
+  const float* weight = nullptr;  // [dim]
+  void* y = nullptr;              // [rows, dim]
+  float* rstd = nullptr;          // [rows]
+  int64_t rows = 0, dim = 0;
+  float eps = 0.0f;
+  bool bf16 = false;
+  Stream stream = nullptr;
 };
 
 struct RmsnormBackwardParams {
-  const void* grad_y;    // [rows, dim]
-  const void* x;         // [rows, dim]
-  const float* weight;   // [dim]
-  const float* rstd;     // [rows]
-  void* grad_x;          // [rows, dim], overwritten
-  float* grad_weight;    // [dim], accumulated (+=), in a fixed order: deterministic
-  int64_t rows, dim;
-  bool bf16;
-  cudaStream_t stream;
+  const void* grad_y = nullptr;   // [rows, dim]
+  const void* x = nullptr;        // [rows, dim]
+  const float* weight = nullptr;  // [dim]
+  const float* rstd = nullptr;    // [rows]
+  void* grad_x = nullptr;         // [rows, dim], overwritten
+  float* grad_weight = nullptr;   // [dim], accumulated (+=), in a fixed order: deterministic
+  int64_t rows = 0, dim = 0;
+  bool bf16 = false;
+  Stream stream = nullptr;
 };
 
 void rmsnorm_forward(const RmsnormForwardParams& p);

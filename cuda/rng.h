@@ -1,20 +1,20 @@
 // Launcher for the Philox fills of core/rng.h (same streams, same arithmetic as the CPU).
 #pragma once
 
-#include <cuda_runtime.h>
-
 #include <cstdint>
+
+#include "cuda/stream.h"
 
 namespace moelab::cuda {
 
 struct FillRandomParams {
-  float* out;       // [n]
-  int64_t n;
-  uint64_t seed;
-  uint64_t offset;  // stream index of out[0]
-  double a, b;      // uniform: lo, hi; normal: mean, std
-  bool normal;
-  cudaStream_t stream;
+  float* out = nullptr;     // [n]
+  int64_t n = 0;
+  uint64_t seed = 0;
+  uint64_t offset = 0;      // stream index of out[0]
+  double a = 0.0, b = 0.0;  // uniform: lo, hi; normal: mean, std
+  bool normal = false;
+  Stream stream = nullptr;
 };
 
 void fill_random_f32(const FillRandomParams& p);

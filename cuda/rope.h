@@ -5,22 +5,22 @@
 // partly overlap it. The angles are computed in double, as the CPU reference does.
 #pragma once
 
-#include <cuda_runtime.h>
-
 #include <cstdint>
+
+#include "cuda/stream.h"
 
 namespace moelab::cuda {
 
 struct RopeParams {
-  const void* in;  // [B, T, H, Dh]
-  void* out;       // [B, T, H, Dh], overwritten; may be in
-  int64_t B, T, H, Dh;
-  int64_t rope_offset, rope_dim;  // rope_dim = R, even
-  double theta;
-  int64_t pos_offset;  // token t sits at position pos_offset + t
-  bool inverse;
-  bool bf16;
-  cudaStream_t stream;
+  const void* in = nullptr;               // [B, T, H, Dh]
+  void* out = nullptr;                    // [B, T, H, Dh], overwritten; may be in
+  int64_t B = 0, T = 0, H = 0, Dh = 0;
+  int64_t rope_offset = 0, rope_dim = 0;  // rope_dim = R, even
+  double theta = 0.0;
+  int64_t pos_offset = 0;                 // token t sits at position pos_offset + t
+  bool inverse = false;
+  bool bf16 = false;
+  Stream stream = nullptr;
 };
 
 void rope_rotate(const RopeParams& p);

@@ -1,11 +1,20 @@
 // Host-only CUDA runtime glue (compiled as .cpp: TOOLCHAIN.md, 5x faster than .cu).
 #include "cuda/runtime.h"
 
+#include <atomic>
 #include <cstdio>
 
 #include "cuda/check.h"
 
 namespace moelab::cuda {
+
+namespace {
+std::atomic<uint64_t> g_device_allocations{0};
+std::atomic<uint64_t> g_host_syncs{0};
+}  // namespace
+
+Counters counters() { return Counters{g_device_allocations.load(), g_host_syncs.load()}; }
+void count_host_sync() { g_host_syncs.fetch_add(1, std::memory_order_relaxed); }
 
 int device_count() {
   int count = 0;  // not written by cudaGetDeviceCount on error
@@ -27,6 +36,7 @@ std::string device_description(int device) {
 
 void* malloc_device(size_t bytes) {
   void* ptr = nullptr;
+  g_device_allocations.fetch_add(1, std::memory_order_relaxed);
   CUDA_CHECK(cudaMalloc(&ptr, bytes));
   return ptr;
 }
@@ -37,11 +47,20 @@ void free_device(void* ptr) {
   if (ptr) cudaFree(ptr);
 }
 
-void memcpy_h2d(void* dst, const void* src, size_t bytes) { CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice)); }
-void memcpy_d2h(void* dst, const void* src, size_t bytes) { CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost)); }
+void memcpy_h2d(void* dst, const void* src, size_t bytes) {
+  count_host_sync();
+  CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice));
+}
+void memcpy_d2h(void* dst, const void* src, size_t bytes) {
+  count_host_sync();
+  CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost));
+}
 void memcpy_d2d(void* dst, const void* src, size_t bytes) { CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice)); }
 void memset_device(void* dst, int value, size_t bytes) { CUDA_CHECK(cudaMemset(dst, value, bytes)); }
-void synchronize() { CUDA_CHECK(cudaDeviceSynchronize()); }
+void synchronize() {
+  count_host_sync();
+  CUDA_CHECK(cudaDeviceSynchronize());
+}
 
 size_t free_memory() {
   size_t free_bytes = 0, total_bytes = 0;

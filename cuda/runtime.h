@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <string>
 
 namespace moelab::cuda {
@@ -27,5 +28,15 @@ void* event_create();
 void event_destroy(void* event);
 void event_record(void* event);
 float event_elapsed_ms(void* start, void* end);
+
+// Process-wide statistics for `moelab bench` (nothing else reads them): device allocations, and the
+// times the host waited for the device (a synchronous copy, a device or stream synchronisation).
+// They count; they decide nothing, so they are the one piece of global state in cuda/.
+struct Counters {
+  uint64_t device_allocations = 0;
+  uint64_t host_syncs = 0;
+};
+Counters counters();
+void count_host_sync();  // for the launchers that wait for their stream
 
 }  // namespace moelab::cuda

@@ -4,26 +4,26 @@
 // bounds; it turns its row of grad_x into NaN.
 #pragma once
 
-#include <cuda_runtime.h>
-
 #include <cstdint>
+
+#include "cuda/stream.h"
 
 namespace moelab::cuda {
 
 struct TopkForwardParams {
-  const float* x;    // [rows, E]
-  float* values;     // [rows, K]
-  int32_t* indices;  // [rows, K]
-  int64_t rows, E, K;
-  cudaStream_t stream;
+  const float* x = nullptr;    // [rows, E]
+  float* values = nullptr;     // [rows, K]
+  int32_t* indices = nullptr;  // [rows, K]
+  int64_t rows = 0, E = 0, K = 0;
+  Stream stream = nullptr;
 };
 
 struct TopkBackwardParams {
-  const float* grad_values;  // [rows, K]
-  const int32_t* indices;    // [rows, K]
-  float* grad_x;             // [rows, E], overwritten (zeros included)
-  int64_t rows, E, K;
-  cudaStream_t stream;
+  const float* grad_values = nullptr;  // [rows, K]
+  const int32_t* indices = nullptr;    // [rows, K]
+  float* grad_x = nullptr;             // [rows, E], overwritten (zeros included)
+  int64_t rows = 0, E = 0, K = 0;
+  Stream stream = nullptr;
 };
 
 void topk_forward(const TopkForwardParams& p);

@@ -4,23 +4,21 @@
 #include <algorithm>
 
 #include "core/check.h"
-#include "cuda/philox.h"
+#include "core/rng.h"
 
 namespace moelab {
 
 namespace {
 
-// Philox streams of the loader (cuda/philox.h reserves counter word 2 = 0 and 1 for parameter
-// init): word 2 = 2 for random window starts, 3 for the sequential shuffles.
+// Philox streams of the loader (core/rng.h: words 2 = 0 and 1 are the parameter fills'): word 2 = 2
+// for random window starts, 3 for the sequential shuffles.
 constexpr uint32_t kStreamRandomStart = 2;
 constexpr uint32_t kStreamShuffle = 3;
 
 // 64 random bits from (seed, counter, stream, extra).
 uint64_t draw64(uint64_t seed, uint64_t counter, uint32_t stream, uint32_t extra) {
-  const philox::U32x4 r = philox::philox4x32_10(
-      philox::U32x4{{static_cast<uint32_t>(counter), static_cast<uint32_t>(counter >> 32), stream, extra}},
-      static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
-  return (static_cast<uint64_t>(r.v[0]) << 32) | r.v[1];
+  const std::array<uint32_t, 4> r = philox_block(seed, counter, stream, extra);
+  return (static_cast<uint64_t>(r[0]) << 32) | r[1];
 }
 
 // A draw in [0, n) by multiply-shift: floor(x * n / 2^64). Its bias is below n / 2^64, nothing next

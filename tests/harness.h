@@ -11,7 +11,7 @@
 #include <functional>
 #include <string>
 
-#include "core/allocator.h"
+#include "core/device.h"
 #include "core/tensor.h"
 
 namespace moelab::testing {

@@ -7,7 +7,7 @@
 #include <cmath>
 #include <cstdio>
 
-#include "core/cuda_dispatch.h"
+#include "core/device.h"
 #include "core/nn/model.h"
 #include "core/ops/attention.h"
 #include "core/ops/matmul.h"
@@ -16,9 +16,6 @@
 #include "train/optimizer.h"
 #include "train/runtime.h"
 #include "train/step.h"
-#if MOELAB_WITH_CUDA
-#include "cuda/runtime.h"
-#endif
 
 namespace moelab {
 
@@ -28,11 +25,6 @@ namespace {
 class StepTimeline final : public Profiler {
  public:
   explicit StepTimeline(bool cuda) : cuda_(cuda) {}
-  ~StepTimeline() override {
-#if MOELAB_WITH_CUDA
-    for (void* e : events_) cuda::event_destroy(e);
-#endif
-  }
   void begin_step() {
     marks_.clear();
     mark(current());
@@ -47,14 +39,11 @@ class StepTimeline final : public Profiler {
 
  protected:
   void mark(Phase now) override {
-    Mark m{now, std::chrono::steady_clock::now()};
-#if MOELAB_WITH_CUDA
     if (cuda_) {
-      if (marks_.size() == events_.size()) events_.push_back(cuda::event_create());
-      cuda::event_record(events_[marks_.size()]);
+      if (marks_.size() == events_.size()) events_.emplace_back();
+      events_[marks_.size()].record();
     }
-#endif
-    marks_.push_back(m);
+    marks_.push_back(Mark{now, std::chrono::steady_clock::now()});
   }
 
  private:
@@ -63,15 +52,13 @@ class StepTimeline final : public Profiler {
     std::chrono::steady_clock::time_point t;
   };
   double elapsed_ms(size_t i) const {
-#if MOELAB_WITH_CUDA
-    if (cuda_) return cuda::event_elapsed_ms(events_[i], events_[i + 1]);
-#endif
+    if (cuda_) return events_[i + 1].ms_since(events_[i]);
     return std::chrono::duration<double, std::milli>(marks_[i + 1].t - marks_[i].t).count();
   }
 
   bool cuda_;
   std::vector<Mark> marks_;
-  std::vector<void*> events_;  // CUDA: one per mark, reused every step
+  std::vector<CudaEvent> events_;  // CUDA: one per mark, reused every step
 };
 
 // Uniform random token windows [B, T + 1 + D_mtp] from the Philox stream (fresh per step).
@@ -140,9 +127,7 @@ BenchResult run_bench(const ModelConfig& cfg, const BenchOptions& opt) {
   r.expert_flops = 6.0 * static_cast<double>(info.routed_experts.active + info.mtp_routed_experts.active) * tokens;
   for (int p = 0; p < kNumPhases; ++p)
     r.phase_ms[static_cast<size_t>(p)] = phase_total[static_cast<size_t>(p)] / static_cast<double>(opt.steps);
-#if MOELAB_WITH_CUDA
-  if (r.cuda) r.device_memory_bytes = static_cast<double>(cuda::total_memory() - cuda::free_memory());
-#endif
+  if (r.cuda) r.device_memory_bytes = static_cast<double>(cuda_total_memory() - cuda_free_memory());
   return r;
 }
 
@@ -162,7 +147,7 @@ double measured_gemm_gflops(const Runtime& rt, int64_t n) {
   for (int run = 0; run < 4; ++run) {  // the first run warms the caches, the thread pool, cuBLASLt's plan
     rt.synchronize();
     const auto t0 = std::chrono::steady_clock::now();
-    matmul_forward(a, b, c, rt.gpu.get());
+    matmul_forward(rt.exec(), a, b, c);
     rt.synchronize();
     best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   }
@@ -248,11 +233,11 @@ AttentionBenchResult run_attention_bench(const ModelConfig& cfg, const BenchOpti
   for (int64_t step = 0; step < opt.warmup + opt.steps; ++step) {
     rt.synchronize();
     auto t0 = Clock::now();
-    attention_forward(q, k, v, scale, out, lse);
+    attention_forward(rt.exec(), q, k, v, scale, out, lse);
     rt.synchronize();
     const double fwd = ms_since(t0);
     t0 = Clock::now();
-    attention_backward(grad_out, q, k, v, out, lse, scale, gq, gk, gv);
+    attention_backward(rt.exec(), grad_out, q, k, v, out, lse, scale, gq, gk, gv);
     rt.synchronize();
     const double bwd = ms_since(t0);
     if (step >= opt.warmup) {

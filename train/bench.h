@@ -46,14 +46,16 @@ struct BenchResult {
   std::array<double, kNumPhases> phase_ms{};  // mean ms per timed step in each phase
   // FLOPs per step of the phases with a clean count (train/model_info.h): attention (causal half,
   // forward + backward) and the routed experts' GEMMs (6 x active routed-expert parameters per
-  // token): their rates against the measured GEMM are the issue's "attention" and "expert GEMMs
-  // at >= 60% of the dense rate" figures.
+  // token): their rates against the measured GEMM say how close the two kernels that are not
+  // plain dense GEMMs come to the dense rate (a grouped expert GEMM should reach most of it).
   double attention_flops = 0, expert_flops = 0;
   double device_memory_bytes = 0;  // CUDA: memory in use on the device at the end (all of moelab's)
   bool cuda = false;
 };
 
-constexpr double kH100Bf16DenseTflops = 989.0;  // H100 SXM, dense bf16 (the issue's MFU reference)
+// H100 SXM dense bf16 peak (NVIDIA's datasheet, without sparsity): the MFU reference the GPU peers
+// (PaLM's MFU, torchtitan, Megatron) report against, so moelab's MFU compares with theirs.
+constexpr double kH100Bf16DenseTflops = 989.0;
 
 BenchResult run_bench(const ModelConfig& cfg, const BenchOptions& opt);
 

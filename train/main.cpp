@@ -35,8 +35,7 @@
 #include <string>
 #include <vector>
 
-#include "core/allocator.h"
-#include "core/cuda_dispatch.h"
+#include "core/device.h"
 #include "core/nn/model.h"
 #include "data/prepare.h"
 #include "train/bench.h"
@@ -46,9 +45,6 @@
 #include "train/model_info.h"
 #include "train/sample.h"
 #include "moelab/build_info.h"
-#if MOELAB_WITH_CUDA
-#include "cuda/runtime.h"
-#endif
 
 namespace {
 
@@ -67,9 +63,7 @@ int run_info() {
     return 0;
   }
   std::printf("GPUs: %d\n", gpus);
-#if MOELAB_WITH_CUDA
-  for (int i = 0; i < gpus; ++i) std::printf("  cuda:%d %s\n", i, moelab::cuda::device_description(i).c_str());
-#endif
+  for (int i = 0; i < gpus; ++i) std::printf("  cuda:%d %s\n", i, moelab::cuda_device_description(i).c_str());
   return 0;
 }
 

@@ -16,7 +16,7 @@ void AdamW::restore(const Tensor& m, const Tensor& v, int64_t step) {
   step_ = step;
 }
 
-void AdamW::step(double lr) {
+void AdamW::step(const Exec& ex, double lr) {
   ++step_;
   for (size_t i = 0; i < params_->entries().size(); ++i) {
     const ParamBuffer::Entry& e = params_->entries()[i];
@@ -33,7 +33,7 @@ void AdamW::step(double lr) {
     const Tensor p = params_->param(i), g = params_->grad(i);
     // In mixed precision the same pass refreshes the parameter's bf16 compute copy.
     const Tensor copy = params_->has_compute_copy() ? params_->compute(i).reshape({p.numel()}) : Tensor();
-    adamw_step(p.reshape({p.numel()}), g.reshape({g.numel()}), m, v, hp, copy);
+    adamw_step(ex, p.reshape({p.numel()}), g.reshape({g.numel()}), m, v, hp, copy);
   }
 }
 

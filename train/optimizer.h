@@ -20,7 +20,7 @@ class AdamW {
 
   // One update of every parameter with learning rate lr from the gradients in params' gradient
   // buffer. Steps count from 1 (bias correction).
-  void step(double lr);
+  void step(const Exec& ex, double lr);
 
   int64_t steps_taken() const { return step_; }
   // Resumes from saved moments (the parameters' flat layout) after `step` updates.

@@ -2,11 +2,7 @@
 
 #include <algorithm>
 
-#include "core/allocator.h"
-#include "core/cuda_dispatch.h"
-#if MOELAB_WITH_CUDA
-#include "cuda/runtime.h"
-#endif
+#include "core/device.h"
 
 namespace moelab {
 
@@ -19,9 +15,7 @@ Runtime make_runtime(const std::string& device, const std::string& precision) {
     MOELAB_CHECK(precision != "bf16", "precision bf16 runs on CUDA only (the CPU trains in fp32)");
     return rt;
   }
-  MOELAB_CHECK(cuda_available(), "device cuda: ",
-               MOELAB_WITH_CUDA ? "no GPU is visible (no driver, no device, or CUDA_VISIBLE_DEVICES hides them)"
-                                : "this moelab was built without CUDA (configure with -DMOELAB_CUDA=ON)");
+  MOELAB_CHECK(cuda_available(), "device cuda: ", no_cuda_reason());
   rt.device = Device::CUDA;
   rt.act = precision == "fp32" ? DType::F32 : DType::BF16;
   rt.gpu = std::make_unique<GpuContext>();
@@ -30,16 +24,12 @@ Runtime make_runtime(const std::string& device, const std::string& precision) {
 
 std::string Runtime::describe() const {
   std::string s = std::string(device_name(device)) + (act == DType::BF16 ? " bf16 (f32 master weights)" : " fp32");
-#if MOELAB_WITH_CUDA
-  if (device == Device::CUDA) s += " on " + cuda::device_description(0);
-#endif
+  if (device == Device::CUDA) s += " on " + cuda_device_description(0);
   return s;
 }
 
 void Runtime::synchronize() const {
-#if MOELAB_WITH_CUDA
-  if (device == Device::CUDA) cuda::synchronize();
-#endif
+  if (device == Device::CUDA) cuda_synchronize();
 }
 
 namespace {
@@ -62,12 +52,10 @@ constexpr size_t kArenaMarginBytes = size_t{64} << 20;
 size_t Runtime::arena_bytes(double predicted) const {
   if (device == Device::CPU) return size_t{8} << 30;
   double want = (1.0 + kArenaMarginFraction) * predicted + static_cast<double>(kArenaMarginBytes);
-#if MOELAB_WITH_CUDA
-  const double free_bytes = static_cast<double>(cuda::free_memory()) - static_cast<double>(size_t{1} << 30);
+  const double free_bytes = static_cast<double>(cuda_free_memory()) - static_cast<double>(size_t{1} << 30);
   MOELAB_CHECK(free_bytes > static_cast<double>(size_t{256} << 20), "the GPU has ",
                (free_bytes + (size_t{1} << 30)) / (1 << 20), " MiB free after the model: too little for activations");
   want = std::min(want, free_bytes);
-#endif
   return static_cast<size_t>(want) / Arena::kAlignment * Arena::kAlignment;
 }
 

@@ -25,6 +25,8 @@ struct Runtime {
   Context context(Arena& arena, int64_t batch, int64_t seq_len) const {
     return Context{&arena, act, batch, seq_len, gpu.get()};
   }
+  // For ops outside a model step (a GEMM probe, one layer's attention): no scratch.
+  Exec exec() const { return Exec{nullptr, gpu.get(), nullptr}; }
   Tensor upload(const Tensor& host) const { return device == Device::CPU ? host : host.to(device); }
   std::string describe() const;      // "cpu fp32", "cuda bf16 (f32 master weights) on NVIDIA H100 ..."
   void synchronize() const;          // waits for the GPU's queued work (timing); a no-op on the CPU

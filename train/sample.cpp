@@ -8,7 +8,7 @@
 #include <cstdio>
 #include <numeric>
 
-#include "cuda/philox.h"
+#include "core/rng.h"
 
 namespace moelab {
 
@@ -116,7 +116,7 @@ std::vector<int32_t> generate(const Model& model, const std::vector<int32_t>& pr
       Model::KVCache scratch = model.new_cache(1, static_cast<int64_t>(seq.size()));
       run(scratch, 0);
     }
-    seq.push_back(sample_token(last, opt, philox::uniform(opt.seed, static_cast<uint64_t>(step))));
+    seq.push_back(sample_token(last, opt, uniform_at(opt.seed, static_cast<uint64_t>(step))));
     const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
     (step == 0 ? st.prefill_seconds : st.decode_seconds) += seconds;
   }

@@ -10,7 +10,7 @@
 // temperature = 0 is greedy (the argmax, ties to the lower id). Otherwise, in this order: logits /
 // temperature, top-k (keep the k most likely tokens), top-p (keep the smallest set of the most
 // likely tokens whose probability reaches p), renormalise, and draw with Philox's uniform number
-// for (seed, step) (cuda/philox.h): the same seed gives the same tokens, on any machine.
+// for (seed, step) (core/rng.h): the same seed gives the same tokens, on any machine.
 // Context limit: the sequence (prompt + new tokens) never grows past max_position_embeddings, the
 // positions the model was built for; generation stops there (SampleStats::context_full) instead of
 // sliding the window. The MTP modules are not used.

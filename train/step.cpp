@@ -64,14 +64,14 @@ StepStats train_step(Model& model, AdamW& optimizer, const Context& ctx, const S
 
   const PhaseScope phase(ctx.profiler, Phase::Optimizer);
   const std::vector<Tensor> grads = {model.params().flat_grads()};
-  stats.grad_norm = grad_norm(grads);
+  stats.grad_norm = grad_norm(ctx, grads);
   // Skip the update on a NaN/Inf loss or gradient: one bad batch must not destroy the weights (the
   // optimizer moments would carry the NaN forever); the caller decides when to give up.
   stats.finite = std::isfinite(stats.losses.total) && std::isfinite(stats.grad_norm);
   if (!stats.finite) return stats;
-  if (cfg.grad_clip > 0) clip_grad_norm(grads, cfg.grad_clip);
-  optimizer.step(cfg.lr);
-  model.update_bias(stats.loads);  // after the optimizer: the bias is a buffer, not a parameter
+  if (cfg.grad_clip > 0) clip_grad_norm(ctx, grads, cfg.grad_clip);
+  optimizer.step(ctx, cfg.lr);
+  model.update_bias(ctx, stats.loads);  // after the optimizer: the bias is a buffer, not a parameter
   return stats;
 }
 

@@ -126,17 +126,28 @@ class RunLog {
     log_.print_line(buf);
   }
 
-  // A logged step: losses, lr, norm, rates (tokens/s, GFLOP/s, MFU), MaxVio, aux loss, expert loads.
-  void step(int64_t step, double lr, const StepStats& st, double seconds, double val_loss) {
+  // A logged step: losses, lr, norm, rates (tokens/s, GFLOP/s, MFU), MaxVio, aux loss, expert loads,
+  // and with the aux-loss-free bias each layer's bias range after the update (read here, at the log
+  // step, not in every forward: on the GPU each read is a small copy to the host).
+  void step(int64_t step, double lr, const StepStats& st, double seconds, double val_loss, const Model& model) {
     nlohmann::ordered_json expert_load = nlohmann::ordered_json::object();
     for (size_t i = 0; i < st.loads.size(); ++i) expert_load[std::to_string(moe_layers_[i])] = st.loads[i];
     const Model::Losses& l = st.losses;
     const double tps = tokens_per_step_ / seconds, flops = tps * info_.flops_per_token;
-    log_.write({{"step", step},        {"loss", l.total},      {"loss_main", l.main},
-                {"loss_mtp", l.mtp},   {"lr", lr},             {"grad_norm", st.grad_norm},
-                {"tokens_per_s", tps}, {"gflops", flops / 1e9}, {"mfu", flops / 1e9 / peak_gflops_},
-                {"max_vio", st.max_vio()}, {"aux_loss", st.balance_loss()},
-                {"ms_per_step", seconds * 1e3}, {"expert_load", expert_load}});
+    nlohmann::ordered_json rec = {{"step", step},        {"loss", l.total},      {"loss_main", l.main},
+                                  {"loss_mtp", l.mtp},   {"lr", lr},             {"grad_norm", st.grad_norm},
+                                  {"tokens_per_s", tps}, {"gflops", flops / 1e9}, {"mfu", flops / 1e9 / peak_gflops_},
+                                  {"max_vio", st.max_vio()}, {"aux_loss", st.balance_loss()},
+                                  {"ms_per_step", seconds * 1e3}, {"expert_load", expert_load}};
+    if (model.config().aux_free_bias && !moe_layers_.empty()) {
+      std::vector<MoEStats> stats = st.last_moe;
+      model.read_bias_ranges(stats);
+      nlohmann::ordered_json bias_range = nlohmann::ordered_json::object();  // per MoE layer: [min, max]
+      for (size_t i = 0; i < stats.size(); ++i)
+        bias_range[std::to_string(moe_layers_[i])] = {stats[i].bias_min, stats[i].bias_max};
+      rec["bias_range"] = bias_range;
+    }
+    log_.write(rec);
     char buf[512];
     std::snprintf(buf, sizeof buf,
                   "step %5lld/%lld | loss %.4f (total %.4f) | val %s | lr %.2e | gnorm %.3f | %s tok/s | %.1f GFLOP/s "
@@ -266,7 +277,7 @@ TrainResult train(const RunConfig& cfg_in, const TrainOptions& options) {
     train_seconds += step_s;
     result.train_loss = st.losses.total;
 
-    if (step % tc.log_every == 0 || step == tc.steps) log.step(step, lr, st, step_s, result.val_loss);
+    if (step % tc.log_every == 0 || step == tc.steps) log.step(step, lr, st, step_s, result.val_loss, model);
     if (tc.eval_every > 0 && step % tc.eval_every == 0 && step < tc.steps) run_eval(step);
     if (tc.ckpt_every > 0 && step % tc.ckpt_every == 0 && step < tc.steps) save(step);
     log.metrics().progress(step, tc.steps, train_seconds / static_cast<double>(step - start_step));

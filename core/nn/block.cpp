@@ -22,13 +22,13 @@ void Block::forward(const Context& ctx, const Tensor& x, const Tensor& y, Saved&
   if (attention_ == AttentionKind::MLA) mla_.forward(ctx, normed, branch, s.mla);
   else gqa_.forward(ctx, normed, branch, s.gqa);
   Tensor h = ctx.alloc(shape);
-  add(x, branch, h);
+  add(ctx, x, branch, h);
   // y = h + FFN(RMSNorm_post(h)).
   Tensor normed2 = ctx.alloc(shape), branch2 = ctx.alloc(shape);
   ffn_norm_.forward(ctx, h, normed2, s.ffn_norm);
   if (is_moe_) moe_.forward(ctx, normed2, branch2, s.moe, s.stats);
   else mlp_.forward(ctx, normed2, branch2, s.mlp);
-  add(h, branch2, y);
+  add(ctx, h, branch2, y);
 }
 
 void Block::backward(const Context& ctx, const Saved& s, const Tensor& grad_y, double balance_grad_scale,
@@ -38,14 +38,14 @@ void Block::backward(const Context& ctx, const Saved& s, const Tensor& grad_y, d
   Tensor g_normed2 = ctx.alloc(shape), g_h = ctx.alloc(shape);
   if (is_moe_) moe_.backward(ctx, s.moe, grad_y, balance_grad_scale, g_normed2);
   else mlp_.backward(ctx, s.mlp, grad_y, g_normed2);
-  ffn_norm_.backward(s.ffn_norm, g_normed2, g_h);
-  add(g_h, grad_y, g_h);
+  ffn_norm_.backward(ctx, s.ffn_norm, g_normed2, g_h);
+  add(ctx, g_h, grad_y, g_h);
   // Through the attention branch: d x = d h + RMSNorm_in'(Attn'(d h)).
   Tensor g_normed = ctx.alloc(shape);
   if (attention_ == AttentionKind::MLA) mla_.backward(ctx, s.mla, g_h, g_normed);
   else gqa_.backward(ctx, s.gqa, g_h, g_normed);
-  attn_norm_.backward(s.attn_norm, g_normed, grad_x);
-  add(grad_x, g_h, grad_x);
+  attn_norm_.backward(ctx, s.attn_norm, g_normed, grad_x);
+  add(ctx, grad_x, g_h, grad_x);
 }
 
 LayerCost Block::attention_cost(const CostShape& shape) const {

@@ -1,6 +1,6 @@
-// The per-forward context every layer receives: where activations come from (the step's arena),
-// their dtype, the batch structure (B sequences of T tokens; N = B*T rows everywhere) and, on
-// CUDA, the GpuContext (cuBLASLt) that the matmuls need.
+// The per-forward context every layer receives: the execution context of its ops (core/exec.h:
+// stream, cuBLASLt, device scratch), where activations come from (the step's arena), their dtype,
+// and the batch structure (B sequences of T tokens; N = B*T rows everywhere).
 //
 // Precision (DESIGN.md): activations are `dtype` (CPU: f32, or f64 in gradient checks; CUDA: bf16
 // in mixed-precision training, or f32); statistics that must stay in full precision (RMSNorm's
@@ -16,19 +16,24 @@
 #include <cstdint>
 
 #include "core/arena.h"
-#include "core/gpu_context.h"
+#include "core/exec.h"
 #include "core/profile.h"
 #include "core/tensor.h"
 
 namespace moelab {
 
-struct Context {
+// An Exec (stream, gpu, scratch) plus the layers' own needs; scratch is `arena` on CUDA.
+struct Context : Exec {
   Arena* arena = nullptr;
   DType dtype = DType::F32;  // activations: f32 or bf16 (training), f64 (gradient checks)
   int64_t batch = 0;         // B
   int64_t seq_len = 0;       // T
-  const GpuContext* gpu = nullptr;  // required when the arena is on CUDA
   Profiler* profiler = nullptr;     // phase timing (`moelab bench`); null: off
+
+  Context() = default;
+  // gpu is required when the arena is on CUDA.
+  Context(Arena* arena_, DType dtype_, int64_t batch_, int64_t seq_len_, const GpuContext* gpu_ = nullptr)
+      : Exec{nullptr, gpu_, arena_}, arena(arena_), dtype(dtype_), batch(batch_), seq_len(seq_len_) {}
 
   int64_t tokens() const { return batch * seq_len; }  // N
   Device device() const { return arena->device(); }

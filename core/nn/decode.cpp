@@ -60,19 +60,19 @@ void MLAttention::decode(const Context& ctx, const Tensor& x, const Tensor& y, K
   } else {
     q_proj_.forward(ctx, x, q.as_rows(N));
   }
-  rope_forward(q, q, nope_, rope_, rope_theta_, pos);
+  rope_forward(ctx, q, q, nope_, rope_, rope_theta_, pos);
   // The new tokens' cache entries: the normalised latent and the turned rope key, nothing per head.
   Tensor kva = ctx.alloc({N, kv_rank_ + rope_}), ckv_raw = ctx.alloc({N, kv_rank_}), ckv = ctx.alloc({N, kv_rank_});
   Tensor kr = ctx.alloc({B, n, 1, rope_});
   kv_a_proj_.forward(ctx, x, kva);
-  split_columns(kva, ckv_raw, kr.as_rows(N));
+  split_columns(ctx, kva, ckv_raw, kr.as_rows(N));
   kv_a_norm_.forward(ctx, ckv_raw, ckv, unused);
-  rope_forward(kr, kr, 0, rope_, rope_theta_, pos);
+  rope_forward(ctx, kr, kr, 0, rope_, rope_theta_, pos);
   write_cache(cache.ckv, ckv, pos, n);
   write_cache(cache.kr, kr, pos, n);
   // Every head attends over the cached latents with W_kvb folded into its query and output.
   Tensor out = ctx.alloc({B, n, heads_, v_dim_});
-  mla_decode_attention(q, kv_b_proj_.weight(), cache.ckv, cache.kr, scale(), pos, out);
+  mla_decode_attention(ctx, q, kv_b_proj_.weight(), cache.ckv, cache.kr, scale(), pos, out);
   o_proj_.forward(ctx, out.as_rows(N), y);
 }
 
@@ -109,13 +109,13 @@ void GQAttention::decode(const Context& ctx, const Tensor& x, const Tensor& y, K
   k_proj_.forward(ctx, x, k.as_rows(N));
   v_proj_.forward(ctx, x, v.as_rows(N));
   if (rope_dim_ > 0) {
-    rope_forward(q, q, head_dim_ - rope_dim_, rope_dim_, rope_theta_, pos);
-    rope_forward(k, k, head_dim_ - rope_dim_, rope_dim_, rope_theta_, pos);
+    rope_forward(ctx, q, q, head_dim_ - rope_dim_, rope_dim_, rope_theta_, pos);
+    rope_forward(ctx, k, k, head_dim_ - rope_dim_, rope_dim_, rope_theta_, pos);
   }
   write_cache(cache.k, k, pos, n);
   write_cache(cache.v, v, pos, n);
   Tensor out = ctx.alloc({B, n, heads_, head_dim_});
-  attention_decode_forward(q, cache.k, cache.v, static_cast<float>(1.0 / std::sqrt(static_cast<double>(head_dim_))),
+  attention_decode_forward(ctx, q, cache.k, cache.v, static_cast<float>(1.0 / std::sqrt(static_cast<double>(head_dim_))),
                            pos, out);
   o_proj_.forward(ctx, out.as_rows(N), y);
 }
@@ -152,7 +152,7 @@ void MoE::decode(const Context& ctx, const Tensor& x, const Tensor& y) const {
   if (cfg_.n_shared_experts > 0) {
     Tensor shared_y = ctx.alloc(x.shape());
     shared_.forward(ctx, x, shared_y, s.shared);
-    add(y, shared_y, y);
+    add(ctx, y, shared_y, y);
   }
 }
 
@@ -206,7 +206,7 @@ void Block::decode(const Context& ctx, const Tensor& x, const Tensor& y, KVCache
   attn_norm_.forward(ctx, x, normed, unused);
   if (attention_ == AttentionKind::MLA) mla_.decode(ctx, normed, branch, cache.mla, pos);
   else gqa_.decode(ctx, normed, branch, cache.gqa, pos);
-  add(x, branch, h);
+  add(ctx, x, branch, h);
   // y = h + FFN(RMSNorm_post(h)), per token.
   Tensor normed2 = ctx.alloc(shape), branch2 = ctx.alloc(shape);
   ffn_norm_.forward(ctx, h, normed2, unused);
@@ -216,7 +216,7 @@ void Block::decode(const Context& ctx, const Tensor& x, const Tensor& y, KVCache
     SwiGLUMLP::Saved mlp_unused;
     mlp_.forward(ctx, normed2, branch2, mlp_unused);
   }
-  add(h, branch2, y);
+  add(ctx, h, branch2, y);
 }
 
 int64_t Block::decode_bytes(const CostShape& shape) const {
@@ -265,7 +265,7 @@ void Model::decode(const Context& ctx, const Tensor& ids, int64_t pos, KVCache& 
                ") exceed the cache's capacity of ", cache.capacity, " (max_position_embeddings = ",
                cfg_.max_position_embeddings, ")");
   Tensor h = ctx.alloc({N, D});
-  embed_.forward(ids.reshape({N}), h);
+  embed_.forward(ctx, ids.reshape({N}), h);
   for (size_t l = 0; l < blocks_.size(); ++l) {
     Tensor next = ctx.alloc({N, D});
     blocks_[l].decode(ctx, h, next, cache.layers[l], pos);
@@ -274,7 +274,7 @@ void Model::decode(const Context& ctx, const Tensor& ids, int64_t pos, KVCache& 
   Tensor normed = ctx.alloc({N, D});
   RMSNorm::Saved unused;
   final_norm_.forward(ctx, h, normed, unused);
-  matmul_forward(normed, head_weight(), logits, ctx.gpu);
+  matmul_forward(ctx, normed, head_weight(), logits);
   cache.length = pos + n;
 }
 

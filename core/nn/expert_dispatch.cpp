@@ -30,29 +30,29 @@ std::shared_ptr<const DispatchLayout> LocalExpertDispatch::layout(const Context&
   auto layout = std::make_shared<LocalDispatchLayout>();
   layout->pos = ctx.alloc(topk_idx.shape(), DType::I32);
   layout->first_expert = 0;
-  layout->num_tokens_per_expert = moe_dispatch_layout(topk_idx, num_experts, layout->pos);
+  layout->num_tokens_per_expert = moe_dispatch_layout(ctx, topk_idx, num_experts, layout->pos);
   return layout;
 }
 
-void LocalExpertDispatch::dispatch(const Context&, const DispatchLayout& layout, const Tensor& x,
+void LocalExpertDispatch::dispatch(const Context& ctx, const DispatchLayout& layout, const Tensor& x,
                                    const Tensor& expert_x) const {
-  moe_dispatch_forward(x, pos_of(layout), expert_x);
+  moe_dispatch_forward(ctx, x, pos_of(layout), expert_x);
 }
 
-void LocalExpertDispatch::combine(const Context&, const DispatchLayout& layout, const Tensor& expert_y,
+void LocalExpertDispatch::combine(const Context& ctx, const DispatchLayout& layout, const Tensor& expert_y,
                                   const Tensor& topk_weights, const Tensor& y) const {
-  moe_combine_forward(expert_y, pos_of(layout), topk_weights, y);
+  moe_combine_forward(ctx, expert_y, pos_of(layout), topk_weights, y);
 }
 
-void LocalExpertDispatch::combine_backward(const Context&, const DispatchLayout& layout, const Tensor& grad_y,
+void LocalExpertDispatch::combine_backward(const Context& ctx, const DispatchLayout& layout, const Tensor& grad_y,
                                            const Tensor& expert_y, const Tensor& topk_weights,
                                            const Tensor& grad_expert_y, const Tensor& grad_topk_weights) const {
-  moe_combine_backward(grad_y, expert_y, pos_of(layout), topk_weights, grad_expert_y, grad_topk_weights);
+  moe_combine_backward(ctx, grad_y, expert_y, pos_of(layout), topk_weights, grad_expert_y, grad_topk_weights);
 }
 
-void LocalExpertDispatch::dispatch_backward(const Context&, const DispatchLayout& layout, const Tensor& grad_expert_x,
+void LocalExpertDispatch::dispatch_backward(const Context& ctx, const DispatchLayout& layout, const Tensor& grad_expert_x,
                                             const Tensor& grad_x) const {
-  moe_dispatch_backward(grad_expert_x, pos_of(layout), grad_x);
+  moe_dispatch_backward(ctx, grad_expert_x, pos_of(layout), grad_x);
 }
 
 }  // namespace moelab

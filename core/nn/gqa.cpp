@@ -37,12 +37,12 @@ void GQAttention::forward(const Context& ctx, const Tensor& x, const Tensor& y, 
   k_proj_.forward(ctx, x, s.k.as_rows(N));
   v_proj_.forward(ctx, x, s.v.as_rows(N));
   if (rope_dim_ > 0) {  // the last rope_dim_ dims of each head turn
-    rope_forward(s.q, s.q, head_dim_ - rope_dim_, rope_dim_, rope_theta_);
-    rope_forward(s.k, s.k, head_dim_ - rope_dim_, rope_dim_, rope_theta_);
+    rope_forward(ctx, s.q, s.q, head_dim_ - rope_dim_, rope_dim_, rope_theta_);
+    rope_forward(ctx, s.k, s.k, head_dim_ - rope_dim_, rope_dim_, rope_theta_);
   }
   {
     const PhaseScope phase(ctx.profiler, Phase::Attention);
-    attention_forward(s.q, s.k, s.v, static_cast<float>(1.0 / std::sqrt(static_cast<double>(head_dim_))), s.out, s.lse);
+    attention_forward(ctx, s.q, s.k, s.v, static_cast<float>(1.0 / std::sqrt(static_cast<double>(head_dim_))), s.out, s.lse);
   }
   o_proj_.forward(ctx, s.out.as_rows(N), y);
 }
@@ -54,19 +54,19 @@ void GQAttention::backward(const Context& ctx, const Saved& s, const Tensor& gra
   Tensor gq = ctx.alloc(s.q.shape()), gk = ctx.alloc(s.k.shape()), gv = ctx.alloc(s.v.shape());
   {
     const PhaseScope phase(ctx.profiler, Phase::Attention);
-    attention_backward(grad_out.reshape(s.out.shape()), s.q, s.k, s.v, s.out, s.lse,
+    attention_backward(ctx, grad_out.reshape(s.out.shape()), s.q, s.k, s.v, s.out, s.lse,
                        static_cast<float>(1.0 / std::sqrt(static_cast<double>(head_dim_))), gq, gk, gv);
   }
   if (rope_dim_ > 0) {
-    rope_backward(gq, gq, head_dim_ - rope_dim_, rope_dim_, rope_theta_);
-    rope_backward(gk, gk, head_dim_ - rope_dim_, rope_dim_, rope_theta_);
+    rope_backward(ctx, gq, gq, head_dim_ - rope_dim_, rope_dim_, rope_theta_);
+    rope_backward(ctx, gk, gk, head_dim_ - rope_dim_, rope_dim_, rope_theta_);
   }
   Tensor gx_part = ctx.alloc(grad_x.shape());
   q_proj_.backward(ctx, s.x, gq.as_rows(N), grad_x);
   k_proj_.backward(ctx, s.x, gk.as_rows(N), gx_part);
-  add(grad_x, gx_part, grad_x);
+  add(ctx, grad_x, gx_part, grad_x);
   v_proj_.backward(ctx, s.x, gv.as_rows(N), gx_part);
-  add(grad_x, gx_part, grad_x);
+  add(ctx, grad_x, gx_part, grad_x);
 }
 
 LayerCost GQAttention::cost(const CostShape& shape) const {

@@ -11,12 +11,12 @@ Linear::Linear(ParamBuffer& params, const std::string& name, int64_t in, int64_t
 
 void Linear::forward(const Context& ctx, const Tensor& x, const Tensor& y) const {
   const PhaseScope phase(ctx.profiler, Phase::DenseGemm, /*keep_router_or_expert=*/true);
-  matmul_forward(x, weight(), y, ctx.gpu);
+  matmul_forward(ctx, x, weight(), y);
 }
 
 void Linear::backward(const Context& ctx, const Tensor& x, const Tensor& grad_y, const Tensor& grad_x) const {
   const PhaseScope phase(ctx.profiler, Phase::DenseGemm, /*keep_router_or_expert=*/true);
-  matmul_backward(grad_y, x, weight(), grad_x, grad_weight(), ctx.gpu);
+  matmul_backward(ctx, grad_y, x, weight(), grad_x, grad_weight());
 }
 
 LayerCost Linear::cost(const CostShape&) const {

@@ -50,24 +50,24 @@ void MLAttention::forward(const Context& ctx, const Tensor& x, const Tensor& y, 
   } else {
     q_proj_.forward(ctx, x, s.q.as_rows(N));
   }
-  rope_forward(s.q, s.q, nope_, rope_, rope_theta_);
+  rope_forward(ctx, s.q, s.q, nope_, rope_, rope_theta_);
   // Keys and values: one latent and one rope key per token, expanded per head.
   Tensor kva = ctx.alloc({N, kv_rank_ + rope_}), ckv_raw = ctx.alloc({N, kv_rank_}), kr = ctx.alloc({B, T, 1, rope_});
   kv_a_proj_.forward(ctx, x, kva);
-  split_columns(kva, ckv_raw, kr.as_rows(N));
+  split_columns(ctx, kva, ckv_raw, kr.as_rows(N));
   s.ckv = ctx.alloc({N, kv_rank_});
   kv_a_norm_.forward(ctx, ckv_raw, s.ckv, s.kv_norm);
-  rope_forward(kr, kr, 0, rope_, rope_theta_);
+  rope_forward(ctx, kr, kr, 0, rope_, rope_theta_);
   Tensor kv = ctx.alloc({N, heads_, nope_ + v_dim_});
   kv_b_proj_.forward(ctx, s.ckv, kv.as_rows(N));
   s.k = ctx.alloc({B, T, heads_, nope_ + rope_});
   s.v = ctx.alloc({B, T, heads_, v_dim_});
-  mla_kv_forward(kv, kr, heads_, nope_, s.k, s.v);
+  mla_kv_forward(ctx, kv, kr, heads_, nope_, s.k, s.v);
   s.out = ctx.alloc({B, T, heads_, v_dim_});
   s.lse = ctx.alloc_stat({B, heads_, T});
   {
     const PhaseScope phase(ctx.profiler, Phase::Attention);
-    attention_forward(s.q, s.k, s.v, scale(), s.out, s.lse);
+    attention_forward(ctx, s.q, s.k, s.v, scale(), s.out, s.lse);
   }
   o_proj_.forward(ctx, s.out.as_rows(N), y);
 }
@@ -79,32 +79,32 @@ void MLAttention::backward(const Context& ctx, const Saved& s, const Tensor& gra
   Tensor gq = ctx.alloc(s.q.shape()), gk = ctx.alloc(s.k.shape()), gv = ctx.alloc(s.v.shape());
   {
     const PhaseScope phase(ctx.profiler, Phase::Attention);
-    attention_backward(grad_out, s.q, s.k, s.v, s.out, s.lse, scale(), gq, gk, gv);
+    attention_backward(ctx, grad_out, s.q, s.k, s.v, s.out, s.lse, scale(), gq, gk, gv);
   }
 
   // Key/value path back to x.
   Tensor gkv = ctx.alloc({N, heads_, nope_ + v_dim_}), gkr = ctx.alloc({N, rope_});
-  mla_kv_backward(gk, gv, heads_, nope_, gkv, gkr);
-  rope_backward(gkr.reshape({ctx.batch, ctx.seq_len, 1, rope_}), gkr.reshape({ctx.batch, ctx.seq_len, 1, rope_}), 0,
+  mla_kv_backward(ctx, gk, gv, heads_, nope_, gkv, gkr);
+  rope_backward(ctx, gkr.reshape({ctx.batch, ctx.seq_len, 1, rope_}), gkr.reshape({ctx.batch, ctx.seq_len, 1, rope_}), 0,
                 rope_, rope_theta_);
   Tensor gckv = ctx.alloc({N, kv_rank_}), gckv_raw = ctx.alloc({N, kv_rank_}), gkva = ctx.alloc({N, kv_rank_ + rope_});
   kv_b_proj_.backward(ctx, s.ckv, gkv.as_rows(N), gckv);
-  kv_a_norm_.backward(s.kv_norm, gckv, gckv_raw);
-  concat_columns(gckv_raw, gkr, gkva);
+  kv_a_norm_.backward(ctx, s.kv_norm, gckv, gckv_raw);
+  concat_columns(ctx, gckv_raw, gkr, gkva);
   kv_a_proj_.backward(ctx, s.x, gkva, grad_x);
 
   // Query path back to x, added to the kv path's gradient.
-  rope_backward(gq, gq, nope_, rope_, rope_theta_);
+  rope_backward(ctx, gq, gq, nope_, rope_, rope_theta_);
   Tensor gx_q = ctx.alloc(grad_x.shape());
   if (q_rank_ > 0) {
     Tensor gcq = ctx.alloc({N, q_rank_}), gcq_raw = ctx.alloc({N, q_rank_});
     q_b_proj_.backward(ctx, s.cq, gq.as_rows(N), gcq);
-    q_a_norm_.backward(s.q_norm, gcq, gcq_raw);
+    q_a_norm_.backward(ctx, s.q_norm, gcq, gcq_raw);
     q_a_proj_.backward(ctx, s.x, gcq_raw, gx_q);
   } else {
     q_proj_.backward(ctx, s.x, gq.as_rows(N), gx_q);
   }
-  add(grad_x, gx_q, grad_x);
+  add(ctx, grad_x, gx_q, grad_x);
 }
 
 LayerCost MLAttention::cost(const CostShape& shape) const {

@@ -18,7 +18,7 @@ void SwiGLUMLP::forward(const Context& ctx, const Tensor& x, const Tensor& y, Sa
   s.hidden = ctx.alloc({n, f});
   gate_.forward(ctx, x, s.gate);
   up_.forward(ctx, x, s.up);
-  swiglu_forward(s.gate, s.up, s.hidden);
+  swiglu_forward(ctx, s.gate, s.up, s.hidden);
   down_.forward(ctx, s.hidden, y);
 }
 
@@ -26,11 +26,11 @@ void SwiGLUMLP::backward(const Context& ctx, const Saved& s, const Tensor& grad_
   const int64_t n = s.x.numel() / s.x.size(-1), f = hidden_size();
   Tensor grad_hidden = ctx.alloc({n, f}), grad_gate = ctx.alloc({n, f}), grad_up = ctx.alloc({n, f});
   down_.backward(ctx, s.hidden, grad_y, grad_hidden);
-  swiglu_backward(grad_hidden, s.gate, s.up, grad_gate, grad_up);
+  swiglu_backward(ctx, grad_hidden, s.gate, s.up, grad_gate, grad_up);
   Tensor grad_x_up = ctx.alloc(grad_x.shape());
   gate_.backward(ctx, s.x, grad_gate, grad_x);
   up_.backward(ctx, s.x, grad_up, grad_x_up);
-  add(grad_x, grad_x_up, grad_x);
+  add(ctx, grad_x, grad_x_up, grad_x);
 }
 
 LayerCost SwiGLUMLP::cost(const CostShape& shape) const {

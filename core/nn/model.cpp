@@ -1,5 +1,8 @@
 #include "core/nn/model.h"
 
+#include <cmath>
+#include <tuple>
+
 #include "core/ops/columns.h"
 #include "core/ops/cross_entropy.h"
 #include "core/ops/elementwise.h"
@@ -42,18 +45,18 @@ double Model::head_forward(const Context& ctx, const RMSNorm& norm, const Tensor
                            HeadSaved& hs) const {
   const int64_t B = ctx.batch, T = ctx.seq_len, N = ctx.tokens(), V = cfg_.vocab_size;
   hs.targets = ctx.alloc({B, T}, DType::I32);
-  slice_columns(tokens, k + 1, hs.targets);
+  slice_columns(ctx, tokens, k + 1, hs.targets);
   hs.normed = ctx.alloc(h.shape());
   norm.forward(ctx, h, hs.normed, hs.norm);
   hs.logits = ctx.alloc({N, V});
   {
     const PhaseScope phase(ctx.profiler, Phase::DenseGemm);
-    matmul_forward(hs.normed, head_weight(), hs.logits, ctx.gpu);
+    matmul_forward(ctx, hs.normed, head_weight(), hs.logits);
   }
   hs.lse = ctx.alloc_stat({N});
   hs.losses = ctx.alloc_stat({N});
   const PhaseScope phase(ctx.profiler, Phase::Loss);
-  return cross_entropy_forward(hs.logits, hs.targets.reshape({N}), kIgnoreIndex, hs.losses, hs.lse);
+  return cross_entropy_forward(ctx, hs.logits, hs.targets.reshape({N}), kIgnoreIndex, hs.losses, hs.lse);
 }
 
 void Model::head_backward(const Context& ctx, const RMSNorm& norm, const HeadSaved& hs, double weight,
@@ -62,13 +65,13 @@ void Model::head_backward(const Context& ctx, const RMSNorm& norm, const HeadSav
   Tensor grad_logits = ctx.alloc(hs.logits.shape()), grad_normed = ctx.alloc(hs.normed.shape());
   {
     const PhaseScope phase(ctx.profiler, Phase::Loss);
-    cross_entropy_backward(hs.logits, hs.targets.reshape({N}), hs.lse, kIgnoreIndex, weight, grad_logits);
+    cross_entropy_backward(ctx, hs.logits, hs.targets.reshape({N}), hs.lse, kIgnoreIndex, weight, grad_logits);
   }
   {
     const PhaseScope phase(ctx.profiler, Phase::DenseGemm);
-    matmul_backward(grad_logits, hs.normed, head_weight(), grad_normed, head_grad(), ctx.gpu);
+    matmul_backward(ctx, grad_logits, hs.normed, head_weight(), grad_normed, head_grad());
   }
-  norm.backward(hs.norm, grad_normed, grad_h);
+  norm.backward(ctx, hs.norm, grad_normed, grad_h);
 }
 
 Model::Losses Model::forward(const Context& ctx, const Tensor& tokens, Saved& s) const {
@@ -81,11 +84,11 @@ Model::Losses Model::forward(const Context& ctx, const Tensor& tokens, Saved& s)
   Losses losses;
   // Trunk.
   s.head.ids = ctx.alloc({B, T}, DType::I32);
-  slice_columns(tokens, 0, s.head.ids);
+  slice_columns(ctx, tokens, 0, s.head.ids);
   s.hidden.assign(blocks_.size() + 1, Tensor());
   s.blocks.assign(blocks_.size(), Block::Saved());
   s.hidden[0] = ctx.alloc({N, D});
-  embed_.forward(s.head.ids.reshape({N}), s.hidden[0]);
+  embed_.forward(ctx, s.head.ids.reshape({N}), s.hidden[0]);
   for (size_t l = 0; l < blocks_.size(); ++l) {
     s.hidden[l + 1] = ctx.alloc({N, D});
     blocks_[l].forward(ctx, s.hidden[l], s.hidden[l + 1], s.blocks[l]);
@@ -99,9 +102,9 @@ Model::Losses Model::forward(const Context& ctx, const Tensor& tokens, Saved& s)
     MtpSaved& ms = s.mtp[i];
     const int64_t k = static_cast<int64_t>(i) + 1;
     ms.head.ids = ctx.alloc({B, T}, DType::I32);
-    slice_columns(tokens, k, ms.head.ids);
+    slice_columns(ctx, tokens, k, ms.head.ids);
     ms.emb = ctx.alloc({N, D});
-    embed_.forward(ms.head.ids.reshape({N}), ms.emb);
+    embed_.forward(ctx, ms.head.ids.reshape({N}), ms.emb);
     ms.out = ctx.alloc({N, D});
     m.forward(ctx, ms.emb, h_prev, ms.out, ms.module);
     losses.mtp.push_back(head_forward(ctx, m.head_norm(), ms.out, tokens, k, ms.head));
@@ -129,22 +132,22 @@ void Model::backward(const Context& ctx, const Saved& s, double grad_scale) cons
     const MtpSaved& ms = s.mtp[i];
     Tensor grad_out = ctx.alloc({N, D});
     head_backward(ctx, m.head_norm(), ms.head, mtp_weight, grad_out);
-    if (grad_carry.defined()) add(grad_out, grad_carry, grad_out);
+    if (grad_carry.defined()) add(ctx, grad_out, grad_carry, grad_out);
     Tensor grad_emb = ctx.alloc({N, D}), grad_h = ctx.alloc({N, D});
     m.backward(ctx, ms.module, grad_out, grad_scale, grad_emb, grad_h);
-    embed_.backward(ms.head.ids.reshape({N}), grad_emb);
+    embed_.backward(ctx, ms.head.ids.reshape({N}), grad_emb);
     grad_carry = grad_h;
   }
   // Main head, then the blocks in reverse, then the embedding.
   Tensor grad_h = ctx.alloc({N, D});
   head_backward(ctx, final_norm_, s.head, grad_scale, grad_h);
-  if (grad_carry.defined()) add(grad_h, grad_carry, grad_h);
+  if (grad_carry.defined()) add(ctx, grad_h, grad_carry, grad_h);
   for (size_t l = blocks_.size(); l-- > 0;) {
     Tensor grad_in = ctx.alloc({N, D});
     blocks_[l].backward(ctx, s.blocks[l], grad_h, grad_scale, grad_in);
     grad_h = grad_in;
   }
-  embed_.backward(s.head.ids.reshape({N}), grad_h);
+  embed_.backward(ctx, s.head.ids.reshape({N}), grad_h);
 }
 
 LayerCost Model::head_use_cost(const CostShape& shape) const {
@@ -222,15 +225,55 @@ std::vector<MoEStats> Model::moe_stats(const Saved& s) const {
   return stats;
 }
 
-void Model::update_bias(const std::vector<std::vector<double>>& loads) const {
+const MoE& Model::moe_of(int64_t layer) const {
+  const auto l = static_cast<size_t>(layer);
+  const Block& b = l < blocks_.size() ? blocks_[l] : mtp_[l - blocks_.size()].block();
+  return b.moe();
+}
+
+void Model::update_bias(const Exec& ex, const std::vector<std::vector<double>>& loads) const {
   const std::vector<int64_t> layers = moe_layers();
   MOELAB_CHECK(loads.size() == layers.size(), "update_bias: ", loads.size(), " load vectors for ", layers.size(),
                " MoE layers");
-  for (size_t i = 0; i < layers.size(); ++i) {
-    const auto l = static_cast<size_t>(layers[i]);
-    const Block& b = l < blocks_.size() ? blocks_[l] : mtp_[l - blocks_.size()].block();
-    b.moe().update_bias(loads[i]);
+  if (layers.empty() || !cfg_.aux_free_bias) return;  // no bias to move
+  const auto L = static_cast<int64_t>(layers.size());
+  const int64_t E = cfg_.n_routed_experts;
+  // The loads as f32 [L, E] (counts: exact below 2^24, so the update is the one the double counts give).
+  const Tensor host = Tensor::empty({L, E}, DType::F32);
+  float* h = host.data<float>();
+  for (int64_t i = 0; i < L; ++i) {
+    const std::vector<double>& load = loads[static_cast<size_t>(i)];
+    MOELAB_CHECK(static_cast<int64_t>(load.size()) == E, "update_bias: layer ", layers[static_cast<size_t>(i)],
+                 ": load has ", load.size(), " entries, expected n_routed_experts = ", E);
+    for (int64_t e = 0; e < E; ++e) {
+      const double v = load[static_cast<size_t>(e)];
+      MOELAB_CHECK(std::isfinite(v) && v >= 0, "update_bias: layer ", layers[static_cast<size_t>(i)], ": load[", e,
+                   "] = ", v, ", expected a finite count >= 0");
+      h[i * E + e] = static_cast<float>(v);
+    }
   }
+  auto update = [&](const Tensor& all) {  // all: [L, E] on the biases' device
+    for (int64_t i = 0; i < L; ++i)
+      moe_of(layers[static_cast<size_t>(i)]).update_bias(ex, all.slice(i, i + 1).reshape({E}));
+  };
+  if (moe_of(layers[0]).e_score_correction_bias().device() == Device::CPU) {
+    update(host);
+    return;
+  }
+  // On the GPU: ONE upload of all the loads (L * E floats, a synchronous host-to-device copy) into
+  // the op scratch, then one small kernel per layer; nothing comes back.
+  ScratchScope scratch(ex, "Model::update_bias");
+  const Tensor load = scratch.take({L, E}, DType::F32);
+  load.copy_from(host);
+  update(load);
+}
+
+void Model::read_bias_ranges(std::vector<MoEStats>& stats) const {
+  const std::vector<int64_t> layers = moe_layers();
+  MOELAB_CHECK(stats.size() == layers.size(), "read_bias_ranges: ", stats.size(), " stats for ", layers.size(),
+               " MoE layers");
+  for (size_t i = 0; i < layers.size(); ++i)
+    std::tie(stats[i].bias_min, stats[i].bias_max) = moe_of(layers[i]).bias_range();
 }
 
 }  // namespace moelab

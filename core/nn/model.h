@@ -70,10 +70,16 @@ class Model {
   void backward(const Context& ctx, const Saved& saved, double grad_scale = 1.0) const;
 
   // The MoE layers in HF layer order (MTP blocks after the trunk), their stats from a forward, and
-  // the aux-loss-free bias update with one global load vector per MoE layer.
+  // the aux-loss-free bias update with one global load vector per MoE layer (token counts, checked
+  // finite and >= 0 here). The loads are gathered into one f32 [layers, E] tensor, which on CUDA is
+  // the update's one small host-to-device copy (into ex.scratch), then each MoE layer updates its
+  // bias on the device (MoE::update_bias).
   std::vector<int64_t> moe_layers() const;
   std::vector<MoEStats> moe_stats(const Saved& saved) const;
-  void update_bias(const std::vector<std::vector<double>>& loads) const;
+  void update_bias(const Exec& ex, const std::vector<std::vector<double>>& loads) const;
+  // Fills bias_min / bias_max of stats (moe_stats' order) from the current biases, for the log step
+  // (on CUDA one small copy to the host per MoE layer).
+  void read_bias_ranges(std::vector<MoEStats>& stats) const;
 
   // Generation with a KV cache (core/nn/decode.cpp): embedding -> blocks (decode) -> final norm ->
   // LM head; the MTP modules are not used at inference.
@@ -120,6 +126,7 @@ class Model {
  private:
   Tensor head_weight() const;
   Tensor head_grad() const;
+  const MoE& moe_of(int64_t layer) const;  // the MoE of one of moe_layers() (trunk or MTP block)
   // norm -> head -> cross-entropy on tokens[:, k+1 : T+k+1]; returns the mean loss.
   double head_forward(const Context& ctx, const RMSNorm& norm, const Tensor& h, const Tensor& tokens, int64_t k,
                       HeadSaved& hs) const;

@@ -2,13 +2,12 @@
 #include "core/nn/moe.h"
 
 #include <algorithm>
-#include <cmath>
-#include <numeric>
 
 #include "core/ops/activation.h"
 #include "core/ops/elementwise.h"
 #include "core/ops/matmul.h"
 #include "core/ops/moe_balance.h"
+#include "core/ops/moe_bias.h"
 #include "core/ops/moe_route.h"
 #include "core/ops/op_util.h"
 
@@ -91,48 +90,42 @@ void MoE::route(const Context& ctx, const Tensor& x, Saved& s, MoEStats& stats) 
   s.x_router = x;
   if (x.dtype() != ctx.stat_dtype()) {
     s.x_router = ctx.alloc_stat(x.shape());
-    cast(x, s.x_router);
+    cast(ctx, x, s.x_router);
   }
   s.logits = ctx.alloc_stat({N, E});
-  matmul_forward(s.x_router, gate_.master_weight(), s.logits, ctx.gpu);
+  matmul_forward(ctx, s.x_router, gate_.master_weight(), s.logits);
   s.scores = ctx.alloc_stat({N, E});
-  if (cfg_.scoring_func == ScoreFunc::Sigmoid) sigmoid_forward(s.logits, s.scores);
-  else softmax_forward(s.logits, s.scores);
+  if (cfg_.scoring_func == ScoreFunc::Sigmoid) sigmoid_forward(ctx, s.logits, s.scores);
+  else softmax_forward(ctx, s.logits, s.scores);
 
   s.topk_idx = ctx.alloc({N, K}, DType::I32);
-  moe_route_topk(s.scores, e_score_correction_bias(), cfg_.n_group, cfg_.topk_group, s.topk_idx);
+  moe_route_topk(ctx, s.scores, e_score_correction_bias(), cfg_.n_group, cfg_.topk_group, s.topk_idx);
   s.topk_weights = ctx.alloc_stat({N, K});
-  moe_gate_forward(s.scores, s.topk_idx, cfg_.norm_topk_prob, cfg_.routed_scaling_factor, s.topk_weights);
+  moe_gate_forward(ctx, s.scores, s.topk_idx, cfg_.norm_topk_prob, cfg_.routed_scaling_factor, s.topk_weights);
 
   s.expert_idx = s.topk_idx;
   stats.dropped = 0;
   if (cfg_.capacity_factor > 0) {
     s.expert_idx = ctx.alloc({N, K}, DType::I32);
-    stats.dropped = moe_capacity_drop(s.scores, s.topk_idx, moe_capacity(cfg_.capacity_factor, N, K, E), s.expert_idx);
+    stats.dropped = moe_capacity_drop(ctx, s.scores, s.topk_idx, moe_capacity(cfg_.capacity_factor, N, K, E), s.expert_idx);
   }
 
   // The load counts selections before the drops (GOLDEN.md): it measures what the router asks for.
-  const std::vector<int64_t> load = moe_count_tokens(s.topk_idx, E);
+  const std::vector<int64_t> load = moe_count_tokens(ctx, s.topk_idx, E);
   stats.load.assign(load.begin(), load.end());
   const double mean = static_cast<double>(N * K) / static_cast<double>(E);
   stats.max_vio = (*std::max_element(stats.load.begin(), stats.load.end()) - mean) / mean;
-  stats.bias_min = stats.bias_max = 0;
-  if (cfg_.aux_free_bias) {
-    const Tensor b = e_score_correction_bias().to(Device::CPU).to(DType::F64);
-    const double* p = b.data<double>();
-    stats.bias_min = *std::min_element(p, p + E);
-    stats.bias_max = *std::max_element(p, p + E);
-  }
+  stats.bias_min = stats.bias_max = 0;  // read at the log step (bias_range), not every forward
 }
 
 void MoE::balance_losses(const Context& ctx, const Saved& s, MoEStats& stats) const {
   const PhaseScope phase(ctx.profiler, Phase::Router);
   const int64_t N = s.scores.size(0);
   stats.seq_aux_loss = cfg_.seq_aux_loss_alpha > 0
-                           ? moe_aux_loss_forward(s.scores, s.topk_idx, ctx.seq_len, cfg_.seq_aux_loss_alpha)
+                           ? moe_aux_loss_forward(ctx, s.scores, s.topk_idx, ctx.seq_len, cfg_.seq_aux_loss_alpha)
                            : 0.0;
-  stats.aux_loss = cfg_.aux_loss_alpha > 0 ? moe_aux_loss_forward(s.scores, s.topk_idx, N, cfg_.aux_loss_alpha) : 0.0;
-  stats.z_loss = cfg_.router_z_loss_coef > 0 ? moe_z_loss_forward(s.logits, cfg_.router_z_loss_coef) : 0.0;
+  stats.aux_loss = cfg_.aux_loss_alpha > 0 ? moe_aux_loss_forward(ctx, s.scores, s.topk_idx, N, cfg_.aux_loss_alpha) : 0.0;
+  stats.z_loss = cfg_.router_z_loss_coef > 0 ? moe_z_loss_forward(ctx, s.logits, cfg_.router_z_loss_coef) : 0.0;
 }
 
 void MoE::experts_grouped(const Context& ctx, const Tensor& y, Saved& s) const {
@@ -195,7 +188,7 @@ void MoE::forward(const Context& ctx, const Tensor& x, const Tensor& y, Saved& s
   if (cfg_.n_shared_experts > 0) {
     Tensor shared_y = ctx.alloc({N, D});
     shared_.forward(ctx, x, shared_y, s.shared);
-    add(y, shared_y, y);
+    add(ctx, y, shared_y, y);
   }
 }
 
@@ -235,7 +228,7 @@ void MoE::experts_naive_backward(const Context& ctx, const Saved& s, const Tenso
       const int64_t a = n * K + k;
       if (idx[a] < 0) continue;
       experts_[idx[a]].backward(ctx, s.experts[a], grad_expert_y.slice(a, a + 1), grad_row);
-      add(grad_x.slice(n, n + 1), grad_row, grad_x.slice(n, n + 1));
+      add(ctx, grad_x.slice(n, n + 1), grad_row, grad_x.slice(n, n + 1));
     }
 }
 
@@ -245,25 +238,25 @@ void MoE::router_backward(const Context& ctx, const Saved& s, const Tensor& grad
   const int64_t N = s.scores.size(0), E = cfg_.n_routed_experts;
   // d/ds: the gate values (only the selected experts), then each balance loss through P.
   Tensor grad_scores = ctx.alloc_stat({N, E});
-  moe_gate_backward(grad_topk_weights, s.scores, s.topk_idx, cfg_.norm_topk_prob, cfg_.routed_scaling_factor,
+  moe_gate_backward(ctx, grad_topk_weights, s.scores, s.topk_idx, cfg_.norm_topk_prob, cfg_.routed_scaling_factor,
                     grad_scores);
   if (cfg_.seq_aux_loss_alpha > 0)
-    moe_aux_loss_backward(s.scores, s.topk_idx, ctx.seq_len, cfg_.seq_aux_loss_alpha, balance_grad_scale, grad_scores);
+    moe_aux_loss_backward(ctx, s.scores, s.topk_idx, ctx.seq_len, cfg_.seq_aux_loss_alpha, balance_grad_scale, grad_scores);
   if (cfg_.aux_loss_alpha > 0)
-    moe_aux_loss_backward(s.scores, s.topk_idx, N, cfg_.aux_loss_alpha, balance_grad_scale, grad_scores);
+    moe_aux_loss_backward(ctx, s.scores, s.topk_idx, N, cfg_.aux_loss_alpha, balance_grad_scale, grad_scores);
   // d/dlogits: through the score function, plus the z-loss, which reads the logits directly.
   Tensor grad_logits = ctx.alloc_stat({N, E});
-  if (cfg_.scoring_func == ScoreFunc::Sigmoid) sigmoid_backward(grad_scores, s.scores, grad_logits);
-  else softmax_backward(grad_scores, s.scores, grad_logits);
-  if (cfg_.router_z_loss_coef > 0) moe_z_loss_backward(s.logits, cfg_.router_z_loss_coef, balance_grad_scale, grad_logits);
+  if (cfg_.scoring_func == ScoreFunc::Sigmoid) sigmoid_backward(ctx, grad_scores, s.scores, grad_logits);
+  else softmax_backward(ctx, grad_scores, s.scores, grad_logits);
+  if (cfg_.router_z_loss_coef > 0) moe_z_loss_backward(ctx, s.logits, cfg_.router_z_loss_coef, balance_grad_scale, grad_logits);
   Tensor grad_x_router = ctx.alloc_stat({N, cfg_.hidden_size});
-  matmul_backward(grad_logits, s.x_router, gate_.master_weight(), grad_x_router, gate_.grad_weight(), ctx.gpu);
+  matmul_backward(ctx, grad_logits, s.x_router, gate_.master_weight(), grad_x_router, gate_.grad_weight());
   if (grad_x_router.dtype() != grad_x.dtype()) {
     Tensor narrowed = ctx.alloc(grad_x_router.shape());
-    cast(grad_x_router, narrowed);
+    cast(ctx, grad_x_router, narrowed);
     grad_x_router = narrowed;
   }
-  add(grad_x, grad_x_router, grad_x);
+  add(ctx, grad_x, grad_x_router, grad_x);
 }
 
 void MoE::backward(const Context& ctx, const Saved& s, const Tensor& grad_y, double balance_grad_scale,
@@ -279,30 +272,23 @@ void MoE::backward(const Context& ctx, const Saved& s, const Tensor& grad_y, dou
   if (cfg_.n_shared_experts > 0) {
     Tensor grad_x_shared = ctx.alloc({N, D});
     shared_.backward(ctx, s.shared, grad_y, grad_x_shared);
-    add(grad_x, grad_x_shared, grad_x);
+    add(ctx, grad_x, grad_x_shared, grad_x);
   }
 }
 
-void MoE::update_bias(const std::vector<double>& load) const {
+void MoE::update_bias(const Exec& ex, const Tensor& load) const {
   if (!cfg_.aux_free_bias) return;
-  const int64_t E = cfg_.n_routed_experts;
-  MOELAB_CHECK(static_cast<int64_t>(load.size()) == E, "MoE::update_bias: load has ", load.size(),
-               " entries, expected n_routed_experts = ", E);
-  for (int64_t i = 0; i < E; ++i)
-    MOELAB_CHECK(std::isfinite(load[i]) && load[i] >= 0, "MoE::update_bias: load[", i, "] = ", load[i],
-                 ", expected a finite count >= 0");
-  const double mean = std::accumulate(load.begin(), load.end(), 0.0) / static_cast<double>(E);
-  // Under-loaded experts (load < mean) gain gamma, over-loaded ones lose it; exactly-mean ones stay.
-  // The arithmetic is in the bias's own dtype (f32 in training), as an in-place add would do it.
+  // In place, on the bias's device: under-loaded experts gain gamma, over-loaded ones lose it.
+  moe_bias_update(ex, load, cfg_.bias_update_speed, e_score_correction_bias());
+}
+
+std::pair<double, double> MoE::bias_range() const {
+  if (!cfg_.aux_free_bias) return {0.0, 0.0};
   const Tensor bias = e_score_correction_bias();
-  const Tensor b = bias.to(Device::CPU);
-  ops_detail::dispatch_cpu_float("MoE::update_bias", b, [&](auto tag) {
-    using T = decltype(tag);
-    T* p = b.data<T>();
-    for (int64_t i = 0; i < E; ++i)
-      p[i] += static_cast<T>(cfg_.bias_update_speed) * static_cast<T>((mean > load[i]) - (mean < load[i]));
-  });
-  bias.copy_from(b);
+  const Tensor b = (bias.device() == Device::CPU ? bias : bias.to(Device::CPU)).to(DType::F64);
+  const double* p = b.data<double>();
+  const auto [lo, hi] = std::minmax_element(p, p + b.numel());
+  return {*lo, *hi};
 }
 
 LayerCost MoE::cost(const CostShape& shape) const {

@@ -16,6 +16,7 @@
 
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/nn/config.h"
@@ -31,7 +32,10 @@ struct MoEStats {                       // one layer, one forward
   std::vector<double> load;             // [E] selections per expert (before capacity drops)
   int64_t dropped = 0;                  // assignments dropped by the capacity factor
   double max_vio = 0;                   // (max load - mean load) / mean load
-  double bias_min = 0, bias_max = 0;    // of e_score_correction_bias (0 without aux_free_bias)
+  // The range of e_score_correction_bias (0 without aux_free_bias). forward leaves these 0: the bias
+  // lives on the model's device and reading it every forward would copy it to the host and wait
+  // for the GPU. The log step fills them (MoE::bias_range, Model::read_bias_ranges).
+  double bias_min = 0, bias_max = 0;
   double seq_aux_loss = 0, aux_loss = 0, z_loss = 0;  // already multiplied by their coefficients
   double balance_loss() const { return seq_aux_loss + aux_loss + z_loss; }
 };
@@ -64,7 +68,8 @@ class MoE {
   MoE(ParamBuffer& params, ParamBuffer& buffers, const std::string& prefix, const ModelConfig& cfg);
 
   // x: [N, D], N = ctx.tokens() = ctx.batch * ctx.seq_len (sequences are consecutive rows) -> y: [N, D].
-  // stats gets the loads, drops, MaxVio, bias range and the balance losses. y must not alias x.
+  // stats gets the loads, drops, MaxVio and the balance losses (not the bias range: see MoEStats).
+  // y must not alias x.
   void forward(const Context& ctx, const Tensor& x, const Tensor& y, Saved& saved, MoEStats& stats) const;
   // grad_y: d total / d y. balance_grad_scale: d total / d (stats.balance_loss()): 1 normally, the
   // gradient-accumulation scale otherwise. Includes the balance losses' gradients into the router.
@@ -72,9 +77,13 @@ class MoE {
   void backward(const Context& ctx, const Saved& saved, const Tensor& grad_y, double balance_grad_scale,
                 const Tensor& grad_x) const;
   // The aux-loss-free update after the optimizer step: b_i += bias_update_speed * sign(mean(load) - load_i)
-  // (sign(0) = 0). `load` [E] is the GLOBAL per-expert load of the step (summed over micro-batches
-  // and ranks by the caller). Does nothing without aux_free_bias (there is no bias).
-  void update_bias(const std::vector<double>& load) const;
+  // (sign(0) = 0; the op core/ops/moe_bias.h). `load`: f32 [E] on the model's device, the GLOBAL
+  // per-expert load of the step (summed over micro-batches and ranks by the caller). Does nothing
+  // without aux_free_bias (there is no bias).
+  void update_bias(const Exec& ex, const Tensor& load) const;
+  // {min, max} of e_score_correction_bias ({0, 0} without aux_free_bias): for the log step. On CUDA
+  // it copies the E biases to the host (a wait for the device).
+  std::pair<double, double> bias_range() const;
   // Inference (core/nn/decode.cpp): y = shared(x) + the routed experts, routed as forward does
   // (biased selection, unbiased gates) but DROPLESS whatever capacity_factor says, so that a token's
   // output does not depend on the other tokens of the call (a KV-cache step sees one token, a rerun

@@ -22,7 +22,7 @@ void MtpModule::forward(const Context& ctx, const Tensor& emb, const Tensor& h, 
   enorm_.forward(ctx, emb, e_normed, s.enorm);
   hnorm_.forward(ctx, h, h_normed, s.hnorm);
   s.cat = ctx.alloc({N, 2 * D});
-  concat_columns(e_normed, h_normed, s.cat);
+  concat_columns(ctx, e_normed, h_normed, s.cat);
   s.h_in = ctx.alloc({N, D});
   eh_proj_.forward(ctx, s.cat, s.h_in);
   block_.forward(ctx, s.h_in, out, s.block);
@@ -35,9 +35,9 @@ void MtpModule::backward(const Context& ctx, const Saved& s, const Tensor& grad_
   block_.backward(ctx, s.block, grad_out, balance_grad_scale, grad_h_in);
   eh_proj_.backward(ctx, s.cat, grad_h_in, grad_cat);
   Tensor grad_e_normed = ctx.alloc({N, D}), grad_h_normed = ctx.alloc({N, D});
-  split_columns(grad_cat, grad_e_normed, grad_h_normed);
-  enorm_.backward(s.enorm, grad_e_normed, grad_emb);
-  hnorm_.backward(s.hnorm, grad_h_normed, grad_h);
+  split_columns(ctx, grad_cat, grad_e_normed, grad_h_normed);
+  enorm_.backward(ctx, s.enorm, grad_e_normed, grad_emb);
+  hnorm_.backward(ctx, s.hnorm, grad_h_normed, grad_h);
 }
 
 LayerCost MtpModule::cost(const CostShape& shape) const {

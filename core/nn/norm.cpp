@@ -12,11 +12,11 @@ RMSNorm::RMSNorm(ParamBuffer& params, const std::string& name, int64_t dim, doub
 void RMSNorm::forward(const Context& ctx, const Tensor& x, const Tensor& y, Saved& saved) const {
   saved.x = x;
   saved.rstd = ctx.alloc_stat({x.numel() / x.size(-1)});
-  rmsnorm_forward(x, weight(), static_cast<float>(eps_), y, saved.rstd);
+  rmsnorm_forward(ctx, x, weight(), static_cast<float>(eps_), y, saved.rstd);
 }
 
-void RMSNorm::backward(const Saved& saved, const Tensor& grad_y, const Tensor& grad_x) const {
-  rmsnorm_backward(grad_y, saved.x, weight(), saved.rstd, grad_x, params_->grad(index_));
+void RMSNorm::backward(const Context& ctx, const Saved& saved, const Tensor& grad_y, const Tensor& grad_x) const {
+  rmsnorm_backward(ctx, grad_y, saved.x, weight(), saved.rstd, grad_x, params_->grad(index_));
 }
 
 LayerCost RMSNorm::cost(const CostShape& shape) const {

@@ -23,7 +23,7 @@ class RMSNorm {
   RMSNorm(ParamBuffer& params, const std::string& name, int64_t dim, double eps);
 
   void forward(const Context& ctx, const Tensor& x, const Tensor& y, Saved& saved) const;
-  void backward(const Saved& saved, const Tensor& grad_y, const Tensor& grad_x) const;
+  void backward(const Context& ctx, const Saved& saved, const Tensor& grad_y, const Tensor& grad_x) const;
   // dim parameters, no FLOPs (the convention), and rstd [N] from the arena (its input is the caller's).
   LayerCost cost(const CostShape& shape) const;
 

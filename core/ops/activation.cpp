@@ -6,11 +6,8 @@
 #include <initializer_list>
 #include <utility>
 
-#include "core/cuda_dispatch.h"
 #include "core/ops/op_util.h"
-#if MOELAB_WITH_CUDA
 #include "cuda/activation.h"
-#endif
 
 namespace moelab {
 
@@ -81,26 +78,21 @@ void check_alike(const char* op, bool softmax, std::initializer_list<Named> tens
   check_same_device(op, tensors);
   for (const auto& [name, t] : tensors) check_dtype(op, name, *t, in->dtype());
 }
-
-#if MOELAB_WITH_CUDA
-void check_cuda_dtype(const char* op, const char* name, const Tensor& t) {
-  MOELAB_CHECK(t.dtype() == DType::F32 || t.dtype() == DType::BF16, op, ": ", name, " is ", t.str(),
-               ", expected f32 or bf16 on CUDA");
-}
-#endif
 }  // namespace
 
-void sigmoid_forward(const Tensor& x, const Tensor& y) {
+void sigmoid_forward(const Exec& ex, const Tensor& x, const Tensor& y) {
   const char* op = "sigmoid_forward";
   check_alike(op, false, {{"x", &x}, {"y", &y}});
   if (x.device() == Device::CUDA) {
-#if MOELAB_WITH_CUDA
-    check_cuda_dtype(op, "x", x);
-    cuda::sigmoid_forward({x.raw(), y.raw(), x.numel(), x.dtype() == DType::BF16, nullptr});
+    ops_detail::check_cuda_f32_or_bf16(op, "x", x);
+    cuda::SigmoidForwardParams p;
+    p.x = x.raw();
+    p.y = y.raw();
+    p.n = x.numel();
+    p.bf16 = x.dtype() == DType::BF16;
+    p.stream = ex.stream;
+    cuda::sigmoid_forward(p);
     return;
-#else
-    MOELAB_NO_CUDA(op);
-#endif
   }
   ops_detail::dispatch_cpu_float(op, x, [&](auto tag) {
     using T = decltype(tag);
@@ -108,17 +100,20 @@ void sigmoid_forward(const Tensor& x, const Tensor& y) {
   });
 }
 
-void sigmoid_backward(const Tensor& grad_y, const Tensor& y, const Tensor& grad_x) {
+void sigmoid_backward(const Exec& ex, const Tensor& grad_y, const Tensor& y, const Tensor& grad_x) {
   const char* op = "sigmoid_backward";
   check_alike(op, false, {{"y", &y}, {"grad_y", &grad_y}, {"grad_x", &grad_x}});
   if (y.device() == Device::CUDA) {
-#if MOELAB_WITH_CUDA
-    check_cuda_dtype(op, "y", y);
-    cuda::sigmoid_backward({grad_y.raw(), y.raw(), grad_x.raw(), y.numel(), y.dtype() == DType::BF16, nullptr});
+    ops_detail::check_cuda_f32_or_bf16(op, "y", y);
+    cuda::SigmoidBackwardParams p;
+    p.grad_y = grad_y.raw();
+    p.y = y.raw();
+    p.grad_x = grad_x.raw();
+    p.n = y.numel();
+    p.bf16 = y.dtype() == DType::BF16;
+    p.stream = ex.stream;
+    cuda::sigmoid_backward(p);
     return;
-#else
-    MOELAB_NO_CUDA(op);
-#endif
   }
   ops_detail::dispatch_cpu_float(op, y, [&](auto tag) {
     using T = decltype(tag);
@@ -126,17 +121,19 @@ void sigmoid_backward(const Tensor& grad_y, const Tensor& y, const Tensor& grad_
   });
 }
 
-void softmax_forward(const Tensor& x, const Tensor& y) {
+void softmax_forward(const Exec& ex, const Tensor& x, const Tensor& y) {
   const char* op = "softmax_forward";
   check_alike(op, true, {{"x", &x}, {"y", &y}});
   if (x.device() == Device::CUDA) {
-#if MOELAB_WITH_CUDA
-    check_cuda_dtype(op, "x", x);
-    cuda::softmax_forward({x.raw(), y.raw(), ops_detail::rows_of(x), x.size(-1), x.dtype() == DType::BF16, nullptr});
+    ops_detail::check_cuda_f32_or_bf16(op, "x", x);
+    cuda::SoftmaxForwardParams p;
+    p.x = x.raw();
+    p.y = y.raw();
+    p.rows = ops_detail::rows_of(x); p.cols = x.size(-1);
+    p.bf16 = x.dtype() == DType::BF16;
+    p.stream = ex.stream;
+    cuda::softmax_forward(p);
     return;
-#else
-    MOELAB_NO_CUDA(op);
-#endif
   }
   ops_detail::dispatch_cpu_float(op, x, [&](auto tag) {
     using T = decltype(tag);
@@ -144,18 +141,20 @@ void softmax_forward(const Tensor& x, const Tensor& y) {
   });
 }
 
-void softmax_backward(const Tensor& grad_y, const Tensor& y, const Tensor& grad_x) {
+void softmax_backward(const Exec& ex, const Tensor& grad_y, const Tensor& y, const Tensor& grad_x) {
   const char* op = "softmax_backward";
   check_alike(op, true, {{"y", &y}, {"grad_y", &grad_y}, {"grad_x", &grad_x}});
   if (y.device() == Device::CUDA) {
-#if MOELAB_WITH_CUDA
-    check_cuda_dtype(op, "y", y);
-    cuda::softmax_backward(
-        {grad_y.raw(), y.raw(), grad_x.raw(), ops_detail::rows_of(y), y.size(-1), y.dtype() == DType::BF16, nullptr});
+    ops_detail::check_cuda_f32_or_bf16(op, "y", y);
+    cuda::SoftmaxBackwardParams p;
+    p.grad_y = grad_y.raw();
+    p.y = y.raw();
+    p.grad_x = grad_x.raw();
+    p.rows = ops_detail::rows_of(y); p.cols = y.size(-1);
+    p.bf16 = y.dtype() == DType::BF16;
+    p.stream = ex.stream;
+    cuda::softmax_backward(p);
     return;
-#else
-    MOELAB_NO_CUDA(op);
-#endif
   }
   ops_detail::dispatch_cpu_float(op, y, [&](auto tag) {
     using T = decltype(tag);

@@ -14,14 +14,15 @@
 #include <cmath>
 #include <cstdint>
 
+#include "core/exec.h"
 #include "core/tensor.h"
 
 namespace moelab {
 
-void sigmoid_forward(const Tensor& x, const Tensor& y);
-void sigmoid_backward(const Tensor& grad_y, const Tensor& y, const Tensor& grad_x);
-void softmax_forward(const Tensor& x, const Tensor& y);
-void softmax_backward(const Tensor& grad_y, const Tensor& y, const Tensor& grad_x);
+void sigmoid_forward(const Exec& ex, const Tensor& x, const Tensor& y);
+void sigmoid_backward(const Exec& ex, const Tensor& grad_y, const Tensor& y, const Tensor& grad_x);
+void softmax_forward(const Exec& ex, const Tensor& x, const Tensor& y);
+void softmax_backward(const Exec& ex, const Tensor& grad_y, const Tensor& y, const Tensor& grad_x);
 
 namespace ref {
 

@@ -3,11 +3,8 @@
 
 #include <cmath>
 
-#include "core/cuda_dispatch.h"
 #include "core/ops/op_util.h"
-#if MOELAB_WITH_CUDA
 #include "cuda/adamw.h"
-#endif
 
 namespace moelab {
 
@@ -35,7 +32,7 @@ template void adamw_step<double>(double*, const double*, double*, double*, int64
 
 }  // namespace ref
 
-void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v, const AdamWParams& hp,
+void adamw_step(const Exec& ex, const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v, const AdamWParams& hp,
                 const Tensor& param_copy) {
   const char* op = "adamw_step";
   check_defined(op, "param", param);
@@ -58,20 +55,26 @@ void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const 
   MOELAB_CHECK(std::isfinite(hp.weight_decay) && hp.weight_decay >= 0, op, ": weight_decay is ", hp.weight_decay,
                ", expected a finite value >= 0");
   if (param.device() == Device::CUDA) {
-#if MOELAB_WITH_CUDA
     check_dtype(op, "param", param, DType::F32);  // grad, m, v were checked against param's dtype
+    cuda::AdamwParams p;
+    p.param = param.data<float>();
+    p.grad = grad.data<float>();
+    p.m = m.data<float>();
+    p.v = v.data<float>();
+    p.param_copy = param_copy.defined() ? param_copy.raw() : nullptr;
+    p.copy_bf16 = param_copy.defined() && param_copy.dtype() == DType::BF16;
+    p.n = param.numel();
     // The scalars exactly as ref::adamw_step<float> rounds them.
     const double t = static_cast<double>(hp.step);
-    cuda::adamw_step({param.data<float>(), grad.data<float>(), m.data<float>(), v.data<float>(),
-                      param_copy.defined() ? param_copy.raw() : nullptr, param.numel(),
-                      static_cast<float>(1.0 - hp.lr * hp.weight_decay), static_cast<float>(hp.beta1),
-                      static_cast<float>(hp.beta2), static_cast<float>(hp.lr / (1.0 - std::pow(hp.beta1, t))),
-                      static_cast<float>(std::sqrt(1.0 - std::pow(hp.beta2, t))), static_cast<float>(hp.eps),
-                      param_copy.defined() && param_copy.dtype() == DType::BF16, nullptr});
+    p.decay = static_cast<float>(1.0 - hp.lr * hp.weight_decay);
+    p.beta1 = static_cast<float>(hp.beta1);
+    p.beta2 = static_cast<float>(hp.beta2);
+    p.step_size = static_cast<float>(hp.lr / (1.0 - std::pow(hp.beta1, t)));
+    p.bc2_sqrt = static_cast<float>(std::sqrt(1.0 - std::pow(hp.beta2, t)));
+    p.eps = static_cast<float>(hp.eps);
+    p.stream = ex.stream;
+    cuda::adamw_step(p);
     return;
-#else
-    MOELAB_NO_CUDA(op);
-#endif
   }
   ops_detail::dispatch_cpu_float(op, param, [&](auto tag) {
     using T = decltype(tag);

@@ -24,6 +24,7 @@
 
 #include <cstdint>
 
+#include "core/exec.h"
 #include "core/tensor.h"
 
 namespace moelab {
@@ -37,7 +38,7 @@ struct AdamWParams {
   int64_t step = 1;  // t: 1 for the first update
 };
 
-void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v, const AdamWParams& hp,
+void adamw_step(const Exec& ex, const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v, const AdamWParams& hp,
                 const Tensor& param_copy = Tensor());
 
 namespace ref {

@@ -6,11 +6,8 @@
 #include <limits>
 #include <vector>
 
-#include "core/cuda_dispatch.h"
 #include "core/ops/op_util.h"
-#if MOELAB_WITH_CUDA
 #include "cuda/attention.h"
-#endif
 
 namespace moelab {
 
@@ -54,13 +51,8 @@ void attention_forward(const T* q, const T* k, const T* v, T scale, T* out, T* l
             p[j] = scale * dot(qt, k + at.k(b, j, g), s.Dqk);
             m = std::max(m, p[j]);
           }
-          // Subtracting the row max keeps exp() <= 1; lse adds it back.
-          T sum = 0;
-          for (int64_t j = 0; j <= t; ++j) {
-            p[j] = std::exp(p[j] - m);
-            sum += p[j];
-          }
-          lse[at.lse(b, h, t)] = m + std::log(sum);
+          const T sum = ops_detail::exp_minus_max(p.data(), t + 1, m);
+          lse[at.lse(b, h, t)] = m + std::log(sum);  // log sum_j exp(s_j): the row max added back
           T* o = out + at.o(b, t, h);
           for (int64_t d = 0; d < s.Dv; ++d) o[d] = 0;
           for (int64_t j = 0; j <= t; ++j) {
@@ -149,39 +141,44 @@ ref::AttentionShape check_attention(const char* op, const Tensor& q, const Tenso
   return {B, T, H, Hkv, Dqk, Dv};
 }
 
-#if MOELAB_WITH_CUDA
-// What the CUDA kernels take beyond the shared checks; returns whether the activations are bf16.
-bool check_cuda_attention(const char* op, const Tensor& q, const ref::AttentionShape& s) {
-  MOELAB_CHECK(q.dtype() == DType::F32 || q.dtype() == DType::BF16, op, ": q is ", q.str(),
-               ", expected f32 or bf16 on CUDA");
+// What the CUDA kernels take beyond the shared checks.
+void check_cuda_attention(const char* op, const Tensor& q, const ref::AttentionShape& s) {
+  ops_detail::check_cuda_f32_or_bf16(op, "q", q);
   MOELAB_CHECK(s.Dqk <= cuda::kAttentionMaxHeadDim && s.Dv <= cuda::kAttentionMaxHeadDim, op, ": head dims Dqk = ",
                s.Dqk, " and Dv = ", s.Dv, " (q is ", q.str(), "); the CUDA kernels take at most ",
                cuda::kAttentionMaxHeadDim);
   MOELAB_CHECK(s.B <= 65535 && s.H <= 65535, op, ": B = ", s.B, " and H = ", s.H,
                " must be <= 65535 on CUDA (grid dims); q is ", q.str());
-  return q.dtype() == DType::BF16;
 }
 
-cuda::AttentionKernel cuda_kernel(AttentionImpl impl) {
-  return impl == AttentionImpl::Naive ? cuda::AttentionKernel::Reference : cuda::AttentionKernel::Flash;
+// The fields the CUDA forward and backward share beyond their tensors.
+template <typename Params>
+void set_cuda_common(Params& p, const Exec& ex, const ref::AttentionShape& s, float scale, const Tensor& q,
+                     AttentionImpl impl) {
+  p.B = s.B; p.T = s.T; p.H = s.H; p.Hkv = s.Hkv; p.Dqk = s.Dqk; p.Dv = s.Dv;
+  p.scale = scale;
+  p.bf16 = q.dtype() == DType::BF16;
+  p.kernel = impl == AttentionImpl::Naive ? cuda::AttentionKernel::Reference : cuda::AttentionKernel::Flash;
+  p.stream = ex.stream;
 }
-#endif
 }  // namespace
 
-void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, float scale, const Tensor& out,
+void attention_forward(const Exec& ex, const Tensor& q, const Tensor& k, const Tensor& v, float scale, const Tensor& out,
                        const Tensor& lse, AttentionImpl impl) {
   const char* op = "attention_forward";
   const ref::AttentionShape s = check_attention(op, q, k, v, out, lse, scale);
   check_same_device(op, {{"q", &q}, {"k", &k}, {"v", &v}, {"out", &out}, {"lse", &lse}});
   if (q.device() == Device::CUDA) {
-#if MOELAB_WITH_CUDA
-    const bool bf16 = check_cuda_attention(op, q, s);
-    cuda::attention_forward({q.raw(), k.raw(), v.raw(), out.raw(), lse.data<float>(), s.B, s.T, s.H, s.Hkv, s.Dqk, s.Dv,
-                             scale, bf16, cuda_kernel(impl), nullptr});
+    check_cuda_attention(op, q, s);
+    cuda::AttentionForwardParams p;
+    p.q = q.raw();
+    p.k = k.raw();
+    p.v = v.raw();
+    p.out = out.raw();
+    p.lse = lse.data<float>();
+    set_cuda_common(p, ex, s, scale, q, impl);
+    cuda::attention_forward(p);
     return;
-#else
-    MOELAB_NO_CUDA(op);
-#endif
   }
   ops_detail::dispatch_cpu_float(op, q, [&](auto tag) {
     using T = decltype(tag);
@@ -190,7 +187,7 @@ void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, float 
   });
 }
 
-void attention_backward(const Tensor& grad_out, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+void attention_backward(const Exec& ex, const Tensor& grad_out, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                         const Tensor& lse, float scale, const Tensor& grad_q, const Tensor& grad_k,
                         const Tensor& grad_v, AttentionImpl impl) {
   const char* op = "attention_backward";
@@ -205,15 +202,20 @@ void attention_backward(const Tensor& grad_out, const Tensor& q, const Tensor& k
   check_same_device(op, {{"grad_out", &grad_out}, {"q", &q}, {"k", &k}, {"v", &v}, {"out", &out}, {"lse", &lse},
                          {"grad_q", &grad_q}, {"grad_k", &grad_k}, {"grad_v", &grad_v}});
   if (q.device() == Device::CUDA) {
-#if MOELAB_WITH_CUDA
-    const bool bf16 = check_cuda_attention(op, q, s);
-    cuda::attention_backward({grad_out.raw(), q.raw(), k.raw(), v.raw(), out.raw(), lse.data<float>(), grad_q.raw(),
-                              grad_k.raw(), grad_v.raw(), s.B, s.T, s.H, s.Hkv, s.Dqk, s.Dv, scale, bf16,
-                              cuda_kernel(impl), nullptr});
+    check_cuda_attention(op, q, s);
+    cuda::AttentionBackwardParams p;
+    p.grad_out = grad_out.raw();
+    p.q = q.raw();
+    p.k = k.raw();
+    p.v = v.raw();
+    p.out = out.raw();
+    p.lse = lse.data<float>();
+    p.grad_q = grad_q.raw();
+    p.grad_k = grad_k.raw();
+    p.grad_v = grad_v.raw();
+    set_cuda_common(p, ex, s, scale, q, impl);
+    cuda::attention_backward(p);
     return;
-#else
-    MOELAB_NO_CUDA(op);
-#endif
   }
   ops_detail::dispatch_cpu_float(op, q, [&](auto tag) {
     using T = decltype(tag);

@@ -2,16 +2,12 @@
 #include "core/ops/attention_decode.h"
 
 #include <algorithm>
-#include <climits>
 #include <cmath>
 #include <limits>
 #include <vector>
 
-#include "core/cuda_dispatch.h"
 #include "core/ops/op_util.h"
-#if MOELAB_WITH_CUDA
 #include "cuda/attention_decode.h"
-#endif
 
 namespace moelab {
 
@@ -37,11 +33,7 @@ void attention_decode_forward(const T* q, const T* k, const T* v, T scale, T* ou
             p[j] = scale * acc;
             m = std::max(m, p[j]);
           }
-          T sum = 0;
-          for (int64_t j = 0; j <= last; ++j) {
-            p[j] = std::exp(p[j] - m);  // minus the row max: exp() <= 1
-            sum += p[j];
-          }
+          const T sum = ops_detail::exp_minus_max(p.data(), last + 1, m);
           T* o = out + ((b * s.n + t) * s.H + h) * s.Dv;
           std::fill_n(o, s.Dv, T(0));
           for (int64_t j = 0; j <= last; ++j) {
@@ -62,7 +54,7 @@ template void attention_decode_forward<double>(const double*, const double*, con
 
 }  // namespace ref
 
-void attention_decode_forward(const Tensor& q, const Tensor& k, const Tensor& v, float scale, int64_t pos,
+void attention_decode_forward(const Exec& ex, const Tensor& q, const Tensor& k, const Tensor& v, float scale, int64_t pos,
                               const Tensor& out) {
   const char* op = "attention_decode_forward";
   check_ndim(op, "q", q, 4, 4);
@@ -82,16 +74,20 @@ void attention_decode_forward(const Tensor& q, const Tensor& k, const Tensor& v,
     check_dtype(op, name, *t, q.dtype());
   check_same_device(op, {{"q", &q}, {"k", &k}, {"v", &v}, {"out", &out}});
   if (q.device() == Device::CUDA) {
-#if MOELAB_WITH_CUDA
-    MOELAB_CHECK(q.dtype() == DType::F32 || q.dtype() == DType::BF16, op, ": q is ", q.str(),
-                 ", expected f32 or bf16 on CUDA");
-    MOELAB_CHECK(B * n * H <= INT32_MAX, op, ": ", B * n * H, " query rows (B x n x H) exceed one CUDA grid (2^31 - 1)");
-    cuda::attention_decode_forward({q.raw(), k.raw(), v.raw(), out.raw(), B, n, S, H, Hkv, Dqk, Dv, pos, scale,
-                                    q.dtype() == DType::BF16, nullptr});
+    ops_detail::check_cuda_f32_or_bf16(op, "q", q);
+    ops_detail::check_cuda_query_rows(op, B * n * H);
+    cuda::AttentionDecodeParams p;
+    p.q = q.raw();
+    p.k = k.raw();
+    p.v = v.raw();
+    p.out = out.raw();
+    p.B = B; p.n = n; p.S = S; p.H = H; p.Hkv = Hkv; p.Dqk = Dqk; p.Dv = Dv;
+    p.pos = pos;
+    p.scale = scale;
+    p.bf16 = q.dtype() == DType::BF16;
+    p.stream = ex.stream;
+    cuda::attention_decode_forward(p);
     return;
-#else
-    MOELAB_NO_CUDA(op);
-#endif
   }
   const ref::AttentionDecodeShape s{B, n, S, H, Hkv, Dqk, Dv, pos};
   ops_detail::dispatch_cpu_float(op, q, [&](auto tag) {

@@ -14,11 +14,12 @@
 
 #include <cstdint>
 
+#include "core/exec.h"
 #include "core/tensor.h"
 
 namespace moelab {
 
-void attention_decode_forward(const Tensor& q, const Tensor& k, const Tensor& v, float scale, int64_t pos,
+void attention_decode_forward(const Exec& ex, const Tensor& q, const Tensor& k, const Tensor& v, float scale, int64_t pos,
                               const Tensor& out);
 
 namespace ref {

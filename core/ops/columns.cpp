@@ -2,11 +2,8 @@
 
 #include <cstring>
 
-#include "core/cuda_dispatch.h"
 #include "core/ops/op_util.h"
-#if MOELAB_WITH_CUDA
 #include "cuda/columns.h"
-#endif
 
 namespace moelab {
 
@@ -30,18 +27,23 @@ ColumnLayout check_columns(const char* op, const Tensor& a, const Tensor& b, con
 }
 }  // namespace
 
-void concat_columns(const Tensor& a, const Tensor& b, const Tensor& out) {
+void concat_columns(const Exec& ex, const Tensor& a, const Tensor& b, const Tensor& out) {
   const char* op = "concat_columns";
   const ColumnLayout l = check_columns(op, a, b, out);
   if (out.device() == Device::CUDA) {
-#if MOELAB_WITH_CUDA
     const int64_t ab = static_cast<int64_t>(l.a_bytes), bb = static_cast<int64_t>(l.b_bytes);
-    cuda::copy_columns({out.raw(), ab + bb, a.raw(), ab, l.rows, ab, nullptr});
-    cuda::copy_columns({static_cast<char*>(out.raw()) + ab, ab + bb, b.raw(), bb, l.rows, bb, nullptr});
+    // Two blocks into every row of out (ab + bb bytes): a's ab bytes, then b's bb bytes.
+    cuda::CopyColumnsParams p;
+    p.dst_pitch = ab + bb;
+    p.rows = l.rows;
+    p.stream = ex.stream;
+    p.dst = out.raw();
+    p.src = a.raw(); p.src_pitch = ab; p.width_bytes = ab;
+    cuda::copy_columns(p);
+    p.dst = static_cast<char*>(out.raw()) + ab;
+    p.src = b.raw(); p.src_pitch = bb; p.width_bytes = bb;
+    cuda::copy_columns(p);
     return;
-#else
-    MOELAB_NO_CUDA(op);
-#endif
   }
   const char* pa = static_cast<const char*>(a.raw());
   const char* pb = static_cast<const char*>(b.raw());
@@ -53,18 +55,23 @@ void concat_columns(const Tensor& a, const Tensor& b, const Tensor& out) {
   }
 }
 
-void split_columns(const Tensor& x, const Tensor& a, const Tensor& b) {
+void split_columns(const Exec& ex, const Tensor& x, const Tensor& a, const Tensor& b) {
   const char* op = "split_columns";
   const ColumnLayout l = check_columns(op, a, b, x);
   if (x.device() == Device::CUDA) {
-#if MOELAB_WITH_CUDA
     const int64_t ab = static_cast<int64_t>(l.a_bytes), bb = static_cast<int64_t>(l.b_bytes);
-    cuda::copy_columns({a.raw(), ab, x.raw(), ab + bb, l.rows, ab, nullptr});
-    cuda::copy_columns({b.raw(), bb, static_cast<const char*>(x.raw()) + ab, ab + bb, l.rows, bb, nullptr});
+    // Two blocks from every row of x (ab + bb bytes): a's ab bytes, then b's bb bytes.
+    cuda::CopyColumnsParams p;
+    p.src_pitch = ab + bb;
+    p.rows = l.rows;
+    p.stream = ex.stream;
+    p.src = x.raw();
+    p.dst = a.raw(); p.dst_pitch = ab; p.width_bytes = ab;
+    cuda::copy_columns(p);
+    p.src = static_cast<const char*>(x.raw()) + ab;
+    p.dst = b.raw(); p.dst_pitch = bb; p.width_bytes = bb;
+    cuda::copy_columns(p);
     return;
-#else
-    MOELAB_NO_CUDA(op);
-#endif
   }
   const char* px = static_cast<const char*>(x.raw());
   char* pa = static_cast<char*>(a.raw());
@@ -76,7 +83,7 @@ void split_columns(const Tensor& x, const Tensor& a, const Tensor& b) {
   }
 }
 
-void slice_columns(const Tensor& x, int64_t begin, const Tensor& out) {
+void slice_columns(const Exec& ex, const Tensor& x, int64_t begin, const Tensor& out) {
   const char* op = "slice_columns";
   check_ndim(op, "x", x, 1, 4);
   check_ndim(op, "out", out, 1, 4);
@@ -88,13 +95,16 @@ void slice_columns(const Tensor& x, int64_t begin, const Tensor& out) {
   const size_t es = dtype_size(x.dtype()), row_bytes = static_cast<size_t>(x.size(-1)) * es, out_bytes = width * es;
   const char* px = static_cast<const char*>(x.raw()) + begin * es;
   if (x.device() == Device::CUDA) {
-#if MOELAB_WITH_CUDA
-    cuda::copy_columns({out.raw(), static_cast<int64_t>(out_bytes), px, static_cast<int64_t>(row_bytes), rows,
-                        static_cast<int64_t>(out_bytes), nullptr});
+    cuda::CopyColumnsParams p;
+    p.dst = out.raw();
+    p.dst_pitch = static_cast<int64_t>(out_bytes);
+    p.src = px;
+    p.src_pitch = static_cast<int64_t>(row_bytes);
+    p.rows = rows;
+    p.width_bytes = static_cast<int64_t>(out_bytes);
+    p.stream = ex.stream;
+    cuda::copy_columns(p);
     return;
-#else
-    MOELAB_NO_CUDA(op);
-#endif
   }
   char* po = static_cast<char*>(out.raw());
   for (int64_t r = 0; r < rows; ++r) std::memcpy(po + r * out_bytes, px + r * row_bytes, out_bytes);

@@ -9,12 +9,13 @@
 //         same, on the CPU and on CUDA.
 #pragma once
 
+#include "core/exec.h"
 #include "core/tensor.h"
 
 namespace moelab {
 
-void concat_columns(const Tensor& a, const Tensor& b, const Tensor& out);
-void split_columns(const Tensor& x, const Tensor& a, const Tensor& b);
-void slice_columns(const Tensor& x, int64_t begin, const Tensor& out);
+void concat_columns(const Exec& ex, const Tensor& a, const Tensor& b, const Tensor& out);
+void split_columns(const Exec& ex, const Tensor& x, const Tensor& a, const Tensor& b);
+void slice_columns(const Exec& ex, const Tensor& x, int64_t begin, const Tensor& out);
 
 }  // namespace moelab

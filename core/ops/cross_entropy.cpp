@@ -9,11 +9,8 @@
 #include <utility>
 #include <vector>
 
-#include "core/cuda_dispatch.h"
 #include "core/ops/op_util.h"
-#if MOELAB_WITH_CUDA
 #include "cuda/cross_entropy.h"
-#endif
 
 namespace moelab {
 
@@ -96,11 +93,17 @@ void check_targets(const char* op, const Tensor& targets, int ignore_index, int6
                  " at row ", r, ", expected a class in [0, V=", vocab, ") or ignore_index ", ignore_index);
 }
 
-#if MOELAB_WITH_CUDA
 void check_cuda_dtypes(const char* op, const Tensor& logits, std::initializer_list<std::pair<const char*, const Tensor*>> stats) {
   MOELAB_CHECK(logits.dtype() == DType::F32 || logits.dtype() == DType::BF16, op, ": logits is ", logits.str(),
                ", expected f32 or bf16 on CUDA");
   for (const auto& [name, t] : stats) check_dtype(op, name, *t, DType::F32);
+}
+
+// The device words the launchers' target scan fills and copies back (cuda::kCrossEntropyWorkspaceBytes),
+// from the op's scratch: a device allocation per call would synchronise the device each time.
+Tensor status_workspace(ScratchScope& scratch) {
+  static_assert(cuda::kCrossEntropyWorkspaceBytes <= 4 * sizeof(double), "the status fits 4 doubles");
+  return scratch.take({4}, DType::F64);
 }
 
 // The same message as check_targets, from the device scan's first bad row.
@@ -109,29 +112,31 @@ void throw_bad_target(const char* op, const Tensor& targets, const cuda::CrossEn
   MOELAB_FAIL(op, ": targets ", targets.str(), " holds ", st.bad_target, " at row ", st.bad_row,
               ", expected a class in [0, V=", vocab, ") or ignore_index ", ignore_index);
 }
-#endif
 }  // namespace
 
-double cross_entropy_forward(const Tensor& logits, const Tensor& targets, int ignore_index, const Tensor& losses,
+double cross_entropy_forward(const Exec& ex, const Tensor& logits, const Tensor& targets, int ignore_index, const Tensor& losses,
                              const Tensor& lse) {
   const char* op = "cross_entropy_forward";
   const int64_t vocab = check_cross_entropy_shapes(op, logits, targets, lse);
   check_shape(op, "losses", losses, targets.shape());
   check_same_device(op, {{"logits", &logits}, {"targets", &targets}, {"losses", &losses}, {"lse", &lse}});
   if (logits.device() == Device::CUDA) {
-#if MOELAB_WITH_CUDA
     check_cuda_dtypes(op, logits, {{"losses", &losses}, {"lse", &lse}});
-    // Device scratch for the status the launcher copies back (allocated per call for now).
-    Tensor workspace = Tensor::empty({4}, DType::F64, Device::CUDA);
-    static_assert(cuda::kCrossEntropyWorkspaceBytes <= 4 * sizeof(double), "workspace");
-    const cuda::CrossEntropyStatus st = cuda::cross_entropy_forward(
-        {logits.raw(), targets.data<int32_t>(), losses.data<float>(), lse.data<float>(), workspace.raw(),
-         targets.numel(), vocab, ignore_index, logits.dtype() == DType::BF16, nullptr});
+    ScratchScope scratch(ex, op);
+    cuda::CrossEntropyForwardParams p;
+    p.logits = logits.raw();
+    p.targets = targets.data<int32_t>();
+    p.losses = losses.data<float>();
+    p.lse = lse.data<float>();
+    p.workspace = status_workspace(scratch).raw();
+    p.rows = targets.numel();
+    p.vocab = vocab;
+    p.ignore_index = ignore_index;
+    p.bf16 = logits.dtype() == DType::BF16;
+    p.stream = ex.stream;
+    const cuda::CrossEntropyStatus st = cuda::cross_entropy_forward(p);
     if (st.bad_row >= 0) throw_bad_target(op, targets, st, ignore_index, vocab);
     return st.n_valid ? st.loss_sum / static_cast<double>(st.n_valid) : 0.0;
-#else
-    MOELAB_NO_CUDA(op);
-#endif
   }
   check_targets(op, targets, ignore_index, vocab);
   double mean = 0;
@@ -145,28 +150,39 @@ double cross_entropy_forward(const Tensor& logits, const Tensor& targets, int ig
   return mean;
 }
 
-void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse, int ignore_index,
+void cross_entropy_backward(const Exec& ex, const Tensor& logits, const Tensor& targets, const Tensor& lse, int ignore_index,
                             double grad_loss, const Tensor& grad_logits) {
   const char* op = "cross_entropy_backward";
   const int64_t vocab = check_cross_entropy_shapes(op, logits, targets, lse);
   check_shape(op, "grad_logits", grad_logits, logits.shape());
   check_same_device(op, {{"logits", &logits}, {"targets", &targets}, {"lse", &lse}, {"grad_logits", &grad_logits}});
   if (logits.device() == Device::CUDA) {
-#if MOELAB_WITH_CUDA
     check_cuda_dtypes(op, logits, {{"lse", &lse}});
     check_dtype(op, "grad_logits", grad_logits, logits.dtype());
-    Tensor workspace = Tensor::empty({4}, DType::F64, Device::CUDA);
-    const cuda::CrossEntropyStatus st = cuda::cross_entropy_scan_targets(
-        {targets.data<int32_t>(), workspace.raw(), targets.numel(), vocab, ignore_index, nullptr});
+    ScratchScope scratch(ex, op);
+    cuda::CrossEntropyScanParams scan;
+    scan.targets = targets.data<int32_t>();
+    scan.workspace = status_workspace(scratch).raw();
+    scan.rows = targets.numel();
+    scan.vocab = vocab;
+    scan.ignore_index = ignore_index;
+    scan.stream = ex.stream;
+    const cuda::CrossEntropyStatus st = cuda::cross_entropy_scan_targets(scan);
     if (st.bad_row >= 0) throw_bad_target(op, targets, st, ignore_index, vocab);
+    cuda::CrossEntropyBackwardParams p;
+    p.logits = logits.raw();
+    p.targets = targets.data<int32_t>();
+    p.lse = lse.data<float>();
+    p.grad_logits = grad_logits.raw();
+    p.rows = targets.numel();
+    p.vocab = vocab;
+    p.ignore_index = ignore_index;
     // The CPU reference's scale: grad_loss / n_valid in double, then rounded to f32.
-    const float scale = st.n_valid ? static_cast<float>(grad_loss / static_cast<double>(st.n_valid)) : 0.0f;
-    cuda::cross_entropy_backward({logits.raw(), targets.data<int32_t>(), lse.data<float>(), grad_logits.raw(),
-                                  targets.numel(), vocab, ignore_index, scale, logits.dtype() == DType::BF16, nullptr});
+    p.scale = st.n_valid ? static_cast<float>(grad_loss / static_cast<double>(st.n_valid)) : 0.0f;
+    p.bf16 = logits.dtype() == DType::BF16;
+    p.stream = ex.stream;
+    cuda::cross_entropy_backward(p);
     return;
-#else
-    MOELAB_NO_CUDA(op);
-#endif
   }
   check_targets(op, targets, ignore_index, vocab);
   ops_detail::dispatch_cpu_float(op, logits, [&](auto tag) {

@@ -2,11 +2,8 @@
 
 #include <type_traits>
 
-#include "core/cuda_dispatch.h"
 #include "core/ops/op_util.h"
-#if MOELAB_WITH_CUDA
 #include "cuda/elementwise.h"
-#endif
 
 namespace moelab {
 
@@ -37,13 +34,6 @@ void check_same(const char* op, const char* na, const Tensor& a, const char* nb,
   check_same_device(op, {{na, &a}, {nb, &b}});
 }
 
-#if MOELAB_WITH_CUDA
-void check_cuda_act(const char* op, const char* name, const Tensor& t) {
-  MOELAB_CHECK(t.dtype() == DType::F32 || t.dtype() == DType::BF16, op, ": ", name, " is ", t.str(),
-               ", expected f32 or bf16 on CUDA");
-}
-#endif
-
 // One element of the CPU cast: through double (exact for every source dtype), then to D the way
 // Tensor::to converts (f32 and bf16 targets round from float, to nearest even).
 template <typename D>
@@ -63,20 +53,23 @@ void visit_cast_dtype(const char* op, const char* name, const Tensor& t, Fn&& fn
 }
 }  // namespace
 
-void add(const Tensor& a, const Tensor& b, const Tensor& out) {
+void add(const Exec& ex, const Tensor& a, const Tensor& b, const Tensor& out) {
   const char* op = "add";
   check_same(op, "a", a, "b", b);
   check_same(op, "a", a, "out", out);
   ops_detail::check_in_place_or_disjoint(op, "a", a, "out", out);
   ops_detail::check_in_place_or_disjoint(op, "b", b, "out", out);
   if (a.device() == Device::CUDA) {
-#if MOELAB_WITH_CUDA
-    check_cuda_act(op, "a", a);
-    cuda::add({a.raw(), b.raw(), out.raw(), a.numel(), a.dtype() == DType::BF16, nullptr});
+    ops_detail::check_cuda_f32_or_bf16(op, "a", a);
+    cuda::AddParams p;
+    p.a = a.raw();
+    p.b = b.raw();
+    p.out = out.raw();
+    p.n = a.numel();
+    p.bf16 = a.dtype() == DType::BF16;
+    p.stream = ex.stream;
+    cuda::add(p);
     return;
-#else
-    MOELAB_NO_CUDA(op);
-#endif
   }
   ops_detail::dispatch_cpu_float(op, a, [&](auto tag) {
     using T = decltype(tag);
@@ -84,18 +77,21 @@ void add(const Tensor& a, const Tensor& b, const Tensor& out) {
   });
 }
 
-void axpy(double alpha, const Tensor& x, const Tensor& y) {
+void axpy(const Exec& ex, double alpha, const Tensor& x, const Tensor& y) {
   const char* op = "axpy";
   check_same(op, "x", x, "y", y);
   ops_detail::check_in_place_or_disjoint(op, "x", x, "y", y);
   if (x.device() == Device::CUDA) {
-#if MOELAB_WITH_CUDA
-    check_cuda_act(op, "x", x);
-    cuda::axpy({static_cast<float>(alpha), x.raw(), y.raw(), x.numel(), x.dtype() == DType::BF16, nullptr});
+    ops_detail::check_cuda_f32_or_bf16(op, "x", x);
+    cuda::AxpyParams p;
+    p.alpha = static_cast<float>(alpha);
+    p.x = x.raw();
+    p.y = y.raw();
+    p.n = x.numel();
+    p.bf16 = x.dtype() == DType::BF16;
+    p.stream = ex.stream;
+    cuda::axpy(p);
     return;
-#else
-    MOELAB_NO_CUDA(op);
-#endif
   }
   ops_detail::dispatch_cpu_float(op, x, [&](auto tag) {
     using T = decltype(tag);
@@ -103,7 +99,7 @@ void axpy(double alpha, const Tensor& x, const Tensor& y) {
   });
 }
 
-void cast(const Tensor& x, const Tensor& y) {
+void cast(const Exec& ex, const Tensor& x, const Tensor& y) {
   const char* op = "cast";
   check_defined(op, "x", x);
   check_defined(op, "y", y);
@@ -121,14 +117,17 @@ void cast(const Tensor& x, const Tensor& y) {
     return;
   }
   if (x.device() == Device::CUDA) {
-#if MOELAB_WITH_CUDA
-    check_cuda_act(op, "x", x);
-    check_cuda_act(op, "y", y);
-    cuda::cast({x.raw(), y.raw(), x.numel(), x.dtype() == DType::BF16, y.dtype() == DType::BF16, nullptr});
+    ops_detail::check_cuda_f32_or_bf16(op, "x", x);
+    ops_detail::check_cuda_f32_or_bf16(op, "y", y);
+    cuda::CastParams p;
+    p.x = x.raw();
+    p.y = y.raw();
+    p.n = x.numel();
+    p.x_bf16 = x.dtype() == DType::BF16;
+    p.y_bf16 = y.dtype() == DType::BF16;
+    p.stream = ex.stream;
+    cuda::cast(p);
     return;
-#else
-    MOELAB_NO_CUDA(op);
-#endif
   }
   const int64_t n = x.numel();
   visit_cast_dtype(op, "x", x, [&](auto src_tag) {

@@ -17,13 +17,14 @@
 
 #include <cstdint>
 
+#include "core/exec.h"
 #include "core/tensor.h"
 
 namespace moelab {
 
-void add(const Tensor& a, const Tensor& b, const Tensor& out);
-void axpy(double alpha, const Tensor& x, const Tensor& y);
-void cast(const Tensor& x, const Tensor& y);
+void add(const Exec& ex, const Tensor& a, const Tensor& b, const Tensor& out);
+void axpy(const Exec& ex, double alpha, const Tensor& x, const Tensor& y);
+void cast(const Exec& ex, const Tensor& x, const Tensor& y);
 
 namespace ref {
 template <typename T>

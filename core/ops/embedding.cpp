@@ -4,11 +4,8 @@
 #include <algorithm>
 #include <vector>
 
-#include "core/cuda_dispatch.h"
 #include "core/ops/op_util.h"
-#if MOELAB_WITH_CUDA
 #include "cuda/embedding.h"
-#endif
 
 namespace moelab {
 
@@ -71,7 +68,6 @@ void check_ids(const char* op, const Tensor& ids, int64_t vocab) {
     if (p[n] < 0 || p[n] >= vocab) fail_bad_id(op, ids, p[n], n, vocab);
 }
 
-#if MOELAB_WITH_CUDA
 // A CUDA launcher left the first bad position in `flag` (-1: none): bring it back and report.
 void check_ids_flag(const char* op, const Tensor& ids, const Tensor& flag, int64_t vocab) {
   const int32_t pos = flag.to(Device::CPU).data<int32_t>()[0];
@@ -83,28 +79,33 @@ void check_ids_flag(const char* op, const Tensor& ids, const Tensor& flag, int64
 void check_tokens(const char* op, const Tensor& ids) {
   MOELAB_CHECK(ids.numel() < (int64_t{1} << 31), op, ": ids ", ids.str(), " holds more than 2^31 - 1 tokens");
 }
-#endif
 }  // namespace
 
-void embedding_forward(const Tensor& ids, const Tensor& weight, const Tensor& out) {
+void embedding_forward(const Exec& ex, const Tensor& ids, const Tensor& weight, const Tensor& out) {
   const char* op = "embedding_forward";
   check_shape(op, "out", out, check_embedding_shapes(op, ids, "weight", weight));
   check_same_device(op, {{"ids", &ids}, {"weight", &weight}, {"out", &out}});
   if (weight.device() == Device::CUDA) {
-#if MOELAB_WITH_CUDA
     MOELAB_CHECK(weight.dtype() == DType::F32 || weight.dtype() == DType::BF16, op, ": weight is ", weight.str(),
                  ", expected f32 or bf16 on CUDA");
     check_dtype(op, "out", out, weight.dtype());
     check_tokens(op, ids);
     if (ids.numel() == 0) return;
-    Tensor flag = Tensor::empty({1}, DType::I32, Device::CUDA);
-    cuda::embedding_forward({ids.data<int32_t>(), weight.raw(), out.raw(), reinterpret_cast<uint32_t*>(flag.raw()),
-                             ids.numel(), weight.size(0), weight.size(1), weight.dtype() == DType::BF16, nullptr});
+    ScratchScope scratch(ex, op);
+    const Tensor flag = scratch.take({1}, DType::I32);
+    cuda::EmbeddingForwardParams p;
+    p.ids = ids.data<int32_t>();
+    p.weight = weight.raw();
+    p.out = out.raw();
+    p.bad_pos = reinterpret_cast<uint32_t*>(flag.raw());
+    p.tokens = ids.numel();
+    p.vocab = weight.size(0);
+    p.dim = weight.size(1);
+    p.bf16 = weight.dtype() == DType::BF16;
+    p.stream = ex.stream;
+    cuda::embedding_forward(p);
     check_ids_flag(op, ids, flag, weight.size(0));
     return;
-#else
-    MOELAB_NO_CUDA(op);
-#endif
   }
   check_ids(op, ids, weight.size(0));
   ops_detail::dispatch_cpu_float(op, weight, [&](auto tag) {
@@ -114,29 +115,37 @@ void embedding_forward(const Tensor& ids, const Tensor& weight, const Tensor& ou
   });
 }
 
-void embedding_backward(const Tensor& grad_out, const Tensor& ids, const Tensor& grad_weight) {
+void embedding_backward(const Exec& ex, const Tensor& grad_out, const Tensor& ids, const Tensor& grad_weight) {
   const char* op = "embedding_backward";
   check_shape(op, "grad_out", grad_out, check_embedding_shapes(op, ids, "grad_weight", grad_weight));
   check_same_device(op, {{"grad_out", &grad_out}, {"ids", &ids}, {"grad_weight", &grad_weight}});
   if (grad_weight.device() == Device::CUDA) {
-#if MOELAB_WITH_CUDA
     check_dtype(op, "grad_weight", grad_weight, DType::F32);
     MOELAB_CHECK(grad_out.dtype() == DType::F32 || grad_out.dtype() == DType::BF16, op, ": grad_out is ", grad_out.str(),
                  ", expected f32 or bf16 on CUDA");
     check_tokens(op, ids);
     if (ids.numel() == 0) return;
+    // The sort's buffers and the flag come from the step's scratch: allocating them here would
+    // synchronise the device at every call.
+    ScratchScope scratch(ex, op);
     const size_t ws_bytes = cuda::embedding_backward_workspace_bytes(ids.numel());
-    // Scratch allocated here at every call (no workspace argument yet): the sort's buffers, and the flag.
-    Tensor ws = Tensor::empty({static_cast<int64_t>((ws_bytes + 3) / 4)}, DType::I32, Device::CUDA);
-    Tensor flag = Tensor::empty({1}, DType::I32, Device::CUDA);
-    cuda::embedding_backward({grad_out.raw(), ids.data<int32_t>(), grad_weight.data<float>(),
-                              reinterpret_cast<uint32_t*>(flag.raw()), ws.raw(), ws.nbytes(), ids.numel(),
-                              grad_weight.size(0), grad_weight.size(1), grad_out.dtype() == DType::BF16, nullptr});
+    const Tensor ws = scratch.take({static_cast<int64_t>((ws_bytes + 3) / 4)}, DType::I32);
+    const Tensor flag = scratch.take({1}, DType::I32);
+    cuda::EmbeddingBackwardParams p;
+    p.grad_out = grad_out.raw();
+    p.ids = ids.data<int32_t>();
+    p.grad_weight = grad_weight.data<float>();
+    p.bad_pos = reinterpret_cast<uint32_t*>(flag.raw());
+    p.workspace = ws.raw();
+    p.workspace_bytes = ws.nbytes();
+    p.tokens = ids.numel();
+    p.vocab = grad_weight.size(0);
+    p.dim = grad_weight.size(1);
+    p.bf16 = grad_out.dtype() == DType::BF16;
+    p.stream = ex.stream;
+    cuda::embedding_backward(p);
     check_ids_flag(op, ids, flag, grad_weight.size(0));
     return;
-#else
-    MOELAB_NO_CUDA(op);
-#endif
   }
   check_ids(op, ids, grad_weight.size(0));
   ops_detail::dispatch_cpu_float(op, grad_weight, [&](auto tag) {

@@ -11,18 +11,20 @@
 // Dtypes: ids i32; CPU: weight, out, grad_out, grad_weight all f32 or all f64.
 //         CUDA: weight and out both f32 or both bf16; grad_out f32 or bf16, grad_weight f32.
 // CUDA backward: a stable sort of the ids, then one writer per grad_weight element that adds its
-// tokens in token order (bit-identical to the CPU in f32); it allocates its workspace (about
-// 12 bytes per token plus the sort's scratch) and a 4-byte flag on the device at every call.
+// tokens in token order (bit-identical to the CPU in f32). Both directions take their device
+// scratch from ex.scratch (core/exec.h): a 4-byte flag, and for backward the sort's workspace
+// (about 12 bytes per token plus the sort's own scratch).
 #pragma once
 
 #include <cstdint>
 
+#include "core/exec.h"
 #include "core/tensor.h"
 
 namespace moelab {
 
-void embedding_forward(const Tensor& ids, const Tensor& weight, const Tensor& out);
-void embedding_backward(const Tensor& grad_out, const Tensor& ids, const Tensor& grad_weight);
+void embedding_forward(const Exec& ex, const Tensor& ids, const Tensor& weight, const Tensor& out);
+void embedding_backward(const Exec& ex, const Tensor& grad_out, const Tensor& ids, const Tensor& grad_weight);
 
 // The references trust their ids (the Tensor API above checks them).
 namespace ref {

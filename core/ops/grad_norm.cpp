@@ -5,12 +5,9 @@
 #include <cmath>
 #include <string>
 
-#include "core/cuda_dispatch.h"
 #include "core/ops/op_util.h"
-#if MOELAB_WITH_CUDA
 #include "cuda/grad_norm.h"
 #include "cuda/runtime.h"
-#endif
 
 namespace moelab {
 
@@ -57,43 +54,41 @@ Device check_grads(const char* op, const std::vector<Tensor>& grads) {
     MOELAB_CHECK(grads[i].device() == grads[0].device(), op, ": ", name, " is ", grads[i].str(), " but grads[0] is on ",
                  device_name(grads[0].device()), ": every tensor must be on one device");
     if (grads[i].device() == Device::CUDA) {
-#if MOELAB_WITH_CUDA
       check_dtype(op, name.c_str(), grads[i], DType::F32);
-#else
-      MOELAB_NO_CUDA(op);
-#endif
     }
   }
   return grads.empty() ? Device::CPU : grads[0].device();
 }
 
-#if MOELAB_WITH_CUDA
 // Each tensor's sum of squares on the device (cuda/grad_norm.h: double, fixed order), the per-tensor
 // sums copied back and added in list order on the host, as the CPU path does.
-double grad_norm_cuda(const std::vector<Tensor>& grads) {
+double grad_norm_cuda(const Exec& ex, const char* op, const std::vector<Tensor>& grads) {
   const int64_t count = static_cast<int64_t>(grads.size());
-  // Scratch: the partials (reused tensor after tensor, in stream order) and one sum per tensor.
-  // Allocated per call for now.
-  Tensor workspace = Tensor::empty({cuda::kGradNormBlocks + count}, DType::F64, Device::CUDA);
+  // Scratch from the step's arena (a device allocation here would synchronise the device): the
+  // partials (reused tensor after tensor, in stream order) and one sum per tensor.
+  ScratchScope scratch(ex, op);
+  const Tensor workspace = scratch.take({cuda::kGradNormBlocks + count}, DType::F64);
   double* partials = workspace.data<double>();
   double* sums = partials + cuda::kGradNormBlocks;
-  for (int64_t i = 0; i < count; ++i)
-    cuda::grad_sum_squares({grads[i].data<float>(), grads[i].numel(), partials, sums + i, nullptr});
+  for (int64_t i = 0; i < count; ++i) {
+    cuda::GradSumSquaresParams p;
+    p.x = grads[i].data<float>();
+    p.n = grads[i].numel();
+    p.partials = partials;
+    p.result = sums + i;
+    p.stream = ex.stream;
+    cuda::grad_sum_squares(p);
+  }
   std::vector<double> host(count);
   cuda::memcpy_d2h(host.data(), sums, count * sizeof(double));
   double total = 0;
   for (double s : host) total += s;
   return std::sqrt(total);
 }
-#endif
 
-double grad_norm_unchecked(const char* op, const std::vector<Tensor>& grads, Device device) {
+double grad_norm_unchecked(const Exec& ex, const char* op, const std::vector<Tensor>& grads, Device device) {
   if (device == Device::CUDA) {
-#if MOELAB_WITH_CUDA
-    return grad_norm_cuda(grads);
-#else
-    MOELAB_NO_CUDA(op);
-#endif
+    return grad_norm_cuda(ex, op, grads);
   }
   double total = 0;  // tensors in list order, so the sum is deterministic too
   for (const Tensor& g : grads)
@@ -105,27 +100,30 @@ double grad_norm_unchecked(const char* op, const std::vector<Tensor>& grads, Dev
 }
 }  // namespace
 
-double grad_norm(const std::vector<Tensor>& grads) {
+double grad_norm(const Exec& ex, const std::vector<Tensor>& grads) {
   const char* op = "grad_norm";
   const Device device = check_grads(op, grads);
-  return grad_norm_unchecked(op, grads, device);
+  return grad_norm_unchecked(ex, op, grads, device);
 }
 
-double clip_grad_norm(const std::vector<Tensor>& grads, double max_norm) {
+double clip_grad_norm(const Exec& ex, const std::vector<Tensor>& grads, double max_norm) {
   const char* op = "clip_grad_norm";
   MOELAB_CHECK(max_norm > 0, op, ": max_norm is ", max_norm, ", expected > 0");
   const Device device = check_grads(op, grads);
-  const double norm = grad_norm_unchecked(op, grads, device);
+  const double norm = grad_norm_unchecked(ex, op, grads, device);
   if (!std::isfinite(norm)) return norm;  // left to the trainer's non-finite guard
   const double coef = max_norm / (norm + 1e-6);  // +1e-6: PyTorch's guard against norm = 0
   if (coef >= 1.0) return norm;                  // below the threshold: the gradients stay as they are
   if (device == Device::CUDA) {
-#if MOELAB_WITH_CUDA
-    for (const Tensor& g : grads) cuda::grad_scale({g.data<float>(), g.numel(), static_cast<float>(coef), nullptr});
+    for (const Tensor& g : grads) {
+      cuda::GradScaleParams p;
+      p.x = g.data<float>();
+      p.n = g.numel();
+      p.factor = static_cast<float>(coef);
+      p.stream = ex.stream;
+      cuda::grad_scale(p);
+    }
     return norm;
-#else
-    MOELAB_NO_CUDA(op);
-#endif
   }
   for (const Tensor& g : grads)
     ops_detail::dispatch_cpu_float(op, g, [&](auto tag) {

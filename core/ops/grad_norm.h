@@ -20,12 +20,13 @@
 #include <cstdint>
 #include <vector>
 
+#include "core/exec.h"
 #include "core/tensor.h"
 
 namespace moelab {
 
-double grad_norm(const std::vector<Tensor>& grads);
-double clip_grad_norm(const std::vector<Tensor>& grads, double max_norm);
+double grad_norm(const Exec& ex, const std::vector<Tensor>& grads);
+double clip_grad_norm(const Exec& ex, const std::vector<Tensor>& grads, double max_norm);
 
 namespace ref {
 // sum_i x_i^2 in double, in the fixed chunk order described above.

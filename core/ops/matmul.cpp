@@ -11,12 +11,9 @@
 
 #include <vector>
 
-#include "core/cuda_dispatch.h"
 #include "core/gpu_context.h"
 #include "core/ops/op_util.h"
-#if MOELAB_WITH_CUDA
 #include "cuda/blas.h"
-#endif
 
 namespace moelab {
 
@@ -74,38 +71,35 @@ Shape output_shape(const Tensor& x, int64_t n) {
   return Shape(dims);
 }
 
-#if MOELAB_WITH_CUDA
 // The CUDA dtypes: x, w and the activation-side tensors share f32 or bf16; grad_w is f32.
-cuda::GemmType cuda_act_type(const char* op, const Tensor& x, const GpuContext* gpu) {
-  MOELAB_CHECK(gpu != nullptr, op, ": x is ", x.str(), " on CUDA, which needs the GpuContext (core/gpu_context.h) "
-               "that owns the cuBLASLt handle: pass it (layers take it from Context::gpu)");
-  MOELAB_CHECK(x.dtype() == DType::F32 || x.dtype() == DType::BF16, op, ": x is ", x.str(),
-               ", expected f32 or bf16 on CUDA");
+cuda::GemmType cuda_act_type(const char* op, const Tensor& x, const Exec& ex) {
+  MOELAB_CHECK(ex.gpu != nullptr, op, ": x is ", x.str(), " on CUDA, which needs the GpuContext (core/gpu_context.h) "
+               "that owns the cuBLASLt handle: set Exec::gpu (layers have it in their Context)");
+  ops_detail::check_cuda_f32_or_bf16(op, "x", x);
   return x.dtype() == DType::BF16 ? cuda::GemmType::BF16 : cuda::GemmType::F32;
 }
-#endif
 }  // namespace
 
-void matmul_forward(const Tensor& x, const Tensor& w, const Tensor& y, const GpuContext* gpu) {
+void matmul_forward(const Exec& ex, const Tensor& x, const Tensor& w, const Tensor& y) {
   const char* op = "matmul_forward";
   const Dims d = check_matmul_shapes(op, x, w);
   check_shape(op, "y", y, output_shape(x, d.n));
   check_same_device(op, {{"x", &x}, {"w", &w}, {"y", &y}});
   if (x.device() == Device::CUDA) {
-#if MOELAB_WITH_CUDA
-    const cuda::GemmType t = cuda_act_type(op, x, gpu);
+    const cuda::GemmType t = cuda_act_type(op, x, ex);
     check_dtype(op, "w", w, x.dtype());
     check_dtype(op, "y", y, x.dtype());
     // y[M, N] = x[M, K] w[N, K]^T
-    cuda::GemmParams p{x.raw(), w.raw(), y.raw(), d.m, d.n, d.k};
+    cuda::GemmParams p;
+    p.a = x.raw();
+    p.b = w.raw();
+    p.c = y.raw();
+    p.m = d.m; p.n = d.n; p.k = d.k;
     p.trans_b = true;
     p.ab_type = p.c_type = t;
-    gpu->blas().gemm(p);
+    p.stream = ex.stream;
+    ex.gpu->blas().gemm(p);
     return;
-#else
-    (void)gpu;
-    MOELAB_NO_CUDA(op);
-#endif
   }
   ops_detail::dispatch_cpu_float(op, x, [&](auto tag) {
     using T = decltype(tag);
@@ -115,8 +109,8 @@ void matmul_forward(const Tensor& x, const Tensor& w, const Tensor& y, const Gpu
   });
 }
 
-void matmul_backward(const Tensor& grad_y, const Tensor& x, const Tensor& w, const Tensor& grad_x,
-                     const Tensor& grad_w, const GpuContext* gpu) {
+void matmul_backward(const Exec& ex, const Tensor& grad_y, const Tensor& x, const Tensor& w, const Tensor& grad_x,
+                     const Tensor& grad_w) {
   const char* op = "matmul_backward";
   const Dims d = check_matmul_shapes(op, x, w);
   check_shape(op, "grad_y", grad_y, output_shape(x, d.n));
@@ -124,29 +118,34 @@ void matmul_backward(const Tensor& grad_y, const Tensor& x, const Tensor& w, con
   check_shape(op, "grad_w", grad_w, w.shape());
   check_same_device(op, {{"grad_y", &grad_y}, {"x", &x}, {"w", &w}, {"grad_x", &grad_x}, {"grad_w", &grad_w}});
   if (x.device() == Device::CUDA) {
-#if MOELAB_WITH_CUDA
-    const cuda::GemmType t = cuda_act_type(op, x, gpu);
+    const cuda::GemmType t = cuda_act_type(op, x, ex);
     check_dtype(op, "grad_y", grad_y, x.dtype());
     check_dtype(op, "w", w, x.dtype());
     if (grad_x.defined()) check_dtype(op, "grad_x", grad_x, x.dtype());
     check_dtype(op, "grad_w", grad_w, DType::F32);
     if (grad_x.defined()) {  // grad_x[M, K] = grad_y[M, N] w[N, K]
-      cuda::GemmParams p{grad_y.raw(), w.raw(), grad_x.raw(), d.m, d.k, d.n};
+      cuda::GemmParams p;
+      p.a = grad_y.raw();
+      p.b = w.raw();
+      p.c = grad_x.raw();
+      p.m = d.m; p.n = d.k; p.k = d.n;
       p.ab_type = p.c_type = t;
-      gpu->blas().gemm(p);
+      p.stream = ex.stream;
+      ex.gpu->blas().gemm(p);
     }
     // grad_w[N, K] += grad_y[M, N]^T x[M, K], accumulated in f32
-    cuda::GemmParams p{grad_y.raw(), x.raw(), grad_w.raw(), d.n, d.k, d.m};
+    cuda::GemmParams p;
+    p.a = grad_y.raw();
+    p.b = x.raw();
+    p.c = grad_w.raw();
+    p.m = d.n; p.n = d.k; p.k = d.m;
     p.trans_a = true;
     p.ab_type = t;
     p.c_type = cuda::GemmType::F32;
     p.beta = 1.0f;
-    gpu->blas().gemm(p);
+    p.stream = ex.stream;
+    ex.gpu->blas().gemm(p);
     return;
-#else
-    (void)gpu;
-    MOELAB_NO_CUDA(op);
-#endif
   }
   ops_detail::dispatch_cpu_float(op, x, [&](auto tag) {
     using T = decltype(tag);

@@ -8,21 +8,20 @@
 // Contract: forward OVERWRITES y. backward OVERWRITES grad_x (an undefined grad_x skips that GEMM,
 // for inputs that need no gradient) and ACCUMULATES (+=) into grad_w.
 // Dtypes: CPU: every tensor f32, or every tensor f64 (gradient checks); Eigen accumulates in that
-//         type (never lower). CUDA (cuBLASLt through the GpuContext, which must be given): x, w, y,
+//         type (never lower). CUDA (cuBLASLt through ex.gpu, which must be set): x, w, y,
 //         grad_y, grad_x all f32 or all bf16, grad_w f32; accumulation in f32 (full fp32 for f32).
 #pragma once
 
 #include <cstdint>
 
+#include "core/exec.h"
 #include "core/tensor.h"
 
 namespace moelab {
 
-class GpuContext;
-
-void matmul_forward(const Tensor& x, const Tensor& w, const Tensor& y, const GpuContext* gpu = nullptr);
-void matmul_backward(const Tensor& grad_y, const Tensor& x, const Tensor& w, const Tensor& grad_x,
-                     const Tensor& grad_w, const GpuContext* gpu = nullptr);
+void matmul_forward(const Exec& ex, const Tensor& x, const Tensor& w, const Tensor& y);
+void matmul_backward(const Exec& ex, const Tensor& grad_y, const Tensor& x, const Tensor& w, const Tensor& grad_x,
+                     const Tensor& grad_w);
 
 namespace ref {
 template <typename T>

@@ -2,16 +2,12 @@
 #include "core/ops/mla_decode.h"
 
 #include <algorithm>
-#include <climits>
 #include <cmath>
 #include <limits>
 #include <vector>
 
-#include "core/cuda_dispatch.h"
 #include "core/ops/op_util.h"
-#if MOELAB_WITH_CUDA
 #include "cuda/mla_decode.h"
-#endif
 
 namespace moelab {
 
@@ -48,11 +44,7 @@ void mla_decode_attention(const T* q, const T* w_kvb, const T* ckv, const T* kr,
             p[j] = scale * acc;
             m = std::max(m, p[j]);
           }
-          T sum = 0;
-          for (int64_t j = 0; j <= last; ++j) {
-            p[j] = std::exp(p[j] - m);  // minus the row max: exp() <= 1
-            sum += p[j];
-          }
+          const T sum = ops_detail::exp_minus_max(p.data(), last + 1, m);
           // The attended latent sum_j p_j ckv_j, then W_uv maps it to the head's Dv output: the
           // value half of W_kvb folded into the output.
           std::fill(lat.begin(), lat.end(), T(0));
@@ -80,7 +72,7 @@ template void mla_decode_attention<double>(const double*, const double*, const d
 
 }  // namespace ref
 
-void mla_decode_attention(const Tensor& q, const Tensor& w_kvb, const Tensor& ckv, const Tensor& kr, float scale,
+void mla_decode_attention(const Exec& ex, const Tensor& q, const Tensor& w_kvb, const Tensor& ckv, const Tensor& kr, float scale,
                           int64_t pos, const Tensor& out) {
   const char* op = "mla_decode_attention";
   check_ndim(op, "q", q, 4, 4);
@@ -102,18 +94,23 @@ void mla_decode_attention(const Tensor& q, const Tensor& w_kvb, const Tensor& ck
     check_dtype(op, name, *t, q.dtype());
   check_same_device(op, {{"q", &q}, {"w_kvb", &w_kvb}, {"ckv", &ckv}, {"kr", &kr}, {"out", &out}});
   if (q.device() == Device::CUDA) {
-#if MOELAB_WITH_CUDA
-    MOELAB_CHECK(q.dtype() == DType::F32 || q.dtype() == DType::BF16, op, ": q is ", q.str(),
-                 ", expected f32 or bf16 on CUDA");
-    MOELAB_CHECK(B * n * H <= INT32_MAX, op, ": ", B * n * H, " query rows (B x n x H) exceed one CUDA grid (2^31 - 1)");
-    MOELAB_CHECK(w_kvb.dtype() == DType::F32 || w_kvb.dtype() == DType::BF16, op, ": w_kvb is ", w_kvb.str(),
-                 ", expected f32 or bf16 on CUDA");
-    cuda::mla_decode_attention({q.raw(), w_kvb.raw(), ckv.raw(), kr.raw(), out.raw(), B, n, S, H, Dn, Dr, Dv, Ckv, pos,
-                                scale, q.dtype() == DType::BF16, w_kvb.dtype() == DType::BF16, nullptr});
+    ops_detail::check_cuda_f32_or_bf16(op, "q", q);
+    ops_detail::check_cuda_query_rows(op, B * n * H);
+    ops_detail::check_cuda_f32_or_bf16(op, "w_kvb", w_kvb);
+    cuda::MlaDecodeParams p;
+    p.q = q.raw();
+    p.w_kvb = w_kvb.raw();
+    p.ckv = ckv.raw();
+    p.kr = kr.raw();
+    p.out = out.raw();
+    p.B = B; p.n = n; p.S = S; p.H = H; p.Dn = Dn; p.Dr = Dr; p.Dv = Dv; p.Ckv = Ckv;
+    p.pos = pos;
+    p.scale = scale;
+    p.bf16 = q.dtype() == DType::BF16;
+    p.w_bf16 = w_kvb.dtype() == DType::BF16;
+    p.stream = ex.stream;
+    cuda::mla_decode_attention(p);
     return;
-#else
-    MOELAB_NO_CUDA(op);
-#endif
   }
   check_dtype(op, "w_kvb", w_kvb, q.dtype());
   const ref::MlaDecodeShape s{B, n, S, H, Dn, Dr, Dv, Ckv, pos};

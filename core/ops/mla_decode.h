@@ -29,11 +29,12 @@
 
 #include <cstdint>
 
+#include "core/exec.h"
 #include "core/tensor.h"
 
 namespace moelab {
 
-void mla_decode_attention(const Tensor& q, const Tensor& w_kvb, const Tensor& ckv, const Tensor& kr, float scale,
+void mla_decode_attention(const Exec& ex, const Tensor& q, const Tensor& w_kvb, const Tensor& ckv, const Tensor& kr, float scale,
                           int64_t pos, const Tensor& out);
 
 namespace ref {

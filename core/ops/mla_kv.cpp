@@ -1,10 +1,7 @@
 #include "core/ops/mla_kv.h"
 
-#include "core/cuda_dispatch.h"
 #include "core/ops/op_util.h"
-#if MOELAB_WITH_CUDA
 #include "cuda/mla_kv.h"
-#endif
 
 namespace moelab {
 
@@ -72,27 +69,23 @@ ref::MlaKvShape check_mla_kv(const char* op, const Tensor& kv, const Tensor& kr,
                " x (Dn ", nope_dim, " + Dr ", dr, ")");
   return {n, heads, nope_dim, dr, dv};
 }
-
-#if MOELAB_WITH_CUDA
-void check_cuda_dtype(const char* op, const char* name, const Tensor& t) {
-  MOELAB_CHECK(t.dtype() == DType::F32 || t.dtype() == DType::BF16, op, ": ", name, " is ", t.str(),
-               ", expected f32 or bf16 on CUDA");
-}
-#endif
 }  // namespace
 
-void mla_kv_forward(const Tensor& kv, const Tensor& kr, int64_t heads, int64_t nope_dim, const Tensor& k, const Tensor& v) {
+void mla_kv_forward(const Exec& ex, const Tensor& kv, const Tensor& kr, int64_t heads, int64_t nope_dim, const Tensor& k, const Tensor& v) {
   const char* op = "mla_kv_forward";
   const ref::MlaKvShape s = check_mla_kv(op, kv, kr, k, v, heads, nope_dim);
   if (kv.device() == Device::CUDA) {
-#if MOELAB_WITH_CUDA
-    check_cuda_dtype(op, "kv", kv);
-    cuda::mla_kv_forward({kv.raw(), kr.raw(), k.raw(), v.raw(), s.N, s.H, s.Dn, s.Dr, s.Dv, kv.dtype() == DType::BF16,
-                          nullptr});
+    ops_detail::check_cuda_f32_or_bf16(op, "kv", kv);
+    cuda::MlaKvForwardParams p;
+    p.kv = kv.raw();
+    p.kr = kr.raw();
+    p.k = k.raw();
+    p.v = v.raw();
+    p.N = s.N; p.H = s.H; p.Dn = s.Dn; p.Dr = s.Dr; p.Dv = s.Dv;
+    p.bf16 = kv.dtype() == DType::BF16;
+    p.stream = ex.stream;
+    cuda::mla_kv_forward(p);
     return;
-#else
-    MOELAB_NO_CUDA(op);
-#endif
   }
   ops_detail::dispatch_cpu_float(op, kv, [&](auto tag) {
     using T = decltype(tag);
@@ -100,19 +93,22 @@ void mla_kv_forward(const Tensor& kv, const Tensor& kr, int64_t heads, int64_t n
   });
 }
 
-void mla_kv_backward(const Tensor& grad_k, const Tensor& grad_v, int64_t heads, int64_t nope_dim, const Tensor& grad_kv,
+void mla_kv_backward(const Exec& ex, const Tensor& grad_k, const Tensor& grad_v, int64_t heads, int64_t nope_dim, const Tensor& grad_kv,
                      const Tensor& grad_kr) {
   const char* op = "mla_kv_backward";
   const ref::MlaKvShape s = check_mla_kv(op, grad_kv, grad_kr, grad_k, grad_v, heads, nope_dim);
   if (grad_kv.device() == Device::CUDA) {
-#if MOELAB_WITH_CUDA
-    check_cuda_dtype(op, "grad_kv", grad_kv);
-    cuda::mla_kv_backward({grad_k.raw(), grad_v.raw(), grad_kv.raw(), grad_kr.raw(), s.N, s.H, s.Dn, s.Dr, s.Dv,
-                           grad_kv.dtype() == DType::BF16, nullptr});
+    ops_detail::check_cuda_f32_or_bf16(op, "grad_kv", grad_kv);
+    cuda::MlaKvBackwardParams p;
+    p.grad_k = grad_k.raw();
+    p.grad_v = grad_v.raw();
+    p.grad_kv = grad_kv.raw();
+    p.grad_kr = grad_kr.raw();
+    p.N = s.N; p.H = s.H; p.Dn = s.Dn; p.Dr = s.Dr; p.Dv = s.Dv;
+    p.bf16 = grad_kv.dtype() == DType::BF16;
+    p.stream = ex.stream;
+    cuda::mla_kv_backward(p);
     return;
-#else
-    MOELAB_NO_CUDA(op);
-#endif
   }
   ops_detail::dispatch_cpu_float(op, grad_kv, [&](auto tag) {
     using T = decltype(tag);

@@ -5,11 +5,8 @@
 #include <cmath>
 #include <vector>
 
-#include "core/cuda_dispatch.h"
 #include "core/ops/op_util.h"
-#if MOELAB_WITH_CUDA
 #include "cuda/moe_balance.h"
-#endif
 
 namespace moelab {
 
@@ -122,14 +119,10 @@ void check_aux(const char* op, const Tensor& scores, const Tensor& topk_idx, int
                " rows of scores ", scores.str());
   check_same_device(op, {{"scores", &scores}, {"topk_idx", &topk_idx}});
   if (scores.device() == Device::CUDA) {  // the indices are checked on the device (cuda/moe_balance.h)
-#if MOELAB_WITH_CUDA
     check_dtype(op, "scores", scores, DType::F32);
     MOELAB_CHECK(E <= cuda::kMoeBalanceMaxExperts, op, ": E = ", E, " experts; the CUDA kernel takes at most ",
                  cuda::kMoeBalanceMaxExperts);
     return;
-#else
-    MOELAB_NO_CUDA(op);
-#endif
   }
   // Before the parallel loops: an exception must not leave an OpenMP region.
   const int32_t* idx = topk_idx.data<int32_t>();
@@ -142,46 +135,46 @@ void check_logits(const char* op, const Tensor& logits) {
   check_ndim(op, "logits", logits, 2, 2);
   MOELAB_CHECK(logits.size(0) >= 1 && logits.size(1) >= 1, op, ": logits is ", logits.str(),
                ", expected at least one row and one expert");
-#if MOELAB_WITH_CUDA
   if (logits.device() == Device::CUDA) check_dtype(op, "logits", logits, DType::F32);
-#endif
 }
 
-#if MOELAB_WITH_CUDA
-// The device workspace of the aux loss, allocated per call for now: f [B, E] and the per-row values
-// [N] (f32), the out-of-range index counts [B] (i32), the forward's two sums (f64).
-struct AuxWorkspace {
-  Tensor f, invalid, result;  // f holds f [B, E] then the per-row values [N]
-  cuda::MoeAuxLossParams params(const Tensor& scores, const Tensor& topk_idx, int64_t seq_len, double alpha,
-                                double grad_loss, float* grad_scores) {
-    const int64_t N = scores.size(0), E = scores.size(1);
-    f = Tensor::empty({N / seq_len * E + N}, DType::F32, Device::CUDA);
-    invalid = Tensor::empty({N / seq_len}, DType::I32, Device::CUDA);
-    result = Tensor::empty({2}, DType::F64, Device::CUDA);
-    float* fp = f.data<float>();
-    return {scores.data<float>(), topk_idx.data<int32_t>(), N, E, topk_idx.size(1), seq_len, fp,
-            invalid.data<int32_t>(), fp + N / seq_len * E, result.data<double>(), alpha, grad_loss, grad_scores,
-            nullptr};
-  }
-};
-#endif
+// The launch parameters of the aux loss on CUDA, with its device workspace taken from the op's
+// scratch (a device allocation per call would synchronise the device): f [B, E] and the per-row
+// values [N] (f32), the out-of-range index counts [B] (i32), the forward's two sums (f64).
+cuda::MoeAuxLossParams aux_params(const Exec& ex, ScratchScope& scratch, const Tensor& scores, const Tensor& topk_idx,
+                                  int64_t seq_len, double alpha) {
+  const int64_t N = scores.size(0), E = scores.size(1), B = N / seq_len;
+  const Tensor f = scratch.take({B * E + N}, DType::F32);  // f [B, E], then the per-row values [N]
+  const Tensor invalid = scratch.take({B}, DType::I32);
+  const Tensor result = scratch.take({2}, DType::F64);
+  cuda::MoeAuxLossParams p;
+  p.scores = scores.data<float>();
+  p.topk_idx = topk_idx.data<int32_t>();
+  p.rows = N;
+  p.E = E;
+  p.K = topk_idx.size(1);
+  p.seq_len = seq_len;
+  p.f = f.data<float>();
+  p.invalid = invalid.data<int32_t>();
+  p.row_values = f.data<float>() + B * E;
+  p.result = result.data<double>();
+  p.alpha = alpha;
+  p.stream = ex.stream;
+  return p;
+}
 }  // namespace
 
-double moe_aux_loss_forward(const Tensor& scores, const Tensor& topk_idx, int64_t seq_len, double alpha) {
+double moe_aux_loss_forward(const Exec& ex, const Tensor& scores, const Tensor& topk_idx, int64_t seq_len, double alpha) {
   const char* op = "moe_aux_loss_forward";
   check_aux(op, scores, topk_idx, seq_len);
   if (scores.device() == Device::CUDA) {
-#if MOELAB_WITH_CUDA
-    AuxWorkspace ws;
+    ScratchScope scratch(ex, op);
     double sums[2];
-    cuda::moe_aux_loss_forward(ws.params(scores, topk_idx, seq_len, alpha, 0.0, nullptr), sums);
+    cuda::moe_aux_loss_forward(aux_params(ex, scratch, scores, topk_idx, seq_len, alpha), sums);
     MOELAB_CHECK(sums[1] == 0, op, ": topk_idx holds ", static_cast<int64_t>(sums[1]), " entries outside [0, E = ",
                  scores.size(1), ") (the selection before capacity drops)");
     const double num_seqs = static_cast<double>(scores.size(0) / seq_len);
     return alpha * sums[0] / (num_seqs * static_cast<double>(seq_len));  // the CPU's expression
-#else
-    MOELAB_NO_CUDA(op);
-#endif
   }
   double loss = 0;
   ops_detail::dispatch_cpu_float(op, scores, [&](auto tag) {
@@ -192,7 +185,7 @@ double moe_aux_loss_forward(const Tensor& scores, const Tensor& topk_idx, int64_
   return loss;
 }
 
-void moe_aux_loss_backward(const Tensor& scores, const Tensor& topk_idx, int64_t seq_len, double alpha,
+void moe_aux_loss_backward(const Exec& ex, const Tensor& scores, const Tensor& topk_idx, int64_t seq_len, double alpha,
                            double grad_loss, const Tensor& grad_scores) {
   const char* op = "moe_aux_loss_backward";
   check_aux(op, scores, topk_idx, seq_len);
@@ -200,13 +193,12 @@ void moe_aux_loss_backward(const Tensor& scores, const Tensor& topk_idx, int64_t
   check_dtype(op, "grad_scores", grad_scores, scores.dtype());
   check_same_device(op, {{"scores", &scores}, {"grad_scores", &grad_scores}});
   if (scores.device() == Device::CUDA) {
-#if MOELAB_WITH_CUDA
-    AuxWorkspace ws;
-    cuda::moe_aux_loss_backward(ws.params(scores, topk_idx, seq_len, alpha, grad_loss, grad_scores.data<float>()));
+    ScratchScope scratch(ex, op);
+    cuda::MoeAuxLossParams p = aux_params(ex, scratch, scores, topk_idx, seq_len, alpha);
+    p.grad_loss = grad_loss;
+    p.grad_scores = grad_scores.data<float>();
+    cuda::moe_aux_loss_backward(p);
     return;
-#else
-    MOELAB_NO_CUDA(op);
-#endif
   }
   ops_detail::dispatch_cpu_float(op, scores, [&](auto tag) {
     using T = decltype(tag);
@@ -215,22 +207,26 @@ void moe_aux_loss_backward(const Tensor& scores, const Tensor& topk_idx, int64_t
   });
 }
 
-double moe_z_loss_forward(const Tensor& logits, double coef) {
+double moe_z_loss_forward(const Exec& ex, const Tensor& logits, double coef) {
   const char* op = "moe_z_loss_forward";
   check_logits(op, logits);
   if (logits.device() == Device::CUDA) {
-#if MOELAB_WITH_CUDA
     const int64_t N = logits.size(0);
-    const Tensor rows = Tensor::empty({N}, DType::F32, Device::CUDA);  // workspace, per call for now
-    const Tensor result = Tensor::empty({2}, DType::F64, Device::CUDA);
+    // The per-row values and the sum, from the op's scratch (no device allocation per call).
+    ScratchScope scratch(ex, op);
+    const Tensor rows = scratch.take({N}, DType::F32);
+    const Tensor result = scratch.take({2}, DType::F64);
+    cuda::MoeZLossParams p;
+    p.logits = logits.data<float>();
+    p.rows = N;
+    p.E = logits.size(1);
+    p.row_values = rows.data<float>();
+    p.result = result.data<double>();
+    p.coef = coef;
+    p.stream = ex.stream;
     double sum = 0;
-    cuda::moe_z_loss_forward({logits.data<float>(), N, logits.size(1), rows.data<float>(), result.data<double>(), coef,
-                              0.0, nullptr, nullptr},
-                             &sum);
+    cuda::moe_z_loss_forward(p, &sum);
     return coef * sum / static_cast<double>(N);  // the CPU's expression
-#else
-    MOELAB_NO_CUDA(op);
-#endif
   }
   double loss = 0;
   ops_detail::dispatch_cpu_float(op, logits, [&](auto tag) {
@@ -240,20 +236,23 @@ double moe_z_loss_forward(const Tensor& logits, double coef) {
   return loss;
 }
 
-void moe_z_loss_backward(const Tensor& logits, double coef, double grad_loss, const Tensor& grad_logits) {
+void moe_z_loss_backward(const Exec& ex, const Tensor& logits, double coef, double grad_loss, const Tensor& grad_logits) {
   const char* op = "moe_z_loss_backward";
   check_logits(op, logits);
   check_shape(op, "grad_logits", grad_logits, logits.shape());
   check_dtype(op, "grad_logits", grad_logits, logits.dtype());
   check_same_device(op, {{"logits", &logits}, {"grad_logits", &grad_logits}});
   if (logits.device() == Device::CUDA) {
-#if MOELAB_WITH_CUDA
-    cuda::moe_z_loss_backward({logits.data<float>(), logits.size(0), logits.size(1), nullptr, nullptr, coef, grad_loss,
-                               grad_logits.data<float>(), nullptr});
+    cuda::MoeZLossParams p;  // no workspace: the backward only adds to grad_logits
+    p.logits = logits.data<float>();
+    p.rows = logits.size(0);
+    p.E = logits.size(1);
+    p.coef = coef;
+    p.grad_loss = grad_loss;
+    p.grad_logits = grad_logits.data<float>();
+    p.stream = ex.stream;
+    cuda::moe_z_loss_backward(p);
     return;
-#else
-    MOELAB_NO_CUDA(op);
-#endif
   }
   ops_detail::dispatch_cpu_float(op, logits, [&](auto tag) {
     using T = decltype(tag);

@@ -22,21 +22,23 @@
 //         CUDA: scores, logits and their gradients f32; indices i32; E <= 8192 for the aux loss.
 //         The forwards reduce on the device in a fixed order and copy the loss back (they wait for
 //         the device). topk_idx is checked on the device: the aux forward throws on an index out of
-//         [0, E); the aux backward turns that sequence's gradient rows into NaN. The CUDA paths
-//         allocate a small device workspace per call (per-sequence f, per-row values).
+//         [0, E); the aux backward turns that sequence's gradient rows into NaN. The CUDA
+//         forwards and the aux backward take a small workspace (per-sequence f, per-row values)
+//         from ex.scratch (core/exec.h); the z-loss backward needs none.
 #pragma once
 
 #include <cstdint>
 
+#include "core/exec.h"
 #include "core/tensor.h"
 
 namespace moelab {
 
-double moe_aux_loss_forward(const Tensor& scores, const Tensor& topk_idx, int64_t seq_len, double alpha);
-void moe_aux_loss_backward(const Tensor& scores, const Tensor& topk_idx, int64_t seq_len, double alpha,
+double moe_aux_loss_forward(const Exec& ex, const Tensor& scores, const Tensor& topk_idx, int64_t seq_len, double alpha);
+void moe_aux_loss_backward(const Exec& ex, const Tensor& scores, const Tensor& topk_idx, int64_t seq_len, double alpha,
                            double grad_loss, const Tensor& grad_scores);
-double moe_z_loss_forward(const Tensor& logits, double coef);
-void moe_z_loss_backward(const Tensor& logits, double coef, double grad_loss, const Tensor& grad_logits);
+double moe_z_loss_forward(const Exec& ex, const Tensor& logits, double coef);
+void moe_z_loss_backward(const Exec& ex, const Tensor& logits, double coef, double grad_loss, const Tensor& grad_logits);
 
 namespace ref {
 // The references trust their indices and that seq_len divides rows (the Tensor API checks).

@@ -4,11 +4,8 @@
 #include <algorithm>
 #include <limits>
 
-#include "core/cuda_dispatch.h"
 #include "core/ops/op_util.h"
-#if MOELAB_WITH_CUDA
 #include "cuda/moe_dispatch.h"
-#endif
 
 namespace moelab {
 
@@ -116,11 +113,9 @@ void check_sides(const char* op, const char* tok_name, const Tensor& tok, const 
                tok.str(), "; expected the same D");
   check_dtype(op, exp_name, exp, tok.dtype());
   check_same_device(op, {{tok_name, &tok}, {exp_name, &exp}});
-#if MOELAB_WITH_CUDA
   if (tok.device() == Device::CUDA)
     MOELAB_CHECK(tok.dtype() == DType::F32 || tok.dtype() == DType::BF16, op, ": ", tok_name, " is ", tok.str(),
                  ", expected f32 or bf16 on CUDA");
-#endif
 }
 
 // topk_weights (and grad_topk_weights): the activations' dtype on the CPU, f32 on CUDA.
@@ -129,7 +124,7 @@ void check_weights(const char* op, const char* name, const Tensor& w, const Tens
 }
 }  // namespace
 
-std::vector<int64_t> moe_dispatch_layout(const Tensor& topk_idx, int64_t num_experts, const Tensor& pos) {
+std::vector<int64_t> moe_dispatch_layout(const Exec& ex, const Tensor& topk_idx, int64_t num_experts, const Tensor& pos) {
   const char* op = "moe_dispatch_layout";
   check_ndim(op, "topk_idx", topk_idx, 2, 2);
   check_dtype(op, "topk_idx", topk_idx, DType::I32);
@@ -137,21 +132,27 @@ std::vector<int64_t> moe_dispatch_layout(const Tensor& topk_idx, int64_t num_exp
   check_dtype(op, "pos", pos, DType::I32);
   check_same_device(op, {{"topk_idx", &topk_idx}, {"pos", &pos}});
   if (pos.device() == Device::CUDA) {
-#if MOELAB_WITH_CUDA
     MOELAB_CHECK(topk_idx.numel() <= std::numeric_limits<int32_t>::max(), op, ": ", topk_idx.str(),
                  " holds more assignments than i32 positions can number");
     MOELAB_CHECK(num_experts >= 0 && num_experts <= cuda::kMoeLayoutMaxExperts, op, ": E = ", num_experts,
                  " experts; the CUDA kernel takes at most ", cuda::kMoeLayoutMaxExperts);
-    const Tensor counts = Tensor::empty({num_experts + 1}, DType::I32, Device::CUDA);  // per call, for now
+    // The device counters come from the op's scratch: a device allocation would synchronise the device.
+    ScratchScope scratch(ex, op);
+    const Tensor counts = scratch.take({num_experts + 1}, DType::I32);
     std::vector<int32_t> host(num_experts + 1);
-    cuda::moe_dispatch_layout({topk_idx.data<int32_t>(), topk_idx.numel(), num_experts, /*min_index=*/-1,
-                               pos.data<int32_t>(), nullptr, counts.data<int32_t>(), nullptr, host.data(), nullptr});
+    cuda::MoeDispatchLayoutParams p;
+    p.topk_idx = topk_idx.data<int32_t>();
+    p.numel = topk_idx.numel();
+    p.num_experts = num_experts;
+    p.min_index = -1;  // -1 marks an assignment the capacity dropped: it gets no row
+    p.pos = pos.data<int32_t>();
+    p.counts = counts.data<int32_t>();
+    p.host_counts = host.data();
+    p.stream = ex.stream;
+    cuda::moe_dispatch_layout(p);
     MOELAB_CHECK(host[num_experts] == 0, op, ": topk_idx holds ", host[num_experts], " entries outside [-1, E = ",
                  num_experts, "); expected experts or -1 (dropped)");
     return std::vector<int64_t>(host.begin(), host.end() - 1);
-#else
-    MOELAB_NO_CUDA(op);
-#endif
   }
   const int32_t* idx = topk_idx.data<int32_t>();
   const int64_t K = topk_idx.size(1), numel = topk_idx.numel();
@@ -170,18 +171,23 @@ std::vector<int64_t> moe_dispatch_layout(const Tensor& topk_idx, int64_t num_exp
   return counts;
 }
 
-void moe_dispatch_forward(const Tensor& x, const Tensor& pos, const Tensor& expert_x) {
+void moe_dispatch_forward(const Exec& ex, const Tensor& x, const Tensor& pos, const Tensor& expert_x) {
   const char* op = "moe_dispatch_forward";
   check_sides(op, "x", x, "expert_x", expert_x);
   check_pos(op, pos, x.size(0), expert_x.size(0), x.device());
   if (x.device() == Device::CUDA) {
-#if MOELAB_WITH_CUDA
-    cuda::moe_dispatch_forward({x.raw(), pos.data<int32_t>(), expert_x.raw(), x.size(0), pos.size(1), x.size(1),
-                                expert_x.size(0), x.dtype() == DType::BF16, nullptr});
+    cuda::MoeDispatchForwardParams p;
+    p.x = x.raw();
+    p.pos = pos.data<int32_t>();
+    p.expert_x = expert_x.raw();
+    p.N = x.size(0);
+    p.K = pos.size(1);
+    p.D = x.size(1);
+    p.M = expert_x.size(0);
+    p.bf16 = x.dtype() == DType::BF16;
+    p.stream = ex.stream;
+    cuda::moe_dispatch_forward(p);
     return;
-#else
-    MOELAB_NO_CUDA(op);
-#endif
   }
   ops_detail::dispatch_cpu_float(op, x, [&](auto tag) {
     using T = decltype(tag);
@@ -190,18 +196,23 @@ void moe_dispatch_forward(const Tensor& x, const Tensor& pos, const Tensor& expe
   });
 }
 
-void moe_dispatch_backward(const Tensor& grad_expert_x, const Tensor& pos, const Tensor& grad_x) {
+void moe_dispatch_backward(const Exec& ex, const Tensor& grad_expert_x, const Tensor& pos, const Tensor& grad_x) {
   const char* op = "moe_dispatch_backward";
   check_sides(op, "grad_x", grad_x, "grad_expert_x", grad_expert_x);
   check_pos(op, pos, grad_x.size(0), grad_expert_x.size(0), grad_x.device());
   if (grad_x.device() == Device::CUDA) {
-#if MOELAB_WITH_CUDA
-    cuda::moe_dispatch_backward({grad_expert_x.raw(), pos.data<int32_t>(), grad_x.raw(), grad_x.size(0), pos.size(1),
-                                 grad_x.size(1), grad_expert_x.size(0), grad_x.dtype() == DType::BF16, nullptr});
+    cuda::MoeDispatchBackwardParams p;
+    p.grad_expert_x = grad_expert_x.raw();
+    p.pos = pos.data<int32_t>();
+    p.grad_x = grad_x.raw();
+    p.N = grad_x.size(0);
+    p.K = pos.size(1);
+    p.D = grad_x.size(1);
+    p.M = grad_expert_x.size(0);
+    p.bf16 = grad_x.dtype() == DType::BF16;
+    p.stream = ex.stream;
+    cuda::moe_dispatch_backward(p);
     return;
-#else
-    MOELAB_NO_CUDA(op);
-#endif
   }
   ops_detail::dispatch_cpu_float(op, grad_x, [&](auto tag) {
     using T = decltype(tag);
@@ -210,7 +221,7 @@ void moe_dispatch_backward(const Tensor& grad_expert_x, const Tensor& pos, const
   });
 }
 
-void moe_combine_forward(const Tensor& expert_y, const Tensor& pos, const Tensor& topk_weights, const Tensor& y) {
+void moe_combine_forward(const Exec& ex, const Tensor& expert_y, const Tensor& pos, const Tensor& topk_weights, const Tensor& y) {
   const char* op = "moe_combine_forward";
   check_sides(op, "y", y, "expert_y", expert_y);
   check_pos(op, pos, y.size(0), expert_y.size(0), y.device());
@@ -218,13 +229,19 @@ void moe_combine_forward(const Tensor& expert_y, const Tensor& pos, const Tensor
   check_weights(op, "topk_weights", topk_weights, y);
   check_same_device(op, {{"y", &y}, {"pos", &pos}, {"topk_weights", &topk_weights}});
   if (y.device() == Device::CUDA) {
-#if MOELAB_WITH_CUDA
-    cuda::moe_combine_forward({expert_y.raw(), pos.data<int32_t>(), topk_weights.data<float>(), y.raw(), y.size(0),
-                               pos.size(1), y.size(1), expert_y.size(0), y.dtype() == DType::BF16, nullptr});
+    cuda::MoeCombineForwardParams p;
+    p.expert_y = expert_y.raw();
+    p.pos = pos.data<int32_t>();
+    p.topk_weights = topk_weights.data<float>();
+    p.y = y.raw();
+    p.N = y.size(0);
+    p.K = pos.size(1);
+    p.D = y.size(1);
+    p.M = expert_y.size(0);
+    p.bf16 = y.dtype() == DType::BF16;
+    p.stream = ex.stream;
+    cuda::moe_combine_forward(p);
     return;
-#else
-    MOELAB_NO_CUDA(op);
-#endif
   }
   ops_detail::dispatch_cpu_float(op, y, [&](auto tag) {
     using T = decltype(tag);
@@ -233,7 +250,7 @@ void moe_combine_forward(const Tensor& expert_y, const Tensor& pos, const Tensor
   });
 }
 
-void moe_combine_backward(const Tensor& grad_y, const Tensor& expert_y, const Tensor& pos, const Tensor& topk_weights,
+void moe_combine_backward(const Exec& ex, const Tensor& grad_y, const Tensor& expert_y, const Tensor& pos, const Tensor& topk_weights,
                           const Tensor& grad_expert_y, const Tensor& grad_topk_weights) {
   const char* op = "moe_combine_backward";
   check_sides(op, "grad_y", grad_y, "expert_y", expert_y);
@@ -247,14 +264,21 @@ void moe_combine_backward(const Tensor& grad_y, const Tensor& expert_y, const Te
   check_same_device(op, {{"grad_y", &grad_y}, {"pos", &pos}, {"topk_weights", &topk_weights},
                          {"grad_topk_weights", &grad_topk_weights}});
   if (grad_y.device() == Device::CUDA) {
-#if MOELAB_WITH_CUDA
-    cuda::moe_combine_backward({grad_y.raw(), expert_y.raw(), pos.data<int32_t>(), topk_weights.data<float>(),
-                                grad_expert_y.raw(), grad_topk_weights.data<float>(), grad_y.size(0), pos.size(1),
-                                grad_y.size(1), expert_y.size(0), grad_y.dtype() == DType::BF16, nullptr});
+    cuda::MoeCombineBackwardParams p;
+    p.grad_y = grad_y.raw();
+    p.expert_y = expert_y.raw();
+    p.pos = pos.data<int32_t>();
+    p.topk_weights = topk_weights.data<float>();
+    p.grad_expert_y = grad_expert_y.raw();
+    p.grad_topk_weights = grad_topk_weights.data<float>();
+    p.N = grad_y.size(0);
+    p.K = pos.size(1);
+    p.D = grad_y.size(1);
+    p.M = expert_y.size(0);
+    p.bf16 = grad_y.dtype() == DType::BF16;
+    p.stream = ex.stream;
+    cuda::moe_combine_backward(p);
     return;
-#else
-    MOELAB_NO_CUDA(op);
-#endif
   }
   ops_detail::dispatch_cpu_float(op, grad_y, [&](auto tag) {
     using T = decltype(tag);

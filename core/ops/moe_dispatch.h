@@ -23,21 +23,22 @@
 //        topk_weights and grad_topk_weights f32 whatever the activations; indices i32. pos is not
 //        read on the host there (it comes from moe_dispatch_layout on the device): an entry >= M is
 //        never followed out of bounds and turns its token's outputs into NaN (see cuda/moe_dispatch.h).
-//        The CUDA moe_dispatch_layout allocates a small device workspace (E + 1 counters) per call.
+//        The CUDA moe_dispatch_layout takes its E + 1 device counters from ex.scratch (core/exec.h).
 #pragma once
 
 #include <cstdint>
 #include <vector>
 
+#include "core/exec.h"
 #include "core/tensor.h"
 
 namespace moelab {
 
-std::vector<int64_t> moe_dispatch_layout(const Tensor& topk_idx, int64_t num_experts, const Tensor& pos);
-void moe_dispatch_forward(const Tensor& x, const Tensor& pos, const Tensor& expert_x);
-void moe_dispatch_backward(const Tensor& grad_expert_x, const Tensor& pos, const Tensor& grad_x);
-void moe_combine_forward(const Tensor& expert_y, const Tensor& pos, const Tensor& topk_weights, const Tensor& y);
-void moe_combine_backward(const Tensor& grad_y, const Tensor& expert_y, const Tensor& pos, const Tensor& topk_weights,
+std::vector<int64_t> moe_dispatch_layout(const Exec& ex, const Tensor& topk_idx, int64_t num_experts, const Tensor& pos);
+void moe_dispatch_forward(const Exec& ex, const Tensor& x, const Tensor& pos, const Tensor& expert_x);
+void moe_dispatch_backward(const Exec& ex, const Tensor& grad_expert_x, const Tensor& pos, const Tensor& grad_x);
+void moe_combine_forward(const Exec& ex, const Tensor& expert_y, const Tensor& pos, const Tensor& topk_weights, const Tensor& y);
+void moe_combine_backward(const Exec& ex, const Tensor& grad_y, const Tensor& expert_y, const Tensor& pos, const Tensor& topk_weights,
                           const Tensor& grad_expert_y, const Tensor& grad_topk_weights);
 
 namespace ref {

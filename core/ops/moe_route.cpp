@@ -6,12 +6,9 @@
 #include <limits>
 #include <numeric>
 
-#include "core/cuda_dispatch.h"
 #include "core/ops/op_util.h"
-#if MOELAB_WITH_CUDA
 #include "cuda/moe_dispatch.h"
 #include "cuda/moe_route.h"
-#endif
 
 namespace moelab {
 
@@ -172,7 +169,6 @@ Dims check_route(const char* op, const Tensor& scores, const char* idx_name, con
   return {N, E, K};
 }
 
-#if MOELAB_WITH_CUDA
 // On CUDA the router tensors are f32 (DESIGN.md, "Precision"); the others were checked to share
 // the scores' dtype.
 void check_cuda_scores(const char* op, const Tensor& scores) { check_dtype(op, "scores", scores, DType::F32); }
@@ -184,7 +180,6 @@ void check_cuda_layout(const char* op, const Tensor& idx, int64_t E) {
   MOELAB_CHECK(E >= 0 && E <= cuda::kMoeLayoutMaxExperts, op, ": E = ", E, " experts; the CUDA kernel takes at most ",
                cuda::kMoeLayoutMaxExperts);
 }
-#endif
 
 // Every index in [lo, E); checked before the parallel loops (an exception must not leave an OpenMP
 // region). lo = -1 admits the dropped marker.
@@ -197,7 +192,7 @@ void check_indices(const char* op, const char* name, const Tensor& idx, int64_t 
 }
 }  // namespace
 
-void moe_route_topk(const Tensor& scores, const Tensor& bias, int64_t n_group, int64_t topk_group,
+void moe_route_topk(const Exec& ex, const Tensor& scores, const Tensor& bias, int64_t n_group, int64_t topk_group,
                     const Tensor& topk_idx) {
   const char* op = "moe_route_topk";
   const auto [N, E, K] = check_route(op, scores, "topk_idx", topk_idx);
@@ -214,16 +209,21 @@ void moe_route_topk(const Tensor& scores, const Tensor& bias, int64_t n_group, i
   MOELAB_CHECK(n_group == 1 || !bias.defined() || E / n_group >= 2, op, ": n_group = ", n_group, " leaves ",
                E / n_group, " expert per group; a biased group score sums the group's top 2");
   if (scores.device() == Device::CUDA) {
-#if MOELAB_WITH_CUDA
     check_cuda_scores(op, scores);
     MOELAB_CHECK(n_group <= cuda::kMoeRouteMaxGroups, op, ": n_group = ", n_group,
                  "; the CUDA kernel keeps at most ", cuda::kMoeRouteMaxGroups, " group scores in shared memory");
-    cuda::moe_route_topk({scores.data<float>(), bias.defined() ? bias.data<float>() : nullptr,
-                          topk_idx.data<int32_t>(), N, E, K, n_group, topk_group, nullptr});
+    cuda::MoeRouteTopkParams p;
+    p.scores = scores.data<float>();
+    p.bias = bias.defined() ? bias.data<float>() : nullptr;
+    p.topk_idx = topk_idx.data<int32_t>();
+    p.rows = N;
+    p.E = E;
+    p.K = K;
+    p.n_group = n_group;
+    p.topk_group = topk_group;
+    p.stream = ex.stream;
+    cuda::moe_route_topk(p);
     return;
-#else
-    MOELAB_NO_CUDA(op);
-#endif
   }
   ops_detail::dispatch_cpu_float(op, scores, [&](auto tag) {
     using T = decltype(tag);
@@ -232,7 +232,7 @@ void moe_route_topk(const Tensor& scores, const Tensor& bias, int64_t n_group, i
   });
 }
 
-void moe_gate_forward(const Tensor& scores, const Tensor& topk_idx, bool norm_topk_prob, double scale,
+void moe_gate_forward(const Exec& ex, const Tensor& scores, const Tensor& topk_idx, bool norm_topk_prob, double scale,
                       const Tensor& topk_weights) {
   const char* op = "moe_gate_forward";
   const auto [N, E, K] = check_route(op, scores, "topk_idx", topk_idx);
@@ -240,14 +240,19 @@ void moe_gate_forward(const Tensor& scores, const Tensor& topk_idx, bool norm_to
   check_dtype(op, "topk_weights", topk_weights, scores.dtype());
   check_same_device(op, {{"scores", &scores}, {"topk_weights", &topk_weights}});
   if (scores.device() == Device::CUDA) {
-#if MOELAB_WITH_CUDA
     check_cuda_scores(op, scores);
-    cuda::moe_gate_forward({scores.data<float>(), topk_idx.data<int32_t>(), topk_weights.data<float>(), N, E, K,
-                            norm_topk_prob, static_cast<float>(scale), nullptr});
+    cuda::MoeGateForwardParams p;
+    p.scores = scores.data<float>();
+    p.topk_idx = topk_idx.data<int32_t>();
+    p.topk_weights = topk_weights.data<float>();
+    p.rows = N;
+    p.E = E;
+    p.K = K;
+    p.norm_topk_prob = norm_topk_prob;
+    p.scale = static_cast<float>(scale);
+    p.stream = ex.stream;
+    cuda::moe_gate_forward(p);
     return;
-#else
-    MOELAB_NO_CUDA(op);
-#endif
   }
   check_indices(op, "topk_idx", topk_idx, E, 0);
   ops_detail::dispatch_cpu_float(op, scores, [&](auto tag) {
@@ -257,7 +262,7 @@ void moe_gate_forward(const Tensor& scores, const Tensor& topk_idx, bool norm_to
   });
 }
 
-void moe_gate_backward(const Tensor& grad_topk_weights, const Tensor& scores, const Tensor& topk_idx,
+void moe_gate_backward(const Exec& ex, const Tensor& grad_topk_weights, const Tensor& scores, const Tensor& topk_idx,
                        bool norm_topk_prob, double scale, const Tensor& grad_scores) {
   const char* op = "moe_gate_backward";
   const auto [N, E, K] = check_route(op, scores, "topk_idx", topk_idx);
@@ -267,14 +272,20 @@ void moe_gate_backward(const Tensor& grad_topk_weights, const Tensor& scores, co
   check_dtype(op, "grad_scores", grad_scores, scores.dtype());
   check_same_device(op, {{"scores", &scores}, {"grad_topk_weights", &grad_topk_weights}, {"grad_scores", &grad_scores}});
   if (scores.device() == Device::CUDA) {
-#if MOELAB_WITH_CUDA
     check_cuda_scores(op, scores);
-    cuda::moe_gate_backward({grad_topk_weights.data<float>(), scores.data<float>(), topk_idx.data<int32_t>(),
-                             grad_scores.data<float>(), N, E, K, norm_topk_prob, static_cast<float>(scale), nullptr});
+    cuda::MoeGateBackwardParams p;
+    p.grad_topk_weights = grad_topk_weights.data<float>();
+    p.scores = scores.data<float>();
+    p.topk_idx = topk_idx.data<int32_t>();
+    p.grad_scores = grad_scores.data<float>();
+    p.rows = N;
+    p.E = E;
+    p.K = K;
+    p.norm_topk_prob = norm_topk_prob;
+    p.scale = static_cast<float>(scale);
+    p.stream = ex.stream;
+    cuda::moe_gate_backward(p);
     return;
-#else
-    MOELAB_NO_CUDA(op);
-#endif
   }
   check_indices(op, "topk_idx", topk_idx, E, 0);
   ops_detail::dispatch_cpu_float(op, scores, [&](auto tag) {
@@ -293,7 +304,7 @@ int64_t moe_capacity(double capacity_factor, int64_t tokens, int64_t k, int64_t 
                                         static_cast<double>(num_experts)));
 }
 
-int64_t moe_capacity_drop(const Tensor& scores, const Tensor& topk_idx, int64_t capacity, const Tensor& kept_idx) {
+int64_t moe_capacity_drop(const Exec& ex, const Tensor& scores, const Tensor& topk_idx, int64_t capacity, const Tensor& kept_idx) {
   const char* op = "moe_capacity_drop";
   const auto [N, E, K] = check_route(op, scores, "topk_idx", topk_idx);
   check_shape(op, "kept_idx", kept_idx, {N, K});
@@ -301,22 +312,30 @@ int64_t moe_capacity_drop(const Tensor& scores, const Tensor& topk_idx, int64_t 
   check_same_device(op, {{"scores", &scores}, {"kept_idx", &kept_idx}});
   MOELAB_CHECK(capacity >= 0, op, ": capacity = ", capacity, ", expected >= 0");
   if (scores.device() == Device::CUDA) {
-#if MOELAB_WITH_CUDA
     check_cuda_scores(op, scores);
     check_cuda_layout(op, topk_idx, E);
-    // Workspace (allocated per call for now): counts, first rows and the assignments by expert.
-    const Tensor workspace = Tensor::empty({cuda::moe_capacity_drop_workspace(N * K, E)}, DType::I32, Device::CUDA);
+    // Workspace from the op's scratch (a device allocation would synchronise the device): counts,
+    // first rows and the assignments grouped by expert.
+    ScratchScope scratch(ex, op);
+    const Tensor workspace = scratch.take({cuda::moe_capacity_drop_workspace(N * K, E)}, DType::I32);
     std::vector<int32_t> counts(E + 1);
-    cuda::moe_capacity_drop({scores.data<float>(), topk_idx.data<int32_t>(), kept_idx.data<int32_t>(), N, E, K,
-                             capacity, workspace.data<int32_t>(), counts.data(), nullptr});
+    cuda::MoeCapacityDropParams p;
+    p.scores = scores.data<float>();
+    p.topk_idx = topk_idx.data<int32_t>();
+    p.kept_idx = kept_idx.data<int32_t>();
+    p.rows = N;
+    p.E = E;
+    p.K = K;
+    p.capacity = capacity;
+    p.workspace = workspace.data<int32_t>();
+    p.host_counts = counts.data();
+    p.stream = ex.stream;
+    cuda::moe_capacity_drop(p);
     MOELAB_CHECK(counts[E] == 0, op, ": topk_idx holds ", counts[E], " entries outside [0, E = ", E,
                  "); expected experts only");
     int64_t dropped = 0;
     for (int64_t e = 0; e < E; ++e) dropped += std::max<int64_t>(0, counts[e] - capacity);
     return dropped;
-#else
-    MOELAB_NO_CUDA(op);
-#endif
   }
   check_indices(op, "topk_idx", topk_idx, E, 0);
   int64_t dropped = 0;
@@ -328,23 +347,28 @@ int64_t moe_capacity_drop(const Tensor& scores, const Tensor& topk_idx, int64_t 
   return dropped;
 }
 
-std::vector<int64_t> moe_count_tokens(const Tensor& topk_idx, int64_t num_experts) {
+std::vector<int64_t> moe_count_tokens(const Exec& ex, const Tensor& topk_idx, int64_t num_experts) {
   const char* op = "moe_count_tokens";
   check_ndim(op, "topk_idx", topk_idx, 2, 2);
   check_dtype(op, "topk_idx", topk_idx, DType::I32);
   if (topk_idx.device() == Device::CUDA) {
-#if MOELAB_WITH_CUDA
     check_cuda_layout(op, topk_idx, num_experts);
-    const Tensor workspace = Tensor::empty({num_experts + 1}, DType::I32, Device::CUDA);  // per call, for now
+    // The device counters come from the op's scratch (a device allocation would synchronise the device).
+    ScratchScope scratch(ex, op);
+    const Tensor workspace = scratch.take({num_experts + 1}, DType::I32);
     std::vector<int32_t> host(num_experts + 1);
-    cuda::moe_dispatch_layout({topk_idx.data<int32_t>(), topk_idx.numel(), num_experts, /*min_index=*/-1, nullptr,
-                               nullptr, workspace.data<int32_t>(), nullptr, host.data(), nullptr});
+    cuda::MoeDispatchLayoutParams p;  // the layout's histogram alone: no pos, order or offsets
+    p.topk_idx = topk_idx.data<int32_t>();
+    p.numel = topk_idx.numel();
+    p.num_experts = num_experts;
+    p.min_index = -1;  // -1 (dropped) is skipped, not an error
+    p.counts = workspace.data<int32_t>();
+    p.host_counts = host.data();
+    p.stream = ex.stream;
+    cuda::moe_dispatch_layout(p);
     MOELAB_CHECK(host[num_experts] == 0, op, ": topk_idx holds ", host[num_experts], " entries outside [-1, E = ",
                  num_experts, "); expected experts or -1 (dropped)");
     return std::vector<int64_t>(host.begin(), host.end() - 1);
-#else
-    MOELAB_NO_CUDA(op);
-#endif
   }
   check_indices(op, "topk_idx", topk_idx, num_experts, -1);
   std::vector<int64_t> counts(num_experts, 0);

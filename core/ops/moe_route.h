@@ -32,12 +32,14 @@
 //         (no device-to-host copy per call): a topk_idx entry out of range turns its row of
 //         topk_weights / grad_scores into NaN; moe_capacity_drop and moe_count_tokens, which copy
 //         their counts to the host anyway, throw. Limits: n_group <= 1024; E <= 8192 (drop, count).
-//         The CUDA moe_capacity_drop and moe_count_tokens allocate a small device workspace per call.
+//         The CUDA moe_capacity_drop and moe_count_tokens take a small device workspace (counters,
+//         and for the drop the assignments grouped by expert) from ex.scratch (core/exec.h).
 #pragma once
 
 #include <cstdint>
 #include <vector>
 
+#include "core/exec.h"
 #include "core/tensor.h"
 
 namespace moelab {
@@ -45,15 +47,15 @@ namespace moelab {
 // The epsilon of norm_topk_prob's denominator (HF DeepSeek-V3's value; GOLDEN.md).
 constexpr double kMoeNormEps = 1e-20;
 
-void moe_route_topk(const Tensor& scores, const Tensor& bias, int64_t n_group, int64_t topk_group,
+void moe_route_topk(const Exec& ex, const Tensor& scores, const Tensor& bias, int64_t n_group, int64_t topk_group,
                     const Tensor& topk_idx);
-void moe_gate_forward(const Tensor& scores, const Tensor& topk_idx, bool norm_topk_prob, double scale,
+void moe_gate_forward(const Exec& ex, const Tensor& scores, const Tensor& topk_idx, bool norm_topk_prob, double scale,
                       const Tensor& topk_weights);
-void moe_gate_backward(const Tensor& grad_topk_weights, const Tensor& scores, const Tensor& topk_idx,
+void moe_gate_backward(const Exec& ex, const Tensor& grad_topk_weights, const Tensor& scores, const Tensor& topk_idx,
                        bool norm_topk_prob, double scale, const Tensor& grad_scores);
 int64_t moe_capacity(double capacity_factor, int64_t tokens, int64_t k, int64_t num_experts);
-int64_t moe_capacity_drop(const Tensor& scores, const Tensor& topk_idx, int64_t capacity, const Tensor& kept_idx);
-std::vector<int64_t> moe_count_tokens(const Tensor& topk_idx, int64_t num_experts);
+int64_t moe_capacity_drop(const Exec& ex, const Tensor& scores, const Tensor& topk_idx, int64_t capacity, const Tensor& kept_idx);
+std::vector<int64_t> moe_count_tokens(const Exec& ex, const Tensor& topk_idx, int64_t num_experts);
 
 namespace ref {
 // bias may be nullptr (no bias). The references trust their indices (the Tensor API checks them).

@@ -1,5 +1,9 @@
-// Helpers shared by the op files: choosing the CPU reference's scalar type from a tensor dtype.
+// Helpers shared by the op files: choosing the CPU reference's scalar type from a tensor dtype, the
+// checks several ops make alike, and the softmax loop of the attention references.
 #pragma once
+
+#include <cmath>
+#include <cstdint>
 
 #include "core/tensor.h"
 
@@ -12,6 +16,31 @@ void dispatch_cpu_float(const char* op, const Tensor& t, Fn&& fn) {
   if (t.dtype() == DType::F32) fn(float{});
   else if (t.dtype() == DType::F64) fn(double{});
   else MOELAB_FAIL(op, ": the CPU reference takes f32 or f64 tensors, got ", t.str());
+}
+
+// The dtypes the CUDA kernels take for activations (and the few parameters they read in either
+// precision): f32 or bf16, computed in f32. Anything else is an error naming the op and the tensor.
+inline void check_cuda_f32_or_bf16(const char* op, const char* name, const Tensor& t) {
+  MOELAB_CHECK(t.dtype() == DType::F32 || t.dtype() == DType::BF16, op, ": ", name, " is ", t.str(),
+               ", expected f32 or bf16 on CUDA");
+}
+
+// The decode attention kernels (attention_decode, mla_decode) run one block per query row, B x n x H
+// of them, in a 1-D grid: at most 2^31 - 1 blocks.
+inline void check_cuda_query_rows(const char* op, int64_t rows) {
+  MOELAB_CHECK(rows <= INT32_MAX, op, ": ", rows, " query rows (B x n x H) exceed one CUDA grid (2^31 - 1)");
+}
+
+// The attention references' softmax over one row of scores p[0, n) whose max is m: p <- exp(p - m),
+// every term <= 1 (no overflow), and returns their sum, the normaliser. A plain loop, in order.
+template <typename T>
+T exp_minus_max(T* p, int64_t n, T m) {
+  T sum = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    p[j] = std::exp(p[j] - m);
+    sum += p[j];
+  }
+  return sum;
 }
 
 // For ops that may write in place: `out` is either `in` itself (same storage, offset, size) or

@@ -4,11 +4,8 @@
 #include <algorithm>
 #include <cmath>
 
-#include "core/cuda_dispatch.h"
 #include "core/ops/op_util.h"
-#if MOELAB_WITH_CUDA
 #include "cuda/rmsnorm.h"
-#endif
 
 namespace moelab {
 
@@ -76,17 +73,14 @@ std::pair<int64_t, int64_t> check_rmsnorm_shapes(const char* op, const Tensor& x
   return {rows, dim};
 }
 
-#if MOELAB_WITH_CUDA
-void check_cuda_dtypes(const char* op, const Tensor& act, const Tensor& weight, const Tensor& rstd) {
-  MOELAB_CHECK(act.dtype() == DType::F32 || act.dtype() == DType::BF16, op, ": x is ", act.str(),
-               ", expected f32 or bf16 on CUDA");
+void check_cuda_dtypes(const char* op, const Tensor& x, const Tensor& weight, const Tensor& rstd) {
+  ops_detail::check_cuda_f32_or_bf16(op, "x", x);
   check_dtype(op, "weight", weight, DType::F32);
   check_dtype(op, "rstd", rstd, DType::F32);
 }
-#endif
 }  // namespace
 
-void rmsnorm_forward(const Tensor& x, const Tensor& weight, float eps, const Tensor& y, const Tensor& rstd) {
+void rmsnorm_forward(const Exec& ex, const Tensor& x, const Tensor& weight, float eps, const Tensor& y, const Tensor& rstd) {
   const char* op = "rmsnorm_forward";
   const auto [rows, dim] = check_rmsnorm_shapes(op, x, weight, rstd);
   check_shape(op, "y", y, x.shape());
@@ -94,14 +88,18 @@ void rmsnorm_forward(const Tensor& x, const Tensor& weight, float eps, const Ten
   check_dtype(op, "y", y, x.dtype());
   MOELAB_CHECK(eps >= 0.0f, op, ": eps is ", eps, ", expected >= 0");
   if (x.device() == Device::CUDA) {
-#if MOELAB_WITH_CUDA
     check_cuda_dtypes(op, x, weight, rstd);
-    cuda::rmsnorm_forward({x.raw(), weight.data<float>(), y.raw(), rstd.data<float>(), rows, dim, eps,
-                           x.dtype() == DType::BF16, nullptr});
+    cuda::RmsnormForwardParams p;
+    p.x = x.raw();
+    p.weight = weight.data<float>();
+    p.y = y.raw();
+    p.rstd = rstd.data<float>();
+    p.rows = rows; p.dim = dim;
+    p.eps = eps;
+    p.bf16 = x.dtype() == DType::BF16;
+    p.stream = ex.stream;
+    cuda::rmsnorm_forward(p);
     return;
-#else
-    MOELAB_NO_CUDA(op);
-#endif
   }
   ops_detail::dispatch_cpu_float(op, x, [&](auto tag) {
     using T = decltype(tag);
@@ -111,7 +109,7 @@ void rmsnorm_forward(const Tensor& x, const Tensor& weight, float eps, const Ten
   });
 }
 
-void rmsnorm_backward(const Tensor& grad_y, const Tensor& x, const Tensor& weight, const Tensor& rstd,
+void rmsnorm_backward(const Exec& ex, const Tensor& grad_y, const Tensor& x, const Tensor& weight, const Tensor& rstd,
                       const Tensor& grad_x, const Tensor& grad_weight) {
   const char* op = "rmsnorm_backward";
   const auto [rows, dim] = check_rmsnorm_shapes(op, x, weight, rstd);
@@ -123,15 +121,20 @@ void rmsnorm_backward(const Tensor& grad_y, const Tensor& x, const Tensor& weigh
   check_dtype(op, "grad_y", grad_y, x.dtype());
   check_dtype(op, "grad_x", grad_x, x.dtype());
   if (x.device() == Device::CUDA) {
-#if MOELAB_WITH_CUDA
     check_cuda_dtypes(op, x, weight, rstd);
     check_dtype(op, "grad_weight", grad_weight, DType::F32);
-    cuda::rmsnorm_backward({grad_y.raw(), x.raw(), weight.data<float>(), rstd.data<float>(), grad_x.raw(),
-                            grad_weight.data<float>(), rows, dim, x.dtype() == DType::BF16, nullptr});
+    cuda::RmsnormBackwardParams p;
+    p.grad_y = grad_y.raw();
+    p.x = x.raw();
+    p.weight = weight.data<float>();
+    p.rstd = rstd.data<float>();
+    p.grad_x = grad_x.raw();
+    p.grad_weight = grad_weight.data<float>();
+    p.rows = rows; p.dim = dim;
+    p.bf16 = x.dtype() == DType::BF16;
+    p.stream = ex.stream;
+    cuda::rmsnorm_backward(p);
     return;
-#else
-    MOELAB_NO_CUDA(op);
-#endif
   }
   ops_detail::dispatch_cpu_float(op, x, [&](auto tag) {
     using T = decltype(tag);

@@ -4,11 +4,8 @@
 #include <cmath>
 #include <vector>
 
-#include "core/cuda_dispatch.h"
 #include "core/ops/op_util.h"
-#if MOELAB_WITH_CUDA
 #include "cuda/rope.h"
-#endif
 
 namespace moelab {
 
@@ -58,7 +55,7 @@ template void rope_rotate<double>(const double*, double*, const RopeShape&, doub
 
 namespace {
 // Checks shared by forward and backward (`in` is x or grad_y, `out` is y or grad_x), then rotates.
-void rope_apply(const char* op, const char* in_name, const Tensor& in, const char* out_name, const Tensor& out,
+void rope_apply(const Exec& ex, const char* op, const char* in_name, const Tensor& in, const char* out_name, const Tensor& out,
                 int64_t rope_offset, int64_t rope_dim, double theta, int64_t pos_offset, bool inverse) {
   check_ndim(op, in_name, in, 4, 4);
   check_shape(op, out_name, out, in.shape());
@@ -74,15 +71,19 @@ void rope_apply(const char* op, const char* in_name, const Tensor& in, const cha
   ops_detail::check_in_place_or_disjoint(op, in_name, in, out_name, out);
   const ref::RopeShape s{in.size(0), in.size(1), in.size(2), head_dim, rope_offset, rope_dim};
   if (in.device() == Device::CUDA) {
-#if MOELAB_WITH_CUDA
-    MOELAB_CHECK(in.dtype() == DType::F32 || in.dtype() == DType::BF16, op, ": ", in_name, " is ", in.str(),
-                 ", expected f32 or bf16 on CUDA");
-    cuda::rope_rotate({in.raw(), out.raw(), s.B, s.T, s.H, s.Dh, s.rope_offset, s.rope_dim, theta, pos_offset, inverse,
-                       in.dtype() == DType::BF16, nullptr});
+    ops_detail::check_cuda_f32_or_bf16(op, in_name, in);
+    cuda::RopeParams p;
+    p.in = in.raw();
+    p.out = out.raw();
+    p.B = s.B; p.T = s.T; p.H = s.H; p.Dh = s.Dh;
+    p.rope_offset = s.rope_offset; p.rope_dim = s.rope_dim;
+    p.theta = theta;
+    p.pos_offset = pos_offset;
+    p.inverse = inverse;
+    p.bf16 = in.dtype() == DType::BF16;
+    p.stream = ex.stream;
+    cuda::rope_rotate(p);
     return;
-#else
-    MOELAB_NO_CUDA(op);
-#endif
   }
   ops_detail::dispatch_cpu_float(op, in, [&](auto tag) {
     using T = decltype(tag);
@@ -91,15 +92,15 @@ void rope_apply(const char* op, const char* in_name, const Tensor& in, const cha
 }
 }  // namespace
 
-void rope_forward(const Tensor& x, const Tensor& y, int64_t rope_offset, int64_t rope_dim, double theta,
+void rope_forward(const Exec& ex, const Tensor& x, const Tensor& y, int64_t rope_offset, int64_t rope_dim, double theta,
                   int64_t pos_offset) {
-  rope_apply("rope_forward", "x", x, "y", y, rope_offset, rope_dim, theta, pos_offset, /*inverse=*/false);
+  rope_apply(ex, "rope_forward", "x", x, "y", y, rope_offset, rope_dim, theta, pos_offset, /*inverse=*/false);
 }
 
 // y = R(a) x with R orthogonal, so grad_x = R(a)^T grad_y = R(-a) grad_y.
-void rope_backward(const Tensor& grad_y, const Tensor& grad_x, int64_t rope_offset, int64_t rope_dim, double theta,
+void rope_backward(const Exec& ex, const Tensor& grad_y, const Tensor& grad_x, int64_t rope_offset, int64_t rope_dim, double theta,
                    int64_t pos_offset) {
-  rope_apply("rope_backward", "grad_y", grad_y, "grad_x", grad_x, rope_offset, rope_dim, theta, pos_offset,
+  rope_apply(ex, "rope_backward", "grad_y", grad_y, "grad_x", grad_x, rope_offset, rope_dim, theta, pos_offset,
              /*inverse=*/true);
 }
 

@@ -5,12 +5,9 @@
 #include <initializer_list>
 #include <utility>
 
-#include "core/cuda_dispatch.h"
 #include "core/ops/activation.h"  // ref::sigmoid, stable for any |a|
 #include "core/ops/op_util.h"
-#if MOELAB_WITH_CUDA
 #include "cuda/swiglu.h"
-#endif
 
 namespace moelab {
 
@@ -51,26 +48,22 @@ void check_alike(const char* op, std::initializer_list<Named> tensors) {
   check_same_device(op, tensors);
   for (const auto& [name, t] : tensors) check_dtype(op, name, *t, gate->dtype());
 }
-
-#if MOELAB_WITH_CUDA
-void check_cuda_dtype(const char* op, const Tensor& gate) {
-  MOELAB_CHECK(gate.dtype() == DType::F32 || gate.dtype() == DType::BF16, op, ": gate is ", gate.str(),
-               ", expected f32 or bf16 on CUDA");
-}
-#endif
 }  // namespace
 
-void swiglu_forward(const Tensor& gate, const Tensor& up, const Tensor& out) {
+void swiglu_forward(const Exec& ex, const Tensor& gate, const Tensor& up, const Tensor& out) {
   const char* op = "swiglu_forward";
   check_alike(op, {{"gate", &gate}, {"up", &up}, {"out", &out}});
   if (gate.device() == Device::CUDA) {
-#if MOELAB_WITH_CUDA
-    check_cuda_dtype(op, gate);
-    cuda::swiglu_forward({gate.raw(), up.raw(), out.raw(), gate.numel(), gate.dtype() == DType::BF16, nullptr});
+    ops_detail::check_cuda_f32_or_bf16(op, "gate", gate);
+    cuda::SwigluForwardParams p;
+    p.gate = gate.raw();
+    p.up = up.raw();
+    p.out = out.raw();
+    p.n = gate.numel();
+    p.bf16 = gate.dtype() == DType::BF16;
+    p.stream = ex.stream;
+    cuda::swiglu_forward(p);
     return;
-#else
-    MOELAB_NO_CUDA(op);
-#endif
   }
   ops_detail::dispatch_cpu_float(op, gate, [&](auto tag) {
     using T = decltype(tag);
@@ -78,20 +71,24 @@ void swiglu_forward(const Tensor& gate, const Tensor& up, const Tensor& out) {
   });
 }
 
-void swiglu_backward(const Tensor& grad_out, const Tensor& gate, const Tensor& up, const Tensor& grad_gate,
+void swiglu_backward(const Exec& ex, const Tensor& grad_out, const Tensor& gate, const Tensor& up, const Tensor& grad_gate,
                      const Tensor& grad_up) {
   const char* op = "swiglu_backward";
   check_alike(op, {{"gate", &gate}, {"up", &up}, {"grad_out", &grad_out}, {"grad_gate", &grad_gate},
                    {"grad_up", &grad_up}});
   if (gate.device() == Device::CUDA) {
-#if MOELAB_WITH_CUDA
-    check_cuda_dtype(op, gate);
-    cuda::swiglu_backward({grad_out.raw(), gate.raw(), up.raw(), grad_gate.raw(), grad_up.raw(), gate.numel(),
-                           gate.dtype() == DType::BF16, nullptr});
+    ops_detail::check_cuda_f32_or_bf16(op, "gate", gate);
+    cuda::SwigluBackwardParams p;
+    p.grad_out = grad_out.raw();
+    p.gate = gate.raw();
+    p.up = up.raw();
+    p.grad_gate = grad_gate.raw();
+    p.grad_up = grad_up.raw();
+    p.n = gate.numel();
+    p.bf16 = gate.dtype() == DType::BF16;
+    p.stream = ex.stream;
+    cuda::swiglu_backward(p);
     return;
-#else
-    MOELAB_NO_CUDA(op);
-#endif
   }
   ops_detail::dispatch_cpu_float(op, gate, [&](auto tag) {
     using T = decltype(tag);

@@ -11,12 +11,13 @@
 
 #include <cstdint>
 
+#include "core/exec.h"
 #include "core/tensor.h"
 
 namespace moelab {
 
-void swiglu_forward(const Tensor& gate, const Tensor& up, const Tensor& out);
-void swiglu_backward(const Tensor& grad_out, const Tensor& gate, const Tensor& up, const Tensor& grad_gate,
+void swiglu_forward(const Exec& ex, const Tensor& gate, const Tensor& up, const Tensor& out);
+void swiglu_backward(const Exec& ex, const Tensor& grad_out, const Tensor& gate, const Tensor& up, const Tensor& grad_gate,
                      const Tensor& grad_up);
 
 namespace ref {

@@ -7,11 +7,8 @@
 #include <numeric>
 #include <vector>
 
-#include "core/cuda_dispatch.h"
 #include "core/ops/op_util.h"
-#if MOELAB_WITH_CUDA
 #include "cuda/topk.h"
-#endif
 
 namespace moelab {
 
@@ -71,7 +68,7 @@ void check_k(const char* op, int64_t k, const char* x_name, const Tensor& x) {
 }
 }  // namespace
 
-void topk_forward(const Tensor& x, int64_t k, const Tensor& values, const Tensor& indices) {
+void topk_forward(const Exec& ex, const Tensor& x, int64_t k, const Tensor& values, const Tensor& indices) {
   const char* op = "topk_forward";
   check_ndim(op, "x", x, 2, 2);
   check_k(op, k, "x", x);
@@ -82,13 +79,15 @@ void topk_forward(const Tensor& x, int64_t k, const Tensor& values, const Tensor
   check_dtype(op, "indices", indices, DType::I32);
   check_same_device(op, {{"x", &x}, {"values", &values}, {"indices", &indices}});
   if (x.device() == Device::CUDA) {
-#if MOELAB_WITH_CUDA
     check_dtype(op, "x", x, DType::F32);
-    cuda::topk_forward({x.data<float>(), values.data<float>(), indices.data<int32_t>(), N, E, k, nullptr});
+    cuda::TopkForwardParams p;
+    p.x = x.data<float>();
+    p.values = values.data<float>();
+    p.indices = indices.data<int32_t>();
+    p.rows = N; p.E = E; p.K = k;
+    p.stream = ex.stream;
+    cuda::topk_forward(p);
     return;
-#else
-    MOELAB_NO_CUDA(op);
-#endif
   }
   ops_detail::dispatch_cpu_float(op, x, [&](auto tag) {
     using T = decltype(tag);
@@ -96,7 +95,7 @@ void topk_forward(const Tensor& x, int64_t k, const Tensor& values, const Tensor
   });
 }
 
-void topk_backward(const Tensor& grad_values, const Tensor& indices, const Tensor& grad_x) {
+void topk_backward(const Exec& ex, const Tensor& grad_values, const Tensor& indices, const Tensor& grad_x) {
   const char* op = "topk_backward";
   check_ndim(op, "grad_values", grad_values, 2, 2);
   check_ndim(op, "grad_x", grad_x, 2, 2);
@@ -108,13 +107,15 @@ void topk_backward(const Tensor& grad_values, const Tensor& indices, const Tenso
   check_dtype(op, "grad_x", grad_x, grad_values.dtype());
   check_same_device(op, {{"grad_values", &grad_values}, {"indices", &indices}, {"grad_x", &grad_x}});
   if (grad_x.device() == Device::CUDA) {
-#if MOELAB_WITH_CUDA
     check_dtype(op, "grad_values", grad_values, DType::F32);
-    cuda::topk_backward({grad_values.data<float>(), indices.data<int32_t>(), grad_x.data<float>(), N, E, K, nullptr});
+    cuda::TopkBackwardParams p;
+    p.grad_values = grad_values.data<float>();
+    p.indices = indices.data<int32_t>();
+    p.grad_x = grad_x.data<float>();
+    p.rows = N; p.E = E; p.K = K;
+    p.stream = ex.stream;
+    cuda::topk_backward(p);
     return;
-#else
-    MOELAB_NO_CUDA(op);
-#endif
   }
   // Checked here, before the parallel loop: an exception must not leave an OpenMP region.
   const int32_t* idx = indices.data<int32_t>();

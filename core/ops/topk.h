@@ -14,12 +14,13 @@
 
 #include <cstdint>
 
+#include "core/exec.h"
 #include "core/tensor.h"
 
 namespace moelab {
 
-void topk_forward(const Tensor& x, int64_t k, const Tensor& values, const Tensor& indices);
-void topk_backward(const Tensor& grad_values, const Tensor& indices, const Tensor& grad_x);
+void topk_forward(const Exec& ex, const Tensor& x, int64_t k, const Tensor& values, const Tensor& indices);
+void topk_backward(const Exec& ex, const Tensor& grad_values, const Tensor& indices, const Tensor& grad_x);
 
 namespace ref {
 template <typename T>

@@ -1,7 +1,7 @@
 // Tensor views, reshapes, copies, dtype casts and the errors for misuse.
 #include <gtest/gtest.h>
 
-#include "core/allocator.h"
+#include "core/device.h"
 #include "core/tensor.h"
 
 namespace moelab {

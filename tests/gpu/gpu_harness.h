@@ -3,6 +3,9 @@
 // rounding that lets the CPU reference see exactly the inputs the GPU sees.
 #pragma once
 
+#include "core/arena.h"
+#include "core/exec.h"
+#include "core/gpu_context.h"
 #include "core/tensor.h"
 #include "tests/harness.h"
 
@@ -32,6 +35,15 @@ struct Guarded {
   }
   Tensor host_f32() const { return view.to(Device::CPU).to(view.dtype() == DType::I32 ? DType::I32 : DType::F32); }
 };
+
+// The Exec of the GPU suites: the default stream, one GpuContext and 256 MiB of CUDA scratch for
+// the whole test binary, made at the first use (inside a GpuTest, so only where a GPU is visible).
+inline const Exec& gpu_exec() {
+  static GpuContext gpu;
+  static Arena scratch(size_t{256} << 20, Device::CUDA);
+  static const Exec ex{nullptr, &gpu, &scratch};
+  return ex;
+}
 
 // x rounded to bf16 and back (f32): the values a bf16 GPU tensor made from x holds.
 inline Tensor bf16_round(const Tensor& x) { return x.to(DType::BF16).to(DType::F32); }

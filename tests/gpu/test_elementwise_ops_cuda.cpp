@@ -42,13 +42,13 @@ TEST_P(SwigluCuda, MatchesCpuReference) {
   // gate spans the saturated tails of the sigmoid too (std 6: |gate| up to ~25).
   Tensor gate = act_input(shape, act, 101, 6.0), up = act_input(shape, act, 102), gout = act_input(shape, act, 103);
   Tensor out = Tensor::empty(shape, DType::F32), gg = Tensor::empty(shape, DType::F32), gu = Tensor::empty(shape, DType::F32);
-  swiglu_forward(gate, up, out);
-  swiglu_backward(gout, gate, up, gg, gu);
+  swiglu_forward(testing::gpu_exec(), gate, up, out);
+  swiglu_backward(testing::gpu_exec(), gout, gate, up, gg, gu);
 
   Guarded dout(shape, act), dgg(shape, act), dgu(shape, act);
   const Tensor dgate = testing::to_gpu(gate, act), dup = testing::to_gpu(up, act);
-  swiglu_forward(dgate, dup, dout.view);
-  swiglu_backward(testing::to_gpu(gout, act), dgate, dup, dgg.view, dgu.view);
+  swiglu_forward(testing::gpu_exec(), dgate, dup, dout.view);
+  swiglu_backward(testing::gpu_exec(), testing::to_gpu(gout, act), dgate, dup, dgg.view, dgu.view);
   EXPECT_TRUE(testing::close(dout.host_f32(), out, atol, rtol)) << "out";
   EXPECT_TRUE(testing::close(dgg.host_f32(), gg, atol, rtol)) << "grad_gate";
   EXPECT_TRUE(testing::close(dgu.host_f32(), gu, atol, rtol)) << "grad_up";
@@ -66,14 +66,14 @@ TEST_P(ActivationCuda, SigmoidMatchesCpuReference) {
   const double atol = testing::act_atol(act), rtol = testing::act_rtol(act);
   Tensor x = act_input(shape, act, 111, 8.0), gy = act_input(shape, act, 112);
   Tensor y = Tensor::empty(shape, DType::F32), gx = Tensor::empty(shape, DType::F32);
-  sigmoid_forward(x, y);
+  sigmoid_forward(testing::gpu_exec(), x, y);
   // The backward reads the saved output: give both sides the same stored y.
   const Tensor y_in = act == DType::BF16 ? testing::bf16_round(y) : y;
-  sigmoid_backward(gy, y_in, gx);
+  sigmoid_backward(testing::gpu_exec(), gy, y_in, gx);
 
   Guarded dy(shape, act), dgx(shape, act);
-  sigmoid_forward(testing::to_gpu(x, act), dy.view);
-  sigmoid_backward(testing::to_gpu(gy, act), testing::to_gpu(y_in, act), dgx.view);
+  sigmoid_forward(testing::gpu_exec(), testing::to_gpu(x, act), dy.view);
+  sigmoid_backward(testing::gpu_exec(), testing::to_gpu(gy, act), testing::to_gpu(y_in, act), dgx.view);
   EXPECT_TRUE(testing::close(dy.host_f32(), y, atol, rtol)) << "y";
   EXPECT_TRUE(testing::close(dgx.host_f32(), gx, atol, rtol)) << "grad_x";
   EXPECT_TRUE(dy.guards_intact() && dgx.guards_intact()) << "write outside the output";
@@ -84,13 +84,13 @@ TEST_P(ActivationCuda, SoftmaxMatchesCpuReference) {
   const double atol = testing::act_atol(act), rtol = testing::act_rtol(act);
   Tensor x = act_input(shape, act, 121, 4.0), gy = act_input(shape, act, 122);
   Tensor y = Tensor::empty(shape, DType::F32), gx = Tensor::empty(shape, DType::F32);
-  softmax_forward(x, y);
+  softmax_forward(testing::gpu_exec(), x, y);
   const Tensor y_in = act == DType::BF16 ? testing::bf16_round(y) : y;
-  softmax_backward(gy, y_in, gx);
+  softmax_backward(testing::gpu_exec(), gy, y_in, gx);
 
   Guarded dy(shape, act), dgx(shape, act);
-  softmax_forward(testing::to_gpu(x, act), dy.view);
-  softmax_backward(testing::to_gpu(gy, act), testing::to_gpu(y_in, act), dgx.view);
+  softmax_forward(testing::gpu_exec(), testing::to_gpu(x, act), dy.view);
+  softmax_backward(testing::gpu_exec(), testing::to_gpu(gy, act), testing::to_gpu(y_in, act), dgx.view);
   EXPECT_TRUE(testing::close(dy.host_f32(), y, atol, rtol)) << "y";
   EXPECT_TRUE(testing::close(dgx.host_f32(), gx, atol, rtol)) << "grad_x";
   EXPECT_TRUE(dy.guards_intact() && dgx.guards_intact()) << "write outside the output";
@@ -106,10 +106,10 @@ TEST_F(ActivationCudaChecks, SoftmaxRowsSumToOneAndAreDeterministic) {
     const Tensor x = randn(shape, DType::F32, 131, 30.0).to(Device::CUDA), gy = randn(shape, DType::F32, 132).to(Device::CUDA);
     Tensor y1 = Tensor::empty(shape, DType::F32, Device::CUDA), y2 = Tensor::empty(shape, DType::F32, Device::CUDA);
     Tensor g1 = Tensor::empty(shape, DType::F32, Device::CUDA), g2 = Tensor::empty(shape, DType::F32, Device::CUDA);
-    softmax_forward(x, y1);
-    softmax_forward(x, y2);
-    softmax_backward(gy, y1, g1);
-    softmax_backward(gy, y1, g2);
+    softmax_forward(testing::gpu_exec(), x, y1);
+    softmax_forward(testing::gpu_exec(), x, y2);
+    softmax_backward(testing::gpu_exec(), gy, y1, g1);
+    softmax_backward(testing::gpu_exec(), gy, y1, g2);
     EXPECT_TRUE(testing::close(y1, y2, 0.0, 0.0)) << "softmax forward, two runs";
     EXPECT_TRUE(testing::close(g1, g2, 0.0, 0.0)) << "softmax backward, two runs";
     const Tensor h = y1.to(Device::CPU);
@@ -123,8 +123,8 @@ TEST_F(ActivationCudaChecks, SoftmaxRowsSumToOneAndAreDeterministic) {
 
 TEST_F(ActivationCudaChecks, DtypeError) {
   const Tensor x = Tensor::zeros({2, 3}, DType::F64, Device::CUDA);
-  testing::expect_error([&] { softmax_forward(x, x); }, "softmax_forward: x is f64[2,3]@cuda, expected f32 or bf16 on CUDA");
-  testing::expect_error([&] { sigmoid_backward(x, x, x); }, "sigmoid_backward: y is f64[2,3]@cuda, expected f32 or bf16");
+  testing::expect_error([&] { softmax_forward(testing::gpu_exec(), x, x); }, "softmax_forward: x is f64[2,3]@cuda, expected f32 or bf16 on CUDA");
+  testing::expect_error([&] { sigmoid_backward(testing::gpu_exec(), x, x, x); }, "sigmoid_backward: y is f64[2,3]@cuda, expected f32 or bf16");
 }
 
 // ---------------------------------------------------------------------------------------------- add, axpy, cast
@@ -136,15 +136,15 @@ TEST_P(ElementwiseCuda, AddAndAxpyMatchCpu) {
   const double atol = testing::act_atol(act), rtol = testing::act_rtol(act);
   const Tensor a = act_input(shape, act, 141), b = act_input(shape, act, 142);
   Tensor sum = Tensor::empty(shape, DType::F32);
-  add(a, b, sum);
+  add(testing::gpu_exec(), a, b, sum);
   Tensor y = act_input(shape, act, 143), y_ref = y.to(Device::CPU);
-  axpy(-0.37, a, y_ref);
+  axpy(testing::gpu_exec(), -0.37, a, y_ref);
 
   Guarded dsum(shape, act), dy(shape, act);
   const Tensor da = testing::to_gpu(a, act), db = testing::to_gpu(b, act);
-  add(da, db, dsum.view);
+  add(testing::gpu_exec(), da, db, dsum.view);
   dy.view.copy_from(testing::to_gpu(y, act));
-  axpy(-0.37, da, dy.view);
+  axpy(testing::gpu_exec(), -0.37, da, dy.view);
   EXPECT_TRUE(testing::close(dsum.host_f32(), sum, atol, rtol)) << "add";
   EXPECT_TRUE(testing::close(dy.host_f32(), y_ref, atol, rtol)) << "axpy";
   EXPECT_TRUE(dsum.guards_intact() && dy.guards_intact()) << "write outside the output";
@@ -152,12 +152,12 @@ TEST_P(ElementwiseCuda, AddAndAxpyMatchCpu) {
   // Aliased: out = a (the residual add in place) and y = x (y += alpha * y).
   Guarded ia(shape, act), iy(shape, act);
   ia.view.copy_from(da);
-  add(ia.view, db, ia.view);
+  add(testing::gpu_exec(), ia.view, db, ia.view);
   EXPECT_TRUE(testing::close(ia.host_f32(), sum, atol, rtol)) << "add in place";
   iy.view.copy_from(da);
-  axpy(0.5, iy.view, iy.view);
+  axpy(testing::gpu_exec(), 0.5, iy.view, iy.view);
   Tensor a15 = a.to(Device::CPU);
-  axpy(0.5, a, a15);
+  axpy(testing::gpu_exec(), 0.5, a, a15);
   EXPECT_TRUE(testing::close(iy.host_f32(), a15, atol, rtol)) << "axpy with y = x";
   EXPECT_TRUE(ia.guards_intact() && iy.guards_intact()) << "write outside the tensor (in place)";
 }
@@ -180,17 +180,17 @@ TEST_F(CastCuda, F32ToBf16RoundsLikeTheCpu) {
                            -0.0f, 1e-40f, -3e-39f, 0x1p-126f, 65504.0f};
   std::memcpy(x.data<float>(), special, sizeof(special));
   Tensor y_cpu = Tensor::empty({3, 1001}, DType::BF16);
-  cast(x, y_cpu);
+  cast(testing::gpu_exec(), x, y_cpu);
   Guarded y({3, 1001}, DType::BF16);
-  cast(x.to(Device::CUDA), y.view);
+  cast(testing::gpu_exec(), x.to(Device::CUDA), y.view);
   EXPECT_EQ(bytes_of(y.view), bytes_of(y_cpu)) << "f32 -> bf16 bits";
   EXPECT_TRUE(y.guards_intact());
 
   // bf16 -> f32 is exact.
   Guarded back({3, 1001}, DType::F32);
-  cast(y.view, back.view);
+  cast(testing::gpu_exec(), y.view, back.view);
   Tensor back_cpu = Tensor::empty({3, 1001}, DType::F32);
-  cast(y_cpu, back_cpu);
+  cast(testing::gpu_exec(), y_cpu, back_cpu);
   EXPECT_EQ(bytes_of(back.view), bytes_of(back_cpu)) << "bf16 -> f32 bits";
   EXPECT_TRUE(back.guards_intact());
 }
@@ -198,18 +198,18 @@ TEST_F(CastCuda, F32ToBf16RoundsLikeTheCpu) {
 TEST_F(CastCuda, SameDtypeCopiesAndErrors) {
   const Tensor ids = testing::randint({5, 7}, 1000, 161).to(Device::CUDA);
   Guarded ids2({5, 7}, DType::I32);
-  cast(ids, ids2.view);
+  cast(testing::gpu_exec(), ids, ids2.view);
   EXPECT_EQ(bytes_of(ids2.view), bytes_of(ids));
   EXPECT_TRUE(ids2.guards_intact());
   const Tensor b = testing::to_gpu(randn({65}, DType::F32, 162), DType::BF16);
   Guarded b2({65}, DType::BF16);
-  cast(b, b2.view);
+  cast(testing::gpu_exec(), b, b2.view);
   EXPECT_EQ(bytes_of(b2.view), bytes_of(b));
-  cast(b, b);  // the same tensor: nothing to do
+  cast(testing::gpu_exec(), b, b);  // the same tensor: nothing to do
   const Tensor d = Tensor::zeros({4}, DType::F64, Device::CUDA);
-  testing::expect_error([&] { cast(d, Tensor::empty({4}, DType::F32, Device::CUDA)); },
+  testing::expect_error([&] { cast(testing::gpu_exec(), d, Tensor::empty({4}, DType::F32, Device::CUDA)); },
                         "cast: x is f64[4]@cuda, expected f32 or bf16 on CUDA");
-  testing::expect_error([&] { cast(b, Tensor::empty({64}, DType::F32, Device::CUDA)); }, "cast");
+  testing::expect_error([&] { cast(testing::gpu_exec(), b, Tensor::empty({64}, DType::F32, Device::CUDA)); }, "cast");
 }
 
 // ---------------------------------------------------------------------------------------------- columns
@@ -236,16 +236,16 @@ TEST_P(ColumnsCuda, ConcatSplitSliceMatchCpu) {
   const Tensor hx = c.dtype == DType::I32 ? x : x.to(c.dtype);
   Tensor cat = Tensor::empty({c.rows, w}, c.dtype), sa = Tensor::empty({c.rows, c.wa}, c.dtype),
          sb = Tensor::empty({c.rows, c.wb}, c.dtype), sl = Tensor::empty({c.rows, c.wb}, c.dtype);
-  concat_columns(ha, hb, cat);
-  split_columns(hx, sa, sb);
-  slice_columns(hx, c.wa, sl);  // a window that starts at an odd column when wa is odd
+  concat_columns(testing::gpu_exec(), ha, hb, cat);
+  split_columns(testing::gpu_exec(), hx, sa, sb);
+  slice_columns(testing::gpu_exec(), hx, c.wa, sl);  // a window that starts at an odd column when wa is odd
 
   Guarded dcat({c.rows, w}, c.dtype), dsa({c.rows, c.wa}, c.dtype), dsb({c.rows, c.wb}, c.dtype),
       dsl({c.rows, c.wb}, c.dtype);
   const Tensor dx = hx.to(Device::CUDA);
-  concat_columns(ha.to(Device::CUDA), hb.to(Device::CUDA), dcat.view);
-  split_columns(dx, dsa.view, dsb.view);
-  slice_columns(dx, c.wa, dsl.view);
+  concat_columns(testing::gpu_exec(), ha.to(Device::CUDA), hb.to(Device::CUDA), dcat.view);
+  split_columns(testing::gpu_exec(), dx, dsa.view, dsb.view);
+  slice_columns(testing::gpu_exec(), dx, c.wa, dsl.view);
   EXPECT_EQ(bytes_of(dcat.view), bytes_of(cat)) << "concat_columns";
   EXPECT_EQ(bytes_of(dsa.view), bytes_of(sa)) << "split_columns a";
   EXPECT_EQ(bytes_of(dsb.view), bytes_of(sb)) << "split_columns b";
@@ -280,12 +280,12 @@ TEST_P(MlaKvCuda, MatchesCpuReference) {
   const Tensor gk = act_input(k_s, c.act, 183), gv = act_input(v_s, c.act, 184);
   Tensor k = Tensor::empty(k_s, DType::F32), v = Tensor::empty(v_s, DType::F32);
   Tensor gkv = Tensor::empty(kv_s, DType::F32), gkr = Tensor::empty(kr_s, DType::F32);
-  mla_kv_forward(kv, kr, c.H, c.Dn, k, v);
-  mla_kv_backward(gk, gv, c.H, c.Dn, gkv, gkr);
+  mla_kv_forward(testing::gpu_exec(), kv, kr, c.H, c.Dn, k, v);
+  mla_kv_backward(testing::gpu_exec(), gk, gv, c.H, c.Dn, gkv, gkr);
 
   Guarded dk(k_s, c.act), dv(v_s, c.act), dgkv(kv_s, c.act), dgkr(kr_s, c.act);
-  mla_kv_forward(testing::to_gpu(kv, c.act), testing::to_gpu(kr, c.act), c.H, c.Dn, dk.view, dv.view);
-  mla_kv_backward(testing::to_gpu(gk, c.act), testing::to_gpu(gv, c.act), c.H, c.Dn, dgkv.view, dgkr.view);
+  mla_kv_forward(testing::gpu_exec(), testing::to_gpu(kv, c.act), testing::to_gpu(kr, c.act), c.H, c.Dn, dk.view, dv.view);
+  mla_kv_backward(testing::gpu_exec(), testing::to_gpu(gk, c.act), testing::to_gpu(gv, c.act), c.H, c.Dn, dgkv.view, dgkr.view);
   EXPECT_TRUE(testing::close(dk.host_f32(), k, 0.0, 0.0)) << "k (a copy)";
   EXPECT_TRUE(testing::close(dv.host_f32(), v, 0.0, 0.0)) << "v (a copy)";
   EXPECT_TRUE(testing::close(dgkv.host_f32(), gkv, 0.0, 0.0)) << "grad_kv (a copy)";

@@ -37,14 +37,14 @@ TEST_P(EmbeddingCuda, MatchesCpuReference) {
   Tensor gw = randn({c.vocab, c.dim}, DType::F32, 44);  // accumulated into: a random start
 
   Tensor out = Tensor::empty(out_shape, DType::F32), gw_cpu = gw.to(Device::CPU);
-  embedding_forward(ids, w, out);
-  embedding_backward(gy, ids, gw_cpu);
+  embedding_forward(testing::gpu_exec(), ids, w, out);
+  embedding_backward(testing::gpu_exec(), gy, ids, gw_cpu);
 
   Guarded dout(out_shape, c.act), dgw({c.vocab, c.dim}, DType::F32);
   dgw.view.copy_from(gw.to(Device::CUDA));
   const Tensor dids = ids.to(Device::CUDA);
-  embedding_forward(dids, testing::to_gpu(w, c.act), dout.view);
-  embedding_backward(testing::to_gpu(gy, c.act), dids, dgw.view);
+  embedding_forward(testing::gpu_exec(), dids, testing::to_gpu(w, c.act), dout.view);
+  embedding_backward(testing::gpu_exec(), testing::to_gpu(gy, c.act), dids, dgw.view);
 
   EXPECT_TRUE(testing::close(dout.host_f32(), out, 0.0, 0.0)) << "out (a copy)";
   EXPECT_TRUE(testing::close(dgw.host_f32(), gw_cpu, 0.0, 0.0)) << "grad_weight (same additions in the same order)";
@@ -67,8 +67,8 @@ TEST_F(EmbeddingCudaChecks, BackwardIsDeterministic) {
   Tensor ids = testing::randint({8, 257}, 17, 51).to(Device::CUDA);  // ~120 tokens per id
   Tensor gy = randn({8, 257, 96}, DType::F32, 52).to(Device::CUDA);
   Tensor a = Tensor::zeros({17, 96}, DType::F32, Device::CUDA), b = Tensor::zeros({17, 96}, DType::F32, Device::CUDA);
-  embedding_backward(gy, ids, a);
-  embedding_backward(gy, ids, b);
+  embedding_backward(testing::gpu_exec(), gy, ids, a);
+  embedding_backward(testing::gpu_exec(), gy, ids, b);
   EXPECT_TRUE(testing::close(a, b, 0.0, 0.0));
   EXPECT_FALSE(testing::close(a, Tensor::zeros({17, 96}, DType::F32), 0.0, 0.0));
 }
@@ -80,28 +80,28 @@ TEST_F(EmbeddingCudaChecks, BadIdsThrowTheCpuError) {
   const Tensor dids = ids.to(Device::CUDA);
   Guarded out({2, 6, 4}, DType::F32), gw({9, 4}, DType::F32);
   const Tensor w = randn({9, 4}, DType::F32, 62).to(Device::CUDA);
-  testing::expect_error([&] { embedding_forward(dids, w, out.view); },
+  testing::expect_error([&] { embedding_forward(testing::gpu_exec(), dids, w, out.view); },
                         "embedding_forward: ids i32[2,6]@cuda holds -3 at flat position 7, expected a token id in [0, V=9)");
-  testing::expect_error([&] { embedding_backward(randn({2, 6, 4}, DType::F32, 63).to(Device::CUDA), dids, gw.view); },
+  testing::expect_error([&] { embedding_backward(testing::gpu_exec(), randn({2, 6, 4}, DType::F32, 63).to(Device::CUDA), dids, gw.view); },
                         "embedding_backward: ids i32[2,6]@cuda holds -3 at flat position 7");
   EXPECT_TRUE(out.guards_intact() && gw.guards_intact());
   // Only the id == V: found too.
   ids.data<int32_t>()[7] = 0;
-  testing::expect_error([&] { embedding_forward(ids.to(Device::CUDA), w, out.view); }, "holds 9 at flat position 9");
+  testing::expect_error([&] { embedding_forward(testing::gpu_exec(), ids.to(Device::CUDA), w, out.view); }, "holds 9 at flat position 9");
   // After an error the op works again (the flag is reset at every call).
   ids.data<int32_t>()[9] = 8;
-  embedding_forward(ids.to(Device::CUDA), w, out.view);
+  embedding_forward(testing::gpu_exec(), ids.to(Device::CUDA), w, out.view);
 }
 
 TEST_F(EmbeddingCudaChecks, DtypeErrors) {
   const Tensor ids = testing::randint({5}, 3, 71).to(Device::CUDA);
   const Tensor w = randn({3, 8}, DType::F32, 72).to(Device::CUDA);
-  testing::expect_error([&] { embedding_forward(ids, w, Tensor::empty({5, 8}, DType::BF16, Device::CUDA)); },
+  testing::expect_error([&] { embedding_forward(testing::gpu_exec(), ids, w, Tensor::empty({5, 8}, DType::BF16, Device::CUDA)); },
                         "embedding_forward");
-  testing::expect_error([&] { embedding_forward(ids, w.to(Device::CPU).to(DType::F64).to(Device::CUDA),
+  testing::expect_error([&] { embedding_forward(testing::gpu_exec(), ids, w.to(Device::CPU).to(DType::F64).to(Device::CUDA),
                                                 Tensor::empty({5, 8}, DType::F64, Device::CUDA)); },
                         "expected f32 or bf16 on CUDA");
-  testing::expect_error([&] { embedding_backward(Tensor::zeros({5, 8}, DType::F32, Device::CUDA), ids,
+  testing::expect_error([&] { embedding_backward(testing::gpu_exec(), Tensor::zeros({5, 8}, DType::F32, Device::CUDA), ids,
                                                  Tensor::zeros({3, 8}, DType::BF16, Device::CUDA)); },
                         "embedding_backward");
 }

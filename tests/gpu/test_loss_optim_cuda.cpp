@@ -73,17 +73,17 @@ TEST_P(CrossEntropyCuda, MatchesCpuReference) {
 
   // CPU reference.
   Tensor losses = Tensor::empty(rshape, DType::F32), lse = Tensor::empty(rshape, DType::F32);
-  const double mean = cross_entropy_forward(logits, targets, kIgnore, losses, lse);
+  const double mean = cross_entropy_forward(testing::gpu_exec(), logits, targets, kIgnore, losses, lse);
   const double grad_loss = 1.7 * static_cast<double>(rows);  // gradients of order 1, not 1/rows
   Tensor grad = Tensor::empty(c.logits_shape, DType::F32);
-  cross_entropy_backward(logits, targets, lse, kIgnore, grad_loss, grad);
+  cross_entropy_backward(testing::gpu_exec(), logits, targets, lse, kIgnore, grad_loss, grad);
 
   // GPU (outputs start as guard garbage: they are overwritten).
   const Tensor dlogits = testing::to_gpu(logits, c.act), dtargets = targets.to(Device::CUDA);
   Guarded dlosses(rshape, DType::F32), dlse(rshape, DType::F32), dgrad(c.logits_shape, c.act);
-  const double dmean = cross_entropy_forward(dlogits, dtargets, kIgnore, dlosses.view, dlse.view);
+  const double dmean = cross_entropy_forward(testing::gpu_exec(), dlogits, dtargets, kIgnore, dlosses.view, dlse.view);
   // The backward from the CPU's lse: it checks the backward alone, not the forward's rounding again.
-  cross_entropy_backward(dlogits, dtargets, lse.to(Device::CUDA), kIgnore, grad_loss, dgrad.view);
+  cross_entropy_backward(testing::gpu_exec(), dlogits, dtargets, lse.to(Device::CUDA), kIgnore, grad_loss, dgrad.view);
 
   // losses and lse are f32 computed in f32 from the same inputs (bf16 logits included): the f32
   // policy; they reach ~11 for V = 50257, where the summation order of the sum-exp shows.
@@ -139,10 +139,10 @@ TEST_F(CrossEntropyCudaMisc, TwoRunsAreBitIdentical) {
     Tensor l1 = Tensor::empty({rows}, DType::F32, Device::CUDA), l2 = Tensor::empty({rows}, DType::F32, Device::CUDA);
     Tensor s1 = Tensor::empty({rows}, DType::F32, Device::CUDA), s2 = Tensor::empty({rows}, DType::F32, Device::CUDA);
     Tensor g1 = Tensor::empty({rows, vocab}, act, Device::CUDA), g2 = Tensor::empty({rows, vocab}, act, Device::CUDA);
-    const double m1 = cross_entropy_forward(logits, targets, kIgnore, l1, s1);
-    const double m2 = cross_entropy_forward(logits, targets, kIgnore, l2, s2);
-    cross_entropy_backward(logits, targets, s1, kIgnore, 1.0, g1);
-    cross_entropy_backward(logits, targets, s2, kIgnore, 1.0, g2);
+    const double m1 = cross_entropy_forward(testing::gpu_exec(), logits, targets, kIgnore, l1, s1);
+    const double m2 = cross_entropy_forward(testing::gpu_exec(), logits, targets, kIgnore, l2, s2);
+    cross_entropy_backward(testing::gpu_exec(), logits, targets, s1, kIgnore, 1.0, g1);
+    cross_entropy_backward(testing::gpu_exec(), logits, targets, s2, kIgnore, 1.0, g2);
     EXPECT_EQ(std::memcmp(&m1, &m2, sizeof(double)), 0) << dtype_name(act) << ": " << m1 << " vs " << m2;
     EXPECT_TRUE(same_bits(l1, l2) && same_bits(s1, s2) && same_bits(g1, g2)) << dtype_name(act);
     EXPECT_GT(m1, 1.0) << "a real loss (about log V + spread)";
@@ -162,9 +162,9 @@ TEST_F(CrossEntropyCudaMisc, MinusInfAndNaNLogitsBehaveAsOnTheCpu) {
   targets.data<int32_t>()[1] = 7;
   targets.data<int32_t>()[2] = 9;
   Tensor losses = Tensor::empty({rows}, DType::F32), lse = Tensor::empty({rows}, DType::F32);
-  cross_entropy_forward(logits, targets, kIgnore, losses, lse);
+  cross_entropy_forward(testing::gpu_exec(), logits, targets, kIgnore, losses, lse);
   Tensor dl = Tensor::empty({rows}, DType::F32, Device::CUDA), ds = Tensor::empty({rows}, DType::F32, Device::CUDA);
-  cross_entropy_forward(logits.to(Device::CUDA), targets.to(Device::CUDA), kIgnore, dl, ds);
+  cross_entropy_forward(testing::gpu_exec(), logits.to(Device::CUDA), targets.to(Device::CUDA), kIgnore, dl, ds);
   const Tensor hl = testing::to_host(dl), hs = testing::to_host(ds);
   for (int64_t r : {0, 2}) {
     EXPECT_TRUE(std::isfinite(hl.data<float>()[r])) << "row " << r;
@@ -184,16 +184,16 @@ TEST_F(CrossEntropyCudaMisc, BadTargetsAndDtypesAreErrors) {
   const Tensor dt = targets.to(Device::CUDA);
   Tensor losses = Tensor::empty({rows}, DType::F32, Device::CUDA), lse = Tensor::empty({rows}, DType::F32, Device::CUDA);
   Tensor grad = Tensor::empty({rows, vocab}, DType::F32, Device::CUDA);
-  testing::expect_error([&] { cross_entropy_forward(logits, dt, kIgnore, losses, lse); },
+  testing::expect_error([&] { cross_entropy_forward(testing::gpu_exec(), logits, dt, kIgnore, losses, lse); },
                         "cross_entropy_forward: targets i32[6]@cuda holds 11 at row 2, expected a class in [0, V=11)");
-  testing::expect_error([&] { cross_entropy_backward(logits, dt, lse, kIgnore, 1.0, grad); },
+  testing::expect_error([&] { cross_entropy_backward(testing::gpu_exec(), logits, dt, lse, kIgnore, 1.0, grad); },
                         "cross_entropy_backward: targets i32[6]@cuda holds 11 at row 2");
   const Tensor good = make_targets({rows}, static_cast<int32_t>(vocab), 0, 123).to(Device::CUDA);
   testing::expect_error(
-      [&] { cross_entropy_forward(logits, good, kIgnore, Tensor::empty({rows}, DType::BF16, Device::CUDA), lse); },
+      [&] { cross_entropy_forward(testing::gpu_exec(), logits, good, kIgnore, Tensor::empty({rows}, DType::BF16, Device::CUDA), lse); },
       "losses is bf16[6]@cuda, expected dtype f32");
   testing::expect_error(
-      [&] { cross_entropy_backward(logits, good, lse, kIgnore, 1.0, Tensor::empty({rows, vocab}, DType::BF16, Device::CUDA)); },
+      [&] { cross_entropy_backward(testing::gpu_exec(), logits, good, lse, kIgnore, 1.0, Tensor::empty({rows, vocab}, DType::BF16, Device::CUDA)); },
       "grad_logits is bf16[6,11]@cuda, expected dtype f32");
 }
 
@@ -215,8 +215,8 @@ TEST_P(AdamwCuda, SeveralStepsMatchCpu) {
     hp.lr *= 0.9;
     hp.weight_decay = step % 2 ? 0.1 : 0.0;  // decay on and off
     const Tensor g = randn({n}, DType::F32, 210 + step, 0.05 + 0.1 * static_cast<double>(step % 5));
-    adamw_step(p, g, m, v, hp, copy);
-    adamw_step(dp, g.to(Device::CUDA), dm, dv, hp, dcopy.view);
+    adamw_step(testing::gpu_exec(), p, g, m, v, hp, copy);
+    adamw_step(testing::gpu_exec(), dp, g.to(Device::CUDA), dm, dv, hp, dcopy.view);
     // The same f32 expression; at most an ulp or two apart (contraction into FMA may differ).
     ASSERT_TRUE(testing::close(dp, p, 1e-6, 1e-6)) << "param, step " << step;
     ASSERT_TRUE(testing::close(dm, m, 1e-9, 1e-6)) << "m, step " << step;
@@ -246,13 +246,13 @@ TEST_F(AdamwCudaMisc, WithoutCopyMatchesWithCopyAndErrors) {
   Tensor pa = p0.to(Device::CUDA), ma = Tensor::zeros({n}, DType::F32, Device::CUDA), va = Tensor::zeros({n}, DType::F32, Device::CUDA);
   Tensor pb = p0.to(Device::CUDA), mb = Tensor::zeros({n}, DType::F32, Device::CUDA), vb = Tensor::zeros({n}, DType::F32, Device::CUDA);
   Tensor copy = Tensor::empty({n}, DType::BF16, Device::CUDA);
-  adamw_step(pa, g, ma, va, AdamWParams{});
-  adamw_step(pb, g, mb, vb, AdamWParams{}, copy);
+  adamw_step(testing::gpu_exec(), pa, g, ma, va, AdamWParams{});
+  adamw_step(testing::gpu_exec(), pb, g, mb, vb, AdamWParams{}, copy);
   EXPECT_TRUE(same_bits(pa, pb) && same_bits(ma, mb) && same_bits(va, vb)) << "the copy changes nothing else";
-  testing::expect_error([&] { adamw_step(pa, g, ma, va, AdamWParams{}, Tensor::empty({n}, DType::BF16)); },
+  testing::expect_error([&] { adamw_step(testing::gpu_exec(), pa, g, ma, va, AdamWParams{}, Tensor::empty({n}, DType::BF16)); },
                         "param_copy is on cpu but param is on cuda");
   const Tensor p64 = Tensor::zeros({n}, DType::F64, Device::CUDA);
-  testing::expect_error([&] { adamw_step(p64, p64, p64, p64, AdamWParams{}); }, "adamw_step: param is f64[777]@cuda, expected dtype f32");
+  testing::expect_error([&] { adamw_step(testing::gpu_exec(), p64, p64, p64, p64, AdamWParams{}); }, "adamw_step: param is f64[777]@cuda, expected dtype f32");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -275,19 +275,19 @@ using GradNormCuda = testing::GpuTest;
 
 TEST_F(GradNormCuda, MatchesCpuDoubleSum) {
   const std::vector<Tensor> host = grad_set(301);
-  const double expected = grad_norm(host);
-  const double got = grad_norm(to_cuda(host));
+  const double expected = grad_norm(testing::gpu_exec(), host);
+  const double got = grad_norm(testing::gpu_exec(), to_cuda(host));
   EXPECT_NEAR(got, expected, 1e-6 * expected);
   EXPECT_GT(expected, 1.0);
   // One tensor alone, and a 2-D one (taken as flat).
-  EXPECT_NEAR(grad_norm({host[3].to(Device::CUDA)}), grad_norm({host[3]}), 1e-6 * grad_norm({host[3]}));
+  EXPECT_NEAR(grad_norm(testing::gpu_exec(), {host[3].to(Device::CUDA)}), grad_norm(testing::gpu_exec(), {host[3]}), 1e-6 * grad_norm(testing::gpu_exec(), {host[3]}));
   const Tensor two_d = host[2].slice(0, 4096).reshape({64, 64});
-  EXPECT_NEAR(grad_norm({two_d.to(Device::CUDA)}), grad_norm({two_d}), 1e-6 * grad_norm({two_d}));
+  EXPECT_NEAR(grad_norm(testing::gpu_exec(), {two_d.to(Device::CUDA)}), grad_norm(testing::gpu_exec(), {two_d}), 1e-6 * grad_norm(testing::gpu_exec(), {two_d}));
 }
 
 TEST_F(GradNormCuda, ClipScalesInPlaceLikeTheCpu) {
   std::vector<Tensor> host = grad_set(311);
-  const double norm = grad_norm(host);
+  const double norm = grad_norm(testing::gpu_exec(), host);
   // Guarded device copies: the scale must not write outside any tensor.
   std::vector<Guarded> guarded;
   std::vector<Tensor> dev;
@@ -297,17 +297,17 @@ TEST_F(GradNormCuda, ClipScalesInPlaceLikeTheCpu) {
   }
   for (const Guarded& gd : guarded) dev.push_back(gd.view);
   const double max_norm = norm / 3.0;
-  const double cpu_norm = clip_grad_norm(host, max_norm);
-  const double gpu_norm = clip_grad_norm(dev, max_norm);
+  const double cpu_norm = clip_grad_norm(testing::gpu_exec(), host, max_norm);
+  const double gpu_norm = clip_grad_norm(testing::gpu_exec(), dev, max_norm);
   EXPECT_NEAR(gpu_norm, cpu_norm, 1e-6 * cpu_norm) << "the norm before clipping";
   for (size_t i = 0; i < host.size(); ++i) {
     EXPECT_TRUE(testing::close(dev[i], host[i], 0.0, 1e-6)) << "grads[" << i << "]";
     EXPECT_TRUE(guarded[i].guards_intact()) << "grads[" << i << "]";
   }
-  EXPECT_NEAR(grad_norm(dev), max_norm, 1e-5 * max_norm) << "clipped to max_norm";
+  EXPECT_NEAR(grad_norm(testing::gpu_exec(), dev), max_norm, 1e-5 * max_norm) << "clipped to max_norm";
   // Below the threshold nothing moves, bit for bit.
   const std::vector<Tensor> before = {dev[2].to(Device::CPU), dev[5].to(Device::CPU)};
-  clip_grad_norm(dev, 10.0 * norm);
+  clip_grad_norm(testing::gpu_exec(), dev, 10.0 * norm);
   EXPECT_TRUE(same_bits(dev[2], before[0]) && same_bits(dev[5], before[1]));
 }
 
@@ -316,23 +316,23 @@ TEST_F(GradNormCuda, NonFiniteNormLeavesGradientsAlone) {
   h.data<float>()[500] = std::nanf("");
   const Tensor d = h.to(Device::CUDA), other = randn({77}, DType::F32, 322, 10.0).to(Device::CUDA);
   const Tensor other_before = other.to(Device::CPU);
-  EXPECT_TRUE(std::isnan(clip_grad_norm({other, d}, 1.0)));
+  EXPECT_TRUE(std::isnan(clip_grad_norm(testing::gpu_exec(), {other, d}, 1.0)));
   EXPECT_TRUE(same_bits(other, other_before)) << "a NaN norm must not scale anything";
 }
 
 TEST_F(GradNormCuda, TwoRunsAreBitIdentical) {
   const std::vector<Tensor> dev = to_cuda(grad_set(331));
-  const double a = grad_norm(dev), b = grad_norm(dev);
+  const double a = grad_norm(testing::gpu_exec(), dev), b = grad_norm(testing::gpu_exec(), dev);
   EXPECT_EQ(std::memcmp(&a, &b, sizeof(double)), 0) << a << " vs " << b;
 }
 
 TEST_F(GradNormCuda, MixedDevicesAndDtypesAreErrors) {
   const Tensor gpu = randn({5}, DType::F32, 341).to(Device::CUDA), cpu = randn({5}, DType::F32, 342);
-  testing::expect_error([&] { grad_norm({gpu, gpu, cpu}); },
+  testing::expect_error([&] { grad_norm(testing::gpu_exec(), {gpu, gpu, cpu}); },
                         "grad_norm: grads[2] is f32[5]@cpu but grads[0] is on cuda");
-  testing::expect_error([&] { clip_grad_norm({cpu, gpu}, 1.0); }, "clip_grad_norm: grads[1] is f32[5]@cuda but grads[0] is on cpu");
+  testing::expect_error([&] { clip_grad_norm(testing::gpu_exec(), {cpu, gpu}, 1.0); }, "clip_grad_norm: grads[1] is f32[5]@cuda but grads[0] is on cpu");
   const Tensor bf = Tensor::zeros({5}, DType::BF16, Device::CUDA);
-  testing::expect_error([&] { grad_norm({gpu, bf}); }, "grads[1] is bf16[5]@cuda, expected dtype f32");
+  testing::expect_error([&] { grad_norm(testing::gpu_exec(), {gpu, bf}); }, "grads[1] is bf16[5]@cuda, expected dtype f32");
 }
 
 }  // namespace

@@ -1,18 +1,16 @@
 // The whole model and the training step on the GPU against the CPU (issue "CUDA backend",
 // tests/README.md): the cuBLASLt matmul on odd and misaligned shapes; the tiny models' losses and
 // every parameter gradient in fp32 (tight) and bf16 mixed precision (relative error per tensor);
-// 50 optimizer steps tracking the CPU's losses; two GPU runs with one seed giving identical losses.
+// 50 optimizer steps tracking the CPU's losses; two GPU runs with one seed giving identical losses;
+// the aux-loss-free bias update of the whole model (one upload of the loads) equal to the CPU's.
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <cstdio>
 
-#include "core/cuda_dispatch.h"
 #include "core/ops/grad_norm.h"
 #include "core/ops/matmul.h"
-#if MOELAB_WITH_CUDA
 #include "cuda/blas.h"
-#endif
 #include "tests/gpu/gpu_harness.h"
 #include "tests/nn/nn_harness.h"
 #include "train/optimizer.h"
@@ -34,7 +32,6 @@ class MatmulCuda : public testing::GpuTest, public ::testing::WithParamInterface
 
 TEST_P(MatmulCuda, MatchesCpuReference) {
   const MatmulCase c = GetParam();
-  GpuContext gpu;
   Tensor x_big = randn({c.m + c.row_offset, c.k}, DType::F32, 1), w = randn({c.n, c.k}, DType::F32, 2);
   Tensor gy = randn({c.m, c.n}, DType::F32, 3), gw0 = randn({c.n, c.k}, DType::F32, 4);
   if (c.act == DType::BF16) {
@@ -46,16 +43,16 @@ TEST_P(MatmulCuda, MatchesCpuReference) {
   Tensor y = Tensor::empty({c.m, c.n}, DType::F32), gx = Tensor::empty({c.m, c.k}, DType::F32);
   Tensor gw = Tensor::empty({c.n, c.k}, DType::F32);
   gw.copy_from(gw0);
-  matmul_forward(x, w, y);
-  matmul_backward(gy, x, w, gx, gw);
+  matmul_forward(Exec{}, x, w, y);
+  matmul_backward(Exec{}, gy, x, w, gx, gw);
 
   const Tensor dx_big = testing::to_gpu(x_big, c.act);
   const Tensor dx = dx_big.slice(c.row_offset, c.row_offset + c.m);
   const Tensor dw = testing::to_gpu(w, c.act), dgy = testing::to_gpu(gy, c.act);
   testing::Guarded dy({c.m, c.n}, c.act), dgx({c.m, c.k}, c.act);
   const Tensor dgw = gw0.to(Device::CUDA);
-  matmul_forward(dx, dw, dy.view, &gpu);
-  matmul_backward(dgy, dx, dw, dgx.view, dgw, &gpu);
+  matmul_forward(testing::gpu_exec(), dx, dw, dy.view);
+  matmul_backward(testing::gpu_exec(), dgy, dx, dw, dgx.view, dgw);
 
   // f32: cuBLASLt's summation order differs from Eigen's: ~K ulps. bf16 outputs: one rounding.
   const double atol = c.act == DType::BF16 ? 2e-2 : 1e-5 * std::sqrt(static_cast<double>(c.k + c.n + c.m));
@@ -79,15 +76,15 @@ INSTANTIATE_TEST_SUITE_P(Shapes, MatmulCuda,
 
 using MatmulCudaPlans = testing::GpuTest;
 
-#if MOELAB_WITH_CUDA  // these two reach into cuda::Blas, which a CPU-only build does not have
 TEST_F(MatmulCudaPlans, OnePlanPerShapeAndBitIdenticalRepeats) {
   GpuContext gpu;
   const Tensor x = testing::to_gpu(randn({77, 64}, DType::F32, 5), DType::BF16);
   const Tensor w = testing::to_gpu(randn({96, 64}, DType::F32, 6), DType::BF16);
   Tensor y1 = Tensor::empty({77, 96}, DType::BF16, Device::CUDA), y2 = Tensor::empty({77, 96}, DType::BF16, Device::CUDA);
-  matmul_forward(x, w, y1, &gpu);
+  const Exec ex{nullptr, &gpu, nullptr};
+  matmul_forward(ex, x, w, y1);
   const size_t plans = gpu.blas().cached_plans();
-  matmul_forward(x, w, y2, &gpu);
+  matmul_forward(ex, x, w, y2);
   EXPECT_EQ(gpu.blas().cached_plans(), plans) << "the second call of a shape must reuse its plan";
   EXPECT_TRUE(testing::close(testing::to_host(y1), testing::to_host(y2), 0.0, 0.0));
 }
@@ -139,12 +136,11 @@ TEST_F(MatmulCudaPlans, StridedBatchEqualsOneCallPerMatrix) {
     }
 }
 
-#endif
 
 TEST_F(MatmulCudaPlans, MissingContextIsAClearError) {
   const Tensor x = Tensor::zeros({2, 3}, DType::F32, Device::CUDA), w = Tensor::zeros({4, 3}, DType::F32, Device::CUDA);
   const Tensor y = Tensor::empty({2, 4}, DType::F32, Device::CUDA);
-  testing::expect_error([&] { matmul_forward(x, w, y); }, "GpuContext");
+  testing::expect_error([&] { matmul_forward(Exec{}, x, w, y); }, "GpuContext");
 }
 
 // ---- the whole model ----
@@ -306,11 +302,11 @@ std::vector<double> train_losses(const ModelConfig& cfg, const Runtime& rt, int6
     Model::Saved saved;
     losses.push_back(model->forward(ctx, rt.upload(tokens), saved).total);
     model->backward(ctx, saved);
-    clip_grad_norm({model->params().flat_grads()}, 1.0);
-    optimizer.step(3e-3);
+    clip_grad_norm(ctx, {model->params().flat_grads()}, 1.0);
+    optimizer.step(ctx, 3e-3);
     std::vector<std::vector<double>> loads;
     for (const MoEStats& st : model->moe_stats(saved)) loads.push_back(st.load);
-    model->update_bias(loads);
+    model->update_bias(ctx, loads);
   }
   return losses;
 }
@@ -330,6 +326,40 @@ TEST_F(TrainCuda, FiftyStepsTrackTheCpuLosses) {
   }
   std::printf("step 50 loss: cpu %.5f  cuda fp32 %.5f  cuda bf16 %.5f (step 1: %.5f)\n", cpu.back(), f32.back(),
               bf16.back(), cpu.front());
+}
+
+// Model::update_bias from host loads (trunk and MTP MoE layers) moves the GPU's biases exactly as
+// the CPU's, step after step, and read_bias_ranges reports the same ranges.
+TEST_F(TrainCuda, BiasUpdateMatchesCpuExactly) {
+  const ModelConfig cfg = mla_moe_mtp();
+  const Runtime cpu_rt = make_runtime("cpu", "fp32"), gpu_rt = make_runtime("cuda", "fp32");
+  const std::unique_ptr<Model> cpu = new_model(cfg, 7, cpu_rt), gpu = new_model(cfg, 7, gpu_rt);
+  Arena cpu_arena(size_t{1} << 20, Device::CPU), gpu_arena(size_t{1} << 20, Device::CUDA);
+  const Context cpu_ctx = cpu_rt.context(cpu_arena, 1, 1), gpu_ctx = gpu_rt.context(gpu_arena, 1, 1);
+  const size_t layers = cpu->moe_layers().size();
+  ASSERT_GE(layers, 2u);
+  for (uint64_t step = 0; step < 3; ++step) {
+    std::vector<std::vector<double>> loads(layers);
+    for (size_t i = 0; i < layers; ++i) {
+      const Tensor r = testing::randint({cfg.n_routed_experts}, 4, 200 + 10 * step + i);  // ties with the mean too
+      for (int64_t e = 0; e < cfg.n_routed_experts; ++e) loads[i].push_back(r.data<int32_t>()[e]);
+    }
+    cpu->update_bias(cpu_ctx, loads);
+    gpu->update_bias(gpu_ctx, loads);
+  }
+  EXPECT_EQ(gpu_arena.used(), 0u) << "the loads' upload must give its scratch back";
+  for (const auto& e : cpu->buffers().entries()) {
+    const Tensor a = cpu->buffers().param(e.spec.name), b = testing::to_host(gpu->buffers().param(e.spec.name));
+    EXPECT_TRUE(testing::close(b, a, 0, 0)) << e.spec.name;
+  }
+  std::vector<MoEStats> cs(layers), gs(layers);
+  cpu->read_bias_ranges(cs);
+  gpu->read_bias_ranges(gs);
+  for (size_t i = 0; i < layers; ++i) {
+    EXPECT_EQ(gs[i].bias_min, cs[i].bias_min) << "layer " << i;
+    EXPECT_EQ(gs[i].bias_max, cs[i].bias_max) << "layer " << i;
+    EXPECT_LT(cs[i].bias_min, cs[i].bias_max) << "the biases must have moved apart";
+  }
 }
 
 TEST_F(TrainCuda, SameSeedGivesIdenticalLosses) {

@@ -1,6 +1,7 @@
 // The MoE ops on the GPU against their CPU references (core/ops/moe_route.h, topk.h,
-// moe_dispatch.h, moe_balance.h): routing decisions (top-k, groups, capacity drops, layouts,
-// counts) must equal the CPU's exactly, ties and NaNs included; gates, dispatch/combine and the
+// moe_dispatch.h, moe_balance.h, moe_bias.h): routing decisions (top-k, groups, capacity drops,
+// layouts, counts) and the aux-loss-free bias update must equal the CPU's exactly, ties (and a
+// load exactly at the mean) and NaNs included; gates, dispatch/combine and the
 // balance losses follow tests/README.md's tolerances (f32 tight, bf16 activations atol 2e-2 rtol
 // 1.6e-2). Guard rows around every output catch stray writes; determinism tests run each op twice.
 #include <gtest/gtest.h>
@@ -8,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <limits>
 #include <sstream>
@@ -16,6 +18,7 @@
 #include <vector>
 
 #include "core/ops/moe_balance.h"
+#include "core/ops/moe_bias.h"
 #include "core/ops/moe_dispatch.h"
 #include "core/ops/moe_route.h"
 #include "core/ops/topk.h"
@@ -143,12 +146,12 @@ TEST_P(MoeRouteCuda, TopkAndGatesMatchCpu) {
   const Tensor scores = make_scores(c.N, c.E, c.kind, 100 + c.N + c.E);
   const Tensor bias = c.bias ? make_bias(c.E, c.kind, 7 + c.E) : Tensor();
   Tensor idx_ref = Tensor::empty({c.N, c.K}, DType::I32);
-  moe_route_topk(scores, bias, c.n_group, c.topk_group, idx_ref);
+  moe_route_topk(testing::gpu_exec(), scores, bias, c.n_group, c.topk_group, idx_ref);
 
   const Tensor gscores = to_gpu(scores, DType::F32);
   const Tensor gbias = c.bias ? to_gpu(bias, DType::F32) : Tensor();
   Guarded gidx({c.N, c.K}, DType::I32);
-  moe_route_topk(gscores, gbias, c.n_group, c.topk_group, gidx.view);
+  moe_route_topk(testing::gpu_exec(), gscores, gbias, c.n_group, c.topk_group, gidx.view);
   EXPECT_TRUE(identical(gidx.view, idx_ref)) << "topk_idx";
   EXPECT_TRUE(gidx.guards_intact()) << "write outside topk_idx";
   if (c.kind == Scores::NaN) return;  // the gates of NaN scores are NaN: nothing more to compare
@@ -158,12 +161,12 @@ TEST_P(MoeRouteCuda, TopkAndGatesMatchCpu) {
   for (const bool norm : {false, true}) {
     const double scale = norm ? 2.5 : 1.0;
     Tensor w_ref = Tensor::empty({c.N, c.K}, DType::F32), gs_ref = Tensor::empty({c.N, c.E}, DType::F32);
-    moe_gate_forward(scores, idx_ref, norm, scale, w_ref);
-    moe_gate_backward(grad_w, scores, idx_ref, norm, scale, gs_ref);
+    moe_gate_forward(testing::gpu_exec(), scores, idx_ref, norm, scale, w_ref);
+    moe_gate_backward(testing::gpu_exec(), grad_w, scores, idx_ref, norm, scale, gs_ref);
 
     Guarded gw({c.N, c.K}, DType::F32), ggs({c.N, c.E}, DType::F32);  // start as guard values everywhere
-    moe_gate_forward(gscores, gidx.view, norm, scale, gw.view);
-    moe_gate_backward(ggrad_w, gscores, gidx.view, norm, scale, ggs.view);
+    moe_gate_forward(testing::gpu_exec(), gscores, gidx.view, norm, scale, gw.view);
+    moe_gate_backward(testing::gpu_exec(), ggrad_w, gscores, gidx.view, norm, scale, ggs.view);
     EXPECT_TRUE(testing::close(gw.view, w_ref, 1e-6, 1e-6)) << "topk_weights, norm " << norm;
     EXPECT_TRUE(testing::close(ggs.view, gs_ref, 1e-6 * max_abs(gs_ref), 1e-5)) << "grad_scores, norm " << norm;
     EXPECT_TRUE(gw.guards_intact() && ggs.guards_intact()) << "write outside the gate outputs, norm " << norm;
@@ -200,23 +203,23 @@ TEST_P(MoeCapacityCuda, KeptSetAndCountsMatchCpu) {
   const CapacityCase c = GetParam();
   const Tensor scores = make_scores(c.N, c.E, c.kind, 300 + c.N);
   Tensor idx = Tensor::empty({c.N, c.K}, DType::I32);
-  moe_route_topk(scores, make_bias(c.E, c.kind, 9), 1, 1, idx);  // the bias makes the loads uneven
+  moe_route_topk(testing::gpu_exec(), scores, make_bias(c.E, c.kind, 9), 1, 1, idx);  // the bias makes the loads uneven
   const int64_t capacity = c.capacity_factor > 0 ? moe_capacity(c.capacity_factor, c.N, c.K, c.E) : 0;
   Tensor kept_ref = Tensor::empty({c.N, c.K}, DType::I32);
-  const int64_t dropped_ref = moe_capacity_drop(scores, idx, capacity, kept_ref);
+  const int64_t dropped_ref = moe_capacity_drop(testing::gpu_exec(), scores, idx, capacity, kept_ref);
   if (c.capacity_factor < 1) {
     EXPECT_GT(dropped_ref, 0) << "the case must drop something";
   }
 
   const Tensor gidx = idx.to(Device::CUDA);
   Guarded gkept({c.N, c.K}, DType::I32);
-  const int64_t dropped = moe_capacity_drop(to_gpu(scores, DType::F32), gidx, capacity, gkept.view);
+  const int64_t dropped = moe_capacity_drop(testing::gpu_exec(), to_gpu(scores, DType::F32), gidx, capacity, gkept.view);
   EXPECT_EQ(dropped, dropped_ref);
   EXPECT_TRUE(identical(gkept.view, kept_ref)) << "kept_idx, capacity " << capacity;
   EXPECT_TRUE(gkept.guards_intact()) << "write outside kept_idx";
 
-  EXPECT_EQ(moe_count_tokens(gidx, c.E), moe_count_tokens(idx, c.E)) << "counts before the drops";
-  EXPECT_EQ(moe_count_tokens(gkept.view, c.E), moe_count_tokens(kept_ref, c.E)) << "counts with -1 entries";
+  EXPECT_EQ(moe_count_tokens(testing::gpu_exec(), gidx, c.E), moe_count_tokens(testing::gpu_exec(), idx, c.E)) << "counts before the drops";
+  EXPECT_EQ(moe_count_tokens(testing::gpu_exec(), gkept.view, c.E), moe_count_tokens(testing::gpu_exec(), kept_ref, c.E)) << "counts with -1 entries";
 }
 
 INSTANTIATE_TEST_SUITE_P(Cases, MoeCapacityCuda,
@@ -247,9 +250,9 @@ TEST_P(TopkCuda, MatchesCpuExactly) {
     x.data<float>()[1] = -0.0f;
   }
   Tensor values_ref = Tensor::empty({c.N, c.K}, DType::F32), idx_ref = Tensor::empty({c.N, c.K}, DType::I32);
-  topk_forward(x, c.K, values_ref, idx_ref);
+  topk_forward(testing::gpu_exec(), x, c.K, values_ref, idx_ref);
   Guarded values({c.N, c.K}, DType::F32), idx({c.N, c.K}, DType::I32);
-  topk_forward(to_gpu(x, DType::F32), c.K, values.view, idx.view);
+  topk_forward(testing::gpu_exec(), to_gpu(x, DType::F32), c.K, values.view, idx.view);
   EXPECT_TRUE(identical(idx.view, idx_ref)) << "indices";
   EXPECT_TRUE(identical(values.view, values_ref)) << "values";
   EXPECT_TRUE(values.guards_intact() && idx.guards_intact()) << "write outside the outputs";
@@ -258,9 +261,9 @@ TEST_P(TopkCuda, MatchesCpuExactly) {
   const Tensor gv = randn({c.N, c.K}, DType::F32, 42);
   for (const Tensor& ind : {idx_ref, randint({c.N, c.K}, static_cast<int32_t>(c.E), 43)}) {
     Tensor gx_ref = Tensor::empty({c.N, c.E}, DType::F32);
-    topk_backward(gv, ind, gx_ref);
+    topk_backward(testing::gpu_exec(), gv, ind, gx_ref);
     Guarded gx({c.N, c.E}, DType::F32);
-    topk_backward(to_gpu(gv, DType::F32), ind.to(Device::CUDA), gx.view);
+    topk_backward(testing::gpu_exec(), to_gpu(gv, DType::F32), ind.to(Device::CUDA), gx.view);
     EXPECT_TRUE(identical(gx.view, gx_ref)) << "grad_x";
     EXPECT_TRUE(gx.guards_intact()) << "write outside grad_x";
   }
@@ -294,9 +297,9 @@ TEST_P(MoeLayoutCuda, CountsAndPosMatchCpuExactly) {
   const LayoutCase c = GetParam();
   const Tensor idx = random_assignments(c.N, c.E, c.K, 500 + c.N);
   Tensor pos_ref = Tensor::empty({c.N, c.K}, DType::I32);
-  const std::vector<int64_t> counts_ref = moe_dispatch_layout(idx, c.E, pos_ref);
+  const std::vector<int64_t> counts_ref = moe_dispatch_layout(testing::gpu_exec(), idx, c.E, pos_ref);
   Guarded pos({c.N, c.K}, DType::I32);
-  const std::vector<int64_t> counts = moe_dispatch_layout(idx.to(Device::CUDA), c.E, pos.view);
+  const std::vector<int64_t> counts = moe_dispatch_layout(testing::gpu_exec(), idx.to(Device::CUDA), c.E, pos.view);
   EXPECT_EQ(counts, counts_ref);
   EXPECT_TRUE(identical(pos.view, pos_ref)) << "pos";
   EXPECT_TRUE(pos.guards_intact()) << "write outside pos";
@@ -327,7 +330,7 @@ TEST_P(MoeDispatchCuda, ForwardBackwardMatchCpu) {
   };
   const Tensor idx = random_assignments(c.N, c.E, c.K, 600 + c.N + c.D);
   Tensor pos = Tensor::empty({c.N, c.K}, DType::I32);
-  const std::vector<int64_t> counts = moe_dispatch_layout(idx, c.E, pos);
+  const std::vector<int64_t> counts = moe_dispatch_layout(testing::gpu_exec(), idx, c.E, pos);
   int64_t M = 0;
   for (const int64_t n : counts) M += n;
   ASSERT_GT(M, 0);
@@ -337,21 +340,21 @@ TEST_P(MoeDispatchCuda, ForwardBackwardMatchCpu) {
   Tensor ex_ref = Tensor::empty({M, c.D}, DType::F32), gx_ref = Tensor::empty({c.N, c.D}, DType::F32);
   Tensor y_ref = Tensor::empty({c.N, c.D}, DType::F32), gey_ref = Tensor::empty({M, c.D}, DType::F32);
   Tensor gw_ref = Tensor::empty({c.N, c.K}, DType::F32);
-  moe_dispatch_forward(x, pos, ex_ref);
-  moe_dispatch_backward(gex, pos, gx_ref);
-  moe_combine_forward(ey, pos, w, y_ref);
-  moe_combine_backward(gy, ey, pos, w, gey_ref, gw_ref);
+  moe_dispatch_forward(testing::gpu_exec(), x, pos, ex_ref);
+  moe_dispatch_backward(testing::gpu_exec(), gex, pos, gx_ref);
+  moe_combine_forward(testing::gpu_exec(), ey, pos, w, y_ref);
+  moe_combine_backward(testing::gpu_exec(), gy, ey, pos, w, gey_ref, gw_ref);
 
   Guarded gpos({c.N, c.K}, DType::I32);
-  EXPECT_EQ(moe_dispatch_layout(idx.to(Device::CUDA), c.E, gpos.view), counts);
+  EXPECT_EQ(moe_dispatch_layout(testing::gpu_exec(), idx.to(Device::CUDA), c.E, gpos.view), counts);
   EXPECT_TRUE(identical(gpos.view, pos)) << "pos";
   const Tensor gw = to_gpu(w, DType::F32);  // the gates stay f32 with bf16 activations
   Guarded dex({M, c.D}, c.act), dgx({c.N, c.D}, c.act), dy({c.N, c.D}, c.act), dgey({M, c.D}, c.act);
   Guarded dgw({c.N, c.K}, DType::F32);
-  moe_dispatch_forward(to_gpu(x, c.act), gpos.view, dex.view);
-  moe_dispatch_backward(to_gpu(gex, c.act), gpos.view, dgx.view);
-  moe_combine_forward(to_gpu(ey, c.act), gpos.view, gw, dy.view);
-  moe_combine_backward(to_gpu(gy, c.act), to_gpu(ey, c.act), gpos.view, gw, dgey.view, dgw.view);
+  moe_dispatch_forward(testing::gpu_exec(), to_gpu(x, c.act), gpos.view, dex.view);
+  moe_dispatch_backward(testing::gpu_exec(), to_gpu(gex, c.act), gpos.view, dgx.view);
+  moe_combine_forward(testing::gpu_exec(), to_gpu(ey, c.act), gpos.view, gw, dy.view);
+  moe_combine_backward(testing::gpu_exec(), to_gpu(gy, c.act), to_gpu(ey, c.act), gpos.view, gw, dgey.view, dgw.view);
 
   EXPECT_TRUE(identical(dex.host_f32(), ex_ref)) << "expert_x (a copy: exact)";
   EXPECT_TRUE(testing::close(dgx.host_f32(), gx_ref, atol, rtol)) << "grad_x";
@@ -373,7 +376,7 @@ TEST_P(MoeDispatchCuda, ForwardBackwardMatchCpu) {
       rt_ref.data<float>()[n * c.D + d] = acc;
     }
   Guarded rt({c.N, c.D}, c.act);
-  moe_combine_forward(dex.view, gpos.view, gw, rt.view);
+  moe_combine_forward(testing::gpu_exec(), dex.view, gpos.view, gw, rt.view);
   EXPECT_TRUE(testing::close(rt.host_f32(), rt_ref, atol, rtol)) << "combine(dispatch(x))";
   EXPECT_TRUE(rt.guards_intact());
 }
@@ -401,20 +404,20 @@ TEST_P(MoeBalanceCuda, AuxLossMatchesCpu) {
   const BalanceCase c = GetParam();
   const Tensor scores = make_scores(c.N, c.E, c.kind, 700 + c.N);
   Tensor idx = Tensor::empty({c.N, c.K}, DType::I32);
-  moe_route_topk(scores, make_bias(c.E, Scores::Sigmoid, 8), 1, 1, idx);
+  moe_route_topk(testing::gpu_exec(), scores, make_bias(c.E, Scores::Sigmoid, 8), 1, 1, idx);
   const double alpha = 0.5, grad_loss = 1.7;
   const Tensor gscores = to_gpu(scores, DType::F32), gidx = idx.to(Device::CUDA);
 
-  const double loss_ref = moe_aux_loss_forward(scores, idx, c.seq_len, alpha);
-  const double loss = moe_aux_loss_forward(gscores, gidx, c.seq_len, alpha);
+  const double loss_ref = moe_aux_loss_forward(testing::gpu_exec(), scores, idx, c.seq_len, alpha);
+  const double loss = moe_aux_loss_forward(testing::gpu_exec(), gscores, gidx, c.seq_len, alpha);
   EXPECT_NEAR(loss, loss_ref, 1e-5 * std::fabs(loss_ref)) << "aux loss, seq_len " << c.seq_len;
 
   const Tensor g0 = randn({c.N, c.E}, DType::F32, 71, 1e-3);  // accumulated into
   Tensor g_ref = g0.to(DType::F32);
-  moe_aux_loss_backward(scores, idx, c.seq_len, alpha, grad_loss, g_ref);
+  moe_aux_loss_backward(testing::gpu_exec(), scores, idx, c.seq_len, alpha, grad_loss, g_ref);
   Guarded g({c.N, c.E}, DType::F32);
   g.view.copy_from(g0.to(Device::CUDA));
-  moe_aux_loss_backward(gscores, gidx, c.seq_len, alpha, grad_loss, g.view);
+  moe_aux_loss_backward(testing::gpu_exec(), gscores, gidx, c.seq_len, alpha, grad_loss, g.view);
   EXPECT_TRUE(testing::close(g.view, g_ref, 1e-5 * max_abs(g_ref), 1e-5)) << "grad_scores (+=)";
   EXPECT_TRUE(g.guards_intact()) << "write outside grad_scores";
 }
@@ -435,16 +438,16 @@ TEST_P(MoeZLossCuda, MatchesCpu) {
   const auto [N, E] = GetParam();
   const Tensor logits = randn({N, E}, DType::F32, 80 + N, 3.0);
   const double coef = 1e-3 * 7, grad_loss = 0.9;
-  const double loss_ref = moe_z_loss_forward(logits, coef);
-  const double loss = moe_z_loss_forward(to_gpu(logits, DType::F32), coef);
+  const double loss_ref = moe_z_loss_forward(testing::gpu_exec(), logits, coef);
+  const double loss = moe_z_loss_forward(testing::gpu_exec(), to_gpu(logits, DType::F32), coef);
   EXPECT_NEAR(loss, loss_ref, 1e-5 * std::fabs(loss_ref)) << "z-loss";
 
   const Tensor g0 = randn({N, E}, DType::F32, 81, 1e-3);
   Tensor g_ref = g0.to(DType::F32);
-  moe_z_loss_backward(logits, coef, grad_loss, g_ref);
+  moe_z_loss_backward(testing::gpu_exec(), logits, coef, grad_loss, g_ref);
   Guarded g({N, E}, DType::F32);
   g.view.copy_from(g0.to(Device::CUDA));
-  moe_z_loss_backward(to_gpu(logits, DType::F32), coef, grad_loss, g.view);
+  moe_z_loss_backward(testing::gpu_exec(), to_gpu(logits, DType::F32), coef, grad_loss, g.view);
   EXPECT_TRUE(testing::close(g.view, g_ref, 1e-5 * max_abs(g_ref), 1e-5)) << "grad_logits (+=)";
   EXPECT_TRUE(g.guards_intact()) << "write outside grad_logits";
 }
@@ -454,6 +457,68 @@ INSTANTIATE_TEST_SUITE_P(Shapes, MoeZLossCuda,
                                            std::make_pair(int64_t{333}, int64_t{7}),
                                            std::make_pair(int64_t{333}, int64_t{256}),
                                            std::make_pair(int64_t{4096}, int64_t{64})),
+                         [](const auto& info) { return "case" + std::to_string(info.index); });
+
+// ---- the aux-loss-free bias update --------------------------------------------------------------
+
+enum class Loads { CountsAtTheMean, Fractional, AllEqual };
+
+// f32 [E] loads on the CPU.
+//   CountsAtTheMean: whole counts 100 - d and 100 + d in pairs (d in [0, 5), so many experts sit
+//                    exactly at the mean 100: sign 0), one more at 100 when E is odd.
+//   Fractional:      U[0, 1000): a mean that is no load, summed in an order-sensitive way (the
+//                    kernel must add in the CPU's index order to get the same mean).
+//   AllEqual:        every expert at the mean: nothing moves.
+Tensor make_loads(int64_t E, Loads kind, uint64_t seed) {
+  if (kind == Loads::Fractional) return rand_uniform({E}, DType::F32, seed, 0.0f, 1000.0f);
+  Tensor load = Tensor::empty({E}, DType::F32);
+  float* l = load.data<float>();
+  if (kind == Loads::AllEqual) {
+    for (int64_t i = 0; i < E; ++i) l[i] = 7.0f;
+    return load;
+  }
+  const Tensor d = randint({E / 2 + 1}, 5, seed);
+  for (int64_t i = 0; i + 1 < E; i += 2) {
+    l[i] = 100.0f - static_cast<float>(d.data<int32_t>()[i / 2]);
+    l[i + 1] = 100.0f + static_cast<float>(d.data<int32_t>()[i / 2]);
+  }
+  if (E % 2) l[E - 1] = 100.0f;
+  return load;
+}
+
+class MoeBiasCuda : public testing::GpuTest, public ::testing::WithParamInterface<std::tuple<int64_t, Loads>> {};
+
+TEST_P(MoeBiasCuda, MatchesCpuExactly) {
+  const auto [E, kind] = GetParam();
+  const Tensor load = make_loads(E, kind, 110 + static_cast<uint64_t>(E));
+  const Tensor before = randn({E}, DType::F32, 111, 0.05);
+  Tensor ref = before.to(DType::F32);
+  moe_bias_update(Exec{}, load, 0.001, ref);
+  Guarded bias({E}, DType::F32);
+  bias.view.copy_from(before.to(Device::CUDA));
+  const Tensor gload = load.to(Device::CUDA);
+  moe_bias_update(testing::gpu_exec(), gload, 0.001, bias.view);
+  EXPECT_TRUE(identical(bias.view, ref)) << "bias after one update";
+  EXPECT_TRUE(testing::close(bias.host_f32(), ref, 0, 0));  // the max abs/rel error, if any
+  EXPECT_TRUE(bias.guards_intact()) << "write outside the bias";
+  // A second step from there: the same again (and the loads are only read).
+  moe_bias_update(Exec{}, load, 0.001, ref);
+  moe_bias_update(testing::gpu_exec(), gload, 0.001, bias.view);
+  EXPECT_TRUE(identical(bias.view, ref)) << "bias after two updates";
+  EXPECT_TRUE(identical(gload, load)) << "the loads were written";
+  int64_t moved = 0;
+  for (int64_t i = 0; i < E; ++i) moved += ref.data<float>()[i] != before.data<float>()[i];
+  if (kind == Loads::AllEqual) EXPECT_EQ(moved, 0);
+  else EXPECT_GT(moved, 0);
+  std::printf("E = %lld: %lld of %lld biases moved, GPU identical to the CPU\n", static_cast<long long>(E),
+              static_cast<long long>(moved), static_cast<long long>(E));
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, MoeBiasCuda,
+                         ::testing::Combine(::testing::Values(int64_t{1}, int64_t{7}, int64_t{256}, int64_t{1001},
+                                                              int64_t{8192}),
+                                            ::testing::Values(Loads::CountsAtTheMean, Loads::Fractional,
+                                                              Loads::AllEqual)),
                          [](const auto& info) { return "case" + std::to_string(info.index); });
 
 // ---- determinism --------------------------------------------------------------------------------
@@ -471,31 +536,31 @@ TEST_F(MoeOpsCudaDeterminism, TwoRunsAreBitIdentical) {
       return out.back();
     };
     const Tensor idx = dev({N, K}, DType::I32), w = dev({N, K}, DType::F32), gs = dev({N, E}, DType::F32);
-    moe_route_topk(scores, bias, 8, 4, idx);
-    moe_gate_forward(scores, idx, true, 2.5, w);
-    moe_gate_backward(w, scores, idx, true, 2.5, gs);
+    moe_route_topk(testing::gpu_exec(), scores, bias, 8, 4, idx);
+    moe_gate_forward(testing::gpu_exec(), scores, idx, true, 2.5, w);
+    moe_gate_backward(testing::gpu_exec(), w, scores, idx, true, 2.5, gs);
     const Tensor kept = dev({N, K}, DType::I32), pos = dev({N, K}, DType::I32);
-    const int64_t dropped = moe_capacity_drop(scores, idx, moe_capacity(0.8, N, K, E), kept);
+    const int64_t dropped = moe_capacity_drop(testing::gpu_exec(), scores, idx, moe_capacity(0.8, N, K, E), kept);
     EXPECT_GT(dropped, 0);
     int64_t M = 0;
-    for (const int64_t n : moe_dispatch_layout(kept, E, pos)) M += n;
+    for (const int64_t n : moe_dispatch_layout(testing::gpu_exec(), kept, E, pos)) M += n;
     const Tensor x = to_gpu(randn({N, D}, DType::F32, 92), DType::BF16);
     const Tensor ex = dev({M, D}, DType::BF16), y = dev({N, D}, DType::BF16), gx = dev({N, D}, DType::BF16);
     const Tensor gey = dev({M, D}, DType::BF16), gw = dev({N, K}, DType::F32);
-    moe_dispatch_forward(x, pos, ex);
-    moe_combine_forward(ex, pos, w, y);
-    moe_combine_backward(y, ex, pos, w, gey, gw);
-    moe_dispatch_backward(gey, pos, gx);
+    moe_dispatch_forward(testing::gpu_exec(), x, pos, ex);
+    moe_combine_forward(testing::gpu_exec(), ex, pos, w, y);
+    moe_combine_backward(testing::gpu_exec(), y, ex, pos, w, gey, gw);
+    moe_dispatch_backward(testing::gpu_exec(), gey, pos, gx);
     const Tensor ga = dev({N, E}, DType::F32), gz = dev({N, E}, DType::F32);
     ga.zero();
     gz.zero();
-    const double aux = moe_aux_loss_forward(scores, idx, 256, 0.1);
-    moe_aux_loss_backward(scores, idx, 256, 0.1, 1.0, ga);
-    const double z = moe_z_loss_forward(scores, 1.0);
-    moe_z_loss_backward(scores, 1.0, 1.0, gz);
+    const double aux = moe_aux_loss_forward(testing::gpu_exec(), scores, idx, 256, 0.1);
+    moe_aux_loss_backward(testing::gpu_exec(), scores, idx, 256, 0.1, 1.0, ga);
+    const double z = moe_z_loss_forward(testing::gpu_exec(), scores, 1.0);
+    moe_z_loss_backward(testing::gpu_exec(), scores, 1.0, 1.0, gz);
     const Tensor tv = dev({N, K}, DType::F32), ti = dev({N, K}, DType::I32), tg = dev({N, E}, DType::F32);
-    topk_forward(gs, K, tv, ti);
-    topk_backward(tv, ti, tg);
+    topk_forward(testing::gpu_exec(), gs, K, tv, ti);
+    topk_backward(testing::gpu_exec(), tv, ti, tg);
     return std::make_tuple(out, aux, z, dropped);
   };
   const auto [a, aux_a, z_a, drop_a] = run();
@@ -514,16 +579,23 @@ using MoeOpsCudaErrors = testing::GpuTest;
 TEST_F(MoeOpsCudaErrors, WrongDtypesNameTheOp) {
   const Tensor s16 = to_gpu(make_scores(4, 8, Scores::Sigmoid, 1), DType::BF16);
   const Tensor idx = Tensor::empty({4, 2}, DType::I32, Device::CUDA);
-  testing::expect_error([&] { moe_route_topk(s16, Tensor(), 1, 1, idx); }, "moe_route_topk");
-  testing::expect_error([&] { topk_forward(s16, 2, Tensor::empty({4, 2}, DType::BF16, Device::CUDA), idx); },
+  testing::expect_error([&] { moe_route_topk(testing::gpu_exec(), s16, Tensor(), 1, 1, idx); }, "moe_route_topk");
+  testing::expect_error([&] { topk_forward(testing::gpu_exec(), s16, 2, Tensor::empty({4, 2}, DType::BF16, Device::CUDA), idx); },
                         "topk_forward");
   // Combine with bf16 activations takes f32 gates, not bf16 ones.
   const Tensor pos = to_gpu(i32_tensor({2, 1}, {0, 1}), DType::I32);
   const Tensor ey = Tensor::empty({2, 4}, DType::BF16, Device::CUDA), y = Tensor::empty({2, 4}, DType::BF16, Device::CUDA);
-  testing::expect_error([&] { moe_combine_forward(ey, pos, Tensor::empty({2, 1}, DType::BF16, Device::CUDA), y); },
+  testing::expect_error([&] { moe_combine_forward(testing::gpu_exec(), ey, pos, Tensor::empty({2, 1}, DType::BF16, Device::CUDA), y); },
                         "moe_combine_forward");
-  testing::expect_error([&] { moe_z_loss_forward(Tensor::empty({2, 4}, DType::BF16, Device::CUDA), 1.0); },
+  testing::expect_error([&] { moe_z_loss_forward(testing::gpu_exec(), Tensor::empty({2, 4}, DType::BF16, Device::CUDA), 1.0); },
                         "moe_z_loss_forward");
+  // The bias update takes an f32 bias and f32 loads on one device.
+  const Tensor load = Tensor::zeros({4}, DType::F32, Device::CUDA);
+  testing::expect_error([&] { moe_bias_update(testing::gpu_exec(), load, 0.001, Tensor::zeros({4}, DType::F64).to(Device::CUDA)); },
+                        "moe_bias_update: bias is f64[4]@cuda, expected dtype f32");
+  testing::expect_error([&] { moe_bias_update(testing::gpu_exec(), Tensor::zeros({4}, DType::F32), 0.001,
+                                              Tensor::zeros({4}, DType::F32, Device::CUDA)); },
+                        "moe_bias_update");
 }
 
 TEST_F(MoeOpsCudaErrors, OutOfRangeIndices) {
@@ -531,16 +603,16 @@ TEST_F(MoeOpsCudaErrors, OutOfRangeIndices) {
   const Tensor bad = to_gpu(i32_tensor({2, 2}, {0, 1, 5, 2}), DType::I32);  // expert 5 of E = 4
   const Tensor kept = Tensor::empty({2, 2}, DType::I32, Device::CUDA);
   // The ops that copy counts to the host throw, naming the op.
-  testing::expect_error([&] { moe_capacity_drop(scores, bad, 1, kept); }, "moe_capacity_drop");
-  testing::expect_error([&] { moe_count_tokens(bad, 4); }, "moe_count_tokens");
-  testing::expect_error([&] { moe_dispatch_layout(to_gpu(i32_tensor({2, 2}, {0, 1, -2, 2}), DType::I32), 4, kept); },
+  testing::expect_error([&] { moe_capacity_drop(testing::gpu_exec(), scores, bad, 1, kept); }, "moe_capacity_drop");
+  testing::expect_error([&] { moe_count_tokens(testing::gpu_exec(), bad, 4); }, "moe_count_tokens");
+  testing::expect_error([&] { moe_dispatch_layout(testing::gpu_exec(), to_gpu(i32_tensor({2, 2}, {0, 1, -2, 2}), DType::I32), 4, kept); },
                         "moe_dispatch_layout");
-  testing::expect_error([&] { moe_aux_loss_forward(scores, bad, 2, 1.0); }, "moe_aux_loss_forward");
+  testing::expect_error([&] { moe_aux_loss_forward(testing::gpu_exec(), scores, bad, 2, 1.0); }, "moe_aux_loss_forward");
   // The others never read out of bounds: the bad token's row becomes NaN, the good one is exact.
   Guarded w({2, 2}, DType::F32), gs({2, 4}, DType::F32), gx({2, 4}, DType::F32);
-  moe_gate_forward(scores, bad, false, 1.0, w.view);
-  moe_gate_backward(to_gpu(randn({2, 2}, DType::F32, 3), DType::F32), scores, bad, true, 1.0, gs.view);
-  topk_backward(to_gpu(randn({2, 2}, DType::F32, 4), DType::F32), bad, gx.view);
+  moe_gate_forward(testing::gpu_exec(), scores, bad, false, 1.0, w.view);
+  moe_gate_backward(testing::gpu_exec(), to_gpu(randn({2, 2}, DType::F32, 3), DType::F32), scores, bad, true, 1.0, gs.view);
+  topk_backward(testing::gpu_exec(), to_gpu(randn({2, 2}, DType::F32, 4), DType::F32), bad, gx.view);
   for (const Guarded* g : {&w, &gs, &gx}) {
     const Tensor h = g->host_f32();
     const int64_t cols = h.size(1);

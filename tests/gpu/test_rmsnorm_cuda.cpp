@@ -25,13 +25,13 @@ TEST_P(RmsnormCuda, MatchesCpuReference) {
   Tensor y = Tensor::empty(shape, DType::F32), rstd = Tensor::empty({rows}, DType::F32);
   Tensor gx = Tensor::empty(shape, DType::F32), gw = randn({dim}, DType::F32, 24);
   Tensor gw_gpu_in = gw.to(Device::CUDA);
-  rmsnorm_forward(x, w, 1e-6f, y, rstd);
-  rmsnorm_backward(gy, x, w, rstd, gx, gw);
+  rmsnorm_forward(testing::gpu_exec(), x, w, 1e-6f, y, rstd);
+  rmsnorm_backward(testing::gpu_exec(), gy, x, w, rstd, gx, gw);
 
   Guarded dy(shape, act), dgx(shape, act), drstd({rows}, DType::F32);
   Tensor dx = x.to(act).to(Device::CUDA), dgy = gy.to(act).to(Device::CUDA), dw = w.to(Device::CUDA);
-  rmsnorm_forward(dx, dw, 1e-6f, dy.view, drstd.view);
-  rmsnorm_backward(dgy, dx, dw, drstd.view, dgx.view, gw_gpu_in);
+  rmsnorm_forward(testing::gpu_exec(), dx, dw, 1e-6f, dy.view, drstd.view);
+  rmsnorm_backward(testing::gpu_exec(), dgy, dx, dw, drstd.view, dgx.view, gw_gpu_in);
 
   const double atol = bf16 ? 2e-2 : 1e-5, rtol = bf16 ? 1.6e-2 : 1e-5;  // tests/README.md
   EXPECT_TRUE(testing::close(dy.view.to(Device::CPU).to(DType::F32), y, atol, rtol)) << "y";
@@ -56,9 +56,9 @@ TEST_F(RmsnormCudaDeterminism, TwoRunsAreBitIdentical) {
   Tensor y = Tensor::empty({257, 300}, DType::F32, Device::CUDA), r = Tensor::empty({257}, DType::F32, Device::CUDA);
   Tensor gx = Tensor::empty({257, 300}, DType::F32, Device::CUDA);
   Tensor gw1 = Tensor::zeros({300}, DType::F32, Device::CUDA), gw2 = Tensor::zeros({300}, DType::F32, Device::CUDA);
-  rmsnorm_forward(x, w, 1e-6f, y, r);
-  rmsnorm_backward(gy, x, w, r, gx, gw1);
-  rmsnorm_backward(gy, x, w, r, gx, gw2);
+  rmsnorm_forward(testing::gpu_exec(), x, w, 1e-6f, y, r);
+  rmsnorm_backward(testing::gpu_exec(), gy, x, w, r, gx, gw1);
+  rmsnorm_backward(testing::gpu_exec(), gy, x, w, r, gx, gw2);
   EXPECT_TRUE(testing::close(gw1, gw2, 0.0, 0.0));
 }
 

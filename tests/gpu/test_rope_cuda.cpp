@@ -29,14 +29,14 @@ TEST_P(RopeCuda, MatchesCpuReference) {
     gy = testing::bf16_round(gy);
   }
   Tensor y = Tensor::empty(c.shape, DType::F32), gx = Tensor::empty(c.shape, DType::F32);
-  rope_forward(x, y, c.offset, c.rope_dim, theta, c.pos_offset);
-  rope_backward(gy, gx, c.offset, c.rope_dim, theta, c.pos_offset);
+  rope_forward(testing::gpu_exec(), x, y, c.offset, c.rope_dim, theta, c.pos_offset);
+  rope_backward(testing::gpu_exec(), gy, gx, c.offset, c.rope_dim, theta, c.pos_offset);
 
   // Out of place.
   Guarded dy(c.shape, c.act), dgx(c.shape, c.act);
   const Tensor dx = testing::to_gpu(x, c.act), dgy = testing::to_gpu(gy, c.act);
-  rope_forward(dx, dy.view, c.offset, c.rope_dim, theta, c.pos_offset);
-  rope_backward(dgy, dgx.view, c.offset, c.rope_dim, theta, c.pos_offset);
+  rope_forward(testing::gpu_exec(), dx, dy.view, c.offset, c.rope_dim, theta, c.pos_offset);
+  rope_backward(testing::gpu_exec(), dgy, dgx.view, c.offset, c.rope_dim, theta, c.pos_offset);
   EXPECT_TRUE(testing::close(dy.host_f32(), y, atol, rtol)) << "y";
   EXPECT_TRUE(testing::close(dgx.host_f32(), gx, atol, rtol)) << "grad_x";
   EXPECT_TRUE(dy.guards_intact() && dgx.guards_intact()) << "write outside the output";
@@ -46,8 +46,8 @@ TEST_P(RopeCuda, MatchesCpuReference) {
   Guarded ix(c.shape, c.act), igy(c.shape, c.act);
   ix.view.copy_from(dx);
   igy.view.copy_from(dgy);
-  rope_forward(ix.view, ix.view, c.offset, c.rope_dim, theta, c.pos_offset);
-  rope_backward(igy.view, igy.view, c.offset, c.rope_dim, theta, c.pos_offset);
+  rope_forward(testing::gpu_exec(), ix.view, ix.view, c.offset, c.rope_dim, theta, c.pos_offset);
+  rope_backward(testing::gpu_exec(), igy.view, igy.view, c.offset, c.rope_dim, theta, c.pos_offset);
   EXPECT_TRUE(testing::close(ix.host_f32(), y, atol, rtol)) << "y in place";
   EXPECT_TRUE(testing::close(igy.host_f32(), gx, atol, rtol)) << "grad_x in place";
   EXPECT_TRUE(ix.guards_intact() && igy.guards_intact()) << "write outside the tensor (in place)";
@@ -72,14 +72,14 @@ using RopeCudaChecks = testing::GpuTest;
 TEST_F(RopeCudaChecks, BackwardInvertsForward) {
   const Tensor x = randn({2, 9, 3, 16}, DType::F32, 91).to(Device::CUDA);
   Tensor y = Tensor::empty({2, 9, 3, 16}, DType::F32, Device::CUDA);
-  rope_forward(x, y, 4, 12, 10000.0, 100);
-  rope_backward(y, y, 4, 12, 10000.0, 100);
+  rope_forward(testing::gpu_exec(), x, y, 4, 12, 10000.0, 100);
+  rope_backward(testing::gpu_exec(), y, y, 4, 12, 10000.0, 100);
   EXPECT_TRUE(testing::close(y, x, 1e-5, 1e-5));
 }
 
 TEST_F(RopeCudaChecks, DtypeError) {
   const Tensor x = Tensor::zeros({1, 2, 1, 4}, DType::F64, Device::CUDA);
-  testing::expect_error([&] { rope_forward(x, x, 0, 4, 10000.0); }, "rope_forward: x is f64[1,2,1,4]@cuda, expected f32 or bf16 on CUDA");
+  testing::expect_error([&] { rope_forward(testing::gpu_exec(), x, x, 0, 4, 10000.0); }, "rope_forward: x is f64[1,2,1,4]@cuda, expected f32 or bf16 on CUDA");
 }
 
 }  // namespace

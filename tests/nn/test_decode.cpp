@@ -53,7 +53,7 @@ Tensor decode_logits(const Model& model, DType dtype, const Tensor& tokens, cons
     Arena arena(model.decode_arena_bytes(B * n), Device::CPU);
     const Context ctx{&arena, dtype, B, n};
     Tensor ids = Tensor::empty({B, n}, DType::I32);
-    slice_columns(tokens, pos, ids);  // tokens[:, pos : pos + n]
+    slice_columns(Exec{}, tokens, pos, ids);  // tokens[:, pos : pos + n]
     Tensor logits = Tensor::empty({B * n, V}, dtype);
     model.decode(ctx, ids, pos, cache, logits);
     EXPECT_LE(arena.peak(), model.decode_arena_bytes(B * n));

@@ -103,11 +103,11 @@ TEST_P(Golden, MatchesThePyTorchTwin) {
     step_losses.data<double>()[step - 1] = model.forward(ctx, tokens, s).total;
     model.params().zero_grads();
     model.backward(ctx, s);
-    clip_grad_norm({model.params().flat_grads()}, 1.0);
-    optimizer.step(1e-2);
+    clip_grad_norm(Exec{}, {model.params().flat_grads()}, 1.0);
+    optimizer.step(Exec{}, 1e-2);
     std::vector<std::vector<double>> loads;
     for (const MoEStats& st : model.moe_stats(s)) loads.push_back(st.load);
-    model.update_bias(loads);
+    model.update_bias(ctx, loads);
   }
   EXPECT_TRUE(testing::close(step_losses, g.at("adamw.loss"), 1e-5, 1e-4)) << "adamw.loss";
   for (const auto& e : model.buffers().entries()) {

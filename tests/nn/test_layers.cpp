@@ -58,14 +58,14 @@ TEST(Layers, NormEmbeddingLinearGradCheck) {
     arena.reset();
     Tensor e = ctx.alloc({2, 3, 6}), h = ctx.alloc({2, 3, 6}), y = ctx.alloc({2, 3, 5});
     RMSNorm::Saved ns;
-    emb.forward(ids, e);
+    emb.forward(ctx, ids, e);
     norm.forward(ctx, e, h, ns);
     head.forward(ctx, h, y);
     if (do_backward) {
       Tensor gh = ctx.alloc({2, 3, 6}), ge = ctx.alloc({2, 3, 6});
       head.backward(ctx, h, gy, gh);
-      norm.backward(ns, gh, ge);
-      emb.backward(ids, ge);
+      norm.backward(ctx, ns, gh, ge);
+      emb.backward(ctx, ids, ge);
     }
     return testing::dot(y, gy);
   };

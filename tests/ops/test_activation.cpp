@@ -30,13 +30,13 @@ void check_activation_grads(const Shape& shape, Forward forward, Backward backwa
 
 void check_sigmoid_grads(const Shape& shape) {
   check_activation_grads(
-      shape, [](const Tensor& x, const Tensor& y) { sigmoid_forward(x, y); },
-      [](const Tensor& gy, const Tensor& y, const Tensor& gx) { sigmoid_backward(gy, y, gx); });
+      shape, [](const Tensor& x, const Tensor& y) { sigmoid_forward(Exec{}, x, y); },
+      [](const Tensor& gy, const Tensor& y, const Tensor& gx) { sigmoid_backward(Exec{}, gy, y, gx); });
 }
 void check_softmax_grads(const Shape& shape) {
   check_activation_grads(
-      shape, [](const Tensor& x, const Tensor& y) { softmax_forward(x, y); },
-      [](const Tensor& gy, const Tensor& y, const Tensor& gx) { softmax_backward(gy, y, gx); });
+      shape, [](const Tensor& x, const Tensor& y) { softmax_forward(Exec{}, x, y); },
+      [](const Tensor& gy, const Tensor& y, const Tensor& gx) { softmax_backward(Exec{}, gy, y, gx); });
 }
 
 TEST(Sigmoid, GradCheckOneRow) { check_sigmoid_grads({1, 5}); }
@@ -51,7 +51,7 @@ TEST(Sigmoid, KnownValuesAndLargeInputs) {
   Tensor x = Tensor::empty({6}, DType::F32), y = Tensor::empty({6}, DType::F32);
   const float xs[6] = {0.0f, 2.0f, -2.0f, 100.0f, -100.0f, -1000.0f};
   for (int i = 0; i < 6; ++i) x.data<float>()[i] = xs[i];
-  sigmoid_forward(x, y);
+  sigmoid_forward(Exec{}, x, y);
   const float* p = y.data<float>();
   EXPECT_EQ(p[0], 0.5f);
   EXPECT_NEAR(p[1], 1.0 / (1.0 + std::exp(-2.0)), 1e-7);
@@ -64,7 +64,7 @@ TEST(Sigmoid, KnownValuesAndLargeInputs) {
   // Backward from the saved y: y (1 - y) is 1/4 at 0 and 0 in the tails, never NaN.
   Tensor gy = Tensor::empty({6}, DType::F32), gx = Tensor::empty({6}, DType::F32);
   gy.fill(2.0);
-  sigmoid_backward(gy, y, gx);
+  sigmoid_backward(Exec{}, gy, y, gx);
   EXPECT_EQ(gx.data<float>()[0], 0.5f);
   EXPECT_EQ(gx.data<float>()[3], 0.0f);
   EXPECT_EQ(gx.data<float>()[5], 0.0f);
@@ -76,7 +76,7 @@ TEST(Softmax, KnownValuesAndLargeInputs) {
   Tensor x = Tensor::empty({4, 4}, DType::F32), y = Tensor::empty({4, 4}, DType::F32);
   const float xs[16] = {0.7f, 0.7f, 0.7f, 0.7f,  0, std::log(3.0f), 0, 0,  1000, 1000, 1000, 1000,  -5, 1000, 3, 0};
   for (int i = 0; i < 16; ++i) x.data<float>()[i] = xs[i];
-  softmax_forward(x, y);
+  softmax_forward(Exec{}, x, y);
   const float* p = y.data<float>();
   const float expected[16] = {0.25f, 0.25f, 0.25f, 0.25f,  1 / 6.f, 0.5f, 1 / 6.f, 1 / 6.f,
                               0.25f, 0.25f, 0.25f, 0.25f,  0, 1, 0, 0};
@@ -89,15 +89,15 @@ TEST(Activation, FloatMatchesDouble) {
     Tensor y64 = Tensor::empty({5, 37}, DType::F64), gx64 = Tensor::empty({5, 37}, DType::F64);
     Tensor y32 = Tensor::empty({5, 37}, DType::F32), gx32 = Tensor::empty({5, 37}, DType::F32);
     if (softmax) {
-      softmax_forward(x, y64);
-      softmax_forward(x.to(DType::F32), y32);
-      softmax_backward(g, y64, gx64);
-      softmax_backward(g.to(DType::F32), y32, gx32);
+      softmax_forward(Exec{}, x, y64);
+      softmax_forward(Exec{}, x.to(DType::F32), y32);
+      softmax_backward(Exec{}, g, y64, gx64);
+      softmax_backward(Exec{}, g.to(DType::F32), y32, gx32);
     } else {
-      sigmoid_forward(x, y64);
-      sigmoid_forward(x.to(DType::F32), y32);
-      sigmoid_backward(g, y64, gx64);
-      sigmoid_backward(g.to(DType::F32), y32, gx32);
+      sigmoid_forward(Exec{}, x, y64);
+      sigmoid_forward(Exec{}, x.to(DType::F32), y32);
+      sigmoid_backward(Exec{}, g, y64, gx64);
+      sigmoid_backward(Exec{}, g.to(DType::F32), y32, gx32);
     }
     EXPECT_TRUE(testing::close(y32, y64, 1e-6, 1e-5)) << (softmax ? "softmax" : "sigmoid");
     EXPECT_TRUE(testing::close(gx32, gx64, 1e-6, 1e-5)) << (softmax ? "softmax" : "sigmoid");
@@ -107,7 +107,7 @@ TEST(Activation, FloatMatchesDouble) {
 TEST(Activation, ArgumentErrorsNameTheTensor) {
   Tensor x = Tensor::zeros({2, 8}, DType::F32), y_bad = Tensor::zeros({2, 7}, DType::F32);
   try {
-    softmax_forward(x, y_bad);
+    softmax_forward(Exec{}, x, y_bad);
     FAIL() << "expected an error";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("softmax_forward: y is f32[2,7]@cpu, expected shape [2,8]"), std::string::npos)
@@ -115,13 +115,13 @@ TEST(Activation, ArgumentErrorsNameTheTensor) {
   }
   Tensor y = Tensor::zeros({2, 8}, DType::F32);
   try {
-    sigmoid_backward(Tensor::zeros({2, 8}, DType::F64), y, Tensor::zeros({2, 8}, DType::F32));
+    sigmoid_backward(Exec{}, Tensor::zeros({2, 8}, DType::F64), y, Tensor::zeros({2, 8}, DType::F32));
     FAIL() << "expected an error";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("grad_y is f64[2,8]@cpu, expected dtype f32"), std::string::npos) << e.what();
   }
-  EXPECT_THROW(softmax_forward(Tensor::zeros({2, 0}, DType::F32), Tensor::zeros({2, 0}, DType::F32)), Error);
-  EXPECT_THROW(sigmoid_forward(Tensor::zeros({3}, DType::I32), Tensor::zeros({3}, DType::I32)), Error);
+  EXPECT_THROW(softmax_forward(Exec{}, Tensor::zeros({2, 0}, DType::F32), Tensor::zeros({2, 0}, DType::F32)), Error);
+  EXPECT_THROW(sigmoid_forward(Exec{}, Tensor::zeros({3}, DType::I32), Tensor::zeros({3}, DType::I32)), Error);
 }
 
 }  // namespace

@@ -28,7 +28,7 @@ TEST(Adamw, FirstStepMovesByLrTimesSignAfterDecay) {
     Tensor p = randn({n}, dtype, 1), g = randn({n}, dtype, 2);
     Tensor m = Tensor::zeros({n}, dtype), v = Tensor::zeros({n}, dtype);
     const Tensor p0 = p.to(DType::F64), g0 = g.to(DType::F64);
-    adamw_step(p, g, m, v, hp);
+    adamw_step(Exec{}, p, g, m, v, hp);
     Tensor expected = Tensor::empty({n}, DType::F64), m_expected = Tensor::empty({n}, DType::F64);
     Tensor v_expected = Tensor::empty({n}, DType::F64);
     for (int64_t i = 0; i < n; ++i) {
@@ -79,7 +79,7 @@ TEST(Adamw, SeveralStepsMatchTextbookDouble) {
       hp.step = step;
       hp.lr *= 0.9;  // a schedule changes lr between steps
       Tensor g = randn({n}, dtype, 100 + step, /*std=*/0.05 + 0.1 * (step % 7));
-      adamw_step(p, g, m, v, hp);
+      adamw_step(Exec{}, p, g, m, v, hp);
       adamw_textbook(p_ref, values_of(g), m_ref, v_ref, hp);
     }
     const Tensor expected = Tensor::empty({n}, DType::F64);
@@ -97,7 +97,7 @@ TEST(Adamw, ZeroGradientOnlyDecays) {
   AdamWParams hp;
   hp.lr = 0.5;
   hp.weight_decay = 0.2;
-  adamw_step(p, g, m, v, hp);
+  adamw_step(Exec{}, p, g, m, v, hp);
   for (int64_t i = 0; i < 9; ++i) EXPECT_DOUBLE_EQ(p.data<double>()[i], p0.data<double>()[i] * 0.9);
 }
 
@@ -117,8 +117,8 @@ TEST(Adamw, ParamCopyReceivesTheUpdatedParamConverted) {
         hp.step = step;
         hp.weight_decay = step == 2 ? 0.0 : 0.1;
         const Tensor g = randn({n}, dtype, 50 + step, 0.3);
-        adamw_step(p, g, m, v, hp, copy);
-        adamw_step(p_plain, g, m_plain, v_plain, hp);
+        adamw_step(Exec{}, p, g, m, v, hp, copy);
+        adamw_step(Exec{}, p_plain, g, m_plain, v_plain, hp);
         // The step is bit-identical with and without the copy.
         EXPECT_TRUE(testing::close(p, p_plain, 0.0, 0.0)) << dtype_name(dtype) << " step " << step;
         EXPECT_TRUE(testing::close(m, m_plain, 0.0, 0.0)) << dtype_name(dtype) << " step " << step;
@@ -145,7 +145,7 @@ TEST(Adamw, ParamCopyBf16RoundsToNearestEven) {
   Tensor copy = Tensor::zeros({n}, DType::BF16);
   AdamWParams hp;
   hp.lr = 0.0;  // the param stays as it is; only the copy is written
-  adamw_step(p, g, m, v, hp, copy);
+  adamw_step(Exec{}, p, g, m, v, hp, copy);
   const Tensor got = copy.to(DType::F32);
   for (int64_t i = 0; i < n; ++i) {
     EXPECT_EQ(p.data<float>()[i], values[i]) << i;
@@ -163,17 +163,17 @@ TEST(Adamw, ArgumentErrorsNameTheValue) {
     edit(hp);
     return hp;
   };
-  expect_error([&] { adamw_step(p, g, m, v, with([](AdamWParams& h) { h.step = 0; })); }, "step is 0, expected >= 1");
-  expect_error([&] { adamw_step(p, g, m, v, with([](AdamWParams& h) { h.lr = -0.5; })); }, "lr is -0.5");
-  expect_error([&] { adamw_step(p, g, m, v, with([](AdamWParams& h) { h.beta1 = 1.0; })); }, "beta1 is 1, expected a value in [0, 1)");
-  expect_error([&] { adamw_step(p, g, m, v, with([](AdamWParams& h) { h.beta2 = -0.1; })); }, "beta2 is -0.1");
-  expect_error([&] { adamw_step(p, g, m, v, with([](AdamWParams& h) { h.eps = -1e-8; })); }, "eps is -1e-08");
-  expect_error([&] { adamw_step(p, g, m, v, with([](AdamWParams& h) { h.weight_decay = -0.1; })); }, "weight_decay is -0.1");
-  expect_error([&] { adamw_step(p, g, Tensor::zeros({4}, DType::F32), v, AdamWParams{}); }, "m is f32[4]@cpu, expected shape [5]");
-  expect_error([&] { adamw_step(p, g, m, Tensor::zeros({5}, DType::F64), AdamWParams{}); }, "v is f64[5]@cpu, expected dtype f32");
-  expect_error([&] { adamw_step(p, g, m, v, AdamWParams{}, Tensor::zeros({6}, DType::BF16)); },
+  expect_error([&] { adamw_step(Exec{}, p, g, m, v, with([](AdamWParams& h) { h.step = 0; })); }, "step is 0, expected >= 1");
+  expect_error([&] { adamw_step(Exec{}, p, g, m, v, with([](AdamWParams& h) { h.lr = -0.5; })); }, "lr is -0.5");
+  expect_error([&] { adamw_step(Exec{}, p, g, m, v, with([](AdamWParams& h) { h.beta1 = 1.0; })); }, "beta1 is 1, expected a value in [0, 1)");
+  expect_error([&] { adamw_step(Exec{}, p, g, m, v, with([](AdamWParams& h) { h.beta2 = -0.1; })); }, "beta2 is -0.1");
+  expect_error([&] { adamw_step(Exec{}, p, g, m, v, with([](AdamWParams& h) { h.eps = -1e-8; })); }, "eps is -1e-08");
+  expect_error([&] { adamw_step(Exec{}, p, g, m, v, with([](AdamWParams& h) { h.weight_decay = -0.1; })); }, "weight_decay is -0.1");
+  expect_error([&] { adamw_step(Exec{}, p, g, Tensor::zeros({4}, DType::F32), v, AdamWParams{}); }, "m is f32[4]@cpu, expected shape [5]");
+  expect_error([&] { adamw_step(Exec{}, p, g, m, Tensor::zeros({5}, DType::F64), AdamWParams{}); }, "v is f64[5]@cpu, expected dtype f32");
+  expect_error([&] { adamw_step(Exec{}, p, g, m, v, AdamWParams{}, Tensor::zeros({6}, DType::BF16)); },
                "param_copy is bf16[6]@cpu, expected 5 elements");
-  expect_error([&] { adamw_step(p, g, m, v, AdamWParams{}, Tensor::zeros({5}, DType::I32)); },
+  expect_error([&] { adamw_step(Exec{}, p, g, m, v, AdamWParams{}, Tensor::zeros({5}, DType::I32)); },
                "param_copy is i32[5]@cpu, expected dtype f32 or bf16");
 }
 

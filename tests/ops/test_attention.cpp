@@ -37,14 +37,14 @@ void expect_attention_grad(const Dims& d) {
   Tensor out = Tensor::empty({d.B, d.T, d.H, d.Dv}, DType::F64), lse = Tensor::empty({d.B, d.H, d.T}, DType::F64);
   const float scale = scale_of(d);
   auto loss = [&] {
-    attention_forward(in.q, in.k, in.v, scale, out, lse);
+    attention_forward(Exec{}, in.q, in.k, in.v, scale, out, lse);
     return testing::dot(out, G);
   };
   loss();
   // Garbage: backward must overwrite all three.
   Tensor gq = randn(in.q.shape(), DType::F64, 5), gk = randn(in.k.shape(), DType::F64, 6);
   Tensor gv = randn(in.v.shape(), DType::F64, 7);
-  attention_backward(G, in.q, in.k, in.v, out, lse, scale, gq, gk, gv);
+  attention_backward(Exec{}, G, in.q, in.k, in.v, out, lse, scale, gq, gk, gv);
   EXPECT_TRUE(check_grad(in.q, gq, loss)) << "grad_q";
   EXPECT_TRUE(check_grad(in.k, gk, loss)) << "grad_k";
   EXPECT_TRUE(check_grad(in.v, gv, loss)) << "grad_v";
@@ -93,7 +93,7 @@ TEST(Attention, MatchesNaiveComputation) {
   const Dims d{2, 7, 4, 2, 5, 3};
   Inputs in = make_inputs(d, DType::F64, 11);
   Tensor out = Tensor::empty({d.B, d.T, d.H, d.Dv}, DType::F64), lse = Tensor::empty({d.B, d.H, d.T}, DType::F64);
-  attention_forward(in.q, in.k, in.v, scale_of(d), out, lse);
+  attention_forward(Exec{}, in.q, in.k, in.v, scale_of(d), out, lse);
   std::vector<double> out_ref, lse_ref;
   naive_attention(in, d, scale_of(d), out_ref, lse_ref);
   EXPECT_TRUE(testing::close(out, from_vector(out_ref, out.shape()), 1e-13, 1e-12)) << "out";
@@ -105,13 +105,13 @@ TEST(Attention, FutureKeysAndValuesDoNotChangeEarlierOutputs) {
   const int64_t t0 = 3;  // perturb keys and values at this position
   Inputs in = make_inputs(d, DType::F64, 21);
   Tensor out1 = Tensor::empty({d.B, d.T, d.H, d.Dv}, DType::F64), lse1 = Tensor::empty({d.B, d.H, d.T}, DType::F64);
-  attention_forward(in.q, in.k, in.v, scale_of(d), out1, lse1);
+  attention_forward(Exec{}, in.q, in.k, in.v, scale_of(d), out1, lse1);
   for (int64_t b = 0; b < d.B; ++b) {
     for (int64_t i = 0; i < d.Hkv * d.Dqk; ++i) in.k.data<double>()[(b * d.T + t0) * d.Hkv * d.Dqk + i] += 0.5;
     for (int64_t i = 0; i < d.Hkv * d.Dv; ++i) in.v.data<double>()[(b * d.T + t0) * d.Hkv * d.Dv + i] -= 0.5;
   }
   Tensor out2 = Tensor::empty(out1.shape(), DType::F64), lse2 = Tensor::empty(lse1.shape(), DType::F64);
-  attention_forward(in.q, in.k, in.v, scale_of(d), out2, lse2);
+  attention_forward(Exec{}, in.q, in.k, in.v, scale_of(d), out2, lse2);
   // Earlier positions: bit-identical lse and out. Positions >= t0 see the change.
   for (int64_t b = 0; b < d.B; ++b)
     for (int64_t h = 0; h < d.H; ++h)
@@ -136,7 +136,7 @@ TEST(Attention, KnownValues) {
   for (int64_t c = 0; c < d.Dqk; ++c) in.k.data<double>()[d.Dqk + c] = in.k.data<double>()[c];
   Tensor out = Tensor::empty({d.B, d.T, d.H, d.Dv}, DType::F64), lse = Tensor::empty({d.B, d.H, d.T}, DType::F64);
   const float scale = 0.75f;
-  attention_forward(in.q, in.k, in.v, scale, out, lse);
+  attention_forward(Exec{}, in.q, in.k, in.v, scale, out, lse);
   const double* q = in.q.data<double>();
   const double* k = in.k.data<double>();
   const double* v = in.v.data<double>();
@@ -161,8 +161,8 @@ TEST(Attention, FloatMatchesDouble) {
   Inputs in32{in64.q.to(DType::F32), in64.k.to(DType::F32), in64.v.to(DType::F32)};
   Tensor o64 = Tensor::empty({d.B, d.T, d.H, d.Dv}, DType::F64), l64 = Tensor::empty({d.B, d.H, d.T}, DType::F64);
   Tensor o32 = Tensor::empty({d.B, d.T, d.H, d.Dv}, DType::F32), l32 = Tensor::empty({d.B, d.H, d.T}, DType::F32);
-  attention_forward(in64.q, in64.k, in64.v, scale_of(d), o64, l64);
-  attention_forward(in32.q, in32.k, in32.v, scale_of(d), o32, l32);
+  attention_forward(Exec{}, in64.q, in64.k, in64.v, scale_of(d), o64, l64);
+  attention_forward(Exec{}, in32.q, in32.k, in32.v, scale_of(d), o32, l32);
   EXPECT_TRUE(testing::close(o32, o64, 1e-5, 1e-5));
   EXPECT_TRUE(testing::close(l32, l64, 1e-5, 1e-5));
 }
@@ -172,13 +172,13 @@ TEST(Attention, BackwardIsDeterministicAcrossThreadCounts) {
   Inputs in = make_inputs(d, DType::F32, 51);
   Tensor G = randn({d.B, d.T, d.H, d.Dv}, DType::F32, 54);
   Tensor out = Tensor::empty(G.shape(), DType::F32), lse = Tensor::empty({d.B, d.H, d.T}, DType::F32);
-  attention_forward(in.q, in.k, in.v, scale_of(d), out, lse);
+  attention_forward(Exec{}, in.q, in.k, in.v, scale_of(d), out, lse);
   auto grads = [&](int threads) {
     const int saved = omp_get_max_threads();
     omp_set_num_threads(threads);
     std::vector<Tensor> g{Tensor::empty(in.q.shape(), DType::F32), Tensor::empty(in.k.shape(), DType::F32),
                           Tensor::empty(in.v.shape(), DType::F32)};
-    attention_backward(G, in.q, in.k, in.v, out, lse, scale_of(d), g[0], g[1], g[2]);
+    attention_backward(Exec{}, G, in.q, in.k, in.v, out, lse, scale_of(d), g[0], g[1], g[2]);
     omp_set_num_threads(saved);
     return g;
   };
@@ -191,14 +191,14 @@ using testing::expect_error;
 TEST(Attention, ArgumentErrorsNameTheValue) {
   auto z = [](const Shape& s, DType t = DType::F32) { return Tensor::zeros(s, t); };
   Tensor q = z({1, 4, 3, 5}), k = z({1, 4, 2, 5}), v = z({1, 4, 2, 3}), out = z({1, 4, 3, 3}), lse = z({1, 3, 4});
-  expect_error([&] { attention_forward(q, k, v, 0.5f, out, lse); }, "q has H = 3 heads and k has Hkv = 2 heads");
+  expect_error([&] { attention_forward(Exec{}, q, k, v, 0.5f, out, lse); }, "q has H = 3 heads and k has Hkv = 2 heads");
   Tensor q4 = z({1, 4, 4, 5}), out4 = z({1, 4, 4, 3}), lse4 = z({1, 4, 4});
-  expect_error([&] { attention_forward(q4, z({1, 4, 2, 6}), v, 0.5f, out4, lse4); }, "k is f32[1,4,2,6]@cpu, expected shape [1,4,2,5]");
-  expect_error([&] { attention_forward(q4, k, z({1, 3, 2, 3}), 0.5f, out4, lse4); }, "v is f32[1,3,2,3]@cpu, expected shape [1,4,2,3]");
-  expect_error([&] { attention_forward(q4, k, v, 0.5f, out4, z({1, 4, 3})); }, "lse is f32[1,4,3]@cpu, expected shape [1,4,4]");
-  expect_error([&] { attention_forward(q4, k, v, 0.0f, out4, lse4); }, "scale is 0");
-  expect_error([&] { attention_forward(q4, k.to(DType::F64), v, 0.5f, out4, lse4); }, "expected dtype f32");
-  expect_error([&] { attention_backward(out4, q4, k, v, out4, lse4, 0.5f, z({1, 4, 4, 5}), z({1, 4, 2, 5}), z({1, 4, 2, 4})); },
+  expect_error([&] { attention_forward(Exec{}, q4, z({1, 4, 2, 6}), v, 0.5f, out4, lse4); }, "k is f32[1,4,2,6]@cpu, expected shape [1,4,2,5]");
+  expect_error([&] { attention_forward(Exec{}, q4, k, z({1, 3, 2, 3}), 0.5f, out4, lse4); }, "v is f32[1,3,2,3]@cpu, expected shape [1,4,2,3]");
+  expect_error([&] { attention_forward(Exec{}, q4, k, v, 0.5f, out4, z({1, 4, 3})); }, "lse is f32[1,4,3]@cpu, expected shape [1,4,4]");
+  expect_error([&] { attention_forward(Exec{}, q4, k, v, 0.0f, out4, lse4); }, "scale is 0");
+  expect_error([&] { attention_forward(Exec{}, q4, k.to(DType::F64), v, 0.5f, out4, lse4); }, "expected dtype f32");
+  expect_error([&] { attention_backward(Exec{}, out4, q4, k, v, out4, lse4, 0.5f, z({1, 4, 4, 5}), z({1, 4, 2, 5}), z({1, 4, 2, 4})); },
                "grad_v is f32[1,4,2,4]@cpu, expected shape [1,4,2,3]");
 }
 

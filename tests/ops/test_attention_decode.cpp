@@ -50,12 +50,12 @@ TEST(AttentionDecode, RowsOfAttentionForward) {
     Tensor q = randn({B, T, H, Dqk}, dt, 1), k = randn({B, T, Hkv, Dqk}, dt, 2), v = randn({B, T, Hkv, Dv}, dt, 3);
     Tensor full = Tensor::empty({B, T, H, Dv}, dt), lse = Tensor::empty({B, H, T}, dt);
     const float scale = 0.45f;
-    attention_forward(q, k, v, scale, full, lse);
+    attention_forward(Exec{}, q, k, v, scale, full, lse);
     const Tensor kc = as_cache(k, S, 4), vc = as_cache(v, S, 5);
     const double tol = dt == DType::F64 ? 1e-13 : 1e-6;
     for (auto [pos, n] : {std::pair<int64_t, int64_t>{0, T}, {4, 2}, {5, 1}, {0, 1}}) {
       Tensor out = randn({B, n, H, Dv}, dt, 6);  // garbage: overwritten
-      attention_decode_forward(positions(q, pos, n), kc, vc, scale, pos, out);
+      attention_decode_forward(Exec{}, positions(q, pos, n), kc, vc, scale, pos, out);
       EXPECT_TRUE(testing::close(out, positions(full, pos, n), tol, tol)) << "pos " << pos << " n " << n;
     }
   }
@@ -68,18 +68,18 @@ TEST(MlaDecode, AbsorbedEqualsExpandedAttention) {
     Tensor ckv = randn({B, T, Ckv}, dt, 13), kr = randn({B, T, Dr}, dt, 14);
     // Training's form: kv = W_kvb ckv, per-head keys [k_nope ; kr] and values, attention_forward.
     Tensor kv = Tensor::empty({B * T, H * (Dn + Dv)}, dt);
-    matmul_forward(ckv.reshape({B * T, Ckv}), w_kvb, kv);
+    matmul_forward(Exec{}, ckv.reshape({B * T, Ckv}), w_kvb, kv);
     Tensor k = Tensor::empty({B, T, H, Dn + Dr}, dt), v = Tensor::empty({B, T, H, Dv}, dt);
-    mla_kv_forward(kv, kr, H, Dn, k, v);
+    mla_kv_forward(Exec{}, kv, kr, H, Dn, k, v);
     Tensor full = Tensor::empty({B, T, H, Dv}, dt), lse = Tensor::empty({B, H, T}, dt);
     const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(Dn + Dr)));
-    attention_forward(q, k, v, scale, full, lse);
+    attention_forward(Exec{}, q, k, v, scale, full, lse);
     // The absorbed form over the latent cache.
     const Tensor ckv_cache = as_cache(ckv, S, 15), kr_cache = as_cache(kr, S, 16);
     const double tol = dt == DType::F64 ? 1e-13 : 2e-6;
     for (auto [pos, n] : {std::pair<int64_t, int64_t>{0, T}, {3, 2}, {4, 1}, {0, 1}}) {
       Tensor out = randn({B, n, H, Dv}, dt, 17);  // garbage: overwritten
-      mla_decode_attention(positions(q, pos, n), w_kvb, ckv_cache, kr_cache, scale, pos, out);
+      mla_decode_attention(Exec{}, positions(q, pos, n), w_kvb, ckv_cache, kr_cache, scale, pos, out);
       EXPECT_TRUE(testing::close(out, positions(full, pos, n), tol, tol)) << "pos " << pos << " n " << n;
     }
   }
@@ -88,13 +88,13 @@ TEST(MlaDecode, AbsorbedEqualsExpandedAttention) {
 TEST(AttentionDecode, ShapeErrors) {
   Tensor q = Tensor::zeros({1, 2, 2, 4}, DType::F32), k = Tensor::zeros({1, 5, 1, 4}, DType::F32);
   Tensor v = Tensor::zeros({1, 5, 1, 3}, DType::F32), out = Tensor::zeros({1, 2, 2, 3}, DType::F32);
-  EXPECT_NO_THROW(attention_decode_forward(q, k, v, 0.5f, 3, out));
-  testing::expect_error([&] { attention_decode_forward(q, k, v, 0.5f, 4, out); }, "do not fit the cache's 5 positions");
+  EXPECT_NO_THROW(attention_decode_forward(Exec{}, q, k, v, 0.5f, 3, out));
+  testing::expect_error([&] { attention_decode_forward(Exec{}, q, k, v, 0.5f, 4, out); }, "do not fit the cache's 5 positions");
   Tensor w = Tensor::zeros({2 * (2 + 3), 6}, DType::F32), ckv = Tensor::zeros({1, 5, 6}, DType::F32);
   Tensor kr = Tensor::zeros({1, 5, 2}, DType::F32);
-  EXPECT_NO_THROW(mla_decode_attention(q, w, ckv, kr, 0.5f, 3, out));
-  testing::expect_error([&] { mla_decode_attention(q, w, ckv, kr, 0.5f, 4, out); }, "do not fit the cache's 5 positions");
-  testing::expect_error([&] { mla_decode_attention(q, Tensor::zeros({9, 6}, DType::F32), ckv, kr, 0.5f, 0, out); },
+  EXPECT_NO_THROW(mla_decode_attention(Exec{}, q, w, ckv, kr, 0.5f, 3, out));
+  testing::expect_error([&] { mla_decode_attention(Exec{}, q, w, ckv, kr, 0.5f, 4, out); }, "do not fit the cache's 5 positions");
+  testing::expect_error([&] { mla_decode_attention(Exec{}, q, Tensor::zeros({9, 6}, DType::F32), ckv, kr, 0.5f, 0, out); },
                         "w_kvb");
 }
 

@@ -28,8 +28,8 @@ TEST_P(AttentionImpls, NaiveAndGemmAgree) {
     gq[i] = randn(q.shape(), DType::F64, 10 + i);  // garbage: overwritten
     gk[i] = randn(k.shape(), DType::F64, 20 + i);
     gv[i] = randn(v.shape(), DType::F64, 30 + i);
-    attention_forward(q, k, v, scale, out[i], lse[i], impls[i]);
-    attention_backward(go, q, k, v, out[i], lse[i], scale, gq[i], gk[i], gv[i], impls[i]);
+    attention_forward(Exec{}, q, k, v, scale, out[i], lse[i], impls[i]);
+    attention_backward(Exec{}, go, q, k, v, out[i], lse[i], scale, gq[i], gk[i], gv[i], impls[i]);
   }
   EXPECT_TRUE(testing::close(out[1], out[0], 1e-12, 1e-10)) << "out";
   EXPECT_TRUE(testing::close(lse[1], lse[0], 1e-12, 1e-10)) << "lse";
@@ -48,13 +48,13 @@ TEST(AttentionImpls, NaiveGradCheck) {
   Tensor go = randn({1, 5, 4, 2}, DType::F64, 8), out = Tensor::empty({1, 5, 4, 2}, DType::F64);
   Tensor lse = Tensor::empty({1, 4, 5}, DType::F64);
   auto loss = [&] {
-    attention_forward(q, k, v, 0.7f, out, lse, AttentionImpl::Naive);
+    attention_forward(Exec{}, q, k, v, 0.7f, out, lse, AttentionImpl::Naive);
     return testing::dot(out, go);
   };
   loss();
   Tensor gq = Tensor::empty(q.shape(), DType::F64), gk = Tensor::empty(k.shape(), DType::F64);
   Tensor gv = Tensor::empty(v.shape(), DType::F64);
-  attention_backward(go, q, k, v, out, lse, 0.7f, gq, gk, gv, AttentionImpl::Naive);
+  attention_backward(Exec{}, go, q, k, v, out, lse, 0.7f, gq, gk, gv, AttentionImpl::Naive);
   EXPECT_TRUE(testing::check_grad(q, gq, loss));
   EXPECT_TRUE(testing::check_grad(k, gk, loss));
   EXPECT_TRUE(testing::check_grad(v, gv, loss));

@@ -33,10 +33,10 @@ void check_cross_entropy_grads(const Shape& logits_shape, const std::vector<int>
   for (int r : ignored) targets.data<int32_t>()[r] = kIgnore;
   Tensor losses = Tensor::empty(rows, DType::F64), lse = Tensor::empty(rows, DType::F64);
   const double c = 0.7;
-  auto loss = [&] { return c * cross_entropy_forward(logits, targets, kIgnore, losses, lse); };
+  auto loss = [&] { return c * cross_entropy_forward(Exec{}, logits, targets, kIgnore, losses, lse); };
   loss();
   Tensor grad = randn(logits_shape, DType::F64, 3);
-  cross_entropy_backward(logits, targets, lse, kIgnore, c, grad);
+  cross_entropy_backward(Exec{}, logits, targets, lse, kIgnore, c, grad);
   EXPECT_TRUE(check_grad(logits, grad, loss)) << "logits " << logits_shape.str() << ", " << ignored.size() << " ignored";
   for (int r : ignored) {
     EXPECT_EQ(losses.data<double>()[r], 0.0) << "ignored row " << r;
@@ -53,10 +53,10 @@ TEST(CrossEntropy, AllIgnoredGivesZeroNotNan) {
   Tensor logits = randn({3, 4}, DType::F32, 11), targets = Tensor::empty({3}, DType::I32);
   targets.fill(kIgnore);
   Tensor losses = Tensor::empty({3}, DType::F32), lse = Tensor::empty({3}, DType::F32);
-  EXPECT_EQ(cross_entropy_forward(logits, targets, kIgnore, losses, lse), 0.0);
+  EXPECT_EQ(cross_entropy_forward(Exec{}, logits, targets, kIgnore, losses, lse), 0.0);
   for (int r = 0; r < 3; ++r) EXPECT_EQ(losses.data<float>()[r], 0.0f);
   Tensor grad = randn({3, 4}, DType::F32, 12);
-  cross_entropy_backward(logits, targets, lse, kIgnore, 1.0, grad);
+  cross_entropy_backward(Exec{}, logits, targets, lse, kIgnore, 1.0, grad);
   for (int i = 0; i < 12; ++i) EXPECT_EQ(grad.data<float>()[i], 0.0f) << "element " << i;
 }
 
@@ -71,7 +71,7 @@ TEST(CrossEntropy, KnownValues) {
   targets.data<int32_t>()[1] = 1;
   targets.data<int32_t>()[2] = kIgnore;
   Tensor losses = Tensor::empty({3}, DType::F64), lse = Tensor::empty({3}, DType::F64);
-  const double mean = cross_entropy_forward(logits, targets, kIgnore, losses, lse);
+  const double mean = cross_entropy_forward(Exec{}, logits, targets, kIgnore, losses, lse);
   EXPECT_NEAR(losses.data<double>()[0], std::log(v), 1e-15);
   EXPECT_NEAR(lse.data<double>()[0], 1.5 + std::log(v), 1e-15);
   EXPECT_NEAR(losses.data<double>()[1], std::log(2.0), 1e-15);
@@ -79,7 +79,7 @@ TEST(CrossEntropy, KnownValues) {
   EXPECT_NEAR(mean, (std::log(v) + std::log(2.0)) / 2, 1e-15);
   // Backward, grad_loss 1: row 1 gets (softmax - onehot) / 2 = [1/12, -1/4, 1/12, 1/12].
   Tensor grad = Tensor::empty({3, 4}, DType::F64);
-  cross_entropy_backward(logits, targets, lse, kIgnore, 1.0, grad);
+  cross_entropy_backward(Exec{}, logits, targets, lse, kIgnore, 1.0, grad);
   const double expected_row1[4] = {1 / 12.0, -1 / 4.0, 1 / 12.0, 1 / 12.0};
   for (int i = 0; i < 4; ++i) EXPECT_NEAR(grad.data<double>()[4 + i], expected_row1[i], 1e-15) << "element " << i;
 }
@@ -92,12 +92,12 @@ TEST(CrossEntropy, LargeLogitsStayFinite) {
   targets.data<int32_t>()[0] = 0;  // loss ln 2
   targets.data<int32_t>()[1] = 1;  // loss 1000 (+ e^-1000 terms)
   Tensor losses = Tensor::empty({2}, DType::F32), lse = Tensor::empty({2}, DType::F32);
-  const double mean = cross_entropy_forward(logits, targets, kIgnore, losses, lse);
+  const double mean = cross_entropy_forward(Exec{}, logits, targets, kIgnore, losses, lse);
   EXPECT_NEAR(losses.data<float>()[0], std::log(2.0), 1e-6);
   EXPECT_NEAR(losses.data<float>()[1], 1000.0, 1e-3);
   EXPECT_NEAR(mean, (std::log(2.0) + 1000.0) / 2, 1e-3);
   Tensor grad = Tensor::empty({2, 3}, DType::F32);
-  cross_entropy_backward(logits, targets, lse, kIgnore, 1.0, grad);
+  cross_entropy_backward(Exec{}, logits, targets, lse, kIgnore, 1.0, grad);
   for (int i = 0; i < 6; ++i) EXPECT_TRUE(std::isfinite(grad.data<float>()[i])) << "element " << i;
   // softmax = e^(x - lse) with the saved f32 lse = 1000.69..., itself rounded by ~3e-5: about 1e-4 relative.
   EXPECT_NEAR(grad.data<float>()[0], -0.25, 1e-4);  // (1/2 - 1) / 2
@@ -110,12 +110,12 @@ TEST(CrossEntropy, FloatMatchesDouble) {
   Tensor l64 = Tensor::empty({7}, DType::F64), s64 = Tensor::empty({7}, DType::F64);
   Tensor l32 = Tensor::empty({7}, DType::F32), s32 = Tensor::empty({7}, DType::F32);
   Tensor g64 = Tensor::empty({7, 50}, DType::F64), g32 = Tensor::empty({7, 50}, DType::F32);
-  const double m64 = cross_entropy_forward(logits, targets, kIgnore, l64, s64);
-  const double m32 = cross_entropy_forward(logits.to(DType::F32), targets, kIgnore, l32, s32);
+  const double m64 = cross_entropy_forward(Exec{}, logits, targets, kIgnore, l64, s64);
+  const double m32 = cross_entropy_forward(Exec{}, logits.to(DType::F32), targets, kIgnore, l32, s32);
   EXPECT_NEAR(m32, m64, 1e-5 * std::fabs(m64));
   EXPECT_TRUE(testing::close(l32, l64, 1e-5, 1e-5));
-  cross_entropy_backward(logits, targets, s64, kIgnore, 1.3, g64);
-  cross_entropy_backward(logits.to(DType::F32), targets, s32, kIgnore, 1.3, g32);
+  cross_entropy_backward(Exec{}, logits, targets, s64, kIgnore, 1.3, g64);
+  cross_entropy_backward(Exec{}, logits.to(DType::F32), targets, s32, kIgnore, 1.3, g32);
   EXPECT_TRUE(testing::close(g32, g64, 1e-7, 1e-5));
 }
 
@@ -125,7 +125,7 @@ TEST(CrossEntropy, BadTargetNamesRowValueAndVocab) {
   for (int i = 0; i < 4; ++i) targets.data<int32_t>()[i] = ts[i];
   Tensor losses = Tensor::empty({4}, DType::F32), lse = Tensor::empty({4}, DType::F32);
   try {
-    cross_entropy_forward(logits, targets, kIgnore, losses, lse);
+    cross_entropy_forward(Exec{}, logits, targets, kIgnore, losses, lse);
     FAIL() << "expected an error";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("holds 9 at row 2, expected a class in [0, V=5) or ignore_index -100"),
@@ -134,7 +134,7 @@ TEST(CrossEntropy, BadTargetNamesRowValueAndVocab) {
   }
   targets.data<int32_t>()[2] = -1;  // negative but not the ignore_index
   try {
-    cross_entropy_backward(logits, targets, lse, kIgnore, 1.0, Tensor::empty({4, 5}, DType::F32));
+    cross_entropy_backward(Exec{}, logits, targets, lse, kIgnore, 1.0, Tensor::empty({4, 5}, DType::F32));
     FAIL() << "expected an error";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("holds -1 at row 2"), std::string::npos) << e.what();
@@ -145,21 +145,21 @@ TEST(CrossEntropy, ArgumentErrorsNameTheTensor) {
   Tensor logits = Tensor::zeros({2, 3, 5}, DType::F32), targets = Tensor::zeros({6}, DType::I32);
   Tensor losses = Tensor::zeros({2, 3}, DType::F32), lse = Tensor::zeros({2, 3}, DType::F32);
   try {
-    cross_entropy_forward(logits, targets, kIgnore, losses, lse);
+    cross_entropy_forward(Exec{}, logits, targets, kIgnore, losses, lse);
     FAIL() << "expected an error";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("targets is i32[6]@cpu, expected shape [2,3]"), std::string::npos) << e.what();
   }
   Tensor targets23 = Tensor::zeros({2, 3}, DType::I32);
   try {
-    cross_entropy_backward(logits, targets23, lse, kIgnore, 1.0, Tensor::zeros({2, 3, 4}, DType::F32));
+    cross_entropy_backward(Exec{}, logits, targets23, lse, kIgnore, 1.0, Tensor::zeros({2, 3, 4}, DType::F32));
     FAIL() << "expected an error";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("grad_logits is f32[2,3,4]@cpu, expected shape [2,3,5]"), std::string::npos)
         << e.what();
   }
-  EXPECT_THROW(cross_entropy_forward(logits, targets23.to(DType::F32), kIgnore, losses, lse), Error);  // targets not i32
-  EXPECT_THROW(cross_entropy_forward(logits, targets23, kIgnore, losses.to(DType::F64), lse), Error);   // mixed dtypes
+  EXPECT_THROW(cross_entropy_forward(Exec{}, logits, targets23.to(DType::F32), kIgnore, losses, lse), Error);  // targets not i32
+  EXPECT_THROW(cross_entropy_forward(Exec{}, logits, targets23, kIgnore, losses.to(DType::F64), lse), Error);   // mixed dtypes
 }
 
 }  // namespace

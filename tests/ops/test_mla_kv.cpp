@@ -13,7 +13,7 @@ TEST(MlaKv, LayoutByHand) {
   const int64_t N = 2, H = 3, Dn = 2, Dr = 3, Dv = 1;
   Tensor kv = randn({N, H, Dn + Dv}, DType::F64, 1), kr = randn({N, Dr}, DType::F64, 2);
   Tensor k = Tensor::empty({N, H, Dn + Dr}, DType::F64), v = Tensor::empty({N, H, Dv}, DType::F64);
-  mla_kv_forward(kv, kr, H, Dn, k, v);
+  mla_kv_forward(Exec{}, kv, kr, H, Dn, k, v);
   auto at = [](const Tensor& t, int64_t i) { return t.data<double>()[i]; };
   for (int64_t n = 0; n < N; ++n)
     for (int64_t h = 0; h < H; ++h) {
@@ -29,11 +29,11 @@ TEST(MlaKv, GradCheck) {
   Tensor k = Tensor::empty({N, H, Dn + Dr}, DType::F64), v = Tensor::empty({N, H, Dv}, DType::F64);
   Tensor gk = randn(k.shape(), DType::F64, 5), gv = randn(v.shape(), DType::F64, 6);
   auto loss = [&] {
-    mla_kv_forward(kv, kr, H, Dn, k, v);
+    mla_kv_forward(Exec{}, kv, kr, H, Dn, k, v);
     return testing::dot(k, gk) + testing::dot(v, gv);
   };
   Tensor gkv = randn(kv.shape(), DType::F64, 7), gkr = randn(kr.shape(), DType::F64, 8);  // garbage: overwritten
-  mla_kv_backward(gk, gv, H, Dn, gkv, gkr);
+  mla_kv_backward(Exec{}, gk, gv, H, Dn, gkv, gkr);
   EXPECT_TRUE(testing::check_grad(kv, gkv, loss));
   EXPECT_TRUE(testing::check_grad(kr, gkr, loss));
 }
@@ -41,9 +41,9 @@ TEST(MlaKv, GradCheck) {
 TEST(MlaKv, ShapeErrors) {
   Tensor kv = Tensor::zeros({4, 2, 5}, DType::F32), kr = Tensor::zeros({4, 2}, DType::F32);
   Tensor k = Tensor::zeros({4, 2, 4}, DType::F32), v = Tensor::zeros({4, 2, 3}, DType::F32);
-  EXPECT_NO_THROW(mla_kv_forward(kv, kr, 2, 2, k, v));
-  EXPECT_THROW(mla_kv_forward(kv, kr, 2, 3, k, v), Error);
-  EXPECT_THROW(mla_kv_forward(kv, kr, 2, 2, Tensor::zeros({4, 2, 5}, DType::F32), v), Error);
+  EXPECT_NO_THROW(mla_kv_forward(Exec{}, kv, kr, 2, 2, k, v));
+  EXPECT_THROW(mla_kv_forward(Exec{}, kv, kr, 2, 3, k, v), Error);
+  EXPECT_THROW(mla_kv_forward(Exec{}, kv, kr, 2, 2, Tensor::zeros({4, 2, 5}, DType::F32), v), Error);
 }
 
 }  // namespace

@@ -19,11 +19,11 @@ void check_swiglu_grads(const Shape& shape) {
   Tensor gate = randn(shape, DType::F64, 1, 3.0), up = randn(shape, DType::F64, 2), g = randn(shape, DType::F64, 3);
   Tensor out = Tensor::empty(shape, DType::F64);
   auto loss = [&] {
-    swiglu_forward(gate, up, out);
+    swiglu_forward(Exec{}, gate, up, out);
     return testing::dot(out, g);
   };
   Tensor grad_gate = randn(shape, DType::F64, 4), grad_up = randn(shape, DType::F64, 5);
-  swiglu_backward(g, gate, up, grad_gate, grad_up);
+  swiglu_backward(Exec{}, g, gate, up, grad_gate, grad_up);
   EXPECT_TRUE(check_grad(gate, grad_gate, loss)) << "grad_gate, " << shape.str();
   EXPECT_TRUE(check_grad(up, grad_up, loss)) << "grad_up, " << shape.str();
 }
@@ -38,7 +38,7 @@ TEST(Swiglu, KnownValuesAndLargeGates) {
   Tensor gate = Tensor::empty({5}, DType::F64), up = Tensor::empty({5}, DType::F64), out = Tensor::empty({5}, DType::F64);
   for (int i = 0; i < 5; ++i) gate.data<double>()[i] = gates[i];
   up.fill(2.0);
-  swiglu_forward(gate, up, out);
+  swiglu_forward(Exec{}, gate, up, out);
   const double s1 = 1.0 / (1.0 + std::exp(-1.0));
   const double* o = out.data<double>();
   EXPECT_EQ(o[0], 0.0);
@@ -50,7 +50,7 @@ TEST(Swiglu, KnownValuesAndLargeGates) {
   Tensor g = Tensor::empty({5}, DType::F64);
   Tensor grad_gate = Tensor::empty({5}, DType::F64), grad_up = Tensor::empty({5}, DType::F64);
   g.fill(1.0);
-  swiglu_backward(g, gate, up, grad_gate, grad_up);
+  swiglu_backward(Exec{}, g, gate, up, grad_gate, grad_up);
   const double* gg = grad_gate.data<double>();
   EXPECT_EQ(gg[0], 1.0);  // up * 1/2
   EXPECT_NEAR(gg[1], 2.0 * (s1 + s1 * (1 - s1)), 1e-15);
@@ -65,10 +65,10 @@ TEST(Swiglu, FloatMatchesDouble) {
   Tensor gate = randn(s, DType::F64, 11, 3.0), up = randn(s, DType::F64, 12), g = randn(s, DType::F64, 13);
   Tensor out64 = Tensor::empty(s, DType::F64), gg64 = Tensor::empty(s, DType::F64), gu64 = Tensor::empty(s, DType::F64);
   Tensor out32 = Tensor::empty(s, DType::F32), gg32 = Tensor::empty(s, DType::F32), gu32 = Tensor::empty(s, DType::F32);
-  swiglu_forward(gate, up, out64);
-  swiglu_forward(gate.to(DType::F32), up.to(DType::F32), out32);
-  swiglu_backward(g, gate, up, gg64, gu64);
-  swiglu_backward(g.to(DType::F32), gate.to(DType::F32), up.to(DType::F32), gg32, gu32);
+  swiglu_forward(Exec{}, gate, up, out64);
+  swiglu_forward(Exec{}, gate.to(DType::F32), up.to(DType::F32), out32);
+  swiglu_backward(Exec{}, g, gate, up, gg64, gu64);
+  swiglu_backward(Exec{}, g.to(DType::F32), gate.to(DType::F32), up.to(DType::F32), gg32, gu32);
   EXPECT_TRUE(testing::close(out32, out64, 1e-6, 1e-5));
   EXPECT_TRUE(testing::close(gg32, gg64, 1e-6, 1e-5));
   EXPECT_TRUE(testing::close(gu32, gu64, 1e-6, 1e-5));
@@ -78,7 +78,7 @@ TEST(Swiglu, ArgumentErrorsNameTheTensor) {
   Tensor gate = Tensor::zeros({2, 8}, DType::F32), up = Tensor::zeros({2, 9}, DType::F32);
   Tensor out = Tensor::zeros({2, 8}, DType::F32);
   try {
-    swiglu_forward(gate, up, out);
+    swiglu_forward(Exec{}, gate, up, out);
     FAIL() << "expected an error";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("swiglu_forward: up is f32[2,9]@cpu, expected shape [2,8]"), std::string::npos)
@@ -86,7 +86,7 @@ TEST(Swiglu, ArgumentErrorsNameTheTensor) {
   }
   Tensor up8 = Tensor::zeros({2, 8}, DType::F32);
   try {
-    swiglu_backward(out, gate, up8, Tensor::zeros({2, 8}, DType::F64), up8);
+    swiglu_backward(Exec{}, out, gate, up8, Tensor::zeros({2, 8}, DType::F64), up8);
     FAIL() << "expected an error";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("grad_gate is f64[2,8]@cpu, expected dtype f32"), std::string::npos) << e.what();

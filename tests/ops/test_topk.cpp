@@ -36,12 +36,12 @@ void expect_topk_grad(int64_t N, int64_t E, int64_t K, uint64_t seed) {
   Tensor G = testing::randn({N, K}, DType::F64, seed + 1);
   Tensor values = Tensor::empty({N, K}, DType::F64), indices = Tensor::empty({N, K}, DType::I32);
   auto loss = [&] {
-    topk_forward(x, K, values, indices);
+    topk_forward(Exec{}, x, K, values, indices);
     return testing::dot(values, G);
   };
   loss();
   Tensor gx = testing::randn({N, E}, DType::F64, seed + 2);  // garbage: backward must overwrite all of it
-  topk_backward(G, indices, gx);
+  topk_backward(Exec{}, G, indices, gx);
   EXPECT_TRUE(check_grad(x, gx, loss));
 }
 
@@ -54,7 +54,7 @@ TEST(Topk, MatchesStableSort) {
   const int64_t N = 17, E = 33, K = 8;
   Tensor x = testing::randn({N, E}, DType::F32, 41);
   Tensor values = Tensor::empty({N, K}, DType::F32), indices = Tensor::empty({N, K}, DType::I32);
-  topk_forward(x, K, values, indices);
+  topk_forward(Exec{}, x, K, values, indices);
   for (int64_t n = 0; n < N; ++n) {
     const float* xr = x.data<float>() + n * E;
     std::vector<int32_t> order(E);
@@ -73,7 +73,7 @@ std::vector<int32_t> topk_row(const std::vector<double>& row, int64_t k) {
   Tensor x = Tensor::empty({1, E}, DType::F64), values = Tensor::empty({1, k}, DType::F64);
   Tensor indices = Tensor::empty({1, k}, DType::I32);
   std::copy(row.begin(), row.end(), x.data<double>());
-  topk_forward(x, k, values, indices);
+  topk_forward(Exec{}, x, k, values, indices);
   return {indices.data<int32_t>(), indices.data<int32_t>() + k};
 }
 
@@ -95,14 +95,14 @@ using testing::expect_error;
 TEST(Topk, ArgumentErrorsNameKAndE) {
   Tensor x = Tensor::zeros({4, 8}, DType::F32);
   Tensor v9 = Tensor::zeros({4, 9}, DType::F32), i9 = Tensor::zeros({4, 9}, DType::I32);
-  expect_error([&] { topk_forward(x, 9, v9, i9); }, "k is 9 but x f32[4,8]@cpu has E = 8 entries per row");
+  expect_error([&] { topk_forward(Exec{}, x, 9, v9, i9); }, "k is 9 but x f32[4,8]@cpu has E = 8 entries per row");
   Tensor v0 = Tensor::zeros({4, 0}, DType::F32), i0 = Tensor::zeros({4, 0}, DType::I32);
-  expect_error([&] { topk_forward(x, 0, v0, i0); }, "k is 0 but x f32[4,8]@cpu has E = 8");
+  expect_error([&] { topk_forward(Exec{}, x, 0, v0, i0); }, "k is 0 but x f32[4,8]@cpu has E = 8");
   Tensor v2 = Tensor::zeros({4, 2}, DType::F32), i2 = Tensor::zeros({4, 2}, DType::I32);
-  expect_error([&] { topk_forward(x, 2, v2, v2); }, "indices is f32[4,2]@cpu, expected dtype i32");
-  expect_error([&] { topk_forward(x, 3, v2, i2); }, "values is f32[4,2]@cpu, expected shape [4,3]");
+  expect_error([&] { topk_forward(Exec{}, x, 2, v2, v2); }, "indices is f32[4,2]@cpu, expected dtype i32");
+  expect_error([&] { topk_forward(Exec{}, x, 3, v2, i2); }, "values is f32[4,2]@cpu, expected shape [4,3]");
   i2.data<int32_t>()[2] = 8;  // row 1, rank 0
-  expect_error([&] { topk_backward(v2, i2, x); }, "indices[1, 0] is 8, expected an index in [0, E = 8)");
+  expect_error([&] { topk_backward(Exec{}, v2, i2, x); }, "indices[1, 0] is 8, expected an index in [0, E = 8)");
 }
 
 }  // namespace

@@ -2,7 +2,7 @@
 // machine cannot run, and models placed on the CPU (the CUDA side is tests/gpu/test_model_cuda.cpp).
 #include <gtest/gtest.h>
 
-#include "core/allocator.h"
+#include "core/device.h"
 #include "tests/harness.h"
 #include "tests/nn/nn_harness.h"
 #include "train/optimizer.h"
@@ -52,7 +52,7 @@ TEST(Runtime, OptimizerStepKeepsTheComputeCopyRounded) {
   AdamW optimizer(params, AdamWConfig{});
   for (int step = 0; step < 3; ++step) {
     params.flat_grads().copy_from(testing::randn(params.flat_grads().shape(), DType::F32, 10 + step));
-    optimizer.step(1e-2);
+    optimizer.step(Exec{}, 1e-2);
   }
   const Tensor expected = params.flat_params().to(DType::BF16);
   for (const auto& e : params.entries())

@@ -102,7 +102,10 @@ void check_greedy(const ModelConfig& cfg) {
     margin = std::min(margin, top - *std::max_element(row.begin(), row.end()));
   }
   EXPECT_EQ(cached, argmax);
-  EXPECT_GT(margin, 1e-4) << "a near-tie between the two most likely tokens: choose another seed";
+  // The sampler runs in f32 and these logits in f64: they differ by ~1e-6 on this model, so a margin
+  // above 2e-5 means greedy's choice is not a rounding accident (the exact value depends on the
+  // CPU's GEMM kernels, which -march=native picks).
+  EXPECT_GT(margin, 2e-5) << "a near-tie between the two most likely tokens: choose another seed";
   // Not a constant sequence: the test would be weak if every step gave the same token.
   EXPECT_GT(std::set<int32_t>(cached.begin(), cached.end()).size(), 2u);
 }

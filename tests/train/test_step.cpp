@@ -139,7 +139,7 @@ TEST(TrainStep, ReduceHookRunsOnceAfterBackwardBeforeTheNorm) {
     EXPECT_EQ(std::accumulate(stats.loads[0].begin(), stats.loads[0].end(), 0.0),
               static_cast<double>(2 * (kB / 2) * kT * 2))
         << "the hook sees the loads of every micro-batch";
-    seen_norm = grad_norm({p.flat_grads()});
+    seen_norm = grad_norm(Exec{}, {p.flat_grads()});
     EXPECT_GT(seen_norm, 0) << "the hook must run after backward";
     float* g = p.flat_grads().data<float>();
     for (int64_t i = 0; i < p.flat_grads().numel(); ++i) g[i] *= 2.0f;
