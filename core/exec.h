@@ -8,6 +8,16 @@
 //            given back when the op returns (ScratchScope), so no op allocates device memory and
 //            the arena's measured peak includes it. Reuse across ops is safe because the work of
 //            one op is queued on `stream` before the next op's: the stream orders them.
+//
+// Where the host still waits for the device during a training step (each is counted by
+// core/device.h's host_syncs, which `moelab bench --device cuda` prints per step):
+//   - the expert row counts of every MoE layer (moe_dispatch_layout; moe_capacity_drop's count):
+//     the grouped expert GEMMs are sized from them on the host;
+//   - the values returned to the host: each loss head's cross-entropy sum and target check, the
+//     balance losses, the loads of moe_count_tokens, the gradient norm;
+//   - the one upload of the step's loads for the aux-loss-free bias update.
+// The values could stay on the device until the log step (a device accumulator per statistic and
+// one copy when logging); the row counts cannot without padded expert GEMMs.
 #pragma once
 
 #include "core/arena.h"

@@ -1,5 +1,6 @@
 #include "tests/harness.h"
 
+#include <algorithm>
 #include <cmath>
 #include <sstream>
 
@@ -60,6 +61,14 @@ Tensor randn(const Shape& shape, DType dtype, uint64_t seed, double std, double 
 Tensor rand_uniform(const Shape& shape, DType dtype, uint64_t seed, float lo, float hi) {
   Tensor t = Tensor::empty(shape, dtype);
   fill_uniform(t, seed, 0, lo, hi);
+  return t;
+}
+
+Tensor i32_tensor(const Shape& shape, const std::vector<int32_t>& values) {
+  MOELAB_CHECK(static_cast<int64_t>(values.size()) == shape.numel(), "i32_tensor: ", values.size(), " values for shape ",
+               shape.str());
+  Tensor t = Tensor::empty(shape, DType::I32);
+  std::copy(values.begin(), values.end(), t.data<int32_t>());
   return t;
 }
 

@@ -10,6 +10,7 @@
 
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "core/device.h"
 #include "core/tensor.h"
@@ -28,6 +29,8 @@ Tensor randn(const Shape& shape, DType dtype, uint64_t seed, double std = 1.0, d
 Tensor rand_uniform(const Shape& shape, DType dtype, uint64_t seed, float lo, float hi);
 // CPU i32 tensor of values in [0, n), from seed.
 Tensor randint(const Shape& shape, int32_t n, uint64_t seed);
+// CPU i32 tensor holding `values` (row-major; values.size() == shape.numel()).
+Tensor i32_tensor(const Shape& shape, const std::vector<int32_t>& values);
 
 // sum_i a_i * b_i in double (a, b on the CPU, any float dtype): the scalar loss L = <G, Y> whose
 // gradient with respect to Y is G, used to turn an op's output into a checkable scalar.

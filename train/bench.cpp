@@ -82,7 +82,7 @@ BenchResult run_bench(const ModelConfig& cfg, const BenchOptions& opt) {
   const std::unique_ptr<Model> model_ptr = new_model(cfg, opt.seed, rt);
   Model& model = *model_ptr;
   AdamW optimizer(model.params(), AdamWConfig{});
-  const ModelInfo info = model_info(model, opt.batch_size, opt.seq_len);
+  const ModelInfo info = model_info(model, opt.batch_size, opt.seq_len, rt.act);
   const double gemm_gflops = measured_gemm_gflops(rt);  // before the arena takes the GPU's free memory
   Arena arena(rt.arena_bytes(info.activation_bytes()), rt.device);
   Context ctx = rt.context(arena, opt.batch_size, opt.seq_len);
@@ -97,14 +97,21 @@ BenchResult run_bench(const ModelConfig& cfg, const BenchOptions& opt) {
   r.runtime = rt.describe();
   r.gemm_gflops = gemm_gflops;
   double total_ms = 0, min_ms = 1e300;
+  DeviceCounters counted{};  // over the timed steps' train_step calls
   // The trainer's step with the bench's fixed choices: one micro-batch, lr opt.lr, clipping at 1.0.
   const StepConfig step_cfg{opt.lr, 1.0, 1};
   for (int64_t step = 0; step < opt.warmup + opt.steps; ++step) {
     const Tensor tokens = rt.upload(random_tokens(cfg, opt, step));  // made outside the timed region
     rt.synchronize();
+    const DeviceCounters before = device_counters();
     const auto t0 = std::chrono::steady_clock::now();
     timeline.begin_step();
     const StepStats stats = train_step(model, optimizer, ctx, step_cfg, [&] { return tokens; });
+    const DeviceCounters after = device_counters();  // before the timeline's own synchronisation
+    if (step >= opt.warmup) {
+      counted.device_allocations += after.device_allocations - before.device_allocations;
+      counted.host_syncs += after.host_syncs - before.host_syncs;
+    }
     std::array<double, kNumPhases> step_phases{};
     timeline.end_step(step_phases, rt);  // synchronises
     const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
@@ -127,6 +134,8 @@ BenchResult run_bench(const ModelConfig& cfg, const BenchOptions& opt) {
   r.expert_flops = 6.0 * static_cast<double>(info.routed_experts.active + info.mtp_routed_experts.active) * tokens;
   for (int p = 0; p < kNumPhases; ++p)
     r.phase_ms[static_cast<size_t>(p)] = phase_total[static_cast<size_t>(p)] / static_cast<double>(opt.steps);
+  r.device_allocations_per_step = static_cast<double>(counted.device_allocations) / static_cast<double>(opt.steps);
+  r.host_syncs_per_step = static_cast<double>(counted.host_syncs) / static_cast<double>(opt.steps);
   if (r.cuda) r.device_memory_bytes = static_cast<double>(cuda_total_memory() - cuda_free_memory());
   return r;
 }
@@ -172,6 +181,9 @@ std::string format_bench(const BenchResult& r, const BenchOptions& opt) {
     std::snprintf(buf, sizeof buf, "; %.1f%% of the H100 SXM's %.0f TFLOP/s bf16 dense peak; GPU memory in use %.0f MiB",
                   100.0 * r.model_gflops / (kH100Bf16DenseTflops * 1e3), kH100Bf16DenseTflops,
                   r.device_memory_bytes / (1 << 20));
+    out += buf;
+    std::snprintf(buf, sizeof buf, "\nper step: %.1f device allocations, %.1f host waits for the GPU",
+                  r.device_allocations_per_step, r.host_syncs_per_step);
     out += buf;
   }
   out += "\nphase               ms/step      %\n";

@@ -50,6 +50,9 @@ struct BenchResult {
   // plain dense GEMMs come to the dense rate (a grouped expert GEMM should reach most of it).
   double attention_flops = 0, expert_flops = 0;
   double device_memory_bytes = 0;  // CUDA: memory in use on the device at the end (all of moelab's)
+  // CUDA, per timed step of train_step (core/device.h's counters): cudaMalloc calls (the steady state
+  // should make none) and the times the host waited for the device (each one stalls the queue).
+  double device_allocations_per_step = 0, host_syncs_per_step = 0;
   bool cuda = false;
 };
 

@@ -64,12 +64,14 @@ StepStats train_step(Model& model, AdamW& optimizer, const Context& ctx, const S
 
   const PhaseScope phase(ctx.profiler, Phase::Optimizer);
   const std::vector<Tensor> grads = {model.params().flat_grads()};
-  stats.grad_norm = grad_norm(ctx, grads);
+  // One pass for the norm: clipping computes it (and returns it from before the clip), so the
+  // gradients are read once more only to be scaled, and only when the norm is above grad_clip.
+  stats.grad_norm = cfg.grad_clip > 0 ? clip_grad_norm(ctx, grads, cfg.grad_clip) : grad_norm(ctx, grads);
   // Skip the update on a NaN/Inf loss or gradient: one bad batch must not destroy the weights (the
-  // optimizer moments would carry the NaN forever); the caller decides when to give up.
+  // optimizer moments would carry the NaN forever); the caller decides when to give up. (A
+  // non-finite norm leaves the gradients unclipped; they are zeroed by the next step.)
   stats.finite = std::isfinite(stats.losses.total) && std::isfinite(stats.grad_norm);
   if (!stats.finite) return stats;
-  if (cfg.grad_clip > 0) clip_grad_norm(ctx, grads, cfg.grad_clip);
   optimizer.step(ctx, cfg.lr);
   model.update_bias(ctx, stats.loads);  // after the optimizer: the bias is a buffer, not a parameter
   return stats;

@@ -5,11 +5,12 @@
 //      by 1/grad_accum_steps (so the gradient is the mean over micro-batches), and the losses and
 //      per-MoE-layer loads summed into StepStats with +=
 //   -> reduce_grads: the data-parallel seam (see ReduceGrads; nothing on one process)
-//   -> global gradient norm -> non-finite guard -> clipping (grad_clip > 0) -> AdamW at lr
+//   -> global gradient norm and clipping (grad_clip > 0) -> non-finite guard -> AdamW at lr
 //   -> the aux-loss-free bias update with the step's summed loads.
-// A non-finite loss or norm skips everything after the norm (no clipping, no update, no bias
-// change) and comes back as finite = false; counting such steps and giving up is the caller's job.
-// On the GPU nothing here waits for the device except reading the losses and the norm.
+// A non-finite loss or norm skips the update and the bias change and comes back as finite = false
+// (a non-finite norm also leaves the gradients unclipped); counting such steps and giving up is the
+// caller's job.
+// On the GPU the host waits for the device only at the points core/exec.h lists.
 #pragma once
 
 #include <cstdint>

@@ -230,7 +230,7 @@ TrainResult train(const RunConfig& cfg_in, const TrainOptions& options) {
   }
   const LoaderConfig val_cfg = loader_config(cfg, data.val_shards, cfg.model.vocab_size, false);
 
-  const ModelInfo info = model_info(model, tc.batch_size, tc.seq_len);
+  const ModelInfo info = model_info(model, tc.batch_size, tc.seq_len, rt.act);
   // MFU's denominator: a GEMM measured here, now (before the arena takes the GPU's free memory).
   const double peak_gflops = measured_gemm_gflops(rt);
   Arena arena(rt.arena_bytes(info.activation_bytes()), rt.device);
@@ -308,7 +308,7 @@ EvalResult evaluate_checkpoint(const std::string& ckpt_or_run_dir, const EvalOpt
                data.vocab_size, " tokens but the checkpoint's model has ", cfg.model.vocab_size);
   const Runtime rt = make_runtime(options.device, options.precision);
   const std::unique_ptr<Model> model = place_model(std::move(ck.model), rt);
-  const ModelInfo info = model_info(*model, cfg.train.batch_size, cfg.train.seq_len);
+  const ModelInfo info = model_info(*model, cfg.train.batch_size, cfg.train.seq_len, rt.act);
   Arena arena(rt.arena_bytes(info.activation_bytes()), rt.device);
   EvalResult r;
   r.checkpoint = ck.path;

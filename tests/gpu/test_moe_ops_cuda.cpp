@@ -30,6 +30,7 @@ namespace {
 using testing::Guarded;
 using testing::rand_uniform;
 using testing::randint;
+using testing::i32_tensor;
 using testing::randn;
 using testing::to_gpu;
 using testing::to_host;
@@ -62,12 +63,6 @@ constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
   if (a.dtype() == DType::I32) os << a.data<int32_t>()[first] << ", expected " << e.data<int32_t>()[first];
   else os << a.data<float>()[first] << ", expected " << e.data<float>()[first];
   return ::testing::AssertionFailure() << os.str();
-}
-
-Tensor i32_tensor(const Shape& shape, const std::vector<int32_t>& values) {
-  Tensor t = Tensor::empty(shape, DType::I32);
-  std::copy(values.begin(), values.end(), t.data<int32_t>());
-  return t;
 }
 
 // Max |t| (CPU f32), for tolerances relative to the size of a result.

@@ -12,13 +12,8 @@
 
 namespace moelab {
 namespace {
+using testing::i32_tensor;
 using testing::randn;
-
-Tensor i32_tensor(const Shape& shape, const std::vector<int32_t>& values) {
-  Tensor t = Tensor::empty(shape, DType::I32);
-  std::copy(values.begin(), values.end(), t.data<int32_t>());
-  return t;
-}
 
 // Rows grouped by expert, in token order within an expert; -1 (dropped) gets no row.
 TEST(MoeDispatch, LayoutGroupsByExpert) {

@@ -12,13 +12,8 @@
 
 namespace moelab {
 namespace {
+using testing::i32_tensor;
 using testing::randn;
-
-Tensor i32_tensor(const Shape& shape, const std::vector<int32_t>& values) {
-  Tensor t = Tensor::empty(shape, DType::I32);
-  std::copy(values.begin(), values.end(), t.data<int32_t>());
-  return t;
-}
 
 TEST(MoeRoute, CapacityFormula) {
   EXPECT_EQ(moe_capacity(1.25, 8, 2, 4), 5);   // exactly 5.0
