@@ -4,6 +4,7 @@
     python3 examples/plot.py runs/shakespeare_moe            # or the metrics.jsonl itself
 writes, next to the metrics file:
     loss.png          training loss (main and total) and validation loss per step, and the lr
+    loss_time.png     the same losses against training time (minutes; the records' train_seconds)
     expert_load.png   per MoE layer, each expert's share of the routed tokens over the steps
                       (a balanced router is a flat band at 1/E), with MaxVio below
 Needs numpy and matplotlib (Debian: python3-numpy python3-matplotlib).
@@ -49,6 +50,26 @@ def plot_loss(train, val, out):
     plt.close(fig)
 
 
+def plot_loss_time(train, val, out):
+    """Loss against training time; False when the records carry no train_seconds (older runs)."""
+    train = [r for r in train if "train_seconds" in r]
+    if not train:
+        return False
+    fig, ax = plt.subplots(figsize=(8, 5))
+    ax.plot([r["train_seconds"] / 60 for r in train], [r["loss_main"] for r in train], label="train (main)")
+    val = [r for r in val if "train_seconds" in r]
+    if val:
+        ax.plot([r["train_seconds"] / 60 for r in val], [r["val_loss"] for r in val], "o-", label="validation (main)")
+    ax.set_xlabel("training time (minutes)")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return True
+
+
 def plot_expert_load(train, out):
     layers = sorted({k for r in train for k in r.get("expert_load", {})}, key=int)
     if not layers:
@@ -85,6 +106,8 @@ def main():
     out_dir = os.path.dirname(os.path.abspath(path))
     plot_loss(train, val, os.path.join(out_dir, "loss.png"))
     wrote = ["loss.png"]
+    if plot_loss_time(train, val, os.path.join(out_dir, "loss_time.png")):
+        wrote.append("loss_time.png")
     if plot_expert_load(train, os.path.join(out_dir, "expert_load.png")):
         wrote.append("expert_load.png")
     print(f"plot.py: wrote {', '.join(os.path.join(out_dir, w) for w in wrote)}")

@@ -65,8 +65,8 @@ Tensor rand_uniform(const Shape& shape, DType dtype, uint64_t seed, float lo, fl
 }
 
 Tensor i32_tensor(const Shape& shape, const std::vector<int32_t>& values) {
-  MOELAB_CHECK(static_cast<int64_t>(values.size()) == shape.numel(), "i32_tensor: ", values.size(), " values for shape ",
-               shape.str());
+  MOELAB_CHECK(static_cast<int64_t>(values.size()) == shape.numel(), "i32_tensor: ", values.size(),
+               " values for shape ", shape.str());
   Tensor t = Tensor::empty(shape, DType::I32);
   std::copy(values.begin(), values.end(), t.data<int32_t>());
   return t;

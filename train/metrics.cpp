@@ -2,22 +2,49 @@
 
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <string>
 
 #include "core/check.h"
 
 namespace moelab {
 
-MetricsLog::MetricsLog(const std::string& out_dir, bool console)
+namespace {
+// Rewrites `path` without the records of steps after `last_step` and without lines that do not parse
+// (the torn last line of a killed writer).
+void drop_records_after(const std::string& path, int64_t last_step) {
+  std::ifstream in(path);
+  if (!in) return;  // nothing logged yet
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    MOELAB_CHECK(out, tmp, ": cannot open for writing");
+    for (std::string line; std::getline(in, line);) {
+      const nlohmann::json r = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+      if (r.is_discarded() || !r.is_object()) continue;
+      if (r.contains("step") && r["step"].is_number_integer() && r["step"].get<int64_t>() > last_step) continue;
+      out << line << '\n';
+    }
+    out.flush();
+    MOELAB_CHECK(out, tmp, ": write failed (disk full?)");
+  }
+  std::filesystem::rename(tmp, path);
+}
+}  // namespace
+
+MetricsLog::MetricsLog(const std::string& out_dir, bool console, int64_t resumed_step)
     : console_(console), tty_(console && ::isatty(STDOUT_FILENO)) {
   std::filesystem::create_directories(out_dir);
   path_ = (std::filesystem::path(out_dir) / "metrics.jsonl").string();
+  if (resumed_step >= 0) drop_records_after(path_, resumed_step);
   out_.open(path_, std::ios::app);
   MOELAB_CHECK(out_, path_, ": cannot open for appending");
 }
 
-void MetricsLog::write(const nlohmann::ordered_json& record) {
+void MetricsLog::write(nlohmann::ordered_json record) {
+  record["time"] = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
   out_ << record.dump() << '\n';
   out_.flush();
   MOELAB_CHECK(out_, path_, ": write failed (disk full?)");

@@ -40,10 +40,10 @@ namespace {
 // - 10% of the prediction, that test's tolerance, for what no CPU run measures: the allocations of
 //   bf16 mixed precision alone (the router's f32 copy of its input and the gradient narrowed back)
 //   are counted but only ever made on CUDA;
-// - 64 MiB: scratch that CUDA ops take from the arena above its top and give back when they return,
-//   once ops run in the execution context (DESIGN.md, "The step and the execution context"): sort
-//   buffers, per-block partials and counters, O(tokens x K) numbers, a few MiB at 64K tokens; and
-//   cuBLASLt's 32 MiB workspace (held by GpuContext today), should it move there too.
+// - 64 MiB: the scratch CUDA ops take from the arena above its top and give back when they return
+//   (core/exec.h): sort buffers, per-block partials and counters, O(tokens x K) numbers, a few MiB
+//   at 64K tokens; and room for cuBLASLt's 32 MiB workspace, were it carved from the arena too
+//   rather than held by GpuContext.
 // Not covered: an expert-parallel dispatch, whose rank receives a data-dependent number of rows.
 constexpr double kArenaMarginFraction = 0.10;
 constexpr size_t kArenaMarginBytes = size_t{64} << 20;

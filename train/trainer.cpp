@@ -106,9 +106,10 @@ Start start_or_resume(const RunConfig& cfg, const Runtime& rt, bool resume) {
 // The run's console lines and metrics.jsonl records (train/metrics.h writes them).
 class RunLog {
  public:
-  RunLog(const TrainConfig& tc, bool console, const ModelInfo& info, double peak_gflops, double tokens_per_step,
-         std::vector<int64_t> moe_layers)
-      : log_(tc.out_dir, console), tc_(tc), info_(info), peak_gflops_(peak_gflops),
+  // resumed_step: the step of the checkpoint a resumed run starts from (-1: a fresh run).
+  RunLog(const TrainConfig& tc, bool console, int64_t resumed_step, const ModelInfo& info, double peak_gflops,
+         double tokens_per_step, std::vector<int64_t> moe_layers)
+      : log_(tc.out_dir, console, resumed_step), tc_(tc), info_(info), peak_gflops_(peak_gflops),
         tokens_per_step_(tokens_per_step), moe_layers_(std::move(moe_layers)) {}
 
   MetricsLog& metrics() { return log_; }
@@ -129,7 +130,9 @@ class RunLog {
   // A logged step: losses, lr, norm, rates (tokens/s, GFLOP/s, MFU), MaxVio, aux loss, expert loads,
   // and with the aux-loss-free bias each layer's bias range after the update (read here, at the log
   // step, not in every forward: on the GPU each read is a small copy to the host).
-  void step(int64_t step, double lr, const StepStats& st, double seconds, double val_loss, const Model& model) {
+  // train_seconds: the training time so far, this run's and the resumed ones' (metrics.h).
+  void step(int64_t step, double lr, const StepStats& st, double seconds, double train_seconds, double val_loss,
+            const Model& model) {
     nlohmann::ordered_json expert_load = nlohmann::ordered_json::object();
     for (size_t i = 0; i < st.loads.size(); ++i) expert_load[std::to_string(moe_layers_[i])] = st.loads[i];
     const Model::Losses& l = st.losses;
@@ -138,7 +141,8 @@ class RunLog {
                                   {"loss_mtp", l.mtp},   {"lr", lr},             {"grad_norm", st.grad_norm},
                                   {"tokens_per_s", tps}, {"gflops", flops / 1e9}, {"mfu", flops / 1e9 / peak_gflops_},
                                   {"max_vio", st.max_vio()}, {"aux_loss", st.balance_loss()},
-                                  {"ms_per_step", seconds * 1e3}, {"expert_load", expert_load}};
+                                  {"ms_per_step", seconds * 1e3}, {"train_seconds", train_seconds},
+                                  {"expert_load", expert_load}};
     if (model.config().aux_free_bias && !moe_layers_.empty()) {
       std::vector<MoEStats> stats = st.last_moe;
       model.read_bias_ranges(stats);
@@ -160,13 +164,14 @@ class RunLog {
   }
 
   void nonfinite(int64_t step, const StepStats& st, int64_t in_a_row) {
-    log_.write({{"step", step}, {"nonfinite", true}, {"loss", std::isfinite(st.losses.total) ? st.losses.total : -1.0}});
+    log_.write(
+        {{"step", step}, {"nonfinite", true}, {"loss", std::isfinite(st.losses.total) ? st.losses.total : -1.0}});
     log_.print_line("step " + std::to_string(step) + ": non-finite loss or gradient norm, update skipped (" +
                     std::to_string(in_a_row) + " in a row)");
   }
 
-  void eval(int64_t step, double val_loss) {
-    log_.write({{"step", step}, {"val_loss", val_loss}});
+  void eval(int64_t step, double val_loss, double train_seconds) {
+    log_.write({{"step", step}, {"val_loss", val_loss}, {"train_seconds", train_seconds}});
     char buf[128];
     std::snprintf(buf, sizeof buf, "step %lld | val loss %.4f", static_cast<long long>(step), val_loss);
     log_.print_line(buf);
@@ -194,7 +199,8 @@ class RunLog {
 // the caller saves and reports stopped) or the time limit (the caller evaluates and saves).
 enum class Stop { None, Requested, TimeLimit };
 
-Stop stop_after(const TrainOptions& options, const TrainConfig& tc, int64_t step, double train_seconds, MetricsLog& log) {
+Stop stop_after(const TrainOptions& options, const TrainConfig& tc, int64_t step, double train_seconds,
+                MetricsLog& log) {
   const bool signalled = options.stop && options.stop->load();
   const bool test_stop = options.stop_after_step > 0 && step >= options.stop_after_step;
   if (signalled || test_stop) {
@@ -202,7 +208,8 @@ Stop stop_after(const TrainOptions& options, const TrainConfig& tc, int64_t step
     return Stop::Requested;
   }
   if (tc.time_limit_s > 0 && train_seconds >= tc.time_limit_s && step < tc.steps) {
-    log.print_line("time limit of " + std::to_string(tc.time_limit_s) + " s reached after step " + std::to_string(step));
+    log.print_line("time limit of " + std::to_string(tc.time_limit_s) + " s reached after step " +
+                   std::to_string(step));
     return Stop::TimeLimit;
   }
   return Stop::None;
@@ -236,26 +243,29 @@ TrainResult train(const RunConfig& cfg_in, const TrainOptions& options) {
   Arena arena(rt.arena_bytes(info.activation_bytes()), rt.device);
   const Context ctx = rt.context(arena, tc.batch_size, tc.seq_len);
   const double tokens_per_step = static_cast<double>(tc.batch_size * tc.seq_len * tc.grad_accum_steps);
-  RunLog log(tc, options.console, info, peak_gflops, tokens_per_step, model.moe_layers());
+  RunLog log(tc, options.console, start.resumed_from.empty() ? -1 : state.step, info, peak_gflops, tokens_per_step,
+             model.moe_layers());
   log.banner(rt, start.resumed_from);
 
   TrainResult result;
   result.val_loss = std::numeric_limits<double>::quiet_NaN();
-  int64_t nonfinite_in_a_row = state.extra.is_object() ? state.extra.value("nonfinite_in_a_row", int64_t{0}) : 0;
+  const bool has_extra = state.extra.is_object();
+  int64_t nonfinite_in_a_row = has_extra ? state.extra.value("nonfinite_in_a_row", int64_t{0}) : 0;
+  const double resumed_seconds = has_extra ? state.extra.value("train_seconds", 0.0) : 0.0;  // earlier runs'
+  double train_seconds = 0;  // this run's
   auto save = [&](int64_t step) {
     state.step = step;
     state.loader = loader.state_json();
-    state.extra = {{"nonfinite_in_a_row", nonfinite_in_a_row}};
+    state.extra = {{"nonfinite_in_a_row", nonfinite_in_a_row}, {"train_seconds", resumed_seconds + train_seconds}};
     result.checkpoint = save_checkpoint(tc.out_dir, cfg, model, &optimizer, &tokenizer, state, tc.keep_last);
   };
   auto run_eval = [&](int64_t step) {
     if (data.val_shards.empty()) return;
     result.val_loss = evaluate(model, cfg, val_cfg, rt, arena);
-    log.eval(step, result.val_loss);
+    log.eval(step, result.val_loss, resumed_seconds + train_seconds);
   };
 
   const auto t_start = Clock::now();
-  double train_seconds = 0;
   const int64_t start_step = state.step;
   int64_t step = start_step;
   while (step < tc.steps) {
@@ -277,7 +287,8 @@ TrainResult train(const RunConfig& cfg_in, const TrainOptions& options) {
     train_seconds += step_s;
     result.train_loss = st.losses.total;
 
-    if (step % tc.log_every == 0 || step == tc.steps) log.step(step, lr, st, step_s, result.val_loss, model);
+    if (step % tc.log_every == 0 || step == tc.steps)
+      log.step(step, lr, st, step_s, resumed_seconds + train_seconds, result.val_loss, model);
     if (tc.eval_every > 0 && step % tc.eval_every == 0 && step < tc.steps) run_eval(step);
     if (tc.ckpt_every > 0 && step % tc.ckpt_every == 0 && step < tc.steps) save(step);
     log.metrics().progress(step, tc.steps, train_seconds / static_cast<double>(step - start_step));

@@ -115,8 +115,8 @@ void GQAttention::decode(const Context& ctx, const Tensor& x, const Tensor& y, K
   write_cache(cache.k, k, pos, n);
   write_cache(cache.v, v, pos, n);
   Tensor out = ctx.alloc({B, n, heads_, head_dim_});
-  attention_decode_forward(ctx, q, cache.k, cache.v, static_cast<float>(1.0 / std::sqrt(static_cast<double>(head_dim_))),
-                           pos, out);
+  attention_decode_forward(ctx, q, cache.k, cache.v,
+                           static_cast<float>(1.0 / std::sqrt(static_cast<double>(head_dim_))), pos, out);
   o_proj_.forward(ctx, out.as_rows(N), y);
 }
 

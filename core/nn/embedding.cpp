@@ -9,7 +9,9 @@ Embedding::Embedding(ParamBuffer& params, const std::string& name, int64_t vocab
   index_ = params.declare({name + ".weight", {vocab, dim}, Init::Normal, static_cast<float>(std), /*weight_decay=*/false});
 }
 
-void Embedding::forward(const Context& ctx, const Tensor& ids, const Tensor& out) const { embedding_forward(ctx, ids, weight(), out); }
+void Embedding::forward(const Context& ctx, const Tensor& ids, const Tensor& out) const {
+  embedding_forward(ctx, ids, weight(), out);
+}
 
 void Embedding::backward(const Context& ctx, const Tensor& ids, const Tensor& grad_out) const {
   embedding_backward(ctx, grad_out, ids, grad_weight());

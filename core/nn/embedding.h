@@ -16,8 +16,10 @@ class Embedding {
   Embedding() = default;
   Embedding(ParamBuffer& params, const std::string& name, int64_t vocab, int64_t dim, double std);
 
-  void forward(const Context& ctx, const Tensor& ids, const Tensor& out) const;            // ids: i32 [B, T] -> out: [B, T, D]
-  void backward(const Context& ctx, const Tensor& ids, const Tensor& grad_out) const;      // grad_weight += scatter(grad_out)
+  // ids: i32 [B, T] -> out: [B, T, D]
+  void forward(const Context& ctx, const Tensor& ids, const Tensor& out) const;
+  // grad_weight += scatter(grad_out)
+  void backward(const Context& ctx, const Tensor& ids, const Tensor& grad_out) const;
   // V x D parameters, all active (the convention counts the table, though a token reads one row); a
   // lookup is no FLOP, and its output is the caller's.
   LayerCost cost(const CostShape& shape) const;

@@ -50,8 +50,8 @@ void LocalExpertDispatch::combine_backward(const Context& ctx, const DispatchLay
   moe_combine_backward(ctx, grad_y, expert_y, pos_of(layout), topk_weights, grad_expert_y, grad_topk_weights);
 }
 
-void LocalExpertDispatch::dispatch_backward(const Context& ctx, const DispatchLayout& layout, const Tensor& grad_expert_x,
-                                            const Tensor& grad_x) const {
+void LocalExpertDispatch::dispatch_backward(const Context& ctx, const DispatchLayout& layout,
+                                            const Tensor& grad_expert_x, const Tensor& grad_x) const {
   moe_dispatch_backward(ctx, grad_expert_x, pos_of(layout), grad_x);
 }
 

@@ -42,7 +42,8 @@ void GQAttention::forward(const Context& ctx, const Tensor& x, const Tensor& y, 
   }
   {
     const PhaseScope phase(ctx.profiler, Phase::Attention);
-    attention_forward(ctx, s.q, s.k, s.v, static_cast<float>(1.0 / std::sqrt(static_cast<double>(head_dim_))), s.out, s.lse);
+    attention_forward(ctx, s.q, s.k, s.v, static_cast<float>(1.0 / std::sqrt(static_cast<double>(head_dim_))), s.out,
+                      s.lse);
   }
   o_proj_.forward(ctx, s.out.as_rows(N), y);
 }

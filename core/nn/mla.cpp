@@ -85,8 +85,8 @@ void MLAttention::backward(const Context& ctx, const Saved& s, const Tensor& gra
   // Key/value path back to x.
   Tensor gkv = ctx.alloc({N, heads_, nope_ + v_dim_}), gkr = ctx.alloc({N, rope_});
   mla_kv_backward(ctx, gk, gv, heads_, nope_, gkv, gkr);
-  rope_backward(ctx, gkr.reshape({ctx.batch, ctx.seq_len, 1, rope_}), gkr.reshape({ctx.batch, ctx.seq_len, 1, rope_}), 0,
-                rope_, rope_theta_);
+  rope_backward(ctx, gkr.reshape({ctx.batch, ctx.seq_len, 1, rope_}), gkr.reshape({ctx.batch, ctx.seq_len, 1, rope_}),
+                0, rope_, rope_theta_);
   Tensor gckv = ctx.alloc({N, kv_rank_}), gckv_raw = ctx.alloc({N, kv_rank_}), gkva = ctx.alloc({N, kv_rank_ + rope_});
   kv_b_proj_.backward(ctx, s.ckv, gkv.as_rows(N), gckv);
   kv_a_norm_.backward(ctx, s.kv_norm, gckv, gckv_raw);

@@ -107,7 +107,8 @@ void MoE::route(const Context& ctx, const Tensor& x, Saved& s, MoEStats& stats) 
   stats.dropped = 0;
   if (cfg_.capacity_factor > 0) {
     s.expert_idx = ctx.alloc({N, K}, DType::I32);
-    stats.dropped = moe_capacity_drop(ctx, s.scores, s.topk_idx, moe_capacity(cfg_.capacity_factor, N, K, E), s.expert_idx);
+    stats.dropped =
+        moe_capacity_drop(ctx, s.scores, s.topk_idx, moe_capacity(cfg_.capacity_factor, N, K, E), s.expert_idx);
   }
 
   // The load counts selections before the drops (GOLDEN.md): it measures what the router asks for.
@@ -124,7 +125,8 @@ void MoE::balance_losses(const Context& ctx, const Saved& s, MoEStats& stats) co
   stats.seq_aux_loss = cfg_.seq_aux_loss_alpha > 0
                            ? moe_aux_loss_forward(ctx, s.scores, s.topk_idx, ctx.seq_len, cfg_.seq_aux_loss_alpha)
                            : 0.0;
-  stats.aux_loss = cfg_.aux_loss_alpha > 0 ? moe_aux_loss_forward(ctx, s.scores, s.topk_idx, N, cfg_.aux_loss_alpha) : 0.0;
+  stats.aux_loss =
+      cfg_.aux_loss_alpha > 0 ? moe_aux_loss_forward(ctx, s.scores, s.topk_idx, N, cfg_.aux_loss_alpha) : 0.0;
   stats.z_loss = cfg_.router_z_loss_coef > 0 ? moe_z_loss_forward(ctx, s.logits, cfg_.router_z_loss_coef) : 0.0;
 }
 
@@ -241,14 +243,16 @@ void MoE::router_backward(const Context& ctx, const Saved& s, const Tensor& grad
   moe_gate_backward(ctx, grad_topk_weights, s.scores, s.topk_idx, cfg_.norm_topk_prob, cfg_.routed_scaling_factor,
                     grad_scores);
   if (cfg_.seq_aux_loss_alpha > 0)
-    moe_aux_loss_backward(ctx, s.scores, s.topk_idx, ctx.seq_len, cfg_.seq_aux_loss_alpha, balance_grad_scale, grad_scores);
+    moe_aux_loss_backward(ctx, s.scores, s.topk_idx, ctx.seq_len, cfg_.seq_aux_loss_alpha, balance_grad_scale,
+                          grad_scores);
   if (cfg_.aux_loss_alpha > 0)
     moe_aux_loss_backward(ctx, s.scores, s.topk_idx, N, cfg_.aux_loss_alpha, balance_grad_scale, grad_scores);
   // d/dlogits: through the score function, plus the z-loss, which reads the logits directly.
   Tensor grad_logits = ctx.alloc_stat({N, E});
   if (cfg_.scoring_func == ScoreFunc::Sigmoid) sigmoid_backward(ctx, grad_scores, s.scores, grad_logits);
   else softmax_backward(ctx, grad_scores, s.scores, grad_logits);
-  if (cfg_.router_z_loss_coef > 0) moe_z_loss_backward(ctx, s.logits, cfg_.router_z_loss_coef, balance_grad_scale, grad_logits);
+  if (cfg_.router_z_loss_coef > 0)
+    moe_z_loss_backward(ctx, s.logits, cfg_.router_z_loss_coef, balance_grad_scale, grad_logits);
   Tensor grad_x_router = ctx.alloc_stat({N, cfg_.hidden_size});
   matmul_backward(ctx, grad_logits, s.x_router, gate_.master_weight(), grad_x_router, gate_.grad_weight());
   if (grad_x_router.dtype() != grad_x.dtype()) {

@@ -32,8 +32,8 @@ template void adamw_step<double>(double*, const double*, double*, double*, int64
 
 }  // namespace ref
 
-void adamw_step(const Exec& ex, const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v, const AdamWParams& hp,
-                const Tensor& param_copy) {
+void adamw_step(const Exec& ex, const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
+                const AdamWParams& hp, const Tensor& param_copy) {
   const char* op = "adamw_step";
   check_defined(op, "param", param);
   for (const auto& [name, t] : {std::pair<const char*, const Tensor*>{"grad", &grad}, {"m", &m}, {"v", &v}}) {

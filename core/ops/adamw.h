@@ -38,8 +38,8 @@ struct AdamWParams {
   int64_t step = 1;  // t: 1 for the first update
 };
 
-void adamw_step(const Exec& ex, const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v, const AdamWParams& hp,
-                const Tensor& param_copy = Tensor());
+void adamw_step(const Exec& ex, const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
+                const AdamWParams& hp, const Tensor& param_copy = Tensor());
 
 namespace ref {
 template <typename T>

@@ -163,8 +163,8 @@ void set_cuda_common(Params& p, const Exec& ex, const ref::AttentionShape& s, fl
 }
 }  // namespace
 
-void attention_forward(const Exec& ex, const Tensor& q, const Tensor& k, const Tensor& v, float scale, const Tensor& out,
-                       const Tensor& lse, AttentionImpl impl) {
+void attention_forward(const Exec& ex, const Tensor& q, const Tensor& k, const Tensor& v, float scale,
+                       const Tensor& out, const Tensor& lse, AttentionImpl impl) {
   const char* op = "attention_forward";
   const ref::AttentionShape s = check_attention(op, q, k, v, out, lse, scale);
   check_same_device(op, {{"q", &q}, {"k", &k}, {"v", &v}, {"out", &out}, {"lse", &lse}});
@@ -187,8 +187,8 @@ void attention_forward(const Exec& ex, const Tensor& q, const Tensor& k, const T
   });
 }
 
-void attention_backward(const Exec& ex, const Tensor& grad_out, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
-                        const Tensor& lse, float scale, const Tensor& grad_q, const Tensor& grad_k,
+void attention_backward(const Exec& ex, const Tensor& grad_out, const Tensor& q, const Tensor& k, const Tensor& v,
+                        const Tensor& out, const Tensor& lse, float scale, const Tensor& grad_q, const Tensor& grad_k,
                         const Tensor& grad_v, AttentionImpl impl) {
   const char* op = "attention_backward";
   const ref::AttentionShape s = check_attention(op, q, k, v, out, lse, scale);

@@ -35,10 +35,10 @@ namespace moelab {
 // Tests check that they agree (tests/ops/test_attention_impls.cpp, tests/gpu/test_attention_cuda.cpp).
 enum class AttentionImpl { Naive, Gemm };
 
-void attention_forward(const Exec& ex, const Tensor& q, const Tensor& k, const Tensor& v, float scale, const Tensor& out,
-                       const Tensor& lse, AttentionImpl impl = AttentionImpl::Gemm);
-void attention_backward(const Exec& ex, const Tensor& grad_out, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
-                        const Tensor& lse, float scale, const Tensor& grad_q, const Tensor& grad_k,
+void attention_forward(const Exec& ex, const Tensor& q, const Tensor& k, const Tensor& v, float scale,
+                       const Tensor& out, const Tensor& lse, AttentionImpl impl = AttentionImpl::Gemm);
+void attention_backward(const Exec& ex, const Tensor& grad_out, const Tensor& q, const Tensor& k, const Tensor& v,
+                        const Tensor& out, const Tensor& lse, float scale, const Tensor& grad_q, const Tensor& grad_k,
                         const Tensor& grad_v, AttentionImpl impl = AttentionImpl::Gemm);
 
 namespace ref {

@@ -54,8 +54,8 @@ template void attention_decode_forward<double>(const double*, const double*, con
 
 }  // namespace ref
 
-void attention_decode_forward(const Exec& ex, const Tensor& q, const Tensor& k, const Tensor& v, float scale, int64_t pos,
-                              const Tensor& out) {
+void attention_decode_forward(const Exec& ex, const Tensor& q, const Tensor& k, const Tensor& v, float scale,
+                              int64_t pos, const Tensor& out) {
   const char* op = "attention_decode_forward";
   check_ndim(op, "q", q, 4, 4);
   check_ndim(op, "k", k, 4, 4);

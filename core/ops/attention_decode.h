@@ -19,8 +19,8 @@
 
 namespace moelab {
 
-void attention_decode_forward(const Exec& ex, const Tensor& q, const Tensor& k, const Tensor& v, float scale, int64_t pos,
-                              const Tensor& out);
+void attention_decode_forward(const Exec& ex, const Tensor& q, const Tensor& k, const Tensor& v, float scale,
+                              int64_t pos, const Tensor& out);
 
 namespace ref {
 struct AttentionDecodeShape {

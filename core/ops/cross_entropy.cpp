@@ -114,8 +114,8 @@ void throw_bad_target(const char* op, const Tensor& targets, const cuda::CrossEn
 }
 }  // namespace
 
-double cross_entropy_forward(const Exec& ex, const Tensor& logits, const Tensor& targets, int ignore_index, const Tensor& losses,
-                             const Tensor& lse) {
+double cross_entropy_forward(const Exec& ex, const Tensor& logits, const Tensor& targets, int ignore_index,
+                             const Tensor& losses, const Tensor& lse) {
   const char* op = "cross_entropy_forward";
   const int64_t vocab = check_cross_entropy_shapes(op, logits, targets, lse);
   check_shape(op, "losses", losses, targets.shape());
@@ -150,8 +150,8 @@ double cross_entropy_forward(const Exec& ex, const Tensor& logits, const Tensor&
   return mean;
 }
 
-void cross_entropy_backward(const Exec& ex, const Tensor& logits, const Tensor& targets, const Tensor& lse, int ignore_index,
-                            double grad_loss, const Tensor& grad_logits) {
+void cross_entropy_backward(const Exec& ex, const Tensor& logits, const Tensor& targets, const Tensor& lse,
+                            int ignore_index, double grad_loss, const Tensor& grad_logits) {
   const char* op = "cross_entropy_backward";
   const int64_t vocab = check_cross_entropy_shapes(op, logits, targets, lse);
   check_shape(op, "grad_logits", grad_logits, logits.shape());

@@ -29,10 +29,10 @@
 
 namespace moelab {
 
-double cross_entropy_forward(const Exec& ex, const Tensor& logits, const Tensor& targets, int ignore_index, const Tensor& losses,
-                             const Tensor& lse);
-void cross_entropy_backward(const Exec& ex, const Tensor& logits, const Tensor& targets, const Tensor& lse, int ignore_index,
-                            double grad_loss, const Tensor& grad_logits);
+double cross_entropy_forward(const Exec& ex, const Tensor& logits, const Tensor& targets, int ignore_index,
+                             const Tensor& losses, const Tensor& lse);
+void cross_entropy_backward(const Exec& ex, const Tensor& logits, const Tensor& targets, const Tensor& lse,
+                            int ignore_index, double grad_loss, const Tensor& grad_logits);
 
 // The references trust their targets (the Tensor API above checks them).
 namespace ref {

@@ -72,8 +72,8 @@ template void mla_decode_attention<double>(const double*, const double*, const d
 
 }  // namespace ref
 
-void mla_decode_attention(const Exec& ex, const Tensor& q, const Tensor& w_kvb, const Tensor& ckv, const Tensor& kr, float scale,
-                          int64_t pos, const Tensor& out) {
+void mla_decode_attention(const Exec& ex, const Tensor& q, const Tensor& w_kvb, const Tensor& ckv, const Tensor& kr,
+                          float scale, int64_t pos, const Tensor& out) {
   const char* op = "mla_decode_attention";
   check_ndim(op, "q", q, 4, 4);
   check_ndim(op, "w_kvb", w_kvb, 2, 2);

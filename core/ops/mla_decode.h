@@ -34,8 +34,8 @@
 
 namespace moelab {
 
-void mla_decode_attention(const Exec& ex, const Tensor& q, const Tensor& w_kvb, const Tensor& ckv, const Tensor& kr, float scale,
-                          int64_t pos, const Tensor& out);
+void mla_decode_attention(const Exec& ex, const Tensor& q, const Tensor& w_kvb, const Tensor& ckv, const Tensor& kr,
+                          float scale, int64_t pos, const Tensor& out);
 
 namespace ref {
 struct MlaDecodeShape {

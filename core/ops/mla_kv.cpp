@@ -71,7 +71,8 @@ ref::MlaKvShape check_mla_kv(const char* op, const Tensor& kv, const Tensor& kr,
 }
 }  // namespace
 
-void mla_kv_forward(const Exec& ex, const Tensor& kv, const Tensor& kr, int64_t heads, int64_t nope_dim, const Tensor& k, const Tensor& v) {
+void mla_kv_forward(const Exec& ex, const Tensor& kv, const Tensor& kr, int64_t heads, int64_t nope_dim,
+                    const Tensor& k, const Tensor& v) {
   const char* op = "mla_kv_forward";
   const ref::MlaKvShape s = check_mla_kv(op, kv, kr, k, v, heads, nope_dim);
   if (kv.device() == Device::CUDA) {
@@ -93,8 +94,8 @@ void mla_kv_forward(const Exec& ex, const Tensor& kv, const Tensor& kr, int64_t 
   });
 }
 
-void mla_kv_backward(const Exec& ex, const Tensor& grad_k, const Tensor& grad_v, int64_t heads, int64_t nope_dim, const Tensor& grad_kv,
-                     const Tensor& grad_kr) {
+void mla_kv_backward(const Exec& ex, const Tensor& grad_k, const Tensor& grad_v, int64_t heads, int64_t nope_dim,
+                     const Tensor& grad_kv, const Tensor& grad_kr) {
   const char* op = "mla_kv_backward";
   const ref::MlaKvShape s = check_mla_kv(op, grad_kv, grad_kr, grad_k, grad_v, heads, nope_dim);
   if (grad_kv.device() == Device::CUDA) {

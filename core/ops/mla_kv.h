@@ -17,9 +17,10 @@
 
 namespace moelab {
 
-void mla_kv_forward(const Exec& ex, const Tensor& kv, const Tensor& kr, int64_t heads, int64_t nope_dim, const Tensor& k, const Tensor& v);
-void mla_kv_backward(const Exec& ex, const Tensor& grad_k, const Tensor& grad_v, int64_t heads, int64_t nope_dim, const Tensor& grad_kv,
-                     const Tensor& grad_kr);
+void mla_kv_forward(const Exec& ex, const Tensor& kv, const Tensor& kr, int64_t heads, int64_t nope_dim,
+                    const Tensor& k, const Tensor& v);
+void mla_kv_backward(const Exec& ex, const Tensor& grad_k, const Tensor& grad_v, int64_t heads, int64_t nope_dim,
+                     const Tensor& grad_kv, const Tensor& grad_kr);
 
 namespace ref {
 struct MlaKvShape {

@@ -164,7 +164,8 @@ cuda::MoeAuxLossParams aux_params(const Exec& ex, ScratchScope& scratch, const T
 }
 }  // namespace
 
-double moe_aux_loss_forward(const Exec& ex, const Tensor& scores, const Tensor& topk_idx, int64_t seq_len, double alpha) {
+double moe_aux_loss_forward(const Exec& ex, const Tensor& scores, const Tensor& topk_idx, int64_t seq_len,
+                            double alpha) {
   const char* op = "moe_aux_loss_forward";
   check_aux(op, scores, topk_idx, seq_len);
   if (scores.device() == Device::CUDA) {
@@ -236,7 +237,8 @@ double moe_z_loss_forward(const Exec& ex, const Tensor& logits, double coef) {
   return loss;
 }
 
-void moe_z_loss_backward(const Exec& ex, const Tensor& logits, double coef, double grad_loss, const Tensor& grad_logits) {
+void moe_z_loss_backward(const Exec& ex, const Tensor& logits, double coef, double grad_loss,
+                         const Tensor& grad_logits) {
   const char* op = "moe_z_loss_backward";
   check_logits(op, logits);
   check_shape(op, "grad_logits", grad_logits, logits.shape());

@@ -34,11 +34,13 @@
 
 namespace moelab {
 
-double moe_aux_loss_forward(const Exec& ex, const Tensor& scores, const Tensor& topk_idx, int64_t seq_len, double alpha);
+double moe_aux_loss_forward(const Exec& ex, const Tensor& scores, const Tensor& topk_idx, int64_t seq_len,
+                            double alpha);
 void moe_aux_loss_backward(const Exec& ex, const Tensor& scores, const Tensor& topk_idx, int64_t seq_len, double alpha,
                            double grad_loss, const Tensor& grad_scores);
 double moe_z_loss_forward(const Exec& ex, const Tensor& logits, double coef);
-void moe_z_loss_backward(const Exec& ex, const Tensor& logits, double coef, double grad_loss, const Tensor& grad_logits);
+void moe_z_loss_backward(const Exec& ex, const Tensor& logits, double coef, double grad_loss,
+                         const Tensor& grad_logits);
 
 namespace ref {
 // The references trust their indices and that seq_len divides rows (the Tensor API checks).

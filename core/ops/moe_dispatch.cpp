@@ -124,7 +124,8 @@ void check_weights(const char* op, const char* name, const Tensor& w, const Tens
 }
 }  // namespace
 
-std::vector<int64_t> moe_dispatch_layout(const Exec& ex, const Tensor& topk_idx, int64_t num_experts, const Tensor& pos) {
+std::vector<int64_t> moe_dispatch_layout(const Exec& ex, const Tensor& topk_idx, int64_t num_experts,
+                                         const Tensor& pos) {
   const char* op = "moe_dispatch_layout";
   check_ndim(op, "topk_idx", topk_idx, 2, 2);
   check_dtype(op, "topk_idx", topk_idx, DType::I32);
@@ -221,7 +222,8 @@ void moe_dispatch_backward(const Exec& ex, const Tensor& grad_expert_x, const Te
   });
 }
 
-void moe_combine_forward(const Exec& ex, const Tensor& expert_y, const Tensor& pos, const Tensor& topk_weights, const Tensor& y) {
+void moe_combine_forward(const Exec& ex, const Tensor& expert_y, const Tensor& pos, const Tensor& topk_weights,
+                         const Tensor& y) {
   const char* op = "moe_combine_forward";
   check_sides(op, "y", y, "expert_y", expert_y);
   check_pos(op, pos, y.size(0), expert_y.size(0), y.device());
@@ -250,8 +252,8 @@ void moe_combine_forward(const Exec& ex, const Tensor& expert_y, const Tensor& p
   });
 }
 
-void moe_combine_backward(const Exec& ex, const Tensor& grad_y, const Tensor& expert_y, const Tensor& pos, const Tensor& topk_weights,
-                          const Tensor& grad_expert_y, const Tensor& grad_topk_weights) {
+void moe_combine_backward(const Exec& ex, const Tensor& grad_y, const Tensor& expert_y, const Tensor& pos,
+                          const Tensor& topk_weights, const Tensor& grad_expert_y, const Tensor& grad_topk_weights) {
   const char* op = "moe_combine_backward";
   check_sides(op, "grad_y", grad_y, "expert_y", expert_y);
   check_sides(op, "grad_y", grad_y, "grad_expert_y", grad_expert_y);

@@ -34,12 +34,14 @@
 
 namespace moelab {
 
-std::vector<int64_t> moe_dispatch_layout(const Exec& ex, const Tensor& topk_idx, int64_t num_experts, const Tensor& pos);
+std::vector<int64_t> moe_dispatch_layout(const Exec& ex, const Tensor& topk_idx, int64_t num_experts,
+                                         const Tensor& pos);
 void moe_dispatch_forward(const Exec& ex, const Tensor& x, const Tensor& pos, const Tensor& expert_x);
 void moe_dispatch_backward(const Exec& ex, const Tensor& grad_expert_x, const Tensor& pos, const Tensor& grad_x);
-void moe_combine_forward(const Exec& ex, const Tensor& expert_y, const Tensor& pos, const Tensor& topk_weights, const Tensor& y);
-void moe_combine_backward(const Exec& ex, const Tensor& grad_y, const Tensor& expert_y, const Tensor& pos, const Tensor& topk_weights,
-                          const Tensor& grad_expert_y, const Tensor& grad_topk_weights);
+void moe_combine_forward(const Exec& ex, const Tensor& expert_y, const Tensor& pos, const Tensor& topk_weights,
+                         const Tensor& y);
+void moe_combine_backward(const Exec& ex, const Tensor& grad_y, const Tensor& expert_y, const Tensor& pos,
+                          const Tensor& topk_weights, const Tensor& grad_expert_y, const Tensor& grad_topk_weights);
 
 namespace ref {
 // The references trust pos (the Tensor API checks it). N tokens, K slots, D columns.

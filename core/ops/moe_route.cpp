@@ -304,7 +304,8 @@ int64_t moe_capacity(double capacity_factor, int64_t tokens, int64_t k, int64_t 
                                         static_cast<double>(num_experts)));
 }
 
-int64_t moe_capacity_drop(const Exec& ex, const Tensor& scores, const Tensor& topk_idx, int64_t capacity, const Tensor& kept_idx) {
+int64_t moe_capacity_drop(const Exec& ex, const Tensor& scores, const Tensor& topk_idx, int64_t capacity,
+                          const Tensor& kept_idx) {
   const char* op = "moe_capacity_drop";
   const auto [N, E, K] = check_route(op, scores, "topk_idx", topk_idx);
   check_shape(op, "kept_idx", kept_idx, {N, K});

@@ -54,7 +54,8 @@ void moe_gate_forward(const Exec& ex, const Tensor& scores, const Tensor& topk_i
 void moe_gate_backward(const Exec& ex, const Tensor& grad_topk_weights, const Tensor& scores, const Tensor& topk_idx,
                        bool norm_topk_prob, double scale, const Tensor& grad_scores);
 int64_t moe_capacity(double capacity_factor, int64_t tokens, int64_t k, int64_t num_experts);
-int64_t moe_capacity_drop(const Exec& ex, const Tensor& scores, const Tensor& topk_idx, int64_t capacity, const Tensor& kept_idx);
+int64_t moe_capacity_drop(const Exec& ex, const Tensor& scores, const Tensor& topk_idx, int64_t capacity,
+                          const Tensor& kept_idx);
 std::vector<int64_t> moe_count_tokens(const Exec& ex, const Tensor& topk_idx, int64_t num_experts);
 
 namespace ref {

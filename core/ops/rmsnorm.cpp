@@ -80,7 +80,8 @@ void check_cuda_dtypes(const char* op, const Tensor& x, const Tensor& weight, co
 }
 }  // namespace
 
-void rmsnorm_forward(const Exec& ex, const Tensor& x, const Tensor& weight, float eps, const Tensor& y, const Tensor& rstd) {
+void rmsnorm_forward(const Exec& ex, const Tensor& x, const Tensor& weight, float eps, const Tensor& y,
+                     const Tensor& rstd) {
   const char* op = "rmsnorm_forward";
   const auto [rows, dim] = check_rmsnorm_shapes(op, x, weight, rstd);
   check_shape(op, "y", y, x.shape());

@@ -14,7 +14,8 @@
 
 namespace moelab {
 
-void rmsnorm_forward(const Exec& ex, const Tensor& x, const Tensor& weight, float eps, const Tensor& y, const Tensor& rstd);
+void rmsnorm_forward(const Exec& ex, const Tensor& x, const Tensor& weight, float eps, const Tensor& y,
+                     const Tensor& rstd);
 void rmsnorm_backward(const Exec& ex, const Tensor& grad_y, const Tensor& x, const Tensor& weight, const Tensor& rstd,
                       const Tensor& grad_x, const Tensor& grad_weight);
 

@@ -55,8 +55,9 @@ template void rope_rotate<double>(const double*, double*, const RopeShape&, doub
 
 namespace {
 // Checks shared by forward and backward (`in` is x or grad_y, `out` is y or grad_x), then rotates.
-void rope_apply(const Exec& ex, const char* op, const char* in_name, const Tensor& in, const char* out_name, const Tensor& out,
-                int64_t rope_offset, int64_t rope_dim, double theta, int64_t pos_offset, bool inverse) {
+void rope_apply(const Exec& ex, const char* op, const char* in_name, const Tensor& in, const char* out_name,
+                const Tensor& out, int64_t rope_offset, int64_t rope_dim, double theta, int64_t pos_offset,
+                bool inverse) {
   check_ndim(op, in_name, in, 4, 4);
   check_shape(op, out_name, out, in.shape());
   check_dtype(op, out_name, out, in.dtype());
@@ -98,8 +99,8 @@ void rope_forward(const Exec& ex, const Tensor& x, const Tensor& y, int64_t rope
 }
 
 // y = R(a) x with R orthogonal, so grad_x = R(a)^T grad_y = R(-a) grad_y.
-void rope_backward(const Exec& ex, const Tensor& grad_y, const Tensor& grad_x, int64_t rope_offset, int64_t rope_dim, double theta,
-                   int64_t pos_offset) {
+void rope_backward(const Exec& ex, const Tensor& grad_y, const Tensor& grad_x, int64_t rope_offset, int64_t rope_dim,
+                   double theta, int64_t pos_offset) {
   rope_apply(ex, "rope_backward", "grad_y", grad_y, "grad_x", grad_x, rope_offset, rope_dim, theta, pos_offset,
              /*inverse=*/true);
 }

@@ -24,8 +24,8 @@ namespace moelab {
 
 void rope_forward(const Exec& ex, const Tensor& x, const Tensor& y, int64_t rope_offset, int64_t rope_dim, double theta,
                   int64_t pos_offset = 0);
-void rope_backward(const Exec& ex, const Tensor& grad_y, const Tensor& grad_x, int64_t rope_offset, int64_t rope_dim, double theta,
-                   int64_t pos_offset = 0);
+void rope_backward(const Exec& ex, const Tensor& grad_y, const Tensor& grad_x, int64_t rope_offset, int64_t rope_dim,
+                   double theta, int64_t pos_offset = 0);
 
 namespace ref {
 // The [B, T, H, Dh] layout of x and the rotated range of each head.

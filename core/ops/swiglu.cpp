@@ -71,8 +71,8 @@ void swiglu_forward(const Exec& ex, const Tensor& gate, const Tensor& up, const 
   });
 }
 
-void swiglu_backward(const Exec& ex, const Tensor& grad_out, const Tensor& gate, const Tensor& up, const Tensor& grad_gate,
-                     const Tensor& grad_up) {
+void swiglu_backward(const Exec& ex, const Tensor& grad_out, const Tensor& gate, const Tensor& up,
+                     const Tensor& grad_gate, const Tensor& grad_up) {
   const char* op = "swiglu_backward";
   check_alike(op, {{"gate", &gate}, {"up", &up}, {"grad_out", &grad_out}, {"grad_gate", &grad_gate},
                    {"grad_up", &grad_up}});

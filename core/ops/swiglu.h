@@ -17,8 +17,8 @@
 namespace moelab {
 
 void swiglu_forward(const Exec& ex, const Tensor& gate, const Tensor& up, const Tensor& out);
-void swiglu_backward(const Exec& ex, const Tensor& grad_out, const Tensor& gate, const Tensor& up, const Tensor& grad_gate,
-                     const Tensor& grad_up);
+void swiglu_backward(const Exec& ex, const Tensor& grad_out, const Tensor& gate, const Tensor& up,
+                     const Tensor& grad_gate, const Tensor& grad_up);
 
 namespace ref {
 template <typename T>

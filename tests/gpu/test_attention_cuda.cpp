@@ -71,7 +71,8 @@ std::vector<Tensor> cpu_attention(const Inputs& in, const Dims& d) {
   Tensor gq = Tensor::empty(in.q.shape(), DType::F32), gk = Tensor::empty(in.k.shape(), DType::F32);
   Tensor gv = Tensor::empty(in.v.shape(), DType::F32);
   attention_forward(testing::gpu_exec(), in.q, in.k, in.v, scale_of(d), out, lse, AttentionImpl::Naive);
-  attention_backward(testing::gpu_exec(), in.grad_out, in.q, in.k, in.v, out, lse, scale_of(d), gq, gk, gv, AttentionImpl::Naive);
+  attention_backward(testing::gpu_exec(), in.grad_out, in.q, in.k, in.v, out, lse, scale_of(d), gq, gk, gv,
+                     AttentionImpl::Naive);
   return {out, lse, gq, gk, gv};
 }
 
@@ -96,8 +97,8 @@ GpuRun gpu_attention(const Inputs& in, const Dims& d, DType act, AttentionImpl i
             Guarded(in.k.shape(), act), Guarded(in.v.shape(), act)}};
   const Tensor q = to_gpu(in.q, act), k = to_gpu(in.k, act), v = to_gpu(in.v, act), go = to_gpu(in.grad_out, act);
   attention_forward(testing::gpu_exec(), q, k, v, scale_of(d), r.outputs[0].view, r.outputs[1].view, impl);
-  attention_backward(testing::gpu_exec(), go, q, k, v, r.outputs[0].view, r.outputs[1].view, scale_of(d), r.outputs[2].view,
-                     r.outputs[3].view, r.outputs[4].view, impl);
+  attention_backward(testing::gpu_exec(), go, q, k, v, r.outputs[0].view, r.outputs[1].view, scale_of(d),
+                     r.outputs[2].view, r.outputs[3].view, r.outputs[4].view, impl);
   return r;
 }
 
@@ -190,14 +191,20 @@ using AttentionCudaErrors = testing::GpuTest;
 TEST_F(AttentionCudaErrors, NamesTheBadValue) {
   auto g = [](const Shape& s, DType t = DType::F32) { return Tensor::zeros(s, t, Device::CUDA); };
   // Head dims above the kernels' register budget.
-  testing::expect_error([&] { attention_forward(testing::gpu_exec(), g({1, 2, 1, 257}), g({1, 2, 1, 257}), g({1, 2, 1, 8}), 0.5f,
-                                                g({1, 2, 1, 8}), g({1, 1, 2})); },
-                        "the CUDA kernels take at most 256");
+  testing::expect_error(
+      [&] {
+        attention_forward(testing::gpu_exec(), g({1, 2, 1, 257}), g({1, 2, 1, 257}), g({1, 2, 1, 8}), 0.5f,
+                          g({1, 2, 1, 8}), g({1, 1, 2}));
+      },
+      "the CUDA kernels take at most 256");
   // lse is a statistic: f32 on CUDA even with bf16 activations.
   const DType bf = DType::BF16;
-  testing::expect_error([&] { attention_forward(testing::gpu_exec(), g({1, 2, 1, 4}, bf), g({1, 2, 1, 4}, bf), g({1, 2, 1, 3}, bf), 0.5f,
-                                                g({1, 2, 1, 3}, bf), g({1, 1, 2}, bf)); },
-                        "lse is bf16[1,1,2]@cuda, expected dtype f32");
+  testing::expect_error(
+      [&] {
+        attention_forward(testing::gpu_exec(), g({1, 2, 1, 4}, bf), g({1, 2, 1, 4}, bf), g({1, 2, 1, 3}, bf), 0.5f,
+                          g({1, 2, 1, 3}, bf), g({1, 1, 2}, bf));
+      },
+      "lse is bf16[1,1,2]@cuda, expected dtype f32");
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -271,7 +278,8 @@ TEST_P(MlaDecodeCuda, MatchesCpuReference) {
   Tensor expected = Tensor::empty({d.B, d.n, d.H, d.Dv}, DType::F32);
   mla_decode_attention(testing::gpu_exec(), q, w, ckv, kr, scale, d.pos, expected);
   Guarded out({d.B, d.n, d.H, d.Dv}, act);
-  mla_decode_attention(testing::gpu_exec(), to_gpu(q, act), to_gpu(w, wdt), to_gpu(ckv, act), to_gpu(kr, act), scale, d.pos, out.view);
+  mla_decode_attention(testing::gpu_exec(), to_gpu(q, act), to_gpu(w, wdt), to_gpu(ckv, act), to_gpu(kr, act), scale,
+                       d.pos, out.view);
   EXPECT_TRUE(testing::close(out.host_f32(), expected, testing::act_atol(act), testing::act_rtol(act)));
   EXPECT_TRUE(out.guards_intact()) << "write outside the output";
 }

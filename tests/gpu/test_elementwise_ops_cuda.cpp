@@ -123,8 +123,10 @@ TEST_F(ActivationCudaChecks, SoftmaxRowsSumToOneAndAreDeterministic) {
 
 TEST_F(ActivationCudaChecks, DtypeError) {
   const Tensor x = Tensor::zeros({2, 3}, DType::F64, Device::CUDA);
-  testing::expect_error([&] { softmax_forward(testing::gpu_exec(), x, x); }, "softmax_forward: x is f64[2,3]@cuda, expected f32 or bf16 on CUDA");
-  testing::expect_error([&] { sigmoid_backward(testing::gpu_exec(), x, x, x); }, "sigmoid_backward: y is f64[2,3]@cuda, expected f32 or bf16");
+  testing::expect_error([&] { softmax_forward(testing::gpu_exec(), x, x); },
+                        "softmax_forward: x is f64[2,3]@cuda, expected f32 or bf16 on CUDA");
+  testing::expect_error([&] { sigmoid_backward(testing::gpu_exec(), x, x, x); },
+                        "sigmoid_backward: y is f64[2,3]@cuda, expected f32 or bf16");
 }
 
 // ---------------------------------------------------------------------------------------------- add, axpy, cast
@@ -284,8 +286,10 @@ TEST_P(MlaKvCuda, MatchesCpuReference) {
   mla_kv_backward(testing::gpu_exec(), gk, gv, c.H, c.Dn, gkv, gkr);
 
   Guarded dk(k_s, c.act), dv(v_s, c.act), dgkv(kv_s, c.act), dgkr(kr_s, c.act);
-  mla_kv_forward(testing::gpu_exec(), testing::to_gpu(kv, c.act), testing::to_gpu(kr, c.act), c.H, c.Dn, dk.view, dv.view);
-  mla_kv_backward(testing::gpu_exec(), testing::to_gpu(gk, c.act), testing::to_gpu(gv, c.act), c.H, c.Dn, dgkv.view, dgkr.view);
+  mla_kv_forward(testing::gpu_exec(), testing::to_gpu(kv, c.act), testing::to_gpu(kr, c.act), c.H, c.Dn, dk.view,
+                 dv.view);
+  mla_kv_backward(testing::gpu_exec(), testing::to_gpu(gk, c.act), testing::to_gpu(gv, c.act), c.H, c.Dn, dgkv.view,
+                  dgkr.view);
   EXPECT_TRUE(testing::close(dk.host_f32(), k, 0.0, 0.0)) << "k (a copy)";
   EXPECT_TRUE(testing::close(dv.host_f32(), v, 0.0, 0.0)) << "v (a copy)";
   EXPECT_TRUE(testing::close(dgkv.host_f32(), gkv, 0.0, 0.0)) << "grad_kv (a copy)";

@@ -82,12 +82,16 @@ TEST_F(EmbeddingCudaChecks, BadIdsThrowTheCpuError) {
   const Tensor w = randn({9, 4}, DType::F32, 62).to(Device::CUDA);
   testing::expect_error([&] { embedding_forward(testing::gpu_exec(), dids, w, out.view); },
                         "embedding_forward: ids i32[2,6]@cuda holds -3 at flat position 7, expected a token id in [0, V=9)");
-  testing::expect_error([&] { embedding_backward(testing::gpu_exec(), randn({2, 6, 4}, DType::F32, 63).to(Device::CUDA), dids, gw.view); },
-                        "embedding_backward: ids i32[2,6]@cuda holds -3 at flat position 7");
+  testing::expect_error(
+      [&] {
+        embedding_backward(testing::gpu_exec(), randn({2, 6, 4}, DType::F32, 63).to(Device::CUDA), dids, gw.view);
+      },
+      "embedding_backward: ids i32[2,6]@cuda holds -3 at flat position 7");
   EXPECT_TRUE(out.guards_intact() && gw.guards_intact());
   // Only the id == V: found too.
   ids.data<int32_t>()[7] = 0;
-  testing::expect_error([&] { embedding_forward(testing::gpu_exec(), ids.to(Device::CUDA), w, out.view); }, "holds 9 at flat position 9");
+  testing::expect_error([&] { embedding_forward(testing::gpu_exec(), ids.to(Device::CUDA), w, out.view); },
+                        "holds 9 at flat position 9");
   // After an error the op works again (the flag is reset at every call).
   ids.data<int32_t>()[9] = 8;
   embedding_forward(testing::gpu_exec(), ids.to(Device::CUDA), w, out.view);
@@ -96,14 +100,23 @@ TEST_F(EmbeddingCudaChecks, BadIdsThrowTheCpuError) {
 TEST_F(EmbeddingCudaChecks, DtypeErrors) {
   const Tensor ids = testing::randint({5}, 3, 71).to(Device::CUDA);
   const Tensor w = randn({3, 8}, DType::F32, 72).to(Device::CUDA);
-  testing::expect_error([&] { embedding_forward(testing::gpu_exec(), ids, w, Tensor::empty({5, 8}, DType::BF16, Device::CUDA)); },
-                        "embedding_forward");
-  testing::expect_error([&] { embedding_forward(testing::gpu_exec(), ids, w.to(Device::CPU).to(DType::F64).to(Device::CUDA),
-                                                Tensor::empty({5, 8}, DType::F64, Device::CUDA)); },
-                        "expected f32 or bf16 on CUDA");
-  testing::expect_error([&] { embedding_backward(testing::gpu_exec(), Tensor::zeros({5, 8}, DType::F32, Device::CUDA), ids,
-                                                 Tensor::zeros({3, 8}, DType::BF16, Device::CUDA)); },
-                        "embedding_backward");
+  testing::expect_error(
+      [&] {
+        embedding_forward(testing::gpu_exec(), ids, w, Tensor::empty({5, 8}, DType::BF16, Device::CUDA));
+      },
+      "embedding_forward");
+  testing::expect_error(
+      [&] {
+        embedding_forward(testing::gpu_exec(), ids, w.to(Device::CPU).to(DType::F64).to(Device::CUDA),
+                          Tensor::empty({5, 8}, DType::F64, Device::CUDA));
+      },
+      "expected f32 or bf16 on CUDA");
+  testing::expect_error(
+      [&] {
+        embedding_backward(testing::gpu_exec(), Tensor::zeros({5, 8}, DType::F32, Device::CUDA), ids,
+                           Tensor::zeros({3, 8}, DType::BF16, Device::CUDA));
+      },
+      "embedding_backward");
 }
 
 }  // namespace

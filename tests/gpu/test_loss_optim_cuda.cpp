@@ -190,10 +190,16 @@ TEST_F(CrossEntropyCudaMisc, BadTargetsAndDtypesAreErrors) {
                         "cross_entropy_backward: targets i32[6]@cuda holds 11 at row 2");
   const Tensor good = make_targets({rows}, static_cast<int32_t>(vocab), 0, 123).to(Device::CUDA);
   testing::expect_error(
-      [&] { cross_entropy_forward(testing::gpu_exec(), logits, good, kIgnore, Tensor::empty({rows}, DType::BF16, Device::CUDA), lse); },
+      [&] {
+        cross_entropy_forward(testing::gpu_exec(), logits, good, kIgnore,
+                              Tensor::empty({rows}, DType::BF16, Device::CUDA), lse);
+      },
       "losses is bf16[6]@cuda, expected dtype f32");
   testing::expect_error(
-      [&] { cross_entropy_backward(testing::gpu_exec(), logits, good, lse, kIgnore, 1.0, Tensor::empty({rows, vocab}, DType::BF16, Device::CUDA)); },
+      [&] {
+        cross_entropy_backward(testing::gpu_exec(), logits, good, lse, kIgnore, 1.0,
+                               Tensor::empty({rows, vocab}, DType::BF16, Device::CUDA));
+      },
       "grad_logits is bf16[6,11]@cuda, expected dtype f32");
 }
 
@@ -249,10 +255,12 @@ TEST_F(AdamwCudaMisc, WithoutCopyMatchesWithCopyAndErrors) {
   adamw_step(testing::gpu_exec(), pa, g, ma, va, AdamWParams{});
   adamw_step(testing::gpu_exec(), pb, g, mb, vb, AdamWParams{}, copy);
   EXPECT_TRUE(same_bits(pa, pb) && same_bits(ma, mb) && same_bits(va, vb)) << "the copy changes nothing else";
-  testing::expect_error([&] { adamw_step(testing::gpu_exec(), pa, g, ma, va, AdamWParams{}, Tensor::empty({n}, DType::BF16)); },
-                        "param_copy is on cpu but param is on cuda");
+  testing::expect_error(
+      [&] { adamw_step(testing::gpu_exec(), pa, g, ma, va, AdamWParams{}, Tensor::empty({n}, DType::BF16)); },
+      "param_copy is on cpu but param is on cuda");
   const Tensor p64 = Tensor::zeros({n}, DType::F64, Device::CUDA);
-  testing::expect_error([&] { adamw_step(testing::gpu_exec(), p64, p64, p64, p64, AdamWParams{}); }, "adamw_step: param is f64[777]@cuda, expected dtype f32");
+  testing::expect_error([&] { adamw_step(testing::gpu_exec(), p64, p64, p64, p64, AdamWParams{}); },
+                        "adamw_step: param is f64[777]@cuda, expected dtype f32");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -280,9 +288,11 @@ TEST_F(GradNormCuda, MatchesCpuDoubleSum) {
   EXPECT_NEAR(got, expected, 1e-6 * expected);
   EXPECT_GT(expected, 1.0);
   // One tensor alone, and a 2-D one (taken as flat).
-  EXPECT_NEAR(grad_norm(testing::gpu_exec(), {host[3].to(Device::CUDA)}), grad_norm(testing::gpu_exec(), {host[3]}), 1e-6 * grad_norm(testing::gpu_exec(), {host[3]}));
+  EXPECT_NEAR(grad_norm(testing::gpu_exec(), {host[3].to(Device::CUDA)}), grad_norm(testing::gpu_exec(), {host[3]}),
+              1e-6 * grad_norm(testing::gpu_exec(), {host[3]}));
   const Tensor two_d = host[2].slice(0, 4096).reshape({64, 64});
-  EXPECT_NEAR(grad_norm(testing::gpu_exec(), {two_d.to(Device::CUDA)}), grad_norm(testing::gpu_exec(), {two_d}), 1e-6 * grad_norm(testing::gpu_exec(), {two_d}));
+  EXPECT_NEAR(grad_norm(testing::gpu_exec(), {two_d.to(Device::CUDA)}), grad_norm(testing::gpu_exec(), {two_d}),
+              1e-6 * grad_norm(testing::gpu_exec(), {two_d}));
 }
 
 TEST_F(GradNormCuda, ClipScalesInPlaceLikeTheCpu) {
@@ -330,9 +340,17 @@ TEST_F(GradNormCuda, MixedDevicesAndDtypesAreErrors) {
   const Tensor gpu = randn({5}, DType::F32, 341).to(Device::CUDA), cpu = randn({5}, DType::F32, 342);
   testing::expect_error([&] { grad_norm(testing::gpu_exec(), {gpu, gpu, cpu}); },
                         "grad_norm: grads[2] is f32[5]@cpu but grads[0] is on cuda");
-  testing::expect_error([&] { clip_grad_norm(testing::gpu_exec(), {cpu, gpu}, 1.0); }, "clip_grad_norm: grads[1] is f32[5]@cuda but grads[0] is on cpu");
+  testing::expect_error(
+      [&] {
+        clip_grad_norm(testing::gpu_exec(), {cpu, gpu}, 1.0);
+      },
+      "clip_grad_norm: grads[1] is f32[5]@cuda but grads[0] is on cpu");
   const Tensor bf = Tensor::zeros({5}, DType::BF16, Device::CUDA);
-  testing::expect_error([&] { grad_norm(testing::gpu_exec(), {gpu, bf}); }, "grads[1] is bf16[5]@cuda, expected dtype f32");
+  testing::expect_error(
+      [&] {
+        grad_norm(testing::gpu_exec(), {gpu, bf});
+      },
+      "grads[1] is bf16[5]@cuda, expected dtype f32");
 }
 
 }  // namespace

@@ -208,13 +208,17 @@ TEST_P(MoeCapacityCuda, KeptSetAndCountsMatchCpu) {
 
   const Tensor gidx = idx.to(Device::CUDA);
   Guarded gkept({c.N, c.K}, DType::I32);
-  const int64_t dropped = moe_capacity_drop(testing::gpu_exec(), to_gpu(scores, DType::F32), gidx, capacity, gkept.view);
+  const int64_t dropped =
+      moe_capacity_drop(testing::gpu_exec(), to_gpu(scores, DType::F32), gidx, capacity, gkept.view);
   EXPECT_EQ(dropped, dropped_ref);
   EXPECT_TRUE(identical(gkept.view, kept_ref)) << "kept_idx, capacity " << capacity;
   EXPECT_TRUE(gkept.guards_intact()) << "write outside kept_idx";
 
-  EXPECT_EQ(moe_count_tokens(testing::gpu_exec(), gidx, c.E), moe_count_tokens(testing::gpu_exec(), idx, c.E)) << "counts before the drops";
-  EXPECT_EQ(moe_count_tokens(testing::gpu_exec(), gkept.view, c.E), moe_count_tokens(testing::gpu_exec(), kept_ref, c.E)) << "counts with -1 entries";
+  EXPECT_EQ(moe_count_tokens(testing::gpu_exec(), gidx, c.E), moe_count_tokens(testing::gpu_exec(), idx, c.E))
+      << "counts before the drops";
+  EXPECT_EQ(moe_count_tokens(testing::gpu_exec(), gkept.view, c.E),
+            moe_count_tokens(testing::gpu_exec(), kept_ref, c.E))
+      << "counts with -1 entries";
 }
 
 INSTANTIATE_TEST_SUITE_P(Cases, MoeCapacityCuda,
@@ -575,19 +579,29 @@ TEST_F(MoeOpsCudaErrors, WrongDtypesNameTheOp) {
   const Tensor s16 = to_gpu(make_scores(4, 8, Scores::Sigmoid, 1), DType::BF16);
   const Tensor idx = Tensor::empty({4, 2}, DType::I32, Device::CUDA);
   testing::expect_error([&] { moe_route_topk(testing::gpu_exec(), s16, Tensor(), 1, 1, idx); }, "moe_route_topk");
-  testing::expect_error([&] { topk_forward(testing::gpu_exec(), s16, 2, Tensor::empty({4, 2}, DType::BF16, Device::CUDA), idx); },
-                        "topk_forward");
+  testing::expect_error(
+      [&] {
+        topk_forward(testing::gpu_exec(), s16, 2, Tensor::empty({4, 2}, DType::BF16, Device::CUDA), idx);
+      },
+      "topk_forward");
   // Combine with bf16 activations takes f32 gates, not bf16 ones.
   const Tensor pos = to_gpu(i32_tensor({2, 1}, {0, 1}), DType::I32);
   const Tensor ey = Tensor::empty({2, 4}, DType::BF16, Device::CUDA), y = Tensor::empty({2, 4}, DType::BF16, Device::CUDA);
-  testing::expect_error([&] { moe_combine_forward(testing::gpu_exec(), ey, pos, Tensor::empty({2, 1}, DType::BF16, Device::CUDA), y); },
-                        "moe_combine_forward");
-  testing::expect_error([&] { moe_z_loss_forward(testing::gpu_exec(), Tensor::empty({2, 4}, DType::BF16, Device::CUDA), 1.0); },
-                        "moe_z_loss_forward");
+  testing::expect_error(
+      [&] {
+        moe_combine_forward(testing::gpu_exec(), ey, pos, Tensor::empty({2, 1}, DType::BF16, Device::CUDA), y);
+      },
+      "moe_combine_forward");
+  testing::expect_error(
+      [&] {
+        moe_z_loss_forward(testing::gpu_exec(), Tensor::empty({2, 4}, DType::BF16, Device::CUDA), 1.0);
+      },
+      "moe_z_loss_forward");
   // The bias update takes an f32 bias and f32 loads on one device.
   const Tensor load = Tensor::zeros({4}, DType::F32, Device::CUDA);
-  testing::expect_error([&] { moe_bias_update(testing::gpu_exec(), load, 0.001, Tensor::zeros({4}, DType::F64).to(Device::CUDA)); },
-                        "moe_bias_update: bias is f64[4]@cuda, expected dtype f32");
+  testing::expect_error(
+      [&] { moe_bias_update(testing::gpu_exec(), load, 0.001, Tensor::zeros({4}, DType::F64).to(Device::CUDA)); },
+      "moe_bias_update: bias is f64[4]@cuda, expected dtype f32");
   testing::expect_error([&] { moe_bias_update(testing::gpu_exec(), Tensor::zeros({4}, DType::F32), 0.001,
                                               Tensor::zeros({4}, DType::F32, Device::CUDA)); },
                         "moe_bias_update");
@@ -600,13 +614,18 @@ TEST_F(MoeOpsCudaErrors, OutOfRangeIndices) {
   // The ops that copy counts to the host throw, naming the op.
   testing::expect_error([&] { moe_capacity_drop(testing::gpu_exec(), scores, bad, 1, kept); }, "moe_capacity_drop");
   testing::expect_error([&] { moe_count_tokens(testing::gpu_exec(), bad, 4); }, "moe_count_tokens");
-  testing::expect_error([&] { moe_dispatch_layout(testing::gpu_exec(), to_gpu(i32_tensor({2, 2}, {0, 1, -2, 2}), DType::I32), 4, kept); },
-                        "moe_dispatch_layout");
-  testing::expect_error([&] { moe_aux_loss_forward(testing::gpu_exec(), scores, bad, 2, 1.0); }, "moe_aux_loss_forward");
+  testing::expect_error(
+      [&] {
+        moe_dispatch_layout(testing::gpu_exec(), to_gpu(i32_tensor({2, 2}, {0, 1, -2, 2}), DType::I32), 4, kept);
+      },
+      "moe_dispatch_layout");
+  testing::expect_error([&] { moe_aux_loss_forward(testing::gpu_exec(), scores, bad, 2, 1.0); },
+                        "moe_aux_loss_forward");
   // The others never read out of bounds: the bad token's row becomes NaN, the good one is exact.
   Guarded w({2, 2}, DType::F32), gs({2, 4}, DType::F32), gx({2, 4}, DType::F32);
   moe_gate_forward(testing::gpu_exec(), scores, bad, false, 1.0, w.view);
-  moe_gate_backward(testing::gpu_exec(), to_gpu(randn({2, 2}, DType::F32, 3), DType::F32), scores, bad, true, 1.0, gs.view);
+  moe_gate_backward(testing::gpu_exec(), to_gpu(randn({2, 2}, DType::F32, 3), DType::F32), scores, bad, true, 1.0,
+                    gs.view);
   topk_backward(testing::gpu_exec(), to_gpu(randn({2, 2}, DType::F32, 4), DType::F32), bad, gx.view);
   for (const Guarded* g : {&w, &gs, &gx}) {
     const Tensor h = g->host_f32();

@@ -79,7 +79,8 @@ TEST_F(RopeCudaChecks, BackwardInvertsForward) {
 
 TEST_F(RopeCudaChecks, DtypeError) {
   const Tensor x = Tensor::zeros({1, 2, 1, 4}, DType::F64, Device::CUDA);
-  testing::expect_error([&] { rope_forward(testing::gpu_exec(), x, x, 0, 4, 10000.0); }, "rope_forward: x is f64[1,2,1,4]@cuda, expected f32 or bf16 on CUDA");
+  testing::expect_error([&] { rope_forward(testing::gpu_exec(), x, x, 0, 4, 10000.0); },
+                        "rope_forward: x is f64[1,2,1,4]@cuda, expected f32 or bf16 on CUDA");
 }
 
 }  // namespace

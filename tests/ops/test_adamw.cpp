@@ -163,14 +163,19 @@ TEST(Adamw, ArgumentErrorsNameTheValue) {
     edit(hp);
     return hp;
   };
-  expect_error([&] { adamw_step(Exec{}, p, g, m, v, with([](AdamWParams& h) { h.step = 0; })); }, "step is 0, expected >= 1");
+  expect_error([&] { adamw_step(Exec{}, p, g, m, v, with([](AdamWParams& h) { h.step = 0; })); },
+               "step is 0, expected >= 1");
   expect_error([&] { adamw_step(Exec{}, p, g, m, v, with([](AdamWParams& h) { h.lr = -0.5; })); }, "lr is -0.5");
-  expect_error([&] { adamw_step(Exec{}, p, g, m, v, with([](AdamWParams& h) { h.beta1 = 1.0; })); }, "beta1 is 1, expected a value in [0, 1)");
+  expect_error([&] { adamw_step(Exec{}, p, g, m, v, with([](AdamWParams& h) { h.beta1 = 1.0; })); },
+               "beta1 is 1, expected a value in [0, 1)");
   expect_error([&] { adamw_step(Exec{}, p, g, m, v, with([](AdamWParams& h) { h.beta2 = -0.1; })); }, "beta2 is -0.1");
   expect_error([&] { adamw_step(Exec{}, p, g, m, v, with([](AdamWParams& h) { h.eps = -1e-8; })); }, "eps is -1e-08");
-  expect_error([&] { adamw_step(Exec{}, p, g, m, v, with([](AdamWParams& h) { h.weight_decay = -0.1; })); }, "weight_decay is -0.1");
-  expect_error([&] { adamw_step(Exec{}, p, g, Tensor::zeros({4}, DType::F32), v, AdamWParams{}); }, "m is f32[4]@cpu, expected shape [5]");
-  expect_error([&] { adamw_step(Exec{}, p, g, m, Tensor::zeros({5}, DType::F64), AdamWParams{}); }, "v is f64[5]@cpu, expected dtype f32");
+  expect_error([&] { adamw_step(Exec{}, p, g, m, v, with([](AdamWParams& h) { h.weight_decay = -0.1; })); },
+               "weight_decay is -0.1");
+  expect_error([&] { adamw_step(Exec{}, p, g, Tensor::zeros({4}, DType::F32), v, AdamWParams{}); },
+               "m is f32[4]@cpu, expected shape [5]");
+  expect_error([&] { adamw_step(Exec{}, p, g, m, Tensor::zeros({5}, DType::F64), AdamWParams{}); },
+               "v is f64[5]@cpu, expected dtype f32");
   expect_error([&] { adamw_step(Exec{}, p, g, m, v, AdamWParams{}, Tensor::zeros({6}, DType::BF16)); },
                "param_copy is bf16[6]@cpu, expected 5 elements");
   expect_error([&] { adamw_step(Exec{}, p, g, m, v, AdamWParams{}, Tensor::zeros({5}, DType::I32)); },

@@ -191,15 +191,31 @@ using testing::expect_error;
 TEST(Attention, ArgumentErrorsNameTheValue) {
   auto z = [](const Shape& s, DType t = DType::F32) { return Tensor::zeros(s, t); };
   Tensor q = z({1, 4, 3, 5}), k = z({1, 4, 2, 5}), v = z({1, 4, 2, 3}), out = z({1, 4, 3, 3}), lse = z({1, 3, 4});
-  expect_error([&] { attention_forward(Exec{}, q, k, v, 0.5f, out, lse); }, "q has H = 3 heads and k has Hkv = 2 heads");
+  expect_error([&] { attention_forward(Exec{}, q, k, v, 0.5f, out, lse); },
+               "q has H = 3 heads and k has Hkv = 2 heads");
   Tensor q4 = z({1, 4, 4, 5}), out4 = z({1, 4, 4, 3}), lse4 = z({1, 4, 4});
-  expect_error([&] { attention_forward(Exec{}, q4, z({1, 4, 2, 6}), v, 0.5f, out4, lse4); }, "k is f32[1,4,2,6]@cpu, expected shape [1,4,2,5]");
-  expect_error([&] { attention_forward(Exec{}, q4, k, z({1, 3, 2, 3}), 0.5f, out4, lse4); }, "v is f32[1,3,2,3]@cpu, expected shape [1,4,2,3]");
-  expect_error([&] { attention_forward(Exec{}, q4, k, v, 0.5f, out4, z({1, 4, 3})); }, "lse is f32[1,4,3]@cpu, expected shape [1,4,4]");
+  expect_error(
+      [&] {
+        attention_forward(Exec{}, q4, z({1, 4, 2, 6}), v, 0.5f, out4, lse4);
+      },
+      "k is f32[1,4,2,6]@cpu, expected shape [1,4,2,5]");
+  expect_error(
+      [&] {
+        attention_forward(Exec{}, q4, k, z({1, 3, 2, 3}), 0.5f, out4, lse4);
+      },
+      "v is f32[1,3,2,3]@cpu, expected shape [1,4,2,3]");
+  expect_error(
+      [&] {
+        attention_forward(Exec{}, q4, k, v, 0.5f, out4, z({1, 4, 3}));
+      },
+      "lse is f32[1,4,3]@cpu, expected shape [1,4,4]");
   expect_error([&] { attention_forward(Exec{}, q4, k, v, 0.0f, out4, lse4); }, "scale is 0");
   expect_error([&] { attention_forward(Exec{}, q4, k.to(DType::F64), v, 0.5f, out4, lse4); }, "expected dtype f32");
-  expect_error([&] { attention_backward(Exec{}, out4, q4, k, v, out4, lse4, 0.5f, z({1, 4, 4, 5}), z({1, 4, 2, 5}), z({1, 4, 2, 4})); },
-               "grad_v is f32[1,4,2,4]@cpu, expected shape [1,4,2,3]");
+  expect_error(
+      [&] {
+        attention_backward(Exec{}, out4, q4, k, v, out4, lse4, 0.5f, z({1, 4, 4, 5}), z({1, 4, 2, 5}), z({1, 4, 2, 4}));
+      },
+      "grad_v is f32[1,4,2,4]@cpu, expected shape [1,4,2,3]");
 }
 
 }  // namespace

@@ -89,13 +89,18 @@ TEST(AttentionDecode, ShapeErrors) {
   Tensor q = Tensor::zeros({1, 2, 2, 4}, DType::F32), k = Tensor::zeros({1, 5, 1, 4}, DType::F32);
   Tensor v = Tensor::zeros({1, 5, 1, 3}, DType::F32), out = Tensor::zeros({1, 2, 2, 3}, DType::F32);
   EXPECT_NO_THROW(attention_decode_forward(Exec{}, q, k, v, 0.5f, 3, out));
-  testing::expect_error([&] { attention_decode_forward(Exec{}, q, k, v, 0.5f, 4, out); }, "do not fit the cache's 5 positions");
+  testing::expect_error([&] { attention_decode_forward(Exec{}, q, k, v, 0.5f, 4, out); },
+                        "do not fit the cache's 5 positions");
   Tensor w = Tensor::zeros({2 * (2 + 3), 6}, DType::F32), ckv = Tensor::zeros({1, 5, 6}, DType::F32);
   Tensor kr = Tensor::zeros({1, 5, 2}, DType::F32);
   EXPECT_NO_THROW(mla_decode_attention(Exec{}, q, w, ckv, kr, 0.5f, 3, out));
-  testing::expect_error([&] { mla_decode_attention(Exec{}, q, w, ckv, kr, 0.5f, 4, out); }, "do not fit the cache's 5 positions");
-  testing::expect_error([&] { mla_decode_attention(Exec{}, q, Tensor::zeros({9, 6}, DType::F32), ckv, kr, 0.5f, 0, out); },
-                        "w_kvb");
+  testing::expect_error([&] { mla_decode_attention(Exec{}, q, w, ckv, kr, 0.5f, 4, out); },
+                        "do not fit the cache's 5 positions");
+  testing::expect_error(
+      [&] {
+        mla_decode_attention(Exec{}, q, Tensor::zeros({9, 6}, DType::F32), ckv, kr, 0.5f, 0, out);
+      },
+      "w_kvb");
 }
 
 }  // namespace

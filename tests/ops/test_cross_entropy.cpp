@@ -158,8 +158,10 @@ TEST(CrossEntropy, ArgumentErrorsNameTheTensor) {
     EXPECT_NE(std::string(e.what()).find("grad_logits is f32[2,3,4]@cpu, expected shape [2,3,5]"), std::string::npos)
         << e.what();
   }
-  EXPECT_THROW(cross_entropy_forward(Exec{}, logits, targets23.to(DType::F32), kIgnore, losses, lse), Error);  // targets not i32
-  EXPECT_THROW(cross_entropy_forward(Exec{}, logits, targets23, kIgnore, losses.to(DType::F64), lse), Error);   // mixed dtypes
+  // targets not i32
+  EXPECT_THROW(cross_entropy_forward(Exec{}, logits, targets23.to(DType::F32), kIgnore, losses, lse), Error);
+  // mixed dtypes
+  EXPECT_THROW(cross_entropy_forward(Exec{}, logits, targets23, kIgnore, losses.to(DType::F64), lse), Error);
 }
 
 }  // namespace

@@ -87,7 +87,8 @@ TEST(GradNorm, ArgumentErrorsNameTheValue) {
   expect_error([&] { clip_grad_norm(Exec{}, {a}, 0.0); }, "max_norm is 0, expected > 0");
   expect_error([&] { clip_grad_norm(Exec{}, {a}, -1.0); }, "max_norm is -1");
   expect_error([&] { grad_norm(Exec{}, {a, Tensor()}); }, "grads[1] is undefined");
-  expect_error([&] { grad_norm(Exec{}, {Tensor::zeros({3}, DType::I32)}); }, "takes f32 or f64 tensors, got i32[3]@cpu");
+  expect_error([&] { grad_norm(Exec{}, {Tensor::zeros({3}, DType::I32)}); },
+               "takes f32 or f64 tensors, got i32[3]@cpu");
 }
 
 }  // namespace

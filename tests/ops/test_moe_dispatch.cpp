@@ -36,7 +36,8 @@ TEST(MoeDispatch, RejectsBadArguments) {
   EXPECT_THROW(moe_dispatch_layout(Exec{}, i32_tensor({2, 2}, {0, 1, -2, 2}), 4, pos), Error);            // -2
   Tensor expert_x = Tensor::empty({3, 4}, DType::F64);
   EXPECT_THROW(moe_dispatch_forward(Exec{}, scores, i32_tensor({2, 2}, {0, 1, 1, 2}), expert_x), Error);  // row 1 twice
-  EXPECT_THROW(moe_dispatch_forward(Exec{}, scores, i32_tensor({2, 2}, {0, 1, -1, -1}), expert_x), Error);  // row 2 unset
+  // row 2 unset
+  EXPECT_THROW(moe_dispatch_forward(Exec{}, scores, i32_tensor({2, 2}, {0, 1, -1, -1}), expert_x), Error);
 }
 
 }  // namespace

@@ -119,11 +119,20 @@ using testing::expect_error;
 TEST(Rope, ArgumentErrorsNameTheValue) {
   Tensor x = Tensor::zeros({1, 2, 2, 8}, DType::F32), y = Tensor::zeros({1, 2, 2, 8}, DType::F32);
   expect_error([&] { rope_forward(Exec{}, x, y, 0, 3, kTheta); }, "rope_dim is 3, expected an even number >= 2");
-  expect_error([&] { rope_forward(Exec{}, x, y, 6, 4, kTheta); }, "rope_offset 6 + rope_dim 4 must lie within the head dim 8");
+  expect_error([&] { rope_forward(Exec{}, x, y, 6, 4, kTheta); },
+               "rope_offset 6 + rope_dim 4 must lie within the head dim 8");
   expect_error([&] { rope_forward(Exec{}, x, y, 0, 4, 0.0); }, "theta is 0");
   expect_error([&] { rope_forward(Exec{}, x, y, 0, 4, kTheta, -1); }, "pos_offset is -1");
-  expect_error([&] { rope_forward(Exec{}, x.reshape({2, 2, 8}), y.reshape({2, 2, 8}), 0, 4, kTheta); }, "expected 4..4 dims");
-  expect_error([&] { rope_forward(Exec{}, x, Tensor::zeros({1, 2, 2, 8}, DType::F64), 0, 4, kTheta); }, "expected dtype f32");
+  expect_error(
+      [&] {
+        rope_forward(Exec{}, x.reshape({2, 2, 8}), y.reshape({2, 2, 8}), 0, 4, kTheta);
+      },
+      "expected 4..4 dims");
+  expect_error(
+      [&] {
+        rope_forward(Exec{}, x, Tensor::zeros({1, 2, 2, 8}, DType::F64), 0, 4, kTheta);
+      },
+      "expected dtype f32");
   // Partly overlapping views of one buffer (in place must be the same tensor).
   Tensor buf = Tensor::zeros({3, 2, 2, 8}, DType::F32);
   expect_error([&] { rope_forward(Exec{}, buf.slice(0, 2), buf.slice(1, 3), 0, 4, kTheta); }, "partly overlaps x");

@@ -7,6 +7,9 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <set>
+#include <string>
 #include <unistd.h>
 
 #include "data/prepare.h"
@@ -124,6 +127,47 @@ TEST(Trainer, StopAndResumeIsBitExact) {
   EXPECT_EQ(straight.val_loss, second.val_loss);
   // keep_last = 2: the checkpoints at steps 20 and 40 remain in the resumed run.
   EXPECT_TRUE(fs::exists(b + "/step_00000020") && fs::exists(b + "/step_00000040"));
+}
+
+// A run killed after its checkpoint at step 20 had logged steps 21..25 (and a torn line); resuming
+// drops them, so metrics.jsonl is one curve again: each step once, in order, with the times that
+// make a loss-vs-time plot (time, and train_seconds growing across the resume).
+TEST(Trainer, ResumeDropsTheRecordsPastItsCheckpoint) {
+  TrainOptions quiet;
+  quiet.console = false;
+  const std::string dir = scratch("killed");
+  RunConfig c = tiny_run(dir);
+  c.train.log_every = 1;
+  TrainOptions stop = quiet;
+  stop.stop_after_step = 20;
+  train(c, stop);
+  {
+    std::ofstream out(dir + "/metrics.jsonl", std::ios::app);
+    for (int step = 21; step <= 25; ++step) out << "{\"step\": " << step << ", \"loss\": 99.0}\n";
+    out << "{\"step\": 26, \"lo";  // the kill came mid-line
+  }
+  TrainOptions resume = quiet;
+  resume.resume = true;
+  train(c, resume);
+
+  std::ifstream in(dir + "/metrics.jsonl");
+  int64_t last_step = 0;
+  double last_train_seconds = 0;
+  std::set<int64_t> train_steps;
+  for (std::string line; std::getline(in, line);) {
+    const auto r = nlohmann::json::parse(line);  // every line parses: the torn one is gone
+    ASSERT_TRUE(r.contains("time")) << line;
+    if (!r.contains("loss")) continue;
+    const int64_t step = r["step"].get<int64_t>();
+    EXPECT_GT(step, last_step) << "step " << step << " logged twice or out of order";
+    EXPECT_NE(r["loss"].get<double>(), 99.0) << "a record of the killed run survived: " << line;
+    const double t = r["train_seconds"].get<double>();
+    EXPECT_GT(t, last_train_seconds) << "train_seconds must grow, across the resume too";
+    last_step = step;
+    last_train_seconds = t;
+    train_steps.insert(step);
+  }
+  EXPECT_EQ(train_steps.size(), 40u);
 }
 
 TEST(Trainer, NonFiniteStepsAreSkippedThenStopTheRun) {
