@@ -67,8 +67,8 @@ std::vector<fs::path> complete_checkpoints(const std::string& run_dir) {
 }  // namespace
 
 std::string save_checkpoint(const std::string& run_dir, const RunConfig& cfg, const Model& model,
-                            const AdamW* optimizer, const Tokenizer* tokenizer, const TrainerState& state,
-                            int64_t keep_last) {
+                            const OptimizerMoments* optimizer, const Tokenizer* tokenizer,
+                            const TrainerState& state, int64_t keep_last) {
   fs::create_directories(run_dir);
   const fs::path final_dir = fs::path(run_dir) / step_name(state.step);
   const fs::path tmp = fs::path(run_dir) / (step_name(state.step) + ".tmp");
@@ -78,9 +78,12 @@ std::string save_checkpoint(const std::string& run_dir, const RunConfig& cfg, co
   write_safetensors((tmp / "model.safetensors").string(), model_tensors(model), {{"format", "pt"}});
   if (optimizer) {
     Tensor step = Tensor::empty({}, DType::F64);
-    step.fill(static_cast<double>(optimizer->steps_taken()));
+    step.fill(static_cast<double>(optimizer->steps));
+    const Shape full{model.params().numel_padded()};
+    MOELAB_CHECK(optimizer->m.shape() == full && optimizer->v.shape() == full, "save_checkpoint: optimizer moments ",
+                 optimizer->m.str(), " are not in the full flat layout ", full.str(), " (gather a sharded optimizer)");
     write_safetensors((tmp / "optimizer.safetensors").string(),
-                      {{"m", optimizer->m()}, {"v", optimizer->v()}, {"step", step}});
+                      {{"m", optimizer->m}, {"v", optimizer->v}, {"step", step}});
   }
   nlohmann::ordered_json j;
   j["format_version"] = kFormatVersion;
@@ -193,9 +196,9 @@ void restore_optimizer(const std::string& dir, AdamW& optimizer) {
   const Safetensors st = read_safetensors(p.string());
   for (const char* name : {"m", "v", "step"})
     MOELAB_CHECK(st.contains(name), "checkpoint ", dir, ": optimizer.safetensors lacks '", name, "'");
-  MOELAB_CHECK(st.at("m").shape() == optimizer.m().shape() && st.at("v").shape() == optimizer.v().shape(),
-               "checkpoint ", dir, ": optimizer moments ", st.at("m").str(), " do not match the model's ",
-               optimizer.m().str());
+  const Shape full{optimizer.numel_padded()};
+  MOELAB_CHECK(st.at("m").shape() == full && st.at("v").shape() == full, "checkpoint ", dir, ": optimizer moments ",
+               st.at("m").str(), " do not match the model's flat layout ", full.str());
   optimizer.restore(st.at("m"), st.at("v"), static_cast<int64_t>(st.at("step").data<double>()[0]));
 }
 

@@ -30,11 +30,19 @@ struct TrainerState {
   nlohmann::ordered_json extra;       // anything else the trainer keeps (e.g. its non-finite count)
 };
 
+// The optimizer's state as a checkpoint holds it: AdamW's moments in the parameters' full flat layout
+// [numel_padded] (a sharded optimizer gathers them first, so checkpoints do not depend on the rank
+// count) and the number of updates taken.
+struct OptimizerMoments {
+  Tensor m, v;
+  int64_t steps = 0;
+};
+
 // Writes <run_dir>/step_<step, 8 digits> atomically and prunes older complete checkpoints beyond
 // keep_last (0 keeps all). Returns the checkpoint's path.
 std::string save_checkpoint(const std::string& run_dir, const RunConfig& cfg, const Model& model,
-                            const AdamW* optimizer, const Tokenizer* tokenizer, const TrainerState& state,
-                            int64_t keep_last);
+                            const OptimizerMoments* optimizer, const Tokenizer* tokenizer,
+                            const TrainerState& state, int64_t keep_last);
 
 // The newest complete checkpoint under run_dir ("" when there is none).
 std::string latest_checkpoint(const std::string& run_dir);
@@ -53,7 +61,8 @@ struct LoadedCheckpoint {
 // Validates the whole directory (file list, sizes, tensor names/shapes/dtypes against the model
 // the config declares) and loads it. Errors name the checkpoint, the file and the problem.
 LoadedCheckpoint load_checkpoint(const std::string& dir);
-// Loads the AdamW moments of a checkpoint into an optimizer built for its model.
+// Loads the AdamW moments of a checkpoint into an optimizer built for its model (a sharded one
+// keeps its ranges).
 void restore_optimizer(const std::string& dir, AdamW& optimizer);
 
 }  // namespace moelab

@@ -257,7 +257,8 @@ TrainResult train(const RunConfig& cfg_in, const TrainOptions& options) {
     state.step = step;
     state.loader = loader.state_json();
     state.extra = {{"nonfinite_in_a_row", nonfinite_in_a_row}, {"train_seconds", resumed_seconds + train_seconds}};
-    result.checkpoint = save_checkpoint(tc.out_dir, cfg, model, &optimizer, &tokenizer, state, tc.keep_last);
+    const OptimizerMoments moments{optimizer.m(), optimizer.v(), optimizer.steps_taken()};
+    result.checkpoint = save_checkpoint(tc.out_dir, cfg, model, &moments, &tokenizer, state, tc.keep_last);
   };
   auto run_eval = [&](int64_t step) {
     if (data.val_shards.empty()) return;

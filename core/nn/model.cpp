@@ -21,9 +21,14 @@ Model::Model(const ModelConfig& cfg) : cfg_(cfg) {
   const double std = cfg_.initializer_range;
   embed_ = Embedding(params_, "model.embed_tokens", cfg_.vocab_size, D, std);
   blocks_.reserve(static_cast<size_t>(L));
-  for (int64_t l = 0; l < L; ++l) blocks_.emplace_back(params_, buffers_, layer_prefix(l), cfg_, cfg_.is_moe_layer(l));
+  for (int64_t l = 0; l < L; ++l) {
+    block_grad_offset_.push_back(params_.numel_padded());
+    blocks_.emplace_back(params_, buffers_, layer_prefix(l), cfg_, cfg_.is_moe_layer(l));
+  }
+  head_grad_offset_ = params_.numel_padded();
   final_norm_ = RMSNorm(params_, "model.norm", D, cfg_.rms_norm_eps);
   if (!cfg_.tie_word_embeddings) lm_head_ = Linear(params_, "lm_head", D, cfg_.vocab_size, std);
+  mtp_grad_offset_ = params_.numel_padded();
   for (int64_t k = 1; k <= cfg_.num_nextn_predict_layers; ++k)
     mtp_.emplace_back(params_, buffers_, layer_prefix(L + k - 1), cfg_);
 }
@@ -121,8 +126,11 @@ Model::Losses Model::forward(const Context& ctx, const Tensor& tokens, Saved& s)
   return losses;
 }
 
-void Model::backward(const Context& ctx, const Saved& s, double grad_scale) const {
+void Model::backward(const Context& ctx, const Saved& s, double grad_scale, GradSync* sync) const {
   const int64_t N = ctx.tokens(), D = cfg_.hidden_size;
+  auto ready = [&](int64_t offset) {
+    if (sync) sync->grads_ready(ctx, offset);
+  };
   const double mtp_weight = mtp_.empty() ? 0.0 : grad_scale * cfg_.mtp_loss_weight / static_cast<double>(mtp_.size());
   // MTP modules, deepest first: grad_carry is d total / d (module k's input hidden state), handed
   // to module k-1's output (or, after module 1, to the trunk's last hidden state).
@@ -138,16 +146,20 @@ void Model::backward(const Context& ctx, const Saved& s, double grad_scale) cons
     embed_.backward(ctx, ms.head.ids.reshape({N}), grad_emb);
     grad_carry = grad_h;
   }
+  if (!mtp_.empty()) ready(mtp_grad_offset_);  // the modules' own weights (the shared ones come later)
   // Main head, then the blocks in reverse, then the embedding.
   Tensor grad_h = ctx.alloc({N, D});
   head_backward(ctx, final_norm_, s.head, grad_scale, grad_h);
   if (grad_carry.defined()) add(ctx, grad_h, grad_carry, grad_h);
+  ready(head_grad_offset_);
   for (size_t l = blocks_.size(); l-- > 0;) {
     Tensor grad_in = ctx.alloc({N, D});
     blocks_[l].backward(ctx, s.blocks[l], grad_h, grad_scale, grad_in);
     grad_h = grad_in;
+    ready(block_grad_offset_[l]);
   }
   embed_.backward(ctx, s.head.ids.reshape({N}), grad_h);
+  ready(0);
 }
 
 LayerCost Model::head_use_cost(const CostShape& shape) const {

@@ -11,7 +11,9 @@
 // when tied). The Model runs the shared pieces, so each has one gradient that every use adds to.
 //
 // forward() fills Saved (caller-owned) and returns the losses; backward() ACCUMULATES the gradient
-// of grad_scale * total into the parameter gradients (grad_scale = 1 / accumulation steps).
+// of grad_scale * total into the parameter gradients (grad_scale = 1 / accumulation steps). With a
+// GradSync (data parallel, core/nn/grad_sync.h) backward tells it as each layer's gradients become
+// final, so their reduction overlaps the layers still to come.
 #pragma once
 
 #include <string>
@@ -21,6 +23,7 @@
 #include "core/nn/config.h"
 #include "core/nn/context.h"
 #include "core/nn/embedding.h"
+#include "core/nn/grad_sync.h"
 #include "core/nn/cost.h"
 #include "core/nn/linear.h"
 #include "core/nn/mtp.h"
@@ -67,7 +70,7 @@ class Model {
   void initialize(uint64_t seed);
 
   Losses forward(const Context& ctx, const Tensor& tokens, Saved& saved) const;
-  void backward(const Context& ctx, const Saved& saved, double grad_scale = 1.0) const;
+  void backward(const Context& ctx, const Saved& saved, double grad_scale = 1.0, GradSync* sync = nullptr) const;
 
   // The MoE layers in HF layer order (MTP blocks after the trunk), their stats from a forward, and
   // the aux-loss-free bias update with one global load vector per MoE layer (token counts, checked
@@ -144,6 +147,10 @@ class Model {
   RMSNorm final_norm_;
   Linear lm_head_;                            // unused when tie_word_embeddings
   std::vector<MtpModule> mtp_;
+  // Where each part's parameters start in the flat buffer: after block l's backward the gradients
+  // from block_grad_offset_[l] on are final (the layout runs embedding, blocks, norm + head, MTP).
+  std::vector<int64_t> block_grad_offset_;
+  int64_t head_grad_offset_ = 0, mtp_grad_offset_ = 0;
 };
 
 }  // namespace moelab

@@ -83,10 +83,10 @@ double grad_norm_cuda(const Exec& ex, const char* op, const std::vector<Tensor>&
   cuda::memcpy_d2h(host.data(), sums, count * sizeof(double));
   double total = 0;
   for (double s : host) total += s;
-  return std::sqrt(total);
+  return total;
 }
 
-double grad_norm_unchecked(const Exec& ex, const char* op, const std::vector<Tensor>& grads, Device device) {
+double sum_squares_unchecked(const Exec& ex, const char* op, const std::vector<Tensor>& grads, Device device) {
   if (device == Device::CUDA) {
     return grad_norm_cuda(ex, op, grads);
   }
@@ -96,24 +96,14 @@ double grad_norm_unchecked(const Exec& ex, const char* op, const std::vector<Ten
       using T = decltype(tag);
       total += ref::grad_sum_squares<T>(g.data<T>(), g.numel());
     });
-  return std::sqrt(total);
-}
-}  // namespace
-
-double grad_norm(const Exec& ex, const std::vector<Tensor>& grads) {
-  const char* op = "grad_norm";
-  const Device device = check_grads(op, grads);
-  return grad_norm_unchecked(ex, op, grads, device);
+  return total;
 }
 
-double clip_grad_norm(const Exec& ex, const std::vector<Tensor>& grads, double max_norm) {
-  const char* op = "clip_grad_norm";
-  MOELAB_CHECK(max_norm > 0, op, ": max_norm is ", max_norm, ", expected > 0");
-  const Device device = check_grads(op, grads);
-  const double norm = grad_norm_unchecked(ex, op, grads, device);
-  if (!std::isfinite(norm)) return norm;  // left to the trainer's non-finite guard
+void clip_unchecked(const Exec& ex, const char* op, const std::vector<Tensor>& grads, Device device, double norm,
+                    double max_norm) {
+  if (!std::isfinite(norm)) return;  // left to the trainer's non-finite guard
   const double coef = max_norm / (norm + 1e-6);  // +1e-6: PyTorch's guard against norm = 0
-  if (coef >= 1.0) return norm;                  // below the threshold: the gradients stay as they are
+  if (coef >= 1.0) return;                       // below the threshold: the gradients stay as they are
   if (device == Device::CUDA) {
     for (const Tensor& g : grads) {
       cuda::GradScaleParams p;
@@ -123,14 +113,39 @@ double clip_grad_norm(const Exec& ex, const std::vector<Tensor>& grads, double m
       p.stream = ex.stream;
       cuda::grad_scale(p);
     }
-    return norm;
+    return;
   }
   for (const Tensor& g : grads)
     ops_detail::dispatch_cpu_float(op, g, [&](auto tag) {
       using T = decltype(tag);
       ref::grad_scale<T>(g.data<T>(), g.numel(), static_cast<T>(coef));
     });
+}
+}  // namespace
+
+double grad_sum_squares(const Exec& ex, const std::vector<Tensor>& grads) {
+  const char* op = "grad_sum_squares";
+  return sum_squares_unchecked(ex, op, grads, check_grads(op, grads));
+}
+
+double grad_norm(const Exec& ex, const std::vector<Tensor>& grads) {
+  const char* op = "grad_norm";
+  return std::sqrt(sum_squares_unchecked(ex, op, grads, check_grads(op, grads)));
+}
+
+double clip_grad_norm(const Exec& ex, const std::vector<Tensor>& grads, double max_norm) {
+  const char* op = "clip_grad_norm";
+  MOELAB_CHECK(max_norm > 0, op, ": max_norm is ", max_norm, ", expected > 0");
+  const Device device = check_grads(op, grads);
+  const double norm = std::sqrt(sum_squares_unchecked(ex, op, grads, device));
+  clip_unchecked(ex, op, grads, device, norm, max_norm);
   return norm;
+}
+
+void clip_grads_to_norm(const Exec& ex, const std::vector<Tensor>& grads, double norm, double max_norm) {
+  const char* op = "clip_grads_to_norm";
+  MOELAB_CHECK(max_norm > 0, op, ": max_norm is ", max_norm, ", expected > 0");
+  clip_unchecked(ex, op, grads, check_grads(op, grads), norm, max_norm);
 }
 
 }  // namespace moelab

@@ -3,6 +3,10 @@
 //   clip_grad_norm(grads, max_norm): norm = grad_norm(grads); if norm is finite, every tensor is
 //       multiplied by c = min(1, max_norm / (norm + 1e-6)) (torch.nn.utils.clip_grad_norm_'s rule);
 //       returns the norm BEFORE clipping.
+//   grad_sum_squares(grads) = the norm's square (data parallel with a sharded optimizer: each rank
+//       sums its shard, the ranks add their sums, and the root is the global norm)
+//   clip_grads_to_norm(grads, norm, max_norm): clip_grad_norm's scaling with a norm computed
+//       elsewhere (the global one)
 // A non-finite norm (an inf or NaN gradient) is returned as it is and the gradients are left
 // untouched: scaling would only spread the NaN; the trainer's non-finite guard decides (skip the
 // step). With data parallelism, call it on the reduced gradients so every rank gets the same norm.
@@ -27,6 +31,8 @@ namespace moelab {
 
 double grad_norm(const Exec& ex, const std::vector<Tensor>& grads);
 double clip_grad_norm(const Exec& ex, const std::vector<Tensor>& grads, double max_norm);
+double grad_sum_squares(const Exec& ex, const std::vector<Tensor>& grads);
+void clip_grads_to_norm(const Exec& ex, const std::vector<Tensor>& grads, double norm, double max_norm);
 
 namespace ref {
 // sum_i x_i^2 in double, in the fixed chunk order described above.

@@ -1,0 +1,353 @@
+// dist::Comm's backend-independent half (dist/comm.h): the communication thread and its queue, the
+// byte accounting and the link model, the deadline, the checks of counts and shapes.
+#include "dist/comm.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <numeric>
+
+namespace moelab::dist {
+
+double now_seconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+std::string human_bytes(double bytes) {
+  char buf[32];
+  if (bytes >= 1e9) std::snprintf(buf, sizeof buf, "%.2f GB", bytes / 1e9);
+  else if (bytes >= 1e6) std::snprintf(buf, sizeof buf, "%.2f MB", bytes / 1e6);
+  else if (bytes >= 1e3) std::snprintf(buf, sizeof buf, "%.2f kB", bytes / 1e3);
+  else std::snprintf(buf, sizeof buf, "%.0f B", bytes);
+  return buf;
+}
+
+// --- Link presets ---------------------------------------------------------------------------------
+
+namespace {
+struct Preset {
+  const char* name;
+  Link intra, inter;
+};
+// Effective per-direction bandwidths of a collective on such a machine (what NCCL's bus bandwidth
+// reaches, not the link's peak): PCIe 4.0 x16 ~25 GB/s peak -> ~20; PCIe 5.0 ~50 -> ~40; NVLink 4 on
+// H100 450 GB/s per direction -> ~350; HDR 200 Gb/s = 25 GB/s -> ~22; NDR 400 Gb/s = 50 GB/s -> ~45.
+const std::vector<Preset>& presets() {
+  static const Link ib200{22, 8}, ib400{45, 6};
+  static const std::vector<Preset> p = {
+      {"none", {}, {}},
+      {"pcie4", {20, 5}, ib200},
+      {"pcie5", {40, 5}, ib400},
+      {"nvlink4", {350, 3}, ib400},
+      {"ib200", ib200, ib200},
+      {"ib400", ib400, ib400},
+  };
+  return p;
+}
+}  // namespace
+
+const std::vector<std::string>& LinkModel::preset_names() {
+  static const std::vector<std::string> names = [] {
+    std::vector<std::string> n;
+    for (const Preset& p : presets()) n.push_back(p.name);
+    return n;
+  }();
+  return names;
+}
+
+LinkModel LinkModel::preset(const std::string& name) {
+  for (const Preset& p : presets())
+    if (name == p.name) return LinkModel{p.intra, p.inter};
+  std::string known;
+  for (const std::string& n : preset_names()) known += (known.empty() ? "" : ", ") + n;
+  throw Error("dist.link = '" + name + "' is not a known link preset (expected one of: " + known + ")");
+}
+
+// --- Work -------------------------------------------------------------------------------------------
+
+void Work::wait() {
+  const double t0 = now_seconds();
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait(lock, [&] { return done_; });
+  lock.unlock();
+  if (comm_) {
+    std::lock_guard<std::mutex> g(comm_->mu_);
+    comm_->counters_.waited_s += now_seconds() - t0;
+  }
+  if (error_) std::rethrow_exception(error_);
+}
+
+bool Work::done() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return done_;
+}
+
+// --- Comm ---------------------------------------------------------------------------------------------
+
+Comm::Comm(int rank, std::vector<int> members, CommOptions opts)
+    : rank_(rank), members_(std::move(members)), opts_(std::move(opts)) {
+  MOELAB_CHECK(!members_.empty() && rank_ >= 0 && rank_ < size(), "Comm: rank ", rank_, " of a group of ",
+               members_.size());
+  MOELAB_CHECK(opts_.timeout_s > 0, "dist.timeout_s = ", opts_.timeout_s, " (expected > 0 seconds)");
+  MOELAB_CHECK(opts_.ranks_per_node >= 0, "dist.ranks_per_node = ", opts_.ranks_per_node, " (expected >= 0)");
+}
+
+Comm::~Comm() = default;
+
+void Comm::start() { thread_ = std::thread([this] { thread_main(); }); }
+
+void Comm::stop() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+CommCounters Comm::counters() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return counters_;
+}
+
+LinkClass Comm::link_class(int a, int b) const {
+  if (opts_.ranks_per_node <= 0) return LinkClass::Intra;
+  return members_[a] / opts_.ranks_per_node == members_[b] / opts_.ranks_per_node ? LinkClass::Intra
+                                                                                  : LinkClass::Inter;
+}
+
+bool Comm::timed_out() const { return now_seconds() > deadline_; }
+
+CommError Comm::timeout_error(const std::string& detail) const {
+  char head[160];
+  std::snprintf(head, sizeof head, "rank %d (world rank %d) of group %s: ", rank_, members_[rank_], opts_.name.c_str());
+  char tail[96];
+  std::snprintf(tail, sizeof tail, " did not finish within dist.timeout_s = %g s", opts_.timeout_s);
+  return CommError(head + current_call_ + tail + (detail.empty() ? "" : "; " + detail));
+}
+
+// A ring of N ranks in group order: `steps` steps, each moving step_bytes to the next rank.
+Comm::Cost Comm::ring_cost(double step_bytes, int steps, int64_t bytes_to_next) const {
+  Cost c;
+  const int N = size();
+  if (N == 1) return c;
+  c.bytes[static_cast<int>(link_class(rank_, (rank_ + 1) % N))] = bytes_to_next;
+  if (!opts_.link.emulated()) return c;
+  // The slowest link the ring crosses sets the pace of every step.
+  double t_step = 0;
+  for (int r = 0; r < N; ++r) {
+    const Link& l = opts_.link.link(link_class(r, (r + 1) % N));
+    if (l.gbytes_per_s <= 0) continue;
+    t_step = std::max(t_step, l.latency_us * 1e-6 + step_bytes / (l.gbytes_per_s * 1e9));
+  }
+  c.modeled_s = steps * t_step;
+  return c;
+}
+
+Comm::Cost Comm::broadcast_cost(int64_t bytes, int root) const {
+  Cost c;
+  const int N = size();
+  if (N == 1) return c;
+  // A chain from the root: every rank but the last one forwards the buffer to the next.
+  const int last = (root + N - 1) % N;
+  if (rank_ != last) c.bytes[static_cast<int>(link_class(rank_, (rank_ + 1) % N))] = bytes;
+  if (!opts_.link.emulated()) return c;
+  double lat = 0, bw = 0;
+  for (int r = 0; r < N; ++r) {
+    const Link& l = opts_.link.link(link_class(r, (r + 1) % N));
+    if (l.gbytes_per_s <= 0) continue;
+    lat = std::max(lat, l.latency_us * 1e-6);
+    bw = bw == 0 ? l.gbytes_per_s : std::min(bw, l.gbytes_per_s);
+  }
+  if (bw > 0) c.modeled_s = (N - 1) * lat + static_cast<double>(bytes) / (bw * 1e9);
+  return c;
+}
+
+Comm::Cost Comm::all_to_all_cost(const std::vector<int64_t>& send_bytes, const std::vector<int64_t>& recv_bytes) const {
+  Cost c;
+  int64_t recv[2] = {0, 0};
+  bool any[2] = {false, false};
+  for (int p = 0; p < size(); ++p) {
+    if (p == rank_) continue;  // a rank's own block is a local copy
+    const int k = static_cast<int>(link_class(rank_, p));
+    c.bytes[k] += send_bytes[p];
+    recv[k] += recv_bytes[p];
+    any[k] = any[k] || send_bytes[p] > 0 || recv_bytes[p] > 0;
+  }
+  for (int k = 0; k < 2; ++k) {
+    const Link& l = opts_.link.link(static_cast<LinkClass>(k));
+    if (!any[k] || l.gbytes_per_s <= 0) continue;
+    const double t = l.latency_us * 1e-6 + static_cast<double>(std::max(c.bytes[k], recv[k])) / (l.gbytes_per_s * 1e9);
+    c.modeled_s = std::max(c.modeled_s, t);
+  }
+  return c;
+}
+
+void Comm::check_counts(const char* call, const std::vector<int64_t>& counts) const {
+  MOELAB_CHECK(static_cast<int>(counts.size()) == size(), call, ": ", counts.size(), " counts for a group of ", size(),
+               " ranks (expected one per rank)");
+  for (size_t i = 0; i < counts.size(); ++i)
+    MOELAB_CHECK(counts[i] >= 0, call, ": count ", counts[i], " for rank ", i, " (expected >= 0)");
+}
+
+namespace {
+int64_t sum(const std::vector<int64_t>& v) { return std::accumulate(v.begin(), v.end(), int64_t{0}); }
+void check_flat(const char* call, const char* name, const Tensor& t, int64_t numel) {
+  MOELAB_CHECK(t.defined() || numel == 0, call, ": ", name, " is undefined");
+  if (!t.defined()) return;
+  MOELAB_CHECK(t.numel() == numel, call, ": ", name, " has ", t.numel(), " elements ", t.shape().str(), ", expected ",
+               numel);
+}
+std::string describe(const char* call, double bytes) { return std::string(call) + " of " + human_bytes(bytes); }
+}  // namespace
+
+WorkHandle Comm::all_reduce_async(const Tensor& buf, ReduceOp op) {
+  MOELAB_CHECK(buf.defined(), "all_reduce: the buffer is undefined");
+  const int N = size();
+  const int64_t bytes = static_cast<int64_t>(buf.nbytes());
+  // Ring all-reduce: N-1 reduce-scatter steps and N-1 all-gather steps of S/N bytes each.
+  const Cost cost = ring_cost(static_cast<double>(bytes) / N, 2 * (N - 1), 2 * (N - 1) * bytes / N);
+  return enqueue(describe("all_reduce", bytes), cost, [this, buf, op] { run_all_reduce(buf, op); });
+}
+
+WorkHandle Comm::reduce_scatter_async(const Tensor& in, const Tensor& out, const std::vector<int64_t>& counts,
+                                      ReduceOp op) {
+  check_counts("reduce_scatter", counts);
+  check_flat("reduce_scatter", "in", in, sum(counts));
+  check_flat("reduce_scatter", "out", out, counts[rank_]);
+  MOELAB_CHECK(!in.defined() || !out.defined() || in.dtype() == out.dtype(), "reduce_scatter: in is ",
+               dtype_name(in.dtype()), " but out is ", dtype_name(out.dtype()));
+  const int N = size();
+  const int64_t bytes = in.defined() ? static_cast<int64_t>(in.nbytes()) : 0;
+  const Cost cost = ring_cost(static_cast<double>(bytes) / N, N - 1, (N - 1) * bytes / N);
+  return enqueue(describe("reduce_scatter", bytes), cost,
+                 [this, in, out, counts, op] { run_reduce_scatter(in, out, counts, op); });
+}
+
+WorkHandle Comm::all_gather_async(const Tensor& in, const Tensor& out, const std::vector<int64_t>& counts) {
+  check_counts("all_gather", counts);
+  check_flat("all_gather", "in", in, counts[rank_]);
+  check_flat("all_gather", "out", out, sum(counts));
+  MOELAB_CHECK(!in.defined() || !out.defined() || in.dtype() == out.dtype(), "all_gather: in is ",
+               dtype_name(in.dtype()), " but out is ", dtype_name(out.dtype()));
+  const int N = size();
+  const int64_t bytes = out.defined() ? static_cast<int64_t>(out.nbytes()) : 0;
+  const Cost cost = ring_cost(static_cast<double>(bytes) / N, N - 1, (N - 1) * bytes / N);
+  return enqueue(describe("all_gather", bytes), cost, [this, in, out, counts] { run_all_gather(in, out, counts); });
+}
+
+WorkHandle Comm::all_to_all_v_async(const Tensor& send, const std::vector<int64_t>& send_counts, const Tensor& recv,
+                                    const std::vector<int64_t>& recv_counts) {
+  check_counts("all_to_all_v (send)", send_counts);
+  check_counts("all_to_all_v (recv)", recv_counts);
+  check_flat("all_to_all_v", "send", send, sum(send_counts));
+  check_flat("all_to_all_v", "recv", recv, sum(recv_counts));
+  const Tensor& any = send.defined() ? send : recv;
+  const int64_t elem = any.defined() ? static_cast<int64_t>(dtype_size(any.dtype())) : 0;
+  std::vector<int64_t> sb(send_counts.size()), rb(recv_counts.size());
+  for (size_t p = 0; p < sb.size(); ++p) {
+    sb[p] = send_counts[p] * elem;
+    rb[p] = recv_counts[p] * elem;
+  }
+  const Cost cost = all_to_all_cost(sb, rb);
+  return enqueue(describe("all_to_all_v", static_cast<double>(sum(sb))), cost,
+                 [this, send, send_counts, recv, recv_counts] { run_all_to_all_v(send, send_counts, recv, recv_counts); });
+}
+
+WorkHandle Comm::broadcast_async(const Tensor& buf, int root) {
+  MOELAB_CHECK(buf.defined(), "broadcast: the buffer is undefined");
+  MOELAB_CHECK(root >= 0 && root < size(), "broadcast: root ", root, " is not a rank of a group of ", size());
+  const int64_t bytes = static_cast<int64_t>(buf.nbytes());
+  return enqueue(describe("broadcast", bytes), broadcast_cost(bytes, root), [this, buf, root] { run_broadcast(buf, root); });
+}
+
+void Comm::barrier() {
+  Cost cost;
+  if (opts_.link.emulated() && size() > 1) cost = ring_cost(0, 2 * (size() - 1), 0);
+  enqueue("barrier", cost, [this] { run_barrier(); })->wait();
+}
+
+void Comm::all_reduce(std::vector<double>& values, ReduceOp op) {
+  if (values.empty()) return;
+  Tensor t = Tensor::empty({static_cast<int64_t>(values.size())}, DType::F64);
+  std::copy(values.begin(), values.end(), t.data<double>());
+  all_reduce(t, op);
+  std::copy(t.data<double>(), t.data<double>() + values.size(), values.begin());
+}
+
+std::unique_ptr<Comm> Comm::split(int color, int key, const std::string& name) {
+  // The backend's split is itself a collective of this group: wait until the queue has drained so
+  // that it is not interleaved with queued collectives.
+  enqueue("split", Cost{}, [] {})->wait();
+  return make_split(color, key, name);
+}
+
+WorkHandle Comm::enqueue(std::string call, Cost cost, std::function<void()> run) {
+  auto work = std::make_shared<Work>();
+  work->run_ = std::move(run);
+  work->comm_ = this;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (broken_) std::rethrow_exception(broken_);
+    MOELAB_CHECK(!stopping_, "Comm ", opts_.name, ": a collective after shutdown");
+    queue_.emplace_back(work, std::make_pair(std::move(call), cost));
+  }
+  cv_.notify_all();
+  return work;
+}
+
+void Comm::thread_main() {
+  for (;;) {
+    WorkHandle work;
+    std::string call;
+    Cost cost;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+      if (queue_.empty()) return;  // stopping, and everything queued has run
+      work = queue_.front().first;
+      call = std::move(queue_.front().second.first);
+      cost = queue_.front().second.second;
+      queue_.pop_front();
+    }
+    const double t0 = now_seconds();
+    current_call_ = call;
+    deadline_ = t0 + opts_.timeout_s;
+    std::exception_ptr error;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      error = broken_;
+    }
+    if (!error) {
+      try {
+        work->run_();
+        // The emulated link: hold the collective until its modeled time has passed.
+        if (cost.modeled_s > 0) {
+          const double until = t0 + cost.modeled_s;
+          const double left = until - now_seconds();
+          if (left > 0) std::this_thread::sleep_for(std::chrono::duration<double>(left));
+        }
+      } catch (...) {
+        error = std::current_exception();
+      }
+    }
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (error && !broken_) broken_ = error;
+      counters_.calls += 1;
+      counters_.bytes[0] += cost.bytes[0];
+      counters_.bytes[1] += cost.bytes[1];
+      counters_.busy_s += now_seconds() - t0;
+      counters_.modeled_s += cost.modeled_s;
+    }
+    {
+      std::lock_guard<std::mutex> lock(work->mu_);
+      work->done_ = true;
+      work->error_ = error;
+      work->run_ = nullptr;  // drop the tensors it holds
+    }
+    work->cv_.notify_all();
+  }
+}
+
+}  // namespace moelab::dist
