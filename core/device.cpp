@@ -7,6 +7,7 @@
 namespace moelab {
 
 int cuda_device_count() { return cuda::device_count(); }
+void cuda_set_device(int device) { cuda::set_device(device); }
 
 bool cuda_available() {
   static const bool available = cuda_device_count() > 0;  // a fact of the process, asked once

@@ -18,6 +18,7 @@ const char* no_cuda_reason();
 
 std::string cuda_device_description(int device);  // "NVIDIA H100 80GB HBM3 (sm_90, 79.1 GiB)"
 void cuda_synchronize();                          // waits for all queued GPU work
+void cuda_set_device(int device);                 // this thread's GPU (one process per GPU: its local rank)
 size_t cuda_free_memory();                        // bytes free on the current device
 size_t cuda_total_memory();
 

@@ -48,6 +48,7 @@ void memcpy_h2d(void*, const void*, size_t) { no_cuda("memcpy_h2d"); }
 void memcpy_d2h(void*, const void*, size_t) { no_cuda("memcpy_d2h"); }
 void memcpy_d2d(void*, const void*, size_t) { no_cuda("memcpy_d2d"); }
 void memset_device(void*, int, size_t) { no_cuda("memset_device"); }
+void set_device(int) { no_cuda("set_device"); }
 void synchronize() { no_cuda("synchronize"); }
 size_t free_memory() { no_cuda("free_memory"); }
 size_t total_memory() { no_cuda("total_memory"); }

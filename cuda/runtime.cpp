@@ -57,6 +57,7 @@ void memcpy_d2h(void* dst, const void* src, size_t bytes) {
 }
 void memcpy_d2d(void* dst, const void* src, size_t bytes) { CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice)); }
 void memset_device(void* dst, int value, size_t bytes) { CUDA_CHECK(cudaMemset(dst, value, bytes)); }
+void set_device(int device) { CUDA_CHECK(cudaSetDevice(device)); }
 void synchronize() {
   count_host_sync();
   CUDA_CHECK(cudaDeviceSynchronize());

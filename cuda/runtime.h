@@ -19,6 +19,7 @@ void memcpy_d2h(void* dst, const void* src, size_t bytes);
 void memcpy_d2d(void* dst, const void* src, size_t bytes);
 void memset_device(void* dst, int value, size_t bytes);
 void synchronize();
+void set_device(int device);  // the calling thread's current GPU (cudaSetDevice)
 size_t free_memory();   // bytes free on the current device (cudaMemGetInfo)
 size_t total_memory();  // bytes on the current device
 

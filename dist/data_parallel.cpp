@@ -5,8 +5,11 @@
 
 namespace moelab::dist {
 
-DataParallel::DataParallel(Comm& comm, const ParamBuffer& params, const DataParallelConfig& cfg)
-    : comm_(comm), params_(params), cfg_(cfg) {
+DataParallel::DataParallel(Comm& comm, Comm& host, const ParamBuffer& params, const DataParallelConfig& cfg)
+    : comm_(comm), host_(host), params_(params), cfg_(cfg) {
+  MOELAB_CHECK(host.size() == comm.size() && host.rank() == comm.rank(), "DataParallel: the host group (rank ",
+               host.rank(), " of ", host.size(), ") is not the data-parallel group (rank ", comm.rank(), " of ",
+               comm.size(), ")");
   MOELAB_CHECK(cfg_.zero == 0 || cfg_.zero == 1, "dist.zero = ", cfg_.zero, " (expected 0 or 1)");
   MOELAB_CHECK(cfg_.bucket_bytes >= 1024, "dist.bucket_mb gives ", cfg_.bucket_bytes,
                " bytes per bucket (expected at least 1 kB)");
@@ -53,7 +56,7 @@ void DataParallel::finish_grads(const Exec& ex) {
   next_ = 0;
 }
 
-void DataParallel::sum(std::vector<double>& values) { comm_.all_reduce(values, ReduceOp::Sum); }
+void DataParallel::sum(std::vector<double>& values) { host_.all_reduce(values, ReduceOp::Sum); }
 
 void DataParallel::gather_params(const Exec&) {
   if (cfg_.zero == 0) return;

@@ -35,8 +35,10 @@ struct DataParallelConfig {
 
 class DataParallel final : public GradSync {
  public:
-  // comm: the data-parallel group; params: the model's flat buffers (f32 gradients).
-  DataParallel(Comm& comm, const ParamBuffer& params, const DataParallelConfig& cfg);
+  // comm: the data-parallel group for the parameters' tensors (MPI, or NCCL for CUDA tensors);
+  // host: the same ranks over MPI, for host values (sum()); params: the model's flat buffers (f32
+  // gradients).
+  DataParallel(Comm& comm, Comm& host, const ParamBuffer& params, const DataParallelConfig& cfg);
 
   void grads_ready(const Exec& ex, int64_t offset) override;
   void finish_grads(const Exec& ex) override;
@@ -66,6 +68,7 @@ class DataParallel final : public GradSync {
   void start(Bucket& b);
 
   Comm& comm_;
+  Comm& host_;
   const ParamBuffer& params_;
   DataParallelConfig cfg_;
   std::vector<Bucket> buckets_;      // from the end of the buffer to its start

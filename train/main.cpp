@@ -24,10 +24,14 @@
 //   moelab eval --ckpt DIR [--batches N] [--data-dir DIR] [--device cpu|cuda]
 //                               a checkpoint's validation loss (train/trainer.h)
 // --device and --precision (auto | fp32 | bf16) are train.device / train.precision: train/runtime.h.
+// Several processes: `mpirun -np N moelab train|bench ...` (train/parallel.h). MPI starts before
+// the command runs; an error on any rank is printed with its rank and ends the whole job, so that no
+// rank waits for it in a collective.
 #include <omp.h>
 
 #include <CLI/CLI.hpp>
 #include <atomic>
+#include <memory>
 #include <cmath>
 #include <csignal>
 #include <cstdio>
@@ -38,6 +42,7 @@
 #include "core/device.h"
 #include "core/nn/model.h"
 #include "data/prepare.h"
+#include "dist/backends.h"
 #include "train/bench.h"
 #include "train/trainer.h"
 #include "train/config_file.h"
@@ -395,12 +400,25 @@ int main(int argc, char** argv) {
   eval_opt.where.add_to(eval);
   eval->callback([&]() { rc = run_eval_cli(eval_opt); });
 
+  const moelab::dist::WorldInfo world = moelab::dist::world_from_environment();
+  const std::string where = world.size > 1 ? " (rank " + std::to_string(world.rank) + " of " +
+                                                 std::to_string(world.size) + ")"
+                                           : "";
   try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    return app.exit(e);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "moelab: error: %s\n", e.what());
+    std::unique_ptr<moelab::dist::MpiSession> mpi;
+    if (world.size > 1) mpi = std::make_unique<moelab::dist::MpiSession>();
+    try {
+      app.parse(argc, argv);
+    } catch (const CLI::ParseError& e) {
+      return app.exit(e);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "moelab: error%s: %s\n", where.c_str(), e.what());
+      std::fflush(stderr);
+      moelab::dist::abort_job(1);  // the other ranks may be waiting for this one: end them all
+      return 1;
+    }
+  } catch (const std::exception& e) {  // MPI did not start
+    std::fprintf(stderr, "moelab: error%s: %s\n", where.c_str(), e.what());
     return 1;
   }
   return rc;

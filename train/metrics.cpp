@@ -36,6 +36,7 @@ void drop_records_after(const std::string& path, int64_t last_step) {
 
 MetricsLog::MetricsLog(const std::string& out_dir, bool console, int64_t resumed_step)
     : console_(console), tty_(console && ::isatty(STDOUT_FILENO)) {
+  if (out_dir.empty()) return;
   std::filesystem::create_directories(out_dir);
   path_ = (std::filesystem::path(out_dir) / "metrics.jsonl").string();
   if (resumed_step >= 0) drop_records_after(path_, resumed_step);
@@ -44,6 +45,7 @@ MetricsLog::MetricsLog(const std::string& out_dir, bool console, int64_t resumed
 }
 
 void MetricsLog::write(nlohmann::ordered_json record) {
+  if (path_.empty()) return;
   record["time"] = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
   out_ << record.dump() << '\n';
   out_.flush();

@@ -21,6 +21,7 @@ class MetricsLog {
   // after dropping the records of later steps: what a killed run logged past its last checkpoint,
   // and the resumed run logs again, so the file stays one curve. A line cut short by the kill is
   // dropped too. The kept lines go to a temporary file that is renamed over the old one.
+  // out_dir empty: no file (the ranks but the first of a data-parallel run log nothing).
   explicit MetricsLog(const std::string& out_dir, bool console = true, int64_t resumed_step = -1);
 
   void write(nlohmann::ordered_json record);                 // one JSONL line + "time", flushed

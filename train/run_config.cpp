@@ -1,7 +1,11 @@
-// RunConfig: the [train] field table, section dispatch, `--set` overrides, TOML and JSON writers.
+// RunConfig: the [train] and [dist] field tables, section dispatch, `--set` overrides, TOML and JSON
+// writers.
 // See run_config.h.
 #include "train/run_config.h"
 
+#include "dist/comm.h"
+
+#include <algorithm>
 #include <cmath>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -13,7 +17,7 @@ namespace {
 using TrainField = TrainConfigField;
 
 const std::vector<TrainField> kTrainFields = {
-    {"batch_size", "B, sequences per micro-step (per process)", &TrainConfig::batch_size},
+    {"batch_size", "B, sequences per micro-step, all processes together", &TrainConfig::batch_size},
     {"seq_len", "T, tokens per sequence (<= model.max_position_embeddings)", &TrainConfig::seq_len},
     {"steps", "optimizer steps", &TrainConfig::steps},
     {"grad_accum_steps", "micro-batches per optimizer step", &TrainConfig::grad_accum_steps},
@@ -43,6 +47,26 @@ const std::vector<TrainField> kTrainFields = {
     {"time_limit_s", "stop (evaluate, save) after this many seconds of training; 0 = none", &TrainConfig::time_limit_s},
 };
 
+const std::vector<DistConfigField> kDistFields = {
+    {"backend", "auto (nccl for cuda when built with it, else mpi), mpi or nccl", &DistConfig::backend},
+    {"ranks_per_node", "emulated nodes of this many ranks; 0 = one node", &DistConfig::ranks_per_node},
+    {"zero", "0: replicated optimizer state; 1: ZeRO-1 (sharded over the ranks)", &DistConfig::zero},
+    {"bucket_mb", "gradient bucket size (MB) of the overlapped reduction", &DistConfig::bucket_mb},
+    {"link", "emulated link preset: none, pcie4, pcie5, nvlink4, ib200, ib400", &DistConfig::link},
+    {"intra_gbps", "> 0: emulated intra-node bandwidth (GB/s), overrides the preset", &DistConfig::intra_gbps},
+    {"intra_latency_us", "emulated intra-node latency (us) with intra_gbps", &DistConfig::intra_latency_us},
+    {"inter_gbps", "> 0: emulated inter-node bandwidth (GB/s), overrides the preset", &DistConfig::inter_gbps},
+    {"inter_latency_us", "emulated inter-node latency (us) with inter_gbps", &DistConfig::inter_latency_us},
+    {"timeout_s", "seconds before a stuck collective ends the run, naming the silent ranks", &DistConfig::timeout_s},
+};
+
+template <typename S>
+const std::vector<ConfigFieldOf<S>>& fields_of();
+template <>
+const std::vector<TrainConfigField>& fields_of<TrainConfig>() { return kTrainFields; }
+template <>
+const std::vector<DistConfigField>& fields_of<DistConfig>() { return kDistFields; }
+
 // Per-type codecs (the ModelConfig table has its own for its enums; these cover the scalars).
 void parse_into(const std::string& key, const std::string& v, int64_t& out) { out = parse_config_int(key, v); }
 void parse_into(const std::string& key, const std::string& v, double& out) { out = parse_config_number(key, v); }
@@ -70,21 +94,24 @@ const char* type_name(bool) { return "bool"; }
 const char* type_name(uint64_t) { return "integer"; }
 const char* type_name(const std::string&) { return "string"; }
 
-std::vector<std::string> train_names() {
+template <typename S>
+std::vector<std::string> names_of() {
   std::vector<std::string> names;
-  for (const TrainField& f : kTrainFields) names.emplace_back(f.name);
+  for (const ConfigFieldOf<S>& f : fields_of<S>()) names.emplace_back(f.name);
   return names;
 }
 
-const TrainField* find_train_field(const std::string& key) {
-  for (const TrainField& f : kTrainFields)
+template <typename S>
+const ConfigFieldOf<S>* find_field(const std::string& key) {
+  for (const ConfigFieldOf<S>& f : fields_of<S>())
     if (key == f.name) return &f;
   return nullptr;
 }
 
-const TrainField& train_field_or_throw(const std::string& key) {
-  if (const TrainField* f = find_train_field(key)) return *f;
-  throw ConfigError("unknown key '" + key + "'" + did_you_mean(key, train_names()));
+template <typename S>
+const ConfigFieldOf<S>& field_or_throw(const std::string& key) {
+  if (const ConfigFieldOf<S>* f = find_field<S>(key)) return *f;
+  throw ConfigError("unknown key '" + key + "'" + did_you_mean(key, names_of<S>()));
 }
 
 std::string json_text(const nlohmann::json& j) { return j.dump(); }
@@ -167,51 +194,97 @@ void TrainConfig::validate(const ModelConfig& model) const {
                       std::to_string(model.max_position_embeddings) + " (raise model.max_position_embeddings)");
 }
 
-std::string TrainConfigField::type() const {
-  return std::visit([](auto m) { return std::string(type_name(TrainConfig{}.*m)); }, member);
+template <typename S>
+std::string ConfigFieldOf<S>::type() const {
+  return std::visit([](auto m) { return std::string(type_name(S{}.*m)); }, member);
+}
+template struct ConfigFieldOf<TrainConfig>;
+template struct ConfigFieldOf<DistConfig>;
+
+namespace {
+template <typename S>
+void set_key(S& cfg, const std::string& key, const std::string& value) {
+  std::visit([&](auto m) { parse_into(key, value, cfg.*m); }, field_or_throw<S>(key).member);
 }
 
-const std::vector<TrainConfigField>& train_config_fields() { return kTrainFields; }
-bool has_train_key(const std::string& key) { return find_train_field(key) != nullptr; }
-
-void set_train_key(TrainConfig& cfg, const std::string& key, const std::string& value) {
-  std::visit([&](auto m) { parse_into(key, value, cfg.*m); }, train_field_or_throw(key).member);
+template <typename S>
+std::string get_key(const S& cfg, const std::string& key) {
+  return std::visit([&](auto m) { return toml_value(cfg.*m); }, field_or_throw<S>(key).member);
 }
 
-std::string get_train_key(const TrainConfig& cfg, const std::string& key) {
-  return std::visit([&](auto m) { return toml_value(cfg.*m); }, train_field_or_throw(key).member);
-}
-
-nlohmann::json to_json(const TrainConfig& cfg) {
+template <typename S>
+nlohmann::json fields_to_json(const S& cfg) {
   nlohmann::json j = nlohmann::json::object();
-  for (const TrainField& f : kTrainFields) std::visit([&](auto m) { j[f.name] = cfg.*m; }, f.member);
+  for (const ConfigFieldOf<S>& f : fields_of<S>()) std::visit([&](auto m) { j[f.name] = cfg.*m; }, f.member);
   return j;
 }
 
-TrainConfig train_config_from_json(const nlohmann::json& j) {
-  if (!j.is_object()) throw ConfigError("expected a JSON object of train keys, got " + json_text(j));
-  TrainConfig cfg;
+template <typename S>
+S fields_from_json(const nlohmann::json& j, const char* section) {
+  if (!j.is_object()) throw ConfigError(std::string("expected a JSON object of ") + section + " keys, got " + json_text(j));
+  S cfg;
   for (const auto& [key, value] : j.items())
     std::visit([&, &key = key, &value = value](auto m) { from_json_into(key, value, cfg.*m); },
-               train_field_or_throw(key).member);
+               field_or_throw<S>(key).member);
   return cfg;
 }
 
-bool operator==(const TrainConfig& a, const TrainConfig& b) {
-  for (const TrainField& f : kTrainFields)
+template <typename S>
+bool fields_equal(const S& a, const S& b) {
+  for (const ConfigFieldOf<S>& f : fields_of<S>())
     if (!std::visit([&](auto m) { return a.*m == b.*m; }, f.member)) return false;
   return true;
 }
+}  // namespace
+
+const std::vector<TrainConfigField>& train_config_fields() { return kTrainFields; }
+bool has_train_key(const std::string& key) { return find_field<TrainConfig>(key) != nullptr; }
+void set_train_key(TrainConfig& cfg, const std::string& key, const std::string& value) { set_key(cfg, key, value); }
+std::string get_train_key(const TrainConfig& cfg, const std::string& key) { return get_key(cfg, key); }
+nlohmann::json to_json(const TrainConfig& cfg) { return fields_to_json(cfg); }
+TrainConfig train_config_from_json(const nlohmann::json& j) { return fields_from_json<TrainConfig>(j, "train"); }
+bool operator==(const TrainConfig& a, const TrainConfig& b) { return fields_equal(a, b); }
+
+// ---- DistConfig ----
+
+void DistConfig::validate() const {
+  if (backend != "auto" && backend != "mpi" && backend != "nccl")
+    throw ConfigError("backend = '" + backend + "' is not one of auto, mpi, nccl");
+  if (ranks_per_node < 0) throw ConfigError("ranks_per_node = " + std::to_string(ranks_per_node) + " must be >= 0");
+  if (zero != 0 && zero != 1) throw ConfigError("zero = " + std::to_string(zero) + " is not 0 or 1");
+  if (!(bucket_mb >= 0.001) || !std::isfinite(bucket_mb))
+    throw ConfigError("bucket_mb = " + format_config_number(bucket_mb) + " must be >= 0.001 (1 kB)");
+  const std::vector<std::string>& presets = dist::LinkModel::preset_names();
+  if (std::find(presets.begin(), presets.end(), link) == presets.end()) {
+    std::string known;
+    for (const std::string& p : presets) known += (known.empty() ? "" : ", ") + p;
+    throw ConfigError("link = '" + link + "' is not one of " + known);
+  }
+  for (auto [key, v] : {std::pair<const char*, double>{"intra_gbps", intra_gbps}, {"intra_latency_us", intra_latency_us},
+                        {"inter_gbps", inter_gbps}, {"inter_latency_us", inter_latency_us}})
+    if (!(v >= 0) || !std::isfinite(v))
+      throw ConfigError(std::string(key) + " = " + format_config_number(v) + " must be >= 0");
+  if (!(timeout_s > 0) || !std::isfinite(timeout_s))
+    throw ConfigError("timeout_s = " + format_config_number(timeout_s) + " must be > 0");
+}
+
+const std::vector<DistConfigField>& dist_config_fields() { return kDistFields; }
+void set_dist_key(DistConfig& cfg, const std::string& key, const std::string& value) { set_key(cfg, key, value); }
+std::string get_dist_key(const DistConfig& cfg, const std::string& key) { return get_key(cfg, key); }
+nlohmann::json to_json(const DistConfig& cfg) { return fields_to_json(cfg); }
+DistConfig dist_config_from_json(const nlohmann::json& j) { return fields_from_json<DistConfig>(j, "dist"); }
+bool operator==(const DistConfig& a, const DistConfig& b) { return fields_equal(a, b); }
 
 // ---- RunConfig ----
 
 void RunConfig::validate() const {
   model.validate();
   train.validate(model);
+  in_section("dist", [&] { dist.validate(); });
 }
 
 const std::vector<std::string>& config_sections() {
-  static const std::vector<std::string> sections = {"model", "train"};
+  static const std::vector<std::string> sections = {"model", "train", "dist"};
   return sections;
 }
 
@@ -219,21 +292,24 @@ void check_config_section(const std::string& section) {
   for (const std::string& s : config_sections())
     if (s == section) return;
   throw ConfigError("unknown section [" + section + "]" + did_you_mean(section, config_sections(), "[", "]") +
-                    "; the sections are [model] and [train]");
+                    "; the sections are [model], [train] and [dist]");
 }
 
 void set_run_key(RunConfig& cfg, const std::string& section, const std::string& key, const std::string& value) {
   check_config_section(section);
   in_section(section, [&] {
     if (section == "model") set_config_key(cfg.model, key, value);
-    else set_train_key(cfg.train, key, value);
+    else if (section == "train") set_train_key(cfg.train, key, value);
+    else set_dist_key(cfg.dist, key, value);
   });
 }
 
 std::string get_run_key(const RunConfig& cfg, const std::string& section, const std::string& key) {
   check_config_section(section);
-  return in_section(
-      section, [&] { return section == "model" ? get_config_key(cfg.model, key) : get_train_key(cfg.train, key); });
+  return in_section(section, [&] {
+    if (section == "model") return get_config_key(cfg.model, key);
+    return section == "train" ? get_train_key(cfg.train, key) : get_dist_key(cfg.dist, key);
+  });
 }
 
 void apply_override(RunConfig& cfg, const std::string& assignment) {
@@ -274,10 +350,15 @@ std::string to_toml(const RunConfig& cfg) {
   os << "\n[train]\n";
   for (const TrainField& f : kTrainFields)
     line(f.name, std::visit([&](auto m) { return toml_value(cfg.train.*m); }, f.member), f.help);
+  os << "\n[dist]\n";
+  for (const DistConfigField& f : kDistFields)
+    line(f.name, std::visit([&](auto m) { return toml_value(cfg.dist.*m); }, f.member), f.help);
   return os.str();
 }
 
-nlohmann::json to_json(const RunConfig& cfg) { return {{"model", to_json(cfg.model)}, {"train", to_json(cfg.train)}}; }
+nlohmann::json to_json(const RunConfig& cfg) {
+  return {{"model", to_json(cfg.model)}, {"train", to_json(cfg.train)}, {"dist", to_json(cfg.dist)}};
+}
 
 RunConfig run_config_from_json(const nlohmann::json& j) {
   if (!j.is_object()) throw ConfigError("expected a JSON object with \"model\" and \"train\", got " + json_text(j));
@@ -286,12 +367,15 @@ RunConfig run_config_from_json(const nlohmann::json& j) {
     check_config_section(section);
     in_section(section, [&, &section = section, &value = value] {
       if (section == "model") cfg.model = model_config_from_json(value);
-      else cfg.train = train_config_from_json(value);
+      else if (section == "train") cfg.train = train_config_from_json(value);
+      else cfg.dist = dist_config_from_json(value);
     });
   }
   return cfg;
 }
 
-bool operator==(const RunConfig& a, const RunConfig& b) { return a.model == b.model && a.train == b.train; }
+bool operator==(const RunConfig& a, const RunConfig& b) {
+  return a.model == b.model && a.train == b.train && a.dist == b.dist;
+}
 
 }  // namespace moelab

@@ -7,6 +7,8 @@
 //   [train]                 # TrainConfig keys
 //   batch_size = 16
 //   seq_len = 256
+//   [dist]                  # DistConfig keys: several processes (mpirun), read only by them
+//   zero = 1
 //
 // Keys not written keep their defaults. Command-line overrides are `--set key=value`, where key
 // is `model.<key>`, `train.<key>` or a bare key that names one field of either; they apply after
@@ -27,7 +29,8 @@ namespace moelab {
 // The [train] section. Grows with the trainer: add the field here and one line to the table in
 // run_config.cpp.
 struct TrainConfig {
-  int64_t batch_size = 8;           // B, sequences per micro-step (per process)
+  int64_t batch_size = 8;           // B, sequences per micro-step, all processes together (each of N
+                                    // data-parallel processes takes B / N of them)
   int64_t seq_len = 128;            // T, tokens per sequence
   // optimisation
   int64_t steps = 1000;             // optimizer steps
@@ -60,15 +63,35 @@ struct TrainConfig {
   void validate(const ModelConfig& model) const;  // also: seq_len <= model.max_position_embeddings
 };
 
-struct TrainConfigField {
-  using Member = std::variant<int64_t TrainConfig::*, double TrainConfig::*, bool TrainConfig::*, uint64_t TrainConfig::*,
-                              std::string TrainConfig::*>;
+// The [dist] section: how several processes (mpirun -np N) share the work (dist/). One process
+// ignores it.
+struct DistConfig {
+  std::string backend = "auto";     // auto (nccl for cuda when built with it, else mpi) | mpi | nccl
+  int64_t ranks_per_node = 0;       // emulated nodes: world rank w is on node w / ranks_per_node; 0: one node
+  int64_t zero = 0;                 // 0: every rank keeps the whole optimizer state; 1: ZeRO-1 (sharded)
+  double bucket_mb = 4;             // gradient bucket size in MB (1e6 bytes) for the overlapped reduction
+  std::string link = "none";        // emulated link preset: none, pcie4, pcie5, nvlink4, ib200, ib400
+  double intra_gbps = 0;            // > 0: explicit intra-node bandwidth (GB/s), overriding the preset
+  double intra_latency_us = 0;      // with intra_gbps: intra-node latency (us)
+  double inter_gbps = 0;            // > 0: explicit inter-node bandwidth (GB/s), overriding the preset
+  double inter_latency_us = 0;      // with inter_gbps: inter-node latency (us)
+  double timeout_s = 300;           // a collective not done by then ends the run, naming the silent ranks
+
+  void validate() const;
+};
+
+// One key of a section's table: its name, help text and the struct member it sets.
+template <typename S>
+struct ConfigFieldOf {
+  using Member = std::variant<int64_t S::*, double S::*, bool S::*, uint64_t S::*, std::string S::*>;
   const char* name;
   const char* help;
   Member member;
 
-  std::string type() const;
+  std::string type() const;  // "integer", "number", "bool", "string"
 };
+using TrainConfigField = ConfigFieldOf<TrainConfig>;
+using DistConfigField = ConfigFieldOf<DistConfig>;
 const std::vector<TrainConfigField>& train_config_fields();
 
 void set_train_key(TrainConfig& cfg, const std::string& key, const std::string& value);
@@ -79,15 +102,23 @@ TrainConfig train_config_from_json(const nlohmann::json& j);
 bool operator==(const TrainConfig& a, const TrainConfig& b);
 inline bool operator!=(const TrainConfig& a, const TrainConfig& b) { return !(a == b); }
 
+const std::vector<DistConfigField>& dist_config_fields();
+void set_dist_key(DistConfig& cfg, const std::string& key, const std::string& value);
+std::string get_dist_key(const DistConfig& cfg, const std::string& key);
+nlohmann::json to_json(const DistConfig& cfg);
+DistConfig dist_config_from_json(const nlohmann::json& j);
+bool operator==(const DistConfig& a, const DistConfig& b);
+
 struct RunConfig {
   ModelConfig model;
   TrainConfig train;
+  DistConfig dist;
 
-  void validate() const;  // model, then train (against the model)
+  void validate() const;  // model, then train (against the model), then dist
 };
 
-// The sections of a config file, in order: "model", "train". check_config_section throws
-// "unknown section [modle] (did you mean [model]?); the sections are [model] and [train]".
+// The sections of a config file, in order: "model", "train", "dist". check_config_section throws
+// "unknown section [modle] (did you mean [model]?); the sections are [model], [train] and [dist]".
 const std::vector<std::string>& config_sections();
 void check_config_section(const std::string& section);
 
@@ -97,12 +128,14 @@ void check_config_section(const std::string& section);
 void set_run_key(RunConfig& cfg, const std::string& section, const std::string& key, const std::string& value);
 std::string get_run_key(const RunConfig& cfg, const std::string& section, const std::string& key);
 
-// One `--set` assignment: "model.hidden_size=256", "train.batch_size=4" or "hidden_size=256".
+// One `--set` assignment: "model.hidden_size=256", "train.batch_size=4", "dist.zero=1" or
+// "hidden_size=256" (a bare key names a model or train key; dist keys are always written dist.key).
 // Errors start with "--set 'assignment': ". Does not validate().
 void apply_override(RunConfig& cfg, const std::string& assignment);
 
-// The whole config as a TOML file (every key, both sections) that reads back to the same config,
-// and as JSON {"model": {...}, "train": {...}}.
+// The whole config as a TOML file (every key, every section) that reads back to the same config,
+// and as JSON {"model": {...}, "train": {...}, "dist": {...}} (a JSON without "dist" reads as the
+// defaults: checkpoints from before the section).
 std::string to_toml(const RunConfig& cfg);
 nlohmann::json to_json(const RunConfig& cfg);
 RunConfig run_config_from_json(const nlohmann::json& j);  // does not validate()

@@ -42,8 +42,44 @@ double StepStats::max_vio() const {
   return v;
 }
 
+namespace {
+
+// The step's losses averaged and loads summed over the ranks: one small all-reduce, packed in a
+// fixed order so that every rank unpacks the same numbers.
+void reduce_stats(GradSync& sync, StepStats& stats) {
+  Model::Losses& l = stats.losses;
+  std::vector<double> v = {l.total, l.main, l.seq_aux, l.aux, l.z};
+  v.insert(v.end(), l.mtp.begin(), l.mtp.end());
+  for (const std::vector<double>& layer : stats.loads) v.insert(v.end(), layer.begin(), layer.end());
+  sync.sum(v);
+  const double n = sync.ranks();
+  size_t i = 0;
+  for (double* x : {&l.total, &l.main, &l.seq_aux, &l.aux, &l.z}) *x = v[i++] / n;
+  for (double& x : l.mtp) x = v[i++] / n;
+  for (std::vector<double>& layer : stats.loads)
+    for (double& x : layer) x = v[i++];
+}
+
+// The global norm (and clipping) when each rank holds the reduced gradients of its own ranges only
+// (ZeRO-1): the ranks' sums of squares add up to the square of the global norm.
+double sharded_norm(GradSync& sync, const Context& ctx, const ParamBuffer& params, double grad_clip) {
+  std::vector<Tensor> mine;
+  for (const FlatRange& r : sync.owned()) mine.push_back(params.flat_grads().slice(r.begin, r.end));
+  std::vector<double> sq = {grad_sum_squares(ctx, mine)};
+  sync.sum(sq);
+  const double norm = std::sqrt(sq[0]);
+  if (grad_clip > 0) clip_grads_to_norm(ctx, mine, norm, grad_clip);
+  return norm;
+}
+
+bool whole_buffer(const std::vector<FlatRange>& owned, const ParamBuffer& params) {
+  return owned.size() == 1 && owned[0].begin == 0 && owned[0].end == params.numel_padded();
+}
+
+}  // namespace
+
 StepStats train_step(Model& model, AdamW& optimizer, const Context& ctx, const StepConfig& cfg,
-                     const NextTokens& next_tokens, const ReduceGrads& reduce_grads) {
+                     const NextTokens& next_tokens, GradSync* sync) {
   MOELAB_CHECK(cfg.grad_accum_steps >= 1, "train_step: grad_accum_steps = ", cfg.grad_accum_steps,
                " (expected >= 1)");
   MOELAB_CHECK(next_tokens != nullptr, "train_step: no next_tokens callback");
@@ -56,23 +92,34 @@ StepStats train_step(Model& model, AdamW& optimizer, const Context& ctx, const S
     ctx.arena->reset();  // the previous micro-batch's activations are no longer needed
     Model::Saved saved;
     const Model::Losses losses = model.forward(ctx, tokens, saved);
-    model.backward(ctx, saved, scale);
+    // The last micro-batch's backward tells the reduction which gradients are final.
+    model.backward(ctx, saved, scale, micro + 1 == cfg.grad_accum_steps ? sync : nullptr);
     stats += MicroBatchStats{losses, scale, model.moe_stats(saved)};
   }
 
-  if (reduce_grads) reduce_grads(model.params(), stats);
+  if (sync) {
+    MOELAB_CHECK(optimizer.owned().size() == sync->owned().size(), "train_step: the optimizer owns ",
+                 optimizer.owned().size(), " ranges but the data-parallel reduction gives it ", sync->owned().size());
+    sync->finish_grads(ctx);
+    reduce_stats(*sync, stats);
+  }
 
   const PhaseScope phase(ctx.profiler, Phase::Optimizer);
   const std::vector<Tensor> grads = {model.params().flat_grads()};
-  // One pass for the norm: clipping computes it (and returns it from before the clip), so the
-  // gradients are read once more only to be scaled, and only when the norm is above grad_clip.
-  stats.grad_norm = cfg.grad_clip > 0 ? clip_grad_norm(ctx, grads, cfg.grad_clip) : grad_norm(ctx, grads);
+  if (sync && !whole_buffer(sync->owned(), model.params())) {
+    stats.grad_norm = sharded_norm(*sync, ctx, model.params(), cfg.grad_clip);
+  } else {
+    // One pass for the norm: clipping computes it (and returns it from before the clip), so the
+    // gradients are read once more only to be scaled, and only when the norm is above grad_clip.
+    stats.grad_norm = cfg.grad_clip > 0 ? clip_grad_norm(ctx, grads, cfg.grad_clip) : grad_norm(ctx, grads);
+  }
   // Skip the update on a NaN/Inf loss or gradient: one bad batch must not destroy the weights (the
   // optimizer moments would carry the NaN forever); the caller decides when to give up. (A
   // non-finite norm leaves the gradients unclipped; they are zeroed by the next step.)
   stats.finite = std::isfinite(stats.losses.total) && std::isfinite(stats.grad_norm);
   if (!stats.finite) return stats;
   optimizer.step(ctx, cfg.lr);
+  if (sync) sync->gather_params(ctx);
   model.update_bias(ctx, stats.loads);  // after the optimizer: the bias is a buffer, not a parameter
   return stats;
 }

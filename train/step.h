@@ -4,9 +4,12 @@
 //   -> grad_accum_steps micro-batches: next tokens, arena reset, forward, backward of the loss scaled
 //      by 1/grad_accum_steps (so the gradient is the mean over micro-batches), and the losses and
 //      per-MoE-layer loads summed into StepStats with +=
-//   -> reduce_grads: the data-parallel seam (see ReduceGrads; nothing on one process)
-//   -> global gradient norm and clipping (grad_clip > 0) -> non-finite guard -> AdamW at lr
-//   -> the aux-loss-free bias update with the step's summed loads.
+//   -> with a GradSync (data parallel, core/nn/grad_sync.h; none on one process): the last
+//      micro-batch's backward starts the gradient reduction bucket by bucket, finish_grads() waits
+//      for it, and the step's losses (averaged) and loads (summed) are reduced over the ranks
+//   -> global gradient norm and clipping (grad_clip > 0) -> non-finite guard -> AdamW at lr (on
+//      the ranges this rank owns) -> gather_params() (ZeRO-1: the other ranks' updated ranges)
+//   -> the aux-loss-free bias update with the step's summed (global) loads.
 // A non-finite loss or norm skips the update and the bias change and comes back as finite = false
 // (a non-finite norm also leaves the gradients unclipped); counting such steps and giving up is the
 // caller's job.
@@ -18,6 +21,7 @@
 #include <vector>
 
 #include "core/nn/context.h"
+#include "core/nn/grad_sync.h"
 #include "core/nn/model.h"
 #include "core/nn/moe.h"
 #include "core/params.h"
@@ -35,8 +39,9 @@ struct MicroBatchStats {
 };
 
 struct StepStats {
-  Model::Losses losses;                    // sum of scale * losses: the mean over micro-batches
+  Model::Losses losses;                    // sum of scale * losses: the mean over micro-batches (and ranks)
   std::vector<std::vector<double>> loads;  // [MoE layers][E]: expert selections summed over micro-batches
+                                           // (and ranks)
   std::vector<MoEStats> last_moe;          // the last micro-batch's per-layer stats (MaxVio, bias range)
   double grad_norm = 0;                    // global L2 norm of the (reduced) gradients, before clipping
   bool finite = false;                     // loss and norm finite, so the update was applied
@@ -45,6 +50,7 @@ struct StepStats {
   // order so that a run's losses are the same bits whatever calls the step.
   StepStats& operator+=(const MicroBatchStats& micro);
   double max_vio() const;                  // the largest MaxVio of the last micro-batch's MoE layers; 0 without
+                                           // (this rank's micro-batch)
   double balance_loss() const { return losses.seq_aux + losses.aux + losses.z; }
 };
 
@@ -58,17 +64,10 @@ struct StepConfig {
 // device (the trainer: rt.upload(loader.next()); the bench: tokens made outside its timed region).
 using NextTokens = std::function<Tensor()>;
 
-// The data-parallel seam: called exactly once per step, after the last micro-batch's backward and
-// before the gradient norm, with the parameters (whose flat_grads() hold this rank's summed
-// gradients) and the step's statistics so far (losses and loads of this rank's micro-batches).
-// A data-parallel caller all-reduces the gradients to the mean over ranks (dist/, bucketed), and
-// sums the loads (the bias update needs the GLOBAL load) and averages the losses, so that every
-// rank takes the same norm, clipping, update and bias step. Empty (one process): nothing to do.
-using ReduceGrads = std::function<void(ParamBuffer& params, StepStats& stats)>;
-
 // Runs one step on `model` and `optimizer` in ctx (its arena is reset before every micro-batch;
 // ctx.profiler, when set, gets the norm, clipping, optimizer and bias update as Phase::Optimizer).
+// sync: the data-parallel reduction (null: one process); the optimizer must own sync->owned().
 StepStats train_step(Model& model, AdamW& optimizer, const Context& ctx, const StepConfig& cfg,
-                     const NextTokens& next_tokens, const ReduceGrads& reduce_grads = {});
+                     const NextTokens& next_tokens, GradSync* sync = nullptr);
 
 }  // namespace moelab

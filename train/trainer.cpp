@@ -20,6 +20,7 @@
 #include "train/metrics.h"
 #include "train/model_info.h"
 #include "train/optimizer.h"
+#include "train/parallel.h"
 #include "train/runtime.h"
 #include "train/schedule.h"
 #include "train/step.h"
@@ -31,11 +32,15 @@ namespace {
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
-LoaderConfig loader_config(const RunConfig& cfg, const std::vector<std::string>& shards, int64_t vocab, bool train) {
+// This process's slice of the global batch (data/loader.h: rank r of N takes rows [r B/N, (r+1) B/N)).
+LoaderConfig loader_config(const RunConfig& cfg, const std::vector<std::string>& shards, int64_t vocab, bool train,
+                           const dist::WorldInfo& world) {
   LoaderConfig lc;
   lc.shards = shards;
   lc.vocab_size = vocab;
-  lc.batch_size = cfg.train.batch_size;
+  lc.batch_size = per_rank_batch(cfg.train.batch_size, world.size, "train.batch_size");
+  lc.rank = world.rank;
+  lc.world_size = world.size;
   lc.window = cfg.train.seq_len + 1 + cfg.model.num_nextn_predict_layers;
   lc.seed = cfg.train.seed;
   if (train) {
@@ -47,16 +52,23 @@ LoaderConfig loader_config(const RunConfig& cfg, const std::vector<std::string>&
   return lc;
 }
 
-// Mean main-model loss over the first eval_batches validation windows.
-double evaluate(const Model& model, const RunConfig& cfg, const LoaderConfig& val_cfg, const Runtime& rt, Arena& arena) {
+// Mean main-model loss over the first eval_batches validation windows. With several processes each
+// evaluates its slice of every batch and the slices' means are averaged over the ranks (sync).
+double evaluate(const Model& model, const RunConfig& cfg, const LoaderConfig& val_cfg, const Runtime& rt, Arena& arena,
+                GradSync* sync = nullptr) {
   Loader val(val_cfg);
-  const Context ctx = rt.context(arena, cfg.train.batch_size, cfg.train.seq_len);
-  const int64_t batches = std::min<int64_t>(cfg.train.eval_batches, std::max<int64_t>(1, val.num_windows() / val_cfg.batch_size));
+  const Context ctx = rt.context(arena, val_cfg.batch_size, cfg.train.seq_len);
+  const int64_t batches = std::min<int64_t>(cfg.train.eval_batches, std::max<int64_t>(1, val.num_windows() / val.global_batch()));
   double sum = 0;
   for (int64_t i = 0; i < batches; ++i) {
     arena.reset();
     Model::Saved saved;
     sum += model.forward(ctx, rt.upload(val.next()), saved).main;
+  }
+  if (sync) {
+    std::vector<double> v = {sum};
+    sync->sum(v);
+    sum = v[0] / sync->ranks();
   }
   return sum / static_cast<double>(batches);
 }
@@ -107,21 +119,23 @@ Start start_or_resume(const RunConfig& cfg, const Runtime& rt, bool resume) {
 class RunLog {
  public:
   // resumed_step: the step of the checkpoint a resumed run starts from (-1: a fresh run).
-  RunLog(const TrainConfig& tc, bool console, int64_t resumed_step, const ModelInfo& info, double peak_gflops,
-         double tokens_per_step, std::vector<int64_t> moe_layers)
-      : log_(tc.out_dir, console, resumed_step), tc_(tc), info_(info), peak_gflops_(peak_gflops),
+  // Only the first process of a data-parallel run logs (leader): the others keep quiet.
+  RunLog(const TrainConfig& tc, bool console, bool leader, int64_t resumed_step, const ModelInfo& info,
+         double peak_gflops, double tokens_per_step, std::vector<int64_t> moe_layers)
+      : log_(leader ? tc.out_dir : "", console && leader, resumed_step), tc_(tc), info_(info), peak_gflops_(peak_gflops),
         tokens_per_step_(tokens_per_step), moe_layers_(std::move(moe_layers)) {}
 
   MetricsLog& metrics() { return log_; }
 
-  void banner(const Runtime& rt, const std::string& resumed_from) {
-    char buf[768];
+  // processes: "" on one process, else e.g. "2 processes (mpi, zero 1, link pcie4) x ".
+  void banner(const Runtime& rt, const std::string& processes, const std::string& resumed_from) {
+    char buf[1024];
     std::snprintf(buf, sizeof buf,
-                  "moelab train: %lld params (%lld active/token), %.2f MFLOP/token, %s tokens/step, %s, %d threads "
+                  "moelab train: %lld params (%lld active/token), %.2f MFLOP/token, %s tokens/step, %s, %s%d threads "
                   "(%s GEMM peak measured: %.0f GFLOP/s), %lld steps%s%s",
                   static_cast<long long>(info_.params.total), static_cast<long long>(info_.params.active),
                   info_.flops_per_token / 1e6, human(tokens_per_step_).c_str(), rt.describe().c_str(),
-                  omp_get_max_threads(), rt.act == DType::BF16 ? "bf16" : "fp32", peak_gflops_,
+                  processes.c_str(), omp_get_max_threads(), rt.act == DType::BF16 ? "bf16" : "fp32", peak_gflops_,
                   static_cast<long long>(tc_.steps), resumed_from.empty() ? "" : ", resumed from ",
                   resumed_from.c_str());
     log_.print_line(buf);
@@ -195,19 +209,34 @@ class RunLog {
   std::vector<int64_t> moe_layers_;
 };
 
+// "2 processes (mpi, zero 1, link pcie4) x " for the banner; "" on one process.
+std::string processes_banner(const Processes& p, const DistConfig& d) {
+  if (p.size() == 1) return "";
+  std::string s = std::to_string(p.size()) + " processes (" + (p.device ? "nccl" : "mpi") + ", zero " +
+                  std::to_string(d.zero) + ", " + std::to_string(p.dp->num_buckets()) + " buckets";
+  if (d.link != "none" || d.intra_gbps > 0 || d.inter_gbps > 0) s += ", emulated link " + d.link;
+  if (d.ranks_per_node > 0) s += ", " + std::to_string(d.ranks_per_node) + " per node";
+  return s + ") x ";
+}
+
 // Whether the loop ends after `step`: a stop request (a signal, or the tests' stop_after_step:
 // the caller saves and reports stopped) or the time limit (the caller evaluates and saves).
 enum class Stop { None, Requested, TimeLimit };
 
+// With several processes every rank must stop after the same step: a signal or the time limit on any
+// rank stops them all (one small sum over the ranks).
 Stop stop_after(const TrainOptions& options, const TrainConfig& tc, int64_t step, double train_seconds,
-                MetricsLog& log) {
-  const bool signalled = options.stop && options.stop->load();
-  const bool test_stop = options.stop_after_step > 0 && step >= options.stop_after_step;
-  if (signalled || test_stop) {
+                MetricsLog& log, GradSync* sync) {
+  std::vector<double> asked = {
+      (options.stop && options.stop->load()) || (options.stop_after_step > 0 && step >= options.stop_after_step) ? 1.0
+                                                                                                               : 0.0,
+      tc.time_limit_s > 0 && train_seconds >= tc.time_limit_s && step < tc.steps ? 1.0 : 0.0};
+  if (sync) sync->sum(asked);
+  if (asked[0] > 0) {
     log.print_line("stop requested: saving after step " + std::to_string(step));
     return Stop::Requested;
   }
-  if (tc.time_limit_s > 0 && train_seconds >= tc.time_limit_s && step < tc.steps) {
+  if (asked[1] > 0) {
     log.print_line("time limit of " + std::to_string(tc.time_limit_s) + " s reached after step " +
                    std::to_string(step));
     return Stop::TimeLimit;
@@ -223,29 +252,38 @@ TrainResult train(const RunConfig& cfg_in, const TrainOptions& options) {
   const TrainConfig& tc = cfg.train;
   const PrepareSummary data = training_data(cfg);
   const Tokenizer tokenizer = Tokenizer::load(data.tokenizer_path);
+  pick_device(cfg.dist, tc.device);
   const Runtime rt = make_runtime(tc.device, tc.precision);
 
-  // Model, optimizer and data position, fresh or from the newest checkpoint.
+  // Model, the other processes, optimizer and data position, fresh or from the newest checkpoint.
+  // With several processes every one loads the checkpoint (checkpoints hold the full state, so the
+  // rank count may change across a resume) and rank 0's copy is broadcast; each takes its slice of
+  // the global batch and, with ZeRO-1, its shard of the optimizer state.
   Start start = start_or_resume(cfg, rt, options.resume);
   Model& model = *start.model;
   TrainerState& state = start.state;
-  AdamW optimizer(model.params(), AdamWConfig{tc.beta1, tc.beta2, tc.adam_eps, tc.weight_decay});
-  Loader loader(loader_config(cfg, data.train_shards, cfg.model.vocab_size, true));
+  const Processes procs = join_processes(cfg.dist, rt.device, model.params(), model.buffers());
+  AdamW optimizer(model.params(), AdamWConfig{tc.beta1, tc.beta2, tc.adam_eps, tc.weight_decay},
+                  procs.dp ? procs.dp->owned() : std::vector<FlatRange>{});
+  Loader loader(loader_config(cfg, data.train_shards, cfg.model.vocab_size, true, procs.world));
   if (!start.resumed_from.empty()) {
     restore_optimizer(start.resumed_from, optimizer);
     if (!state.loader.is_null()) loader.restore(state.loader);
   }
-  const LoaderConfig val_cfg = loader_config(cfg, data.val_shards, cfg.model.vocab_size, false);
+  const LoaderConfig val_cfg = loader_config(cfg, data.val_shards, cfg.model.vocab_size, false, procs.world);
 
-  const ModelInfo info = model_info(model, tc.batch_size, tc.seq_len, rt.act);
-  // MFU's denominator: a GEMM measured here, now (before the arena takes the GPU's free memory).
-  const double peak_gflops = measured_gemm_gflops(rt);
+  const int64_t batch = loader.config().batch_size;  // this process's share of train.batch_size
+  const ModelInfo info = model_info(model, batch, tc.seq_len, rt.act);
+  // MFU's denominator: a GEMM measured here, now (before the arena takes the GPU's free memory), by
+  // every process at once, so that N processes sharing a machine measure their share of it.
+  if (procs.host) procs.host->barrier();  // no rank still loading while the others measure
+  const double peak_gflops = measured_gemm_gflops(rt) * procs.size();
   Arena arena(rt.arena_bytes(info.activation_bytes()), rt.device);
-  const Context ctx = rt.context(arena, tc.batch_size, tc.seq_len);
+  const Context ctx = rt.context(arena, batch, tc.seq_len);
   const double tokens_per_step = static_cast<double>(tc.batch_size * tc.seq_len * tc.grad_accum_steps);
-  RunLog log(tc, options.console, start.resumed_from.empty() ? -1 : state.step, info, peak_gflops, tokens_per_step,
-             model.moe_layers());
-  log.banner(rt, start.resumed_from);
+  RunLog log(tc, options.console, procs.leader(), start.resumed_from.empty() ? -1 : state.step, info, peak_gflops,
+             tokens_per_step, model.moe_layers());
+  log.banner(rt, processes_banner(procs, cfg.dist), start.resumed_from);
 
   TrainResult result;
   result.val_loss = std::numeric_limits<double>::quiet_NaN();
@@ -257,12 +295,16 @@ TrainResult train(const RunConfig& cfg_in, const TrainOptions& options) {
     state.step = step;
     state.loader = loader.state_json();
     state.extra = {{"nonfinite_in_a_row", nonfinite_in_a_row}, {"train_seconds", resumed_seconds + train_seconds}};
-    const OptimizerMoments moments{optimizer.m(), optimizer.v(), optimizer.steps_taken()};
-    result.checkpoint = save_checkpoint(tc.out_dir, cfg, model, &moments, &tokenizer, state, tc.keep_last);
+    // A sharded optimizer gathers its moments (every process takes part); the first one writes.
+    const OptimizerMoments moments{procs.dp ? procs.dp->gather_full(optimizer.m()) : optimizer.m(),
+                                   procs.dp ? procs.dp->gather_full(optimizer.v()) : optimizer.v(),
+                                   optimizer.steps_taken()};
+    if (procs.leader())
+      result.checkpoint = save_checkpoint(tc.out_dir, cfg, model, &moments, &tokenizer, state, tc.keep_last);
   };
   auto run_eval = [&](int64_t step) {
     if (data.val_shards.empty()) return;
-    result.val_loss = evaluate(model, cfg, val_cfg, rt, arena);
+    result.val_loss = evaluate(model, cfg, val_cfg, rt, arena, procs.sync());
     log.eval(step, result.val_loss, resumed_seconds + train_seconds);
   };
 
@@ -273,7 +315,7 @@ TrainResult train(const RunConfig& cfg_in, const TrainOptions& options) {
     const auto t0 = Clock::now();
     const double lr = lr_at(tc, step);
     const StepStats st = train_step(model, optimizer, ctx, StepConfig{lr, tc.grad_clip, tc.grad_accum_steps},
-                                    [&] { return rt.upload(loader.next()); });
+                                    [&] { return rt.upload(loader.next()); }, procs.sync());
     ++step;
     nonfinite_in_a_row = st.finite ? 0 : nonfinite_in_a_row + 1;
     if (!st.finite) {  // the step skipped its update; a run of them stops training
@@ -293,7 +335,7 @@ TrainResult train(const RunConfig& cfg_in, const TrainOptions& options) {
     if (tc.eval_every > 0 && step % tc.eval_every == 0 && step < tc.steps) run_eval(step);
     if (tc.ckpt_every > 0 && step % tc.ckpt_every == 0 && step < tc.steps) save(step);
     log.metrics().progress(step, tc.steps, train_seconds / static_cast<double>(step - start_step));
-    const Stop stop = stop_after(options, tc, step, train_seconds, log.metrics());
+    const Stop stop = stop_after(options, tc, step, train_seconds, log.metrics(), procs.sync());
     result.stopped = stop == Stop::Requested;
     if (stop != Stop::None) break;
   }
@@ -326,7 +368,8 @@ EvalResult evaluate_checkpoint(const std::string& ckpt_or_run_dir, const EvalOpt
   r.checkpoint = ck.path;
   r.runtime = rt.describe();
   r.step = ck.state.step;
-  r.loss = evaluate(*model, cfg, loader_config(cfg, data.val_shards, cfg.model.vocab_size, false), rt, arena);
+  r.loss = evaluate(*model, cfg, loader_config(cfg, data.val_shards, cfg.model.vocab_size, false, dist::WorldInfo{}),
+                    rt, arena);
   r.seconds = seconds_since(t0);
   return r;
 }

@@ -1,8 +1,9 @@
 // train/step.h's train_step on a tiny MoE model in f32 on the CPU: two micro-batches of B/2
 // sequences give the step one micro-batch of B gives (losses, loads, gradients, norm, weights and
-// aux-loss-free bias after the update); the data-parallel hook runs exactly once per step, after
-// every backward and before the norm (what it does to the gradients is what the norm, clipping and
-// update see); a non-finite gradient skips the update and leaves weights, moments and bias alone.
+// aux-loss-free bias after the update); a GradSync reduces exactly once per step, after every
+// backward and before the norm (what it does to the gradients is what the norm, clipping and update
+// see), hears of finished gradients during the last backward only, and averages the losses and sums
+// the loads; a non-finite gradient skips the update and leaves weights, moments and bias alone.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -63,6 +64,38 @@ Tensor tokens_for_test() {
   return testing::randint({kB, kT + 1 + tiny_config().num_nextn_predict_layers}, 31, 11);
 }
 
+// A GradSync standing for n ranks holding the same gradients and statistics: the reduction sums,
+// so gradients, losses and loads are multiplied by n (the step divides the losses by ranks() again).
+// It keeps the gradients as they were before the reduction, and what backward reported.
+class IdenticalRanks : public GradSync {
+ public:
+  IdenticalRanks(const ParamBuffer& p, int n) : params_(p), n_(n), whole_{FlatRange{0, p.numel_padded()}} {}
+  void grads_ready(const Exec&, int64_t offset) override { ready.push_back(offset); }
+  void finish_grads(const Exec&) override {
+    ++finished;
+    before = params_.flat_grads().to(Device::CPU);
+    norm_before = grad_norm(Exec{}, {before});
+    float* g = params_.flat_grads().data<float>();
+    for (int64_t i = 0; i < params_.flat_grads().numel(); ++i) g[i] *= static_cast<float>(n_);
+  }
+  const std::vector<FlatRange>& owned() const override { return whole_; }
+  void sum(std::vector<double>& values) override {
+    for (double& v : values) v *= n_;
+  }
+  void gather_params(const Exec&) override { ++gathered; }
+  int ranks() const override { return n_; }
+
+  std::vector<int64_t> ready;
+  Tensor before;
+  int finished = 0, gathered = 0;
+  double norm_before = 0;
+
+ private:
+  const ParamBuffer& params_;
+  int n_;
+  std::vector<FlatRange> whole_;
+};
+
 TEST(TrainStep, TwoMicroBatchesOfHalfEqualOneBatch) {
   const Tensor tokens = tokens_for_test();
   StepConfig cfg;
@@ -72,12 +105,14 @@ TEST(TrainStep, TwoMicroBatchesOfHalfEqualOneBatch) {
 
   StepRig whole(tiny_config());
   cfg.grad_accum_steps = 1;
-  const StepStats a = train_step(
-      whole.model, *whole.optimizer, whole.context(kB), cfg, [&] { return tokens; },
-      [&](ParamBuffer& p, StepStats&) { grads_whole = copy(p.flat_grads()); });
+  IdenticalRanks record_whole(whole.model.params(), 1);  // one rank: records the gradients only
+  const StepStats a = train_step(whole.model, *whole.optimizer, whole.context(kB), cfg, [&] { return tokens; },
+                                 &record_whole);
+  grads_whole = record_whole.before;
 
   StepRig halves(tiny_config());
   cfg.grad_accum_steps = 2;
+  IdenticalRanks record_halves(halves.model.params(), 1);
   int64_t next = 0;
   const StepStats b = train_step(
       halves.model, *halves.optimizer, halves.context(kB / 2), cfg,
@@ -85,7 +120,8 @@ TEST(TrainStep, TwoMicroBatchesOfHalfEqualOneBatch) {
         const int64_t begin = next++ * (kB / 2);
         return tokens.slice(begin, begin + kB / 2);
       },
-      [&](ParamBuffer& p, StepStats&) { grads_halves = copy(p.flat_grads()); });
+      &record_halves);
+  grads_halves = record_halves.before;
   ASSERT_EQ(next, 2);
 
   ASSERT_TRUE(a.finite && b.finite);
@@ -119,39 +155,56 @@ TEST(TrainStep, TwoMicroBatchesOfHalfEqualOneBatch) {
       << "the bias update follows the summed loads";
 }
 
-TEST(TrainStep, ReduceHookRunsOnceAfterBackwardBeforeTheNorm) {
+TEST(TrainStep, GradSyncReducesOnceAfterBackwardBeforeTheNorm) {
   const Tensor tokens = tokens_for_test();
   StepRig s(tiny_config());
+  StepRig alone(tiny_config());
   StepConfig cfg;
   cfg.lr = 1e-3;
   cfg.grad_accum_steps = 2;
-  int64_t micro_batches = 0, calls = 0;
-  double seen_norm = 0;
+  int64_t micro_batches = 0;
   const auto next_tokens = [&] {
     ++micro_batches;
     return tokens.slice(0, kB / 2);
   };
-  // An "all-reduce over two ranks holding the same gradients" done as a sum: it doubles them.
-  const ReduceGrads reduce = [&](ParamBuffer& p, StepStats& stats) {
-    ++calls;
-    EXPECT_EQ(micro_batches, 2 * calls) << "the hook must run after the step's last micro-batch";
-    ASSERT_EQ(stats.loads.size(), 2u);
-    EXPECT_EQ(std::accumulate(stats.loads[0].begin(), stats.loads[0].end(), 0.0),
-              static_cast<double>(2 * (kB / 2) * kT * 2))
-        << "the hook sees the loads of every micro-batch";
-    seen_norm = grad_norm(Exec{}, {p.flat_grads()});
-    EXPECT_GT(seen_norm, 0) << "the hook must run after backward";
-    float* g = p.flat_grads().data<float>();
-    for (int64_t i = 0; i < p.flat_grads().numel(); ++i) g[i] *= 2.0f;
-  };
+  IdenticalRanks sync(s.model.params(), 2);
   for (int step = 1; step <= 2; ++step) {
-    const StepStats st = train_step(s.model, *s.optimizer, s.context(kB / 2), cfg, next_tokens, reduce);
-    EXPECT_EQ(calls, step) << "exactly one reduction per step";
+    sync.ready.clear();
+    const StepStats st = train_step(s.model, *s.optimizer, s.context(kB / 2), cfg, next_tokens, &sync);
+    const StepStats one = train_step(alone.model, *alone.optimizer, alone.context(kB / 2), cfg,
+                                     [&] { return tokens.slice(0, kB / 2); });
+    EXPECT_EQ(sync.finished, step) << "exactly one reduction per step";
+    EXPECT_EQ(sync.gathered, step);
+    // Backward reports falling offsets during the LAST micro-batch only, ending at 0.
+    ASSERT_FALSE(sync.ready.empty());
+    EXPECT_EQ(sync.ready.back(), 0);
+    for (size_t i = 1; i < sync.ready.size(); ++i) EXPECT_LT(sync.ready[i], sync.ready[i - 1]);
+    EXPECT_EQ(static_cast<int64_t>(sync.ready.size()), 1 + 1 + 2 + 1) << "MTP, head, 2 blocks, embedding";
     // Doubling is exact in float and the norm's double sum, so the norm must be exactly twice.
-    EXPECT_EQ(st.grad_norm, 2 * seen_norm) << "the norm must be taken after the reduction";
+    EXPECT_EQ(st.grad_norm, 2 * sync.norm_before) << "the norm must be taken after the reduction";
+    if (step > 1) continue;  // AdamW's eps makes the doubled gradients' update differ in the last bits
+    EXPECT_EQ(st.grad_norm, 2 * one.grad_norm);
+    // Losses averaged over the two "ranks" (the same), loads summed (twice one rank's).
+    EXPECT_EQ(st.losses.total, one.losses.total);
+    EXPECT_EQ(st.losses.mtp, one.losses.mtp);
+    ASSERT_EQ(st.loads.size(), one.loads.size());
+    for (size_t l = 0; l < st.loads.size(); ++l)
+      for (size_t e = 0; e < st.loads[l].size(); ++e) EXPECT_EQ(st.loads[l][e], 2 * one.loads[l][e]);
   }
+  EXPECT_EQ(micro_batches, 4);
   EXPECT_EQ(s.optimizer->steps_taken(), 2);
 }
+
+// A GradSync that poisons one gradient, as a rank with a NaN would after the all-reduce.
+class PoisonOneGradient : public IdenticalRanks {
+ public:
+  using IdenticalRanks::IdenticalRanks;
+  void finish_grads(const Exec& ex) override {
+    IdenticalRanks::finish_grads(ex);
+    grads.data<float>()[0] = NAN;
+  }
+  Tensor grads;
+};
 
 TEST(TrainStep, NonFiniteGradientSkipsTheUpdate) {
   const Tensor tokens = tokens_for_test();
@@ -161,8 +214,9 @@ TEST(TrainStep, NonFiniteGradientSkipsTheUpdate) {
   cfg.grad_clip = 1.0;
   const Tensor params_before = copy(s.model.params().flat_params());
   const Tensor bias_before = copy(s.model.buffers().flat_params());
-  const StepStats st = train_step(s.model, *s.optimizer, s.context(kB), cfg, [&] { return tokens; },
-                                  [](ParamBuffer& p, StepStats&) { p.flat_grads().data<float>()[0] = NAN; });
+  PoisonOneGradient poison(s.model.params(), 1);
+  poison.grads = s.model.params().flat_grads();
+  const StepStats st = train_step(s.model, *s.optimizer, s.context(kB), cfg, [&] { return tokens; }, &poison);
   EXPECT_FALSE(st.finite);
   EXPECT_TRUE(std::isfinite(st.losses.total));
   EXPECT_TRUE(std::isnan(st.grad_norm));

@@ -1,0 +1,63 @@
+// train/parallel.h: joining the processes of a run.
+#include "train/parallel.h"
+
+#include "core/device.h"
+
+namespace moelab {
+
+std::string Processes::tag() const {
+  if (world.size == 1) return "";
+  return " (rank " + std::to_string(world.rank) + " of " + std::to_string(world.size) + ")";
+}
+
+dist::CommOptions comm_options(const DistConfig& d) {
+  dist::CommOptions o;
+  o.timeout_s = d.timeout_s;
+  o.ranks_per_node = static_cast<int>(d.ranks_per_node);
+  o.link = dist::LinkModel::preset(d.link);
+  if (d.intra_gbps > 0) o.link.intra = {d.intra_gbps, d.intra_latency_us};
+  if (d.inter_gbps > 0) o.link.inter = {d.inter_gbps, d.inter_latency_us};
+  return o;
+}
+
+namespace {
+bool use_nccl(const DistConfig& d, Device device) {
+  if (d.backend == "nccl") {
+    MOELAB_CHECK(device == Device::CUDA, "dist.backend = nccl needs train.device = cuda (NCCL moves GPU memory)");
+    return true;
+  }
+  return d.backend == "auto" && device == Device::CUDA && dist::nccl_built();
+}
+}  // namespace
+
+void pick_device(const DistConfig& d, const std::string& device) {
+  const dist::WorldInfo w = dist::world_from_environment();
+  if (device != "cuda" || w.size == 1 || cuda_device_count() == 0) return;
+  const int gpus = cuda_device_count();
+  MOELAB_CHECK(d.backend == "mpi" || w.local_rank < gpus, "rank ", w.rank, ": local rank ", w.local_rank, " but only ",
+               gpus, " GPUs on this node: NCCL needs one GPU per process (dist.backend = mpi lets processes share one)");
+  cuda_set_device(w.local_rank % gpus);
+}
+
+Processes join_processes(const DistConfig& d, Device device, const ParamBuffer& params, const ParamBuffer& buffers) {
+  Processes p;
+  p.world = dist::world_from_environment();
+  if (p.world.size == 1) return p;
+  dist::CommOptions o = comm_options(d);
+  p.host = dist::mpi_world(o);
+  if (use_nccl(d, device)) p.device = dist::nccl_world(o, *p.host, p.world.local_rank);
+  dist::DataParallelConfig dc;
+  dc.bucket_bytes = static_cast<int64_t>(d.bucket_mb * 1e6);
+  dc.zero = static_cast<int>(d.zero);
+  p.dp = std::make_unique<dist::DataParallel>(p.device ? *p.device : *p.host, *p.host, params, dc);
+  p.dp->broadcast_from_rank0(buffers);
+  return p;
+}
+
+int64_t per_rank_batch(int64_t global, int ranks, const char* key) {
+  MOELAB_CHECK(global % ranks == 0, key, " = ", global, " is not divisible by the ", ranks,
+               " processes (each takes ", key, " / ", ranks, " sequences of the global batch)");
+  return global / ranks;
+}
+
+}  // namespace moelab

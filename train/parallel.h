@@ -1,0 +1,49 @@
+// The processes of a run (DESIGN.md, "Distributed"): how `moelab train` and `moelab bench` join the
+// others mpirun (or srun) started. One process (no launcher) needs none of it and gets no
+// communicator; N processes get the world group and the data-parallel reduction over it.
+//
+//   mpirun -np N moelab train --config X       rank and size from the launcher's environment
+//
+// The dist keys (train/run_config.h's DistConfig) pick the backend (auto: NCCL for CUDA tensors
+// when built with it, MPI otherwise), the emulated nodes and links, ZeRO-1, the bucket size and the
+// timeout. MPI itself is started by main (dist::MpiSession) before any command runs.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "dist/backends.h"
+#include "dist/data_parallel.h"
+#include "train/run_config.h"
+
+namespace moelab {
+
+struct Processes {
+  dist::WorldInfo world;                   // rank 0 of 1 without a launcher
+  std::unique_ptr<dist::Comm> host;        // MPI world group (null on one process)
+  std::unique_ptr<dist::Comm> device;      // NCCL world group when the backend is nccl (else null)
+  std::unique_ptr<dist::DataParallel> dp;  // the gradient reduction (null on one process)
+
+  bool leader() const { return world.rank == 0; }
+  int size() const { return world.size; }
+  GradSync* sync() const { return dp.get(); }
+  // "" on one process, else " (rank 1 of 4)": for messages.
+  std::string tag() const;
+};
+
+// The communicator options of the dist keys: timeout, emulated nodes, the link preset with the
+// explicit bandwidths and latencies over it.
+dist::CommOptions comm_options(const DistConfig& d);
+
+// On CUDA, one GPU per process: the local rank's (before the runtime allocates anything). Throws
+// when there are fewer GPUs than processes on the node and the backend is NCCL.
+void pick_device(const DistConfig& d, const std::string& device);
+
+// This process's place; with several, the world groups and the data-parallel reduction over
+// `params` (rank 0's parameters and buffers are broadcast so that every rank starts identical).
+Processes join_processes(const DistConfig& d, Device device, const ParamBuffer& params, const ParamBuffer& buffers);
+
+// Each process's share of a global batch of `global` sequences (checked: N divides it).
+int64_t per_rank_batch(int64_t global, int ranks, const char* key);
+
+}  // namespace moelab
