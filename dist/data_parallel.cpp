@@ -2,6 +2,7 @@
 #include "dist/data_parallel.h"
 
 #include <algorithm>
+#include <cstring>
 
 namespace moelab::dist {
 
@@ -75,6 +76,32 @@ void DataParallel::broadcast_from_rank0(const ParamBuffer& buffers) {
   comm_.broadcast(params_.flat_params(), 0);
   params_.sync_compute_copy();
   if (buffers.allocated()) comm_.broadcast(buffers.flat_params(), 0);
+}
+
+namespace {
+// FNV-1a over the bytes of a CPU copy (a checkpoint-time check: speed matters little).
+uint64_t fnv1a(const Tensor& t, uint64_t h) {
+  if (!t.defined()) return h;
+  const Tensor host = t.device() == Device::CPU ? t : t.to(Device::CPU);
+  const auto* p = static_cast<const unsigned char*>(host.raw());
+  for (size_t i = 0; i < host.nbytes(); ++i) h = (h ^ p[i]) * 1099511628211ull;
+  return h;
+}
+}  // namespace
+
+void DataParallel::check_identical(const ParamBuffer& buffers, const std::string& when) {
+  uint64_t h = fnv1a(params_.flat_params(), 1469598103934665603ull);
+  if (buffers.allocated()) h = fnv1a(buffers.flat_params(), h);
+  const int N = host_.size();
+  Tensor mine = Tensor::empty({2}, DType::I32), all = Tensor::empty({2 * N}, DType::I32);
+  std::memcpy(mine.raw(), &h, sizeof h);
+  host_.all_gather(mine, all, std::vector<int64_t>(static_cast<size_t>(N), 2));
+  const auto* hashes = static_cast<const uint64_t*>(all.raw());
+  std::string differ;
+  for (int r = 1; r < N; ++r)
+    if (hashes[r] != hashes[0]) differ += (differ.empty() ? "" : ", ") + std::to_string(r);
+  MOELAB_CHECK(differ.empty(), "data parallel: the parameters of rank(s) ", differ, " differ from rank 0's ", when,
+               " (the ranks must take identical steps: a non-deterministic reduction or a rank that skipped one)");
 }
 
 Tensor DataParallel::gather_full(const Tensor& shard) {

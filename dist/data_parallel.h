@@ -50,6 +50,10 @@ class DataParallel final : public GradSync {
   // Rank 0's parameters and buffers to every rank (the start of a run: whatever each rank
   // initialised or loaded, they train the same model).
   void broadcast_from_rank0(const ParamBuffer& buffers);
+  // Throws when the ranks' parameters and buffers are not bit-identical (a 64-bit hash of each
+  // rank's, compared on every rank), naming the ranks that differ from rank 0 and `when`. Data
+  // parallelism is only correct while they agree; the trainer checks at every checkpoint.
+  void check_identical(const ParamBuffer& buffers, const std::string& when);
   // A tensor laid out like owned() (ZeRO-1's m or v) gathered into the full flat layout
   // [numel_padded] on every rank (for a checkpoint); unsharded: the tensor itself.
   Tensor gather_full(const Tensor& shard);

@@ -295,6 +295,7 @@ TrainResult train(const RunConfig& cfg_in, const TrainOptions& options) {
     state.step = step;
     state.loader = loader.state_json();
     state.extra = {{"nonfinite_in_a_row", nonfinite_in_a_row}, {"train_seconds", resumed_seconds + train_seconds}};
+    if (procs.dp) procs.dp->check_identical(model.buffers(), "at step " + std::to_string(step));
     // A sharded optimizer gathers its moments (every process takes part); the first one writes.
     const OptimizerMoments moments{procs.dp ? procs.dp->gather_full(optimizer.m()) : optimizer.m(),
                                    procs.dp ? procs.dp->gather_full(optimizer.v()) : optimizer.v(),

@@ -1,0 +1,140 @@
+// Data parallelism (dist/data_parallel.h) against one process on the same global batch: N ranks
+// each stepping on their B/N rows with DataParallel must reproduce the one-process step on all B
+// rows (every rank computes that reference itself), for ZeRO-0 and ZeRO-1 with small buckets (many
+// overlapped reductions), and the ranks' parameters must stay bit-identical.
+//
+// Tolerances: the gradients differ from one process's only in the order their f32 sums are taken
+// (B/N rows per rank, then the mean over ranks, against B rows at once): ~1e-7 relative. AdamW's
+// first steps move every weight by about lr whatever the gradient's size, so weights are compared
+// at 1e-3 lr; losses (means of the same per-token values) at 1e-6 relative.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <memory>
+
+#include "dist/data_parallel.h"
+#include "tests/harness.h"
+#include "tests/mpi/mpi_env.h"
+#include "train/step.h"
+
+namespace moelab {
+namespace {
+
+constexpr int64_t kB = 12, kT = 8;  // 12 rows: divisible by 2, 3 and 4 ranks
+
+ModelConfig tiny_config() {
+  ModelConfig c;
+  c.vocab_size = 31;
+  c.hidden_size = 16;
+  c.num_hidden_layers = 2;
+  c.max_position_embeddings = 16;
+  c.num_attention_heads = 2;
+  c.kv_lora_rank = 8;
+  c.qk_nope_head_dim = 4;
+  c.qk_rope_head_dim = 4;
+  c.v_head_dim = 4;
+  c.intermediate_size = 24;
+  c.first_k_dense_replace = 1;
+  c.moe_intermediate_size = 8;
+  c.n_routed_experts = 4;
+  c.num_experts_per_tok = 2;
+  c.num_nextn_predict_layers = 1;
+  c.bias_update_speed = 0.01;
+  c.seq_aux_loss_alpha = 0.01;  // per sequence: the rows of a rank are whole sequences
+  c.router_z_loss_coef = 1e-3;
+  c.validate();
+  return c;
+}
+
+struct Rig {
+  explicit Rig(const ModelConfig& c) : model(c), arena(size_t{64} << 20, Device::CPU) {
+    model.allocate(Device::CPU, DType::F32);
+    model.initialize(7);
+  }
+  Context context(int64_t batch) { return Context{&arena, DType::F32, batch, kT, nullptr}; }
+  Model model;
+  Arena arena;
+};
+
+// The same global batch on every rank: seeded, and step s has its own.
+Tensor global_batch(int step) { return testing::randint({kB, kT + 2}, 31, 100 + static_cast<uint64_t>(step)); }
+
+void run_and_compare(int zero, int64_t bucket_bytes, double grad_clip) {
+  dist::Comm& world = testing_mpi::world();
+  const int N = world.size(), r = world.rank();
+  const int64_t b = kB / N;
+  StepConfig cfg;
+  cfg.lr = 1e-3;
+  cfg.grad_clip = grad_clip;
+
+  Rig one(tiny_config());
+  AdamW one_opt(one.model.params(), AdamWConfig{});
+
+  Rig dp(tiny_config());
+  dist::DataParallel sync(world, world, dp.model.params(), dist::DataParallelConfig{bucket_bytes, zero});
+  ASSERT_GT(sync.num_buckets(), 3) << "the test wants several buckets in flight";
+  AdamW dp_opt(dp.model.params(), AdamWConfig{}, sync.owned());
+
+  for (int step = 0; step < 3; ++step) {
+    const Tensor tokens = global_batch(step);
+    const StepStats a = train_step(one.model, one_opt, one.context(kB), cfg, [&] { return tokens; });
+    const StepStats d =
+        train_step(dp.model, dp_opt, dp.context(b), cfg, [&] { return tokens.slice(r * b, (r + 1) * b); }, &sync);
+    ASSERT_TRUE(a.finite && d.finite);
+    EXPECT_NEAR(d.losses.total, a.losses.total, 1e-6 * a.losses.total) << "step " << step;
+    EXPECT_NEAR(d.losses.main, a.losses.main, 1e-6 * a.losses.main);
+    EXPECT_NEAR(d.losses.seq_aux, a.losses.seq_aux, 1e-6 * a.losses.seq_aux + 1e-12);
+    EXPECT_NEAR(d.grad_norm, a.grad_norm, 1e-5 * a.grad_norm) << "step " << step;
+    EXPECT_EQ(d.loads, a.loads) << "the loads are counts: summed over ranks they are the global batch's";
+    EXPECT_TRUE(testing::close(dp.model.params().flat_params(), one.model.params().flat_params(), 1e-3 * cfg.lr, 1e-5))
+        << "step " << step;
+    EXPECT_TRUE(testing::close(dp.model.buffers().flat_params(), one.model.buffers().flat_params(), 0, 0))
+        << "the bias follows the global loads";
+  }
+  EXPECT_NO_THROW(sync.check_identical(dp.model.buffers(), "after 3 steps"));
+}
+
+TEST(DataParallel, MatchesOneProcessZero0) { run_and_compare(0, 4096, 0.0); }
+TEST(DataParallel, MatchesOneProcessZero0Clipped) { run_and_compare(0, 4096, 0.05); }
+TEST(DataParallel, MatchesOneProcessZero1) { run_and_compare(1, 4096, 0.0); }
+TEST(DataParallel, MatchesOneProcessZero1Clipped) { run_and_compare(1, 3000, 0.05); }
+
+TEST(DataParallel, Zero1ShardsTheOptimizerState) {
+  dist::Comm& world = testing_mpi::world();
+  Rig dp(tiny_config());
+  dist::DataParallel sync(world, world, dp.model.params(), dist::DataParallelConfig{4096, 1});
+  AdamW opt(dp.model.params(), AdamWConfig{}, sync.owned());
+  const int64_t n = dp.model.params().numel_padded(), N = world.size();
+  // Each rank keeps about 1/N of m (each bucket split in N near-equal slices).
+  EXPECT_LE(opt.m().numel(), n / N + sync.num_buckets());
+  std::vector<double> total = {static_cast<double>(opt.m().numel())};
+  world.all_reduce(total, dist::ReduceOp::Sum);
+  EXPECT_EQ(total[0], static_cast<double>(n)) << "the shards cover the buffer exactly once";
+  // gather_full puts every rank's slices back in the flat layout.
+  Tensor shard = Tensor::empty({opt.m().numel()}, DType::F32);
+  int64_t at = 0;
+  for (const FlatRange& range : sync.owned())
+    for (int64_t i = range.begin; i < range.end; ++i) shard.data<float>()[at++] = static_cast<float>(i);
+  const Tensor full = sync.gather_full(shard);
+  for (int64_t i = 0; i < n; ++i) ASSERT_EQ(full.data<float>()[i], static_cast<float>(i));
+}
+
+TEST(DataParallel, DivergedRanksAreCaught) {
+  dist::Comm& world = testing_mpi::world();
+  Rig dp(tiny_config());
+  dist::DataParallel sync(world, world, dp.model.params(), dist::DataParallelConfig{4096, 0});
+  EXPECT_NO_THROW(sync.check_identical(dp.model.buffers(), "at the start"));
+  if (world.rank() == world.size() - 1) dp.model.params().flat_params().data<float>()[5] += 1e-6f;
+  try {
+    sync.check_identical(dp.model.buffers(), "after a bad step");
+    FAIL() << "expected the divergence to be caught";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("rank(s) " + std::to_string(world.size() - 1) + " differ from rank 0's after "
+                                         "a bad step"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace moelab
