@@ -14,6 +14,7 @@ const char* phase_name(Phase p) {
     case Phase::DenseGemm: return "dense GEMMs";
     case Phase::Loss: return "loss";
     case Phase::Optimizer: return "optimizer";
+    case Phase::CommWait: return "comm (exposed)";
   }
   return "?";
 }

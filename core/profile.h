@@ -1,5 +1,6 @@
 // Where a training step's time goes: the phase table of `moelab bench` (ms per step for attention,
-// router, permute/combine, expert GEMMs, dense GEMMs, norms/elementwise, loss, optimizer).
+// router, permute/combine, expert GEMMs, dense GEMMs, norms/elementwise, loss, optimizer, and the
+// time a data-parallel step waits for its gradient reduction: the communication not hidden).
 // Layers bracket their work with a PhaseScope on ctx.profiler; a Profiler (train/bench.cpp) turns
 // the brackets into a timeline: the time between two consecutive phase changes belongs to the
 // phase that was innermost then, so nested phases never double count and the phases sum to the
@@ -23,8 +24,9 @@ enum class Phase : uint8_t {
   DenseGemm,
   Loss,
   Optimizer,
+  CommWait,
 };
-constexpr int kNumPhases = 8;
+constexpr int kNumPhases = 9;
 const char* phase_name(Phase p);
 
 class Profiler {

@@ -68,7 +68,10 @@ LinkModel LinkModel::preset(const std::string& name) {
 void Work::wait() {
   const double t0 = now_seconds();
   std::unique_lock<std::mutex> lock(mu_);
-  cv_.wait(lock, [&] { return done_; });
+  while (!cv_.wait_for(lock, std::chrono::milliseconds(200), [&] { return done_; })) {
+    CommError stalled("");
+    if (comm_ && comm_->stalled(&stalled)) throw stalled;
+  }
   lock.unlock();
   if (comm_) {
     std::lock_guard<std::mutex> g(comm_->mu_);
@@ -116,14 +119,42 @@ LinkClass Comm::link_class(int a, int b) const {
                                                                                   : LinkClass::Inter;
 }
 
-bool Comm::timed_out() const { return now_seconds() > deadline_; }
+void Comm::add_arrival_wait(double seconds) {
+  std::lock_guard<std::mutex> lock(mu_);
+  counters_.arrival_s += seconds;
+}
+
+std::string Comm::current_call() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return current_call_;
+}
+
+bool Comm::timed_out() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return now_seconds() > deadline_;
+}
+
+bool Comm::stalled(CommError* error) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (deadline_ == 0 || now_seconds() < deadline_ + kStallGrace) return false;
+  char buf[320];
+  std::snprintf(buf, sizeof buf,
+                "rank %d (world rank %d) of group %s: %s is still running %.0f s past dist.timeout_s = %g s: a peer "
+                "stopped or died in the middle of the transfer",
+                rank_, members_[static_cast<size_t>(rank_)], opts_.name.c_str(), current_call_.c_str(),
+                now_seconds() - deadline_, opts_.timeout_s);
+  *error = CommError(buf);
+  return true;
+}
 
 CommError Comm::timeout_error(const std::string& detail) const {
+  const std::string call = current_call();
   char head[160];
-  std::snprintf(head, sizeof head, "rank %d (world rank %d) of group %s: ", rank_, members_[rank_], opts_.name.c_str());
+  std::snprintf(head, sizeof head, "rank %d (world rank %d) of group %s: ", rank_, members_[static_cast<size_t>(rank_)],
+                opts_.name.c_str());
   char tail[96];
   std::snprintf(tail, sizeof tail, " did not finish within dist.timeout_s = %g s", opts_.timeout_s);
-  return CommError(head + current_call_ + tail + (detail.empty() ? "" : "; " + detail));
+  return CommError(head + call + tail + (detail.empty() ? "" : "; " + detail));
 }
 
 // A ring of N ranks in group order: `steps` steps, each moving step_bytes to the next rank.
@@ -203,6 +234,7 @@ std::string describe(const char* call, double bytes) { return std::string(call) 
 
 WorkHandle Comm::all_reduce_async(const Tensor& buf, ReduceOp op) {
   MOELAB_CHECK(buf.defined(), "all_reduce: the buffer is undefined");
+  check_dtype("all_reduce", buf.dtype(), true);
   const int N = size();
   const int64_t bytes = static_cast<int64_t>(buf.nbytes());
   // Ring all-reduce: N-1 reduce-scatter steps and N-1 all-gather steps of S/N bytes each.
@@ -217,6 +249,7 @@ WorkHandle Comm::reduce_scatter_async(const Tensor& in, const Tensor& out, const
   check_flat("reduce_scatter", "out", out, counts[rank_]);
   MOELAB_CHECK(!in.defined() || !out.defined() || in.dtype() == out.dtype(), "reduce_scatter: in is ",
                dtype_name(in.dtype()), " but out is ", dtype_name(out.dtype()));
+  if (in.defined()) check_dtype("reduce_scatter", in.dtype(), true);
   const int N = size();
   const int64_t bytes = in.defined() ? static_cast<int64_t>(in.nbytes()) : 0;
   const Cost cost = ring_cost(static_cast<double>(bytes) / N, N - 1, (N - 1) * bytes / N);
@@ -230,6 +263,7 @@ WorkHandle Comm::all_gather_async(const Tensor& in, const Tensor& out, const std
   check_flat("all_gather", "out", out, sum(counts));
   MOELAB_CHECK(!in.defined() || !out.defined() || in.dtype() == out.dtype(), "all_gather: in is ",
                dtype_name(in.dtype()), " but out is ", dtype_name(out.dtype()));
+  if (out.defined()) check_dtype("all_gather", out.dtype(), false);
   const int N = size();
   const int64_t bytes = out.defined() ? static_cast<int64_t>(out.nbytes()) : 0;
   const Cost cost = ring_cost(static_cast<double>(bytes) / N, N - 1, (N - 1) * bytes / N);
@@ -243,6 +277,7 @@ WorkHandle Comm::all_to_all_v_async(const Tensor& send, const std::vector<int64_
   check_flat("all_to_all_v", "send", send, sum(send_counts));
   check_flat("all_to_all_v", "recv", recv, sum(recv_counts));
   const Tensor& any = send.defined() ? send : recv;
+  if (any.defined()) check_dtype("all_to_all_v", any.dtype(), false);
   const int64_t elem = any.defined() ? static_cast<int64_t>(dtype_size(any.dtype())) : 0;
   std::vector<int64_t> sb(send_counts.size()), rb(recv_counts.size());
   for (size_t p = 0; p < sb.size(); ++p) {
@@ -257,6 +292,7 @@ WorkHandle Comm::all_to_all_v_async(const Tensor& send, const std::vector<int64_
 WorkHandle Comm::broadcast_async(const Tensor& buf, int root) {
   MOELAB_CHECK(buf.defined(), "broadcast: the buffer is undefined");
   MOELAB_CHECK(root >= 0 && root < size(), "broadcast: root ", root, " is not a rank of a group of ", size());
+  check_dtype("broadcast", buf.dtype(), false);
   const int64_t bytes = static_cast<int64_t>(buf.nbytes());
   return enqueue(describe("broadcast", bytes), broadcast_cost(bytes, root), [this, buf, root] { run_broadcast(buf, root); });
 }
@@ -311,11 +347,11 @@ void Comm::thread_main() {
       queue_.pop_front();
     }
     const double t0 = now_seconds();
-    current_call_ = call;
-    deadline_ = t0 + opts_.timeout_s;
     std::exception_ptr error;
     {
       std::lock_guard<std::mutex> lock(mu_);
+      current_call_ = call;
+      deadline_ = t0 + opts_.timeout_s;
       error = broken_;
     }
     if (!error) {
@@ -333,6 +369,7 @@ void Comm::thread_main() {
     }
     {
       std::lock_guard<std::mutex> lock(mu_);
+      deadline_ = 0;
       if (error && !broken_) broken_ = error;
       counters_.calls += 1;
       counters_.bytes[0] += cost.bytes[0];

@@ -41,8 +41,10 @@
 // Failure: a collective that has not finished within timeout_s throws CommError on every rank that
 // waits for it, naming this rank, the group, the call, and the ranks that no longer respond (the
 // MPI backend asks each peer; a rank stopped or dead does not answer). After an error the Comm is
-// broken: every later call throws the same error. The caller (train/main.cpp) reports it and ends
-// the job (dist::abort_job) so that no rank waits forever.
+// broken: every later call throws the same error. Should the backend itself hang (a peer that
+// stops in the middle of a transfer), Work::wait gives up kStallGrace seconds past the deadline
+// and throws from the caller's thread. The caller (train/main.cpp) reports the error and ends the
+// job (dist::abort_job) so that no rank waits forever.
 #pragma once
 
 #include <condition_variable>
@@ -100,6 +102,8 @@ struct CommCounters {
   double busy_s = 0;           // the communication thread's time inside collectives (held time included)
   double modeled_s = 0;        // the link model's time for them (0 when nothing is emulated)
   double waited_s = 0;         // callers' time blocked in wait(): the communication NOT hidden
+  double arrival_s = 0;        // within busy_s: waiting for the last peer to reach the collective
+                               // (the ranks' imbalance, not the link's time)
   int64_t total_bytes() const { return bytes[0] + bytes[1]; }
 };
 
@@ -110,7 +114,9 @@ struct CommOptions {
   std::string name = "world";  // the group's name in messages ("world", "dp", "ep")
 };
 
-// A queued collective. wait() blocks until it finished and rethrows its error.
+// A queued collective. wait() blocks until it finished and rethrows its error, or throws CommError
+// when the collective running on the communication thread has run kStallGrace seconds past the
+// deadline without the backend noticing.
 class Work {
  public:
   void wait();
@@ -184,15 +190,19 @@ class Comm {
                                 const std::vector<int64_t>& recv_counts) = 0;
   virtual void run_broadcast(const Tensor& buf, int root) = 0;
   virtual void run_barrier() = 0;
+  // Throws when the backend cannot run `call` on tensors of dtype (reduce: the call adds them), on
+  // the caller's thread before anything is queued: a wrong argument must not break the group.
+  virtual void check_dtype(const char* call, DType dtype, bool reduce) const = 0;
   // The backend's split (called on the caller's thread while the queue is empty).
   virtual std::unique_ptr<Comm> make_split(int color, int key, const std::string& name) = 0;
 
-  // The collective now running: its description for messages and its deadline.
-  const std::string& current_call() const { return current_call_; }
+  // The collective now running: its description for messages, and whether its deadline passed.
+  std::string current_call() const;
   bool timed_out() const;
   // "rank 1 (world rank 1) of group dp: all_reduce of 4.20 MB did not finish within 5 s; <detail>"
   CommError timeout_error(const std::string& detail) const;
   LinkClass link_class(int group_rank_a, int group_rank_b) const;
+  void add_arrival_wait(double seconds);  // the backend's share of CommCounters::arrival_s
 
  private:
   struct Cost {
@@ -217,11 +227,18 @@ class Comm {
   std::exception_ptr broken_;  // the first error: every later call rethrows it
   CommCounters counters_;
   std::thread thread_;
-  // Set by the communication thread for the collective it runs.
+  // Set by the communication thread for the collective it runs (under mu_; deadline_ is read by the
+  // thread itself and by stalled() under mu_).
   std::string current_call_;
-  double deadline_ = 0;  // steady-clock seconds
+  double deadline_ = 0;  // steady-clock seconds; 0: idle
+  // For Work::wait: a CommError when the running collective is kStallGrace past its deadline.
+  bool stalled(CommError* error) const;
   friend class Work;
 };
+
+// How long past dist.timeout_s a caller waits for a backend that does not return: enough for the
+// MPI backend's own timeout and its liveness census (a few seconds) to report first.
+constexpr double kStallGrace = 10.0;
 
 // Seconds on the steady clock (the one the deadlines and the link model use).
 double now_seconds();

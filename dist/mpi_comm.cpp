@@ -1,10 +1,16 @@
 // The MPI backend of dist::Comm (dist/comm.h, dist/backends.h), over OpenMPI.
 //
-// Each collective is a nonblocking MPI call (MPI_Iallreduce, ...) that the group's communication
-// thread drives with MPI_Test until it completes: spinning (with a yield) for the first
-// milliseconds, when a transfer is under way and every test moves it on, then sleeping between tests
-// so that a rank waiting for a slower peer leaves the cores to the computation. The loop also
-// watches the deadline and answers peers' liveness pings.
+// Each collective runs on the group's communication thread in two parts:
+//   arrival   a nonblocking barrier driven with MPI_Test: every rank has reached the collective. A
+//             rank waiting for a slower peer spins (with a yield) for the first milliseconds, then
+//             sleeps between tests, leaving the cores to the computation; the loop watches the
+//             deadline and answers peers' liveness pings. Its time is counted apart
+//             (CommCounters::arrival_s): it is the ranks' imbalance, not link time.
+//   transfer  the blocking MPI collective (MPI_Allreduce, ...), with every peer present. Blocking
+//             calls use OpenMPI's tuned algorithms and progress continuously; the nonblocking ones
+//             (libnbc) progress only inside MPI_Test and measured 5-30x slower here (a 4 MB
+//             all-reduce between two processes: 12 ms against 1-2 ms). A peer that stops during
+//             the transfer is caught by the caller's watch in Work::wait (dist/comm.h).
 //
 // Liveness: each group has a private duplicate communicator for pings. A rank whose collective
 // passes dist.timeout_s pings every peer and waits a moment for the answers; ranks that are alive
@@ -122,9 +128,8 @@ class MpiComm final : public Comm {
   void run_all_reduce(const Tensor& buf, ReduceOp op) override {
     const MPI_Datatype type = mpi_type(buf.dtype(), true, "all_reduce");
     Staged s(buf, true);
-    MPI_Request req;
-    MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, s.ptr(), as_int(buf.numel(), "all_reduce"), type, MPI_SUM, comm_, &req));
-    wait(req);
+    arrive();
+    MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, s.ptr(), as_int(buf.numel(), "all_reduce"), type, MPI_SUM, comm_));
     if (op == ReduceOp::Average) divide(s.host, size());
     s.write_back();
   }
@@ -138,10 +143,9 @@ class MpiComm final : public Comm {
     // MPI does not allow, so the result goes through a copy.
     Staged si(in, true), so(out, false, overlap(in, out));
     float dummy = 0;  // MPI wants valid pointers for empty parts
-    MPI_Request req;
-    MPI_CHECK(MPI_Ireduce_scatter(si.ptr() ? si.ptr() : &dummy, so.ptr() ? so.ptr() : &dummy, c.data(), type,
-                                  MPI_SUM, comm_, &req));
-    wait(req);
+    arrive();
+    MPI_CHECK(MPI_Reduce_scatter(si.ptr() ? si.ptr() : &dummy, so.ptr() ? so.ptr() : &dummy, c.data(), type, MPI_SUM,
+                                 comm_));
     if (out.defined() && op == ReduceOp::Average) divide(so.host, size());
     so.write_back();
   }
@@ -158,10 +162,9 @@ class MpiComm final : public Comm {
                  "all_gather: in overlaps out but is not this rank's block of it");
     Staged si(in, !in_place), so(out, in_place);
     float dummy = 0;
-    MPI_Request req;
-    MPI_CHECK(MPI_Iallgatherv(in_place ? MPI_IN_PLACE : si.ptr() ? si.ptr() : &dummy, c[rank()], type,
-                              so.ptr() ? so.ptr() : &dummy, c.data(), d.data(), type, comm_, &req));
-    wait(req);
+    arrive();
+    MPI_CHECK(MPI_Allgatherv(in_place ? MPI_IN_PLACE : si.ptr() ? si.ptr() : &dummy, c[rank()], type,
+                             so.ptr() ? so.ptr() : &dummy, c.data(), d.data(), type, comm_));
     so.write_back();
   }
 
@@ -173,27 +176,23 @@ class MpiComm final : public Comm {
     const std::vector<int> sd = displacements(sc), rd = displacements(rc);
     Staged ss(send, true), sr(recv, false);
     float dummy = 0;
-    MPI_Request req;
-    MPI_CHECK(MPI_Ialltoallv(ss.ptr() ? ss.ptr() : &dummy, sc.data(), sd.data(), type, sr.ptr() ? sr.ptr() : &dummy,
-                             rc.data(), rd.data(), type, comm_, &req));
-    wait(req);
+    arrive();
+    MPI_CHECK(MPI_Alltoallv(ss.ptr() ? ss.ptr() : &dummy, sc.data(), sd.data(), type, sr.ptr() ? sr.ptr() : &dummy,
+                            rc.data(), rd.data(), type, comm_));
     sr.write_back();
   }
 
   void run_broadcast(const Tensor& buf, int root) override {
     const MPI_Datatype type = mpi_type(buf.dtype(), false, "broadcast");
     Staged s(buf, rank() == root);
-    MPI_Request req;
-    MPI_CHECK(MPI_Ibcast(s.ptr(), as_int(buf.numel(), "broadcast"), type, root, comm_, &req));
-    wait(req);
+    arrive();
+    MPI_CHECK(MPI_Bcast(s.ptr(), as_int(buf.numel(), "broadcast"), type, root, comm_));
     if (rank() != root) s.write_back();
   }
 
-  void run_barrier() override {
-    MPI_Request req;
-    MPI_CHECK(MPI_Ibarrier(comm_, &req));
-    wait(req);
-  }
+  void run_barrier() override { arrive(); }
+
+  void check_dtype(const char* call, DType dtype, bool reduce) const override { mpi_type(dtype, reduce, call); }
 
   std::unique_ptr<Comm> make_split(int color, int key, const std::string& name) override {
     MPI_Comm sub;
@@ -221,6 +220,16 @@ class MpiComm final : public Comm {
     MPI_Group_free(&g);
     MPI_Group_free(&world);
     return global;
+  }
+
+  // Every rank has reached this collective (a watched nonblocking barrier): the time it takes is
+  // the wait for the slowest peer, counted apart from the transfer that follows.
+  void arrive() {
+    const double t0 = now_seconds();
+    MPI_Request req;
+    MPI_CHECK(MPI_Ibarrier(comm_, &req));
+    wait(req);
+    add_arrival_wait(now_seconds() - t0);
   }
 
   // Drives req to completion (see the file comment); on the deadline, names the silent peers.

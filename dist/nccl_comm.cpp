@@ -159,6 +159,7 @@ class NcclComm final : public Comm {
     release();
   }
   const char* backend() const override { return "nccl"; }
+  void check_dtype(const char* call, DType dtype, bool reduce) const override { nccl_type(dtype, reduce, call); }
 
  protected:
   void run_all_reduce(const Tensor& buf, ReduceOp op) override {

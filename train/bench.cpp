@@ -14,6 +14,7 @@
 #include "core/rng.h"
 #include "train/model_info.h"
 #include "train/optimizer.h"
+#include "train/parallel.h"
 #include "train/runtime.h"
 #include "train/step.h"
 
@@ -72,20 +73,23 @@ Tensor random_tokens(const ModelConfig& cfg, const BenchOptions& opt, int64_t st
                                                static_cast<int32_t>(u.data<float>()[i] * cfg.vocab_size));
   return ids;
 }
-}  // namespace
 
-BenchResult run_bench(const ModelConfig& cfg, const BenchOptions& opt) {
-  MOELAB_CHECK(opt.batch_size > 0 && opt.seq_len > 0 && opt.steps > 0 && opt.warmup >= 0, "bench: batch_size ",
-               opt.batch_size, ", seq_len ", opt.seq_len, ", steps ", opt.steps, " must be > 0 (warmup ", opt.warmup,
-               " >= 0)");
+// The timed steps; `distributed`: this process with the others (its share of the batch and the
+// data-parallel reduction), else alone on the whole batch.
+BenchResult bench_steps(const ModelConfig& cfg, const BenchOptions& opt, bool distributed) {
+  if (distributed) pick_device(opt.dist, opt.device);
   const Runtime rt = make_runtime(opt.device, opt.precision);
   const std::unique_ptr<Model> model_ptr = new_model(cfg, opt.seed, rt);
   Model& model = *model_ptr;
-  AdamW optimizer(model.params(), AdamWConfig{});
-  const ModelInfo info = model_info(model, opt.batch_size, opt.seq_len, rt.act);
-  const double gemm_gflops = measured_gemm_gflops(rt);  // before the arena takes the GPU's free memory
+  const Processes procs =
+      distributed ? join_processes(opt.dist, rt.device, model.params(), model.buffers()) : Processes{};
+  const int64_t batch = per_rank_batch(opt.batch_size, procs.size(), "batch_size");
+  AdamW optimizer(model.params(), AdamWConfig{}, procs.dp ? procs.dp->owned() : std::vector<FlatRange>{});
+  const ModelInfo info = model_info(model, batch, opt.seq_len, rt.act);
+  if (procs.host) procs.host->barrier();  // every process measures its GEMM at the same time
+  const double gemm_gflops = measured_gemm_gflops(rt) * procs.size();  // before the arena takes the GPU's memory
   Arena arena(rt.arena_bytes(info.activation_bytes()), rt.device);
-  Context ctx = rt.context(arena, opt.batch_size, opt.seq_len);
+  Context ctx = rt.context(arena, batch, opt.seq_len);
   StepTimeline timeline(rt.device == Device::CUDA);
   ctx.profiler = &timeline;
   std::array<double, kNumPhases> phase_total{};
@@ -96,17 +100,23 @@ BenchResult run_bench(const ModelConfig& cfg, const BenchOptions& opt) {
   r.threads = omp_get_max_threads();
   r.runtime = rt.describe();
   r.gemm_gflops = gemm_gflops;
+  r.ranks = procs.size();
+  r.rank = procs.world.rank;
   double total_ms = 0, min_ms = 1e300;
   DeviceCounters counted{};  // over the timed steps' train_step calls
+  dist::CommCounters comm_before;  // at the first timed step
   // The trainer's step with the bench's fixed choices: one micro-batch, lr opt.lr, clipping at 1.0.
   const StepConfig step_cfg{opt.lr, 1.0, 1};
   for (int64_t step = 0; step < opt.warmup + opt.steps; ++step) {
-    const Tensor tokens = rt.upload(random_tokens(cfg, opt, step));  // made outside the timed region
+    // The global batch's rows of this process, made outside the timed region.
+    const int64_t first = procs.world.rank * batch;
+    const Tensor tokens = rt.upload(random_tokens(cfg, opt, step).slice(first, first + batch));
     rt.synchronize();
+    if (procs.dp && step == opt.warmup) comm_before = procs.dp->comm().counters();
     const DeviceCounters before = device_counters();
     const auto t0 = std::chrono::steady_clock::now();
     timeline.begin_step();
-    const StepStats stats = train_step(model, optimizer, ctx, step_cfg, [&] { return tokens; });
+    const StepStats stats = train_step(model, optimizer, ctx, step_cfg, [&] { return tokens; }, procs.sync());
     const DeviceCounters after = device_counters();  // before the timeline's own synchronisation
     if (step >= opt.warmup) {
       counted.device_allocations += after.device_allocations - before.device_allocations;
@@ -124,9 +134,28 @@ BenchResult run_bench(const ModelConfig& cfg, const BenchOptions& opt) {
       min_ms = std::min(min_ms, ms);
     }
   }
+  if (procs.dp) {
+    const dist::CommCounters c = procs.dp->comm().counters();
+    const double n = static_cast<double>(opt.steps);
+    for (int k = 0; k < 2; ++k) r.comm_bytes_per_step[k] = static_cast<double>(c.bytes[k] - comm_before.bytes[k]) / n;
+    r.comm_ms_per_step = 1e3 * (c.busy_s - comm_before.busy_s) / n;
+    r.modeled_ms_per_step = 1e3 * (c.modeled_s - comm_before.modeled_s) / n;
+    r.exposed_ms_per_step = 1e3 * (c.waited_s - comm_before.waited_s) / n;
+    r.arrival_ms_per_step = 1e3 * (c.arrival_s - comm_before.arrival_s) / n;
+    r.dist = std::string(procs.dp->comm().backend()) + ", zero " + std::to_string(opt.dist.zero) + ", " +
+             std::to_string(procs.dp->num_buckets()) + " buckets of " + std::to_string(opt.dist.bucket_mb) + " MB";
+    const dist::LinkModel& link = procs.dp->comm().options().link;
+    if (link.emulated()) {
+      char buf[160];
+      std::snprintf(buf, sizeof buf, ", emulated link '%s': intra %.1f GB/s %.1f us, inter %.1f GB/s %.1f us",
+                    opt.dist.link.c_str(), link.intra.gbytes_per_s, link.intra.latency_us, link.inter.gbytes_per_s,
+                    link.inter.latency_us);
+      r.dist += buf;
+    }
+  }
   r.ms_per_step = total_ms / static_cast<double>(opt.steps);
   r.ms_per_step_min = min_ms;
-  r.tokens_per_second = static_cast<double>(opt.batch_size * opt.seq_len) / (r.ms_per_step / 1000.0);
+  r.tokens_per_second = static_cast<double>(opt.batch_size * opt.seq_len) / (r.ms_per_step / 1000.0);  // global
   r.arena_peak_bytes = arena.peak();
   r.model_gflops = r.tokens_per_second * info.flops_per_token / 1e9;
   const double tokens = static_cast<double>(opt.batch_size * opt.seq_len);
@@ -137,6 +166,35 @@ BenchResult run_bench(const ModelConfig& cfg, const BenchOptions& opt) {
   r.device_allocations_per_step = static_cast<double>(counted.device_allocations) / static_cast<double>(opt.steps);
   r.host_syncs_per_step = static_cast<double>(counted.host_syncs) / static_cast<double>(opt.steps);
   if (r.cuda) r.device_memory_bytes = static_cast<double>(cuda_total_memory() - cuda_free_memory());
+  return r;
+}
+}  // namespace
+
+BenchResult run_bench(const ModelConfig& cfg, const BenchOptions& opt) {
+  MOELAB_CHECK(opt.batch_size > 0 && opt.seq_len > 0 && opt.steps > 0 && opt.warmup >= 0, "bench: batch_size ",
+               opt.batch_size, ", seq_len ", opt.seq_len, ", steps ", opt.steps, " must be > 0 (warmup ", opt.warmup,
+               " >= 0)");
+  const dist::WorldInfo world = dist::world_from_environment();
+  if (world.size == 1) return bench_steps(cfg, opt, false);
+  BenchResult alone;
+  if (opt.compare_one_process) {
+    // Rank 0 alone with every process's threads (on one machine: the same cores), the others
+    // waiting in a barrier that sleeps between polls; a generous timeout for that wait.
+    dist::CommOptions o = comm_options(opt.dist);
+    o.timeout_s = std::max(o.timeout_s, 3600.0);
+    o.name = "bench";
+    const std::unique_ptr<dist::Comm> comm = dist::mpi_world(o);
+    if (world.rank == 0) {
+      const int threads = omp_get_max_threads();
+      omp_set_num_threads(threads * world.size);
+      alone = bench_steps(cfg, opt, false);
+      omp_set_num_threads(threads);
+    }
+    comm->barrier();
+  }
+  BenchResult r = bench_steps(cfg, opt, true);
+  r.one_process_tokens_per_second = alone.tokens_per_second;
+  r.one_process_threads = alone.threads;
   return r;
 }
 
@@ -177,6 +235,29 @@ std::string format_bench(const BenchResult& r, const BenchOptions& opt) {
                 static_cast<long long>(r.params), static_cast<double>(r.arena_peak_bytes) / (1 << 20), r.first_loss,
                 r.last_loss, r.model_gflops, 100.0 * r.model_gflops / r.gemm_gflops, r.gemm_gflops);
   out += buf;
+  if (r.ranks > 1) {
+    std::snprintf(buf, sizeof buf, "\ndata parallel: %d processes (%s): %.0f tokens/s in total, %.0f per process",
+                  r.ranks, r.dist.c_str(), r.tokens_per_second, r.tokens_per_second / r.ranks);
+    out += buf;
+    if (r.one_process_tokens_per_second > 0) {
+      std::snprintf(buf, sizeof buf,
+                    "\n  one process with %d threads on the same batch (timed first in this run): %.0f tokens/s; "
+                    "%d processes x %d threads reach %.1f%% of it",
+                    r.one_process_threads, r.one_process_tokens_per_second, r.ranks, r.threads,
+                    100.0 * r.tokens_per_second / r.one_process_tokens_per_second);
+      out += buf;
+    }
+    const double busy = r.comm_ms_per_step, exposed = r.exposed_ms_per_step;
+    std::snprintf(buf, sizeof buf,
+                  "\n  communication per step and process: %s sent (intra-node %s, inter-node %s), %.2f ms busy "
+                  "(%.2f ms of it waiting for the slowest process; link model %.2f ms), %.2f ms exposed = %.1f%% of "
+                  "the step (%.0f%% hidden)",
+                  dist::human_bytes(r.comm_bytes_per_step[0] + r.comm_bytes_per_step[1]).c_str(),
+                  dist::human_bytes(r.comm_bytes_per_step[0]).c_str(), dist::human_bytes(r.comm_bytes_per_step[1]).c_str(),
+                  busy, r.arrival_ms_per_step, r.modeled_ms_per_step, exposed, 100.0 * exposed / r.ms_per_step,
+                  busy > 0 ? 100.0 * std::max(0.0, 1.0 - exposed / busy) : 0.0);
+    out += buf;
+  }
   if (r.cuda) {
     std::snprintf(buf, sizeof buf, "; %.1f%% of the H100 SXM's %.0f TFLOP/s bf16 dense peak; GPU memory in use %.0f MiB",
                   100.0 * r.model_gflops / (kH100Bf16DenseTflops * 1e3), kH100Bf16DenseTflops,

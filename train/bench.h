@@ -9,6 +9,12 @@
 // dense peak, and the memory used. A benchmark command, never a test: the numbers go into
 // examples/BENCHMARKS.md next to the peers' (tests/reference/bench_torch.py on the same config;
 // scripts/gpu_bench.sh runs both on the GPU).
+// Several processes (`mpirun -np N moelab bench`, train/parallel.h): batch_size is the global batch,
+// each process steps on its share with the data-parallel reduction; the report adds tokens/s in
+// total and per process, the bytes each process sends per step, the communication thread's busy
+// time and the part of it the step waited for (exposed), and with compare_one_process the same
+// steps by one process alone with all the processes' threads, timed first in the same run (the
+// others wait), so the scaling efficiency is measured on the same machine at the same time.
 #pragma once
 
 #include <array>
@@ -18,6 +24,7 @@
 #include "core/nn/config.h"
 #include "core/profile.h"
 #include "core/tensor.h"
+#include "train/run_config.h"
 
 namespace moelab {
 
@@ -30,6 +37,8 @@ struct BenchOptions {
   double lr = 1e-3;
   std::string device = "cpu";           // cpu | cuda (train/runtime.h)
   std::string precision = "auto";       // auto | fp32 | bf16
+  DistConfig dist;                      // several processes: backend, ZeRO, buckets, emulated links
+  bool compare_one_process = false;     // several processes: time one process alone first
 };
 
 struct BenchResult {
@@ -54,6 +63,16 @@ struct BenchResult {
   // should make none) and the times the host waited for the device (each one stalls the queue).
   double device_allocations_per_step = 0, host_syncs_per_step = 0;
   bool cuda = false;
+  // Several processes: the count, this one's rank, its group's description, and per timed step the
+  // bytes it sent (intra-node, inter-node), the communication thread's busy time (held time of an
+  // emulated link included), the link model's time, and the time the step waited (exposed).
+  int ranks = 1, rank = 0;
+  std::string dist;
+  double comm_bytes_per_step[2] = {0, 0};
+  double comm_ms_per_step = 0, modeled_ms_per_step = 0, exposed_ms_per_step = 0;
+  double arrival_ms_per_step = 0;  // of comm_ms: waiting for the slowest process to arrive (imbalance)
+  double one_process_tokens_per_second = 0;  // compare_one_process: one process, all threads
+  int one_process_threads = 0;
 };
 
 // H100 SXM dense bf16 peak (NVIDIA's datasheet, without sparsity): the MFU reference the GPU peers

@@ -134,6 +134,7 @@ struct BenchCliOptions {
   DeviceCliOptions where;
   std::vector<std::string> overrides;
   int64_t batch_size = 0, seq_len = 0, steps = 10, warmup = 2;
+  bool compare_one_process = false;
 };
 
 // `moelab bench`: full training steps of the config's model, timed after a warm-up.
@@ -150,6 +151,8 @@ int run_bench_cli(const BenchCliOptions& o) {
   opt.warmup = o.warmup;
   opt.device = cfg.train.device;
   opt.precision = cfg.train.precision;
+  opt.dist = cfg.dist;
+  opt.compare_one_process = o.compare_one_process;
   if (o.kernel == "attention") {
     const moelab::AttentionBenchResult r = moelab::run_attention_bench(cfg.model, opt);
     std::printf("moelab %s bench --kernel attention: %s\n%s", MOELAB_VERSION, o.config.c_str(),
@@ -157,6 +160,7 @@ int run_bench_cli(const BenchCliOptions& o) {
     return 0;
   }
   const moelab::BenchResult r = moelab::run_bench(cfg.model, opt);
+  if (r.rank != 0) return 0;  // several processes: the first one reports
   std::printf("moelab %s bench: %s\n%s", MOELAB_VERSION, o.config.c_str(), moelab::format_bench(r, opt).c_str());
   return 0;
 }
@@ -316,11 +320,14 @@ int main(int argc, char** argv) {
   BenchCliOptions bench_opt;
   bench->add_option("--config", bench_opt.config, "A TOML config (examples/*.toml)")->required();
   bench_opt.where.add_to(bench);
-  bench->add_option("--set", bench_opt.overrides, "Override a config key: model.<key>=value or train.<key>=value");
+  bench->add_option("--set", bench_opt.overrides, "Override a config key: model.<key>=value, train.<key>=value or "
+                    "dist.<key>=value");
   bench->add_option("--batch-size", bench_opt.batch_size, "Override train.batch_size");
   bench->add_option("--seq-len", bench_opt.seq_len, "Override train.seq_len");
   bench->add_option("--steps", bench_opt.steps, "Timed steps")->check(CLI::PositiveNumber);
   bench->add_option("--warmup", bench_opt.warmup, "Untimed steps before them")->check(CLI::NonNegativeNumber);
+  bench->add_flag("--compare-one-process", bench_opt.compare_one_process, "Under mpirun: first time the same steps "
+                  "in one process with all the processes' threads (the scaling baseline, same machine, same run)");
   bench->add_option("--kernel", bench_opt.kernel, "step (a whole training step, default) or attention (one layer's "
                     "attention forward + backward on the config's shapes)")
       ->check(CLI::IsMember({"step", "attention"}));
@@ -331,7 +338,7 @@ int main(int argc, char** argv) {
   TrainCliOptions train_opt;
   train->add_option("--config", train_opt.config, "A TOML config ([model] and [train], e.g. examples/*.toml)")
       ->required();
-  train->add_option("--set", train_opt.overrides, "Override a config key: model.<key>=value or train.<key>=value "
+  train->add_option("--set", train_opt.overrides, "Override a config key: model.<key>=value, train.<key>=value or dist.<key>=value "
                     "(repeatable; applied after the file)");
   train->add_flag("--resume", train_opt.resume, "Continue from the newest complete checkpoint in train.out_dir");
   train_opt.where.add_to(train);

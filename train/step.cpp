@@ -100,6 +100,7 @@ StepStats train_step(Model& model, AdamW& optimizer, const Context& ctx, const S
   if (sync) {
     MOELAB_CHECK(optimizer.owned().size() == sync->owned().size(), "train_step: the optimizer owns ",
                  optimizer.owned().size(), " ranges but the data-parallel reduction gives it ", sync->owned().size());
+    const PhaseScope phase(ctx.profiler, Phase::CommWait);
     sync->finish_grads(ctx);
     reduce_stats(*sync, stats);
   }
