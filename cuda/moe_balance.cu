@@ -136,8 +136,13 @@ __global__ void sum_kernel(const float* values, int64_t n, const int32_t* counts
 
 unsigned row_blocks(int64_t rows) { return static_cast<unsigned>((rows + kRowsPerBlock - 1) / kRowsPerBlock); }
 
-// The histogram step shared by the aux-loss forward and backward.
+// The histogram step shared by the aux-loss forward and backward (given fractions: no histogram, and
+// no index is counted out of range: the caller counted the selections).
 void aux_histogram(const MoeAuxLossParams& p) {
+  if (p.f_given) {
+    CUDA_CHECK(cudaMemsetAsync(p.invalid, 0, sizeof(int32_t), p.stream));
+    return;
+  }
   const int64_t num_seqs = p.rows / p.seq_len;
   const double f_scale = static_cast<double>(p.E) / static_cast<double>(p.K * p.seq_len);  // the CPU's expression
   aux_histogram_kernel<<<static_cast<unsigned>(num_seqs), kHistThreads, static_cast<size_t>(p.E) * sizeof(int32_t),

@@ -20,6 +20,7 @@ struct MoeAuxLossParams {
   const int32_t* topk_idx = nullptr;  // [rows, K]
   int64_t rows = 0, E = 0, K = 0, seq_len = 0;
   float* f = nullptr;                 // device workspace [rows / seq_len, E]: f_{b,i}
+  bool f_given = false;               // f already holds the batch's fractions (one sequence): no histogram
   int32_t* invalid = nullptr;         // device workspace [rows / seq_len]: out-of-range indices per sequence
   float* row_values = nullptr;        // device workspace [rows] (forward only): sum_i f_{b,i} s_{t,i} / Z_t
   double* result = nullptr;           // device workspace [2] (forward only): sum_t row_values, invalid indices

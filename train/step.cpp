@@ -86,14 +86,16 @@ StepStats train_step(Model& model, AdamW& optimizer, const Context& ctx, const S
   StepStats stats;
   stats.losses.mtp.assign(static_cast<size_t>(model.config().num_nextn_predict_layers), 0.0);
   model.params().zero_grads();  // backward accumulates: the micro-batches add into zeros
+  Context c = ctx;  // the layers see the processes sharing the batch (the batch-level balance loss)
+  c.data_parallel = sync;
   const double scale = 1.0 / static_cast<double>(cfg.grad_accum_steps);
   for (int64_t micro = 0; micro < cfg.grad_accum_steps; ++micro) {
     const Tensor tokens = next_tokens();
-    ctx.arena->reset();  // the previous micro-batch's activations are no longer needed
+    c.arena->reset();  // the previous micro-batch's activations are no longer needed
     Model::Saved saved;
-    const Model::Losses losses = model.forward(ctx, tokens, saved);
+    const Model::Losses losses = model.forward(c, tokens, saved);
     // The last micro-batch's backward tells the reduction which gradients are final.
-    model.backward(ctx, saved, scale, micro + 1 == cfg.grad_accum_steps ? sync : nullptr);
+    model.backward(c, saved, scale, micro + 1 == cfg.grad_accum_steps ? sync : nullptr);
     stats += MicroBatchStats{losses, scale, model.moe_stats(saved)};
   }
 

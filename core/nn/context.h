@@ -17,6 +17,7 @@
 
 #include "core/arena.h"
 #include "core/exec.h"
+#include "core/nn/grad_sync.h"
 #include "core/profile.h"
 #include "core/tensor.h"
 
@@ -29,6 +30,10 @@ struct Context : Exec {
   int64_t batch = 0;         // B
   int64_t seq_len = 0;       // T
   Profiler* profiler = nullptr;     // phase timing (`moelab bench`); null: off
+  // During a data-parallel training step: the processes sharing the batch, for the statistics a
+  // forward must take over the whole batch (the batch-level balance loss). Null: this process's
+  // batch is the batch.
+  GradSync* data_parallel = nullptr;
 
   Context() = default;
   // gpu is required when the arena is on CUDA.

@@ -119,14 +119,27 @@ void MoE::route(const Context& ctx, const Tensor& x, Saved& s, MoEStats& stats) 
   stats.bias_min = stats.bias_max = 0;  // read at the log step (bias_range), not every forward
 }
 
-void MoE::balance_losses(const Context& ctx, const Saved& s, MoEStats& stats) const {
+void MoE::balance_losses(const Context& ctx, Saved& s, MoEStats& stats) const {
   const PhaseScope phase(ctx.profiler, Phase::Router);
   const int64_t N = s.scores.size(0);
+  // The batch-level loss of a data-parallel step is the GLOBAL batch's: its f counts every
+  // process's selections (one small sum over the processes per MoE layer; each process then
+  // weighs its own P by it, and the step's mean over processes is the global loss).
+  s.batch_fractions.clear();
+  if (cfg_.aux_loss_alpha > 0 && ctx.data_parallel && ctx.data_parallel->ranks() > 1) {
+    std::vector<double> counts = stats.load;
+    ctx.data_parallel->sum(counts);
+    const double rows = static_cast<double>(N) * ctx.data_parallel->ranks();
+    const double scale = static_cast<double>(cfg_.n_routed_experts) / (cfg_.num_experts_per_tok * rows);
+    for (double c : counts) s.batch_fractions.push_back(c * scale);
+  }
   stats.seq_aux_loss = cfg_.seq_aux_loss_alpha > 0
                            ? moe_aux_loss_forward(ctx, s.scores, s.topk_idx, ctx.seq_len, cfg_.seq_aux_loss_alpha)
                            : 0.0;
   stats.aux_loss =
-      cfg_.aux_loss_alpha > 0 ? moe_aux_loss_forward(ctx, s.scores, s.topk_idx, N, cfg_.aux_loss_alpha) : 0.0;
+      cfg_.aux_loss_alpha > 0
+          ? moe_aux_loss_forward(ctx, s.scores, s.topk_idx, N, cfg_.aux_loss_alpha, s.batch_fractions)
+          : 0.0;
   stats.z_loss = cfg_.router_z_loss_coef > 0 ? moe_z_loss_forward(ctx, s.logits, cfg_.router_z_loss_coef) : 0.0;
 }
 
@@ -246,7 +259,8 @@ void MoE::router_backward(const Context& ctx, const Saved& s, const Tensor& grad
     moe_aux_loss_backward(ctx, s.scores, s.topk_idx, ctx.seq_len, cfg_.seq_aux_loss_alpha, balance_grad_scale,
                           grad_scores);
   if (cfg_.aux_loss_alpha > 0)
-    moe_aux_loss_backward(ctx, s.scores, s.topk_idx, N, cfg_.aux_loss_alpha, balance_grad_scale, grad_scores);
+    moe_aux_loss_backward(ctx, s.scores, s.topk_idx, N, cfg_.aux_loss_alpha, balance_grad_scale, grad_scores,
+                          s.batch_fractions);
   // d/dlogits: through the score function, plus the z-loss, which reads the logits directly.
   Tensor grad_logits = ctx.alloc_stat({N, E});
   if (cfg_.scoring_func == ScoreFunc::Sigmoid) sigmoid_backward(ctx, grad_scores, s.scores, grad_logits);

@@ -57,6 +57,9 @@ class MoE {
     Tensor expert_y;
     std::vector<SwiGLUMLP::Saved> experts;
     SwiGLUMLP::Saved shared;
+    // Data parallel with the batch-level aux loss: the selection fractions f [E] of the whole
+    // batch, all processes' rows (core/ops/moe_balance.h); empty: this process's batch is the batch.
+    std::vector<double> batch_fractions;
   };
 
   MoE() = default;
@@ -108,7 +111,7 @@ class MoE {
  private:
   // Router: logits, scores, selection, gates, capacity; fills stats except the balance losses.
   void route(const Context& ctx, const Tensor& x, Saved& saved, MoEStats& stats) const;
-  void balance_losses(const Context& ctx, const Saved& saved, MoEStats& stats) const;
+  void balance_losses(const Context& ctx, Saved& saved, MoEStats& stats) const;
   void experts_grouped(const Context& ctx, const Tensor& y, Saved& saved) const;
   void experts_naive(const Context& ctx, const Tensor& y, Saved& saved) const;
   // Writes grad_x (routed part) and grad_topk_weights.

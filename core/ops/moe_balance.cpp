@@ -34,8 +34,9 @@ T logsumexp(const T* l, int64_t E) {
 
 template <typename T>
 double moe_aux_loss_forward(const T* scores, const int32_t* topk_idx, int64_t rows, int64_t E, int64_t K,
-                            int64_t seq_len, double alpha) {
-  const std::vector<double> f = selection_fractions(topk_idx, rows, E, K, seq_len);
+                            int64_t seq_len, double alpha, const double* given) {
+  const std::vector<double> f =
+      given ? std::vector<double>(given, given + (rows / seq_len) * E) : selection_fractions(topk_idx, rows, E, K, seq_len);
   // sum_b sum_i f_{b,i} P_{b,i} = (1/T) sum_t sum_i f_{b(t),i} s_{t,i} / Z_t: one pass over the rows.
   double total = 0;
   for (int64_t t = 0; t < rows; ++t) {
@@ -54,8 +55,9 @@ double moe_aux_loss_forward(const T* scores, const int32_t* topk_idx, int64_t ro
 
 template <typename T>
 void moe_aux_loss_backward(const T* scores, const int32_t* topk_idx, int64_t rows, int64_t E, int64_t K,
-                           int64_t seq_len, double alpha, double grad_loss, T* grad_scores) {
-  const std::vector<double> f = selection_fractions(topk_idx, rows, E, K, seq_len);
+                           int64_t seq_len, double alpha, double grad_loss, T* grad_scores, const double* given) {
+  const std::vector<double> f =
+      given ? std::vector<double>(given, given + (rows / seq_len) * E) : selection_fractions(topk_idx, rows, E, K, seq_len);
   const T c = static_cast<T>(grad_loss * alpha / static_cast<double>(rows));  // rows = B*T
 #pragma omp parallel for schedule(static)
   for (int64_t t = 0; t < rows; ++t) {
@@ -91,13 +93,14 @@ void moe_z_loss_backward(const T* logits, int64_t rows, int64_t E, double coef, 
   }
 }
 
-template double moe_aux_loss_forward<float>(const float*, const int32_t*, int64_t, int64_t, int64_t, int64_t, double);
+template double moe_aux_loss_forward<float>(const float*, const int32_t*, int64_t, int64_t, int64_t, int64_t, double,
+                                            const double*);
 template double moe_aux_loss_forward<double>(const double*, const int32_t*, int64_t, int64_t, int64_t, int64_t,
-                                             double);
+                                             double, const double*);
 template void moe_aux_loss_backward<float>(const float*, const int32_t*, int64_t, int64_t, int64_t, int64_t, double,
-                                           double, float*);
+                                           double, float*, const double*);
 template void moe_aux_loss_backward<double>(const double*, const int32_t*, int64_t, int64_t, int64_t, int64_t, double,
-                                            double, double*);
+                                            double, double*, const double*);
 template double moe_z_loss_forward<float>(const float*, int64_t, int64_t, double);
 template double moe_z_loss_forward<double>(const double*, int64_t, int64_t, double);
 template void moe_z_loss_backward<float>(const float*, int64_t, int64_t, double, double, float*);
@@ -107,7 +110,8 @@ template void moe_z_loss_backward<double>(const double*, int64_t, int64_t, doubl
 
 namespace {
 // scores [N, E], topk_idx i32 [N, K] with entries in [0, E), seq_len dividing N (> 0).
-void check_aux(const char* op, const Tensor& scores, const Tensor& topk_idx, int64_t seq_len) {
+void check_aux(const char* op, const Tensor& scores, const Tensor& topk_idx, int64_t seq_len,
+               const std::vector<double>& fractions) {
   check_ndim(op, "scores", scores, 2, 2);
   check_ndim(op, "topk_idx", topk_idx, 2, 2);
   const int64_t N = scores.size(0), E = scores.size(1), K = topk_idx.size(1);
@@ -117,6 +121,9 @@ void check_aux(const char* op, const Tensor& scores, const Tensor& topk_idx, int
                " has E = ", E, " experts; expected 1 <= K <= E");
   MOELAB_CHECK(seq_len >= 1 && N % seq_len == 0, op, ": seq_len = ", seq_len, " must be >= 1 and divide the ", N,
                " rows of scores ", scores.str());
+  MOELAB_CHECK(fractions.empty() || (seq_len == N && static_cast<int64_t>(fractions.size()) == E), op,
+               ": batch_fractions has ", fractions.size(), " values with seq_len ", seq_len, " of ", N,
+               " rows; expected E = ", E, " values for the whole batch (seq_len = rows)");
   check_same_device(op, {{"scores", &scores}, {"topk_idx", &topk_idx}});
   if (scores.device() == Device::CUDA) {  // the indices are checked on the device (cuda/moe_balance.h)
     check_dtype(op, "scores", scores, DType::F32);
@@ -141,13 +148,20 @@ void check_logits(const char* op, const Tensor& logits) {
 // The launch parameters of the aux loss on CUDA, with its device workspace taken from the op's
 // scratch (a device allocation per call would synchronise the device): f [B, E] and the per-row
 // values [N] (f32), the out-of-range index counts [B] (i32), the forward's two sums (f64).
+// Given batch fractions go up as f32 (one small copy): the kernels read f in f32 either way.
 cuda::MoeAuxLossParams aux_params(const Exec& ex, ScratchScope& scratch, const Tensor& scores, const Tensor& topk_idx,
-                                  int64_t seq_len, double alpha) {
+                                  int64_t seq_len, double alpha, const std::vector<double>& fractions) {
   const int64_t N = scores.size(0), E = scores.size(1), B = N / seq_len;
   const Tensor f = scratch.take({B * E + N}, DType::F32);  // f [B, E], then the per-row values [N]
+  cuda::MoeAuxLossParams p;
+  if (!fractions.empty()) {
+    Tensor host = Tensor::empty({E}, DType::F32);
+    for (int64_t i = 0; i < E; ++i) host.data<float>()[i] = static_cast<float>(fractions[static_cast<size_t>(i)]);
+    f.slice(0, E).copy_from(host);
+    p.f_given = true;
+  }
   const Tensor invalid = scratch.take({B}, DType::I32);
   const Tensor result = scratch.take({2}, DType::F64);
-  cuda::MoeAuxLossParams p;
   p.scores = scores.data<float>();
   p.topk_idx = topk_idx.data<int32_t>();
   p.rows = N;
@@ -165,13 +179,14 @@ cuda::MoeAuxLossParams aux_params(const Exec& ex, ScratchScope& scratch, const T
 }  // namespace
 
 double moe_aux_loss_forward(const Exec& ex, const Tensor& scores, const Tensor& topk_idx, int64_t seq_len,
-                            double alpha) {
+                            double alpha, const std::vector<double>& batch_fractions) {
   const char* op = "moe_aux_loss_forward";
-  check_aux(op, scores, topk_idx, seq_len);
+  check_aux(op, scores, topk_idx, seq_len, batch_fractions);
+  const double* given = batch_fractions.empty() ? nullptr : batch_fractions.data();
   if (scores.device() == Device::CUDA) {
     ScratchScope scratch(ex, op);
     double sums[2];
-    cuda::moe_aux_loss_forward(aux_params(ex, scratch, scores, topk_idx, seq_len, alpha), sums);
+    cuda::moe_aux_loss_forward(aux_params(ex, scratch, scores, topk_idx, seq_len, alpha, batch_fractions), sums);
     MOELAB_CHECK(sums[1] == 0, op, ": topk_idx holds ", static_cast<int64_t>(sums[1]), " entries outside [0, E = ",
                  scores.size(1), ") (the selection before capacity drops)");
     const double num_seqs = static_cast<double>(scores.size(0) / seq_len);
@@ -181,21 +196,22 @@ double moe_aux_loss_forward(const Exec& ex, const Tensor& scores, const Tensor& 
   ops_detail::dispatch_cpu_float(op, scores, [&](auto tag) {
     using T = decltype(tag);
     loss = ref::moe_aux_loss_forward<T>(scores.data<T>(), topk_idx.data<int32_t>(), scores.size(0), scores.size(1),
-                                        topk_idx.size(1), seq_len, alpha);
+                                        topk_idx.size(1), seq_len, alpha, given);
   });
   return loss;
 }
 
 void moe_aux_loss_backward(const Exec& ex, const Tensor& scores, const Tensor& topk_idx, int64_t seq_len, double alpha,
-                           double grad_loss, const Tensor& grad_scores) {
+                           double grad_loss, const Tensor& grad_scores, const std::vector<double>& batch_fractions) {
   const char* op = "moe_aux_loss_backward";
-  check_aux(op, scores, topk_idx, seq_len);
+  check_aux(op, scores, topk_idx, seq_len, batch_fractions);
+  const double* given = batch_fractions.empty() ? nullptr : batch_fractions.data();
   check_shape(op, "grad_scores", grad_scores, scores.shape());
   check_dtype(op, "grad_scores", grad_scores, scores.dtype());
   check_same_device(op, {{"scores", &scores}, {"grad_scores", &grad_scores}});
   if (scores.device() == Device::CUDA) {
     ScratchScope scratch(ex, op);
-    cuda::MoeAuxLossParams p = aux_params(ex, scratch, scores, topk_idx, seq_len, alpha);
+    cuda::MoeAuxLossParams p = aux_params(ex, scratch, scores, topk_idx, seq_len, alpha, batch_fractions);
     p.grad_loss = grad_loss;
     p.grad_scores = grad_scores.data<float>();
     cuda::moe_aux_loss_backward(p);
@@ -204,7 +220,7 @@ void moe_aux_loss_backward(const Exec& ex, const Tensor& scores, const Tensor& t
   ops_detail::dispatch_cpu_float(op, scores, [&](auto tag) {
     using T = decltype(tag);
     ref::moe_aux_loss_backward<T>(scores.data<T>(), topk_idx.data<int32_t>(), scores.size(0), scores.size(1),
-                                  topk_idx.size(1), seq_len, alpha, grad_loss, grad_scores.data<T>());
+                                  topk_idx.size(1), seq_len, alpha, grad_loss, grad_scores.data<T>(), given);
   });
 }
 

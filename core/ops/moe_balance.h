@@ -7,6 +7,10 @@
 //   L = alpha * (1/B) * sum_b sum_i f_{b,i} P_{b,i}
 // T = seq_len gives the sequence-wise loss (V3, seq_aux_loss_alpha); T = N the classic batch-level
 // one (aux_loss_alpha). Z_t = 1 for softmax scores; for sigmoid scores it normalises them.
+// A batch spread over data-parallel processes: its f counts every process's selections, so the
+// caller passes batch_fractions = f [E] (seq_len = N, one sequence; f_i = E / (K * N_all) *
+// selections of expert i over all N_all rows) and the op takes it instead of counting topk_idx;
+// each process's loss then uses its own P, and their mean is the whole batch's loss.
 // Backward of grad_loss * L, for t in sequence b:
 //   grad_s[t, j] += grad_loss * alpha / (B*T) * (f_{b,j} - sum_i f_{b,i} s_{t,i} / Z_t) / Z_t
 //
@@ -28,6 +32,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "core/exec.h"
 #include "core/tensor.h"
@@ -35,21 +40,23 @@
 namespace moelab {
 
 double moe_aux_loss_forward(const Exec& ex, const Tensor& scores, const Tensor& topk_idx, int64_t seq_len,
-                            double alpha);
+                            double alpha, const std::vector<double>& batch_fractions = {});
 void moe_aux_loss_backward(const Exec& ex, const Tensor& scores, const Tensor& topk_idx, int64_t seq_len, double alpha,
-                           double grad_loss, const Tensor& grad_scores);
+                           double grad_loss, const Tensor& grad_scores,
+                           const std::vector<double>& batch_fractions = {});
 double moe_z_loss_forward(const Exec& ex, const Tensor& logits, double coef);
 void moe_z_loss_backward(const Exec& ex, const Tensor& logits, double coef, double grad_loss,
                          const Tensor& grad_logits);
 
 namespace ref {
 // The references trust their indices and that seq_len divides rows (the Tensor API checks).
+// f: the batch's fractions [rows / seq_len, E], or null to count them from topk_idx.
 template <typename T>
 double moe_aux_loss_forward(const T* scores, const int32_t* topk_idx, int64_t rows, int64_t E, int64_t K,
-                            int64_t seq_len, double alpha);
+                            int64_t seq_len, double alpha, const double* f = nullptr);
 template <typename T>
 void moe_aux_loss_backward(const T* scores, const int32_t* topk_idx, int64_t rows, int64_t E, int64_t K,
-                           int64_t seq_len, double alpha, double grad_loss, T* grad_scores);
+                           int64_t seq_len, double alpha, double grad_loss, T* grad_scores, const double* f = nullptr);
 template <typename T>
 double moe_z_loss_forward(const T* logits, int64_t rows, int64_t E, double coef);
 template <typename T>

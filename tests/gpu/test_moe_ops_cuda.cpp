@@ -419,6 +419,21 @@ TEST_P(MoeBalanceCuda, AuxLossMatchesCpu) {
   moe_aux_loss_backward(testing::gpu_exec(), gscores, gidx, c.seq_len, alpha, grad_loss, g.view);
   EXPECT_TRUE(testing::close(g.view, g_ref, 1e-5 * max_abs(g_ref), 1e-5)) << "grad_scores (+=)";
   EXPECT_TRUE(g.guards_intact()) << "write outside grad_scores";
+
+  // The whole batch's fractions given (a data-parallel part of a larger batch): no histogram.
+  if (c.seq_len != c.N) return;
+  std::vector<double> f(static_cast<size_t>(c.E));
+  for (int64_t i = 0; i < c.E; ++i) f[static_cast<size_t>(i)] = 0.5 + 0.25 * static_cast<double>(i % 3);
+  const double given_ref = moe_aux_loss_forward(testing::gpu_exec(), scores, idx, c.N, alpha, f);
+  const double given = moe_aux_loss_forward(testing::gpu_exec(), gscores, gidx, c.N, alpha, f);
+  EXPECT_NEAR(given, given_ref, 1e-5 * std::fabs(given_ref)) << "aux loss with given fractions";
+  Tensor gf_ref = g0.to(DType::F32);
+  moe_aux_loss_backward(testing::gpu_exec(), scores, idx, c.N, alpha, grad_loss, gf_ref, f);
+  Guarded gf({c.N, c.E}, DType::F32);
+  gf.view.copy_from(g0.to(Device::CUDA));
+  moe_aux_loss_backward(testing::gpu_exec(), gscores, gidx, c.N, alpha, grad_loss, gf.view, f);
+  EXPECT_TRUE(testing::close(gf.view, gf_ref, 1e-5 * max_abs(gf_ref), 1e-5)) << "grad_scores with given fractions";
+  EXPECT_TRUE(gf.guards_intact());
 }
 
 INSTANTIATE_TEST_SUITE_P(Cases, MoeBalanceCuda,

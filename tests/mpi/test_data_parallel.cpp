@@ -22,7 +22,7 @@ namespace {
 
 constexpr int64_t kB = 12, kT = 8;  // 12 rows: divisible by 2, 3 and 4 ranks
 
-ModelConfig tiny_config() {
+ModelConfig tiny_config(bool batch_level_aux = false) {
   ModelConfig c;
   c.vocab_size = 31;
   c.hidden_size = 16;
@@ -42,6 +42,8 @@ ModelConfig tiny_config() {
   c.bias_update_speed = 0.01;
   c.seq_aux_loss_alpha = 0.01;  // per sequence: the rows of a rank are whole sequences
   c.router_z_loss_coef = 1e-3;
+  // The batch-level loss needs the whole batch's selections: the processes sum them in the forward.
+  if (batch_level_aux) c.aux_loss_alpha = 0.05;
   c.validate();
   return c;
 }
@@ -59,7 +61,7 @@ struct Rig {
 // The same global batch on every rank: seeded, and step s has its own.
 Tensor global_batch(int step) { return testing::randint({kB, kT + 2}, 31, 100 + static_cast<uint64_t>(step)); }
 
-void run_and_compare(int zero, int64_t bucket_bytes, double grad_clip) {
+void run_and_compare(int zero, int64_t bucket_bytes, double grad_clip, bool batch_level_aux = false) {
   dist::Comm& world = testing_mpi::world();
   const int N = world.size(), r = world.rank();
   const int64_t b = kB / N;
@@ -67,10 +69,10 @@ void run_and_compare(int zero, int64_t bucket_bytes, double grad_clip) {
   cfg.lr = 1e-3;
   cfg.grad_clip = grad_clip;
 
-  Rig one(tiny_config());
+  Rig one(tiny_config(batch_level_aux));
   AdamW one_opt(one.model.params(), AdamWConfig{});
 
-  Rig dp(tiny_config());
+  Rig dp(tiny_config(batch_level_aux));
   dist::DataParallel sync(world, world, dp.model.params(), dist::DataParallelConfig{bucket_bytes, zero});
   ASSERT_GT(sync.num_buckets(), 3) << "the test wants several buckets in flight";
   AdamW dp_opt(dp.model.params(), AdamWConfig{}, sync.owned());
@@ -84,6 +86,10 @@ void run_and_compare(int zero, int64_t bucket_bytes, double grad_clip) {
     EXPECT_NEAR(d.losses.total, a.losses.total, 1e-6 * a.losses.total) << "step " << step;
     EXPECT_NEAR(d.losses.main, a.losses.main, 1e-6 * a.losses.main);
     EXPECT_NEAR(d.losses.seq_aux, a.losses.seq_aux, 1e-6 * a.losses.seq_aux + 1e-12);
+    EXPECT_NEAR(d.losses.aux, a.losses.aux, 1e-6 * a.losses.aux + 1e-12);
+    if (batch_level_aux) {
+      EXPECT_GT(a.losses.aux, 0);
+    }
     EXPECT_NEAR(d.grad_norm, a.grad_norm, 1e-5 * a.grad_norm) << "step " << step;
     EXPECT_EQ(d.loads, a.loads) << "the loads are counts: summed over ranks they are the global batch's";
     EXPECT_TRUE(testing::close(dp.model.params().flat_params(), one.model.params().flat_params(), 1e-3 * cfg.lr, 1e-5))
@@ -98,6 +104,8 @@ TEST(DataParallel, MatchesOneProcessZero0) { run_and_compare(0, 4096, 0.0); }
 TEST(DataParallel, MatchesOneProcessZero0Clipped) { run_and_compare(0, 4096, 0.05); }
 TEST(DataParallel, MatchesOneProcessZero1) { run_and_compare(1, 4096, 0.0); }
 TEST(DataParallel, MatchesOneProcessZero1Clipped) { run_and_compare(1, 3000, 0.05); }
+
+TEST(DataParallel, MatchesOneProcessWithTheBatchLevelAuxLoss) { run_and_compare(0, 4096, 0.0, true); }
 
 TEST(DataParallel, Zero1ShardsTheOptimizerState) {
   dist::Comm& world = testing_mpi::world();

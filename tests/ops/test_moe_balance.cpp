@@ -110,6 +110,41 @@ TEST(MoeBalance, AuxGradCheckSequenceWise) { expect_aux_grad(3, 4, 6, 2, 4, 10);
 TEST(MoeBalance, AuxGradCheckBatchLevel) { expect_aux_grad(2, 5, 5, 3, 10, 20); }
 TEST(MoeBalance, AuxGradCheckOneRowOneExpertChosen) { expect_aux_grad(1, 1, 3, 1, 1, 30); }
 
+// Data parallel: a batch split over processes, each passing the WHOLE batch's fractions f, gives
+// the whole batch's loss as the mean of the parts and its gradient rows as the parts' gradients
+// with the mean's 1/parts (what the data-parallel average applies).
+TEST(MoeBalance, AuxLossWithBatchFractionsSplitsTheBatch) {
+  const int64_t N = 12, E = 5, K = 2, parts = 3, n = N / parts;
+  const double alpha = 0.3;
+  const Tensor scores = random_scores(N, E, 40), idx = random_selection(N, E, K, 41);
+  std::vector<double> f(E, 0.0);
+  for (int64_t i = 0; i < N * K; ++i) f[static_cast<size_t>(idx.data<int32_t>()[i])] += 1.0;
+  for (double& v : f) v *= static_cast<double>(E) / static_cast<double>(K * N);
+  const double whole = moe_aux_loss_forward(Exec{}, scores, idx, N, alpha);
+  Tensor grad_whole = Tensor::zeros({N, E}, DType::F64);
+  moe_aux_loss_backward(Exec{}, scores, idx, N, alpha, 1.0, grad_whole);
+  double mean = 0;
+  Tensor grad_parts = Tensor::zeros({N, E}, DType::F64);
+  for (int64_t p = 0; p < parts; ++p) {
+    const Tensor s = scores.slice(p * n, (p + 1) * n), k = idx.slice(p * n, (p + 1) * n);
+    mean += moe_aux_loss_forward(Exec{}, s, k, n, alpha, f) / parts;
+    moe_aux_loss_backward(Exec{}, s, k, n, alpha, 1.0 / parts, grad_parts.slice(p * n, (p + 1) * n), f);
+    // A part's own selections alone give another loss: the fractions matter.
+    EXPECT_NE(moe_aux_loss_forward(Exec{}, s, k, n, alpha), moe_aux_loss_forward(Exec{}, s, k, n, alpha, f));
+  }
+  EXPECT_NEAR(mean, whole, 1e-15);
+  EXPECT_TRUE(testing::close(grad_parts, grad_whole, 1e-15, 1e-12));
+  // The gradient with given fractions, by finite differences.
+  Tensor part = scores.slice(0, n).to(DType::F64);
+  const Tensor part_idx = idx.slice(0, n);
+  Tensor added = Tensor::zeros({n, E}, DType::F64);
+  moe_aux_loss_backward(Exec{}, part, part_idx, n, alpha, 1.0, added, f);
+  EXPECT_TRUE(check_grad(part, added, [&] { return moe_aux_loss_forward(Exec{}, part, part_idx, n, alpha, f); }));
+  // Fractions only describe one whole batch: seq_len must be the rows, and there must be E of them.
+  EXPECT_THROW(moe_aux_loss_forward(Exec{}, part, part_idx, 2, alpha, f), Error);
+  EXPECT_THROW(moe_aux_loss_forward(Exec{}, part, part_idx, n, alpha, std::vector<double>(E + 1, 0.1)), Error);
+}
+
 TEST(MoeBalance, ZLossGradCheck) {
   const int64_t N = 7, E = 5;
   const double coef = 0.3, c = 0.8;
