@@ -48,6 +48,7 @@
 #include "train/config_file.h"
 #include "train/export.h"
 #include "train/model_info.h"
+#include "train/parallel.h"
 #include "train/sample.h"
 #include "moelab/build_info.h"
 
@@ -76,6 +77,7 @@ struct InfoConfigOptions {
   std::string config;                 // the TOML file; empty: plain `moelab info`
   std::vector<std::string> overrides; // --set key=value, in order
   int64_t batch_size = 0, seq_len = 0;  // > 0: override [train]
+  int ranks = 1;                        // data-parallel processes for the memory per process
   bool print_config = false;
   bool keys = false;
 };
@@ -95,6 +97,17 @@ int run_info_config(const InfoConfigOptions& o) {
   const moelab::ModelInfo info = moelab::model_info(model, cfg.train.batch_size, cfg.train.seq_len);
   std::printf("moelab %s: %s\n", MOELAB_VERSION, o.config.c_str());
   std::fputs(moelab::format_model_info(cfg.model, info).c_str(), stdout);
+  // Training memory of one of --ranks data-parallel processes (each with batch_size / ranks
+  // sequences), in the run's precision.
+  const bool bf16 = cfg.train.device == "cuda" && cfg.train.precision != "fp32";
+  const moelab::ModelInfo share =
+      moelab::model_info(model, moelab::per_rank_batch(cfg.train.batch_size, o.ranks, "train.batch_size"),
+                         cfg.train.seq_len, bf16 ? moelab::DType::BF16 : moelab::DType::F32);
+  const moelab::RankMemory mem = moelab::rank_memory(model.params().numel_padded(), share.activation_bytes(), o.ranks,
+                                                     cfg.dist.zero, bf16);
+  std::printf("training memory with %d process%s (%s, dist.zero = %lld), %s\n", o.ranks, o.ranks == 1 ? "" : "es",
+              bf16 ? "cuda bf16" : "fp32", static_cast<long long>(cfg.dist.zero),
+              moelab::format_rank_memory(mem, o.ranks, cfg.dist.zero).c_str());
   return 0;
 }
 
@@ -109,6 +122,10 @@ int run_info_keys() {
   for (const auto& f : moelab::train_config_fields())
     std::printf("  %-26s %-18s default %-10s %s\n", f.name, f.type().c_str(),
                 moelab::get_run_key(defaults, "train", f.name).c_str(), f.help);
+  std::printf("[dist]\n");
+  for (const auto& f : moelab::dist_config_fields())
+    std::printf("  %-26s %-18s default %-10s %s\n", f.name, f.type().c_str(),
+                moelab::get_run_key(defaults, "dist", f.name).c_str(), f.help);
   return 0;
 }
 
@@ -303,11 +320,13 @@ int main(int argc, char** argv) {
   InfoConfigOptions info_opt;
   CLI::Option* config_opt = info->add_option("--config", info_opt.config, "A TOML config (examples/*.toml): print its "
                                              "parameters, FLOPs per token, KV cache and activation memory");
-  info->add_option("--set", info_opt.overrides, "Override a config key: model.<key>=value or train.<key>=value "
+  info->add_option("--set", info_opt.overrides, "Override a config key: model.<key>=value, train.<key>=value or dist.<key>=value "
                    "(repeatable; applied after the file)")
       ->needs(config_opt);
   info->add_option("--batch-size", info_opt.batch_size, "Override train.batch_size")->needs(config_opt);
   info->add_option("--seq-len", info_opt.seq_len, "Override train.seq_len")->needs(config_opt);
+  info->add_option("--ranks", info_opt.ranks, "Data-parallel processes: the training memory of each (with "
+                   "dist.zero from the config or --set)")->needs(config_opt)->check(CLI::PositiveNumber);
   info->add_flag("--print-config", info_opt.print_config, "Print the resolved config as TOML instead")
       ->needs(config_opt);
   info->add_flag("--keys", info_opt.keys, "List every config key with its type, default and help");

@@ -54,6 +54,26 @@ Processes join_processes(const DistConfig& d, Device device, const ParamBuffer& 
   return p;
 }
 
+RankMemory rank_memory(int64_t padded_params, double activation_bytes, int ranks, int64_t zero, bool compute_copy) {
+  RankMemory m;
+  const double n = static_cast<double>(padded_params);
+  m.params = 4 * n;
+  m.grads = 4 * n;
+  m.compute_copy = compute_copy ? 2 * n : 0;
+  m.optimizer = 8 * n / (zero == 1 ? ranks : 1);
+  m.activations = activation_bytes;
+  return m;
+}
+
+std::string format_rank_memory(const RankMemory& m, int ranks, int64_t zero) {
+  using dist::human_bytes;
+  std::string s = "per process: parameters " + human_bytes(m.params) + " + gradients " + human_bytes(m.grads);
+  if (m.compute_copy > 0) s += " + bf16 copy " + human_bytes(m.compute_copy);
+  s += " + AdamW m, v " + human_bytes(m.optimizer);
+  if (zero == 1 && ranks > 1) s += " (ZeRO-1: 1/" + std::to_string(ranks) + ")";
+  return s + " + activations " + human_bytes(m.activations) + " = " + human_bytes(m.total());
+}
+
 int64_t per_rank_batch(int64_t global, int ranks, const char* key) {
   MOELAB_CHECK(global % ranks == 0, key, " = ", global, " is not divisible by the ", ranks,
                " processes (each takes ", key, " / ", ranks, " sequences of the global batch)");

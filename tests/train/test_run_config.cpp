@@ -133,10 +133,10 @@ TEST(ConfigToml, UnknownKeySuggestsTheClosest) {
 
 TEST(ConfigToml, UnknownSection) {
   EXPECT_EQ(config_error([] { parse_config_toml("[modle]\nhidden_size = 64\n", "examples/x.toml"); }),
-            "examples/x.toml: unknown section [modle] (did you mean [model]?); the sections are [model] and [train]");
+            "examples/x.toml: unknown section [modle] (did you mean [model]?); the sections are [model], [train] and [dist]");
   // Even an empty one, and a nested one.
   EXPECT_EQ(config_error([] { parse_config_toml("[optim]\n", "x.toml"); }),
-            "x.toml: unknown section [optim]; the sections are [model] and [train]");
+            "x.toml: unknown section [optim]; the sections are [model], [train] and [dist]");
   const std::string nested = config_error([] { parse_config_toml("[model]\n[model.moe]\nn_group = 2\n", "x.toml"); });
   EXPECT_NE(nested.find("x.toml: unknown section [model.moe]"), std::string::npos) << nested;
 }
@@ -206,6 +206,30 @@ TEST(ConfigToml, TrainRules) {
             "config: precision = 'bf16' runs on CUDA only (device = 'cpu' trains in fp32)");
 }
 
+TEST(ConfigToml, DistSectionAndRules) {
+  const RunConfig cfg = parse_config_toml("[dist]\nzero = 1\nlink = \"pcie4\"\nbucket_mb = 2.5\n", "x.toml");
+  cfg.validate();
+  EXPECT_EQ(cfg.dist.zero, 1);
+  EXPECT_EQ(cfg.dist.link, "pcie4");
+  EXPECT_EQ(cfg.dist.bucket_mb, 2.5);
+  EXPECT_EQ(parse_config_toml(to_toml(cfg), "round.toml"), cfg) << "the [dist] section round-trips";
+  EXPECT_EQ(config_error([] { parse_config_toml("[dist]\nzero = 2\n", "x.toml").validate(); }),
+            "config: [dist] zero = 2 is not 0 or 1");
+  EXPECT_EQ(config_error([] { parse_config_toml("[dist]\nlink = \"pcie9\"\n", "x.toml").validate(); }),
+            "config: [dist] link = 'pcie9' is not one of none, pcie4, pcie5, nvlink4, ib200, ib400");
+  EXPECT_EQ(config_error([] { parse_config_toml("[dist]\nbackend = \"gloo\"\n", "x.toml").validate(); }),
+            "config: [dist] backend = 'gloo' is not one of auto, mpi, nccl");
+  EXPECT_EQ(config_error([] { parse_config_toml("[dist]\ntimeout_s = 0\n", "x.toml").validate(); }),
+            "config: [dist] timeout_s = 0.0 must be > 0");
+  EXPECT_EQ(config_error([] { parse_config_toml("[dist]\nzeroo = 1\n", "x.toml"); }),
+            "x.toml: [dist] unknown key 'zeroo' (did you mean 'zero'?)");
+  // A checkpoint's config from before the section reads as the defaults.
+  RunConfig old;
+  nlohmann::json j = to_json(old);
+  j.erase("dist");
+  EXPECT_EQ(run_config_from_json(j), old);
+}
+
 // ---- --set ----
 
 TEST(ConfigOverride, SectionQualifiedAndBareKeys) {
@@ -238,8 +262,8 @@ TEST(ConfigOverride, Errors) {
   EXPECT_EQ(config_error([&] { apply_override(cfg, "hiden_size=3"); }),
             "--set 'hiden_size=3': unknown key 'hiden_size' (did you mean 'hidden_size'?)");
   EXPECT_EQ(config_error([&] { apply_override(cfg, "trian.seq_len=3"); }),
-            "--set 'trian.seq_len=3': unknown section [trian] (did you mean [train]?); the sections are [model] and "
-            "[train]");
+            "--set 'trian.seq_len=3': unknown section [trian] (did you mean [train]?); the sections are [model], "
+            "[train] and [dist]");
   EXPECT_EQ(config_error([&] { apply_override(cfg, "train.seq_len=long"); }),
             "--set 'train.seq_len=long': [train] seq_len = 'long' is not an integer");
   EXPECT_EQ(config_error([&] { apply_override(cfg, "model.hidden_size"); }),
@@ -262,7 +286,7 @@ TEST(ConfigJson, RunConfigSectionsAndErrors) {
   EXPECT_EQ(config_error([] {
               run_config_from_json({{"modle", nlohmann::json::object()}});
             }),
-            "config: unknown section [modle] (did you mean [model]?); the sections are [model] and [train]");
+            "config: unknown section [modle] (did you mean [model]?); the sections are [model], [train] and [dist]");
   EXPECT_EQ(config_error([] {
               run_config_from_json({{"train", {{"seq_len", "8"}}}});
             }),
