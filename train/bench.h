@@ -12,9 +12,10 @@
 // Several processes (`mpirun -np N moelab bench`, train/parallel.h): batch_size is the global batch,
 // each process steps on its share with the data-parallel reduction; the report adds tokens/s in
 // total and per process, the bytes each process sends per step, the communication thread's busy
-// time and the part of it the step waited for (exposed), and with compare_one_process the same
-// steps by one process alone with all the processes' threads, timed first in the same run (the
-// others wait), so the scaling efficiency is measured on the same machine at the same time.
+// time and the part of it the step waited for (exposed), and with baseline_tokens_per_s (one
+// process's figure on the same machine, from `moelab bench` alone) the scaling efficiency. (Timing
+// that one process inside the same mpirun, the others waiting, measured 10-40% low here: the
+// waiting processes disturb it, so the baseline is a separate command.)
 #pragma once
 
 #include <array>
@@ -38,7 +39,7 @@ struct BenchOptions {
   std::string device = "cpu";           // cpu | cuda (train/runtime.h)
   std::string precision = "auto";       // auto | fp32 | bf16
   DistConfig dist;                      // several processes: backend, ZeRO, buckets, emulated links
-  bool compare_one_process = false;     // several processes: time one process alone first
+  double baseline_tokens_per_s = 0;     // several processes: one process's tokens/s, for the efficiency
 };
 
 struct BenchResult {
@@ -71,8 +72,7 @@ struct BenchResult {
   double comm_bytes_per_step[2] = {0, 0};
   double comm_ms_per_step = 0, modeled_ms_per_step = 0, exposed_ms_per_step = 0;
   double arrival_ms_per_step = 0;  // of comm_ms: waiting for the slowest process to arrive (imbalance)
-  double one_process_tokens_per_second = 0;  // compare_one_process: one process, all threads
-  int one_process_threads = 0;
+  double baseline_tokens_per_second = 0;  // BenchOptions::baseline_tokens_per_s
 };
 
 // H100 SXM dense bf16 peak (NVIDIA's datasheet, without sparsity): the MFU reference the GPU peers

@@ -151,7 +151,7 @@ struct BenchCliOptions {
   DeviceCliOptions where;
   std::vector<std::string> overrides;
   int64_t batch_size = 0, seq_len = 0, steps = 10, warmup = 2;
-  bool compare_one_process = false;
+  double baseline_tokens_per_s = 0;
 };
 
 // `moelab bench`: full training steps of the config's model, timed after a warm-up.
@@ -169,7 +169,7 @@ int run_bench_cli(const BenchCliOptions& o) {
   opt.device = cfg.train.device;
   opt.precision = cfg.train.precision;
   opt.dist = cfg.dist;
-  opt.compare_one_process = o.compare_one_process;
+  opt.baseline_tokens_per_s = o.baseline_tokens_per_s;
   if (o.kernel == "attention") {
     const moelab::AttentionBenchResult r = moelab::run_attention_bench(cfg.model, opt);
     std::printf("moelab %s bench --kernel attention: %s\n%s", MOELAB_VERSION, o.config.c_str(),
@@ -345,8 +345,9 @@ int main(int argc, char** argv) {
   bench->add_option("--seq-len", bench_opt.seq_len, "Override train.seq_len");
   bench->add_option("--steps", bench_opt.steps, "Timed steps")->check(CLI::PositiveNumber);
   bench->add_option("--warmup", bench_opt.warmup, "Untimed steps before them")->check(CLI::NonNegativeNumber);
-  bench->add_flag("--compare-one-process", bench_opt.compare_one_process, "Under mpirun: first time the same steps "
-                  "in one process with all the processes' threads (the scaling baseline, same machine, same run)");
+  bench->add_option("--baseline-tokens-per-s", bench_opt.baseline_tokens_per_s, "Under mpirun: one process's tokens/s "
+                    "on this machine (`moelab bench` alone, all the cores' threads): prints the scaling efficiency")
+      ->check(CLI::NonNegativeNumber);
   bench->add_option("--kernel", bench_opt.kernel, "step (a whole training step, default) or attention (one layer's "
                     "attention forward + backward on the config's shapes)")
       ->check(CLI::IsMember({"step", "attention"}));
