@@ -1,0 +1,53 @@
+// Expert parallelism's dispatch and combine (DESIGN.md, "Distributed"): EPDispatch implements
+// core/nn's ExpertDispatch over an expert-parallel group of R ranks, rank r owning the contiguous
+// experts [r E/R, (r + 1) E/R). DeepEP's semantics, which make the all-to-all as small as it can be:
+//
+//   layout    each token goes ONCE to every rank that owns at least one of its top-K experts, with
+//             its K expert ids (the receiver keeps those it owns); the per-rank row counts and the
+//             ids are exchanged (all_to_all_v), and each rank lays out the rows it received by local
+//             expert (core/ops/moe_dispatch's layout, over the received rows)
+//   dispatch  x rows out (one per (token, rank) pair), then fanned out to the local experts there
+//   combine   the weights go with the rows; on the expert's rank a token's local expert outputs are
+//             summed with their weights into ONE row, which is sent back and added on the source
+//   backward  mirrors both: grad_y rows go out as x did, one grad_x row per (token, rank) comes back,
+//             and grad_topk_weights come back for the slots each rank owns
+//
+// So each way moves  unique (token, rank) pairs x D x element size  bytes (pairs with this rank
+// itself are a local copy), never K rows per token. On the source, row j of every buffer sent to or
+// received from peer p is the token of send position j: pos_send [N, R] is the row of (token, rank),
+// or -1, and the same dispatch ops gather the rows to send and add up the rows that come back.
+//
+// Shapes as in core/nn/expert_dispatch.h. The indices are built on the host (the layout reads
+// topk_idx there: on CUDA, one copy to the host per layer); the rows move through Comm (dist/comm.h).
+#pragma once
+
+#include <memory>
+
+#include "core/nn/expert_dispatch.h"
+#include "dist/comm.h"
+
+namespace moelab::dist {
+
+class EPDispatch final : public ExpertDispatch {
+ public:
+  explicit EPDispatch(Comm& group) : group_(group) {}
+
+  std::shared_ptr<const DispatchLayout> layout(const Context& ctx, const Tensor& topk_idx,
+                                               int64_t num_experts) const override;
+  void dispatch(const Context& ctx, const DispatchLayout& layout, const Tensor& x,
+                const Tensor& expert_x) const override;
+  void combine(const Context& ctx, const DispatchLayout& layout, const Tensor& expert_y, const Tensor& topk_weights,
+               const Tensor& y) const override;
+  void combine_backward(const Context& ctx, const DispatchLayout& layout, const Tensor& grad_y, const Tensor& expert_y,
+                        const Tensor& topk_weights, const Tensor& grad_expert_y,
+                        const Tensor& grad_topk_weights) const override;
+  void dispatch_backward(const Context& ctx, const DispatchLayout& layout, const Tensor& grad_expert_x,
+                         const Tensor& grad_x) const override;
+
+  Comm& group() const { return group_; }
+
+ private:
+  Comm& group_;
+};
+
+}  // namespace moelab::dist

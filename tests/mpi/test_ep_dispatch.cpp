@@ -1,0 +1,141 @@
+// Expert parallelism's dispatch and combine (dist/ep_dispatch.h) against the one-process dispatch:
+// every rank builds the same global batch (tokens, selections with some dropped slots, weights,
+// output gradients), runs it whole through LocalExpertDispatch with all experts, and its own slice
+// through EPDispatch with only its experts; y, grad_x and grad_topk_weights must agree (f64: only
+// the order of a token's sum over ranks differs), and the rows each rank moves must be exactly one
+// per (token, other rank) pair, each way.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <set>
+
+#include "dist/ep_dispatch.h"
+#include "tests/harness.h"
+#include "tests/mpi/mpi_env.h"
+
+namespace moelab {
+namespace {
+
+constexpr int64_t kPerRank = 7, kE = 12, kK = 3, kD = 5;  // 12 experts: 2, 3 or 4 ranks split them evenly
+
+// Expert e is an elementwise affine map, y = a_e x + b_e: its backward is grad_x = a_e grad_y.
+double scale_of(int64_t e) { return 0.5 + 0.25 * static_cast<double>(e); }
+double shift_of(int64_t e) { return 0.1 * static_cast<double>(e); }
+
+// Runs the experts [first, first + counts.size()) on their rows of expert_x (grouped by expert).
+Tensor run_experts(const Tensor& expert_x, int64_t first, const std::vector<int64_t>& counts, bool backward) {
+  Tensor out = Tensor::empty(expert_x.shape(), DType::F64);
+  int64_t row = 0;
+  for (size_t i = 0; i < counts.size(); ++i) {
+    const int64_t e = first + static_cast<int64_t>(i);
+    for (int64_t r = 0; r < counts[i]; ++r, ++row)
+      for (int64_t d = 0; d < kD; ++d) {
+        const double v = expert_x.data<double>()[row * kD + d];
+        out.data<double>()[row * kD + d] = backward ? scale_of(e) * v : scale_of(e) * v + shift_of(e);
+      }
+  }
+  return out;
+}
+
+// K distinct experts per token; every 4th token drops one slot and token 5 drops them all.
+Tensor selections(int64_t N, uint64_t seed) {
+  const Tensor r = testing::randn({N, kE}, DType::F64, seed);
+  Tensor idx = Tensor::empty({N, kK}, DType::I32);
+  for (int64_t n = 0; n < N; ++n) {
+    std::vector<int32_t> order(kE);
+    for (int32_t e = 0; e < kE; ++e) order[static_cast<size_t>(e)] = e;
+    const double* v = r.data<double>() + n * kE;
+    std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return v[a] > v[b]; });
+    for (int64_t k = 0; k < kK; ++k) idx.data<int32_t>()[n * kK + k] = order[static_cast<size_t>(k)];
+    if (n % 4 == 3) idx.data<int32_t>()[n * kK + 1] = -1;
+    if (n == 5)
+      for (int64_t k = 0; k < kK; ++k) idx.data<int32_t>()[n * kK + k] = -1;
+  }
+  return idx;
+}
+
+struct Result {
+  Tensor y, grad_x, grad_w;
+  std::shared_ptr<const DispatchLayout> layout;
+};
+
+Result run(const ExpertDispatch& d, const Context& ctx, const Tensor& x, const Tensor& idx, const Tensor& w,
+           const Tensor& grad_y) {
+  Result r;
+  r.layout = d.layout(ctx, idx, kE);
+  const int64_t M = r.layout->rows(), N = x.size(0);
+  Tensor expert_x = Tensor::empty({M, kD}, DType::F64);
+  d.dispatch(ctx, *r.layout, x, expert_x);
+  const Tensor expert_y = run_experts(expert_x, r.layout->first_expert, r.layout->num_tokens_per_expert, false);
+  r.y = Tensor::empty({N, kD}, DType::F64);
+  d.combine(ctx, *r.layout, expert_y, w, r.y);
+  Tensor grad_expert_y = Tensor::empty({M, kD}, DType::F64);
+  r.grad_w = Tensor::empty({N, kK}, DType::F64);
+  d.combine_backward(ctx, *r.layout, grad_y, expert_y, w, grad_expert_y, r.grad_w);
+  const Tensor grad_expert_x = run_experts(grad_expert_y, r.layout->first_expert, r.layout->num_tokens_per_expert, true);
+  r.grad_x = Tensor::empty({N, kD}, DType::F64);
+  d.dispatch_backward(ctx, *r.layout, grad_expert_x, r.grad_x);
+  return r;
+}
+
+TEST(EPDispatch, MatchesTheOneProcessDispatch) {
+  dist::Comm& world = testing_mpi::world();
+  const int R = world.size(), me = world.rank();
+  const int64_t Ng = kPerRank * R, first = me * kPerRank;
+  const Tensor x = testing::randn({Ng, kD}, DType::F64, 11), idx = selections(Ng, 12);
+  const Tensor w = testing::rand_uniform({Ng, kK}, DType::F64, 13, 0.1f, 1.0f);
+  const Tensor grad_y = testing::randn({Ng, kD}, DType::F64, 14);
+  Arena arena(size_t{16} << 20, Device::CPU);
+  const Context ctx(&arena, DType::F64, 1, 1);
+
+  const Result whole = run(LocalExpertDispatch{}, ctx, x, idx, w, grad_y);
+  const dist::EPDispatch ep(world);
+  const Tensor mine_idx = idx.slice(first, first + kPerRank);
+  const Result part = run(ep, ctx, x.slice(first, first + kPerRank), mine_idx, w.slice(first, first + kPerRank),
+                          grad_y.slice(first, first + kPerRank));
+
+  EXPECT_EQ(part.layout->first_expert, me * (kE / R));
+  ASSERT_EQ(static_cast<int64_t>(part.layout->num_tokens_per_expert.size()), kE / R);
+  for (int64_t i = 0; i < kE / R; ++i)
+    EXPECT_EQ(part.layout->num_tokens_per_expert[static_cast<size_t>(i)],
+              whole.layout->num_tokens_per_expert[static_cast<size_t>(part.layout->first_expert + i)])
+        << "rows of expert " << part.layout->first_expert + i << ": every rank's tokens for it";
+  EXPECT_TRUE(testing::close(part.y, whole.y.slice(first, first + kPerRank), 1e-13, 1e-13)) << "y";
+  EXPECT_TRUE(testing::close(part.grad_x, whole.grad_x.slice(first, first + kPerRank), 1e-13, 1e-13)) << "grad_x";
+  EXPECT_TRUE(testing::close(part.grad_w, whole.grad_w.slice(first, first + kPerRank), 1e-13, 1e-13)) << "grad_w";
+  if (first <= 5 && 5 < first + kPerRank) {  // token 5 has every slot dropped
+    for (int64_t d = 0; d < kD; ++d) EXPECT_EQ(part.y.data<double>()[(5 - first) * kD + d], 0.0);
+  }
+}
+
+// Only dispatch(), exactly: the bytes this rank sends are its (token, other rank) pairs x D x 8.
+TEST(EPDispatch, DispatchBytesAreTheMinimum) {
+  dist::Comm& world = testing_mpi::world();
+  const int R = world.size(), me = world.rank();
+  const int64_t first = me * kPerRank;
+  const Tensor idx = selections(kPerRank * R, 21).slice(first, first + kPerRank);
+  const Tensor x = testing::randn({kPerRank, kD}, DType::F64, 22 + static_cast<uint64_t>(me));
+  Arena arena(size_t{16} << 20, Device::CPU);
+  const Context ctx(&arena, DType::F64, 1, 1);
+  const dist::EPDispatch ep(world);
+  const auto layout = ep.layout(ctx, idx, kE);
+  Tensor expert_x = Tensor::empty({layout->rows(), kD}, DType::F64);
+  const int64_t before = world.counters().total_bytes();
+  ep.dispatch(ctx, *layout, x, expert_x);
+  const int64_t moved = world.counters().total_bytes() - before;
+  int64_t pairs = 0, assignments = 0;
+  for (int64_t n = 0; n < kPerRank; ++n) {
+    std::set<int64_t> ranks;
+    for (int64_t k = 0; k < kK; ++k) {
+      const int32_t e = idx.data<int32_t>()[n * kK + k];
+      if (e < 0 || e / (kE / R) == me) continue;
+      ranks.insert(e / (kE / R));
+      ++assignments;
+    }
+    pairs += static_cast<int64_t>(ranks.size());
+  }
+  EXPECT_EQ(moved, pairs * kD * 8) << "one row per (token, other rank), not one per assignment (" << assignments << ")";
+}
+
+}  // namespace
+}  // namespace moelab
