@@ -82,7 +82,7 @@ BenchResult bench_steps(const ModelConfig& cfg, const BenchOptions& opt, bool di
   const std::unique_ptr<Model> model_ptr = new_model(cfg, opt.seed, rt);
   Model& model = *model_ptr;
   const Processes procs =
-      distributed ? join_processes(opt.dist, rt.device, model.params(), model.buffers()) : Processes{};
+      distributed ? join_processes(opt.dist, rt.device, model) : Processes{};
   const int64_t batch = per_rank_batch(opt.batch_size, procs.size(), "batch_size");
   AdamW optimizer(model.params(), AdamWConfig{}, procs.dp ? procs.dp->owned() : std::vector<FlatRange>{});
   const ModelInfo info = model_info(model, batch, opt.seq_len, rt.act);

@@ -39,9 +39,14 @@ void pick_device(const DistConfig& d, const std::string& device) {
   cuda_set_device(w.local_rank % gpus);
 }
 
-Processes join_processes(const DistConfig& d, Device device, const ParamBuffer& params, const ParamBuffer& buffers) {
+Processes join_processes(const DistConfig& d, Device device, Model& model) {
   Processes p;
   p.world = dist::world_from_environment();
+  MOELAB_CHECK(d.ep == 1 || p.world.size % d.ep == 0, "dist.ep = ", d.ep, " does not divide the ", p.world.size,
+               " processes (world = DP x EP; launch a multiple of dist.ep)");
+  const int64_t experts = model.config().n_routed_experts;
+  MOELAB_CHECK(d.ep == 1 || (model.config().ffn == FfnKind::MoE && experts % d.ep == 0), "dist.ep = ", d.ep,
+               " needs MoE layers whose ", experts, " routed experts split evenly over the group");
   if (p.world.size == 1) return p;
   dist::CommOptions o = comm_options(d);
   p.host = dist::mpi_world(o);
@@ -49,8 +54,13 @@ Processes join_processes(const DistConfig& d, Device device, const ParamBuffer& 
   dist::DataParallelConfig dc;
   dc.bucket_bytes = static_cast<int64_t>(d.bucket_mb * 1e6);
   dc.zero = static_cast<int>(d.zero);
-  p.dp = std::make_unique<dist::DataParallel>(p.device ? *p.device : *p.host, *p.host, params, dc);
-  p.dp->broadcast_from_rank0(buffers);
+  p.dp = std::make_unique<dist::DataParallel>(p.device ? *p.device : *p.host, *p.host, model.params(), dc);
+  p.dp->broadcast_from_rank0(model.buffers());
+  if (d.ep > 1) {
+    p.ep_group = p.host->split(static_cast<int>(p.world.rank / d.ep), p.world.rank, "ep");
+    p.ep = std::make_unique<dist::EPDispatch>(*p.ep_group);
+    model.set_expert_dispatch(p.ep.get());
+  }
   return p;
 }
 

@@ -12,8 +12,10 @@
 #include <memory>
 #include <string>
 
+#include "core/nn/model.h"
 #include "dist/backends.h"
 #include "dist/data_parallel.h"
+#include "dist/ep_dispatch.h"
 #include "train/run_config.h"
 
 namespace moelab {
@@ -23,6 +25,8 @@ struct Processes {
   std::unique_ptr<dist::Comm> host;        // MPI world group (null on one process)
   std::unique_ptr<dist::Comm> device;      // NCCL world group when the backend is nccl (else null)
   std::unique_ptr<dist::DataParallel> dp;  // the gradient reduction (null on one process)
+  std::unique_ptr<dist::Comm> ep_group;    // dist.ep > 1: this rank's expert-parallel group
+  std::unique_ptr<dist::EPDispatch> ep;    // the model's MoE layers dispatch through it
 
   bool leader() const { return world.rank == 0; }
   int size() const { return world.size; }
@@ -39,9 +43,15 @@ dist::CommOptions comm_options(const DistConfig& d);
 // when there are fewer GPUs than processes on the node and the backend is NCCL.
 void pick_device(const DistConfig& d, const std::string& device);
 
-// This process's place; with several, the world groups and the data-parallel reduction over
-// `params` (rank 0's parameters and buffers are broadcast so that every rank starts identical).
-Processes join_processes(const DistConfig& d, Device device, const ParamBuffer& params, const ParamBuffer& buffers);
+// This process's place; with several, the world groups and the data-parallel reduction over the
+// model's parameters (rank 0's parameters and buffers are broadcast so that every rank starts
+// identical), and with dist.ep > 1 the expert-parallel groups: world ranks [g ep, (g + 1) ep) form
+// group g and split the experts (dist/ep_dispatch.h), which the model's MoE layers then use.
+// Every rank still holds every expert's weights (checkpoints and the optimizer are unchanged) and
+// computes only its own; the gradient mean over all ranks is then each expert's whole gradient:
+// its owners' sums over everybody's tokens, the other ranks' zeros. (Holding only the local experts
+// saves their memory and the zeros' traffic: not done yet.)
+Processes join_processes(const DistConfig& d, Device device, Model& model);
 
 // Each process's share of a global batch of `global` sequences (checked: N divides it).
 int64_t per_rank_batch(int64_t global, int ranks, const char* key);

@@ -51,6 +51,7 @@ const std::vector<DistConfigField> kDistFields = {
     {"backend", "auto (nccl for cuda when built with it, else mpi), mpi or nccl", &DistConfig::backend},
     {"ranks_per_node", "emulated nodes of this many ranks; 0 = one node", &DistConfig::ranks_per_node},
     {"zero", "0: replicated optimizer state; 1: ZeRO-1 (sharded over the ranks)", &DistConfig::zero},
+    {"ep", "expert-parallel group size (experts split over ep consecutive ranks); 1 = off", &DistConfig::ep},
     {"bucket_mb", "gradient bucket size (MB) of the overlapped reduction", &DistConfig::bucket_mb},
     {"link", "emulated link preset: none, pcie4, pcie5, nvlink4, ib200, ib400", &DistConfig::link},
     {"intra_gbps", "> 0: emulated intra-node bandwidth (GB/s), overrides the preset", &DistConfig::intra_gbps},
@@ -252,6 +253,7 @@ void DistConfig::validate() const {
     throw ConfigError("backend = '" + backend + "' is not one of auto, mpi, nccl");
   if (ranks_per_node < 0) throw ConfigError("ranks_per_node = " + std::to_string(ranks_per_node) + " must be >= 0");
   if (zero != 0 && zero != 1) throw ConfigError("zero = " + std::to_string(zero) + " is not 0 or 1");
+  if (ep < 1) throw ConfigError("ep = " + std::to_string(ep) + " must be >= 1");
   if (!(bucket_mb >= 0.001) || !std::isfinite(bucket_mb))
     throw ConfigError("bucket_mb = " + format_config_number(bucket_mb) + " must be >= 0.001 (1 kB)");
   const std::vector<std::string>& presets = dist::LinkModel::preset_names();

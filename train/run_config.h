@@ -69,6 +69,8 @@ struct DistConfig {
   std::string backend = "auto";     // auto (nccl for cuda when built with it, else mpi) | mpi | nccl
   int64_t ranks_per_node = 0;       // emulated nodes: world rank w is on node w / ranks_per_node; 0: one node
   int64_t zero = 0;                 // 0: every rank keeps the whole optimizer state; 1: ZeRO-1 (sharded)
+  int64_t ep = 1;                   // expert parallelism: the experts split over groups of ep consecutive
+                                    // ranks (world = DP x EP); 1: off
   double bucket_mb = 4;             // gradient bucket size in MB (1e6 bytes) for the overlapped reduction
   std::string link = "none";        // emulated link preset: none, pcie4, pcie5, nvlink4, ib200, ib400
   double intra_gbps = 0;            // > 0: explicit intra-node bandwidth (GB/s), overriding the preset

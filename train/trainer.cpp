@@ -262,7 +262,7 @@ TrainResult train(const RunConfig& cfg_in, const TrainOptions& options) {
   Start start = start_or_resume(cfg, rt, options.resume);
   Model& model = *start.model;
   TrainerState& state = start.state;
-  const Processes procs = join_processes(cfg.dist, rt.device, model.params(), model.buffers());
+  const Processes procs = join_processes(cfg.dist, rt.device, model);
   AdamW optimizer(model.params(), AdamWConfig{tc.beta1, tc.beta2, tc.adam_eps, tc.weight_decay},
                   procs.dp ? procs.dp->owned() : std::vector<FlatRange>{});
   Loader loader(loader_config(cfg, data.train_shards, cfg.model.vocab_size, true, procs.world));

@@ -243,6 +243,13 @@ const MoE& Model::moe_of(int64_t layer) const {
   return b.moe();
 }
 
+void Model::set_expert_dispatch(const ExpertDispatch* dispatch) {
+  for (Block& b : blocks_)
+    if (b.is_moe()) b.moe().set_dispatch(dispatch);
+  for (MtpModule& m : mtp_)
+    if (m.block().is_moe()) m.block().moe().set_dispatch(dispatch);
+}
+
 void Model::update_bias(const Exec& ex, const std::vector<std::vector<double>>& loads) const {
   const std::vector<int64_t> layers = moe_layers();
   MOELAB_CHECK(loads.size() == layers.size(), "update_bias: ", loads.size(), " load vectors for ", layers.size(),

@@ -83,6 +83,9 @@ class Model {
   // Fills bias_min / bias_max of stats (moe_stats' order) from the current biases, for the log step
   // (on CUDA one small copy to the host per MoE layer).
   void read_bias_ranges(std::vector<MoEStats>& stats) const;
+  // Every MoE layer (trunk and MTP) moves its tokens through `dispatch` (expert parallelism:
+  // dist/ep_dispatch.h); nullptr = the built-in single-process one. Not owned.
+  void set_expert_dispatch(const ExpertDispatch* dispatch);
 
   // Generation with a KV cache (core/nn/decode.cpp): embedding -> blocks (decode) -> final norm ->
   // LM head; the MTP modules are not used at inference.

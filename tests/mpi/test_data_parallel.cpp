@@ -1,4 +1,5 @@
-// Data parallelism (dist/data_parallel.h) against one process on the same global batch: N ranks
+// Data and expert parallelism (dist/data_parallel.h, dist/ep_dispatch.h) against one process on the
+// same global batch: N ranks
 // each stepping on their B/N rows with DataParallel must reproduce the one-process step on all B
 // rows (every rank computes that reference itself), for ZeRO-0 and ZeRO-1 with small buckets (many
 // overlapped reductions), and the ranks' parameters must stay bit-identical.
@@ -13,6 +14,7 @@
 #include <memory>
 
 #include "dist/data_parallel.h"
+#include "dist/ep_dispatch.h"
 #include "tests/harness.h"
 #include "tests/mpi/mpi_env.h"
 #include "train/step.h"
@@ -61,9 +63,12 @@ struct Rig {
 // The same global batch on every rank: seeded, and step s has its own.
 Tensor global_batch(int step) { return testing::randint({kB, kT + 2}, 31, 100 + static_cast<uint64_t>(step)); }
 
-void run_and_compare(int zero, int64_t bucket_bytes, double grad_clip, bool batch_level_aux = false) {
+// ep > 1: expert parallelism too (world = DP x EP): groups of ep consecutive ranks split the experts
+// and the model's MoE layers dispatch through dist/ep_dispatch.h.
+void run_and_compare(int zero, int64_t bucket_bytes, double grad_clip, bool batch_level_aux = false, int ep = 1) {
   dist::Comm& world = testing_mpi::world();
   const int N = world.size(), r = world.rank();
+  if (N % ep != 0) GTEST_SKIP() << "expert parallelism over " << ep << " ranks needs a multiple of " << ep;
   const int64_t b = kB / N;
   StepConfig cfg;
   cfg.lr = 1e-3;
@@ -76,6 +81,13 @@ void run_and_compare(int zero, int64_t bucket_bytes, double grad_clip, bool batc
   dist::DataParallel sync(world, world, dp.model.params(), dist::DataParallelConfig{bucket_bytes, zero});
   ASSERT_GT(sync.num_buckets(), 3) << "the test wants several buckets in flight";
   AdamW dp_opt(dp.model.params(), AdamWConfig{}, sync.owned());
+  std::unique_ptr<dist::Comm> ep_group;
+  std::unique_ptr<dist::EPDispatch> ep_dispatch;
+  if (ep > 1) {
+    ep_group = world.split(r / ep, r, "ep");
+    ep_dispatch = std::make_unique<dist::EPDispatch>(*ep_group);
+    dp.model.set_expert_dispatch(ep_dispatch.get());
+  }
 
   for (int step = 0; step < 3; ++step) {
     const Tensor tokens = global_batch(step);
@@ -106,6 +118,10 @@ TEST(DataParallel, MatchesOneProcessZero1) { run_and_compare(1, 4096, 0.0); }
 TEST(DataParallel, MatchesOneProcessZero1Clipped) { run_and_compare(1, 3000, 0.05); }
 
 TEST(DataParallel, MatchesOneProcessWithTheBatchLevelAuxLoss) { run_and_compare(0, 4096, 0.0, true); }
+// 4 experts: EP 2 (on 4 ranks: DP 2 x EP 2) and EP 4 (one expert per rank).
+TEST(ExpertParallel, Ep2MatchesOneProcess) { run_and_compare(0, 4096, 0.05, false, 2); }
+TEST(ExpertParallel, Ep2Zero1BatchLevelAuxMatchesOneProcess) { run_and_compare(1, 4096, 0.0, true, 2); }
+TEST(ExpertParallel, Ep4MatchesOneProcess) { run_and_compare(0, 4096, 0.0, false, 4); }
 
 TEST(DataParallel, Zero1ShardsTheOptimizerState) {
   dist::Comm& world = testing_mpi::world();
