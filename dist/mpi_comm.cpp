@@ -1,7 +1,8 @@
 // The MPI backend of dist::Comm (dist/comm.h, dist/backends.h), over OpenMPI.
 //
-// Each collective runs on the group's communication thread. Small ones (under 256 kB) are one
-// nonblocking call driven with MPI_Test as below; large ones come in two parts:
+// Each collective runs on the group's communication thread. Small ones (under 256 kB; every rank
+// decides alike) are one nonblocking call driven with MPI_Test as below; large ones and every
+// all-to-all (whose sizes differ per rank) come in two parts:
 //   arrival   a nonblocking barrier driven with MPI_Test: every rank has reached the collective. A
 //             rank waiting for a slower peer spins (with a yield) for the first milliseconds, then
 //             sleeps between tests, leaving the cores to the computation; the loop watches the
@@ -190,14 +191,9 @@ class MpiComm final : public Comm {
     float dummy = 0;
     void* src = ss.ptr() ? ss.ptr() : &dummy;
     void* dst = sr.ptr() ? sr.ptr() : &dummy;
-    const int64_t bytes = (send.defined() ? static_cast<int64_t>(send.nbytes()) : 0) +
-                          (recv.defined() ? static_cast<int64_t>(recv.nbytes()) : 0);
-    transfer(
-        "MPI_(I)alltoallv", bytes,
-        [&](MPI_Request* r) {
-          return MPI_Ialltoallv(src, sc.data(), sd.data(), type, dst, rc.data(), rd.data(), type, comm_, r);
-        },
-        [&] { return MPI_Alltoallv(src, sc.data(), sd.data(), type, dst, rc.data(), rd.data(), type, comm_); });
+    // Always the large path: the ranks' byte counts differ here, and every rank must take the same.
+    arrive();
+    mpi_check(MPI_Alltoallv(src, sc.data(), sd.data(), type, dst, rc.data(), rd.data(), type, comm_), "MPI_Alltoallv");
     sr.write_back();
   }
 
@@ -246,7 +242,9 @@ class MpiComm final : public Comm {
 
   // Below kLargeBytes a collective is one nonblocking call driven by wait(): a few tests finish
   // it, and a hand-off through a barrier would cost more than the transfer. From kLargeBytes on:
-  // the arrival barrier, then the blocking call (the file comment says why).
+  // the arrival barrier, then the blocking call (the file comment says why). `bytes` must be the
+  // same on every rank (the buffer's size in an all-reduce, the whole in an all-gather), so that
+  // all take the same path.
   static constexpr int64_t kLargeBytes = 256 << 10;
   template <typename Start, typename Blocking>
   void transfer(const char* what, int64_t bytes, Start start, Blocking blocking) {

@@ -104,7 +104,7 @@ BenchResult bench_steps(const ModelConfig& cfg, const BenchOptions& opt, bool di
   r.rank = procs.world.rank;
   double total_ms = 0, min_ms = 1e300;
   DeviceCounters counted{};  // over the timed steps' train_step calls
-  dist::CommCounters comm_before;  // at the first timed step
+  dist::CommCounters comm_before, ep_before;  // at the first timed step
   // The trainer's step with the bench's fixed choices: one micro-batch, lr opt.lr, clipping at 1.0.
   const StepConfig step_cfg{opt.lr, 1.0, 1};
   for (int64_t step = 0; step < opt.warmup + opt.steps; ++step) {
@@ -113,6 +113,7 @@ BenchResult bench_steps(const ModelConfig& cfg, const BenchOptions& opt, bool di
     const Tensor tokens = rt.upload(random_tokens(cfg, opt, step).slice(first, first + batch));
     rt.synchronize();
     if (procs.dp && step == opt.warmup) comm_before = procs.dp->comm().counters();
+    if (procs.ep_group && step == opt.warmup) ep_before = procs.ep_group->counters();
     const DeviceCounters before = device_counters();
     const auto t0 = std::chrono::steady_clock::now();
     timeline.begin_step();
@@ -133,6 +134,13 @@ BenchResult bench_steps(const ModelConfig& cfg, const BenchOptions& opt, bool di
       total_ms += ms;
       min_ms = std::min(min_ms, ms);
     }
+  }
+  if (procs.ep_group) {
+    const dist::CommCounters c = procs.ep_group->counters();
+    const double n = static_cast<double>(opt.steps);
+    for (int k = 0; k < 2; ++k) r.ep_bytes_per_step[k] = static_cast<double>(c.bytes[k] - ep_before.bytes[k]) / n;
+    r.ep_ms_per_step = 1e3 * (c.busy_s - ep_before.busy_s) / n;
+    r.ep_arrival_ms_per_step = 1e3 * (c.arrival_s - ep_before.arrival_s) / n;
   }
   if (procs.dp) {
     const dist::CommCounters c = procs.dp->comm().counters();
@@ -243,6 +251,15 @@ std::string format_bench(const BenchResult& r, const BenchOptions& opt) {
                   busy, r.arrival_ms_per_step, r.modeled_ms_per_step, exposed, 100.0 * exposed / r.ms_per_step,
                   busy > 0 ? 100.0 * std::max(0.0, 1.0 - exposed / busy) : 0.0);
     out += buf;
+    if (r.ep_ms_per_step > 0) {
+      std::snprintf(buf, sizeof buf,
+                    "\n  expert all-to-alls per step and process: %s sent (intra-node %s, inter-node %s), %.2f ms "
+                    "(%.2f ms of it waiting for the slowest process) = %.1f%% of the step",
+                    dist::human_bytes(r.ep_bytes_per_step[0] + r.ep_bytes_per_step[1]).c_str(),
+                    dist::human_bytes(r.ep_bytes_per_step[0]).c_str(), dist::human_bytes(r.ep_bytes_per_step[1]).c_str(),
+                    r.ep_ms_per_step, r.ep_arrival_ms_per_step, 100.0 * r.ep_ms_per_step / r.ms_per_step);
+      out += buf;
+    }
   }
   if (r.cuda) {
     std::snprintf(buf, sizeof buf, "; %.1f%% of the H100 SXM's %.0f TFLOP/s bf16 dense peak; GPU memory in use %.0f MiB",
