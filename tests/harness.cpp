@@ -134,4 +134,28 @@ std::string config_error(const std::function<void()>& fn) {
   return "";
 }
 
+ModelConfig tiny_moe_config() {
+  ModelConfig c;
+  c.vocab_size = 31;
+  c.hidden_size = 16;
+  c.num_hidden_layers = 2;
+  c.max_position_embeddings = 16;
+  c.num_attention_heads = 2;
+  c.kv_lora_rank = 8;
+  c.qk_nope_head_dim = 4;
+  c.qk_rope_head_dim = 4;
+  c.v_head_dim = 4;
+  c.intermediate_size = 24;
+  c.first_k_dense_replace = 1;
+  c.moe_intermediate_size = 8;
+  c.n_routed_experts = 4;
+  c.num_experts_per_tok = 2;
+  c.num_nextn_predict_layers = 1;
+  c.bias_update_speed = 0.01;
+  c.seq_aux_loss_alpha = 0.01;
+  c.router_z_loss_coef = 1e-3;
+  c.validate();
+  return c;
+}
+
 }  // namespace moelab::testing

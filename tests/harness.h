@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "core/device.h"
+#include "core/nn/config.h"
 #include "core/tensor.h"
 
 namespace moelab::testing {
@@ -29,6 +30,11 @@ Tensor randn(const Shape& shape, DType dtype, uint64_t seed, double std = 1.0, d
 Tensor rand_uniform(const Shape& shape, DType dtype, uint64_t seed, float lo, float hi);
 // CPU i32 tensor of values in [0, n), from seed.
 Tensor randint(const Shape& shape, int32_t n, uint64_t seed);
+
+// A tiny DeepSeek-style MoE for step-level tests (vocab 31, D 16, 2 layers: dense then MoE with 4
+// experts top-2, MLA, MTP 1, the aux-free bias), with balance terms that are means over sequences
+// or tokens (seq-wise aux loss, z-loss), so that halves of a batch average to the whole.
+ModelConfig tiny_moe_config();
 // CPU i32 tensor holding `values` (row-major; values.size() == shape.numel()).
 Tensor i32_tensor(const Shape& shape, const std::vector<int32_t>& values);
 

@@ -24,27 +24,9 @@ namespace {
 
 constexpr int64_t kB = 12, kT = 8;  // 12 rows: divisible by 2, 3 and 4 ranks
 
+// The batch-level loss needs the whole batch's selections: the processes sum them in the forward.
 ModelConfig tiny_config(bool batch_level_aux = false) {
-  ModelConfig c;
-  c.vocab_size = 31;
-  c.hidden_size = 16;
-  c.num_hidden_layers = 2;
-  c.max_position_embeddings = 16;
-  c.num_attention_heads = 2;
-  c.kv_lora_rank = 8;
-  c.qk_nope_head_dim = 4;
-  c.qk_rope_head_dim = 4;
-  c.v_head_dim = 4;
-  c.intermediate_size = 24;
-  c.first_k_dense_replace = 1;
-  c.moe_intermediate_size = 8;
-  c.n_routed_experts = 4;
-  c.num_experts_per_tok = 2;
-  c.num_nextn_predict_layers = 1;
-  c.bias_update_speed = 0.01;
-  c.seq_aux_loss_alpha = 0.01;  // per sequence: the rows of a rank are whole sequences
-  c.router_z_loss_coef = 1e-3;
-  // The batch-level loss needs the whole batch's selections: the processes sum them in the forward.
+  ModelConfig c = testing::tiny_moe_config();  // the seq-wise aux loss: a rank's rows are whole sequences
   if (batch_level_aux) c.aux_loss_alpha = 0.05;
   c.validate();
   return c;
