@@ -4,6 +4,7 @@
 #include <sstream>
 
 #include "core/allocator.h"
+#include "core/device.h"
 #include "cuda/runtime.h"
 
 namespace moelab {
@@ -50,12 +51,15 @@ bool Shape::operator==(const Shape& o) const {
 
 // ---- Storage ----------------------------------------------------------------------------------
 
-Storage::Storage(size_t bytes, Device device) : bytes_(bytes), device_(device) {
-  ptr_ = device == Device::CPU ? CpuAllocator::allocate(bytes) : CudaAllocator::allocate(bytes);
+Storage::Storage(size_t bytes, Device device, bool pinned)
+    : bytes_(bytes), device_(device), pinned_(pinned && device == Device::CPU && cuda_available()) {
+  if (pinned_) ptr_ = cuda::malloc_pinned(bytes == 0 ? 256 : bytes);
+  else ptr_ = device == Device::CPU ? CpuAllocator::allocate(bytes) : CudaAllocator::allocate(bytes);
 }
 
 Storage::~Storage() {
-  if (device_ == Device::CPU) CpuAllocator::release(ptr_);
+  if (pinned_) cuda::free_pinned(ptr_);
+  else if (device_ == Device::CPU) CpuAllocator::release(ptr_);
   else CudaAllocator::release(ptr_);
 }
 

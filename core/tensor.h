@@ -42,7 +42,9 @@ class Shape {
 // Owns one allocation on one device; frees it when the last Tensor viewing it goes away.
 class Storage {
  public:
-  Storage(size_t bytes, Device device);
+  // pinned: CPU memory that is page-locked (cuda/runtime.h), for staging copies to and from a GPU;
+  // only with a GPU (without one, pinned memory is plain CPU memory).
+  Storage(size_t bytes, Device device, bool pinned = false);
   ~Storage();
   Storage(const Storage&) = delete;
   Storage& operator=(const Storage&) = delete;
@@ -55,6 +57,7 @@ class Storage {
   void* ptr_ = nullptr;
   size_t bytes_ = 0;
   Device device_;
+  bool pinned_ = false;
 };
 
 class Tensor {

@@ -44,6 +44,8 @@ int device_count() { return 0; }
 std::string device_description(int) { no_cuda("device_description"); }
 void* malloc_device(size_t) { no_cuda("malloc_device"); }
 void free_device(void*) {}
+void* malloc_pinned(size_t) { no_cuda("malloc_pinned"); }
+void free_pinned(void*) {}
 void memcpy_h2d(void*, const void*, size_t) { no_cuda("memcpy_h2d"); }
 void memcpy_d2h(void*, const void*, size_t) { no_cuda("memcpy_d2h"); }
 void memcpy_d2d(void*, const void*, size_t) { no_cuda("memcpy_d2d"); }

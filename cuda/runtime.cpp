@@ -41,6 +41,16 @@ void* malloc_device(size_t bytes) {
   return ptr;
 }
 
+void* malloc_pinned(size_t bytes) {
+  void* ptr = nullptr;
+  CUDA_CHECK(cudaMallocHost(&ptr, bytes));
+  return ptr;
+}
+
+void free_pinned(void* ptr) {
+  if (ptr) cudaFreeHost(ptr);  // from destructors: never throws (see free_device)
+}
+
 void free_device(void* ptr) {
   // Called from destructors: never throw. A failure here means the context is already broken and
   // the next checked call reports it.

@@ -14,6 +14,10 @@ std::string device_description(int device);  // "NVIDIA H100 80GB HBM3 (sm_90, 7
 
 void* malloc_device(size_t bytes);
 void free_device(void* ptr);
+// Page-locked host memory (cudaMallocHost): copies to and from the device run at full speed and
+// can be asynchronous. Slow to allocate: keep and reuse it.
+void* malloc_pinned(size_t bytes);
+void free_pinned(void* ptr);
 void memcpy_h2d(void* dst, const void* src, size_t bytes);
 void memcpy_d2h(void* dst, const void* src, size_t bytes);
 void memcpy_d2d(void* dst, const void* src, size_t bytes);

@@ -19,8 +19,8 @@
 // and also waiting answer from their own loops, so the error can name the ranks that do not (dead,
 // stopped, or stuck outside communication).
 //
-// CUDA tensors are staged through host copies (so several processes can share one GPU; NCCL is the
-// fast path for CUDA tensors). bf16 and fp8 tensors can be moved but not reduced (MPI has no such
+// CUDA tensors are staged through host copies in page-locked buffers kept by the group (so several
+// processes can share one GPU; NCCL is the fast path for CUDA tensors). bf16 and fp8 tensors can be moved but not reduced (MPI has no such
 // arithmetic): reductions take f32, f64 or i32.
 #include <mpi.h>
 
@@ -74,16 +74,32 @@ std::vector<int> displacements(const std::vector<int>& counts) {
   return d;
 }
 
+// Host memory for staging, kept and grown as needed: page-locked when there is a GPU (so the
+// copies of CUDA tensors run at full speed), reused call after call (pinning is slow). One per
+// buffer a collective stages at once (its input and its output).
+class StagingBuffer {
+ public:
+  Tensor take(const Shape& shape, DType dtype) {
+    const size_t bytes = static_cast<size_t>(shape.numel()) * dtype_size(dtype);
+    if (!storage_ || storage_->bytes() < bytes)
+      storage_ = std::make_shared<Storage>(bytes + bytes / 2 + 256, Device::CPU, /*pinned=*/true);
+    return Tensor::view_of(storage_, 0, shape, dtype);
+  }
+
+ private:
+  std::shared_ptr<Storage> storage_;
+};
+
 // A CPU tensor with t's contents (t itself when it is on the CPU, unless copy is asked for: an
-// output that overlaps the input); write_back copies it into t.
+// output that overlaps the input), in `buffer`; write_back copies it into t.
 struct Staged {
   Tensor device, host;
-  Staged(const Tensor& t, bool read, bool copy = false) : device(t) {
+  Staged(const Tensor& t, bool read, StagingBuffer& buffer, bool copy = false) : device(t) {
     if (!t.defined() || (t.device() == Device::CPU && !copy)) {
       host = t;
       return;
     }
-    host = Tensor::empty(t.shape(), t.dtype(), Device::CPU);
+    host = buffer.take(t.shape(), t.dtype());
     if (read) host.copy_from(t);
   }
   void* ptr() const { return host.defined() ? host.raw() : nullptr; }
@@ -129,7 +145,7 @@ class MpiComm final : public Comm {
  protected:
   void run_all_reduce(const Tensor& buf, ReduceOp op) override {
     const MPI_Datatype type = mpi_type(buf.dtype(), true, "all_reduce");
-    Staged s(buf, true);
+    Staged s(buf, true, stage_in_);
     const int n = as_int(buf.numel(), "all_reduce");
     transfer(
         "MPI_(I)allreduce", static_cast<int64_t>(buf.nbytes()),
@@ -146,7 +162,7 @@ class MpiComm final : public Comm {
     const std::vector<int> c = ints(counts, "reduce_scatter");
     // ZeRO-1 reduces a bucket into this rank's slice of it: the output lies inside the input, which
     // MPI does not allow, so the result goes through a copy.
-    Staged si(in, true), so(out, false, overlap(in, out));
+    Staged si(in, true, stage_in_), so(out, false, stage_out_, overlap(in, out));
     float dummy = 0;  // MPI wants valid pointers for empty parts
     void* src = si.ptr() ? si.ptr() : &dummy;
     void* dst = so.ptr() ? so.ptr() : &dummy;
@@ -168,7 +184,7 @@ class MpiComm final : public Comm {
     MOELAB_CHECK(!in_place || (in.storage() == out.storage() &&
                                in.byte_offset() == out.byte_offset() + static_cast<size_t>(d[rank()]) * dtype_size(dt)),
                  "all_gather: in overlaps out but is not this rank's block of it");
-    Staged si(in, !in_place), so(out, in_place);
+    Staged si(in, !in_place, stage_in_), so(out, in_place, stage_out_);
     float dummy = 0;
     const void* src = in_place ? MPI_IN_PLACE : si.ptr() ? si.ptr() : &dummy;
     void* dst = so.ptr() ? so.ptr() : &dummy;
@@ -187,7 +203,7 @@ class MpiComm final : public Comm {
     const MPI_Datatype type = mpi_type(dt, false, "all_to_all_v");
     const std::vector<int> sc = ints(send_counts, "all_to_all_v"), rc = ints(recv_counts, "all_to_all_v");
     const std::vector<int> sd = displacements(sc), rd = displacements(rc);
-    Staged ss(send, true), sr(recv, false);
+    Staged ss(send, true, stage_in_), sr(recv, false, stage_out_);
     float dummy = 0;
     void* src = ss.ptr() ? ss.ptr() : &dummy;
     void* dst = sr.ptr() ? sr.ptr() : &dummy;
@@ -199,7 +215,7 @@ class MpiComm final : public Comm {
 
   void run_broadcast(const Tensor& buf, int root) override {
     const MPI_Datatype type = mpi_type(buf.dtype(), false, "broadcast");
-    Staged s(buf, rank() == root);
+    Staged s(buf, rank() == root, stage_in_);
     const int n = as_int(buf.numel(), "broadcast");
     transfer(
         "MPI_(I)bcast", static_cast<int64_t>(buf.nbytes()),
@@ -342,6 +358,7 @@ class MpiComm final : public Comm {
   }
 
   static constexpr char kPing = 'p', kPong = 'o';
+  StagingBuffer stage_in_, stage_out_;  // used by the communication thread only
   MPI_Comm comm_;
   MPI_Comm census_;
 };
