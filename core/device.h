@@ -31,8 +31,9 @@ struct DeviceCounters {
 };
 DeviceCounters device_counters();
 
-// A timing point in the GPU's queue (a cudaEvent_t): record() it at a point of the queued work;
-// after a synchronisation, ms_since(earlier) is the GPU time between the two.
+// A point in the GPU's queue (a cudaEvent_t): record() it at a point of the queued work (on the
+// default stream, where moelab's kernels run); after a synchronisation, ms_since(earlier) is the
+// GPU time between the two. Another stream can wait for it (dist/'s NCCL backend).
 class CudaEvent {
  public:
   CudaEvent();
@@ -44,6 +45,7 @@ class CudaEvent {
 
   void record();
   float ms_since(const CudaEvent& earlier) const;
+  void* handle() const { return event_; }  // the cudaEvent_t, for dist/'s NCCL backend
 
  private:
   void* event_;

@@ -129,6 +129,11 @@ std::string Comm::current_call() const {
   return current_call_;
 }
 
+const CudaEvent* Comm::current_ready() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return current_ready_;
+}
+
 bool Comm::timed_out() const {
   std::lock_guard<std::mutex> lock(mu_);
   return now_seconds() > deadline_;
@@ -232,18 +237,18 @@ void check_flat(const char* call, const char* name, const Tensor& t, int64_t num
 std::string describe(const char* call, double bytes) { return std::string(call) + " of " + human_bytes(bytes); }
 }  // namespace
 
-WorkHandle Comm::all_reduce_async(const Tensor& buf, ReduceOp op) {
+WorkHandle Comm::all_reduce_async(const Tensor& buf, ReduceOp op, const CudaEvent* ready) {
   MOELAB_CHECK(buf.defined(), "all_reduce: the buffer is undefined");
   check_dtype("all_reduce", buf.dtype(), true);
   const int N = size();
   const int64_t bytes = static_cast<int64_t>(buf.nbytes());
   // Ring all-reduce: N-1 reduce-scatter steps and N-1 all-gather steps of S/N bytes each.
   const Cost cost = ring_cost(static_cast<double>(bytes) / N, 2 * (N - 1), 2 * (N - 1) * bytes / N);
-  return enqueue(describe("all_reduce", bytes), cost, [this, buf, op] { run_all_reduce(buf, op); });
+  return enqueue(describe("all_reduce", bytes), cost, [this, buf, op] { run_all_reduce(buf, op); }, ready);
 }
 
 WorkHandle Comm::reduce_scatter_async(const Tensor& in, const Tensor& out, const std::vector<int64_t>& counts,
-                                      ReduceOp op) {
+                                      ReduceOp op, const CudaEvent* ready) {
   check_counts("reduce_scatter", counts);
   check_flat("reduce_scatter", "in", in, sum(counts));
   check_flat("reduce_scatter", "out", out, counts[rank_]);
@@ -254,7 +259,7 @@ WorkHandle Comm::reduce_scatter_async(const Tensor& in, const Tensor& out, const
   const int64_t bytes = in.defined() ? static_cast<int64_t>(in.nbytes()) : 0;
   const Cost cost = ring_cost(static_cast<double>(bytes) / N, N - 1, (N - 1) * bytes / N);
   return enqueue(describe("reduce_scatter", bytes), cost,
-                 [this, in, out, counts, op] { run_reduce_scatter(in, out, counts, op); });
+                 [this, in, out, counts, op] { run_reduce_scatter(in, out, counts, op); }, ready);
 }
 
 WorkHandle Comm::all_gather_async(const Tensor& in, const Tensor& out, const std::vector<int64_t>& counts) {
@@ -318,7 +323,7 @@ std::unique_ptr<Comm> Comm::split(int color, int key, const std::string& name) {
   return make_split(color, key, name);
 }
 
-WorkHandle Comm::enqueue(std::string call, Cost cost, std::function<void()> run) {
+WorkHandle Comm::enqueue(std::string call, Cost cost, std::function<void()> run, const CudaEvent* ready) {
   auto work = std::make_shared<Work>();
   work->run_ = std::move(run);
   work->comm_ = this;
@@ -326,7 +331,7 @@ WorkHandle Comm::enqueue(std::string call, Cost cost, std::function<void()> run)
     std::lock_guard<std::mutex> lock(mu_);
     if (broken_) std::rethrow_exception(broken_);
     MOELAB_CHECK(!stopping_, "Comm ", opts_.name, ": a collective after shutdown");
-    queue_.emplace_back(work, std::make_pair(std::move(call), cost));
+    queue_.push_back(Queued{work, std::move(call), cost, ready});
   }
   cv_.notify_all();
   return work;
@@ -334,23 +339,22 @@ WorkHandle Comm::enqueue(std::string call, Cost cost, std::function<void()> run)
 
 void Comm::thread_main() {
   for (;;) {
-    WorkHandle work;
-    std::string call;
-    Cost cost;
+    Queued next;
     {
       std::unique_lock<std::mutex> lock(mu_);
       cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
       if (queue_.empty()) return;  // stopping, and everything queued has run
-      work = queue_.front().first;
-      call = std::move(queue_.front().second.first);
-      cost = queue_.front().second.second;
+      next = std::move(queue_.front());
       queue_.pop_front();
     }
+    const WorkHandle& work = next.work;
+    const Cost cost = next.cost;
     const double t0 = now_seconds();
     std::exception_ptr error;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      current_call_ = call;
+      current_call_ = next.call;
+      current_ready_ = next.ready;
       deadline_ = t0 + opts_.timeout_s;
       error = broken_;
     }
@@ -370,6 +374,7 @@ void Comm::thread_main() {
     {
       std::lock_guard<std::mutex> lock(mu_);
       deadline_ = 0;
+      current_ready_ = nullptr;
       if (error && !broken_) broken_ = error;
       counters_.calls += 1;
       counters_.bytes[0] += cost.bytes[0];

@@ -59,6 +59,7 @@
 #include <vector>
 
 #include "core/check.h"
+#include "core/device.h"
 #include "core/tensor.h"
 
 namespace moelab::dist {
@@ -146,8 +147,11 @@ class Comm {
   virtual const char* backend() const = 0;                  // "mpi", "nccl", "local"
   CommCounters counters() const;
 
-  WorkHandle all_reduce_async(const Tensor& buf, ReduceOp op);
-  WorkHandle reduce_scatter_async(const Tensor& in, const Tensor& out, const std::vector<int64_t>& counts, ReduceOp op);
+  // ready (CUDA tensors, optional): an event recorded right after the kernels that wrote the input;
+  // a backend with its own stream waits for it alone instead of for all the queued computation.
+  WorkHandle all_reduce_async(const Tensor& buf, ReduceOp op, const CudaEvent* ready = nullptr);
+  WorkHandle reduce_scatter_async(const Tensor& in, const Tensor& out, const std::vector<int64_t>& counts, ReduceOp op,
+                                  const CudaEvent* ready = nullptr);
   WorkHandle all_gather_async(const Tensor& in, const Tensor& out, const std::vector<int64_t>& counts);
   WorkHandle all_to_all_v_async(const Tensor& send, const std::vector<int64_t>& send_counts, const Tensor& recv,
                                 const std::vector<int64_t>& recv_counts);
@@ -196,8 +200,10 @@ class Comm {
   // The backend's split (called on the caller's thread while the queue is empty).
   virtual std::unique_ptr<Comm> make_split(int color, int key, const std::string& name) = 0;
 
-  // The collective now running: its description for messages, and whether its deadline passed.
+  // The collective now running: its description for messages, whether its deadline passed, and
+  // the event its input waits for (null: none given).
   std::string current_call() const;
+  const CudaEvent* current_ready() const;
   bool timed_out() const;
   // "rank 1 (world rank 1) of group dp: all_reduce of 4.20 MB did not finish within 5 s; <detail>"
   CommError timeout_error(const std::string& detail) const;
@@ -209,7 +215,13 @@ class Comm {
     int64_t bytes[2] = {0, 0};
     double modeled_s = 0;
   };
-  WorkHandle enqueue(std::string call, Cost cost, std::function<void()> run);
+  struct Queued {
+    WorkHandle work;
+    std::string call;
+    Cost cost;
+    const CudaEvent* ready = nullptr;
+  };
+  WorkHandle enqueue(std::string call, Cost cost, std::function<void()> run, const CudaEvent* ready = nullptr);
   void thread_main();
   Cost ring_cost(double bytes_per_step, int steps, int64_t step_bytes_to_next) const;
   Cost broadcast_cost(int64_t bytes, int root) const;
@@ -222,7 +234,7 @@ class Comm {
 
   mutable std::mutex mu_;
   std::condition_variable cv_;
-  std::deque<std::pair<WorkHandle, std::pair<std::string, Cost>>> queue_;
+  std::deque<Queued> queue_;
   bool stopping_ = false;
   std::exception_ptr broken_;  // the first error: every later call rethrows it
   CommCounters counters_;
@@ -230,6 +242,7 @@ class Comm {
   // Set by the communication thread for the collective it runs (under mu_; deadline_ is read by the
   // thread itself and by stalled() under mu_).
   std::string current_call_;
+  const CudaEvent* current_ready_ = nullptr;
   double deadline_ = 0;  // steady-clock seconds; 0: idle
   // For Work::wait: a CommError when the running collective is kStallGrace past its deadline.
   bool stalled(CommError* error) const;

@@ -24,7 +24,7 @@ DataParallel::DataParallel(Comm& comm, Comm& host, const ParamBuffer& params, co
     const int64_t len = b.range.size();
     for (int k = 0; k < N; ++k) b.counts.push_back(len * (k + 1) / N - len * k / N);
     b.mine = {b.range.begin + len * r / N, b.range.begin + len * (r + 1) / N};
-    buckets_.push_back(b);
+    buckets_.push_back(std::move(b));
   }
   if (cfg_.zero == 0) {
     owned_ = {FlatRange{0, n}};
@@ -35,11 +35,17 @@ DataParallel::DataParallel(Comm& comm, Comm& host, const ParamBuffer& params, co
 
 void DataParallel::start(Bucket& b) {
   const Tensor g = params_.flat_grads().slice(b.range.begin, b.range.end);
+  const CudaEvent* ready = nullptr;
+  if (g.device() == Device::CUDA) {  // the kernels that wrote this bucket are queued: mark the point
+    if (!b.ready) b.ready = std::make_unique<CudaEvent>();
+    b.ready->record();
+    ready = b.ready.get();
+  }
   if (cfg_.zero == 0) {
-    b.work = comm_.all_reduce_async(g, ReduceOp::Average);
+    b.work = comm_.all_reduce_async(g, ReduceOp::Average, ready);
   } else {
     const Tensor out = params_.flat_grads().slice(b.mine.begin, b.mine.end);
-    b.work = comm_.reduce_scatter_async(g, out, b.counts, ReduceOp::Average);
+    b.work = comm_.reduce_scatter_async(g, out, b.counts, ReduceOp::Average, ready);
   }
 }
 

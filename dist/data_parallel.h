@@ -20,6 +20,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "core/nn/grad_sync.h"
@@ -68,6 +69,8 @@ class DataParallel final : public GradSync {
     std::vector<int64_t> counts;  // zero = 1: each rank's slice of the bucket
     FlatRange mine;               // zero = 1: this rank's slice
     WorkHandle work;              // the reduction in flight this step (null: not started)
+    // CUDA: recorded after the bucket's last gradient kernel; the reduction waits for it alone.
+    std::unique_ptr<CudaEvent> ready;
   };
   void start(Bucket& b);
 

@@ -13,12 +13,13 @@
 //
 // Ordering with the caller's computation: moelab's kernels run on the legacy default stream
 // (Exec::stream = nullptr), and a collective must not read its buffers before the kernels that
-// write them have run. So each collective first waits on the host for everything queued on the
-// default stream so far (cudaStreamSynchronize(cudaStreamLegacy)). That is correct but costs
-// overlap: the collective waits for all queued compute, not only for its buffers' producers. An
-// event recorded on the caller's stream when the collective is queued would be exact, but the queue
-// (dist/comm.cpp) has no such hook yet. The results are complete when Work::wait() returns, since
-// the thread waited for the stream; later kernels on the default stream see them.
+// write them have run. A caller that passes a ready event (DataParallel's gradient buckets: an
+// event recorded right after the bucket's last gradient kernel) makes the group's stream wait for
+// exactly that, so the reduction overlaps the backward kernels queued after it. Without one, the
+// thread waits on the host for everything queued on the default stream so far
+// (cudaStreamSynchronize(cudaStreamLegacy)): correct, without overlap. The results are complete
+// when Work::wait() returns, since the thread waited for the stream; later kernels on the default
+// stream see them.
 //
 // Limits: NCCL calls that block the host (communicator creation, split, the connection set-up NCCL
 // does lazily inside the first collectives) are outside the deadline. Several groups issue from
@@ -326,9 +327,14 @@ class NcclComm final : public Comm {
   }
 
   // Before issuing: this thread's current device (a new host thread starts on device 0), and the
-  // caller's queued kernels done (see the file comment).
+  // input's producers done: the stream waits for the caller's event, or without one the host waits
+  // for everything queued on the default stream (see the file comment).
   void begin() {
     CUDA_CHECK(cudaSetDevice(device_));
+    if (const CudaEvent* ready = current_ready()) {
+      CUDA_CHECK(cudaStreamWaitEvent(stream_, static_cast<cudaEvent_t>(ready->handle()), 0));
+      return;
+    }
     CUDA_CHECK(cudaStreamSynchronize(cudaStreamLegacy));
   }
 
