@@ -35,7 +35,9 @@ bool mpi_built();  // false in a build without MPI
 // The world group over MPI (the MpiSession must be alive).
 std::unique_ptr<Comm> mpi_world(const CommOptions& opts);
 // Ends every process of the job (MPI_Abort): after an error that leaves peers waiting in a
-// collective. Does nothing when MPI is not running.
+// collective. Should MPI_Abort block (a thread stuck in MPI), the process exits with exit_code after
+// a few seconds, which the launcher turns into the end of the job. Does nothing when MPI is not
+// running.
 void abort_job(int exit_code);
 
 // The world group over NCCL: one process per GPU (cudaSetDevice(local_rank)); the unique id is

@@ -69,8 +69,15 @@ void Work::wait() {
   const double t0 = now_seconds();
   std::unique_lock<std::mutex> lock(mu_);
   while (!cv_.wait_for(lock, std::chrono::milliseconds(200), [&] { return done_; })) {
+    if (!comm_) continue;
+    lock.unlock();
+    comm_->serve_peers();  // a peer whose own collective timed out asks whether this rank is alive
     CommError stalled("");
-    if (comm_ && comm_->stalled(&stalled)) throw stalled;
+    if (comm_->stalled(&stalled)) {
+      const std::string silent = comm_->silent_peers_report();
+      throw silent.empty() ? stalled : CommError(std::string(stalled.what()) + "; " + silent);
+    }
+    lock.lock();
   }
   lock.unlock();
   if (comm_) {
@@ -99,13 +106,24 @@ Comm::~Comm() = default;
 
 void Comm::start() { thread_ = std::thread([this] { thread_main(); }); }
 
-void Comm::stop() {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    stopping_ = true;
-  }
+bool Comm::stop() {
+  std::unique_lock<std::mutex> lock(mu_);
+  stopping_ = true;
   cv_.notify_all();
+  // The thread ends once the queue has run. A thread stuck in the backend past its deadline (a peer
+  // stopped in the middle of a transfer) never will: it is left behind, so that an error can still
+  // unwind and end the job (dist::abort_job) instead of hanging in this destructor.
+  while (!thread_done_) {
+    if (cv_.wait_for(lock, std::chrono::milliseconds(200), [&] { return thread_done_; })) break;
+    if (deadline_ != 0 && now_seconds() > deadline_ + kStallGrace) {
+      lock.unlock();
+      thread_.detach();
+      return false;
+    }
+  }
+  lock.unlock();
   if (thread_.joinable()) thread_.join();
+  return true;
 }
 
 CommCounters Comm::counters() const {
@@ -343,7 +361,11 @@ void Comm::thread_main() {
     {
       std::unique_lock<std::mutex> lock(mu_);
       cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
-      if (queue_.empty()) return;  // stopping, and everything queued has run
+      if (queue_.empty()) {  // stopping, and everything queued has run
+        thread_done_ = true;
+        cv_.notify_all();
+        return;
+      }
       next = std::move(queue_.front());
       queue_.pop_front();
     }

@@ -181,8 +181,10 @@ class Comm {
   Comm(int rank, std::vector<int> members, CommOptions opts);
   // Starts the communication thread; the backend's constructor calls it last.
   void start();
-  // Stops the thread after the queued work; the backend's destructor calls it first.
-  void stop();
+  // Stops the thread after the queued work; the backend's destructor calls it first. Returns false
+  // when the thread was stuck in the backend past its deadline and was left running: the backend
+  // must then leave its resources alone (the process is ending with an error).
+  bool stop();
 
   // The backend: blocking, called on the communication thread in queue order. Each checks the
   // deadline (timed_out()) while it waits and throws CommError through timeout_error().
@@ -194,6 +196,12 @@ class Comm {
                                 const std::vector<int64_t>& recv_counts) = 0;
   virtual void run_broadcast(const Tensor& buf, int root) = 0;
   virtual void run_barrier() = 0;
+  // Liveness from a caller's thread while the communication thread may be stuck in the backend:
+  // serve_peers answers peers that ask whether this rank is alive (Work::wait calls it while it
+  // waits); silent_peers_report asks the peers and names those that do not answer ("" when all do,
+  // or when the backend cannot tell).
+  virtual void serve_peers() {}
+  virtual std::string silent_peers_report() { return ""; }
   // Throws when the backend cannot run `call` on tensors of dtype (reduce: the call adds them), on
   // the caller's thread before anything is queued: a wrong argument must not break the group.
   virtual void check_dtype(const char* call, DType dtype, bool reduce) const = 0;
@@ -236,6 +244,7 @@ class Comm {
   std::condition_variable cv_;
   std::deque<Queued> queue_;
   bool stopping_ = false;
+  bool thread_done_ = false;
   std::exception_ptr broken_;  // the first error: every later call rethrows it
   CommCounters counters_;
   std::thread thread_;

@@ -27,6 +27,7 @@
 #include <algorithm>
 #include <chrono>
 #include <climits>
+#include <cstdlib>
 #include <thread>
 
 #include "dist/backends.h"
@@ -136,7 +137,7 @@ class MpiComm final : public Comm {
     start();
   }
   ~MpiComm() override {
-    stop();
+    if (!stop()) return;  // the thread is still inside MPI with these communicators
     MPI_Comm_free(&census_);
     if (comm_ != MPI_COMM_WORLD) MPI_Comm_free(&comm_);
   }
@@ -227,6 +228,8 @@ class MpiComm final : public Comm {
   void run_barrier() override { arrive(); }
 
   void check_dtype(const char* call, DType dtype, bool reduce) const override { mpi_type(dtype, reduce, call); }
+  void serve_peers() override { answer_pings(); }
+  std::string silent_peers_report() override { return silent_peers(); }
 
   std::unique_ptr<Comm> make_split(int color, int key, const std::string& name) override {
     MPI_Comm sub;
@@ -303,14 +306,17 @@ class MpiComm final : public Comm {
     }
   }
 
+  // Matched probes (MPI_Improbe + MPI_Mrecv): the communication thread and a caller waiting in
+  // Work::wait may both answer, and each ping must be taken by exactly one of them.
   void answer_pings() {
     for (;;) {
       int flag = 0;
       MPI_Status st;
-      MPI_Iprobe(MPI_ANY_SOURCE, kPingTag, census_, &flag, &st);
+      MPI_Message msg;
+      MPI_Improbe(MPI_ANY_SOURCE, kPingTag, census_, &flag, &msg, &st);
       if (!flag) return;
       char b = 0;
-      MPI_Recv(&b, 1, MPI_CHAR, st.MPI_SOURCE, kPingTag, census_, MPI_STATUS_IGNORE);
+      MPI_Mrecv(&b, 1, MPI_CHAR, &msg, MPI_STATUS_IGNORE);
       MPI_Request r;  // a 1-byte eager send: completes without the peer; never waited on
       MPI_Isend(&kPong, 1, MPI_CHAR, st.MPI_SOURCE, kPongTag, census_, &r);
       MPI_Request_free(&r);
@@ -335,10 +341,11 @@ class MpiComm final : public Comm {
       answer_pings();
       int flag = 0;
       MPI_Status st;
-      MPI_Iprobe(MPI_ANY_SOURCE, kPongTag, census_, &flag, &st);
+      MPI_Message msg;
+      MPI_Improbe(MPI_ANY_SOURCE, kPongTag, census_, &flag, &msg, &st);
       if (flag) {
         char b = 0;
-        MPI_Recv(&b, 1, MPI_CHAR, st.MPI_SOURCE, kPongTag, census_, MPI_STATUS_IGNORE);
+        MPI_Mrecv(&b, 1, MPI_CHAR, &msg, MPI_STATUS_IGNORE);
         if (!answered[static_cast<size_t>(st.MPI_SOURCE)]) --left;
         answered[static_cast<size_t>(st.MPI_SOURCE)] = true;
       } else {
@@ -403,7 +410,15 @@ void abort_job(int exit_code) {
   int initialized = 0, finalized = 0;
   MPI_Initialized(&initialized);
   MPI_Finalized(&finalized);
-  if (initialized && !finalized) MPI_Abort(MPI_COMM_WORLD, exit_code);
+  if (!initialized || finalized) return;
+  // MPI_Abort can block behind a communication thread stuck inside a blocking collective (a peer
+  // stopped in the middle of a transfer). If it has not ended this process in a few seconds, the
+  // process leaves on its own with the exit code; the launcher sees that and ends the job.
+  std::thread([exit_code] {
+    std::this_thread::sleep_for(std::chrono::seconds(5));
+    std::_Exit(exit_code);
+  }).detach();
+  MPI_Abort(MPI_COMM_WORLD, exit_code);
 }
 
 }  // namespace moelab::dist

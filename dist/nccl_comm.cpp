@@ -156,7 +156,7 @@ class NcclComm final : public Comm {
     open();
   }
   ~NcclComm() override {
-    stop();
+    if (!stop()) return;  // the thread is still polling this communicator: leave it
     release();
   }
   const char* backend() const override { return "nccl"; }

@@ -1,5 +1,7 @@
 // `moelab train`: the training loop on the CPU or one GPU (train.device, train.precision:
-// train/runtime.h), wiring model, data, optimizer and checkpoints.
+// train/runtime.h), or on N processes started by mpirun (train/parallel.h: data parallel, with
+// ZeRO-1 and expert parallelism as the [dist] keys say), wiring model, data, optimizer and
+// checkpoints.
 // Each optimizer step is train/step.h's train_step (the one `moelab bench` times): grad_accum_steps
 // micro-batches (forward + backward with the loss scaled by 1/grad_accum_steps), a non-finite guard
 // (a NaN/Inf loss or gradient norm skips the update; the trainer logs it, and max_nonfinite in a row
@@ -8,7 +10,8 @@
 // Validation every eval_every steps on the first eval_batches windows of the val split (the same
 // windows every time, so the curve is comparable). Checkpoints every ckpt_every steps, at the end,
 // and when stop is requested (SIGINT/SIGTERM through `stop`): the current step finishes first.
-// Same seed, same thread count -> the same run, bit for bit, including across a resume.
+// Same seed, same thread count, same number of processes -> the same run, bit for bit, including
+// across a resume; another number of processes gives the same run within f32 rounding.
 #pragma once
 
 #include <atomic>

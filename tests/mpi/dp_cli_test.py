@@ -196,7 +196,8 @@ def kill_test(moelab, cfg, work, env, mpirun, sig, what):
     except subprocess.TimeoutExpired:
         p.kill()
         os.kill(pid, signal.SIGKILL)
-        sys.exit(f"FAIL: {what} rank 1: the job did not end within {timeout_s + 60} s")
+        output = p.communicate()[0]
+        sys.exit(f"FAIL: {what} rank 1: the job did not end within {timeout_s + 60} s:\n{output[-3000:]}")
     took = time.time() - t0
     if sig == signal.SIGSTOP:
         try:
