@@ -15,6 +15,7 @@
 #include "cuda/cross_entropy.h"
 #include "cuda/elementwise.h"
 #include "cuda/embedding.h"
+#include "cuda/fp8_quant.h"
 #include "cuda/grad_norm.h"
 #include "cuda/mla_decode.h"
 #include "cuda/mla_kv.h"
@@ -87,6 +88,8 @@ void cast(const CastParams&) { no_cuda("cast"); }
 size_t embedding_backward_workspace_bytes(int64_t) { no_cuda("embedding_backward_workspace_bytes"); }
 void embedding_forward(const EmbeddingForwardParams&) { no_cuda("embedding_forward"); }
 void embedding_backward(const EmbeddingBackwardParams&) { no_cuda("embedding_backward"); }
+void fp8_quantize(const Fp8QuantizeParams&) { no_cuda("fp8_quantize"); }
+void fp8_dequantize(const Fp8DequantizeParams&) { no_cuda("fp8_dequantize"); }
 void grad_sum_squares(const GradSumSquaresParams&) { no_cuda("grad_sum_squares"); }
 void grad_scale(const GradScaleParams&) { no_cuda("grad_scale"); }
 void mla_decode_attention(const MlaDecodeParams&) { no_cuda("mla_decode_attention"); }

@@ -4,9 +4,12 @@
 #include <algorithm>
 #include <cstring>
 
+#include "core/ops/grad_norm.h"
+
 namespace moelab::dist {
 
-DataParallel::DataParallel(Comm& comm, Comm& host, const ParamBuffer& params, const DataParallelConfig& cfg)
+DataParallel::DataParallel(Comm& comm, Comm& host, const ParamBuffer& params, const DataParallelConfig& cfg,
+                           const ExpertShards* experts)
     : comm_(comm), host_(host), params_(params), cfg_(cfg) {
   MOELAB_CHECK(host.size() == comm.size() && host.rank() == comm.rank(), "DataParallel: the host group (rank ",
                host.rank(), " of ", host.size(), ") is not the data-parallel group (rank ", comm.rank(), " of ",
@@ -18,30 +21,72 @@ DataParallel::DataParallel(Comm& comm, Comm& host, const ParamBuffer& params, co
                "DataParallel: the parameters need an f32 gradient buffer");
   const int64_t n = params.numel_padded(), per = std::max<int64_t>(1, cfg_.bucket_bytes / 4);
   const int N = comm.size(), r = comm.rank();
-  for (int64_t end = n; end > 0; end -= per) {
-    Bucket b;
-    b.range = {std::max<int64_t>(0, end - per), end};
-    const int64_t len = b.range.size();
-    for (int k = 0; k < N; ++k) b.counts.push_back(len * (k + 1) / N - len * k / N);
-    b.mine = {b.range.begin + len * r / N, b.range.begin + len * (r + 1) / N};
-    buckets_.push_back(std::move(b));
+  if (experts != nullptr && !experts->layers.empty()) {
+    experts_ = *experts;
+    MOELAB_CHECK(experts_.group != nullptr && experts_.replicas != nullptr &&
+                     experts_.group->size() * experts_.replicas->size() == N,
+                 "DataParallel: the expert-parallel group and its replicas do not tile the ", N, " ranks");
+    const int ep = experts_.group->size(), er = experts_.group->rank();
+    for (const std::vector<FlatRange>& layer : experts_.layers) {
+      const auto E = static_cast<int64_t>(layer.size()), mine = E / ep;
+      MOELAB_CHECK(E > 0 && E % ep == 0, "DataParallel: ", E, " experts do not split over ", ep, " ranks");
+      for (int64_t e = 0; e + 1 < E; ++e)
+        MOELAB_CHECK(layer[e].end == layer[e + 1].begin, "DataParallel: the experts of a layer are not contiguous");
+      MOELAB_CHECK(expert_blocks_.empty() || expert_blocks_.back().end <= layer[0].begin,
+                   "DataParallel: the MoE layers' experts are not in flat-buffer order");
+      expert_blocks_.push_back({layer[0].begin, layer[E - 1].end});
+      local_experts_.push_back({layer[er * mine].begin, layer[(er + 1) * mine - 1].end});
+    }
   }
-  if (cfg_.zero == 0) {
-    owned_ = {FlatRange{0, n}};
-  } else {
-    for (auto it = buckets_.rbegin(); it != buckets_.rend(); ++it) owned_.push_back(it->mine);
+  // The buffer as runs from its end: dense stretches (reduced over everybody) and, in each MoE
+  // layer, this rank's experts (over the replicas); the other ranks' experts are skipped.
+  struct Run {
+    FlatRange range;
+    int64_t layer;  // -1: dense
+  };
+  std::vector<Run> runs;
+  int64_t end = n;
+  for (auto l = static_cast<int64_t>(expert_blocks_.size()) - 1; l >= 0; --l) {
+    if (expert_blocks_[l].end < end) runs.push_back({{expert_blocks_[l].end, end}, -1});
+    runs.push_back({local_experts_[l], l});
+    end = expert_blocks_[l].begin;
+  }
+  if (end > 0) runs.push_back({{0, end}, -1});
+  for (const Run& run : runs)
+    for (int64_t e = run.range.end; e > run.range.begin; e -= per) {
+      Bucket b;
+      b.range = {std::max(run.range.begin, e - per), e};
+      b.experts = run.layer >= 0;
+      b.layer = run.layer;
+      const int64_t len = b.range.size();
+      for (int k = 0; k < N; ++k) b.counts.push_back(len * (k + 1) / N - len * k / N);
+      b.mine = {b.range.begin + len * r / N, b.range.begin + len * (r + 1) / N};
+      buckets_.push_back(std::move(b));
+    }
+  // What this rank updates, by offset; adjacent ranges with the same copies merge (one range, the
+  // whole buffer, without expert parallelism and ZeRO).
+  for (auto it = buckets_.rbegin(); it != buckets_.rend(); ++it) {
+    OwnedRange o;
+    static_cast<FlatRange&>(o) = it->experts || cfg_.zero == 0 ? it->range : it->mine;
+    o.copies = it->experts ? experts_.replicas->size() : cfg_.zero == 0 ? N : 1;
+    if (o.size() == 0) continue;
+    if (!owned_.empty() && owned_.back().end == o.begin && owned_.back().copies == o.copies) owned_.back().end = o.end;
+    else owned_.push_back(o);
   }
 }
 
 void DataParallel::start(Bucket& b) {
   const Tensor g = params_.flat_grads().slice(b.range.begin, b.range.end);
+  if (b.experts && experts_.replicas->size() == 1) return;  // nobody else holds these experts
   const CudaEvent* ready = nullptr;
   if (g.device() == Device::CUDA) {  // the kernels that wrote this bucket are queued: mark the point
     if (!b.ready) b.ready = std::make_unique<CudaEvent>();
     b.ready->record();
     ready = b.ready.get();
   }
-  if (cfg_.zero == 0) {
+  if (b.experts) {  // the sum over the replicas; finish_grads divides by the world
+    b.work = experts_.replicas->all_reduce_async(g, ReduceOp::Sum, ready);
+  } else if (cfg_.zero == 0) {
     b.work = comm_.all_reduce_async(g, ReduceOp::Average, ready);
   } else {
     const Tensor out = params_.flat_grads().slice(b.mine.begin, b.mine.end);
@@ -56,10 +101,14 @@ void DataParallel::grads_ready(const Exec&, int64_t offset) {
 
 void DataParallel::finish_grads(const Exec& ex) {
   grads_ready(ex, 0);  // a backward that never reported (or a step without one) still reduces all
+  std::vector<Tensor> expert_grads;
   for (Bucket& b : buckets_) {
-    b.work->wait();
+    if (b.work) b.work->wait();
     b.work.reset();
+    if (b.experts) expert_grads.push_back(params_.flat_grads().slice(b.range.begin, b.range.end));
   }
+  // An expert's gradient: the sum over its holders' tokens -> the mean over the global batch.
+  if (!expert_grads.empty()) scale_grads(ex, expert_grads, 1.0 / comm_.size());
   next_ = 0;
 }
 
@@ -70,8 +119,9 @@ void DataParallel::gather_params(const Exec&) {
   const Tensor& p = params_.flat_params();
   std::vector<WorkHandle> works;
   for (const Bucket& b : buckets_)
-    works.push_back(comm_.all_gather_async(p.slice(b.mine.begin, b.mine.end), p.slice(b.range.begin, b.range.end),
-                                           b.counts));
+    if (!b.experts)
+      works.push_back(comm_.all_gather_async(p.slice(b.mine.begin, b.mine.end), p.slice(b.range.begin, b.range.end),
+                                             b.counts));
   for (WorkHandle& w : works) w->wait();
   // The bf16 copy of the slices other ranks updated (the owned ones were written by AdamW and get
   // the same rounding again).
@@ -110,21 +160,61 @@ void DataParallel::check_identical(const ParamBuffer& buffers, const std::string
                " (the ranks must take identical steps: a non-deterministic reduction or a rank that skipped one)");
 }
 
+std::vector<int64_t> DataParallel::expert_counts(size_t layer) const {
+  const std::vector<FlatRange>& experts = experts_.layers[layer];
+  const int ep = experts_.group->size();
+  const size_t mine = experts.size() / static_cast<size_t>(ep);
+  std::vector<int64_t> counts;
+  for (size_t q = 0; q < static_cast<size_t>(ep); ++q)
+    counts.push_back(experts[(q + 1) * mine - 1].end - experts[q * mine].begin);
+  return counts;
+}
+
+void DataParallel::complete_params() {
+  const Tensor& p = params_.flat_params();
+  std::vector<WorkHandle> works;
+  for (size_t l = 0; l < expert_blocks_.size(); ++l)
+    works.push_back(experts_.group->all_gather_async(p.slice(local_experts_[l].begin, local_experts_[l].end),
+                                                     p.slice(expert_blocks_[l].begin, expert_blocks_[l].end),
+                                                     expert_counts(l)));
+  for (WorkHandle& w : works) w->wait();
+  if (!works.empty()) params_.sync_compute_copy();
+}
+
 Tensor DataParallel::gather_full(const Tensor& shard) {
-  if (cfg_.zero == 0) return shard;
+  const int N = comm_.size();
+  if (owned_.size() == 1 && owned_[0].begin == 0 && owned_[0].end == params_.numel_padded() && owned_[0].copies == N)
+    return shard;  // every rank owns everything
+  // Where each owned range starts in the shard (they lie there one after the other).
+  std::vector<int64_t> at;
   int64_t total = 0;
-  for (const FlatRange& r : owned_) total += r.size();
+  for (const OwnedRange& o : owned_) {
+    at.push_back(total);
+    total += o.size();
+  }
   MOELAB_CHECK(shard.numel() == total, "gather_full: ", shard.str(), " is not laid out like this rank's ", total,
                "-element shard");
+  auto in_shard = [&](const FlatRange& r) {  // the shard's elements of flat range r (inside one owned range)
+    if (r.size() == 0) return shard.slice(0, 0);
+    const auto it = std::upper_bound(owned_.begin(), owned_.end(), r.begin,
+                                     [](int64_t x, const OwnedRange& o) { return x < o.begin; });
+    MOELAB_CHECK(it != owned_.begin() && r.end <= std::prev(it)->end, "gather_full: [", r.begin, ", ", r.end,
+                 ") is not owned by this rank");
+    const size_t i = static_cast<size_t>(std::prev(it) - owned_.begin());
+    const int64_t from = at[i] + (r.begin - owned_[i].begin);
+    return shard.slice(from, from + r.size());
+  };
   const Tensor full = Tensor::zeros({params_.numel_padded()}, shard.dtype(), shard.device());
-  // owned_ runs from the buffer's start, buckets_ from its end: walk the shard from its end.
-  int64_t at = total;
   std::vector<WorkHandle> works;
   for (const Bucket& b : buckets_) {
-    at -= b.mine.size();
-    works.push_back(comm_.all_gather_async(shard.slice(at, at + b.mine.size()), full.slice(b.range.begin, b.range.end),
-                                           b.counts));
+    if (b.experts) continue;
+    if (cfg_.zero == 0) full.slice(b.range.begin, b.range.end).copy_from(in_shard(b.range));
+    else works.push_back(comm_.all_gather_async(in_shard(b.mine), full.slice(b.range.begin, b.range.end), b.counts));
   }
+  for (size_t l = 0; l < expert_blocks_.size(); ++l)
+    works.push_back(experts_.group->all_gather_async(in_shard(local_experts_[l]),
+                                                     full.slice(expert_blocks_[l].begin, expert_blocks_[l].end),
+                                                     expert_counts(l)));
   for (WorkHandle& w : works) w->wait();
   return full;
 }

@@ -34,16 +34,25 @@ struct DataParallelConfig {
   int zero = 0;                    // 0: replicated optimizer; 1: ZeRO-1 (sharded m and v)
 };
 
+// Which flat ranges are routed experts and who holds them (see above). Not owned.
+struct ExpertShards {
+  std::vector<std::vector<FlatRange>> layers;  // [MoE layer][expert]: contiguous, in expert order
+  Comm* group = nullptr;     // the expert-parallel group (parameters' backend): rank r holds experts
+                             // [r E/ep, (r + 1) E/ep) of every layer
+  Comm* replicas = nullptr;  // the world ranks holding the same experts as this one (parameters' backend)
+};
+
 class DataParallel final : public GradSync {
  public:
   // comm: the data-parallel group for the parameters' tensors (MPI, or NCCL for CUDA tensors);
   // host: the same ranks over MPI, for host values (sum()); params: the model's flat buffers (f32
-  // gradients).
-  DataParallel(Comm& comm, Comm& host, const ParamBuffer& params, const DataParallelConfig& cfg);
+  // gradients); experts: expert parallelism's layout (null: none).
+  DataParallel(Comm& comm, Comm& host, const ParamBuffer& params, const DataParallelConfig& cfg,
+               const ExpertShards* experts = nullptr);
 
   void grads_ready(const Exec& ex, int64_t offset) override;
   void finish_grads(const Exec& ex) override;
-  const std::vector<FlatRange>& owned() const override { return owned_; }
+  const std::vector<OwnedRange>& owned() const override { return owned_; }
   void sum(std::vector<double>& values) override;
   void gather_params(const Exec& ex) override;
   int ranks() const override { return comm_.size(); }
@@ -55,9 +64,12 @@ class DataParallel final : public GradSync {
   // rank's, compared on every rank), naming the ranks that differ from rank 0 and `when`. Data
   // parallelism is only correct while they agree; the trainer checks at every checkpoint.
   void check_identical(const ParamBuffer& buffers, const std::string& when);
-  // A tensor laid out like owned() (ZeRO-1's m or v) gathered into the full flat layout
-  // [numel_padded] on every rank (for a checkpoint); unsharded: the tensor itself.
+  // A tensor laid out like owned() (the optimizer's m or v) gathered into the full flat layout
+  // [numel_padded] on every rank (for a checkpoint); when every rank owns everything: the tensor itself.
   Tensor gather_full(const Tensor& shard);
+  // Expert parallelism: every rank's parameters whole again (the other EP ranks' experts gathered);
+  // without it nothing to do. Every rank must call it.
+  void complete_params();
 
   const DataParallelConfig& config() const { return cfg_; }
   Comm& comm() { return comm_; }
@@ -66,6 +78,8 @@ class DataParallel final : public GradSync {
  private:
   struct Bucket {
     FlatRange range;
+    bool experts = false;         // this rank's routed experts: reduced over the replicas
+    int64_t layer = -1;           // experts: the MoE layer
     std::vector<int64_t> counts;  // zero = 1: each rank's slice of the bucket
     FlatRange mine;               // zero = 1: this rank's slice
     WorkHandle work;              // the reduction in flight this step (null: not started)
@@ -73,13 +87,16 @@ class DataParallel final : public GradSync {
     std::unique_ptr<CudaEvent> ready;
   };
   void start(Bucket& b);
+  std::vector<int64_t> expert_counts(size_t layer) const;  // elements of each EP rank's experts
 
   Comm& comm_;
   Comm& host_;
   const ParamBuffer& params_;
   DataParallelConfig cfg_;
+  ExpertShards experts_;             // no layers: no expert parallelism
+  std::vector<FlatRange> local_experts_, expert_blocks_;  // per MoE layer: this rank's, everybody's
   std::vector<Bucket> buckets_;      // from the end of the buffer to its start
-  std::vector<FlatRange> owned_;     // sorted by offset
+  std::vector<OwnedRange> owned_;    // sorted by offset
   size_t next_ = 0;                  // the next bucket to start this step
 };
 

@@ -20,9 +20,10 @@ sanitize=(-DMOELAB_CUDA=OFF -DMOELAB_SANITIZE=ON)
 mode="${1:-default}"
 # python3-torch (Debian's, for /usr/bin/python3): the PyTorch twin's checks; tokenizers (PyPI):
 # the check that Hugging Face loads moelab's tokenizer.json to the same ids; safetensors + numpy
-# (PyPI): the check that the safetensors package reads `moelab export`'s model.safetensors.
+# (PyPI): the check that the safetensors package reads `moelab export`'s model.safetensors; ml_dtypes
+# (PyPI): the check of the FP8 quantisation against its float8_e4m3fn.
 moelab_install_debs python3-torch python3-matplotlib
-moelab_install_pip tokenizers safetensors numpy
+moelab_install_pip tokenizers safetensors numpy ml_dtypes
 case "$mode" in
   default)    run_suite "$MOELAB_ROOT/build" "" ;;
   --sanitize) run_suite "$MOELAB_ROOT/build-sanitize" "-LE python" "${sanitize[@]}" ;;

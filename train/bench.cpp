@@ -84,7 +84,7 @@ BenchResult bench_steps(const ModelConfig& cfg, const BenchOptions& opt, bool di
   const Processes procs =
       distributed ? join_processes(opt.dist, rt.device, model) : Processes{};
   const int64_t batch = per_rank_batch(opt.batch_size, procs.size(), "batch_size");
-  AdamW optimizer(model.params(), AdamWConfig{}, procs.dp ? procs.dp->owned() : std::vector<FlatRange>{});
+  AdamW optimizer(model.params(), AdamWConfig{}, procs.owned());
   const ModelInfo info = model_info(model, batch, opt.seq_len, rt.act);
   if (procs.host) procs.host->barrier();  // every process measures its GEMM at the same time
   const double gemm_gflops = measured_gemm_gflops(rt) * procs.size();  // before the arena takes the GPU's memory

@@ -54,13 +54,19 @@ Processes join_processes(const DistConfig& d, Device device, Model& model) {
   dist::DataParallelConfig dc;
   dc.bucket_bytes = static_cast<int64_t>(d.bucket_mb * 1e6);
   dc.zero = static_cast<int>(d.zero);
-  p.dp = std::make_unique<dist::DataParallel>(p.device ? *p.device : *p.host, *p.host, model.params(), dc);
-  p.dp->broadcast_from_rank0(model.buffers());
+  dist::Comm& params_comm = p.device ? *p.device : *p.host;
+  dist::ExpertShards shards;
   if (d.ep > 1) {
-    p.ep_group = p.host->split(static_cast<int>(p.world.rank / d.ep), p.world.rank, "ep");
+    const int ep = static_cast<int>(d.ep), group = p.world.rank / ep, member = p.world.rank % ep;
+    p.ep_group = p.host->split(group, p.world.rank, "ep");
     p.ep = std::make_unique<dist::EPDispatch>(*p.ep_group);
     model.set_expert_dispatch(p.ep.get());
+    p.ep_params = params_comm.split(group, p.world.rank, "ep");
+    p.ep_replicas = params_comm.split(member, p.world.rank, "ep-replicas");
+    shards = {model.expert_ranges(), p.ep_params.get(), p.ep_replicas.get()};
   }
+  p.dp = std::make_unique<dist::DataParallel>(params_comm, *p.host, model.params(), dc, &shards);
+  p.dp->broadcast_from_rank0(model.buffers());
   return p;
 }
 

@@ -25,12 +25,17 @@ struct Processes {
   std::unique_ptr<dist::Comm> host;        // MPI world group (null on one process)
   std::unique_ptr<dist::Comm> device;      // NCCL world group when the backend is nccl (else null)
   std::unique_ptr<dist::DataParallel> dp;  // the gradient reduction (null on one process)
-  std::unique_ptr<dist::Comm> ep_group;    // dist.ep > 1: this rank's expert-parallel group
+  std::unique_ptr<dist::Comm> ep_group;    // dist.ep > 1: this rank's expert-parallel group (MPI)
   std::unique_ptr<dist::EPDispatch> ep;    // the model's MoE layers dispatch through it
+  // dist.ep > 1, on the parameters' backend (NCCL or MPI): the EP group again (gathers of the
+  // experts) and the ranks holding the same experts (their gradients' reduction).
+  std::unique_ptr<dist::Comm> ep_params, ep_replicas;
 
   bool leader() const { return world.rank == 0; }
   int size() const { return world.size; }
   GradSync* sync() const { return dp.get(); }
+  // What this rank's optimizer updates (empty: everything).
+  std::vector<FlatRange> owned() const { return dp ? as_flat(dp->owned()) : std::vector<FlatRange>{}; }
   // "" on one process, else " (rank 1 of 4)": for messages.
   std::string tag() const;
 };
@@ -46,11 +51,10 @@ void pick_device(const DistConfig& d, const std::string& device);
 // This process's place; with several, the world groups and the data-parallel reduction over the
 // model's parameters (rank 0's parameters and buffers are broadcast so that every rank starts
 // identical), and with dist.ep > 1 the expert-parallel groups: world ranks [g ep, (g + 1) ep) form
-// group g and split the experts (dist/ep_dispatch.h), which the model's MoE layers then use.
-// Every rank still holds every expert's weights (checkpoints and the optimizer are unchanged) and
-// computes only its own; the gradient mean over all ranks is then each expert's whole gradient:
-// its owners' sums over everybody's tokens, the other ranks' zeros. (Holding only the local experts
-// saves their memory and the zeros' traffic: not done yet.)
+// group g and split the experts (dist/ep_dispatch.h), which the model's MoE layers then use. Every
+// rank keeps every expert's weights in its parameter buffer (checkpoints, export and sampling read
+// them after DataParallel::complete_params), but computes, reduces, updates and keeps optimizer
+// state only for its own (dist/data_parallel.h, "Expert parallelism").
 Processes join_processes(const DistConfig& d, Device device, Model& model);
 
 // Each process's share of a global batch of `global` sequences (checked: N divides it).

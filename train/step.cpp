@@ -61,18 +61,28 @@ void reduce_stats(GradSync& sync, StepStats& stats) {
 }
 
 // The global norm (and clipping) when each rank holds the reduced gradients of its own ranges only
-// (ZeRO-1): the ranks' sums of squares add up to the square of the global norm.
+// (ZeRO-1, expert parallelism): the ranks' sums of squares add up to the square of the global norm,
+// each range's divided by the number of ranks that hold it (so that it counts once).
 double sharded_norm(GradSync& sync, const Context& ctx, const ParamBuffer& params, double grad_clip) {
   std::vector<Tensor> mine;
-  for (const FlatRange& r : sync.owned()) mine.push_back(params.flat_grads().slice(r.begin, r.end));
-  std::vector<double> sq = {grad_sum_squares(ctx, mine)};
+  std::vector<double> sq = {0.0};
+  const std::vector<OwnedRange>& owned = sync.owned();
+  for (size_t i = 0; i < owned.size();) {  // runs of ranges with the same number of copies
+    std::vector<Tensor> run;
+    size_t j = i;
+    for (; j < owned.size() && owned[j].copies == owned[i].copies; ++j)
+      run.push_back(params.flat_grads().slice(owned[j].begin, owned[j].end));
+    sq[0] += grad_sum_squares(ctx, run) / owned[i].copies;
+    mine.insert(mine.end(), run.begin(), run.end());
+    i = j;
+  }
   sync.sum(sq);
   const double norm = std::sqrt(sq[0]);
   if (grad_clip > 0) clip_grads_to_norm(ctx, mine, norm, grad_clip);
   return norm;
 }
 
-bool whole_buffer(const std::vector<FlatRange>& owned, const ParamBuffer& params) {
+bool whole_buffer(const std::vector<OwnedRange>& owned, const ParamBuffer& params) {
   return owned.size() == 1 && owned[0].begin == 0 && owned[0].end == params.numel_padded();
 }
 

@@ -264,7 +264,7 @@ TrainResult train(const RunConfig& cfg_in, const TrainOptions& options) {
   TrainerState& state = start.state;
   const Processes procs = join_processes(cfg.dist, rt.device, model);
   AdamW optimizer(model.params(), AdamWConfig{tc.beta1, tc.beta2, tc.adam_eps, tc.weight_decay},
-                  procs.dp ? procs.dp->owned() : std::vector<FlatRange>{});
+                  procs.owned());
   Loader loader(loader_config(cfg, data.train_shards, cfg.model.vocab_size, true, procs.world));
   if (!start.resumed_from.empty()) {
     restore_optimizer(start.resumed_from, optimizer);
@@ -299,7 +299,10 @@ TrainResult train(const RunConfig& cfg_in, const TrainOptions& options) {
     state.step = step;
     state.loader = loader.state_json();
     state.extra = {{"nonfinite_in_a_row", nonfinite_in_a_row}, {"train_seconds", resumed_seconds + train_seconds}};
-    if (procs.dp) procs.dp->check_identical(model.buffers(), "at step " + std::to_string(step));
+    if (procs.dp) {
+      procs.dp->complete_params();  // expert parallelism: the other ranks' experts, for a whole checkpoint
+      procs.dp->check_identical(model.buffers(), "at step " + std::to_string(step));
+    }
     // A sharded optimizer gathers its moments (every process takes part); the first one writes.
     const OptimizerMoments moments{procs.dp ? procs.dp->gather_full(optimizer.m()) : optimizer.m(),
                                    procs.dp ? procs.dp->gather_full(optimizer.v()) : optimizer.v(),

@@ -29,6 +29,16 @@ struct FlatRange {
   int64_t size() const { return end - begin; }
 };
 
+// A range a rank updates, and how many ranks hold the same reduced gradient for it and update it
+// identically: the global norm counts it once (a replicated range: every rank; a ZeRO-1 slice: 1;
+// a routed expert under expert parallelism: the ranks that hold that expert).
+struct OwnedRange : FlatRange {
+  int copies = 1;
+};
+inline std::vector<FlatRange> as_flat(const std::vector<OwnedRange>& owned) {
+  return std::vector<FlatRange>(owned.begin(), owned.end());
+}
+
 class GradSync {
  public:
   virtual ~GradSync() = default;
@@ -37,8 +47,9 @@ class GradSync {
   // After the last backward: waits for every reduction (the time it waits is the exposed
   // communication). Afterwards the gradients of owned() hold the mean over ranks.
   virtual void finish_grads(const Exec& ex) = 0;
-  // The flat ranges this rank updates: the whole buffer, or its ZeRO-1 shard.
-  virtual const std::vector<FlatRange>& owned() const = 0;
+  // The flat ranges this rank updates, sorted by offset: the whole buffer, its ZeRO-1 shard, and
+  // under expert parallelism only the experts this rank holds.
+  virtual const std::vector<OwnedRange>& owned() const = 0;
   // Sums values over the ranks, in place (norms, flags, statistics).
   virtual void sum(std::vector<double>& values) = 0;
   // After the optimizer updated owned(): every rank receives the others' updated parameters

@@ -29,6 +29,7 @@ class Linear {
   Tensor weight() const { return params_->compute(index_); }       // what the GEMMs read
   Tensor master_weight() const { return params_->param(index_); }  // f32 (f64 in checks)
   Tensor grad_weight() const { return params_->grad(index_); }
+  int64_t flat_offset() const { return params_->entries()[index_].offset; }  // of W in the flat buffers
   int64_t in_features() const { return in_; }
   int64_t out_features() const { return out_; }
 

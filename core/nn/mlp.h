@@ -28,6 +28,7 @@ class SwiGLUMLP {
   void backward(const Context& ctx, const Saved& saved, const Tensor& grad_y, const Tensor& grad_x) const;
 
   int64_t hidden_size() const { return gate_.out_features(); }
+  int64_t flat_offset() const { return gate_.flat_offset(); }  // the first of its three weights
   // Three projections in Phase::DenseGemm (the MoE moves its experts' to ExpertGemm); the arena
   // holds gate, up, hidden [N, F] forward and their three gradients and one [N, D] backward, for
   // N = shape.tokens() rows.

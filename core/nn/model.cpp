@@ -250,6 +250,12 @@ void Model::set_expert_dispatch(const ExpertDispatch* dispatch) {
     if (m.block().is_moe()) m.block().moe().set_dispatch(dispatch);
 }
 
+std::vector<std::vector<FlatRange>> Model::expert_ranges() const {
+  std::vector<std::vector<FlatRange>> r;
+  for (int64_t l : moe_layers()) r.push_back(moe_of(l).expert_ranges());
+  return r;
+}
+
 void Model::update_bias(const Exec& ex, const std::vector<std::vector<double>>& loads) const {
   const std::vector<int64_t> layers = moe_layers();
   MOELAB_CHECK(loads.size() == layers.size(), "update_bias: ", loads.size(), " load vectors for ", layers.size(),

@@ -86,6 +86,8 @@ class Model {
   // Every MoE layer (trunk and MTP) moves its tokens through `dispatch` (expert parallelism:
   // dist/ep_dispatch.h); nullptr = the built-in single-process one. Not owned.
   void set_expert_dispatch(const ExpertDispatch* dispatch);
+  // moe_layers()' routed experts in the flat parameter buffer: [layer][expert] (MoE::expert_ranges).
+  std::vector<std::vector<FlatRange>> expert_ranges() const;
 
   // Generation with a KV cache (core/nn/decode.cpp): embedding -> blocks (decode) -> final norm ->
   // LM head; the MTP modules are not used at inference.

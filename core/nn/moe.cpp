@@ -74,6 +74,13 @@ MoE::MoE(ParamBuffer& params, ParamBuffer& buffers, const std::string& prefix, c
     shared_ = SwiGLUMLP(params, prefix + ".shared_experts", D, cfg.n_shared_experts * F, init_std);
 }
 
+std::vector<FlatRange> MoE::expert_ranges() const {
+  std::vector<FlatRange> r(experts_.size());
+  for (size_t e = 0; e < experts_.size(); ++e)  // each ends where the next declaration (the gate last) begins
+    r[e] = {experts_[e].flat_offset(), e + 1 < experts_.size() ? experts_[e + 1].flat_offset() : gate_.flat_offset()};
+  return r;
+}
+
 void MoE::set_dispatch(const ExpertDispatch* dispatch) { dispatch_ = dispatch; }
 void MoE::set_naive(bool naive) { naive_ = naive; }
 

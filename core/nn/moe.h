@@ -23,6 +23,7 @@
 #include "core/nn/context.h"
 #include "core/nn/cost.h"
 #include "core/nn/expert_dispatch.h"
+#include "core/nn/grad_sync.h"
 #include "core/nn/linear.h"
 #include "core/nn/mlp.h"
 
@@ -106,6 +107,10 @@ class MoE {
   LayerCost cost(const CostShape& shape) const;
 
   Tensor e_score_correction_bias() const;  // [E]; undefined without aux_free_bias
+  // [E]: where each routed expert's weights lie in the flat parameter buffer. Experts are declared
+  // one after the other, so the ranges are contiguous (padding included) and in expert order:
+  // expert parallelism reduces and gathers each rank's experts as one block.
+  std::vector<FlatRange> expert_ranges() const;
   int64_t num_experts() const { return cfg_.n_routed_experts; }
 
  private:

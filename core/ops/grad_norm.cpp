@@ -99,17 +99,13 @@ double sum_squares_unchecked(const Exec& ex, const char* op, const std::vector<T
   return total;
 }
 
-void clip_unchecked(const Exec& ex, const char* op, const std::vector<Tensor>& grads, Device device, double norm,
-                    double max_norm) {
-  if (!std::isfinite(norm)) return;  // left to the trainer's non-finite guard
-  const double coef = max_norm / (norm + 1e-6);  // +1e-6: PyTorch's guard against norm = 0
-  if (coef >= 1.0) return;                       // below the threshold: the gradients stay as they are
+void scale_unchecked(const Exec& ex, const char* op, const std::vector<Tensor>& grads, Device device, double factor) {
   if (device == Device::CUDA) {
     for (const Tensor& g : grads) {
       cuda::GradScaleParams p;
       p.x = g.data<float>();
       p.n = g.numel();
-      p.factor = static_cast<float>(coef);
+      p.factor = static_cast<float>(factor);
       p.stream = ex.stream;
       cuda::grad_scale(p);
     }
@@ -118,8 +114,16 @@ void clip_unchecked(const Exec& ex, const char* op, const std::vector<Tensor>& g
   for (const Tensor& g : grads)
     ops_detail::dispatch_cpu_float(op, g, [&](auto tag) {
       using T = decltype(tag);
-      ref::grad_scale<T>(g.data<T>(), g.numel(), static_cast<T>(coef));
+      ref::grad_scale<T>(g.data<T>(), g.numel(), static_cast<T>(factor));
     });
+}
+
+void clip_unchecked(const Exec& ex, const char* op, const std::vector<Tensor>& grads, Device device, double norm,
+                    double max_norm) {
+  if (!std::isfinite(norm)) return;  // left to the trainer's non-finite guard
+  const double coef = max_norm / (norm + 1e-6);  // +1e-6: PyTorch's guard against norm = 0
+  if (coef >= 1.0) return;                       // below the threshold: the gradients stay as they are
+  scale_unchecked(ex, op, grads, device, coef);
 }
 }  // namespace
 
@@ -146,6 +150,11 @@ void clip_grads_to_norm(const Exec& ex, const std::vector<Tensor>& grads, double
   const char* op = "clip_grads_to_norm";
   MOELAB_CHECK(max_norm > 0, op, ": max_norm is ", max_norm, ", expected > 0");
   clip_unchecked(ex, op, grads, check_grads(op, grads), norm, max_norm);
+}
+
+void scale_grads(const Exec& ex, const std::vector<Tensor>& grads, double factor) {
+  const char* op = "scale_grads";
+  scale_unchecked(ex, op, grads, check_grads(op, grads), factor);
 }
 
 }  // namespace moelab

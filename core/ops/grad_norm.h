@@ -7,6 +7,7 @@
 //       sums its shard, the ranks add their sums, and the root is the global norm)
 //   clip_grads_to_norm(grads, norm, max_norm): clip_grad_norm's scaling with a norm computed
 //       elsewhere (the global one)
+//   scale_grads(grads, factor): every element *= factor (in the tensor's dtype: x *= T(factor))
 // A non-finite norm (an inf or NaN gradient) is returned as it is and the gradients are left
 // untouched: scaling would only spread the NaN; the trainer's non-finite guard decides (skip the
 // step). With data parallelism, call it on the reduced gradients so every rank gets the same norm.
@@ -33,6 +34,7 @@ double grad_norm(const Exec& ex, const std::vector<Tensor>& grads);
 double clip_grad_norm(const Exec& ex, const std::vector<Tensor>& grads, double max_norm);
 double grad_sum_squares(const Exec& ex, const std::vector<Tensor>& grads);
 void clip_grads_to_norm(const Exec& ex, const std::vector<Tensor>& grads, double norm, double max_norm);
+void scale_grads(const Exec& ex, const std::vector<Tensor>& grads, double factor);
 
 namespace ref {
 // sum_i x_i^2 in double, in the fixed chunk order described above.

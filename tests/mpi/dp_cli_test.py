@@ -5,7 +5,9 @@
      REL_TOL, and ZeRO-1 gives ZeRO-0's; the expert loads of the first 10 steps agree within LOAD_TOL.
   2. A run saved on 2 processes resumes on 1 and on 4 and continues the same curve within REL_TOL;
      on 2 again it continues bit for bit.
-  3. A killed rank (SIGKILL) ends the job non-zero within seconds with a message naming it; a
+  3. Expert parallelism (EP 4, DP 2 x EP 2) gives the 1-process losses within the same tolerances,
+     and checkpoints move between EP 4 and one process both ways (bit for bit on EP 4 again).
+  4. A killed rank (SIGKILL) ends the job non-zero within seconds with a message naming it; a
      stopped rank (SIGSTOP) makes the others fail after dist.timeout_s naming it. The checkpoints
      finished before either fault load.
 
@@ -146,7 +148,20 @@ data_dir = "{data}"
         shutil.copytree(os.path.join(two, "step_00000010"), os.path.join(work, name, "step_00000010"))
         compare(train(name, np, resume=True), two, f"saved on 2, resumed on {np}", exact=(np == 2), first=11)
 
-    # 3. Faults.
+    # 3. Expert parallelism: 4 ranks each computing 4 of the 16 experts (EP 4), and DP 2 x EP 2, give
+    # the one-process curve; a checkpoint written under EP 4 resumes on one process and on EP 4 (bit
+    # for bit), and one written by one process resumes under EP 4 (the checkpoints hold every expert).
+    ep4 = train("np4_ep4", 4, "dist.ep=4")
+    compare(ep4, one, "4 processes, EP 4 vs 1")
+    compare(train("np4_ep2", 4, "dist.ep=2", "dist.zero=1"), one, "4 processes, DP 2 x EP 2 with ZeRO-1 vs 1")
+    for name, src, np, sets, exact in (("resume_ep4_on_1", ep4, 1, (), False),
+                                       ("resume_ep4_on_ep4", ep4, 4, ("dist.ep=4",), True),
+                                       ("resume_1_on_ep4", one, 4, ("dist.ep=4",), False)):
+        os.makedirs(os.path.join(work, name))
+        shutil.copytree(os.path.join(src, "step_00000010"), os.path.join(work, name, "step_00000010"))
+        compare(train(name, np, *sets, resume=True), src, name.replace("_", " "), exact=exact, first=11)
+
+    # 4. Faults.
     kill_test(moelab, cfg, work, env, mpirun, signal.SIGKILL, "killed")
     kill_test(moelab, cfg, work, env, mpirun, signal.SIGSTOP, "stopped")
     print("dp cli test: OK")

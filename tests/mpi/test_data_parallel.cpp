@@ -45,9 +45,19 @@ struct Rig {
 // The same global batch on every rank: seeded, and step s has its own.
 Tensor global_batch(int step) { return testing::randint({kB, kT + 2}, 31, 100 + static_cast<uint64_t>(step)); }
 
-// ep > 1: expert parallelism too (world = DP x EP): groups of ep consecutive ranks split the experts
-// and the model's MoE layers dispatch through dist/ep_dispatch.h.
-void run_and_compare(int zero, int64_t bucket_bytes, double grad_clip, bool batch_level_aux = false, int ep = 1) {
+// The step's reduced gradients of the ranges this rank owns, against the one-process gradients.
+void expect_owned_grads_close(const dist::DataParallel& sync, const ParamBuffer& dp, const ParamBuffer& one, int step) {
+  for (const OwnedRange& o : sync.owned())
+    EXPECT_TRUE(testing::close(dp.flat_grads().slice(o.begin, o.end), one.flat_grads().slice(o.begin, o.end), 1e-6, 1e-4))
+        << "step " << step << ": the gradients of [" << o.begin << ", " << o.end << ")";
+}
+
+// ep > 1: expert parallelism too (world = DP x EP): groups of ep consecutive ranks split the experts,
+// the model's MoE layers dispatch through dist/ep_dispatch.h, and each rank reduces and updates only
+// its own experts (over the ranks that hold the same ones). `steps` steps of the same global batch
+// must give the one-process losses, gradients, norm, loads and weights within float rounding.
+void run_and_compare(int zero, int64_t bucket_bytes, double grad_clip, bool batch_level_aux = false, int ep = 1,
+                     int steps = 3) {
   dist::Comm& world = testing_mpi::world();
   const int N = world.size(), r = world.rank();
   if (N % ep != 0) GTEST_SKIP() << "expert parallelism over " << ep << " ranks needs a multiple of " << ep;
@@ -60,18 +70,21 @@ void run_and_compare(int zero, int64_t bucket_bytes, double grad_clip, bool batc
   AdamW one_opt(one.model.params(), AdamWConfig{});
 
   Rig dp(tiny_config(batch_level_aux));
-  dist::DataParallel sync(world, world, dp.model.params(), dist::DataParallelConfig{bucket_bytes, zero});
-  ASSERT_GT(sync.num_buckets(), 3) << "the test wants several buckets in flight";
-  AdamW dp_opt(dp.model.params(), AdamWConfig{}, sync.owned());
-  std::unique_ptr<dist::Comm> ep_group;
+  std::unique_ptr<dist::Comm> ep_group, replicas;
   std::unique_ptr<dist::EPDispatch> ep_dispatch;
+  dist::ExpertShards shards;
   if (ep > 1) {
     ep_group = world.split(r / ep, r, "ep");
+    replicas = world.split(r % ep, r, "ep-replicas");
     ep_dispatch = std::make_unique<dist::EPDispatch>(*ep_group);
     dp.model.set_expert_dispatch(ep_dispatch.get());
+    shards = {dp.model.expert_ranges(), ep_group.get(), replicas.get()};
   }
+  dist::DataParallel sync(world, world, dp.model.params(), dist::DataParallelConfig{bucket_bytes, zero}, &shards);
+  ASSERT_GT(sync.num_buckets(), 3) << "the test wants several buckets in flight";
+  AdamW dp_opt(dp.model.params(), AdamWConfig{}, as_flat(sync.owned()));
 
-  for (int step = 0; step < 3; ++step) {
+  for (int step = 0; step < steps; ++step) {
     const Tensor tokens = global_batch(step);
     const StepStats a = train_step(one.model, one_opt, one.context(kB), cfg, [&] { return tokens; });
     const StepStats d =
@@ -86,12 +99,17 @@ void run_and_compare(int zero, int64_t bucket_bytes, double grad_clip, bool batc
     }
     EXPECT_NEAR(d.grad_norm, a.grad_norm, 1e-5 * a.grad_norm) << "step " << step;
     EXPECT_EQ(d.loads, a.loads) << "the loads are counts: summed over ranks they are the global batch's";
+    expect_owned_grads_close(sync, dp.model.params(), one.model.params(), step);
+    sync.complete_params();  // the other EP ranks' experts, for the comparison
     EXPECT_TRUE(testing::close(dp.model.params().flat_params(), one.model.params().flat_params(), 1e-3 * cfg.lr, 1e-5))
         << "step " << step;
     EXPECT_TRUE(testing::close(dp.model.buffers().flat_params(), one.model.buffers().flat_params(), 0, 0))
         << "the bias follows the global loads";
   }
-  EXPECT_NO_THROW(sync.check_identical(dp.model.buffers(), "after 3 steps"));
+  EXPECT_NO_THROW(sync.check_identical(dp.model.buffers(), "after the steps"));
+  // The checkpoint's view of the optimizer: every rank's moments whole, equal to one process's.
+  EXPECT_TRUE(testing::close(sync.gather_full(dp_opt.m()), one_opt.m(), 1e-6, 1e-3));
+  EXPECT_TRUE(testing::close(sync.gather_full(dp_opt.v()), one_opt.v(), 1e-9, 1e-3));
 }
 
 TEST(DataParallel, MatchesOneProcessZero0) { run_and_compare(0, 4096, 0.0); }
@@ -101,15 +119,16 @@ TEST(DataParallel, MatchesOneProcessZero1Clipped) { run_and_compare(1, 3000, 0.0
 
 TEST(DataParallel, MatchesOneProcessWithTheBatchLevelAuxLoss) { run_and_compare(0, 4096, 0.0, true); }
 // 4 experts: EP 2 (on 4 ranks: DP 2 x EP 2) and EP 4 (one expert per rank).
-TEST(ExpertParallel, Ep2MatchesOneProcess) { run_and_compare(0, 4096, 0.05, false, 2); }
-TEST(ExpertParallel, Ep2Zero1BatchLevelAuxMatchesOneProcess) { run_and_compare(1, 4096, 0.0, true, 2); }
-TEST(ExpertParallel, Ep4MatchesOneProcess) { run_and_compare(0, 4096, 0.0, false, 4); }
+// Under mpirun -np 4, ep = 2 is DP 2 x EP 2.
+TEST(ExpertParallel, Ep2MatchesOneProcessFor10Steps) { run_and_compare(0, 4096, 0.05, false, 2, 10); }
+TEST(ExpertParallel, Ep2Zero1BatchLevelAuxMatchesOneProcessFor10Steps) { run_and_compare(1, 4096, 0.0, true, 2, 10); }
+TEST(ExpertParallel, Ep4MatchesOneProcessFor10Steps) { run_and_compare(0, 4096, 0.0, false, 4, 10); }
 
 TEST(DataParallel, Zero1ShardsTheOptimizerState) {
   dist::Comm& world = testing_mpi::world();
   Rig dp(tiny_config());
   dist::DataParallel sync(world, world, dp.model.params(), dist::DataParallelConfig{4096, 1});
-  AdamW opt(dp.model.params(), AdamWConfig{}, sync.owned());
+  AdamW opt(dp.model.params(), AdamWConfig{}, as_flat(sync.owned()));
   const int64_t n = dp.model.params().numel_padded(), N = world.size();
   // Each rank keeps about 1/N of m (each bucket split in N near-equal slices).
   EXPECT_LE(opt.m().numel(), n / N + sync.num_buckets());

@@ -46,7 +46,7 @@ Tensor tokens_for_test() {
 // It keeps the gradients as they were before the reduction, and what backward reported.
 class IdenticalRanks : public GradSync {
  public:
-  IdenticalRanks(const ParamBuffer& p, int n) : params_(p), n_(n), whole_{FlatRange{0, p.numel_padded()}} {}
+  IdenticalRanks(const ParamBuffer& p, int n) : params_(p), n_(n), whole_{OwnedRange{{0, p.numel_padded()}, n}} {}
   void grads_ready(const Exec&, int64_t offset) override { ready.push_back(offset); }
   void finish_grads(const Exec&) override {
     ++finished;
@@ -55,7 +55,7 @@ class IdenticalRanks : public GradSync {
     float* g = params_.flat_grads().data<float>();
     for (int64_t i = 0; i < params_.flat_grads().numel(); ++i) g[i] *= static_cast<float>(n_);
   }
-  const std::vector<FlatRange>& owned() const override { return whole_; }
+  const std::vector<OwnedRange>& owned() const override { return whole_; }
   void sum(std::vector<double>& values) override {
     for (double& v : values) v *= n_;
   }
@@ -70,7 +70,7 @@ class IdenticalRanks : public GradSync {
  private:
   const ParamBuffer& params_;
   int n_;
-  std::vector<FlatRange> whole_;
+  std::vector<OwnedRange> whole_;
 };
 
 TEST(TrainStep, TwoMicroBatchesOfHalfEqualOneBatch) {
