@@ -45,8 +45,9 @@ __device__ __forceinline__ void warp_best(float& v, int& i) {
 }
 
 // Shared memory per warp when n_group > 1: G group scores (f32) then G kept flags (i32).
+// A group's score sums its `summed` best selection scores (>= 1, <= E / G: the op checks).
 __global__ void route_topk_kernel(const float* scores, const float* bias, int32_t* topk_idx, int64_t rows, int E,
-                                  int K, int G, int topk_group) {
+                                  int K, int G, int topk_group, int summed) {
   extern __shared__ float group_smem[];
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.y;
   if (row >= rows) return;  // whole warps leave together: the shuffles below stay full-warp
@@ -57,23 +58,28 @@ __global__ void route_topk_kernel(const float* scores, const float* bias, int32_
   float* group_score = group_smem + static_cast<int64_t>(threadIdx.y) * 2 * G;
   int* group_kept = reinterpret_cast<int*>(group_score + G);
   if (G > 1) {
-    // Group score: the sum of the group's two best selection scores with a bias, its best without.
+    // Group score: the sum of the group's `summed` best selection scores, one lane per group. As for
+    // the top-K below, the j-th best is the best entry that ranks after the (j-1)-th (no per-group
+    // storage); the sum adds them best first, as the CPU does, so it rounds as the CPU's does.
     for (int g = lane; g < G; g += kWarp) {
-      int b0 = -1, b1 = -1;
-      float v0 = 0.0f, v1 = 0.0f;
-      for (int e = g * per_group; e < (g + 1) * per_group; ++e) {
-        const float v = sel(e);
-        if (b0 < 0 || ranks_before(v, e, v0, b0)) {
-          b1 = b0;
-          v1 = v0;
-          b0 = e;
-          v0 = v;
-        } else if (b1 < 0 || ranks_before(v, e, v1, b1)) {
-          b1 = e;
-          v1 = v;
+      float sum = 0.0f, prev_v = 0.0f;
+      int prev_i = -1;
+      for (int j = 0; j < summed; ++j) {
+        float best_v = 0.0f;
+        int best_i = -1;
+        for (int e = g * per_group; e < (g + 1) * per_group; ++e) {
+          const float v = sel(e);
+          if (prev_i >= 0 && !ranks_before(prev_v, prev_i, v, e)) continue;  // already summed
+          if (best_i < 0 || ranks_before(v, e, best_v, best_i)) {
+            best_v = v;
+            best_i = e;
+          }
         }
+        sum = j == 0 ? best_v : sum + best_v;  // the first term as it is (the CPU starts from it, not from 0)
+        prev_v = best_v;
+        prev_i = best_i;
       }
-      group_score[g] = bias ? v0 + v1 : v0;  // the API guarantees 2 experts per group with a bias
+      group_score[g] = sum;
     }
     __syncwarp();
     // Kept: the topk_group groups that rank first (rank = how many groups rank before this one).
@@ -176,9 +182,11 @@ void moe_route_topk(const MoeRouteTopkParams& p) {
   if (p.rows == 0) return;
   const dim3 block(kWarp, kWarpsPerBlock);
   const size_t smem = p.n_group > 1 ? static_cast<size_t>(kWarpsPerBlock) * 2 * p.n_group * sizeof(float) : 0;
+  // 0 asks for Hugging Face's rule: the top 2 with a bias (V3), the best alone without (V2).
+  const int64_t summed = p.group_topk > 0 ? p.group_topk : (p.bias ? 2 : 1);
   route_topk_kernel<<<blocks_for(p.rows, kWarpsPerBlock), block, smem, p.stream>>>(
       p.scores, p.bias, p.topk_idx, p.rows, static_cast<int>(p.E), static_cast<int>(p.K), static_cast<int>(p.n_group),
-      static_cast<int>(p.topk_group));
+      static_cast<int>(p.topk_group), static_cast<int>(summed));
   CUDA_CHECK_LAUNCH();
 }
 

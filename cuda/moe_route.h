@@ -20,6 +20,7 @@ struct MoeRouteTopkParams {
   const float* bias = nullptr;    // [E], or nullptr (no bias)
   int32_t* topk_idx = nullptr;    // [rows, K]
   int64_t rows = 0, E = 0, K = 0, n_group = 1, topk_group = 1;
+  int64_t group_topk = 0;  // a group's score sums its group_topk best; 0: top 2 with a bias, max without
   Stream stream = nullptr;
 };
 

@@ -4,6 +4,8 @@
 
 #include <vector>
 
+#include "core/ops/elementwise.h"
+#include "core/ops/fp8_quant.h"
 #include "core/ops/moe_dispatch.h"
 
 namespace moelab::dist {
@@ -58,6 +60,11 @@ Tensor to_context(const Context& ctx, const Tensor& host) {
 
 }  // namespace
 
+EPDispatch::EPDispatch(Comm& group, DType wire) : group_(group), wire_(wire) {
+  MOELAB_CHECK(wire == DType::F32 || wire == DType::BF16 || wire == DType::FP8_E4M3, "EPDispatch: dispatch dtype ",
+               dtype_name(wire), " (expected f32, bf16 or fp8_e4m3)");
+}
+
 std::shared_ptr<const DispatchLayout> EPDispatch::layout(const Context& ctx, const Tensor& topk_idx,
                                                          int64_t num_experts) const {
   const int R = group_.size(), me = group_.rank();
@@ -83,8 +90,19 @@ std::shared_ptr<const DispatchLayout> EPDispatch::layout(const Context& ctx, con
     goes[static_cast<size_t>((i / K) * R + e / per)] = 1;
   }
   layout->send_rows.assign(static_cast<size_t>(R), 0);
+  const int per_node = group_.options().ranks_per_node;
+  std::vector<int64_t> seen(static_cast<size_t>(R), -1);  // the last token that counted each node
   for (int64_t n = 0; n < N; ++n)
-    for (int p = 0; p < R; ++p) layout->send_rows[static_cast<size_t>(p)] += goes[static_cast<size_t>(n * R + p)];
+    for (int p = 0; p < R; ++p) {
+      if (!goes[static_cast<size_t>(n * R + p)]) continue;
+      ++layout->send_rows[static_cast<size_t>(p)];
+      // The group's ranks are consecutive world ranks: its nodes, counted from its first, are < R.
+      const auto node = static_cast<size_t>(
+          per_node > 0 ? group_.members()[static_cast<size_t>(p)] / per_node - group_.members()[0] / per_node : 0);
+      if (seen[node] != n) ++traffic_.token_nodes;
+      seen[node] = n;
+    }
+  traffic_.tokens += N;
   // Rows to rank 0 first, then rank 1, ...; within a rank in token order. The K ids go with them.
   Tensor pos_send = Tensor::empty({N, R}, DType::I32);
   int32_t* ps = pos_send.data<int32_t>();
@@ -131,7 +149,24 @@ void EPDispatch::dispatch(const Context& ctx, const DispatchLayout& layout, cons
   const EPLayout& l = ep_layout(layout);
   const Tensor send = ctx.alloc({l.rows_sent, x.size(1)}, x.dtype());
   moe_dispatch_forward(ctx, x, l.pos_send, send);  // one row per (token, rank)
-  const Tensor recv = exchange(group_, ctx, send, l.send_rows, l.recv_rows);
+  Tensor recv;
+  if (wire_ == DType::FP8_E4M3) {
+    const int64_t blocks = fp8_num_blocks(x.size(1));
+    const Tensor q = ctx.alloc(send.shape(), DType::FP8_E4M3), scales = ctx.alloc({l.rows_sent, blocks}, DType::F32);
+    fp8_quantize(ctx, send, q, scales);
+    const Tensor recv_scales = exchange(group_, ctx, scales, l.send_rows, l.recv_rows);
+    const Tensor recv_q = exchange(group_, ctx, q, l.send_rows, l.recv_rows);
+    recv = ctx.alloc({l.rows_received, x.size(1)}, x.dtype());
+    fp8_dequantize(ctx, recv_q, recv_scales, recv);
+  } else if (wire_ == DType::BF16 && x.dtype() != DType::BF16) {
+    const Tensor narrow = ctx.alloc(send.shape(), DType::BF16);
+    cast(ctx, send, narrow);
+    const Tensor recv_narrow = exchange(group_, ctx, narrow, l.send_rows, l.recv_rows);
+    recv = ctx.alloc({l.rows_received, x.size(1)}, x.dtype());
+    cast(ctx, recv_narrow, recv);
+  } else {
+    recv = exchange(group_, ctx, send, l.send_rows, l.recv_rows);
+  }
   moe_dispatch_forward(ctx, recv, l.pos_recv, expert_x);  // fanned out to the local experts
 }
 

@@ -17,6 +17,12 @@
 // received from peer p is the token of send position j: pos_send [N, R] is the row of (token, rank),
 // or -1, and the same dispatch ops gather the rows to send and add up the rows that come back.
 //
+// The wire (DeepSeek-V3's choice): dispatch can send the x rows narrower than the activations, as
+// bf16 or as fp8 e4m3 with one f32 scale per 128 channels (core/ops/fp8_quant.h; the scales go in a
+// second all_to_all_v); the experts then compute on the rounded rows. Everything else (combine,
+// both backward exchanges) moves the activation dtype: gradients are not quantised, and the
+// dispatch's gradient is the straight-through one (the rounding is taken as the identity).
+//
 // Shapes as in core/nn/expert_dispatch.h. The indices are built on the host (the layout reads
 // topk_idx there: on CUDA, one copy to the host per layer); the rows move through Comm (dist/comm.h).
 #pragma once
@@ -28,9 +34,18 @@
 
 namespace moelab::dist {
 
+// What the layouts of this rank routed so far: tokens, and the nodes their experts live on summed
+// over the tokens (a node counts once per token, this rank's own included): their ratio is the mean
+// number of nodes a token reaches, what node-limited routing bounds.
+struct EPTraffic {
+  int64_t tokens = 0, token_nodes = 0;
+};
+
 class EPDispatch final : public ExpertDispatch {
  public:
-  explicit EPDispatch(Comm& group) : group_(group) {}
+  // wire: the dtype the dispatch sends x in when that is narrower than x's: BF16 or FP8_E4M3; F32
+  // (or x's own) sends x as it is.
+  explicit EPDispatch(Comm& group, DType wire = DType::F32);
 
   std::shared_ptr<const DispatchLayout> layout(const Context& ctx, const Tensor& topk_idx,
                                                int64_t num_experts) const override;
@@ -45,9 +60,12 @@ class EPDispatch final : public ExpertDispatch {
                          const Tensor& grad_x) const override;
 
   Comm& group() const { return group_; }
+  EPTraffic traffic() const { return traffic_; }
 
  private:
   Comm& group_;
+  DType wire_;
+  mutable EPTraffic traffic_;
 };
 
 }  // namespace moelab::dist

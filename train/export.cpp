@@ -140,6 +140,15 @@ HfExportIssues hf_export_issues(const ModelConfig& c) {
                            std::to_string(c.n_group) +
                            " groups: one expert per group, but HF's router sums the top-2 scores of each group "
                            "and fails on groups of one");
+    if (c.node_limited() && c.node_score_topk() != 2)
+      r.warnings.push_back("max_nodes_per_token = " + std::to_string(c.max_nodes_per_token) + " with expert_nodes = " +
+                           std::to_string(c.expert_nodes) + ": config.json limits groups = nodes (n_group = " +
+                           std::to_string(c.expert_nodes) + ", topk_group = " + std::to_string(c.max_nodes_per_token) +
+                           "), but training scored a node by the sum of its top ceil(num_experts_per_tok / "
+                           "max_nodes_per_token) = " + std::to_string(c.node_score_topk()) +
+                           " selection scores and HF's DeepseekV3 router sums the top 2, so HF's routing differs "
+                           "from training's" +
+                           (c.n_routed_experts / c.expert_nodes < 2 ? " (and fails on nodes of one expert)" : ""));
     if (!c.aux_free_bias)
       r.notes.push_back("aux_free_bias = false: zero mlp.gate.e_score_correction_bias buffers are written, because "
                         "HF's router always adds the bias (zero = none)");
@@ -207,8 +216,10 @@ nlohmann::json hf_config_json(const ModelConfig& c, DType dtype, int32_t eot_id)
   j["num_experts_per_tok"] = c.num_experts_per_tok;
   j["scoring_func"] = score_func_name(c.scoring_func);
   j["topk_method"] = topk_method(c);
-  j["n_group"] = c.n_group;
-  j["topk_group"] = c.topk_group;
+  // Node-limited routing is group-limited routing with the nodes as groups (hf_export_issues warns
+  // where HF's top-2 group score is not the node score training used).
+  j["n_group"] = c.node_limited() ? c.expert_nodes : c.n_group;
+  j["topk_group"] = c.node_limited() ? c.max_nodes_per_token : c.topk_group;
   j["norm_topk_prob"] = c.norm_topk_prob;
   j["routed_scaling_factor"] = c.routed_scaling_factor;
   // DeepSeek's config has one balance-loss coefficient and seq_aux saying whether it is per sequence

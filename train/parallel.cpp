@@ -47,6 +47,12 @@ Processes join_processes(const DistConfig& d, Device device, Model& model) {
   const int64_t experts = model.config().n_routed_experts;
   MOELAB_CHECK(d.ep == 1 || (model.config().ffn == FfnKind::MoE && experts % d.ep == 0), "dist.ep = ", d.ep,
                " needs MoE layers whose ", experts, " routed experts split evenly over the group");
+  // Node-limited routing assumes the experts' nodes: those the EP group's ranks sit on.
+  const int64_t rpn = d.ranks_per_node, ep_nodes = rpn > 0 && d.ep > rpn ? (d.ep + rpn - 1) / rpn : 1;
+  MOELAB_CHECK(model.config().max_nodes_per_token == 0 || d.ep == 1 || model.config().expert_nodes == ep_nodes,
+               "model.expert_nodes = ", model.config().expert_nodes, " but dist.ep = ", d.ep,
+               " with dist.ranks_per_node = ", rpn, " spreads the experts over ", ep_nodes,
+               " nodes (node-limited routing routes over the nodes that hold the experts)");
   if (p.world.size == 1) return p;
   dist::CommOptions o = comm_options(d);
   p.host = dist::mpi_world(o);
@@ -59,7 +65,8 @@ Processes join_processes(const DistConfig& d, Device device, Model& model) {
   if (d.ep > 1) {
     const int ep = static_cast<int>(d.ep), group = p.world.rank / ep, member = p.world.rank % ep;
     p.ep_group = p.host->split(group, p.world.rank, "ep");
-    p.ep = std::make_unique<dist::EPDispatch>(*p.ep_group);
+    const DType wire = d.dispatch_dtype == "fp8" ? DType::FP8_E4M3 : d.dispatch_dtype == "bf16" ? DType::BF16 : DType::F32;
+    p.ep = std::make_unique<dist::EPDispatch>(*p.ep_group, wire);
     model.set_expert_dispatch(p.ep.get());
     p.ep_params = params_comm.split(group, p.world.rank, "ep");
     p.ep_replicas = params_comm.split(member, p.world.rank, "ep-replicas");

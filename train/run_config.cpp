@@ -59,6 +59,8 @@ const std::vector<DistConfigField> kDistFields = {
     {"inter_gbps", "> 0: emulated inter-node bandwidth (GB/s), overrides the preset", &DistConfig::inter_gbps},
     {"inter_latency_us", "emulated inter-node latency (us) with inter_gbps", &DistConfig::inter_latency_us},
     {"timeout_s", "seconds before a stuck collective ends the run, naming the silent ranks", &DistConfig::timeout_s},
+    {"dispatch_dtype", "expert-parallel dispatch on the wire: f32 (as the activations), bf16, fp8 (e4m3, 1x128 scales)",
+     &DistConfig::dispatch_dtype},
 };
 
 template <typename S>
@@ -268,6 +270,8 @@ void DistConfig::validate() const {
       throw ConfigError(std::string(key) + " = " + format_config_number(v) + " must be >= 0");
   if (!(timeout_s > 0) || !std::isfinite(timeout_s))
     throw ConfigError("timeout_s = " + format_config_number(timeout_s) + " must be > 0");
+  if (dispatch_dtype != "f32" && dispatch_dtype != "bf16" && dispatch_dtype != "fp8")
+    throw ConfigError("dispatch_dtype = '" + dispatch_dtype + "' is not one of f32, bf16, fp8");
 }
 
 const std::vector<DistConfigField>& dist_config_fields() { return kDistFields; }

@@ -145,8 +145,9 @@ class RunLog {
   // and with the aux-loss-free bias each layer's bias range after the update (read here, at the log
   // step, not in every forward: on the GPU each read is a small copy to the host).
   // train_seconds: the training time so far, this run's and the resumed ones' (metrics.h).
+  // ep: expert parallelism's record fields (empty: none).
   void step(int64_t step, double lr, const StepStats& st, double seconds, double train_seconds, double val_loss,
-            const Model& model) {
+            const Model& model, const nlohmann::ordered_json& ep) {
     nlohmann::ordered_json expert_load = nlohmann::ordered_json::object();
     for (size_t i = 0; i < st.loads.size(); ++i) expert_load[std::to_string(moe_layers_[i])] = st.loads[i];
     const Model::Losses& l = st.losses;
@@ -165,6 +166,7 @@ class RunLog {
         bias_range[std::to_string(moe_layers_[i])] = {stats[i].bias_min, stats[i].bias_max};
       rec["bias_range"] = bias_range;
     }
+    for (const auto& [key, value] : ep.items()) rec[key] = value;
     log_.write(rec);
     char buf[512];
     std::snprintf(buf, sizeof buf,
@@ -207,6 +209,62 @@ class RunLog {
   const ModelInfo& info_;
   double peak_gflops_, tokens_per_step_;
   std::vector<int64_t> moe_layers_;
+};
+
+// Expert parallelism's metrics of the steps since the last log step, for metrics.jsonl:
+//   ep_rows_max_over_mean  per MoE layer: the expert rows the busiest EP rank computed over the
+//                          mean (from the step's global loads; 1 = perfectly balanced): the
+//                          imbalance EPLB exists for, which sets the pace of every all-to-all
+//   ep_nodes_per_token     the mean number of nodes a token's experts live on (node-limited
+//                          routing bounds it by model.max_nodes_per_token)
+//   ep_bytes_per_step      the all-to-all bytes all ranks sent per step: [intra-node, inter-node]
+//                          (the evaluations' forwards in between included)
+// Every rank must call record() at the same steps (it sums over the ranks).
+class EPMeter {
+ public:
+  EPMeter(const Processes& p, int64_t ep) : p_(p), ep_(ep) { mark(); }
+
+  nlohmann::ordered_json record(const StepStats& st, const std::vector<int64_t>& moe_layers, int64_t steps) {
+    nlohmann::ordered_json rec = nlohmann::ordered_json::object();
+    if (!p_.ep) return rec;
+    nlohmann::ordered_json rows = nlohmann::ordered_json::object();
+    for (size_t i = 0; i < st.loads.size(); ++i) {
+      const std::vector<double>& load = st.loads[i];
+      const size_t per = load.size() / static_cast<size_t>(ep_);
+      double max = 0, sum = 0;
+      for (size_t r = 0; r < static_cast<size_t>(ep_); ++r) {
+        double rank_rows = 0;
+        for (size_t e = r * per; e < (r + 1) * per; ++e) rank_rows += load[e];
+        max = std::max(max, rank_rows);
+        sum += rank_rows;
+      }
+      rows[std::to_string(moe_layers[i])] = sum > 0 ? max * static_cast<double>(ep_) / sum : 1.0;
+    }
+    const dist::EPTraffic t = p_.ep->traffic();
+    const dist::CommCounters c = p_.ep_group->counters();
+    std::vector<double> v = {static_cast<double>(t.tokens - traffic_.tokens),
+                             static_cast<double>(t.token_nodes - traffic_.token_nodes),
+                             static_cast<double>(c.bytes[0] - comm_.bytes[0]),
+                             static_cast<double>(c.bytes[1] - comm_.bytes[1])};
+    p_.dp->sum(v);
+    mark();
+    const double n = static_cast<double>(std::max<int64_t>(1, steps));
+    rec["ep_rows_max_over_mean"] = rows;
+    rec["ep_nodes_per_token"] = v[0] > 0 ? v[1] / v[0] : 0.0;
+    rec["ep_bytes_per_step"] = {v[2] / n, v[3] / n};
+    return rec;
+  }
+
+ private:
+  void mark() {
+    if (!p_.ep) return;
+    traffic_ = p_.ep->traffic();
+    comm_ = p_.ep_group->counters();
+  }
+  const Processes& p_;
+  int64_t ep_;
+  dist::EPTraffic traffic_;
+  dist::CommCounters comm_;
 };
 
 // "2 processes (mpi, zero 1, link pcie4) x " for the banner; "" on one process.
@@ -318,7 +376,8 @@ TrainResult train(const RunConfig& cfg_in, const TrainOptions& options) {
 
   const auto t_start = Clock::now();
   const int64_t start_step = state.step;
-  int64_t step = start_step;
+  int64_t step = start_step, last_logged = start_step;
+  EPMeter ep_meter(procs, cfg.dist.ep);
   while (step < tc.steps) {
     const auto t0 = Clock::now();
     const double lr = lr_at(tc, step);
@@ -338,8 +397,11 @@ TrainResult train(const RunConfig& cfg_in, const TrainOptions& options) {
     train_seconds += step_s;
     result.train_loss = st.losses.total;
 
-    if (step % tc.log_every == 0 || step == tc.steps)
-      log.step(step, lr, st, step_s, resumed_seconds + train_seconds, result.val_loss, model);
+    if (step % tc.log_every == 0 || step == tc.steps) {
+      log.step(step, lr, st, step_s, resumed_seconds + train_seconds, result.val_loss, model,
+               ep_meter.record(st, model.moe_layers(), step - last_logged));
+      last_logged = step;
+    }
     if (tc.eval_every > 0 && step % tc.eval_every == 0 && step < tc.steps) run_eval(step);
     if (tc.ckpt_every > 0 && step % tc.ckpt_every == 0 && step < tc.steps) save(step);
     log.metrics().progress(step, tc.steps, train_seconds / static_cast<double>(step - start_step));

@@ -210,6 +210,10 @@ const std::vector<Field> kFields = {
     {"scoring_func", "router scores: sigmoid (V3) or softmax (V2)", &ModelConfig::scoring_func},
     {"n_group", "G, expert groups for group-limited routing (1 = off)", &ModelConfig::n_group},
     {"topk_group", "M, expert groups kept per token", &ModelConfig::topk_group},
+    {"max_nodes_per_token", "node-limited routing: most nodes a token's experts span; 0 = unlimited",
+     &ModelConfig::max_nodes_per_token},
+    {"expert_nodes", "nodes the routed experts are spread over in equal ranges (expert parallelism: dist.ep / "
+     "dist.ranks_per_node)", &ModelConfig::expert_nodes},
     {"norm_topk_prob", "renormalise the K gate values to sum to 1", &ModelConfig::norm_topk_prob},
     {"routed_scaling_factor", "multiplies the routed gate values (V3: 2.5)", &ModelConfig::routed_scaling_factor},
     {"capacity_factor", "0 = dropless; c > 0 caps an expert at ceil(c*N*K/E) tokens", &ModelConfig::capacity_factor},
@@ -286,6 +290,17 @@ int64_t ModelConfig::mha_rope_dim() const {
   return r - r % 2;  // RoPE rotates pairs
 }
 
+int64_t ModelConfig::node_score_topk() const {
+  MOELAB_CHECK(max_nodes_per_token > 0, "node_score_topk: max_nodes_per_token = ", max_nodes_per_token,
+               ", expected > 0 (node-limited routing)");
+  return (num_experts_per_tok + max_nodes_per_token - 1) / max_nodes_per_token;
+}
+
+ModelConfig::RouteGroups ModelConfig::route_groups() const {
+  if (node_limited()) return {expert_nodes, max_nodes_per_token, node_score_topk()};
+  return {n_group, topk_group, 0};
+}
+
 int64_t ModelConfig::kv_heads() const { return attention == AttentionKind::GQA ? num_key_value_heads : num_attention_heads; }
 
 // A broken rule throws ConfigError("config: <key> = <value> <rule>").
@@ -349,6 +364,23 @@ void ModelConfig::validate() const {
                 " experts hold fewer than num_experts_per_tok = ", num_experts_per_tok);
     MOELAB_RULE(n_group == 1 || per_group >= 2 || !aux_free_bias, "n_group = ", n_group, " leaves ", per_group,
                 " expert per group; a group score sums the top-2 scores of its group");
+    MOELAB_RULE(max_nodes_per_token >= 0, "max_nodes_per_token = ", max_nodes_per_token,
+                " must be >= 0 (0 = unlimited)");
+    MOELAB_RULE(expert_nodes >= 1, "expert_nodes = ", expert_nodes,
+                " must be >= 1 (the nodes the routed experts are spread over)");
+    MOELAB_RULE(n_routed_experts % expert_nodes == 0, "expert_nodes = ", expert_nodes,
+                " does not divide n_routed_experts = ", n_routed_experts,
+                " (each node holds an equal contiguous range of experts)");
+    if (node_limited()) {
+      // The nodes are the groups of node-limited routing, so a second group limit has no place.
+      MOELAB_RULE(n_group == 1, "max_nodes_per_token = ", max_nodes_per_token, " with expert_nodes = ", expert_nodes,
+                  " limits the nodes a token reaches, but n_group = ", n_group,
+                  " already limits its groups; set n_group = 1 (node-limited routing uses the nodes as groups)");
+      const int64_t per_node = n_routed_experts / expert_nodes, summed = node_score_topk();
+      MOELAB_RULE(per_node >= summed, "max_nodes_per_token = ", max_nodes_per_token, " with expert_nodes = ",
+                  expert_nodes, " scores a node by the sum of its top ceil(num_experts_per_tok / max_nodes_per_token)",
+                  " = ", summed, " experts, but each node holds only n_routed_experts / expert_nodes = ", per_node);
+    }
     MOELAB_RULE(routed_scaling_factor > 0 && std::isfinite(routed_scaling_factor), "routed_scaling_factor = ",
                 routed_scaling_factor, " must be > 0 and finite");
     non_negative("capacity_factor", capacity_factor);

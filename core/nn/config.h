@@ -82,6 +82,15 @@ struct ModelConfig {
   ScoreFunc scoring_func = ScoreFunc::Sigmoid;
   int64_t n_group = 1;                      // G expert groups for group-limited routing
   int64_t topk_group = 1;                   // M groups kept per token
+  // Node-limited routing (DeepSeek-V3's rule for expert parallelism): the routed experts are spread
+  // over expert_nodes nodes in contiguous equal ranges; a token first keeps the <= max_nodes_per_token
+  // nodes whose experts' top-ceil(K / max_nodes_per_token) selection scores sum highest, then its
+  // top-K experts among them. 0 = unlimited. In force only when expert_nodes > max_nodes_per_token.
+  int64_t max_nodes_per_token = 0;
+  // The number of nodes the routed experts are spread over (1: one node, no limit). Part of the
+  // model, like n_group, so that one process, a checkpoint and an export route as the distributed
+  // run did; an expert-parallel run checks it against its layout (dist.ep / dist.ranks_per_node).
+  int64_t expert_nodes = 1;
   bool norm_topk_prob = true;               // sigmoid: g = s / sum(s over the top-K)
   double routed_scaling_factor = 1.0;
   double capacity_factor = 0.0;             // 0 = dropless; c > 0 caps an expert at ceil(c*N*K/E) tokens
@@ -101,6 +110,16 @@ struct ModelConfig {
   void validate() const;
 
   bool is_moe_layer(int64_t layer) const { return ffn == FfnKind::MoE && layer >= first_k_dense_replace; }
+  // Whether routing is node-limited: a limit is set and the experts span more nodes than it.
+  bool node_limited() const { return max_nodes_per_token > 0 && expert_nodes > max_nodes_per_token; }
+  // ceil(K / max_nodes_per_token): how many best selection scores a node's score sums.
+  int64_t node_score_topk() const;
+  // The group arguments of moe_route_topk (core/ops/moe_route.h) for this config: the nodes as
+  // groups when node_limited(), else n_group / topk_group with Hugging Face's group score (0).
+  struct RouteGroups {
+    int64_t n_group, topk_group, group_topk;
+  };
+  RouteGroups route_groups() const;
   int64_t mha_head_dim() const { return hidden_size / num_attention_heads; }
   int64_t mha_rope_dim() const;             // even, <= head_dim
   int64_t kv_heads() const;                 // Hkv of the attention in use (MHA: H, MLA: H)

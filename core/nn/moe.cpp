@@ -106,7 +106,10 @@ void MoE::route(const Context& ctx, const Tensor& x, Saved& s, MoEStats& stats) 
   else softmax_forward(ctx, s.logits, s.scores);
 
   s.topk_idx = ctx.alloc({N, K}, DType::I32);
-  moe_route_topk(ctx, s.scores, e_score_correction_bias(), cfg_.n_group, cfg_.topk_group, s.topk_idx);
+  // Group-limited routing, or node-limited routing with the nodes as groups (ModelConfig::route_groups).
+  const ModelConfig::RouteGroups groups = cfg_.route_groups();
+  moe_route_topk(ctx, s.scores, e_score_correction_bias(), groups.n_group, groups.topk_group, groups.group_topk,
+                 s.topk_idx);
   s.topk_weights = ctx.alloc_stat({N, K});
   moe_gate_forward(ctx, s.scores, s.topk_idx, cfg_.norm_topk_prob, cfg_.routed_scaling_factor, s.topk_weights);
 

@@ -42,8 +42,11 @@ void best_k(const T* v, std::vector<int32_t>& order, int64_t k) {
 
 template <typename T>
 void moe_route_topk(const T* scores, const T* bias, int32_t* topk_idx, int64_t rows, int64_t E, int64_t K,
-                    int64_t n_group, int64_t topk_group) {
+                    int64_t n_group, int64_t topk_group, int64_t group_topk) {
   const int64_t per_group = E / n_group;
+  // How many of a group's best selection scores its score sums: 0 asks for HF's rule, the top 2
+  // with a bias (V3) and the best alone without (V2). The API checks that a group holds that many.
+  const int64_t summed = group_topk > 0 ? group_topk : (bias ? 2 : 1);
 #pragma omp parallel
   {
     std::vector<T> sel(E), group_score(n_group);
@@ -53,17 +56,14 @@ void moe_route_topk(const T* scores, const T* bias, int32_t* topk_idx, int64_t r
       const T* s = scores + n * E;
       for (int64_t e = 0; e < E; ++e) sel[e] = bias ? s[e] + bias[e] : s[e];
       if (n_group > 1) {
-        // Group score: the sum of the group's two best selection scores with a bias (V3), its
-        // best score without (V2). The API checks that a biased group has >= 2 experts.
+        // Group score: the sum of the group's `summed` best selection scores, added best first
+        // (the CUDA kernel adds them in the same order, so both round alike).
         for (int64_t g = 0; g < n_group; ++g) {
           const T* sg = sel.data() + g * per_group;
-          if (bias) {
-            best_k(sg, in_group, 2);
-            group_score[g] = sg[in_group[0]] + sg[in_group[1]];
-          } else {
-            best_k(sg, in_group, 1);
-            group_score[g] = sg[in_group[0]];
-          }
+          best_k(sg, in_group, summed);
+          T sum = sg[in_group[0]];
+          for (int64_t j = 1; j < summed; ++j) sum += sg[in_group[j]];
+          group_score[g] = sum;
         }
         best_k(group_score.data(), group_order, topk_group);
         // Mask every expert of a group that lost: it can not be chosen, whatever its score.
@@ -137,9 +137,10 @@ int64_t moe_capacity_drop(const T* scores, const int32_t* topk_idx, int64_t capa
   return dropped;
 }
 
-template void moe_route_topk<float>(const float*, const float*, int32_t*, int64_t, int64_t, int64_t, int64_t, int64_t);
+template void moe_route_topk<float>(const float*, const float*, int32_t*, int64_t, int64_t, int64_t, int64_t, int64_t,
+                                    int64_t);
 template void moe_route_topk<double>(const double*, const double*, int32_t*, int64_t, int64_t, int64_t, int64_t,
-                                     int64_t);
+                                     int64_t, int64_t);
 template void moe_gate_forward<float>(const float*, const int32_t*, bool, float, float*, int64_t, int64_t, int64_t);
 template void moe_gate_forward<double>(const double*, const int32_t*, bool, double, double*, int64_t, int64_t,
                                        int64_t);
@@ -193,7 +194,7 @@ void check_indices(const char* op, const char* name, const Tensor& idx, int64_t 
 }  // namespace
 
 void moe_route_topk(const Exec& ex, const Tensor& scores, const Tensor& bias, int64_t n_group, int64_t topk_group,
-                    const Tensor& topk_idx) {
+                    int64_t group_topk, const Tensor& topk_idx) {
   const char* op = "moe_route_topk";
   const auto [N, E, K] = check_route(op, scores, "topk_idx", topk_idx);
   if (bias.defined()) {
@@ -206,8 +207,12 @@ void moe_route_topk(const Exec& ex, const Tensor& scores, const Tensor& bias, in
                ", expected 1 <= topk_group <= n_group = ", n_group);
   MOELAB_CHECK(topk_group * (E / n_group) >= K, op, ": the topk_group = ", topk_group, " kept groups of ",
                E / n_group, " experts hold fewer than K = ", K, " experts");
-  MOELAB_CHECK(n_group == 1 || !bias.defined() || E / n_group >= 2, op, ": n_group = ", n_group, " leaves ",
-               E / n_group, " expert per group; a biased group score sums the group's top 2");
+  MOELAB_CHECK(group_topk >= 0 && group_topk <= E / n_group, op, ": group_topk = ", group_topk,
+               ", expected 0 <= group_topk <= the ", E / n_group, " experts per group (E = ", E, ", n_group = ",
+               n_group, "; 0 = Hugging Face's rule)");
+  MOELAB_CHECK(n_group == 1 || group_topk > 0 || !bias.defined() || E / n_group >= 2, op, ": n_group = ", n_group,
+               " leaves ", E / n_group,
+               " expert per group; with group_topk = 0, a biased group score sums the group's top 2");
   if (scores.device() == Device::CUDA) {
     check_cuda_scores(op, scores);
     MOELAB_CHECK(n_group <= cuda::kMoeRouteMaxGroups, op, ": n_group = ", n_group,
@@ -221,6 +226,7 @@ void moe_route_topk(const Exec& ex, const Tensor& scores, const Tensor& bias, in
     p.K = K;
     p.n_group = n_group;
     p.topk_group = topk_group;
+    p.group_topk = group_topk;
     p.stream = ex.stream;
     cuda::moe_route_topk(p);
     return;
@@ -228,7 +234,7 @@ void moe_route_topk(const Exec& ex, const Tensor& scores, const Tensor& bias, in
   ops_detail::dispatch_cpu_float(op, scores, [&](auto tag) {
     using T = decltype(tag);
     ref::moe_route_topk<T>(scores.data<T>(), bias.defined() ? bias.data<T>() : nullptr, topk_idx.data<int32_t>(), N,
-                           E, K, n_group, topk_group);
+                           E, K, n_group, topk_group, group_topk);
   });
 }
 

@@ -4,11 +4,14 @@
 //
 //   moe_route_topk      selection score sel = s + b (b = the aux-loss-free bias, or none).
 //                       Groups (n_group G > 1): experts split into G groups of E/G consecutive
-//                       experts; group score = sum of the group's top-2 sel when there is a bias,
-//                       else its max sel; the best topk_group groups are kept, every other
-//                       expert's sel becomes -inf. topk_idx[n, :] = the K largest (masked) sel,
-//                       largest first. Ties (groups and experts) go to the LOWER index; NaN ranks
-//                       above every number (as torch.topk).
+//                       experts; group score = the sum of the group's group_topk best sel, summed
+//                       best first; group_topk = 0 is Hugging Face's V2/V3 rule: its top-2 sel
+//                       when there is a bias, else its max sel. The best topk_group groups are
+//                       kept, every other expert's sel becomes -inf. topk_idx[n, :] = the K
+//                       largest (masked) sel, largest first. Ties (groups and experts) go to the
+//                       LOWER index; NaN ranks above every number (as torch.topk).
+//                       Node-limited routing (DeepSeek-V3, M = max nodes per token) is this op
+//                       with the nodes as groups, topk_group = M and group_topk = ceil(K / M).
 //   moe_gate_forward    g_k = s[n, topk_idx[n, k]] (the UNBIASED score: the bias only steers the
 //                       selection); if norm_topk_prob g_k /= (sum_k' s[n, topk_idx[n, k']] + 1e-20);
 //                       then g_k *= scale (routed_scaling_factor).
@@ -25,6 +28,8 @@
 //   moe_count_tokens    selections per expert (entries of topk_idx equal to e; -1 is skipped).
 //
 // Shapes: scores, grad_scores: [N, E]   bias: [E] or undefined (no bias)
+//         n_group divides E; 1 <= topk_group <= n_group; topk_group * E / n_group >= K;
+//         0 <= group_topk <= E / n_group (group_topk = 0 with a bias and n_group > 1: E / n_group >= 2)
 //         topk_idx, kept_idx: i32 [N, K]   topk_weights, grad_topk_weights: [N, K], 1 <= K <= E
 // Contract: every output is OVERWRITTEN (grad_scores entirely, zeros included).
 // Dtypes: CPU: scores, bias, topk_weights and their gradients all f32 or all f64; indices i32.
@@ -48,7 +53,7 @@ namespace moelab {
 constexpr double kMoeNormEps = 1e-20;
 
 void moe_route_topk(const Exec& ex, const Tensor& scores, const Tensor& bias, int64_t n_group, int64_t topk_group,
-                    const Tensor& topk_idx);
+                    int64_t group_topk, const Tensor& topk_idx);
 void moe_gate_forward(const Exec& ex, const Tensor& scores, const Tensor& topk_idx, bool norm_topk_prob, double scale,
                       const Tensor& topk_weights);
 void moe_gate_backward(const Exec& ex, const Tensor& grad_topk_weights, const Tensor& scores, const Tensor& topk_idx,
@@ -62,7 +67,7 @@ namespace ref {
 // bias may be nullptr (no bias). The references trust their indices (the Tensor API checks them).
 template <typename T>
 void moe_route_topk(const T* scores, const T* bias, int32_t* topk_idx, int64_t rows, int64_t E, int64_t K,
-                    int64_t n_group, int64_t topk_group);
+                    int64_t n_group, int64_t topk_group, int64_t group_topk);
 template <typename T>
 void moe_gate_forward(const T* scores, const int32_t* topk_idx, bool norm_topk_prob, T scale, T* topk_weights,
                       int64_t rows, int64_t E, int64_t K);

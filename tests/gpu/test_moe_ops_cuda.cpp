@@ -125,12 +125,16 @@ struct RouteCase {
   int64_t N, E, K, n_group, topk_group;
   bool bias;
   Scores kind;
+  // The best scores a group's score sums; 0 = Hugging Face's rule. Node-limited routing is
+  // n_group = nodes, topk_group = M, group_topk = ceil(K / M).
+  int64_t group_topk = 0;
 };
 
 std::string route_name(const ::testing::TestParamInfo<RouteCase>& info) {
   const RouteCase& c = info.param;
   return "N" + std::to_string(c.N) + "_E" + std::to_string(c.E) + "_K" + std::to_string(c.K) + "_G" +
-         std::to_string(c.n_group) + "M" + std::to_string(c.topk_group) + (c.bias ? "_bias_" : "_nobias_") +
+         std::to_string(c.n_group) + "M" + std::to_string(c.topk_group) +
+         (c.group_topk > 0 ? "S" + std::to_string(c.group_topk) : std::string()) + (c.bias ? "_bias_" : "_nobias_") +
          scores_name(c.kind);
 }
 
@@ -141,12 +145,12 @@ TEST_P(MoeRouteCuda, TopkAndGatesMatchCpu) {
   const Tensor scores = make_scores(c.N, c.E, c.kind, 100 + c.N + c.E);
   const Tensor bias = c.bias ? make_bias(c.E, c.kind, 7 + c.E) : Tensor();
   Tensor idx_ref = Tensor::empty({c.N, c.K}, DType::I32);
-  moe_route_topk(testing::gpu_exec(), scores, bias, c.n_group, c.topk_group, idx_ref);
+  moe_route_topk(testing::gpu_exec(), scores, bias, c.n_group, c.topk_group, c.group_topk, idx_ref);
 
   const Tensor gscores = to_gpu(scores, DType::F32);
   const Tensor gbias = c.bias ? to_gpu(bias, DType::F32) : Tensor();
   Guarded gidx({c.N, c.K}, DType::I32);
-  moe_route_topk(testing::gpu_exec(), gscores, gbias, c.n_group, c.topk_group, gidx.view);
+  moe_route_topk(testing::gpu_exec(), gscores, gbias, c.n_group, c.topk_group, c.group_topk, gidx.view);
   EXPECT_TRUE(identical(gidx.view, idx_ref)) << "topk_idx";
   EXPECT_TRUE(gidx.guards_intact()) << "write outside topk_idx";
   if (c.kind == Scores::NaN) return;  // the gates of NaN scores are NaN: nothing more to compare
@@ -181,7 +185,17 @@ INSTANTIATE_TEST_SUITE_P(
                       RouteCase{129, 128, 8, 64, 8, true, Scores::Sigmoid},   // more groups than a warp's lanes
                       RouteCase{333, 64, 8, 1, 1, true, Scores::Ties}, RouteCase{333, 64, 8, 8, 3, true, Scores::Ties},
                       RouteCase{333, 32, 4, 4, 2, false, Scores::Ties}, RouteCase{200, 64, 8, 1, 1, false, Scores::NaN},
-                      RouteCase{200, 64, 8, 8, 4, true, Scores::NaN}, RouteCase{3, 1000, 8, 1, 1, true, Scores::Sigmoid}),
+                      RouteCase{200, 64, 8, 8, 4, true, Scores::NaN}, RouteCase{3, 1000, 8, 1, 1, true, Scores::Sigmoid},
+                      // Node-limited routing: nodes as groups, a node scores its top ceil(K / M).
+                      RouteCase{333, 64, 8, 8, 4, true, Scores::Sigmoid, 2},    // ceil(8/4) = 2: HF's V3 rule
+                      RouteCase{333, 64, 8, 8, 2, true, Scores::Sigmoid, 4},    // ceil(8/2) = 4
+                      RouteCase{333, 64, 6, 16, 4, false, Scores::Softmax, 2},  // no bias, still a top-2 sum
+                      RouteCase{333, 64, 8, 8, 3, true, Scores::Ties, 3},       // tied experts and tied nodes
+                      RouteCase{200, 64, 8, 8, 3, true, Scores::NaN, 3},
+                      RouteCase{129, 256, 8, 64, 3, true, Scores::Sigmoid, 3},  // more nodes than a warp's lanes
+                      RouteCase{100, 60, 5, 6, 2, true, Scores::Ties, 3},       // nodes of 10 experts
+                      RouteCase{65, 16, 4, 16, 4, true, Scores::Sigmoid, 1},    // nodes of one expert, with a bias
+                      RouteCase{33, 32, 8, 4, 1, true, Scores::Sigmoid, 8}),    // M = 1: a node scores its top 8
     route_name);
 
 // ---- capacity drops and token counts ------------------------------------------------------------
@@ -198,7 +212,8 @@ TEST_P(MoeCapacityCuda, KeptSetAndCountsMatchCpu) {
   const CapacityCase c = GetParam();
   const Tensor scores = make_scores(c.N, c.E, c.kind, 300 + c.N);
   Tensor idx = Tensor::empty({c.N, c.K}, DType::I32);
-  moe_route_topk(testing::gpu_exec(), scores, make_bias(c.E, c.kind, 9), 1, 1, idx);  // the bias makes the loads uneven
+  // The bias makes the loads uneven.
+  moe_route_topk(testing::gpu_exec(), scores, make_bias(c.E, c.kind, 9), 1, 1, 0, idx);
   const int64_t capacity = c.capacity_factor > 0 ? moe_capacity(c.capacity_factor, c.N, c.K, c.E) : 0;
   Tensor kept_ref = Tensor::empty({c.N, c.K}, DType::I32);
   const int64_t dropped_ref = moe_capacity_drop(testing::gpu_exec(), scores, idx, capacity, kept_ref);
@@ -403,7 +418,7 @@ TEST_P(MoeBalanceCuda, AuxLossMatchesCpu) {
   const BalanceCase c = GetParam();
   const Tensor scores = make_scores(c.N, c.E, c.kind, 700 + c.N);
   Tensor idx = Tensor::empty({c.N, c.K}, DType::I32);
-  moe_route_topk(testing::gpu_exec(), scores, make_bias(c.E, Scores::Sigmoid, 8), 1, 1, idx);
+  moe_route_topk(testing::gpu_exec(), scores, make_bias(c.E, Scores::Sigmoid, 8), 1, 1, 0, idx);
   const double alpha = 0.5, grad_loss = 1.7;
   const Tensor gscores = to_gpu(scores, DType::F32), gidx = idx.to(Device::CUDA);
 
@@ -550,7 +565,7 @@ TEST_F(MoeOpsCudaDeterminism, TwoRunsAreBitIdentical) {
       return out.back();
     };
     const Tensor idx = dev({N, K}, DType::I32), w = dev({N, K}, DType::F32), gs = dev({N, E}, DType::F32);
-    moe_route_topk(testing::gpu_exec(), scores, bias, 8, 4, idx);
+    moe_route_topk(testing::gpu_exec(), scores, bias, 8, 4, 0, idx);
     moe_gate_forward(testing::gpu_exec(), scores, idx, true, 2.5, w);
     moe_gate_backward(testing::gpu_exec(), w, scores, idx, true, 2.5, gs);
     const Tensor kept = dev({N, K}, DType::I32), pos = dev({N, K}, DType::I32);
@@ -593,7 +608,7 @@ using MoeOpsCudaErrors = testing::GpuTest;
 TEST_F(MoeOpsCudaErrors, WrongDtypesNameTheOp) {
   const Tensor s16 = to_gpu(make_scores(4, 8, Scores::Sigmoid, 1), DType::BF16);
   const Tensor idx = Tensor::empty({4, 2}, DType::I32, Device::CUDA);
-  testing::expect_error([&] { moe_route_topk(testing::gpu_exec(), s16, Tensor(), 1, 1, idx); }, "moe_route_topk");
+  testing::expect_error([&] { moe_route_topk(testing::gpu_exec(), s16, Tensor(), 1, 1, 0, idx); }, "moe_route_topk");
   testing::expect_error(
       [&] {
         topk_forward(testing::gpu_exec(), s16, 2, Tensor::empty({4, 2}, DType::BF16, Device::CUDA), idx);

@@ -9,6 +9,8 @@
 #include <algorithm>
 #include <set>
 
+#include "core/ops/elementwise.h"
+#include "core/ops/fp8_quant.h"
 #include "dist/ep_dispatch.h"
 #include "tests/harness.h"
 #include "tests/mpi/mpi_env.h"
@@ -136,6 +138,60 @@ TEST(EPDispatch, DispatchBytesAreTheMinimum) {
   }
   EXPECT_EQ(moved, pairs * kD * 8) << "one row per (token, other rank), not one per assignment (" << assignments << ")";
 }
+
+// A narrower wire: each expert's rows are the one-process dispatch's rows of the ROUNDED x (bf16,
+// or fp8 e4m3 with a scale per 128 channels: the rounding is row-local, so it commutes with the
+// dispatch), bit for bit; and the bytes are the wire's: 2 per element for bf16, 1 plus a 4-byte
+// scale per block of 128 for fp8.
+void check_wire(DType wire) {
+  dist::Comm& world = testing_mpi::world();
+  const int R = world.size(), me = world.rank();
+  constexpr int64_t D = 200;  // two fp8 blocks, the second partial
+  const int64_t Ng = kPerRank * R, first = me * kPerRank;
+  const Tensor x = testing::randn({Ng, D}, DType::F32, 31), idx = selections(Ng, 32);
+  Arena arena(size_t{16} << 20, Device::CPU);
+  const Context ctx(&arena, DType::F32, 1, 1);
+  Tensor rounded = Tensor::empty({Ng, D}, DType::F32);
+  if (wire == DType::BF16) {
+    const Tensor b = Tensor::empty({Ng, D}, DType::BF16);
+    cast(ctx, x, b);
+    cast(ctx, b, rounded);
+  } else {
+    const Tensor q = Tensor::empty({Ng, D}, DType::FP8_E4M3), scales = Tensor::empty({Ng, fp8_num_blocks(D)}, DType::F32);
+    fp8_quantize(ctx, x, q, scales);
+    fp8_dequantize(ctx, q, scales, rounded);
+  }
+  const LocalExpertDispatch local;
+  const auto whole = local.layout(ctx, idx, kE);
+  const Tensor whole_x = Tensor::empty({whole->rows(), D}, DType::F32);
+  local.dispatch(ctx, *whole, rounded, whole_x);
+
+  const dist::EPDispatch ep(world, wire);
+  const auto layout = ep.layout(ctx, idx.slice(first, first + kPerRank), kE);
+  const Tensor expert_x = Tensor::empty({layout->rows(), D}, DType::F32);
+  const int64_t before = world.counters().total_bytes();
+  ep.dispatch(ctx, *layout, x.slice(first, first + kPerRank), expert_x);
+  const int64_t moved = world.counters().total_bytes() - before;
+
+  int64_t row0 = 0;  // the first row of this rank's experts in the one-process layout
+  for (int64_t e = 0; e < layout->first_expert; ++e) row0 += whole->num_tokens_per_expert[static_cast<size_t>(e)];
+  EXPECT_TRUE(testing::close(expert_x, whole_x.slice(row0, row0 + layout->rows()), 0, 0)) << dtype_name(wire);
+
+  int64_t pairs = 0;
+  for (int64_t n = first; n < first + kPerRank; ++n) {
+    std::set<int64_t> ranks;
+    for (int64_t k = 0; k < kK; ++k) {
+      const int32_t e = idx.data<int32_t>()[n * kK + k];
+      if (e >= 0 && e / (kE / R) != me) ranks.insert(e / (kE / R));
+    }
+    pairs += static_cast<int64_t>(ranks.size());
+  }
+  const int64_t row_bytes = wire == DType::BF16 ? 2 * D : D + 4 * fp8_num_blocks(D);
+  EXPECT_EQ(moved, pairs * row_bytes) << dtype_name(wire);
+}
+
+TEST(EPDispatch, Bf16WireSendsTheRoundedRowsInHalfTheBytes) { check_wire(DType::BF16); }
+TEST(EPDispatch, Fp8WireSendsTheQuantisedRowsAndTheirScales) { check_wire(DType::FP8_E4M3); }
 
 }  // namespace
 }  // namespace moelab

@@ -330,6 +330,29 @@ std::vector<Rule> rules() {
          c.topk_group = 2;
        },
        {"n_group = 8", "leaves 1 expert per group", "top-2"}},
+      // node-limited routing (the defaults: 8 experts, K = 2)
+      {"max_nodes_negative",
+       [](ModelConfig& c) { c.max_nodes_per_token = -1; },
+       {"max_nodes_per_token = -1", "must be >= 0"}},
+      {"expert_nodes0", [](ModelConfig& c) { c.expert_nodes = 0; }, {"expert_nodes = 0", "must be >= 1"}},
+      {"expert_nodes_divide",
+       [](ModelConfig& c) { c.expert_nodes = 3; },
+       {"expert_nodes = 3", "does not divide n_routed_experts = 8"}},
+      {"node_limit_with_groups",
+       [](ModelConfig& c) {
+         c.n_group = 2;
+         c.topk_group = 1;
+         c.max_nodes_per_token = 1;
+         c.expert_nodes = 4;
+       },
+       {"max_nodes_per_token = 1", "expert_nodes = 4", "n_group = 2", "set n_group = 1"}},
+      {"node_smaller_than_its_score",
+       [](ModelConfig& c) {
+         c.max_nodes_per_token = 1;
+         c.expert_nodes = 8;
+       },
+       {"max_nodes_per_token = 1", "expert_nodes = 8", "ceil(num_experts_per_tok / max_nodes_per_token) = 2",
+        "n_routed_experts / expert_nodes = 1"}},
       {"scaling", [](ModelConfig& c) { c.routed_scaling_factor = 0; }, {"routed_scaling_factor = 0", "must be > 0"}},
       {"capacity", [](ModelConfig& c) { c.capacity_factor = -1; }, {"capacity_factor = -1", "must be >= 0"}},
       {"gamma", [](ModelConfig& c) { c.bias_update_speed = -0.1; }, {"bias_update_speed = -0.1", "must be >= 0"}},
@@ -352,6 +375,50 @@ TEST(ConfigValidate, EveryRuleNamesKeyValueAndRule) {
     EXPECT_TRUE(names_all(msg, r.message)) << "rule " << r.name;
     EXPECT_EQ(msg.rfind("config: ", 0), 0u) << msg;
   }
+}
+
+TEST(ConfigValidate, NodeLimitedRouting) {
+  ModelConfig c;  // 8 experts, K = 2
+  c.max_nodes_per_token = 2;
+  c.expert_nodes = 4;
+  EXPECT_NO_THROW(c.validate());
+  EXPECT_TRUE(c.node_limited());
+  EXPECT_EQ(c.node_score_topk(), 1);
+  c.num_experts_per_tok = 4;  // ceil(4 / 2) = 2 <= the 2 experts of a node
+  EXPECT_NO_THROW(c.validate());
+  EXPECT_EQ(c.node_score_topk(), 2);
+  c.num_experts_per_tok = 5;  // ceil(5 / 2) = 3 > 2
+  EXPECT_TRUE(names_all(config_error([&] { c.validate(); }),
+                        {"max_nodes_per_token = 2", "expert_nodes = 4", "= 3 experts",
+                         "n_routed_experts / expert_nodes = 2"}));
+  // The limit holds nothing back when the experts span no more nodes than it: groups may stay.
+  c = ModelConfig{};
+  c.max_nodes_per_token = 4;
+  c.expert_nodes = 4;
+  c.n_group = 2;
+  c.topk_group = 1;
+  EXPECT_NO_THROW(c.validate());
+  EXPECT_FALSE(c.node_limited());
+  // 0 = unlimited, whatever the layout.
+  c = ModelConfig{};
+  c.expert_nodes = 8;
+  c.n_group = 4;
+  c.topk_group = 2;
+  EXPECT_NO_THROW(c.validate());
+  EXPECT_FALSE(c.node_limited());
+}
+
+TEST(ConfigTable, NodeLimitedRoutingKeysAreSavedWithTheModel) {
+  // Both shape the routing, so a checkpoint or an export routes as the run did.
+  ModelConfig c;
+  EXPECT_EQ(get_config_key(c, "max_nodes_per_token"), "0");
+  EXPECT_EQ(get_config_key(c, "expert_nodes"), "1");
+  set_config_key(c, "max_nodes_per_token", "2");
+  set_config_key(c, "expert_nodes", "4");
+  EXPECT_EQ(c.max_nodes_per_token, 2);
+  EXPECT_EQ(c.expert_nodes, 4);
+  EXPECT_EQ(to_json(c).at("max_nodes_per_token"), 2);
+  EXPECT_EQ(model_config_from_json(to_json(c)), c);
 }
 
 TEST(ConfigValidate, RulesOfTheUnusedPartAreSkipped) {

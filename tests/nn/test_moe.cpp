@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "core/nn/moe.h"
+#include "core/ops/moe_route.h"
 #include "tests/nn/nn_harness.h"
 
 namespace moelab {
@@ -351,6 +352,65 @@ TEST(MoE, GroupMaskingExcludesTheBestExpertOfALosingGroup) {
   cfg.aux_free_bias = false;
   OneToken without(cfg, s);
   EXPECT_EQ(without.route().first, (std::vector<int>{0, 1}));
+}
+
+TEST(MoE, NodeLimitedRoutingKeepsTheBestNodes) {
+  // 8 experts on 4 nodes of 2, K = 4, at most M = 2 nodes a token: a node scores the sum of its
+  // top ceil(4/2) = 2 selection scores: 0.95, 1.0, 1.05, 0.2, so nodes 2 and 1 are kept and the
+  // best expert of all (0, on node 0) is masked out. Ties (experts 2 and 3) go to the lower index.
+  ModelConfig cfg = small_config();
+  cfg.n_routed_experts = 8;
+  cfg.num_experts_per_tok = 4;
+  cfg.max_nodes_per_token = 2;
+  cfg.expert_nodes = 4;
+  const std::vector<double> s = {0.9, 0.05, 0.5, 0.5, 0.6, 0.45, 0.1, 0.1};
+  OneToken limited(cfg, s);
+  EXPECT_EQ(limited.route().first, (std::vector<int>{4, 2, 3, 5}));
+  // Experts on no more nodes than M: no limit, the token takes experts on three nodes.
+  cfg.expert_nodes = 2;
+  OneToken within(cfg, s);
+  EXPECT_EQ(within.route().first, (std::vector<int>{0, 4, 2, 3}));
+  // Group-limited routing over the same 4 groups without a bias scores a group by its max (0.9,
+  // 0.5, 0.6, 0.1): groups 0 and 2, where the node rule keeps nodes 2 and 1.
+  cfg.expert_nodes = 1;
+  cfg.max_nodes_per_token = 0;
+  cfg.n_group = 4;
+  cfg.topk_group = 2;
+  OneToken groups(cfg, s);
+  EXPECT_EQ(groups.route().first, (std::vector<int>{0, 4, 5, 1}));
+}
+
+TEST(MoE, NodeLimitedRoutingIsTheOpWithNodesAsGroups) {
+  // A batch through the layer: its selection is moe_route_topk's with the nodes as groups and
+  // ceil(K / M) summed per node, and no token reaches more than M nodes.
+  ModelConfig cfg = small_config();
+  cfg.n_routed_experts = 16;
+  cfg.num_experts_per_tok = 5;
+  cfg.aux_free_bias = true;
+  cfg.max_nodes_per_token = 2;
+  cfg.expert_nodes = 4;  // nodes of 4 experts, each scored by its top ceil(5/2) = 3
+  Layer layer(cfg, 3, 8, DType::F32, 171);
+  fill_bias(layer, 172, 0.1);
+  const Tensor x = randn({layer.tokens(), cfg.hidden_size}, DType::F32, 173);
+  MoE::Saved saved;
+  MoEStats stats;
+  layer.forward(x, saved, stats);
+  const int64_t N = layer.tokens(), K = cfg.num_experts_per_tok;
+  Tensor want = Tensor::empty({N, K}, DType::I32), unlimited = Tensor::empty({N, K}, DType::I32);
+  moe_route_topk(Exec{}, saved.scores, layer.moe.e_score_correction_bias(), 4, 2, 3, want);
+  moe_route_topk(Exec{}, saved.scores, layer.moe.e_score_correction_bias(), 1, 1, 0, unlimited);
+  int64_t limited_tokens = 0;
+  for (int64_t n = 0; n < N; ++n) {
+    std::vector<bool> node(4, false), node_unlimited(4, false);
+    for (int64_t k = 0; k < K; ++k) {
+      EXPECT_EQ(saved.topk_idx.data<int32_t>()[n * K + k], want.data<int32_t>()[n * K + k]) << "token " << n;
+      node[saved.topk_idx.data<int32_t>()[n * K + k] / 4] = true;
+      node_unlimited[unlimited.data<int32_t>()[n * K + k] / 4] = true;
+    }
+    EXPECT_LE(std::count(node.begin(), node.end(), true), 2) << "token " << n;
+    limited_tokens += std::count(node_unlimited.begin(), node_unlimited.end(), true) > 2;
+  }
+  EXPECT_GT(limited_tokens, 0) << "no token would have reached more than 2 nodes: the limit is not exercised";
 }
 
 TEST(MoE, TiesGoToTheLowerIndex) {
