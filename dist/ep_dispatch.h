@@ -3,12 +3,12 @@
 // experts [r E/R, (r + 1) E/R). DeepEP's semantics, which make the all-to-all as small as it can be:
 //
 //   layout    each token goes ONCE to every rank that owns at least one of its top-K experts, with
-//             its K expert ids (the receiver keeps those it owns); the per-rank row counts and the
-//             ids are exchanged (all_to_all_v), and each rank lays out the rows it received by local
-//             expert (core/ops/moe_dispatch's layout, over the received rows)
+//             its K expert ids and gate weights (the receiver keeps those it owns); the per-rank row
+//             counts, the ids and the weights are exchanged (all_to_all_v), and each rank lays out
+//             the rows it received by local expert (core/ops/moe_dispatch's layout, per chunk)
 //   dispatch  x rows out (one per (token, rank) pair), then fanned out to the local experts there
-//   combine   the weights go with the rows; on the expert's rank a token's local expert outputs are
-//             summed with their weights into ONE row, which is sent back and added on the source
+//   combine   on the expert's rank a token's local expert outputs are summed with their weights
+//             into ONE row, which is sent back and added on the source
 //   backward  mirrors both: grad_y rows go out as x did, one grad_x row per (token, rank) comes back,
 //             and grad_topk_weights come back for the slots each rank owns
 //
@@ -22,6 +22,11 @@
 // second all_to_all_v); the experts then compute on the rounded rows. Everything else (combine,
 // both backward exchanges) moves the activation dtype: gradients are not quantised, and the
 // dispatch's gradient is the straight-through one (the rounding is taken as the identity).
+//
+// Chunks: the rank's tokens in two halves (core/nn/expert_dispatch.h), each with its own sends, so
+// that with overlap one half's all-to-alls run on the communication thread while the other half's
+// experts compute. Without overlap the same halves are computed, each transfer waited for at once:
+// the results are bit for bit the same.
 //
 // Shapes as in core/nn/expert_dispatch.h. The indices are built on the host (the layout reads
 // topk_idx there: on CUDA, one copy to the host per layer); the rows move through Comm (dist/comm.h).
@@ -44,20 +49,23 @@ struct EPTraffic {
 class EPDispatch final : public ExpertDispatch {
  public:
   // wire: the dtype the dispatch sends x in when that is narrower than x's: BF16 or FP8_E4M3; F32
-  // (or x's own) sends x as it is.
-  explicit EPDispatch(Comm& group, DType wire = DType::F32);
+  // (or x's own) sends x as it is. overlap: what overlap() answers (dist.overlap).
+  explicit EPDispatch(Comm& group, DType wire = DType::F32, bool overlap = false);
 
-  std::shared_ptr<const DispatchLayout> layout(const Context& ctx, const Tensor& topk_idx,
+  static constexpr int64_t kChunks = 2;
+
+  std::shared_ptr<const DispatchLayout> layout(const Context& ctx, const Tensor& topk_idx, const Tensor& topk_weights,
                                                int64_t num_experts) const override;
-  void dispatch(const Context& ctx, const DispatchLayout& layout, const Tensor& x,
-                const Tensor& expert_x) const override;
-  void combine(const Context& ctx, const DispatchLayout& layout, const Tensor& expert_y, const Tensor& topk_weights,
-               const Tensor& y) const override;
-  void combine_backward(const Context& ctx, const DispatchLayout& layout, const Tensor& grad_y, const Tensor& expert_y,
-                        const Tensor& topk_weights, const Tensor& grad_expert_y,
-                        const Tensor& grad_topk_weights) const override;
-  void dispatch_backward(const Context& ctx, const DispatchLayout& layout, const Tensor& grad_expert_x,
-                         const Tensor& grad_x) const override;
+  PendingDispatch dispatch_chunk(const Context& ctx, const DispatchLayout& layout, size_t c, const Tensor& x,
+                                 const Tensor& expert_x_c) const override;
+  PendingDispatch combine_chunk(const Context& ctx, const DispatchLayout& layout, size_t c, const Tensor& expert_y_c,
+                                const Tensor& y) const override;
+  PendingDispatch combine_backward_chunk(const Context& ctx, const DispatchLayout& layout, size_t c,
+                                         const Tensor& grad_y, const Tensor& expert_y_c, const Tensor& grad_expert_y_c,
+                                         const Tensor& grad_topk_weights) const override;
+  PendingDispatch dispatch_backward_chunk(const Context& ctx, const DispatchLayout& layout, size_t c,
+                                          const Tensor& grad_expert_x_c, const Tensor& grad_x) const override;
+  bool overlap() const override { return overlap_; }
 
   Comm& group() const { return group_; }
   EPTraffic traffic() const { return traffic_; }
@@ -65,6 +73,7 @@ class EPDispatch final : public ExpertDispatch {
  private:
   Comm& group_;
   DType wire_;
+  bool overlap_;
   mutable EPTraffic traffic_;
 };
 

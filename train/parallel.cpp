@@ -66,7 +66,7 @@ Processes join_processes(const DistConfig& d, Device device, Model& model) {
     const int ep = static_cast<int>(d.ep), group = p.world.rank / ep, member = p.world.rank % ep;
     p.ep_group = p.host->split(group, p.world.rank, "ep");
     const DType wire = d.dispatch_dtype == "fp8" ? DType::FP8_E4M3 : d.dispatch_dtype == "bf16" ? DType::BF16 : DType::F32;
-    p.ep = std::make_unique<dist::EPDispatch>(*p.ep_group, wire);
+    p.ep = std::make_unique<dist::EPDispatch>(*p.ep_group, wire, d.overlap == 1);
     model.set_expert_dispatch(p.ep.get());
     p.ep_params = params_comm.split(group, p.world.rank, "ep");
     p.ep_replicas = params_comm.split(member, p.world.rank, "ep-replicas");

@@ -59,6 +59,8 @@ const std::vector<DistConfigField> kDistFields = {
     {"inter_gbps", "> 0: emulated inter-node bandwidth (GB/s), overrides the preset", &DistConfig::inter_gbps},
     {"inter_latency_us", "emulated inter-node latency (us) with inter_gbps", &DistConfig::inter_latency_us},
     {"timeout_s", "seconds before a stuck collective ends the run, naming the silent ranks", &DistConfig::timeout_s},
+    {"overlap", "1: expert-parallel all-to-alls of one half of the tokens overlap the other half's experts",
+     &DistConfig::overlap},
     {"dispatch_dtype", "expert-parallel dispatch on the wire: f32 (as the activations), bf16, fp8 (e4m3, 1x128 scales)",
      &DistConfig::dispatch_dtype},
 };
@@ -270,6 +272,7 @@ void DistConfig::validate() const {
       throw ConfigError(std::string(key) + " = " + format_config_number(v) + " must be >= 0");
   if (!(timeout_s > 0) || !std::isfinite(timeout_s))
     throw ConfigError("timeout_s = " + format_config_number(timeout_s) + " must be > 0");
+  if (overlap != 0 && overlap != 1) throw ConfigError("overlap = " + std::to_string(overlap) + " is not 0 or 1");
   if (dispatch_dtype != "f32" && dispatch_dtype != "bf16" && dispatch_dtype != "fp8")
     throw ConfigError("dispatch_dtype = '" + dispatch_dtype + "' is not one of f32, bf16, fp8");
 }

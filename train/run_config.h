@@ -78,6 +78,8 @@ struct DistConfig {
   double inter_gbps = 0;            // > 0: explicit inter-node bandwidth (GB/s), overriding the preset
   double inter_latency_us = 0;      // with inter_gbps: inter-node latency (us)
   double timeout_s = 300;           // a collective not done by then ends the run, naming the silent ranks
+  int64_t overlap = 0;              // 1: each expert-parallel all-to-all of one half of the tokens runs while
+                                    // the other half computes (bit for bit the results of 0)
   std::string dispatch_dtype = "f32";  // expert parallelism's dispatch on the wire: f32 (the activations as
                                     // they are), bf16, or fp8 (e4m3 with a scale per 128 channels)
 

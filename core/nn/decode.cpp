@@ -148,7 +148,7 @@ void MoE::decode(const Context& ctx, const Tensor& x, const Tensor& y) const {
   // inference every token reaches its K experts, as in HF's and DeepSeek's inference code.
   s.expert_idx = s.topk_idx;
   if (naive_) experts_naive(ctx, y, s);
-  else experts_grouped(ctx, y, s);
+  else experts_grouped(ctx, y, s, nullptr);
   if (cfg_.n_shared_experts > 0) {
     Tensor shared_y = ctx.alloc(x.shape());
     shared_.forward(ctx, x, shared_y, s.shared);

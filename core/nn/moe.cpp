@@ -153,32 +153,46 @@ void MoE::balance_losses(const Context& ctx, Saved& s, MoEStats& stats) const {
   stats.z_loss = cfg_.router_z_loss_coef > 0 ? moe_z_loss_forward(ctx, s.logits, cfg_.router_z_loss_coef) : 0.0;
 }
 
-void MoE::experts_grouped(const Context& ctx, const Tensor& y, Saved& s) const {
+void MoE::experts_grouped(const Context& ctx, const Tensor& y, Saved& s, const std::function<void()>& meanwhile) const {
   const ExpertDispatch& d = dispatch();
   PhaseScope permute(ctx.profiler, Phase::PermuteCombine);
-  s.layout = d.layout(ctx, s.expert_idx, cfg_.n_routed_experts);
+  s.layout = d.layout(ctx, s.expert_idx, s.topk_weights, cfg_.n_routed_experts);
   const DispatchLayout& layout = *s.layout;
   const int64_t first = layout.first_expert, count = static_cast<int64_t>(layout.num_tokens_per_expert.size());
   MOELAB_CHECK(first >= 0 && first + count <= cfg_.n_routed_experts, "MoE: the dispatch's local experts [", first,
                ", ", first + count, ") are not inside [0, n_routed_experts = ", cfg_.n_routed_experts, ")");
   const int64_t M = layout.rows(), D = cfg_.hidden_size;
-  Tensor expert_x = ctx.alloc({M, D});
-  d.dispatch(ctx, layout, s.x, expert_x);
+  const size_t C = layout.chunks.size();
+  const Tensor expert_x = ctx.alloc({M, D});
   s.expert_y = ctx.alloc({M, D});
-  s.experts.assign(count, {});
-  // Each local expert runs once on its contiguous block of rows (an expert with no rows is skipped):
-  // one cuBLASLt call per expert and projection. A grouped GEMM over all experts would replace this
-  // loop (and its backward twin) and nothing else.
-  {
+  s.experts.assign(C * static_cast<size_t>(count), {});
+  // Each local expert runs once on each chunk's block of its rows (an empty block is skipped): one
+  // cuBLASLt call per expert, chunk and projection. A grouped GEMM over all experts would replace
+  // this loop (and its backward twin) and nothing else.
+  auto compute = [&](size_t c) {
     const PhaseScope experts(ctx.profiler, Phase::ExpertGemm);
-    for (int64_t i = 0, row = 0; i < count; row += layout.num_tokens_per_expert[i], ++i) {
-      const int64_t rows = layout.num_tokens_per_expert[i];
-      if (rows > 0)
-        experts_[first + i].forward(ctx, expert_x.slice(row, row + rows), s.expert_y.slice(row, row + rows),
-                                    s.experts[i]);
-    }
+    const Tensor xc = layout.chunk_rows(expert_x, c), yc = layout.chunk_rows(s.expert_y, c);
+    const std::vector<int64_t>& rows = layout.chunks[c].rows_per_expert;
+    for (int64_t i = 0, row = 0; i < count; row += rows[i], ++i)
+      if (rows[i] > 0)
+        experts_[first + i].forward(ctx, xc.slice(row, row + rows[i]), yc.slice(row, row + rows[i]),
+                                    s.experts[c * static_cast<size_t>(count) + static_cast<size_t>(i)]);
+  };
+  // Overlapped: every chunk's rows are on their way while the shared experts and then the first
+  // chunk's experts compute; each chunk's outputs go back while the next one computes. Otherwise
+  // each transfer is waited for at once. The arithmetic is the same either way.
+  const bool overlap = d.overlap();
+  std::vector<PendingDispatch> sent(C), back(C);
+  for (size_t c = 0; overlap && c < C; ++c) sent[c] = d.dispatch_chunk(ctx, layout, c, s.x, layout.chunk_rows(expert_x, c));
+  if (meanwhile) meanwhile();
+  for (size_t c = 0; c < C; ++c) {
+    if (!overlap) sent[c] = d.dispatch_chunk(ctx, layout, c, s.x, layout.chunk_rows(expert_x, c));
+    finish(sent[c]);
+    compute(c);
+    back[c] = d.combine_chunk(ctx, layout, c, layout.chunk_rows(s.expert_y, c), y);
+    if (!overlap) finish(back[c]);
   }
-  d.combine(ctx, layout, s.expert_y, s.topk_weights, y);
+  for (PendingDispatch& w : back) finish(w);
 }
 
 void MoE::experts_naive(const Context& ctx, const Tensor& y, Saved& s) const {
@@ -208,34 +222,58 @@ void MoE::forward(const Context& ctx, const Tensor& x, const Tensor& y, Saved& s
   balance_losses(ctx, s, stats);
   s.naive = naive_;
   s.layout.reset();
-  if (naive_) experts_naive(ctx, y, s);
-  else experts_grouped(ctx, y, s);
-  if (cfg_.n_shared_experts > 0) {
-    Tensor shared_y = ctx.alloc({N, D});
+  // The shared experts need no dispatch: the grouped path runs them while its transfers are in flight.
+  Tensor shared_y;
+  auto shared = [&] {
+    if (cfg_.n_shared_experts == 0) return;
+    shared_y = ctx.alloc({N, D});
     shared_.forward(ctx, x, shared_y, s.shared);
-    add(ctx, y, shared_y, y);
+  };
+  if (naive_) {
+    experts_naive(ctx, y, s);
+    shared();
+  } else {
+    experts_grouped(ctx, y, s, shared);
   }
+  if (cfg_.n_shared_experts > 0) add(ctx, y, shared_y, y);
 }
 
 void MoE::experts_grouped_backward(const Context& ctx, const Saved& s, const Tensor& grad_y, const Tensor& grad_x,
-                                   const Tensor& grad_topk_weights) const {
+                                   const Tensor& grad_topk_weights, const std::function<void()>& meanwhile) const {
   const ExpertDispatch& d = dispatch();
   const DispatchLayout& layout = *s.layout;
   const int64_t M = layout.rows(), D = cfg_.hidden_size;
-  Tensor grad_expert_y = ctx.alloc({M, D}), grad_expert_x = ctx.alloc({M, D});
+  const Tensor grad_expert_y = ctx.alloc({M, D}), grad_expert_x = ctx.alloc({M, D});
   const PhaseScope permute(ctx.profiler, Phase::PermuteCombine);
-  d.combine_backward(ctx, layout, grad_y, s.expert_y, s.topk_weights, grad_expert_y, grad_topk_weights);
+  const size_t C = layout.chunks.size();
   const int64_t count = static_cast<int64_t>(layout.num_tokens_per_expert.size());
-  {
+  auto compute = [&](size_t c) {  // each expert's chunks in chunk order: the weight gradients add up the same way
     const PhaseScope experts(ctx.profiler, Phase::ExpertGemm);
-    for (int64_t i = 0, row = 0; i < count; row += layout.num_tokens_per_expert[i], ++i) {
-      const int64_t rows = layout.num_tokens_per_expert[i];
-      if (rows > 0)
-        experts_[layout.first_expert + i].backward(ctx, s.experts[i], grad_expert_y.slice(row, row + rows),
-                                                   grad_expert_x.slice(row, row + rows));
-    }
+    const Tensor gy = layout.chunk_rows(grad_expert_y, c), gx = layout.chunk_rows(grad_expert_x, c);
+    const std::vector<int64_t>& rows = layout.chunks[c].rows_per_expert;
+    for (int64_t i = 0, row = 0; i < count; row += rows[i], ++i)
+      if (rows[i] > 0)
+        experts_[layout.first_expert + i].backward(ctx, s.experts[c * static_cast<size_t>(count) + static_cast<size_t>(i)],
+                                                   gy.slice(row, row + rows[i]), gx.slice(row, row + rows[i]));
+  };
+  // As forward: overlapped, every chunk's output gradients travel while the shared experts and then
+  // the first chunk compute, and each chunk's input gradients go back while the next one computes.
+  const bool overlap = d.overlap();
+  std::vector<PendingDispatch> got(C), back(C);
+  auto receive = [&](size_t c) {
+    return d.combine_backward_chunk(ctx, layout, c, grad_y, layout.chunk_rows(s.expert_y, c),
+                                    layout.chunk_rows(grad_expert_y, c), grad_topk_weights);
+  };
+  for (size_t c = 0; overlap && c < C; ++c) got[c] = receive(c);
+  if (meanwhile) meanwhile();
+  for (size_t c = 0; c < C; ++c) {
+    if (!overlap) got[c] = receive(c);
+    finish(got[c]);
+    compute(c);
+    back[c] = d.dispatch_backward_chunk(ctx, layout, c, layout.chunk_rows(grad_expert_x, c), grad_x);
+    if (!overlap) finish(back[c]);
   }
-  d.dispatch_backward(ctx, layout, grad_expert_x, grad_x);
+  for (PendingDispatch& w : back) finish(w);
 }
 
 void MoE::experts_naive_backward(const Context& ctx, const Saved& s, const Tensor& grad_y, const Tensor& grad_x,
@@ -294,14 +332,20 @@ void MoE::backward(const Context& ctx, const Saved& s, const Tensor& grad_y, dou
   check_shape("MoE::backward", "grad_x", grad_x, s.x.shape());
   MOELAB_CHECK(s.naive || s.layout, "MoE::backward: saved has no dispatch layout (was forward run with this Saved?)");
   Tensor grad_topk_weights = ctx.alloc_stat({N, K});
-  if (s.naive) experts_naive_backward(ctx, s, grad_y, grad_x, grad_topk_weights);
-  else experts_grouped_backward(ctx, s, grad_y, grad_x, grad_topk_weights);
-  router_backward(ctx, s, grad_topk_weights, balance_grad_scale, grad_x);
-  if (cfg_.n_shared_experts > 0) {
-    Tensor grad_x_shared = ctx.alloc({N, D});
+  Tensor grad_x_shared;
+  auto shared = [&] {  // as in forward: while the grouped path's transfers are in flight
+    if (cfg_.n_shared_experts == 0) return;
+    grad_x_shared = ctx.alloc({N, D});
     shared_.backward(ctx, s.shared, grad_y, grad_x_shared);
-    add(ctx, grad_x, grad_x_shared, grad_x);
+  };
+  if (s.naive) {
+    experts_naive_backward(ctx, s, grad_y, grad_x, grad_topk_weights);
+    shared();
+  } else {
+    experts_grouped_backward(ctx, s, grad_y, grad_x, grad_topk_weights, shared);
   }
+  router_backward(ctx, s, grad_topk_weights, balance_grad_scale, grad_x);
+  if (cfg_.n_shared_experts > 0) add(ctx, grad_x, grad_x_shared, grad_x);
 }
 
 void MoE::update_bias(const Exec& ex, const Tensor& load) const {

@@ -14,6 +14,7 @@
 // Contract (core/nn/context.h): backward OVERWRITES grad_x and ACCUMULATES the parameter gradients.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -52,7 +53,8 @@ class MoE {
     Tensor expert_idx;    // i32 [N, K] topk_idx with dropped assignments -1 (topk_idx itself when dropless)
     Tensor topk_weights;  // [N, K] gate values g (dropped ones included: they only do not reach y)
     bool naive = false;   // which path ran the experts
-    // grouped: the dispatch layout, expert_y [M, D] grouped by expert, one Saved per local expert.
+    // grouped: the dispatch layout, expert_y [M, D] grouped by chunk then expert, one Saved per
+    // (chunk, local expert): experts[c * count + i].
     // naive: no layout, expert_y [N*K, D] (row n*K + k: assignment (n, k)), one Saved per assignment.
     std::shared_ptr<const DispatchLayout> layout;
     Tensor expert_y;
@@ -117,11 +119,12 @@ class MoE {
   // Router: logits, scores, selection, gates, capacity; fills stats except the balance losses.
   void route(const Context& ctx, const Tensor& x, Saved& saved, MoEStats& stats) const;
   void balance_losses(const Context& ctx, Saved& saved, MoEStats& stats) const;
-  void experts_grouped(const Context& ctx, const Tensor& y, Saved& saved) const;
+  // meanwhile: work without a dispatch (the shared experts), run while the transfers are in flight.
+  void experts_grouped(const Context& ctx, const Tensor& y, Saved& saved, const std::function<void()>& meanwhile) const;
   void experts_naive(const Context& ctx, const Tensor& y, Saved& saved) const;
   // Writes grad_x (routed part) and grad_topk_weights.
   void experts_grouped_backward(const Context& ctx, const Saved& saved, const Tensor& grad_y, const Tensor& grad_x,
-                                const Tensor& grad_topk_weights) const;
+                                const Tensor& grad_topk_weights, const std::function<void()>& meanwhile) const;
   void experts_naive_backward(const Context& ctx, const Saved& saved, const Tensor& grad_y, const Tensor& grad_x,
                               const Tensor& grad_topk_weights) const;
   // grad_x += the router's part: gates, balance losses, activation, W_gate (whose gradient it accumulates).

@@ -24,18 +24,20 @@ constexpr int64_t kPerRank = 7, kE = 12, kK = 3, kD = 5;  // 12 experts: 2, 3 or
 double scale_of(int64_t e) { return 0.5 + 0.25 * static_cast<double>(e); }
 double shift_of(int64_t e) { return 0.1 * static_cast<double>(e); }
 
-// Runs the experts [first, first + counts.size()) on their rows of expert_x (grouped by expert).
-Tensor run_experts(const Tensor& expert_x, int64_t first, const std::vector<int64_t>& counts, bool backward) {
+// Runs the local experts on their rows of expert_x (grouped by chunk, then expert).
+Tensor run_experts(const Tensor& expert_x, const DispatchLayout& layout, bool backward) {
+  const int64_t D = expert_x.size(1);
   Tensor out = Tensor::empty(expert_x.shape(), DType::F64);
   int64_t row = 0;
-  for (size_t i = 0; i < counts.size(); ++i) {
-    const int64_t e = first + static_cast<int64_t>(i);
-    for (int64_t r = 0; r < counts[i]; ++r, ++row)
-      for (int64_t d = 0; d < kD; ++d) {
-        const double v = expert_x.data<double>()[row * kD + d];
-        out.data<double>()[row * kD + d] = backward ? scale_of(e) * v : scale_of(e) * v + shift_of(e);
-      }
-  }
+  for (const DispatchLayout::Chunk& chunk : layout.chunks)
+    for (size_t i = 0; i < chunk.rows_per_expert.size(); ++i) {
+      const int64_t e = layout.first_expert + static_cast<int64_t>(i);
+      for (int64_t r = 0; r < chunk.rows_per_expert[i]; ++r, ++row)
+        for (int64_t d = 0; d < D; ++d) {
+          const double v = expert_x.data<double>()[row * D + d];
+          out.data<double>()[row * D + d] = backward ? scale_of(e) * v : scale_of(e) * v + shift_of(e);
+        }
+    }
   return out;
 }
 
@@ -61,21 +63,25 @@ struct Result {
   std::shared_ptr<const DispatchLayout> layout;
 };
 
+// The whole round trip through d with affine experts. counted: the dispatch's group, whose bytes
+// during the dispatch() call alone go to *dispatch_bytes.
 Result run(const ExpertDispatch& d, const Context& ctx, const Tensor& x, const Tensor& idx, const Tensor& w,
-           const Tensor& grad_y) {
+           const Tensor& grad_y, dist::Comm* counted = nullptr, int64_t* dispatch_bytes = nullptr) {
   Result r;
-  r.layout = d.layout(ctx, idx, kE);
-  const int64_t M = r.layout->rows(), N = x.size(0);
-  Tensor expert_x = Tensor::empty({M, kD}, DType::F64);
+  r.layout = d.layout(ctx, idx, w, kE);
+  const int64_t M = r.layout->rows(), N = x.size(0), D = x.size(1);
+  Tensor expert_x = Tensor::empty({M, D}, DType::F64);
+  const int64_t before = counted ? counted->counters().total_bytes() : 0;
   d.dispatch(ctx, *r.layout, x, expert_x);
-  const Tensor expert_y = run_experts(expert_x, r.layout->first_expert, r.layout->num_tokens_per_expert, false);
-  r.y = Tensor::empty({N, kD}, DType::F64);
-  d.combine(ctx, *r.layout, expert_y, w, r.y);
-  Tensor grad_expert_y = Tensor::empty({M, kD}, DType::F64);
+  if (counted) *dispatch_bytes = counted->counters().total_bytes() - before;
+  const Tensor expert_y = run_experts(expert_x, *r.layout, false);
+  r.y = Tensor::empty({N, D}, DType::F64);
+  d.combine(ctx, *r.layout, expert_y, r.y);
+  Tensor grad_expert_y = Tensor::empty({M, D}, DType::F64);
   r.grad_w = Tensor::empty({N, kK}, DType::F64);
-  d.combine_backward(ctx, *r.layout, grad_y, expert_y, w, grad_expert_y, r.grad_w);
-  const Tensor grad_expert_x = run_experts(grad_expert_y, r.layout->first_expert, r.layout->num_tokens_per_expert, true);
-  r.grad_x = Tensor::empty({N, kD}, DType::F64);
+  d.combine_backward(ctx, *r.layout, grad_y, expert_y, grad_expert_y, r.grad_w);
+  const Tensor grad_expert_x = run_experts(grad_expert_y, *r.layout, true);
+  r.grad_x = Tensor::empty({N, D}, DType::F64);
   d.dispatch_backward(ctx, *r.layout, grad_expert_x, r.grad_x);
   return r;
 }
@@ -120,7 +126,7 @@ TEST(EPDispatch, DispatchBytesAreTheMinimum) {
   Arena arena(size_t{16} << 20, Device::CPU);
   const Context ctx(&arena, DType::F64, 1, 1);
   const dist::EPDispatch ep(world);
-  const auto layout = ep.layout(ctx, idx, kE);
+  const auto layout = ep.layout(ctx, idx, Tensor::zeros(idx.shape(), DType::F64), kE);
   Tensor expert_x = Tensor::empty({layout->rows(), kD}, DType::F64);
   const int64_t before = world.counters().total_bytes();
   ep.dispatch(ctx, *layout, x, expert_x);
@@ -139,19 +145,22 @@ TEST(EPDispatch, DispatchBytesAreTheMinimum) {
   EXPECT_EQ(moved, pairs * kD * 8) << "one row per (token, other rank), not one per assignment (" << assignments << ")";
 }
 
-// A narrower wire: each expert's rows are the one-process dispatch's rows of the ROUNDED x (bf16,
-// or fp8 e4m3 with a scale per 128 channels: the rounding is row-local, so it commutes with the
-// dispatch), bit for bit; and the bytes are the wire's: 2 per element for bf16, 1 plus a 4-byte
-// scale per block of 128 for fp8.
+// A narrower wire: the experts see the ROUNDED x (bf16, or fp8 e4m3 with a scale per 128 channels:
+// the rounding is row-local, so it commutes with the dispatch), and the gradients pass straight
+// through: y, grad_x and grad_topk_weights are the one-process dispatch's on the rounded x. And the
+// dispatch's bytes are the wire's: 2 per element for bf16, 1 plus a 4-byte scale per block of 128
+// for fp8.
 void check_wire(DType wire) {
   dist::Comm& world = testing_mpi::world();
   const int R = world.size(), me = world.rank();
   constexpr int64_t D = 200;  // two fp8 blocks, the second partial
   const int64_t Ng = kPerRank * R, first = me * kPerRank;
-  const Tensor x = testing::randn({Ng, D}, DType::F32, 31), idx = selections(Ng, 32);
-  Arena arena(size_t{16} << 20, Device::CPU);
-  const Context ctx(&arena, DType::F32, 1, 1);
-  Tensor rounded = Tensor::empty({Ng, D}, DType::F32);
+  const Tensor x = testing::randn({Ng, D}, DType::F64, 31), idx = selections(Ng, 32);
+  const Tensor w = testing::rand_uniform({Ng, kK}, DType::F64, 33, 0.1f, 1.0f);
+  const Tensor grad_y = testing::randn({Ng, D}, DType::F64, 34);
+  Arena arena(size_t{32} << 20, Device::CPU);
+  const Context ctx(&arena, DType::F64, 1, 1);
+  Tensor rounded = Tensor::empty({Ng, D}, DType::F64);
   if (wire == DType::BF16) {
     const Tensor b = Tensor::empty({Ng, D}, DType::BF16);
     cast(ctx, x, b);
@@ -161,21 +170,15 @@ void check_wire(DType wire) {
     fp8_quantize(ctx, x, q, scales);
     fp8_dequantize(ctx, q, scales, rounded);
   }
-  const LocalExpertDispatch local;
-  const auto whole = local.layout(ctx, idx, kE);
-  const Tensor whole_x = Tensor::empty({whole->rows(), D}, DType::F32);
-  local.dispatch(ctx, *whole, rounded, whole_x);
-
+  const Result whole = run(LocalExpertDispatch{}, ctx, rounded, idx, w, grad_y);
   const dist::EPDispatch ep(world, wire);
-  const auto layout = ep.layout(ctx, idx.slice(first, first + kPerRank), kE);
-  const Tensor expert_x = Tensor::empty({layout->rows(), D}, DType::F32);
-  const int64_t before = world.counters().total_bytes();
-  ep.dispatch(ctx, *layout, x.slice(first, first + kPerRank), expert_x);
-  const int64_t moved = world.counters().total_bytes() - before;
-
-  int64_t row0 = 0;  // the first row of this rank's experts in the one-process layout
-  for (int64_t e = 0; e < layout->first_expert; ++e) row0 += whole->num_tokens_per_expert[static_cast<size_t>(e)];
-  EXPECT_TRUE(testing::close(expert_x, whole_x.slice(row0, row0 + layout->rows()), 0, 0)) << dtype_name(wire);
+  int64_t dispatch_bytes = 0;
+  const Result part = run(ep, ctx, x.slice(first, first + kPerRank), idx.slice(first, first + kPerRank),
+                          w.slice(first, first + kPerRank), grad_y.slice(first, first + kPerRank), &world,
+                          &dispatch_bytes);
+  EXPECT_TRUE(testing::close(part.y, whole.y.slice(first, first + kPerRank), 1e-12, 1e-12)) << dtype_name(wire);
+  EXPECT_TRUE(testing::close(part.grad_x, whole.grad_x.slice(first, first + kPerRank), 1e-12, 1e-12));
+  EXPECT_TRUE(testing::close(part.grad_w, whole.grad_w.slice(first, first + kPerRank), 1e-12, 1e-12));
 
   int64_t pairs = 0;
   for (int64_t n = first; n < first + kPerRank; ++n) {
@@ -187,7 +190,7 @@ void check_wire(DType wire) {
     pairs += static_cast<int64_t>(ranks.size());
   }
   const int64_t row_bytes = wire == DType::BF16 ? 2 * D : D + 4 * fp8_num_blocks(D);
-  EXPECT_EQ(moved, pairs * row_bytes) << dtype_name(wire);
+  EXPECT_EQ(dispatch_bytes, pairs * row_bytes) << dtype_name(wire);
 }
 
 TEST(EPDispatch, Bf16WireSendsTheRoundedRowsInHalfTheBytes) { check_wire(DType::BF16); }
