@@ -146,6 +146,8 @@ class Comm {
   const CommOptions& options() const { return opts_; }
   virtual const char* backend() const = 0;                  // "mpi", "nccl", "local"
   CommCounters counters() const;
+  // Whether two ranks of this group sit on one emulated node (Intra) or not.
+  LinkClass link_class(int group_rank_a, int group_rank_b) const;
 
   // ready (CUDA tensors, optional): an event recorded right after the kernels that wrote the input;
   // a backend with its own stream waits for it alone instead of for all the queued computation.
@@ -215,7 +217,6 @@ class Comm {
   bool timed_out() const;
   // "rank 1 (world rank 1) of group dp: all_reduce of 4.20 MB did not finish within 5 s; <detail>"
   CommError timeout_error(const std::string& detail) const;
-  LinkClass link_class(int group_rank_a, int group_rank_b) const;
   void add_arrival_wait(double seconds);  // the backend's share of CommCounters::arrival_s
 
  private:

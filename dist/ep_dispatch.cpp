@@ -261,6 +261,12 @@ PendingDispatch EPDispatch::dispatch_chunk(const Context& ctx, const DispatchLay
     work->then = [&ctx, wire_recv, recv] { cast(ctx, wire_recv, recv); };
   }
   work->transfers.push_back(exchange_async(group_, wire, l.send_rows, wire_recv, l.recv_rows));
+  const int64_t row_bytes = D * static_cast<int64_t>(dtype_size(wire.dtype())) +
+                            (wire_ == DType::FP8_E4M3 ? 4 * fp8_num_blocks(D) : 0);
+  const int me = group_.rank();
+  for (int p = 0; p < group_.size(); ++p)
+    if (p != me)
+      traffic_.dispatch_bytes[static_cast<int>(group_.link_class(me, p))] += l.send_rows[static_cast<size_t>(p)] * row_bytes;
   work->then = [&ctx, widen = std::move(work->then), recv, pos = l.pos_recv, expert_x_c] {
     if (widen) widen();
     moe_dispatch_forward(ctx, recv, pos, expert_x_c);  // fanned out to the local experts

@@ -42,8 +42,11 @@ namespace moelab::dist {
 // What the layouts of this rank routed so far: tokens, and the nodes their experts live on summed
 // over the tokens (a node counts once per token, this rank's own included): their ratio is the mean
 // number of nodes a token reaches, what node-limited routing bounds.
+// dispatch_bytes: what the dispatch calls alone sent to other ranks (rows in the wire dtype, fp8
+// scales included), [intra-node, inter-node].
 struct EPTraffic {
   int64_t tokens = 0, token_nodes = 0;
+  int64_t dispatch_bytes[2] = {0, 0};
 };
 
 class EPDispatch final : public ExpertDispatch {

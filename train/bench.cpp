@@ -105,6 +105,7 @@ BenchResult bench_steps(const ModelConfig& cfg, const BenchOptions& opt, bool di
   double total_ms = 0, min_ms = 1e300;
   DeviceCounters counted{};  // over the timed steps' train_step calls
   dist::CommCounters comm_before, ep_before;  // at the first timed step
+  dist::EPTraffic traffic_before;
   // The trainer's step with the bench's fixed choices: one micro-batch, lr opt.lr, clipping at 1.0.
   const StepConfig step_cfg{opt.lr, 1.0, 1};
   for (int64_t step = 0; step < opt.warmup + opt.steps; ++step) {
@@ -113,7 +114,10 @@ BenchResult bench_steps(const ModelConfig& cfg, const BenchOptions& opt, bool di
     const Tensor tokens = rt.upload(random_tokens(cfg, opt, step).slice(first, first + batch));
     rt.synchronize();
     if (procs.dp && step == opt.warmup) comm_before = procs.dp->comm().counters();
-    if (procs.ep_group && step == opt.warmup) ep_before = procs.ep_group->counters();
+    if (procs.ep_group && step == opt.warmup) {
+      ep_before = procs.ep_group->counters();
+      traffic_before = procs.ep->traffic();
+    }
     const DeviceCounters before = device_counters();
     const auto t0 = std::chrono::steady_clock::now();
     timeline.begin_step();
@@ -141,6 +145,12 @@ BenchResult bench_steps(const ModelConfig& cfg, const BenchOptions& opt, bool di
     for (int k = 0; k < 2; ++k) r.ep_bytes_per_step[k] = static_cast<double>(c.bytes[k] - ep_before.bytes[k]) / n;
     r.ep_ms_per_step = 1e3 * (c.busy_s - ep_before.busy_s) / n;
     r.ep_arrival_ms_per_step = 1e3 * (c.arrival_s - ep_before.arrival_s) / n;
+    r.ep_exposed_ms_per_step = 1e3 * (c.waited_s - ep_before.waited_s) / n;
+    const dist::EPTraffic t = procs.ep->traffic();
+    for (int k = 0; k < 2; ++k)
+      r.ep_dispatch_bytes_per_step[k] = static_cast<double>(t.dispatch_bytes[k] - traffic_before.dispatch_bytes[k]) / n;
+    r.ep_nodes_per_token = static_cast<double>(t.token_nodes - traffic_before.token_nodes) /
+                           static_cast<double>(std::max<int64_t>(1, t.tokens - traffic_before.tokens));
   }
   if (procs.dp) {
     const dist::CommCounters c = procs.dp->comm().counters();
@@ -254,10 +264,16 @@ std::string format_bench(const BenchResult& r, const BenchOptions& opt) {
     if (r.ep_ms_per_step > 0) {
       std::snprintf(buf, sizeof buf,
                     "\n  expert all-to-alls per step and process: %s sent (intra-node %s, inter-node %s), %.2f ms "
-                    "(%.2f ms of it waiting for the slowest process) = %.1f%% of the step",
+                    "busy (%.2f ms of it waiting for the slowest process); exposed %.2f ms = %.1f%% of the step",
                     dist::human_bytes(r.ep_bytes_per_step[0] + r.ep_bytes_per_step[1]).c_str(),
                     dist::human_bytes(r.ep_bytes_per_step[0]).c_str(), dist::human_bytes(r.ep_bytes_per_step[1]).c_str(),
-                    r.ep_ms_per_step, r.ep_arrival_ms_per_step, 100.0 * r.ep_ms_per_step / r.ms_per_step);
+                    r.ep_ms_per_step, r.ep_arrival_ms_per_step, r.ep_exposed_ms_per_step,
+                    100.0 * r.ep_exposed_ms_per_step / r.ms_per_step);
+      out += buf;
+      std::snprintf(buf, sizeof buf, "\n    of them the dispatches: %s (intra-node %s, inter-node %s); %.2f nodes per token",
+                    dist::human_bytes(r.ep_dispatch_bytes_per_step[0] + r.ep_dispatch_bytes_per_step[1]).c_str(),
+                    dist::human_bytes(r.ep_dispatch_bytes_per_step[0]).c_str(),
+                    dist::human_bytes(r.ep_dispatch_bytes_per_step[1]).c_str(), r.ep_nodes_per_token);
       out += buf;
     }
   }

@@ -72,11 +72,14 @@ struct BenchResult {
   double comm_bytes_per_step[2] = {0, 0};
   double comm_ms_per_step = 0, modeled_ms_per_step = 0, exposed_ms_per_step = 0;
   double arrival_ms_per_step = 0;  // of comm_ms: waiting for the slowest process to arrive (imbalance)
-  // dist.ep > 1: the expert all-to-alls of this process's group per step (dispatch, combine and
-  // their backward, every MoE layer): bytes sent and the time the step spent in them (the step
-  // waits for each one), of it waiting for the slowest process.
+  // dist.ep > 1: the expert all-to-alls of this process's group per step (layout, dispatch,
+  // combine and their backward, every MoE layer): bytes sent, the communication thread's time in
+  // them (of it waiting for the slowest process), and the time the step waited for them (exposed:
+  // with dist.overlap the rest ran while the other half of the tokens computed).
   double ep_bytes_per_step[2] = {0, 0};
-  double ep_ms_per_step = 0, ep_arrival_ms_per_step = 0;
+  double ep_ms_per_step = 0, ep_arrival_ms_per_step = 0, ep_exposed_ms_per_step = 0;
+  double ep_dispatch_bytes_per_step[2] = {0, 0};  // of ep_bytes: the dispatches' rows (the wire dtype)
+  double ep_nodes_per_token = 0;                  // the mean number of nodes a token's experts live on
   double baseline_tokens_per_second = 0;  // BenchOptions::baseline_tokens_per_s
 };
 
