@@ -7,6 +7,10 @@ writes, next to the metrics file:
     loss_time.png     the same losses against training time (minutes; the records' train_seconds)
     expert_load.png   per MoE layer, each expert's share of the routed tokens over the steps
                       (a balanced router is a flat band at 1/E), with MaxVio below
+    expert_parallel.png  expert-parallel runs (dist.ep > 1): per MoE layer, the expert rows the
+                      busiest EP rank computes over the mean (1 = balanced: what EPLB evens
+                      out), the mean number of nodes a token reaches, and the all-to-all bytes
+                      per step (intra- and inter-node)
 Needs numpy and matplotlib (Debian: python3-numpy python3-matplotlib).
 """
 import json
@@ -92,6 +96,33 @@ def plot_expert_load(train, out):
     return True
 
 
+def plot_expert_parallel(train, out):
+    train = [r for r in train if "ep_rows_max_over_mean" in r]
+    if not train:
+        return False
+    steps = [r["step"] for r in train]
+    fig, (ax, ax_nodes, ax_bytes) = plt.subplots(3, 1, figsize=(8, 8), sharex=True)
+    for layer in sorted(train[0]["ep_rows_max_over_mean"], key=int):
+        ax.plot(steps, [r["ep_rows_max_over_mean"][layer] for r in train], label=f"layer {layer}")
+    ax.axhline(1.0, color="gray", lw=0.8)
+    ax.set_ylabel("rows: busiest rank / mean")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    ax_nodes.plot(steps, [r["ep_nodes_per_token"] for r in train], color="teal")
+    ax_nodes.set_ylabel("nodes per token")
+    ax_nodes.grid(alpha=0.3)
+    for i, name in enumerate(("intra-node", "inter-node")):
+        ax_bytes.plot(steps, [r["ep_bytes_per_step"][i] / 1e6 for r in train], label=name)
+    ax_bytes.set_ylabel("all-to-all MB / step")
+    ax_bytes.set_xlabel("step")
+    ax_bytes.legend()
+    ax_bytes.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return True
+
+
 def main():
     if len(sys.argv) != 2:
         sys.exit(__doc__)
@@ -110,6 +141,8 @@ def main():
         wrote.append("loss_time.png")
     if plot_expert_load(train, os.path.join(out_dir, "expert_load.png")):
         wrote.append("expert_load.png")
+    if plot_expert_parallel(train, os.path.join(out_dir, "expert_parallel.png")):
+        wrote.append("expert_parallel.png")
     print(f"plot.py: wrote {', '.join(os.path.join(out_dir, w) for w in wrote)}")
 
 

@@ -55,6 +55,27 @@ void naive_combine_backward(const Tensor& grad_y, const Tensor& expert_y, const 
       gw[a] = dot;
     }
 }
+// The expert path's pipeline, forward and backward alike: per chunk, a transfer in (rows or
+// output gradients), the local experts, a transfer out. Overlapped, every inbound transfer starts
+// at once and `meanwhile` (the shared experts) runs while they travel, then each outbound transfer
+// travels while the next chunk computes; otherwise each transfer is waited for as soon as it
+// starts. The same computations run in the same order either way: only the waits move.
+void run_chunks(size_t chunks, bool overlap, const std::function<PendingDispatch(size_t)>& in,
+                const std::function<void(size_t)>& compute, const std::function<PendingDispatch(size_t)>& out,
+                const std::function<void()>& meanwhile) {
+  std::vector<PendingDispatch> arriving(chunks), leaving(chunks);
+  for (size_t c = 0; overlap && c < chunks; ++c) arriving[c] = in(c);
+  if (meanwhile) meanwhile();
+  for (size_t c = 0; c < chunks; ++c) {
+    if (!overlap) arriving[c] = in(c);
+    finish(arriving[c]);
+    compute(c);
+    leaving[c] = out(c);
+    if (!overlap) finish(leaving[c]);
+  }
+  for (PendingDispatch& w : leaving) finish(w);
+}
+
 }  // namespace
 
 MoE::MoE(ParamBuffer& params, ParamBuffer& buffers, const std::string& prefix, const ModelConfig& cfg)
@@ -178,21 +199,9 @@ void MoE::experts_grouped(const Context& ctx, const Tensor& y, Saved& s, const s
         experts_[first + i].forward(ctx, xc.slice(row, row + rows[i]), yc.slice(row, row + rows[i]),
                                     s.experts[c * static_cast<size_t>(count) + static_cast<size_t>(i)]);
   };
-  // Overlapped: every chunk's rows are on their way while the shared experts and then the first
-  // chunk's experts compute; each chunk's outputs go back while the next one computes. Otherwise
-  // each transfer is waited for at once. The arithmetic is the same either way.
-  const bool overlap = d.overlap();
-  std::vector<PendingDispatch> sent(C), back(C);
-  for (size_t c = 0; overlap && c < C; ++c) sent[c] = d.dispatch_chunk(ctx, layout, c, s.x, layout.chunk_rows(expert_x, c));
-  if (meanwhile) meanwhile();
-  for (size_t c = 0; c < C; ++c) {
-    if (!overlap) sent[c] = d.dispatch_chunk(ctx, layout, c, s.x, layout.chunk_rows(expert_x, c));
-    finish(sent[c]);
-    compute(c);
-    back[c] = d.combine_chunk(ctx, layout, c, layout.chunk_rows(s.expert_y, c), y);
-    if (!overlap) finish(back[c]);
-  }
-  for (PendingDispatch& w : back) finish(w);
+  run_chunks(layout.chunks.size(), d.overlap(),
+             [&](size_t c) { return d.dispatch_chunk(ctx, layout, c, s.x, layout.chunk_rows(expert_x, c)); }, compute,
+             [&](size_t c) { return d.combine_chunk(ctx, layout, c, layout.chunk_rows(s.expert_y, c), y); }, meanwhile);
 }
 
 void MoE::experts_naive(const Context& ctx, const Tensor& y, Saved& s) const {
@@ -256,24 +265,15 @@ void MoE::experts_grouped_backward(const Context& ctx, const Saved& s, const Ten
         experts_[layout.first_expert + i].backward(ctx, s.experts[c * static_cast<size_t>(count) + static_cast<size_t>(i)],
                                                    gy.slice(row, row + rows[i]), gx.slice(row, row + rows[i]));
   };
-  // As forward: overlapped, every chunk's output gradients travel while the shared experts and then
-  // the first chunk compute, and each chunk's input gradients go back while the next one computes.
-  const bool overlap = d.overlap();
-  std::vector<PendingDispatch> got(C), back(C);
-  auto receive = [&](size_t c) {
-    return d.combine_backward_chunk(ctx, layout, c, grad_y, layout.chunk_rows(s.expert_y, c),
-                                    layout.chunk_rows(grad_expert_y, c), grad_topk_weights);
-  };
-  for (size_t c = 0; overlap && c < C; ++c) got[c] = receive(c);
-  if (meanwhile) meanwhile();
-  for (size_t c = 0; c < C; ++c) {
-    if (!overlap) got[c] = receive(c);
-    finish(got[c]);
-    compute(c);
-    back[c] = d.dispatch_backward_chunk(ctx, layout, c, layout.chunk_rows(grad_expert_x, c), grad_x);
-    if (!overlap) finish(back[c]);
-  }
-  for (PendingDispatch& w : back) finish(w);
+  run_chunks(
+      C, d.overlap(),
+      [&](size_t c) {
+        return d.combine_backward_chunk(ctx, layout, c, grad_y, layout.chunk_rows(s.expert_y, c),
+                                        layout.chunk_rows(grad_expert_y, c), grad_topk_weights);
+      },
+      compute,
+      [&](size_t c) { return d.dispatch_backward_chunk(ctx, layout, c, layout.chunk_rows(grad_expert_x, c), grad_x); },
+      meanwhile);
 }
 
 void MoE::experts_naive_backward(const Context& ctx, const Saved& s, const Tensor& grad_y, const Tensor& grad_x,

@@ -3,7 +3,9 @@
 //   logits = x W_gate^T [N, E];  s = sigmoid(logits) or softmax(logits)
 //   topk_idx = top-K of s + b (b = aux-loss-free bias), group-limited when n_group > 1
 //   g = s_sel (/ (sum s_sel + 1e-20) if norm_topk_prob) * routed_scaling_factor
-//   capacity_factor c > 0: each expert keeps its ceil(c*N*K/E) best-scored assignments
+//   capacity_factor c > 0: each expert keeps its ceil(c*N*K/E) best-scored assignments, N = this
+//   process's tokens (under data or expert parallelism each process caps its own, per device as
+//   in GShard; tests/mpi/test_data_parallel.cpp checks the rule)
 //   y = shared(x) + sum_k g_k expert_{topk_idx[k]}(x)         (the residual is added by the block)
 // plus the balance losses (sequence-wise, batch-level, z-loss), returned in MoEStats with their
 // gradients taken in backward, and the aux-loss-free bias update after the optimizer step.
