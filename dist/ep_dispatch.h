@@ -12,14 +12,21 @@
 //   backward  mirrors both: grad_y rows go out as x did, one grad_x row per (token, rank) comes back,
 //             and grad_topk_weights come back for the slots each rank owns
 //
-// So each way moves  unique (token, rank) pairs x D x element size  bytes (pairs with this rank
-// itself are a local copy), never K rows per token. On the source, row j of every buffer sent to or
-// received from peer p is the token of send position j: pos_send [N, R] is the row of (token, rank),
-// or -1, and the same dispatch ops gather the rows to send and add up the rows that come back.
+// Nodes (the group spans several emulated nodes, CommOptions::ranks_per_node): as DeepEP does
+// between nodes, a token crosses to another node ONCE, to the proxy there (the rank with the
+// sender's place in its node), which forwards it inside its node to the other ranks holding its
+// experts (a second hop); the combine sums a node's rows on the proxy before the one row goes
+// back. Within the sender's node rows go directly. So the inter-node bytes are  unique (token,
+// other node) pairs x D x element size  each way, and the intra-node ones the direct pairs plus
+// the forwards. On the source, row j of every buffer sent to or received from peer p is the token
+// of send position j: pos_send [N, R] is the row of (token, destination), or -1, and the same
+// dispatch ops gather the rows to send and add up the rows that come back (the proxies do the
+// same over the rows they forward).
 //
 // The wire (DeepSeek-V3's choice): dispatch can send the x rows narrower than the activations, as
 // bf16 or as fp8 e4m3 with one f32 scale per 128 channels (core/ops/fp8_quant.h; the scales go in a
-// second all_to_all_v); the experts then compute on the rounded rows. Everything else (combine,
+// second all_to_all_v) on the first hop, the proxies forwarding the rounded rows in x's dtype; the
+// experts then compute on the rounded rows. Everything else (combine,
 // both backward exchanges) moves the activation dtype: gradients are not quantised, and the
 // dispatch's gradient is the straight-through one (the rounding is taken as the identity).
 //
@@ -32,7 +39,9 @@
 // topk_idx there: on CUDA, one copy to the host per layer); the rows move through Comm (dist/comm.h).
 #pragma once
 
+#include <functional>
 #include <memory>
+#include <vector>
 
 #include "core/nn/expert_dispatch.h"
 #include "dist/comm.h"
@@ -74,9 +83,21 @@ class EPDispatch final : public ExpertDispatch {
   EPTraffic traffic() const { return traffic_; }
 
  private:
+  // The rank of `node` that relays rows from group rank `source` (same place in its node).
+  int proxy(int node, int source) const;
+  // The chunk's token rows x_c [n, C] to this rank's arrivals [A, C] (both hops; the first in
+  // `wire` when narrower); `after` runs when they are all here.
+  PendingDispatch send_out(const Context& ctx, const DispatchLayout& layout, size_t c, const Tensor& x_c, DType wire,
+                           const Tensor& arrivals, std::function<void()> after) const;
+  // Per-arrival rows [A, C] back to the chunk's tokens, summed into out_c [n, C].
+  PendingDispatch send_back(const Context& ctx, const DispatchLayout& layout, size_t c, const Tensor& per_arrival,
+                            const Tensor& out_c) const;
+
   Comm& group_;
   DType wire_;
   bool overlap_;
+  std::vector<int> node_;        // [R] each group rank's node, counted from the first rank's
+  std::vector<int> node_first_;  // [nodes + 1] the first group rank of each node, then R
   mutable EPTraffic traffic_;
 };
 

@@ -103,11 +103,12 @@ int run_info_config(const InfoConfigOptions& o) {
   const moelab::ModelInfo share =
       moelab::model_info(model, moelab::per_rank_batch(cfg.train.batch_size, o.ranks, "train.batch_size"),
                          cfg.train.seq_len, bf16 ? moelab::DType::BF16 : moelab::DType::F32);
-  const moelab::RankMemory mem = moelab::rank_memory(model.params().numel_padded(), share.activation_bytes(), o.ranks,
-                                                     cfg.dist.zero, bf16);
-  std::printf("training memory with %d process%s (%s, dist.zero = %lld), %s\n", o.ranks, o.ranks == 1 ? "" : "es",
-              bf16 ? "cuda bf16" : "fp32", static_cast<long long>(cfg.dist.zero),
-              moelab::format_rank_memory(mem, o.ranks, cfg.dist.zero).c_str());
+  const moelab::RankMemory mem =
+      moelab::rank_memory(model.params().numel_padded(), share.activation_bytes(), o.ranks, cfg.dist.zero, bf16,
+                          model.expert_elements(), cfg.dist.ep);
+  std::printf("training memory with %d process%s (%s, dist.zero = %lld, dist.ep = %lld), %s\n", o.ranks,
+              o.ranks == 1 ? "" : "es", bf16 ? "cuda bf16" : "fp32", static_cast<long long>(cfg.dist.zero),
+              static_cast<long long>(cfg.dist.ep), moelab::format_rank_memory(mem, o.ranks, cfg.dist.zero, cfg.dist.ep).c_str());
   return 0;
 }
 

@@ -77,23 +77,25 @@ Processes join_processes(const DistConfig& d, Device device, Model& model) {
   return p;
 }
 
-RankMemory rank_memory(int64_t padded_params, double activation_bytes, int ranks, int64_t zero, bool compute_copy) {
+RankMemory rank_memory(int64_t padded_params, double activation_bytes, int ranks, int64_t zero, bool compute_copy,
+                       int64_t expert_elements, int64_t ep) {
   RankMemory m;
-  const double n = static_cast<double>(padded_params);
+  const double n = static_cast<double>(padded_params), experts = ep > 1 ? static_cast<double>(expert_elements) : 0;
   m.params = 4 * n;
   m.grads = 4 * n;
   m.compute_copy = compute_copy ? 2 * n : 0;
-  m.optimizer = 8 * n / (zero == 1 ? ranks : 1);
+  m.optimizer = 8 * (n - experts) / (zero == 1 ? ranks : 1) + 8 * experts / static_cast<double>(ep);
   m.activations = activation_bytes;
   return m;
 }
 
-std::string format_rank_memory(const RankMemory& m, int ranks, int64_t zero) {
+std::string format_rank_memory(const RankMemory& m, int ranks, int64_t zero, int64_t ep) {
   using dist::human_bytes;
   std::string s = "per process: parameters " + human_bytes(m.params) + " + gradients " + human_bytes(m.grads);
   if (m.compute_copy > 0) s += " + bf16 copy " + human_bytes(m.compute_copy);
   s += " + AdamW m, v " + human_bytes(m.optimizer);
   if (zero == 1 && ranks > 1) s += " (ZeRO-1: 1/" + std::to_string(ranks) + ")";
+  if (ep > 1) s += " (routed experts: 1/" + std::to_string(ep) + ")";
   return s + " + activations " + human_bytes(m.activations) + " = " + human_bytes(m.total());
 }
 

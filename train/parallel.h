@@ -63,14 +63,17 @@ int64_t per_rank_batch(int64_t global, int ranks, const char* key);
 // What one of `ranks` data-parallel processes holds, in bytes: the f32 parameters (whole on every
 // process: the forward reads them), their f32 gradients (whole: backward writes all of them before
 // the reduction), the bf16 compute copy (mixed precision), AdamW's m and v (ZeRO-1: a 1/ranks
-// shard), and the activation arena for its share of the batch (train/model_info.h's prediction).
+// shard of the dense weights; expert parallelism: only this process's 1/ep of the routed experts),
+// and the activation arena for its share of the batch (train/model_info.h's prediction).
+// expert_elements: the routed experts' share of padded_params (Model::expert_elements).
 struct RankMemory {
   double params = 0, grads = 0, compute_copy = 0, optimizer = 0, activations = 0;
   double total() const { return params + grads + compute_copy + optimizer + activations; }
 };
-RankMemory rank_memory(int64_t padded_params, double activation_bytes, int ranks, int64_t zero, bool compute_copy);
+RankMemory rank_memory(int64_t padded_params, double activation_bytes, int ranks, int64_t zero, bool compute_copy,
+                       int64_t expert_elements = 0, int64_t ep = 1);
 // "per process: parameters 8.6 MB + gradients 8.6 MB + AdamW m, v 8.6 MB (ZeRO-1, 1/2) + activations
 // 141 MB = 167 MB"
-std::string format_rank_memory(const RankMemory& m, int ranks, int64_t zero);
+std::string format_rank_memory(const RankMemory& m, int ranks, int64_t zero, int64_t ep = 1);
 
 }  // namespace moelab

@@ -342,10 +342,10 @@ TrainResult train(const RunConfig& cfg_in, const TrainOptions& options) {
   RunLog log(tc, options.console, procs.leader(), start.resumed_from.empty() ? -1 : state.step, info, peak_gflops,
              tokens_per_step, model.moe_layers());
   log.banner(rt, processes_banner(procs, cfg.dist), start.resumed_from);
-  log.metrics().print_line(format_rank_memory(rank_memory(model.params().numel_padded(), info.activation_bytes(),
-                                                          procs.size(), cfg.dist.zero,
-                                                          model.params().has_compute_copy()),
-                                              procs.size(), cfg.dist.zero));
+  log.metrics().print_line(format_rank_memory(
+      rank_memory(model.params().numel_padded(), info.activation_bytes(), procs.size(), cfg.dist.zero,
+                  model.params().has_compute_copy(), model.expert_elements(), cfg.dist.ep),
+      procs.size(), cfg.dist.zero, cfg.dist.ep));
 
   TrainResult result;
   result.val_loss = std::numeric_limits<double>::quiet_NaN();

@@ -256,6 +256,12 @@ std::vector<std::vector<FlatRange>> Model::expert_ranges() const {
   return r;
 }
 
+int64_t Model::expert_elements() const {
+  int64_t n = 0;
+  for (const std::vector<FlatRange>& layer : expert_ranges()) n += layer.back().end - layer.front().begin;
+  return n;
+}
+
 void Model::update_bias(const Exec& ex, const std::vector<std::vector<double>>& loads) const {
   const std::vector<int64_t> layers = moe_layers();
   MOELAB_CHECK(loads.size() == layers.size(), "update_bias: ", loads.size(), " load vectors for ", layers.size(),

@@ -88,6 +88,7 @@ class Model {
   void set_expert_dispatch(const ExpertDispatch* dispatch);
   // moe_layers()' routed experts in the flat parameter buffer: [layer][expert] (MoE::expert_ranges).
   std::vector<std::vector<FlatRange>> expert_ranges() const;
+  int64_t expert_elements() const;  // their total size (padding included)
 
   // Generation with a KV cache (core/nn/decode.cpp): embedding -> blocks (decode) -> final norm ->
   // LM head; the MTP modules are not used at inference.

@@ -17,6 +17,7 @@
 #include "dist/ep_dispatch.h"
 #include "tests/harness.h"
 #include "tests/mpi/mpi_env.h"
+#include "train/parallel.h"
 #include "train/step.h"
 
 namespace moelab {
@@ -162,6 +163,9 @@ TEST(ExpertParallel, OverlapGivesBitForBitTheSameSteps) {
   EPRig a(plain, 2, DType::F32, false), o(overlapped, 2, DType::F32, true);
   ASSERT_FALSE(a.dispatch->overlap());
   ASSERT_TRUE(o.dispatch->overlap());
+  // AdamW keeps the dense weights and this rank's half of the experts: what `moelab info` predicts.
+  EXPECT_EQ(8.0 * static_cast<double>(a.opt->m().numel()),
+            rank_memory(plain.model.params().numel_padded(), 0, N, 0, false, plain.model.expert_elements(), 2).optimizer);
   for (int step = 0; step < 5; ++step) {
     const Tensor tokens = global_batch(step).slice(r * b, (r + 1) * b);
     const StepStats x = train_step(plain.model, *a.opt, plain.context(b), step_config(), [&] { return tokens; }, a.sync.get());

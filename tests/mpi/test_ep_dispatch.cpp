@@ -7,10 +7,12 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <memory>
 #include <set>
 
 #include "core/ops/elementwise.h"
 #include "core/ops/fp8_quant.h"
+#include "dist/backends.h"
 #include "dist/ep_dispatch.h"
 #include "tests/harness.h"
 #include "tests/mpi/mpi_env.h"
@@ -86,8 +88,7 @@ Result run(const ExpertDispatch& d, const Context& ctx, const Tensor& x, const T
   return r;
 }
 
-TEST(EPDispatch, MatchesTheOneProcessDispatch) {
-  dist::Comm& world = testing_mpi::world();
+void check_matches_one_process(dist::Comm& world) {
   const int R = world.size(), me = world.rank();
   const int64_t Ng = kPerRank * R, first = me * kPerRank;
   const Tensor x = testing::randn({Ng, kD}, DType::F64, 11), idx = selections(Ng, 12);
@@ -115,6 +116,19 @@ TEST(EPDispatch, MatchesTheOneProcessDispatch) {
     for (int64_t d = 0; d < kD; ++d) EXPECT_EQ(part.y.data<double>()[(5 - first) * kD + d], 0.0);
   }
 }
+
+// The world group as emulated nodes of 2 ranks ({0, 1}, {2, 3}; with 3 ranks {0, 1}, {2}): the
+// dispatch takes two hops across nodes (dist/ep_dispatch.h, "Nodes").
+std::unique_ptr<dist::Comm> two_rank_nodes() {
+  dist::CommOptions o;
+  o.timeout_s = 120;
+  o.ranks_per_node = 2;
+  o.name = "nodes";
+  return dist::mpi_world(o);
+}
+
+TEST(EPDispatch, MatchesTheOneProcessDispatch) { check_matches_one_process(testing_mpi::world()); }
+TEST(EPDispatch, MatchesTheOneProcessDispatchAcrossNodes) { check_matches_one_process(*two_rank_nodes()); }
 
 // Only dispatch(), exactly: the bytes this rank sends are its (token, other rank) pairs x D x 8.
 TEST(EPDispatch, DispatchBytesAreTheMinimum) {
@@ -145,13 +159,60 @@ TEST(EPDispatch, DispatchBytesAreTheMinimum) {
   EXPECT_EQ(moved, pairs * kD * 8) << "one row per (token, other rank), not one per assignment (" << assignments << ")";
 }
 
+// Across nodes, only dispatch(), exactly: a token crosses to another node once (to the proxy), so
+// this rank's inter-node bytes are its (token, other node) pairs x D x 8; its intra-node bytes are
+// its (token, other rank on this node) pairs plus what it forwards as the proxy of other nodes'
+// tokens (to the ranks of its node, itself excepted, that hold their experts).
+TEST(EPDispatch, AcrossNodesATokenCrossesOncePerNode) {
+  const std::unique_ptr<dist::Comm> nodes = two_rank_nodes();
+  const int R = nodes->size(), me = nodes->rank();
+  if (R < 3) GTEST_SKIP() << "needs ranks on two nodes of 2";
+  auto node = [](int r) { return r / 2; };
+  auto proxy = [&](int to_node, int source) {  // the rank of to_node with the source's place in its node
+    const int first = 2 * to_node, size = std::min(2, R - first);
+    return first + (source % 2) % size;
+  };
+  const Tensor all_idx = selections(kPerRank * R, 41);
+  const int64_t first = me * kPerRank;
+  const Tensor x = testing::randn({kPerRank, kD}, DType::F64, 42 + static_cast<uint64_t>(me));
+  Arena arena(size_t{16} << 20, Device::CPU);
+  const Context ctx(&arena, DType::F64, 1, 1);
+  const dist::EPDispatch ep(*nodes);
+  const auto layout = ep.layout(ctx, all_idx.slice(first, first + kPerRank),
+                                Tensor::zeros({kPerRank, kK}, DType::F64), kE);
+  Tensor expert_x = Tensor::empty({layout->rows(), kD}, DType::F64);
+  const dist::CommCounters before = nodes->counters();
+  ep.dispatch(ctx, *layout, x, expert_x);
+  const dist::CommCounters after = nodes->counters();
+  int64_t inter = 0, intra = 0;
+  for (int64_t n = 0; n < kPerRank * R; ++n) {
+    const int src = static_cast<int>(n / kPerRank);
+    std::set<int> ranks, other_nodes;
+    for (int64_t k = 0; k < kK; ++k) {
+      const int32_t e = all_idx.data<int32_t>()[n * kK + k];
+      if (e >= 0) ranks.insert(static_cast<int>(e / (kE / R)));
+    }
+    for (int r : ranks) {
+      if (src == me && r != me && node(r) == node(me)) ++intra;  // direct, on this node
+      if (node(r) != node(src)) other_nodes.insert(node(r));
+    }
+    if (src == me) inter += static_cast<int64_t>(other_nodes.size());
+    // This rank as the proxy of a token from another node: it forwards to the others holding experts.
+    if (node(src) != node(me) && other_nodes.count(node(me)) && proxy(node(me), src) == me)
+      for (int r : ranks)
+        if (r != me && node(r) == node(me)) ++intra;
+  }
+  EXPECT_EQ(after.bytes[1] - before.bytes[1], inter * kD * 8) << "one row per (token, other node)";
+  EXPECT_EQ(after.bytes[0] - before.bytes[0], intra * kD * 8) << "direct rows and the proxies' forwards";
+  EXPECT_GT(inter, 0);
+}
+
 // A narrower wire: the experts see the ROUNDED x (bf16, or fp8 e4m3 with a scale per 128 channels:
 // the rounding is row-local, so it commutes with the dispatch), and the gradients pass straight
 // through: y, grad_x and grad_topk_weights are the one-process dispatch's on the rounded x. And the
 // dispatch's bytes are the wire's: 2 per element for bf16, 1 plus a 4-byte scale per block of 128
 // for fp8.
-void check_wire(DType wire) {
-  dist::Comm& world = testing_mpi::world();
+void check_wire(DType wire, dist::Comm& world, bool count_bytes) {
   const int R = world.size(), me = world.rank();
   constexpr int64_t D = 200;  // two fp8 blocks, the second partial
   const int64_t Ng = kPerRank * R, first = me * kPerRank;
@@ -173,6 +234,14 @@ void check_wire(DType wire) {
   const Result whole = run(LocalExpertDispatch{}, ctx, rounded, idx, w, grad_y);
   const dist::EPDispatch ep(world, wire);
   int64_t dispatch_bytes = 0;
+  if (!count_bytes) {  // two hops: the proxies forward the rounded rows in x's dtype
+    const Result part = run(ep, ctx, x.slice(first, first + kPerRank), idx.slice(first, first + kPerRank),
+                            w.slice(first, first + kPerRank), grad_y.slice(first, first + kPerRank));
+    EXPECT_TRUE(testing::close(part.y, whole.y.slice(first, first + kPerRank), 1e-12, 1e-12)) << dtype_name(wire);
+    EXPECT_TRUE(testing::close(part.grad_x, whole.grad_x.slice(first, first + kPerRank), 1e-12, 1e-12));
+    EXPECT_TRUE(testing::close(part.grad_w, whole.grad_w.slice(first, first + kPerRank), 1e-12, 1e-12));
+    return;
+  }
   const Result part = run(ep, ctx, x.slice(first, first + kPerRank), idx.slice(first, first + kPerRank),
                           w.slice(first, first + kPerRank), grad_y.slice(first, first + kPerRank), &world,
                           &dispatch_bytes);
@@ -193,8 +262,11 @@ void check_wire(DType wire) {
   EXPECT_EQ(dispatch_bytes, pairs * row_bytes) << dtype_name(wire);
 }
 
-TEST(EPDispatch, Bf16WireSendsTheRoundedRowsInHalfTheBytes) { check_wire(DType::BF16); }
-TEST(EPDispatch, Fp8WireSendsTheQuantisedRowsAndTheirScales) { check_wire(DType::FP8_E4M3); }
+TEST(EPDispatch, Bf16WireSendsTheRoundedRowsInHalfTheBytes) { check_wire(DType::BF16, testing_mpi::world(), true); }
+TEST(EPDispatch, Fp8WireSendsTheQuantisedRowsAndTheirScales) {
+  check_wire(DType::FP8_E4M3, testing_mpi::world(), true);
+}
+TEST(EPDispatch, Fp8WireAcrossNodesMatchesTheRoundedRows) { check_wire(DType::FP8_E4M3, *two_rank_nodes(), false); }
 
 }  // namespace
 }  // namespace moelab
