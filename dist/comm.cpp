@@ -192,7 +192,7 @@ Comm::Cost Comm::ring_cost(double step_bytes, int steps, int64_t bytes_to_next) 
   for (int r = 0; r < N; ++r) {
     const Link& l = opts_.link.link(link_class(r, (r + 1) % N));
     if (l.gbytes_per_s <= 0) continue;
-    t_step = std::max(t_step, l.latency_us * 1e-6 + step_bytes / (l.gbytes_per_s * 1e9));
+    t_step = std::max(t_step, l.seconds(step_bytes));
   }
   c.modeled_s = steps * t_step;
   return c;
@@ -231,8 +231,7 @@ Comm::Cost Comm::all_to_all_cost(const std::vector<int64_t>& send_bytes, const s
   for (int k = 0; k < 2; ++k) {
     const Link& l = opts_.link.link(static_cast<LinkClass>(k));
     if (!any[k] || l.gbytes_per_s <= 0) continue;
-    const double t = l.latency_us * 1e-6 + static_cast<double>(std::max(c.bytes[k], recv[k])) / (l.gbytes_per_s * 1e9);
-    c.modeled_s = std::max(c.modeled_s, t);
+    c.modeled_s = std::max(c.modeled_s, l.seconds(static_cast<double>(std::max(c.bytes[k], recv[k]))));
   }
   return c;
 }

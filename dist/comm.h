@@ -76,6 +76,9 @@ enum class ReduceOp { Sum, Average };
 struct Link {
   double gbytes_per_s = 0;
   double latency_us = 0;
+  // One message of `bytes` over the link: latency + bytes / bandwidth (the atom of every formula
+  // above, which train/plan.h's cost model uses too). Needs gbytes_per_s > 0.
+  double seconds(double bytes) const { return latency_us * 1e-6 + bytes / (gbytes_per_s * 1e9); }
 };
 
 enum class LinkClass { Intra = 0, Inter = 1 };

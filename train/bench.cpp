@@ -145,6 +145,7 @@ BenchResult bench_steps(const ModelConfig& cfg, const BenchOptions& opt, bool di
     for (int k = 0; k < 2; ++k) r.ep_bytes_per_step[k] = static_cast<double>(c.bytes[k] - ep_before.bytes[k]) / n;
     r.ep_ms_per_step = 1e3 * (c.busy_s - ep_before.busy_s) / n;
     r.ep_arrival_ms_per_step = 1e3 * (c.arrival_s - ep_before.arrival_s) / n;
+    r.ep_modeled_ms_per_step = 1e3 * (c.modeled_s - ep_before.modeled_s) / n;
     r.ep_exposed_ms_per_step = 1e3 * (c.waited_s - ep_before.waited_s) / n;
     const dist::EPTraffic t = procs.ep->traffic();
     for (int k = 0; k < 2; ++k)
@@ -264,10 +265,10 @@ std::string format_bench(const BenchResult& r, const BenchOptions& opt) {
     if (r.ep_ms_per_step > 0) {
       std::snprintf(buf, sizeof buf,
                     "\n  expert all-to-alls per step and process: %s sent (intra-node %s, inter-node %s), %.2f ms "
-                    "busy (%.2f ms of it waiting for the slowest process); exposed %.2f ms = %.1f%% of the step",
+                    "busy (%.2f ms of it waiting for the slowest process; link model %.2f ms); exposed %.2f ms = %.1f%% of the step",
                     dist::human_bytes(r.ep_bytes_per_step[0] + r.ep_bytes_per_step[1]).c_str(),
                     dist::human_bytes(r.ep_bytes_per_step[0]).c_str(), dist::human_bytes(r.ep_bytes_per_step[1]).c_str(),
-                    r.ep_ms_per_step, r.ep_arrival_ms_per_step, r.ep_exposed_ms_per_step,
+                    r.ep_ms_per_step, r.ep_arrival_ms_per_step, r.ep_modeled_ms_per_step, r.ep_exposed_ms_per_step,
                     100.0 * r.ep_exposed_ms_per_step / r.ms_per_step);
       out += buf;
       std::snprintf(buf, sizeof buf, "\n    of them the dispatches: %s (intra-node %s, inter-node %s); %.2f nodes per token",

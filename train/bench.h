@@ -77,7 +77,7 @@ struct BenchResult {
   // them (of it waiting for the slowest process), and the time the step waited for them (exposed:
   // with dist.overlap the rest ran while the other half of the tokens computed).
   double ep_bytes_per_step[2] = {0, 0};
-  double ep_ms_per_step = 0, ep_arrival_ms_per_step = 0, ep_exposed_ms_per_step = 0;
+  double ep_ms_per_step = 0, ep_arrival_ms_per_step = 0, ep_modeled_ms_per_step = 0, ep_exposed_ms_per_step = 0;
   double ep_dispatch_bytes_per_step[2] = {0, 0};  // of ep_bytes: the dispatches' rows (the wire dtype)
   double ep_nodes_per_token = 0;                  // the mean number of nodes a token's experts live on
   double baseline_tokens_per_second = 0;  // BenchOptions::baseline_tokens_per_s

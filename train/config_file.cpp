@@ -83,12 +83,55 @@ RunConfig parse_config_toml(const std::string& text, const std::string& name) {
   }
 }
 
-RunConfig read_config_file(const std::string& path) {
+namespace {
+std::string read_text(const std::string& path, const char* what) {
   std::ifstream in(path);
-  if (!in) throw ConfigError("cannot open the config file", path);
+  if (!in) throw ConfigError(std::string("cannot open the ") + what, path);
   std::ostringstream text;
   text << in.rdbuf();
-  return parse_config_toml(text.str(), path);
+  return text.str();
+}
+}  // namespace
+
+RunConfig read_config_file(const std::string& path) { return parse_config_toml(read_text(path, "config file"), path); }
+
+HardwareProfile parse_hardware_toml(const std::string& text, const std::string& name) {
+  try {
+    std::istringstream in(strip_header_comments(text));
+    HardwareProfile hw;
+    std::set<std::string> seen;
+    for (const CLI::ConfigItem& item : CLI::ConfigTOML{}.from_config(in)) {
+      if (item.name == "++" || item.name == "--") {
+        if (item.name == "++" && dotted(item.parents) != "hardware")
+          throw ConfigError("unknown section [" + dotted(item.parents) + "] (a hardware file has one section, [hardware])");
+        continue;
+      }
+      if (item.parents.size() != 1) throw ConfigError("key '" + item.name + "' is outside the [hardware] section");
+      if (item.inputs.size() != 1) throw ConfigError("[hardware] " + item.name + " must be a single value");
+      if (!seen.insert(item.name).second) throw ConfigError("[hardware] " + item.name + " is set twice");
+      try {
+        set_hardware_key(hw, item.name, item.inputs[0]);
+      } catch (const ConfigError& e) {
+        throw ConfigError("[hardware] " + e.reason());
+      }
+    }
+    for (const HardwareField& f : hardware_fields())
+      if (!seen.count(f.name)) throw ConfigError(std::string("[hardware] ") + f.name + " is missing (" + f.help + ")");
+    try {
+      hw.validate();
+    } catch (const ConfigError& e) {
+      throw ConfigError("[hardware] " + e.reason());
+    }
+    return hw;
+  } catch (const ConfigError& e) {
+    throw ConfigError(e.reason(), name);
+  } catch (const CLI::Error& e) {
+    throw ConfigError(std::string("not a readable TOML file: ") + e.what(), name);
+  }
+}
+
+HardwareProfile read_hardware_file(const std::string& path) {
+  return parse_hardware_toml(read_text(path, "hardware file"), path);
 }
 
 RunConfig load_config(const std::string& path, const std::vector<std::string>& overrides) {

@@ -28,4 +28,9 @@ RunConfig read_config_file(const std::string& path);
 // validate() (errors prefixed with the file name, and "(after --set)" when overrides were given).
 RunConfig load_config(const std::string& path, const std::vector<std::string>& overrides = {});
 
+// A machine for `moelab plan` (examples/hardware/*.toml): every key of hardware_fields() exactly
+// once in one [hardware] section, validated; errors name the file, the key and the value.
+HardwareProfile parse_hardware_toml(const std::string& text, const std::string& name);
+HardwareProfile read_hardware_file(const std::string& path);
+
 }  // namespace moelab

@@ -9,6 +9,10 @@
 //                [--kernel step|attention]
 //                               training tokens/s and ms per step on random tokens, MFU against a
 //                               GEMM measured in the same run (train/bench.h)
+//   moelab plan --config X.toml --hardware H.toml [--nodes N --gpus G --dp D --ep E --zero Z ...] [--sweep]
+//   moelab plan --config X.toml --hardware H.toml --decode --batch B --context L [--ep E ...]
+//                               predicted step time, communication, memory per GPU, tokens/s and MFU
+//                               (or decode speed) on a machine described by a file (train/plan.h)
 //   moelab prepare --input FILE... --tokenizer char|byte|bpe [--vocab-size N] --val-fraction F --out DIR
 //                               tokenizer.json + llm.c token shards + meta.json (data/prepare.h)
 //   moelab export --ckpt DIR --out HF_DIR [--dtype f32|bf16] [--force] [--overwrite]
@@ -48,6 +52,7 @@
 #include "train/config_file.h"
 #include "train/export.h"
 #include "train/model_info.h"
+#include "train/plan.h"
 #include "train/parallel.h"
 #include "train/sample.h"
 #include "moelab/build_info.h"
@@ -109,6 +114,41 @@ int run_info_config(const InfoConfigOptions& o) {
   std::printf("training memory with %d process%s (%s, dist.zero = %lld, dist.ep = %lld), %s\n", o.ranks,
               o.ranks == 1 ? "" : "es", bf16 ? "cuda bf16" : "fp32", static_cast<long long>(cfg.dist.zero),
               static_cast<long long>(cfg.dist.ep), moelab::format_rank_memory(mem, o.ranks, cfg.dist.zero, cfg.dist.ep).c_str());
+  return 0;
+}
+
+struct PlanCliOptions {
+  std::string config, hardware;
+  std::vector<std::string> overrides;
+  moelab::PlanOptions opt;
+  bool sweep = false, decode = false;
+  std::string overlap = "on";
+};
+
+// `moelab plan`: the config's model is declared (not allocated) and its costs put on the machine.
+int run_plan_cli(PlanCliOptions o) {
+  const moelab::RunConfig cfg = moelab::load_config(o.config, o.overrides);
+  const moelab::HardwareProfile hw = moelab::with_emulated_links(moelab::read_hardware_file(o.hardware), cfg.dist);
+  const moelab::Model model(cfg.model);
+  o.opt.overlap = o.overlap == "on";
+  std::printf("moelab %s plan: %s on %s\n", MOELAB_VERSION, o.config.c_str(), o.hardware.c_str());
+  if (o.decode) {
+    std::fputs(moelab::format_decode_plan(moelab::plan_decode(model, hw, o.opt, cfg.train.seq_len), hw).c_str(), stdout);
+    return 0;
+  }
+  if (o.opt.micro_batch == 0) {  // the config's global batch over the world
+    const moelab::PlanLayout l = moelab::plan_layout(cfg.model, hw, o.opt);
+    if (cfg.train.batch_size % l.world != 0)
+      throw moelab::Error("train.batch_size = " + std::to_string(cfg.train.batch_size) + " is not divisible by the " +
+                          std::to_string(l.world) + " GPUs of the plan: pass --micro-batch (sequences per GPU)");
+    o.opt.micro_batch = cfg.train.batch_size / l.world;
+  }
+  if (o.sweep) {
+    std::fputs(moelab::format_sweep(moelab::sweep_training(model, cfg.train.seq_len, hw, o.opt, cfg.dist)).c_str(), stdout);
+    return 0;
+  }
+  std::fputs(moelab::format_train_plan(moelab::plan_training(model, cfg.train.seq_len, hw, o.opt, cfg.dist), hw).c_str(),
+             stdout);
   return 0;
 }
 
@@ -353,6 +393,43 @@ int main(int argc, char** argv) {
                     "attention forward + backward on the config's shapes)")
       ->check(CLI::IsMember({"step", "attention"}));
   bench->callback([&]() { rc = run_bench_cli(bench_opt); });
+
+  CLI::App* plan = app.add_subcommand("plan", "Predict a config's training step (time by phase, communication, "
+                                     "memory per GPU, tokens/s, MFU) or decode speed on a machine described by a file");
+  PlanCliOptions plan_opt;
+  plan->add_option("--config", plan_opt.config, "A TOML config (examples/*.toml)")->required();
+  plan->add_option("--hardware", plan_opt.hardware, "A hardware file (examples/hardware/*.toml)")->required();
+  plan->add_option("--set", plan_opt.overrides, "Override a config key (model.<key>=value, train.<key>=value, "
+                   "dist.<key>=value)");
+  plan->add_option("--nodes", plan_opt.opt.nodes, "Nodes (default: what --gpus or --dp x --ep need, else 1)")
+      ->check(CLI::NonNegativeNumber);
+  plan->add_option("--gpus", plan_opt.opt.gpus, "GPUs in all (default: --nodes x the machine's GPUs per node)")
+      ->check(CLI::NonNegativeNumber);
+  plan->add_option("--dp", plan_opt.opt.dp, "Data-parallel degree (default: GPUs / --ep)")->check(CLI::NonNegativeNumber);
+  plan->add_option("--ep", plan_opt.opt.ep, "Expert-parallel group size")->capture_default_str()->check(CLI::PositiveNumber);
+  plan->add_option("--zero", plan_opt.opt.zero, "ZeRO stage: 0 or 1")->capture_default_str()->check(CLI::Range(0, 1));
+  plan->add_option("--overlap", plan_opt.overlap, "on|off: the two-chunk expert-parallel overlap")
+      ->capture_default_str()->check(CLI::IsMember({"on", "off"}));
+  plan->add_option("--precision", plan_opt.opt.precision, "auto (bf16 where the machine has it, else fp32), fp32, "
+                   "bf16 or fp8 (the matmuls; attention stays bf16)")
+      ->capture_default_str()->check(CLI::IsMember({"auto", "fp32", "bf16", "fp8"}));
+  plan->add_option("--dispatch-dtype", plan_opt.opt.dispatch_dtype, "f32, bf16 or fp8 (default: dist.dispatch_dtype)")
+      ->check(CLI::IsMember({"f32", "bf16", "fp8"}));
+  plan->add_option("--max-nodes-per-token", plan_opt.opt.max_nodes_per_token, "Node-limited routing M (default: "
+                   "model.max_nodes_per_token; 0 = no limit)")->check(CLI::NonNegativeNumber);
+  plan->add_option("--micro-batch", plan_opt.opt.micro_batch, "Sequences per GPU per step (default: train.batch_size "
+                   "/ GPUs)")->check(CLI::NonNegativeNumber);
+  plan->add_option("--imbalance", plan_opt.opt.imbalance, "The busiest EP rank's expert rows over the mean")
+      ->capture_default_str()->check(CLI::Range(1.0, 1e6));
+  plan->add_flag("--shard-expert-weights", plan_opt.opt.shard_expert_weights, "Plan the memory of a layout that keeps "
+                 "only its own experts' weights and gradients (moelab keeps every expert's)");
+  plan->add_flag("--sweep", plan_opt.sweep, "Rank every DP x EP x ZeRO layout of the GPUs that fits in memory");
+  plan->add_flag("--decode", plan_opt.decode, "Plan generation instead: KV cache, time per output token");
+  plan->add_option("--batch", plan_opt.opt.batch, "--decode: sequences decoding together over all the GPUs")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  plan->add_option("--context", plan_opt.opt.context, "--decode: tokens in each sequence's cache (default: train.seq_len)")
+      ->check(CLI::NonNegativeNumber);
+  plan->callback([&]() { rc = run_plan_cli(plan_opt); });
 
   CLI::App* train = app.add_subcommand("train", "Train a model on prepared data: AdamW, schedules, evaluation, "
                                       "checkpoints (SIGINT/SIGTERM saves and exits 0), metrics.jsonl");

@@ -65,8 +65,28 @@ const std::vector<DistConfigField> kDistFields = {
      &DistConfig::dispatch_dtype},
 };
 
+const std::vector<HardwareField> kHardwareFields = {
+    {"name", "the machine's display name", &HardwareProfile::name},
+    {"peak_bf16_tflops", "dense bf16 matmul peak per device, TFLOP/s", &HardwareProfile::peak_bf16_tflops},
+    {"peak_fp8_tflops", "dense fp8 matmul peak per device, TFLOP/s (0: none)", &HardwareProfile::peak_fp8_tflops},
+    {"peak_fp32_tflops", "fp32 peak per device, TFLOP/s", &HardwareProfile::peak_fp32_tflops},
+    {"memory_gib", "memory per device, GiB", &HardwareProfile::memory_gib},
+    {"memory_gbps", "memory bandwidth per device, GB/s", &HardwareProfile::memory_gbps},
+    {"gpus_per_node", "devices sharing the intra-node link", &HardwareProfile::gpus_per_node},
+    {"intra_gbps", "intra-node bandwidth per device per direction, GB/s", &HardwareProfile::intra_gbps},
+    {"intra_latency_us", "intra-node latency per message, us", &HardwareProfile::intra_latency_us},
+    {"inter_gbps", "inter-node bandwidth per device per direction, GB/s", &HardwareProfile::inter_gbps},
+    {"inter_latency_us", "inter-node latency per message, us", &HardwareProfile::inter_latency_us},
+    {"compute_efficiency", "fraction of the matmul peak large GEMMs reach", &HardwareProfile::compute_efficiency},
+    {"attention_efficiency", "fraction of the matmul peak attention reaches", &HardwareProfile::attention_efficiency},
+    {"memory_efficiency", "fraction of memory bandwidth streaming kernels reach", &HardwareProfile::memory_efficiency},
+    {"link_efficiency", "fraction of link bandwidth collectives reach", &HardwareProfile::link_efficiency},
+};
+
 template <typename S>
 const std::vector<ConfigFieldOf<S>>& fields_of();
+template <>
+const std::vector<HardwareField>& fields_of<HardwareProfile>() { return kHardwareFields; }
 template <>
 const std::vector<TrainConfigField>& fields_of<TrainConfig>() { return kTrainFields; }
 template <>
@@ -205,6 +225,7 @@ std::string ConfigFieldOf<S>::type() const {
 }
 template struct ConfigFieldOf<TrainConfig>;
 template struct ConfigFieldOf<DistConfig>;
+template struct ConfigFieldOf<HardwareProfile>;
 
 namespace {
 template <typename S>
@@ -249,6 +270,39 @@ std::string get_train_key(const TrainConfig& cfg, const std::string& key) { retu
 nlohmann::json to_json(const TrainConfig& cfg) { return fields_to_json(cfg); }
 TrainConfig train_config_from_json(const nlohmann::json& j) { return fields_from_json<TrainConfig>(j, "train"); }
 bool operator==(const TrainConfig& a, const TrainConfig& b) { return fields_equal(a, b); }
+
+// ---- HardwareProfile ----
+
+const std::vector<HardwareField>& hardware_fields() { return kHardwareFields; }
+void set_hardware_key(HardwareProfile& hw, const std::string& key, const std::string& value) { set_key(hw, key, value); }
+
+void HardwareProfile::validate() const {
+  for (const HardwareField& f : kHardwareFields)
+    if (auto m = std::get_if<double HardwareProfile::*>(&f.member); m && !(std::isfinite(this->**m) && this->**m >= 0))
+      throw ConfigError(std::string(f.name) + " = " + format_config_number(this->**m) + " must be a number >= 0");
+  if (name.empty()) throw ConfigError("name is empty (expected the machine's display name)");
+  for (auto [key, v] : {std::pair<const char*, double>{"memory_gib", memory_gib}, {"memory_gbps", memory_gbps},
+                        {"intra_gbps", intra_gbps}, {"inter_gbps", inter_gbps}})
+    if (!(v > 0)) throw ConfigError(std::string(key) + " = " + format_config_number(v) + " must be > 0");
+  if (!(peak_fp32_tflops > 0 || peak_bf16_tflops > 0))
+    throw ConfigError("peak_fp32_tflops and peak_bf16_tflops are both 0 (expected at least one matmul peak > 0)");
+  if (gpus_per_node < 1) throw ConfigError("gpus_per_node = " + std::to_string(gpus_per_node) + " must be >= 1");
+  for (auto [key, v] : {std::pair<const char*, double>{"compute_efficiency", compute_efficiency},
+                        {"attention_efficiency", attention_efficiency}, {"memory_efficiency", memory_efficiency},
+                        {"link_efficiency", link_efficiency}})
+    if (!(v > 0 && v <= 1)) throw ConfigError(std::string(key) + " = " + format_config_number(v) + " must be in (0, 1]");
+}
+
+double HardwareProfile::peak_flops(const std::string& precision) const {
+  const std::pair<const char*, double> peak = precision == "fp32"   ? std::pair{"peak_fp32_tflops", peak_fp32_tflops}
+                                              : precision == "bf16" ? std::pair{"peak_bf16_tflops", peak_bf16_tflops}
+                                              : precision == "fp8"  ? std::pair{"peak_fp8_tflops", peak_fp8_tflops}
+                                                                    : std::pair{"", 0.0};
+  if (!*peak.first) throw ConfigError("precision '" + precision + "' is not one of fp32, bf16, fp8");
+  if (!(peak.second > 0))
+    throw ConfigError(name + " has " + peak.first + " = 0: it has no " + precision + " matmuls (pick another precision)");
+  return peak.second * 1e12;
+}
 
 // ---- DistConfig ----
 

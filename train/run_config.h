@@ -115,6 +115,38 @@ nlohmann::json to_json(const DistConfig& cfg);
 DistConfig dist_config_from_json(const nlohmann::json& j);
 bool operator==(const DistConfig& a, const DistConfig& b);
 
+// A machine for `moelab plan` (train/plan.h): one [hardware] section of a TOML file
+// (examples/hardware/*.toml, each number with its source). Peaks are per device (GPU, or the whole
+// CPU), dense, per direction for links; the efficiencies are the fractions of them that real kernels
+// and collectives reach, which the plan multiplies in.
+struct HardwareProfile {
+  std::string name;
+  double peak_bf16_tflops = 0;     // dense bf16 matmul peak (0: none)
+  double peak_fp8_tflops = 0;      // dense fp8 matmul peak (0: no fp8 tensor cores)
+  double peak_fp32_tflops = 0;     // plain fp32 peak (the CPU: its measured fp32 GEMM rate)
+  double memory_gib = 0;           // memory per device
+  double memory_gbps = 0;          // its bandwidth, GB/s
+  int64_t gpus_per_node = 1;       // devices that share the intra-node link
+  double intra_gbps = 0;           // intra-node bandwidth per device per direction, GB/s
+  double intra_latency_us = 0;
+  double inter_gbps = 0;           // inter-node bandwidth per device per direction, GB/s
+  double inter_latency_us = 0;
+  double compute_efficiency = 0.6;    // fraction of the matmul peak large GEMMs reach
+  double attention_efficiency = 0.5;  // fraction of the matmul peak attention (fwd + bwd) reaches
+  double memory_efficiency = 0.8;     // fraction of memory bandwidth streaming kernels reach
+  double link_efficiency = 0.8;       // fraction of link bandwidth collectives reach
+
+  // Every number finite and >= 0, the peaks and bandwidths a plan divides by > 0, the efficiencies
+  // in (0, 1]. Errors name the key, its value and the expected range.
+  void validate() const;
+  // The peak matmul rate in FLOP/s of a precision: "fp32", "bf16" or "fp8" (throws when the machine
+  // has none, naming the key).
+  double peak_flops(const std::string& precision) const;
+};
+using HardwareField = ConfigFieldOf<HardwareProfile>;
+const std::vector<HardwareField>& hardware_fields();
+void set_hardware_key(HardwareProfile& hw, const std::string& key, const std::string& value);
+
 struct RunConfig {
   ModelConfig model;
   TrainConfig train;

@@ -75,6 +75,39 @@ TEST(ModelInfo, TinyPresetParametersByHand) {
   EXPECT_DOUBLE_EQ(info.flops_matmul, 6.0 * static_cast<double>(matmul));
 }
 
+// DeepSeek-V3's published shapes (examples/deepseek_v3.toml): the report's 671B parameters and 37B
+// active per token (without the MTP module), counted by hand from the shapes and declared without
+// allocating anything.
+TEST(ModelInfo, DeepSeekV3ParametersByHand) {
+  const RunConfig run = load_config(preset_path("deepseek_v3"));
+  const ModelConfig& c = run.model;
+  const int64_t V = 129280, D = 7168, L = 61, H = 128, Cq = 1536, Ckv = 512, Dn = 128, Dr = 64, Dv = 128;
+  const int64_t I = 18432, F = 2048, E = 256, K = 8, dense = 3;
+  ASSERT_EQ(c.vocab_size, V);
+  ASSERT_EQ(c.hidden_size, D);
+  ASSERT_EQ(c.num_hidden_layers, L);
+  ASSERT_EQ(c.n_routed_experts, E);
+  ASSERT_EQ(c.n_group, 8);
+  ASSERT_EQ(c.topk_group, 4);
+  const int64_t attn = D * Cq + Cq * H * (Dn + Dr) + D * (Ckv + Dr) + Ckv * H * (Dn + Dv) + H * Dv * D;
+  const int64_t norms = 2 * D + Cq + Ckv;
+  const int64_t expert = 3 * D * F;
+  const int64_t moe = E * expert + E * D + expert;  // routed, gate, one shared
+  const int64_t trunk = V * D + L * (attn + norms) + dense * 3 * D * I + (L - dense) * moe + D + V * D;
+  const int64_t trunk_active = trunk - (L - dense) * (E - K) * expert;
+  EXPECT_EQ(trunk, 671026404352);  // 671.0B: the report's 671B
+  EXPECT_EQ(trunk_active, 37552282624);  // 37.6B: the report's 37B
+
+  const Model model(c);  // declared only: 2.7 TB of f32 parameters are never allocated
+  EXPECT_FALSE(model.params().allocated());
+  const ModelInfo info = model_info(model, 1, 4096);
+  const int64_t mtp = 2 * D + 2 * D * D + D + attn + norms + moe;  // enorm, hnorm, eh_proj, head norm, block
+  EXPECT_EQ(info.params.total, trunk + mtp);
+  EXPECT_EQ(info.params.total - info.mtp.total, trunk);
+  EXPECT_EQ(info.params.active - info.mtp.active, trunk_active);
+  EXPECT_EQ(info.kv_bytes, (Ckv + Dr) * 2);
+}
+
 TEST(ModelInfo, TiedEmbeddingsStillCostAHeadMatmul) {
   ModelConfig c = load_config(preset_path("tiny")).model;
   c.tie_word_embeddings = true;
