@@ -107,7 +107,7 @@ HardwareProfile parse_hardware_toml(const std::string& text, const std::string& 
         continue;
       }
       if (item.parents.size() != 1) throw ConfigError("key '" + item.name + "' is outside the [hardware] section");
-      if (item.inputs.size() != 1) throw ConfigError("[hardware] " + item.name + " must be a single value");
+      if (item.inputs.size() != 1) throw ConfigError("[hardware] " + item.name + " must be a single value, not a list (or is the key written twice?)");
       if (!seen.insert(item.name).second) throw ConfigError("[hardware] " + item.name + " is set twice");
       try {
         set_hardware_key(hw, item.name, item.inputs[0]);

@@ -122,7 +122,8 @@ struct PlanCliOptions {
   std::vector<std::string> overrides;
   moelab::PlanOptions opt;
   bool sweep = false, decode = false;
-  std::string overlap = "on";
+  bool ep_given = false, zero_given = false;
+  std::string overlap;  // "" = dist.overlap
 };
 
 // `moelab plan`: the config's model is declared (not allocated) and its costs put on the machine.
@@ -130,7 +131,11 @@ int run_plan_cli(PlanCliOptions o) {
   const moelab::RunConfig cfg = moelab::load_config(o.config, o.overrides);
   const moelab::HardwareProfile hw = moelab::with_emulated_links(moelab::read_hardware_file(o.hardware), cfg.dist);
   const moelab::Model model(cfg.model);
-  o.opt.overlap = o.overlap == "on";
+  // The layout options default to the config's [dist] keys, so that `--set dist.ep=4` plans what
+  // `mpirun ... --set dist.ep=4` runs.
+  if (!o.ep_given) o.opt.ep = cfg.dist.ep;
+  if (!o.zero_given) o.opt.zero = cfg.dist.zero;
+  o.opt.overlap = o.overlap.empty() ? cfg.dist.overlap != 0 : o.overlap == "on";
   std::printf("moelab %s plan: %s on %s\n", MOELAB_VERSION, o.config.c_str(), o.hardware.c_str());
   if (o.decode) {
     std::fputs(moelab::format_decode_plan(moelab::plan_decode(model, hw, o.opt, cfg.train.seq_len), hw).c_str(), stdout);
@@ -406,10 +411,12 @@ int main(int argc, char** argv) {
   plan->add_option("--gpus", plan_opt.opt.gpus, "GPUs in all (default: --nodes x the machine's GPUs per node)")
       ->check(CLI::NonNegativeNumber);
   plan->add_option("--dp", plan_opt.opt.dp, "Data-parallel degree (default: GPUs / --ep)")->check(CLI::NonNegativeNumber);
-  plan->add_option("--ep", plan_opt.opt.ep, "Expert-parallel group size")->capture_default_str()->check(CLI::PositiveNumber);
-  plan->add_option("--zero", plan_opt.opt.zero, "ZeRO stage: 0 or 1")->capture_default_str()->check(CLI::Range(0, 1));
-  plan->add_option("--overlap", plan_opt.overlap, "on|off: the two-chunk expert-parallel overlap")
-      ->capture_default_str()->check(CLI::IsMember({"on", "off"}));
+  CLI::Option* ep_opt = plan->add_option("--ep", plan_opt.opt.ep, "Expert-parallel group size (default: dist.ep)")
+                            ->check(CLI::PositiveNumber);
+  CLI::Option* zero_opt =
+      plan->add_option("--zero", plan_opt.opt.zero, "ZeRO stage: 0 or 1 (default: dist.zero)")->check(CLI::Range(0, 1));
+  plan->add_option("--overlap", plan_opt.overlap, "on|off: the two-chunk expert-parallel overlap (default: dist.overlap)")
+      ->check(CLI::IsMember({"on", "off"}));
   plan->add_option("--precision", plan_opt.opt.precision, "auto (bf16 where the machine has it, else fp32), fp32, "
                    "bf16 or fp8 (the matmuls; attention stays bf16)")
       ->capture_default_str()->check(CLI::IsMember({"auto", "fp32", "bf16", "fp8"}));
@@ -429,7 +436,11 @@ int main(int argc, char** argv) {
       ->capture_default_str()->check(CLI::PositiveNumber);
   plan->add_option("--context", plan_opt.opt.context, "--decode: tokens in each sequence's cache (default: train.seq_len)")
       ->check(CLI::NonNegativeNumber);
-  plan->callback([&]() { rc = run_plan_cli(plan_opt); });
+  plan->callback([&]() {
+    plan_opt.ep_given = ep_opt->count() > 0;
+    plan_opt.zero_given = zero_opt->count() > 0;
+    rc = run_plan_cli(plan_opt);
+  });
 
   CLI::App* train = app.add_subcommand("train", "Train a model on prepared data: AdamW, schedules, evaluation, "
                                       "checkpoints (SIGINT/SIGTERM saves and exits 0), metrics.jsonl");

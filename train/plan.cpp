@@ -128,6 +128,7 @@ RouteSpread route_spread(int64_t E, int64_t K, int64_t R, int64_t nodes, int64_t
 }
 
 HardwareProfile with_emulated_links(HardwareProfile hw, const DistConfig& dist) {
+  if (dist.ranks_per_node > 0) hw.gpus_per_node = dist.ranks_per_node;
   const dist::LinkModel link = comm_options(dist).link;
   if (!link.emulated()) return hw;
   // A class the emulation leaves alone runs as fast as the machine: the other class's figures.
@@ -137,7 +138,7 @@ HardwareProfile with_emulated_links(HardwareProfile hw, const DistConfig& dist) 
   hw.intra_gbps = intra.gbytes_per_s, hw.intra_latency_us = intra.latency_us;
   hw.inter_gbps = inter.gbytes_per_s, hw.inter_latency_us = inter.latency_us;
   hw.link_efficiency = 1;
-  hw.gpus_per_node = dist.ranks_per_node > 0 ? dist.ranks_per_node : int64_t{1} << 20;  // 0: one node holds them all
+  if (dist.ranks_per_node == 0) hw.gpus_per_node = int64_t{1} << 20;  // one node holds every process
   return hw;
 }
 
@@ -229,12 +230,14 @@ TrainPlan plan_training(const Model& model, int64_t seq_len, const HardwareProfi
     const char* what;
     double bytes;   // f32 gradients this group reduces
     int64_t ranks;  // its size
+    int64_t nodes;  // the nodes it spans
     bool spans;     // crosses nodes
   };
+  const int64_t replica_nodes = nodes_spanned(0, l.ep, l.dp, l.per_node);
   const std::vector<Group> groups = {
-      {"gradients (dense)", 4 * (l.ep > 1 ? params - experts : params), l.world, l.nodes > 1},
+      {"gradients (dense)", 4 * (l.ep > 1 ? params - experts : params), l.world, l.nodes, l.nodes > 1},
       {"gradients (experts, over EP replicas)", l.ep > 1 ? 4 * experts / static_cast<double>(l.ep) : 0, l.dp,
-       nodes_spanned(0, l.ep, l.dp, l.per_node) > 1},
+       replica_nodes, replica_nodes > 1},
   };
   std::vector<std::pair<double, double>> buckets;  // (ready at, seconds), ready in backward's order
   double gather_s = 0;
@@ -244,15 +247,16 @@ TrainPlan plan_training(const Model& model, int64_t seq_len, const HardwareProfi
     const double N = static_cast<double>(g.ranks), nb = std::ceil(g.bytes / bucket), sb = g.bytes / nb;
     const double sent = (l.zero ? 1 : 2) * (N - 1) / N * g.bytes;  // the reduction's bytes per rank
     const double reduce_s = nb * (l.zero ? 1 : 2) * (N - 1) * link.seconds(sb / N);
-    PlanComm pc{std::string(l.zero ? "reduce-scatter " : "all-reduce ") + g.what, nb, {0, 0}, reduce_s};
-    pc.bytes[g.spans ? 1 : 0] = sent;
-    p.comms.push_back(pc);
+    // In a ring over several nodes, one rank per node sends to the next node, the others inside theirs.
+    const double inter_share = g.spans ? static_cast<double>(g.nodes) / N : 0;
+    p.comms.push_back({std::string(l.zero ? "reduce-scatter " : "all-reduce ") + g.what, nb,
+                       {sent * (1 - inter_share), sent * inter_share}, reduce_s});
     for (int64_t b = 0; b < static_cast<int64_t>(nb); ++b) buckets.emplace_back(0, reduce_s / nb);
     if (l.zero) {
       const double gs = nb * (N - 1) * link.seconds(sb / N);
-      PlanComm ag{std::string("all-gather parameters (") + (g.what + 11), nb, {0, 0}, gs};
-      ag.bytes[g.spans ? 1 : 0] = (N - 1) / N * g.bytes;
-      p.comms.push_back(ag);
+      const double gathered = (N - 1) / N * g.bytes;
+      p.comms.push_back({std::string("all-gather parameters (") + (g.what + 11), nb,
+                         {gathered * (1 - inter_share), gathered * inter_share}, gs});
       gather_s += gs;
     }
     p.dp_s += reduce_s + (l.zero ? gather_s : 0);

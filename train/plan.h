@@ -78,10 +78,11 @@ struct PlanOptions {
   int64_t context = 0;   // tokens already in each sequence's cache; 0: train.seq_len
 };
 
-// The machine with the config's emulated links (dist.link, dist.intra_gbps, ..., dist.ranks_per_node)
-// in place of its own, at link_efficiency 1 (the emulation holds each collective for exactly the
-// modeled time): so that `moelab plan` predicts what `mpirun ... moelab bench` with the same --set
-// measures. Unchanged when the config emulates nothing.
+// The machine with the config's emulated nodes (dist.ranks_per_node GPUs per node) and links
+// (dist.link, dist.intra_gbps, ...) in place of its own, the links at link_efficiency 1 (the
+// emulation holds each collective for exactly the modeled time; with emulated links and no
+// ranks_per_node, one node): so that `moelab plan` predicts what `mpirun ... moelab bench` with the
+// same --set measures. Unchanged when the config emulates neither.
 HardwareProfile with_emulated_links(HardwareProfile hw, const DistConfig& dist);
 
 // The ranks' placement.

@@ -112,7 +112,9 @@ TEST(Plan, DataParallelRingByHand) {
   two.gpus_per_node = 2;
   const TrainPlan q = plan_training(model, 16, two, o, run.dist);
   EXPECT_NEAR(q.dp_s, nb * 2 * (N - 1) * (20e-6 + sb / N / 10e9), 1e-15);
-  EXPECT_DOUBLE_EQ(q.comms[0].bytes[1], 2 * (N - 1) / N * S);
+  // Of the ring's 4 ranks, the 2 whose next rank sits on the other node send across: half, per GPU.
+  EXPECT_DOUBLE_EQ(q.comms[0].bytes[0], (N - 1) / N * S);
+  EXPECT_DOUBLE_EQ(q.comms[0].bytes[1], (N - 1) / N * S);
   // ZeRO-1: a reduce-scatter during backward and an all-gather after the update, (N-1) steps each;
   // the all-gather is exposed whole.
   o.zero = 1;
@@ -264,6 +266,12 @@ TEST(Plan, EmulatedLinksReplaceTheMachines) {
   EXPECT_EQ(e.intra_latency_us, 0);
   EXPECT_EQ(e.gpus_per_node, 2);
   EXPECT_EQ(e.link_efficiency, 1);
+  d.ranks_per_node = 0;  // emulated links on one node
+  EXPECT_GE(with_emulated_links(hw, d).gpus_per_node, 1 << 20);
+  DistConfig nodes_only;
+  nodes_only.ranks_per_node = 2;  // emulated nodes, the machine's links
+  EXPECT_EQ(with_emulated_links(hw, nodes_only).gpus_per_node, 2);
+  EXPECT_EQ(with_emulated_links(hw, nodes_only).intra_gbps, 100);
 }
 
 TEST(Plan, SweepIsOrderedAndStable) {
