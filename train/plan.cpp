@@ -192,8 +192,7 @@ TrainPlan plan_training(const Model& model, int64_t seq_len, const HardwareProfi
   p.dispatch_dtype = o.dispatch_dtype.empty() ? dist.dispatch_dtype : o.dispatch_dtype;
   MOELAB_CHECK(p.dispatch_dtype == "f32" || p.dispatch_dtype == "bf16" || p.dispatch_dtype == "fp8",
                "--dispatch-dtype '", p.dispatch_dtype, "' is not one of f32, bf16, fp8");
-  p.max_nodes_per_token = o.max_nodes_per_token >= 0 ? o.max_nodes_per_token
-                                                     : node_limit(cfg, plan_layout(cfg, hw, o).ep_nodes);
+  p.max_nodes_per_token = o.max_nodes_per_token >= 0 ? o.max_nodes_per_token : node_limit(cfg, l.ep_nodes);
   MOELAB_CHECK(o.imbalance >= 1, "--imbalance ", o.imbalance, " must be >= 1 (the busiest rank over the mean)");
   p.seq_len = seq_len;
   p.micro_batch = o.micro_batch;
@@ -484,8 +483,8 @@ DecodePlan plan_decode(const Model& model, const HardwareProfile& hw, const Plan
   if (l.ep > 1 && trunk_moe > 0) {
     const Link intra = effective(hw.intra_gbps, hw.intra_latency_us, hw.link_efficiency);
     const Link inter = effective(hw.inter_gbps, hw.inter_latency_us, hw.link_efficiency);
-    const RouteSpread r = route_spread(cfg.n_routed_experts, cfg.num_experts_per_tok, l.ep, l.ep_nodes,
-                                       node_limit(cfg, l.ep_nodes));
+    const int64_t M = o.max_nodes_per_token >= 0 ? o.max_nodes_per_token : node_limit(cfg, l.ep_nodes);
+    const RouteSpread r = route_spread(cfg.n_routed_experts, cfg.num_experts_per_tok, l.ep, l.ep_nodes, M);
     const double pn = static_cast<double>(l.ep_per_node), nn = static_cast<double>(l.ep_nodes);
     const double direct = (pn - 1) * r.rank, remote = (nn - 1) * r.node, forwards = (nn - 1) * (pn - 1) * r.rank;
     const double fp8_row = wire_row_bytes(cfg.hidden_size, "fp8"), bf16_row = 2.0 * static_cast<double>(cfg.hidden_size);
