@@ -192,6 +192,9 @@ TrainPlan plan_training(const Model& model, int64_t seq_len, const HardwareProfi
   p.dispatch_dtype = o.dispatch_dtype.empty() ? dist.dispatch_dtype : o.dispatch_dtype;
   MOELAB_CHECK(p.dispatch_dtype == "f32" || p.dispatch_dtype == "bf16" || p.dispatch_dtype == "fp8",
                "--dispatch-dtype '", p.dispatch_dtype, "' is not one of f32, bf16, fp8");
+  // A wire no narrower than the activations sends them as they are (dist/ep_dispatch.h).
+  const std::string act_name = p.precision == "fp32" ? "f32" : "bf16";
+  if (dtype_bytes(p.dispatch_dtype) >= dtype_bytes(act_name)) p.dispatch_dtype = act_name;
   p.max_nodes_per_token = o.max_nodes_per_token >= 0 ? o.max_nodes_per_token : node_limit(cfg, l.ep_nodes);
   MOELAB_CHECK(o.imbalance >= 1, "--imbalance ", o.imbalance, " must be >= 1 (the busiest rank over the mean)");
   p.seq_len = seq_len;
@@ -226,7 +229,7 @@ TrainPlan plan_training(const Model& model, int64_t seq_len, const HardwareProfi
   const Link inter = effective(hw.inter_gbps, hw.inter_latency_us, hw.link_efficiency);
   const double bucket = dist.bucket_mb * 1e6;
   struct Group {
-    const char* what;
+    const char* what;  // "dense", "experts, over EP replicas"
     double bytes;   // f32 gradients this group reduces
     int64_t ranks;  // its size
     int64_t nodes;  // the nodes it spans
@@ -234,11 +237,11 @@ TrainPlan plan_training(const Model& model, int64_t seq_len, const HardwareProfi
   };
   const int64_t replica_nodes = nodes_spanned(0, l.ep, l.dp, l.per_node);
   const std::vector<Group> groups = {
-      {"gradients (dense)", 4 * (l.ep > 1 ? params - experts : params), l.world, l.nodes, l.nodes > 1},
-      {"gradients (experts, over EP replicas)", l.ep > 1 ? 4 * experts / static_cast<double>(l.ep) : 0, l.dp,
+      {"dense", 4 * (l.ep > 1 ? params - experts : params), l.world, l.nodes, l.nodes > 1},
+      {"experts, over EP replicas", l.ep > 1 ? 4 * experts / static_cast<double>(l.ep) : 0, l.dp,
        replica_nodes, replica_nodes > 1},
   };
-  std::vector<std::pair<double, double>> buckets;  // (ready at, seconds), ready in backward's order
+  std::vector<double> buckets;  // each bucket's reduction time, in the order backward finishes them
   double gather_s = 0;
   for (const Group& g : groups) {
     if (g.bytes <= 0 || g.ranks < 2) continue;
@@ -248,23 +251,24 @@ TrainPlan plan_training(const Model& model, int64_t seq_len, const HardwareProfi
     const double reduce_s = nb * (l.zero ? 1 : 2) * (N - 1) * link.seconds(sb / N);
     // In a ring over several nodes, one rank per node sends to the next node, the others inside theirs.
     const double inter_share = g.spans ? static_cast<double>(g.nodes) / N : 0;
-    p.comms.push_back({std::string(l.zero ? "reduce-scatter " : "all-reduce ") + g.what, nb,
+    p.comms.push_back({std::string(l.zero ? "reduce-scatter" : "all-reduce") + " gradients (" + g.what + ")", nb,
                        {sent * (1 - inter_share), sent * inter_share}, reduce_s});
-    for (int64_t b = 0; b < static_cast<int64_t>(nb); ++b) buckets.emplace_back(0, reduce_s / nb);
+    buckets.insert(buckets.end(), static_cast<size_t>(nb), reduce_s / nb);
+    p.dp_s += reduce_s;
     if (l.zero) {
       const double gs = nb * (N - 1) * link.seconds(sb / N);
       const double gathered = (N - 1) / N * g.bytes;
-      p.comms.push_back({std::string("all-gather parameters (") + (g.what + 11), nb,
+      p.comms.push_back({std::string("all-gather parameters (") + g.what + ")", nb,
                          {gathered * (1 - inter_share), gathered * inter_share}, gs});
       gather_s += gs;
+      p.dp_s += gs;
     }
-    p.dp_s += reduce_s + (l.zero ? gather_s : 0);
   }
   // The buckets become ready evenly over backward; they run one after another.
   double comm_end = 0;
   for (size_t b = 0; b < buckets.size(); ++b) {
     const double ready = backward_s * static_cast<double>(b + 1) / static_cast<double>(buckets.size());
-    comm_end = std::max(comm_end, ready) + buckets[b].second;
+    comm_end = std::max(comm_end, ready) + buckets[b];
   }
   p.dp_exposed_s = std::max(0.0, comm_end - backward_s) + gather_s;
 
@@ -279,8 +283,8 @@ TrainPlan plan_training(const Model& model, int64_t seq_len, const HardwareProfi
     const double forwards = (nn - 1) * (pn - 1) * r.rank;                 // second-hop rows per token
     p.ep_rows_per_token = direct + remote;
     p.ep_nodes_per_token = nn * r.node;
-    const double act_row = static_cast<double>(D) * dtype_bytes(p.precision == "fp32" ? "f32" : "bf16");
-    const double wire_row = std::min(wire_row_bytes(D, p.dispatch_dtype), act_row);
+    const double act_row = static_cast<double>(D) * dtype_bytes(act_name);
+    const double wire_row = wire_row_bytes(D, p.dispatch_dtype);
     const double chunk = n * o.imbalance / static_cast<double>(kEpChunks);
     // One way of one chunk: (first-hop intra, first-hop inter, second-hop intra) bytes, row size given.
     auto one_way = [&](double first_row, double second_row) {
@@ -368,10 +372,10 @@ std::string format_train_plan(const TrainPlan& p, const HardwareProfile& hw) {
   }
   if (!p.comms.empty()) {
     s += "\ncommunication per step per GPU (link bytes sent; time at link_efficiency):\n";
-    std::snprintf(buf, sizeof buf, "  %-48s %8s %12s %12s %10s\n", "collective", "calls", "intra-node", "inter-node", "time");
+    std::snprintf(buf, sizeof buf, "  %-52s %8s %12s %12s %10s\n", "collective", "calls", "intra-node", "inter-node", "time");
     s += buf;
     for (const PlanComm& c : p.comms) {
-      std::snprintf(buf, sizeof buf, "  %-48s %8.0f %12s %12s %10s\n", c.what.c_str(), c.calls,
+      std::snprintf(buf, sizeof buf, "  %-52s %8.0f %12s %12s %10s\n", c.what.c_str(), c.calls,
                     human_bytes(c.bytes[0]).c_str(), human_bytes(c.bytes[1]).c_str(), human_seconds(c.seconds).c_str());
       s += buf;
     }

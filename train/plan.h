@@ -106,7 +106,8 @@ struct PlanComm {
 
 struct TrainPlan {
   PlanLayout layout;
-  std::string precision, dispatch_dtype;
+  std::string precision;
+  std::string dispatch_dtype;  // what the dispatch sends: the wire dtype, or the activations' when narrower
   int64_t max_nodes_per_token = 0;
   int64_t micro_batch = 0, seq_len = 0, tokens_per_gpu = 0;
   ModelInfo info;  // at (micro_batch, seq_len) in the activation dtype
