@@ -122,6 +122,7 @@ TEST(Plan, DataParallelRingByHand) {
   ASSERT_EQ(z.comms.size(), 2u);
   EXPECT_NEAR(z.comms[1].seconds, nb * (N - 1) * (20e-6 + sb / N / 10e9), 1e-15);
   EXPECT_GE(z.dp_exposed_s, z.comms[1].seconds);
+  EXPECT_NEAR(z.dp_s, z.comms[0].seconds + z.comms[1].seconds, 1e-15);
   // The step adds up: compute + exposed communication, and tokens/s, MFU follow from it.
   double phases = 0;
   for (double s : p.seconds) phases += s;
@@ -185,6 +186,17 @@ TEST(Plan, ExpertParallelBytesByHand) {
   o.max_nodes_per_token = 1;
   const TrainPlan m = plan_training(model, 128, hw, o, run.dist);
   EXPECT_NEAR(m.ep_nodes_per_token, 1.0, 1e-12);
+  // DP 2 x EP 4 with ZeRO-1: the dense gradients over all 8, the experts' over the 2 replicas, each a
+  // reduce-scatter and an all-gather; the data-parallel time is theirs.
+  PlanOptions dp2 = o;
+  dp2.gpus = 8, dp2.zero = 1;
+  const TrainPlan z = plan_training(model, 128, hw, dp2, run.dist);
+  double dp_sum = 0;
+  int dp_comms = 0;
+  for (const PlanComm& c : z.comms)
+    if (c.what.rfind("EP", 0) != 0) dp_sum += c.seconds, ++dp_comms;
+  EXPECT_EQ(dp_comms, 4);
+  EXPECT_NEAR(z.dp_s, dp_sum, 1e-15);
   // Overlap never exposes more than running serially, and never less than nothing.
   EXPECT_LE(p.ep_exposed_s, p.ep_serial_exposed_s + 1e-15);
   EXPECT_GE(p.ep_exposed_s, 0);
