@@ -343,10 +343,11 @@ std::string format_train_plan(const TrainPlan& p, const HardwareProfile& hw) {
   const PlanLayout& l = p.layout;
   std::string s;
   char buf[512];
-  std::snprintf(buf, sizeof buf, "hardware: %s (%s bf16, %s fp8 TFLOP/s; %.0f GiB at %.0f GB/s; links %.0f GB/s x %" PRId64
-                                 " per node, %.0f GB/s between nodes)\n",
+  std::snprintf(buf, sizeof buf, "hardware: %s (TFLOP/s: bf16 %s, fp8 %s, fp32 %s; %.0f GiB at %.0f GB/s; links %.4g GB/s "
+                                 "within a node of %" PRId64 ", %.4g GB/s between nodes)\n",
                 hw.name.c_str(), fmt("%.4g", hw.peak_bf16_tflops).c_str(), fmt("%.4g", hw.peak_fp8_tflops).c_str(),
-                hw.memory_gib, hw.memory_gbps, hw.intra_gbps, hw.gpus_per_node, hw.inter_gbps);
+                fmt("%.4g", hw.peak_fp32_tflops).c_str(), hw.memory_gib, hw.memory_gbps, hw.intra_gbps,
+                hw.gpus_per_node, hw.inter_gbps);
   s += buf;
   std::snprintf(buf, sizeof buf, "layout: %s; precision %s, dispatch %s%s\n", l.str().c_str(), p.precision.c_str(),
                 p.dispatch_dtype.c_str(),
