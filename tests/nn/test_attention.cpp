@@ -1,6 +1,8 @@
 // Gradient checks in double for the attention layers: MLA with and without query compression,
-// MHA with full and partial RoPE, GQA, MQA.
+// MHA with full and partial RoPE, GQA, MQA; and partial RoPE's angles by hand.
 #include <gtest/gtest.h>
+
+#include <cmath>
 
 #include "core/nn/gqa.h"
 #include "core/nn/mla.h"
@@ -76,6 +78,36 @@ TEST(Attention, MHAGradCheckFullRope) { check_layer<GQAttention>(mha_config(Atte
 TEST(Attention, MHAGradCheckPartialRope) { check_layer<GQAttention>(mha_config(AttentionKind::MHA, 2, 2, 0.5), 1, 7); }
 TEST(Attention, GQAGradCheck) { check_layer<GQAttention>(mha_config(AttentionKind::GQA, 4, 2, 1.0), 2, 4); }
 TEST(Attention, MQAGradCheck) { check_layer<GQAttention>(mha_config(AttentionKind::GQA, 4, 1, 0.34), 1, 5); }
+
+// Partial RoPE (partial_rotary_factor 0.5, head_dim 8): only the LAST 4 dims of each head turn, and
+// their angles use the rotated width R = 4, as HF's inv_freq does: at position p pair i turns by
+// p x theta^(-2i/R). With q_proj the identity, the saved query is the input turned.
+TEST(Attention, PartialRopeTurnsTheTailByHand) {
+  ModelConfig c = mha_config(AttentionKind::MHA, 1, 1, 0.5);
+  c.hidden_size = 8;
+  c.rope_theta = 100.0;
+  ASSERT_EQ(c.mha_rope_dim(), 4);
+  ParamBuffer params;
+  GQAttention layer(params, "model.layers.0.self_attn", c);
+  params.allocate(Device::CPU, DType::F64);
+  params.initialize(3);
+  Tensor wq = params.param("model.layers.0.self_attn.q_proj.weight");  // [8, 8]
+  wq.zero();
+  for (int64_t i = 0; i < 8; ++i) wq.data<double>()[i * 8 + i] = 1;
+  Arena arena(1 << 20, Device::CPU);
+  Context ctx{&arena, DType::F64, 1, 3};
+  Tensor x = Tensor::empty({3, 8}, DType::F64);
+  for (int64_t i = 0; i < 24; ++i) x.data<double>()[i] = static_cast<double>(i % 8 + 1);  // (1, ..., 8) per token
+  GQAttention::Saved s;
+  layer.forward(ctx, x, ctx.alloc({3, 8}), s);
+  const double* q = s.q.data<double>() + 2 * 8;  // position 2
+  for (int d = 0; d < 4; ++d) EXPECT_EQ(q[d], d + 1) << "dim " << d << " is outside the rotated tail";
+  const double a0 = 2.0, a1 = 2.0 * std::pow(100.0, -2.0 / 4);  // 2 and 0.2 rad
+  EXPECT_NEAR(q[4], 5 * std::cos(a0) - 6 * std::sin(a0), 1e-14);
+  EXPECT_NEAR(q[5], 5 * std::sin(a0) + 6 * std::cos(a0), 1e-14);
+  EXPECT_NEAR(q[6], 7 * std::cos(a1) - 8 * std::sin(a1), 1e-14);
+  EXPECT_NEAR(q[7], 7 * std::sin(a1) + 8 * std::cos(a1), 1e-14);
+}
 
 }  // namespace
 }  // namespace moelab

@@ -1,8 +1,10 @@
 // train/runtime.h on the CPU: what --device / --precision resolve to, the errors for what this
-// machine cannot run, and models placed on the CPU (the CUDA side is tests/gpu/test_model_cuda.cpp).
+// machine cannot run, and models placed on the CPU (the CUDA side is tests/gpu/test_model_cuda.cpp);
+// AdamW's weight-decay groups.
 #include <gtest/gtest.h>
 
 #include "core/device.h"
+#include "core/rng.h"
 #include "tests/harness.h"
 #include "tests/nn/nn_harness.h"
 #include "train/optimizer.h"
@@ -59,6 +61,46 @@ TEST(Runtime, OptimizerStepKeepsTheComputeCopyRounded) {
     for (int64_t i = 0; i < e.spec.shape.numel(); ++i)
       ASSERT_EQ(params.flat_compute().data<bf16_t>()[e.offset + i].bits, expected.data<bf16_t>()[e.offset + i].bits)
           << e.spec.name << " [" << i << "]";
+}
+
+// Which parameters AdamW decays (its groups follow each parameter's declared flag): with zero
+// gradients the moments stay 0 and one step only applies the decoupled decay, so every decayed
+// weight (attention and expert projections, the router's gate, the LM head) is exactly
+// p x (1 - lr wd) and every exempt one (norms, the embedding) unchanged; the aux-loss-free bias is
+// a buffer, which the optimizer never touches.
+TEST(AdamW, DecaysTheMatricesAndExemptsNormsAndEmbeddings) {
+  ModelConfig cfg = testing::tiny_model_config();
+  cfg.aux_free_bias = true;
+  Model model(cfg);
+  model.allocate(Device::CPU, DType::F64);
+  model.initialize(5);
+  fill_normal(model.buffers().flat_params(), 6, 0, 1.0, 0.5);  // a bias away from 0
+  auto snapshot = [](const Tensor& t) {
+    Tensor c = Tensor::empty(t.shape(), t.dtype());
+    c.copy_from(t);
+    return c;
+  };
+  const Tensor params0 = snapshot(model.params().flat_params()), bias0 = snapshot(model.buffers().flat_params());
+  model.params().zero_grads();
+  AdamWConfig hp;
+  hp.weight_decay = 0.25;
+  const double lr = 0.1;
+  AdamW(model.params(), hp).step(Exec{}, lr);
+  int decayed = 0, exempt = 0;
+  for (const ParamBuffer::Entry& e : model.params().entries()) {
+    const std::string& name = e.spec.name;
+    const bool exempt_by_name = name.find("norm") != std::string::npos || name == "model.embed_tokens.weight";
+    EXPECT_EQ(e.spec.weight_decay, !exempt_by_name) << name;
+    const double factor = exempt_by_name ? 1.0 : 1 - lr * hp.weight_decay;
+    const double* now = model.params().param(name).data<double>();
+    const double* before = params0.data<double>() + e.offset;
+    for (int64_t i = 0; i < e.spec.shape.numel(); ++i)
+      ASSERT_NEAR(now[i], before[i] * factor, 1e-15) << name << "[" << i << "]";
+    (exempt_by_name ? exempt : decayed) += 1;
+  }
+  EXPECT_GT(decayed, 10);
+  EXPECT_GT(exempt, 5);
+  EXPECT_TRUE(testing::close(model.buffers().flat_params(), bias0, 0.0, 0.0)) << "the router bias moved";
 }
 
 }  // namespace

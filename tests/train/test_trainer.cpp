@@ -185,6 +185,47 @@ TEST(Trainer, NonFiniteStepsAreSkippedThenStopTheRun) {
   EXPECT_EQ(skipped, 3);
 }
 
+// A run stopped in the middle of a streak of non-finite steps keeps the streak: resumed, it stops
+// at the streak's limit counted across both runs, not after max_nonfinite more.
+TEST(Trainer, NonFiniteStreakSurvivesAResume) {
+  RunConfig c = tiny_run(scratch("streak"));
+  c.train.lr = 1e30;  // step 1 is finite and destroys the weights; steps 2, 3, ... are not
+  c.train.warmup_steps = 0;
+  c.train.grad_clip = 0;
+  c.train.max_nonfinite = 3;
+  TrainOptions stop;
+  stop.console = false;
+  stop.stop_after_step = 3;  // two non-finite steps in a row so far
+  EXPECT_EQ(train(c, stop).step, 3);
+  EXPECT_EQ(load_checkpoint(latest_checkpoint(c.train.out_dir)).state.extra.value("nonfinite_in_a_row", -1), 2);
+  TrainOptions resume;
+  resume.console = false;
+  resume.resume = true;
+  testing::expect_error([&] { train(c, resume); }, "3 non-finite steps in a row at step 4");
+}
+
+// Every field of trainer_state.json comes back as it was saved: step, seed, the loader's position
+// and the trainer's extra fields.
+TEST(Trainer, TrainerStateRoundTrips) {
+  const std::string dir = scratch("state");
+  RunConfig c = tiny_run(dir);
+  Model model(c.model);
+  model.allocate(Device::CPU, DType::F32);
+  model.initialize(1);
+  TrainerState state;
+  state.step = 17;
+  state.seed = 0xfeedbeefcafeULL;
+  state.loader = {{"epoch", 2}, {"position", 12345}, {"order_seed", 99}};
+  state.extra = {{"nonfinite_in_a_row", 2}, {"train_seconds", 12.5}};
+  const std::string path = save_checkpoint(dir, c, model, nullptr, nullptr, state, 0);
+  const LoadedCheckpoint back = load_checkpoint(path);
+  EXPECT_EQ(back.state.step, state.step);
+  EXPECT_EQ(back.state.seed, state.seed);
+  EXPECT_EQ(back.state.loader, state.loader);
+  EXPECT_EQ(back.state.extra, state.extra);
+  EXPECT_TRUE(back.cfg == c);
+}
+
 TEST(Trainer, DamagedCheckpointIsReportedNotLoaded) {
   const std::string dir = scratch("damaged");
   RunConfig c = tiny_run(dir);
