@@ -121,7 +121,7 @@ TEST_P(Golden, MatchesThePyTorchTwin) {
         << "adamw.final." << e.spec.name;
 }
 
-INSTANTIATE_TEST_SUITE_P(Twin, Golden, ::testing::Values("mla_moe_mtp", "mha_dense", "gqa_moe_softmax"),
+INSTANTIATE_TEST_SUITE_P(Twin, Golden, ::testing::Values("mla_moe_mtp", "mha_dense", "gqa_moe_softmax", "mla_groups_nobias"),
                          [](const auto& info) { return std::string(info.param); });
 
 }  // namespace

@@ -35,7 +35,7 @@ NORM_PERTURB = 0.1     # norm weights = 1 + 0.1 * randn, so a kernel that ignore
 BIAS_STD = 0.02        # e_score_correction_bias = 0.02 * randn, so selection depends on it
 MAX_SEED_TRIES = 500
 
-# The three configs. Shapes are small and odd on purpose (T = 7, H = 3, Dn != Dv, ...).
+# The four configs. Shapes are small and odd on purpose (T = 7, H = 3, Dn != Dv, ...).
 CONFIGS: Dict[str, dict] = {
     # MLA with query compression, sigmoid MoE with aux-free bias and group-limited routing,
     # shared expert, one dense layer first, MTP depth 2, V3-style gate normalisation and scaling.
@@ -78,6 +78,22 @@ CONFIGS: Dict[str, dict] = {
             routed_scaling_factor=1.0, capacity_factor=1.0,
             aux_free_bias=False, bias_update_speed=0.001, seq_aux_loss_alpha=0.01,
             aux_loss_alpha=0.01, router_z_loss_coef=0.001,
+            num_nextn_predict_layers=0)),
+    # MLA without query compression, sigmoid scores with group-limited routing (4 groups, the best 2)
+    # and NO aux-free bias (the stored bias is random and must be ignored, also when scoring the
+    # groups), V3-style normalisation and scaling, no shared expert, no MTP.
+    "mla_groups_nobias": dict(
+        batch_size=2, seq_len=7, base_seed=4000,
+        config=dict(
+            vocab_size=40, hidden_size=20, num_hidden_layers=2, max_position_embeddings=16,
+            attention="mla", num_attention_heads=2, q_lora_rank=0, kv_lora_rank=8,
+            qk_nope_head_dim=5, qk_rope_head_dim=4, v_head_dim=6,
+            ffn="moe", intermediate_size=24, first_k_dense_replace=0, moe_intermediate_size=6,
+            n_routed_experts=8, n_shared_experts=0, num_experts_per_tok=3,
+            scoring_func="sigmoid", n_group=4, topk_group=2, norm_topk_prob=True,
+            routed_scaling_factor=2.5, capacity_factor=0.0,
+            aux_free_bias=False, bias_update_speed=0.001, seq_aux_loss_alpha=0.001,
+            aux_loss_alpha=0.0, router_z_loss_coef=0.0,
             num_nextn_predict_layers=0)),
 }
 
