@@ -1,5 +1,6 @@
 // Training metrics: one console line per log interval (step, loss, val loss, lr, grad norm,
-// tokens/s, GFLOP/s and MFU (on the CPU against the fp32 GEMM rate measured at start-up), MaxVio,
+// tokens/s, GFLOP/s and MFU (against a fixed peak: train.peak_tflops or train.hardware; on CUDA
+// by default the H100 SXM's bf16 989 TFLOP/s; on the CPU without them none, "mfu": null), MaxVio,
 // aux loss, ms/step) under a progress bar with the ETA (drawn only on a terminal), and the same
 // record plus the per-layer expert loads (and, with the aux-loss-free bias, each layer's bias
 // [min, max] after the step's update) appended to <out_dir>/metrics.jsonl, which examples/plot.py

@@ -45,6 +45,10 @@ const std::vector<TrainField> kTrainFields = {
     {"ckpt_every", "steps between checkpoints; 0 = only at the end", &TrainConfig::ckpt_every},
     {"keep_last", "complete checkpoints kept; 0 = all", &TrainConfig::keep_last},
     {"time_limit_s", "stop (evaluate, save) after this many seconds of training; 0 = none", &TrainConfig::time_limit_s},
+    {"hardware", "a hardware file (examples/hardware/*.toml) whose peak is MFU's denominator; \"\" = none",
+     &TrainConfig::hardware},
+    {"peak_tflops", "MFU's denominator per process in TFLOP/s (overrides hardware); 0 = from hardware",
+     &TrainConfig::peak_tflops},
 };
 
 const std::vector<DistConfigField> kDistFields = {
@@ -200,7 +204,7 @@ void TrainConfig::validate(const ModelConfig& model) const {
   if (!(decay_fraction > 0 && decay_fraction <= 1))
     throw ConfigError("decay_fraction = " + format_config_number(decay_fraction) + " must be in (0, 1]");
   for (auto [key, v] : {std::pair<const char*, double>{"weight_decay", weight_decay}, {"adam_eps", adam_eps},
-                        {"grad_clip", grad_clip}, {"time_limit_s", time_limit_s}})
+                        {"grad_clip", grad_clip}, {"time_limit_s", time_limit_s}, {"peak_tflops", peak_tflops}})
     non_negative(key, v);
   for (auto [key, v] : {std::pair<const char*, double>{"beta1", beta1}, {"beta2", beta2}})
     if (!(v >= 0 && v < 1)) throw ConfigError(std::string(key) + " = " + format_config_number(v) + " must be in [0, 1)");

@@ -59,6 +59,11 @@ struct TrainConfig {
   int64_t ckpt_every = 0;           // steps between checkpoints; 0 = only at the end (and on a signal)
   int64_t keep_last = 3;            // complete checkpoints kept; 0 = all
   double time_limit_s = 0;          // stop (evaluate, save) after this much training time; 0 = none
+  // MFU's denominator, fixed so that runs compare: peak_tflops (> 0) per process, else the
+  // precision's peak of a hardware file (examples/hardware/*.toml), else on CUDA the H100 SXM's
+  // dense bf16 989 TFLOP/s; on the CPU without either, no MFU is reported.
+  std::string hardware;
+  double peak_tflops = 0;
 
   void validate(const ModelConfig& model) const;  // also: seq_len <= model.max_position_embeddings
 };

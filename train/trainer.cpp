@@ -17,6 +17,7 @@
 #include "data/prepare.h"
 #include "train/bench.h"
 #include "train/checkpoint.h"
+#include "train/config_file.h"
 #include "train/metrics.h"
 #include "train/model_info.h"
 #include "train/optimizer.h"
@@ -115,14 +116,37 @@ Start start_or_resume(const RunConfig& cfg, const Runtime& rt, bool resume) {
   return s;
 }
 
+// MFU's denominator for the whole run (train.peak_tflops, train.hardware; run_config.h), fixed, so
+// that two runs' MFU compare; source says where it came from, for the banner.
+struct MfuPeak {
+  double gflops = 0;  // 0: no MFU
+  std::string source;
+};
+
+MfuPeak mfu_peak(const TrainConfig& tc, const Runtime& rt, int ranks) {
+  const std::string precision = rt.act == DType::BF16 ? "bf16" : "fp32";
+  char buf[256];
+  auto peak = [&](double tflops, const std::string& what) {
+    std::snprintf(buf, sizeof buf, "%s: %g TFLOP/s x %d", what.c_str(), tflops, ranks);
+    return MfuPeak{tflops * 1e3 * ranks, buf};
+  };
+  if (tc.peak_tflops > 0) return peak(tc.peak_tflops, "train.peak_tflops");
+  if (!tc.hardware.empty()) {
+    const HardwareProfile hw = read_hardware_file(tc.hardware);
+    return peak(hw.peak_flops(precision) / 1e12, hw.name + " " + precision + " peak (" + tc.hardware + ")");
+  }
+  if (rt.device == Device::CUDA) return peak(kH100Bf16DenseTflops, "the H100 SXM's dense bf16 peak");
+  return {0, "nothing: no MFU (set train.hardware or train.peak_tflops)"};
+}
+
 // The run's console lines and metrics.jsonl records (train/metrics.h writes them).
 class RunLog {
  public:
   // resumed_step: the step of the checkpoint a resumed run starts from (-1: a fresh run).
   // Only the first process of a data-parallel run logs (leader): the others keep quiet.
   RunLog(const TrainConfig& tc, bool console, bool leader, int64_t resumed_step, const ModelInfo& info,
-         double peak_gflops, double tokens_per_step, std::vector<int64_t> moe_layers)
-      : log_(leader ? tc.out_dir : "", console && leader, resumed_step), tc_(tc), info_(info), peak_gflops_(peak_gflops),
+         MfuPeak peak, double tokens_per_step, std::vector<int64_t> moe_layers)
+      : log_(leader ? tc.out_dir : "", console && leader, resumed_step), tc_(tc), info_(info), peak_(std::move(peak)),
         tokens_per_step_(tokens_per_step), moe_layers_(std::move(moe_layers)) {}
 
   MetricsLog& metrics() { return log_; }
@@ -132,10 +156,10 @@ class RunLog {
     char buf[1024];
     std::snprintf(buf, sizeof buf,
                   "moelab train: %lld params (%lld active/token), %.2f MFLOP/token, %s tokens/step, %s, %s%d threads "
-                  "(%s GEMM peak measured: %.0f GFLOP/s), %lld steps%s%s",
+                  "(MFU against %s), %lld steps%s%s",
                   static_cast<long long>(info_.params.total), static_cast<long long>(info_.params.active),
                   info_.flops_per_token / 1e6, human(tokens_per_step_).c_str(), rt.describe().c_str(),
-                  processes.c_str(), omp_get_max_threads(), rt.act == DType::BF16 ? "bf16" : "fp32", peak_gflops_,
+                  processes.c_str(), omp_get_max_threads(), peak_.source.c_str(),
                   static_cast<long long>(tc_.steps), resumed_from.empty() ? "" : ", resumed from ",
                   resumed_from.c_str());
     log_.print_line(buf);
@@ -154,10 +178,11 @@ class RunLog {
     const double tps = tokens_per_step_ / seconds, flops = tps * info_.flops_per_token;
     nlohmann::ordered_json rec = {{"step", step},        {"loss", l.total},      {"loss_main", l.main},
                                   {"loss_mtp", l.mtp},   {"lr", lr},             {"grad_norm", st.grad_norm},
-                                  {"tokens_per_s", tps}, {"gflops", flops / 1e9}, {"mfu", flops / 1e9 / peak_gflops_},
+                                  {"tokens_per_s", tps}, {"gflops", flops / 1e9}, {"mfu", nullptr},
                                   {"max_vio", st.max_vio()}, {"aux_loss", st.balance_loss()},
                                   {"ms_per_step", seconds * 1e3}, {"train_seconds", train_seconds},
                                   {"expert_load", expert_load}};
+    if (peak_.gflops > 0) rec["mfu"] = flops / 1e9 / peak_.gflops;
     if (model.config().aux_free_bias && !moe_layers_.empty()) {
       std::vector<MoEStats> stats = st.last_moe;
       model.read_bias_ranges(stats);
@@ -170,12 +195,13 @@ class RunLog {
     log_.write(rec);
     char buf[512];
     std::snprintf(buf, sizeof buf,
-                  "step %5lld/%lld | loss %.4f (total %.4f) | val %s | lr %.2e | gnorm %.3f | %s tok/s | %.1f GFLOP/s "
-                  "MFU %.0f%% | maxvio %.2f | aux %.2e | %.0f ms",
+                  "step %5lld/%lld | loss %.4f (total %.4f) | val %s | lr %.2e | gnorm %.3f | %s tok/s | %.1f GFLOP/s%s "
+                  "| maxvio %.2f | aux %.2e | %.0f ms",
                   static_cast<long long>(step), static_cast<long long>(tc_.steps), l.main, l.total,
                   std::isnan(val_loss) ? "  -   " : std::to_string(val_loss).substr(0, 6).c_str(), lr, st.grad_norm,
-                  human(tps).c_str(), flops / 1e9, 100.0 * flops / 1e9 / peak_gflops_, st.max_vio(),
-                  st.balance_loss(), seconds * 1e3);
+                  human(tps).c_str(), flops / 1e9,
+                  peak_.gflops > 0 ? (" MFU " + std::to_string(std::lround(100.0 * flops / 1e9 / peak_.gflops)) + "%").c_str() : "",
+                  st.max_vio(), st.balance_loss(), seconds * 1e3);
     log_.print_line(buf);
   }
 
@@ -207,7 +233,8 @@ class RunLog {
   MetricsLog log_;
   const TrainConfig& tc_;
   const ModelInfo& info_;
-  double peak_gflops_, tokens_per_step_;
+  MfuPeak peak_;
+  double tokens_per_step_;
   std::vector<int64_t> moe_layers_;
 };
 
@@ -332,14 +359,11 @@ TrainResult train(const RunConfig& cfg_in, const TrainOptions& options) {
 
   const int64_t batch = loader.config().batch_size;  // this process's share of train.batch_size
   const ModelInfo info = model_info(model, batch, tc.seq_len, rt.act);
-  // MFU's denominator: a GEMM measured here, now (before the arena takes the GPU's free memory), by
-  // every process at once, so that N processes sharing a machine measure their share of it.
-  if (procs.host) procs.host->barrier();  // no rank still loading while the others measure
-  const double peak_gflops = measured_gemm_gflops(rt) * procs.size();
+  const MfuPeak peak = mfu_peak(tc, rt, procs.size());
   Arena arena(rt.arena_bytes(info.activation_bytes()), rt.device);
   const Context ctx = rt.context(arena, batch, tc.seq_len);
   const double tokens_per_step = static_cast<double>(tc.batch_size * tc.seq_len * tc.grad_accum_steps);
-  RunLog log(tc, options.console, procs.leader(), start.resumed_from.empty() ? -1 : state.step, info, peak_gflops,
+  RunLog log(tc, options.console, procs.leader(), start.resumed_from.empty() ? -1 : state.step, info, peak,
              tokens_per_step, model.moe_layers());
   log.banner(rt, processes_banner(procs, cfg.dist), start.resumed_from);
   log.metrics().print_line(format_rank_memory(

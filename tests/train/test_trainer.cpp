@@ -226,6 +226,42 @@ TEST(Trainer, TrainerStateRoundTrips) {
   EXPECT_TRUE(back.cfg == c);
 }
 
+// MFU against a fixed peak: train.peak_tflops, else a hardware file's, else (on the CPU) none.
+TEST(Trainer, MfuIsAgainstAFixedStatedPeak) {
+  auto last_record = [](const std::string& dir) {
+    std::ifstream in(dir + "/metrics.jsonl");
+    nlohmann::json last;
+    for (std::string line; std::getline(in, line);) {
+      const auto r = nlohmann::json::parse(line);
+      if (r.contains("mfu")) last = r;
+    }
+    return last;
+  };
+  TrainOptions quiet;
+  quiet.console = false;
+  RunConfig c = tiny_run(scratch("none"));
+  c.train.steps = 5;
+  train(c, quiet);
+  EXPECT_TRUE(last_record(c.train.out_dir)["mfu"].is_null()) << "no peak given: no MFU on the CPU";
+
+  c.train.out_dir = scratch("fixed");
+  c.train.peak_tflops = 0.5;
+  train(c, quiet);
+  nlohmann::json r = last_record(c.train.out_dir);
+  EXPECT_DOUBLE_EQ(r["mfu"].get<double>(), r["gflops"].get<double>() / 500.0);
+
+  c.train.out_dir = scratch("hardware");
+  c.train.peak_tflops = 0;
+  c.train.hardware = std::string(MOELAB_SOURCE_DIR) + "/examples/hardware/cpu_this.toml";
+  train(c, quiet);
+  r = last_record(c.train.out_dir);
+  EXPECT_DOUBLE_EQ(r["mfu"].get<double>(), r["gflops"].get<double>() / 106.0);  // its measured fp32 GEMM rate
+
+  c.train.out_dir = scratch("missing");
+  c.train.hardware = "no/such/hardware.toml";
+  testing::expect_error([&] { train(c, quiet); }, "no/such/hardware.toml: cannot open the hardware file");
+}
+
 TEST(Trainer, DamagedCheckpointIsReportedNotLoaded) {
   const std::string dir = scratch("damaged");
   RunConfig c = tiny_run(dir);
