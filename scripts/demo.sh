@@ -33,7 +33,9 @@ fi
 
 start=$(date +%s)
 "$moelab" prepare --input "$corpus" --tokenizer char --val-fraction 0.1 --out runs/shakespeare_char
-"$moelab" train --config examples/shakespeare_moe.toml "$@"
+# A second demo starts over (--overwrite) unless asked to continue (--resume, --resume-if-present).
+case " $* " in *" --resume"*) fresh=() ;; *) fresh=(--overwrite) ;; esac
+"$moelab" train --config examples/shakespeare_moe.toml "${fresh[@]}" "$@"
 trained=$(date +%s)
 
 echo

@@ -1,6 +1,7 @@
 #include "train/checkpoint.h"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -119,6 +120,50 @@ std::string latest_checkpoint(const std::string& run_dir) {
   return all.empty() ? "" : all.back().string();
 }
 
+std::string prepare_run_dir(const std::string& run_dir, RunStart how, bool leader) {
+  const std::string latest = latest_checkpoint(run_dir);
+  const fs::path metrics = fs::path(run_dir) / "metrics.jsonl";
+  if (how == RunStart::Resume)
+    MOELAB_CHECK(!latest.empty(), "train --resume: ", run_dir, " holds no complete checkpoint to resume (",
+                 fs::exists(metrics) ? "only a metrics.jsonl" : "nothing", "); --resume-if-present starts fresh then");
+  if ((how == RunStart::Resume || how == RunStart::ResumeIfPresent) && !latest.empty()) return latest;
+  if (how == RunStart::Overwrite) {
+    if (leader && fs::is_directory(run_dir))
+      for (const auto& entry : fs::directory_iterator(run_dir)) {
+        const std::string name = entry.path().filename().string();
+        if ((entry.is_directory() && name.rfind("step_", 0) == 0) || name == "metrics.jsonl") fs::remove_all(entry.path());
+      }
+    return "";
+  }
+  MOELAB_CHECK(latest.empty() && !fs::exists(metrics), "train: ", run_dir, " already holds a run (",
+               latest.empty() ? "a metrics.jsonl" : "checkpoint " + fs::path(latest).filename().string(),
+               "): pass --resume to continue it, --overwrite to start over (its checkpoints and metrics are "
+               "removed), or set another train.out_dir");
+  return "";
+}
+
+RunDirLock::RunDirLock(const std::string& run_dir) {
+  fs::create_directories(run_dir);
+  const std::string path = (fs::path(run_dir) / ".lock").string();
+  fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  MOELAB_CHECK(fd_ >= 0, path, ": cannot open the run's lock file");
+  if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+    char pid[32] = {0};
+    const ssize_t n = ::pread(fd_, pid, sizeof pid - 1, 0);
+    ::close(fd_);
+    fd_ = -1;
+    MOELAB_FAIL("train: another process (pid ", n > 0 ? std::string(pid, static_cast<size_t>(n)) : std::string("?"),
+                ") is writing ", run_dir, " (it holds ", path, "); wait for it or set another train.out_dir");
+  }
+  const std::string me = std::to_string(::getpid());
+  if (::ftruncate(fd_, 0) != 0 || ::pwrite(fd_, me.data(), me.size(), 0) != static_cast<ssize_t>(me.size()))
+    MOELAB_FAIL(path, ": cannot write the lock owner's pid");
+}
+
+RunDirLock::~RunDirLock() {
+  if (fd_ >= 0) ::close(fd_);  // closing releases the flock
+}
+
 std::string resolve_checkpoint(const std::string& path) {
   MOELAB_CHECK(fs::is_directory(path), "--ckpt ", path, ": no such directory");
   if (fs::exists(fs::path(path) / "trainer_state.json")) return path;
@@ -147,6 +192,9 @@ nlohmann::ordered_json read_state(const fs::path& dir) {
     MOELAB_CHECK(j.contains(key), "checkpoint ", dir.string(), ": ", kStateFile, " lacks '", key, "'");
   for (auto it = j["files"].begin(); it != j["files"].end(); ++it) {
     const fs::path f = dir / it.key();
+    // Inference needs only the model and the state: the optimizer's file may be left out (a
+    // resume asks for it, restore_optimizer), but when it is there it must be whole.
+    if (it.key() == "optimizer.safetensors" && !fs::exists(f)) continue;
     MOELAB_CHECK(fs::exists(f), "checkpoint ", dir.string(), ": ", it.key(), " is missing");
     const auto size = fs::file_size(f);
     MOELAB_CHECK(size == it.value().get<uint64_t>(), "checkpoint ", dir.string(), ": ", it.key(), " has ", size,

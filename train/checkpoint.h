@@ -46,6 +46,31 @@ std::string save_checkpoint(const std::string& run_dir, const RunConfig& cfg, co
 
 // The newest complete checkpoint under run_dir ("" when there is none).
 std::string latest_checkpoint(const std::string& run_dir);
+
+// How a training run treats its directory (`moelab train` flags), so that no run is mixed with
+// another or lost silently:
+//   Fresh            run_dir must not hold a run (a complete checkpoint or metrics.jsonl)
+//   Resume           run_dir must hold a checkpoint, the newest of which is returned
+//   ResumeIfPresent  Resume when there is a checkpoint, else Fresh
+//   Overwrite        the old run's checkpoints (complete or not) and metrics.jsonl are removed first
+// Errors name the directory, what it holds and the flag that would proceed. Returns the checkpoint
+// to resume from ("" = a fresh start). Only `leader` removes anything (one process of several).
+enum class RunStart { Fresh, Resume, ResumeIfPresent, Overwrite };
+std::string prepare_run_dir(const std::string& run_dir, RunStart how, bool leader);
+
+// One writer per run directory: an exclusive lock on <run_dir>/.lock for the lifetime of the object
+// (flock: the kernel releases it when the process ends, also on kill -9). Throws, naming the
+// directory and the pid that holds it, when another process does.
+class RunDirLock {
+ public:
+  explicit RunDirLock(const std::string& run_dir);
+  ~RunDirLock();
+  RunDirLock(const RunDirLock&) = delete;
+  RunDirLock& operator=(const RunDirLock&) = delete;
+
+ private:
+  int fd_ = -1;
+};
 // What a `--ckpt` argument names: a checkpoint directory, or a run directory (its newest complete
 // checkpoint). Throws naming the path when it is neither.
 std::string resolve_checkpoint(const std::string& ckpt_or_run_dir);

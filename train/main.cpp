@@ -23,7 +23,8 @@
 //                 [--seed S] [--no-cache] [--device cpu|cuda]
 //                               text from a checkpoint (or a run's newest) with the KV cache; prints
 //                               the cache's bytes per token and tokens/s (train/sample.h)
-//   moelab train --config X.toml [--set key=value ...] [--resume] [--device cpu|cuda] [--precision P]
+//   moelab train --config X.toml [--set key=value ...] [--resume | --resume-if-present | --overwrite]
+//                [--device cpu|cuda] [--precision P]
 //                               the training loop (train/trainer.h); SIGINT/SIGTERM saves and exits 0
 //   moelab eval --ckpt DIR [--batches N] [--data-dir DIR] [--device cpu|cuda]
 //                               a checkpoint's validation loss (train/trainer.h)
@@ -238,7 +239,7 @@ struct TrainCliOptions {
   std::string config;
   std::vector<std::string> overrides;
   DeviceCliOptions where;
-  bool resume = false;
+  bool resume = false, resume_if_present = false, overwrite = false;
 };
 
 int run_train_cli(const TrainCliOptions& o) {
@@ -249,6 +250,8 @@ int run_train_cli(const TrainCliOptions& o) {
   std::signal(SIGTERM, request_stop);
   moelab::TrainOptions opt;
   opt.resume = o.resume;
+  opt.resume_if_present = o.resume_if_present;
+  opt.overwrite = o.overwrite;
   opt.stop = &g_stop_requested;
   moelab::train(cfg, opt);
   return 0;
@@ -449,7 +452,15 @@ int main(int argc, char** argv) {
       ->required();
   train->add_option("--set", train_opt.overrides, "Override a config key: model.<key>=value, train.<key>=value or dist.<key>=value "
                     "(repeatable; applied after the file)");
-  train->add_flag("--resume", train_opt.resume, "Continue from the newest complete checkpoint in train.out_dir");
+  CLI::Option* resume_flag =
+      train->add_flag("--resume", train_opt.resume, "Continue from the newest complete checkpoint in train.out_dir "
+                      "(an error when there is none)");
+  CLI::Option* if_present_flag = train->add_flag("--resume-if-present", train_opt.resume_if_present,
+                                                 "Continue when train.out_dir has a checkpoint, else start fresh");
+  train->add_flag("--overwrite", train_opt.overwrite, "Start over in a train.out_dir that holds a run: its "
+                  "checkpoints and metrics.jsonl are removed first (without it, such a directory is an error)")
+      ->excludes(resume_flag)
+      ->excludes(if_present_flag);
   train_opt.where.add_to(train);
   train->callback([&]() { rc = run_train_cli(train_opt); });
 

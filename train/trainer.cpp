@@ -100,10 +100,16 @@ struct Start {
   std::string resumed_from;  // empty: a fresh start
 };
 
-Start start_or_resume(const RunConfig& cfg, const Runtime& rt, bool resume) {
+Start start_or_resume(const RunConfig& cfg, const Runtime& rt, const TrainOptions& o, bool leader) {
+  MOELAB_CHECK(!(o.overwrite && (o.resume || o.resume_if_present)),
+               "train: --overwrite starts over and --resume continues: pass one of them");
+  const RunStart how = o.overwrite ? RunStart::Overwrite
+                       : o.resume_if_present ? RunStart::ResumeIfPresent
+                       : o.resume ? RunStart::Resume
+                                  : RunStart::Fresh;
   Start s;
   s.state.seed = cfg.train.seed;
-  if (resume) s.resumed_from = latest_checkpoint(cfg.train.out_dir);
+  s.resumed_from = prepare_run_dir(cfg.train.out_dir, how, leader);
   if (s.resumed_from.empty()) {
     s.model = new_model(cfg.model, cfg.train.seed, rt);
     return s;
@@ -344,7 +350,10 @@ TrainResult train(const RunConfig& cfg_in, const TrainOptions& options) {
   // With several processes every one loads the checkpoint (checkpoints hold the full state, so the
   // rank count may change across a resume) and rank 0's copy is broadcast; each takes its slice of
   // the global batch and, with ZeRO-1, its shard of the optimizer state.
-  Start start = start_or_resume(cfg, rt, options.resume);
+  // One writer per run directory (the first process writes for all), then its checks.
+  const bool leader = dist::world_from_environment().rank == 0;
+  std::unique_ptr<RunDirLock> lock = leader ? std::make_unique<RunDirLock>(tc.out_dir) : nullptr;
+  Start start = start_or_resume(cfg, rt, options, leader);
   Model& model = *start.model;
   TrainerState& state = start.state;
   const Processes procs = join_processes(cfg.dist, rt.device, model);

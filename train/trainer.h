@@ -22,7 +22,12 @@
 namespace moelab {
 
 struct TrainOptions {
-  bool resume = false;                        // continue from the newest checkpoint in out_dir
+  // What out_dir may hold (train/checkpoint.h, prepare_run_dir): resume continues from its newest
+  // checkpoint (one must exist, unless resume_if_present); overwrite removes an old run first;
+  // neither: it must hold no run.
+  bool resume = false;
+  bool resume_if_present = false;
+  bool overwrite = false;
   bool console = true;                        // print lines and the progress bar
   const std::atomic<bool>* stop = nullptr;    // set by a signal handler: save and return after the step
   int64_t stop_after_step = 0;                // > 0: behave as if stopped after this step (tests)

@@ -2,7 +2,7 @@
 # `moelab train` end to end through the command line, on the char-level tinyshakespeare shards of
 # the cli.prepare_char fixture: a short run, a run stopped by a real SIGINT (it must finish the
 # step, save a checkpoint and exit 0) and resumed, `moelab eval` (the same val loss as the trainer's
-# last evaluation), a sample, an export, and the plots.
+# last evaluation), a sample, an export, the run directory's guards, and the plots.
 #   cli_train_test.sh MOELAB PREPARED_DIR WORK_DIR SOURCE_DIR
 set -euo pipefail
 moelab=$1 data=$2 work=$3 src=$4
@@ -38,6 +38,21 @@ grep -q "val loss $trained " "$work/eval.log" \
 grep -q "KV cache:" "$work/sample.txt" || { echo "FAIL: sample"; exit 1; }
 "$moelab" export --ckpt "$work/a" --out "$work/hf" > /dev/null
 [ -f "$work/hf/config.json" ] && [ -f "$work/hf/model.safetensors" ] || { echo "FAIL: export"; exit 1; }
+
+# The run directory's guards: a second fresh run into a used directory is refused, naming the flags;
+# --overwrite starts over; inference needs no optimizer file.
+if "$moelab" train "${common[@]}" --set train.steps=2 --set "train.out_dir=$work/a" > "$work/guard.log" 2>&1; then
+  echo "FAIL: a fresh run into a directory holding a run was not refused"; exit 1
+fi
+grep -q "already holds a run (checkpoint step_00000030): pass --resume" "$work/guard.log" \
+  || { cat "$work/guard.log"; echo "FAIL: guard message"; exit 1; }
+cp -r "$work/a" "$work/a_copy"
+"$moelab" train "${common[@]}" --set train.steps=2 --set "train.out_dir=$work/a_copy" --overwrite > "$work/over.log"
+[ ! -d "$work/a_copy/step_00000030" ] && [ -d "$work/a_copy/step_00000002" ] \
+  || { ls "$work/a_copy"; echo "FAIL: --overwrite"; exit 1; }
+rm "$work/a_copy/step_00000002/optimizer.safetensors"
+"$moelab" sample --ckpt "$work/a_copy" --prompt "A" --max-new-tokens 5 --seed 1 > /dev/null \
+  || { echo "FAIL: sample needs no optimizer file"; exit 1; }
 
 if /usr/bin/python3 -c "import matplotlib, numpy" 2>/dev/null; then
   /usr/bin/python3 "$src/examples/plot.py" "$work/a"

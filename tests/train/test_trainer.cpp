@@ -262,6 +262,51 @@ TEST(Trainer, MfuIsAgainstAFixedStatedPeak) {
   testing::expect_error([&] { train(c, quiet); }, "no/such/hardware.toml: cannot open the hardware file");
 }
 
+// The run directory's guards: a fresh run never mixes with an old one, a resume needs something to
+// resume, --overwrite starts over, and two writers cannot share a directory.
+TEST(Trainer, RunDirectoriesAreGuarded) {
+  const std::string dir = scratch("guarded");
+  RunConfig c = tiny_run(dir);
+  c.train.steps = 4;
+  c.train.eval_every = 0;
+  TrainOptions quiet;
+  quiet.console = false;
+  TrainOptions resume = quiet, if_present = quiet, overwrite = quiet;
+  resume.resume = true;
+  if_present.resume_if_present = true;
+  overwrite.overwrite = true;
+
+  testing::expect_error([&] { train(c, resume); }, "holds no complete checkpoint to resume (nothing)");
+  EXPECT_EQ(train(c, if_present).step, 4);  // nothing there: a fresh start
+  testing::expect_error([&] { train(c, quiet); }, "already holds a run (checkpoint step_00000004): pass --resume");
+  c.train.steps = 6;
+  EXPECT_EQ(train(c, if_present).step, 6);  // continues from step 4
+  TrainOptions both = overwrite;
+  both.resume = true;
+  testing::expect_error([&] { train(c, both); }, "pass one of them");
+
+  // --overwrite: the old checkpoints and records go, the new run's alone remain.
+  c.train.steps = 3;
+  EXPECT_EQ(train(c, overwrite).step, 3);
+  EXPECT_EQ(latest_checkpoint(dir), dir + "/step_00000003");
+  EXPECT_FALSE(fs::exists(dir + "/step_00000006"));
+  EXPECT_EQ(logged_losses(dir).rbegin()->first, 3);
+
+  // A run killed before its first checkpoint leaves only metrics.jsonl: still a run.
+  const std::string killed = scratch("killed_early");
+  fs::create_directories(killed);
+  std::ofstream(killed + "/metrics.jsonl") << "{\"step\": 1, \"loss\": 3.0}\n";
+  c.train.out_dir = killed;
+  testing::expect_error([&] { train(c, quiet); }, "already holds a run (a metrics.jsonl)");
+  testing::expect_error([&] { train(c, resume); }, "holds no complete checkpoint to resume (only a metrics.jsonl)");
+
+  // A second writer: this process holds the lock, as a running trainer would.
+  c.train.out_dir = scratch("locked");
+  RunDirLock holder(c.train.out_dir);
+  testing::expect_error([&] { train(c, quiet); },
+                        "another process (pid " + std::to_string(::getpid()) + ") is writing " + c.train.out_dir);
+}
+
 TEST(Trainer, DamagedCheckpointIsReportedNotLoaded) {
   const std::string dir = scratch("damaged");
   RunConfig c = tiny_run(dir);
@@ -272,6 +317,17 @@ TEST(Trainer, DamagedCheckpointIsReportedNotLoaded) {
   const std::string model_file = r.checkpoint + "/model.safetensors";
   fs::resize_file(model_file, fs::file_size(model_file) - 100);
   testing::expect_error([&] { load_checkpoint(r.checkpoint); }, "damaged or truncated");
+  // Inference needs only the model and the state; a resume asks for the optimizer's file by name.
+  RunConfig c2 = tiny_run(scratch("no_optimizer"));
+  c2.train.steps = 2;
+  const TrainResult r2 = train(c2, quiet);
+  fs::remove(r2.checkpoint + "/optimizer.safetensors");
+  EXPECT_EQ(load_checkpoint(r2.checkpoint).state.step, 2);
+  TrainOptions resume = quiet;
+  resume.resume = true;
+  RunConfig more = c2;
+  more.train.steps = 4;
+  testing::expect_error([&] { train(more, resume); }, "no optimizer.safetensors to resume from");
   // A half-written save (a .tmp directory) is never picked for a resume.
   fs::create_directories(dir + "/step_00000099.tmp");
   EXPECT_EQ(latest_checkpoint(dir), r.checkpoint);
