@@ -2,6 +2,8 @@
 // write shards and meta.json.
 #include "data/prepare.h"
 
+#include "data/unicode.h"
+
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -12,6 +14,7 @@
 
 #include "core/check.h"
 #include "data/shard.h"
+#include "data/unicode.h"
 
 namespace moelab {
 
@@ -29,6 +32,23 @@ std::string read_file(const std::string& path) {
   ss << in.rdbuf();
   MOELAB_CHECK(in.good() || in.eof(), "prepare: read error in ", path);
   return ss.str();
+}
+
+// "" for text; else why `path` (its bytes: `data`) looks like a binary file: NUL bytes, or more than
+// 1% of its first 64 KiB not UTF-8. Tokenizers take any bytes, so this is a warning, not an error.
+std::string not_text(const std::string& path, std::string_view data) {
+  const std::string_view head = data.substr(0, 64 << 10);
+  int64_t nul = 0, invalid = 0;
+  for (size_t i = 0; i < head.size();) {
+    const unicode::Utf8Char c = unicode::next_utf8(head, i);
+    nul += c.cp == 0;
+    // A character cut by the 64 KiB boundary is not an error.
+    invalid += c.cp == unicode::kInvalid && i + 4 < head.size();
+    i += static_cast<size_t>(c.len);
+  }
+  if (nul == 0 && invalid * 100 <= static_cast<int64_t>(head.size())) return "";
+  return path + " does not look like text: " + std::to_string(nul) + " NUL bytes and " + std::to_string(invalid) +
+         " bytes that are not UTF-8 in its first " + std::to_string(head.size()) + " bytes (a binary file?)";
 }
 
 // A document's part on one side of the split: bytes [begin, end) of the joined text, and whether
@@ -77,10 +97,13 @@ PrepareSummary prepare(const PrepareOptions& o) {
   // 1. Read and join the inputs; each file is one document.
   std::string text;
   std::vector<std::pair<int64_t, int64_t>> docs;  // [begin, end) in text
+  std::vector<std::string> warnings;
   for (const std::string& path : o.inputs) {
     const int64_t begin = static_cast<int64_t>(text.size());
     text += read_file(path);
     docs.emplace_back(begin, static_cast<int64_t>(text.size()));
+    const std::string warning = not_text(path, std::string_view(text).substr(static_cast<size_t>(begin)));
+    if (!warning.empty()) warnings.push_back(warning);
   }
   const int64_t total = static_cast<int64_t>(text.size());
   MOELAB_CHECK(total > 0, "prepare: the input files are empty");
@@ -113,6 +136,7 @@ PrepareSummary prepare(const PrepareOptions& o) {
     }
   }
   PrepareSummary r;
+  r.warnings = warnings;
   r.tokenizer_seconds = seconds_since(t_tok);
   if (o.verbose) {
     std::cout << "prepare: " << tokenizer_kind_name(o.kind) << " tokenizer with " << tok.vocab_size() << " tokens";

@@ -47,6 +47,7 @@ struct PrepareSummary {
   int64_t train_tokens = 0, val_tokens = 0;
   std::vector<std::string> train_shards, val_shards;  // paths
   double tokenizer_seconds = 0, total_seconds = 0;
+  std::vector<std::string> warnings;  // inputs that do not look like text (NUL bytes, not UTF-8)
 };
 
 PrepareSummary prepare(const PrepareOptions& options);

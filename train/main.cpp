@@ -266,6 +266,7 @@ int run_prepare_cli(PrepareCliOptions o) {
   o.opt.kind = moelab::parse_tokenizer_kind(o.tokenizer);
   o.opt.verbose = true;
   const moelab::PrepareSummary s = moelab::prepare(o.opt);
+  for (const std::string& w : s.warnings) std::fprintf(stderr, "WARNING: %s\n", w.c_str());
   std::printf("prepared %s: %s tokenizer, vocab %lld; train %lld tokens in %zu shard(s), val %lld tokens; %.1f s\n",
               s.out_dir.c_str(), moelab::tokenizer_kind_name(s.kind), static_cast<long long>(s.vocab_size),
               static_cast<long long>(s.train_tokens), s.train_shards.size(), static_cast<long long>(s.val_tokens),
@@ -361,6 +362,7 @@ int run_eval_cli(const EvalCliOptions& o) {
 int main(int argc, char** argv) {
   CLI::App app{"moelab: pretrain DeepSeek-V3-style Mixture-of-Experts transformers on a CPU or a few GPUs"};
   app.require_subcommand(1);
+  app.option_defaults()->always_capture_default();  // --help shows every option's default
   app.set_version_flag("--version", std::string("moelab ") + MOELAB_VERSION);
 
   int rc = 0;  // the exit code of the subcommand that ran

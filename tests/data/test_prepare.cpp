@@ -116,6 +116,27 @@ TEST(Prepare, BpeWithSeveralFilesAndShards) {
   EXPECT_EQ(val, tok.encode(b.substr(15000)));
 }
 
+// Tokenizers take any bytes, so a binary input is prepared, with a warning naming the file; UTF-8
+// text (accents, emoji) gets none.
+TEST(Prepare, WarnsWhenAnInputIsNotText) {
+  const std::string dir = testing::scratch_dir("prepare_binary");
+  std::string binary;
+  for (int i = 0; i < 5000; ++i) binary += static_cast<char>((i * 131) & 0xff);
+  testing::write_bytes(dir + "/blob.bin", binary);
+  testing::write_bytes(dir + "/text.txt", std::string("caf\xc3\xa9 na\xc3\xafve \xf0\x9f\x99\x82\n") + std::string(3000, 'a'));
+  PrepareOptions o;
+  o.inputs = {dir + "/text.txt"};
+  o.out_dir = dir + "/out_text";
+  o.kind = TokenizerKind::Byte;
+  o.val_fraction = 0.1;
+  EXPECT_TRUE(prepare(o).warnings.empty());
+  o.inputs = {dir + "/text.txt", dir + "/blob.bin"};
+  o.out_dir = dir + "/out_binary";
+  const PrepareSummary r = prepare(o);
+  ASSERT_EQ(r.warnings.size(), 1u);
+  EXPECT_NE(r.warnings[0].find("blob.bin does not look like text: 20 NUL bytes"), std::string::npos) << r.warnings[0];
+}
+
 TEST(Prepare, RejectsBadOptions) {
   PrepareOptions o;
   o.out_dir = testing::scratch_dir("prepare_bad");
