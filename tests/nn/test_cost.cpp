@@ -59,6 +59,12 @@ RunConfig test_size(RunConfig run) {
   return run;
 }
 
+// A preset whose per-token widths alone make even the test size too large for a test (DeepSeek-V3:
+// D = 7168, 256 routed experts in 8 groups; its counts are checked by hand in test_model_info.cpp
+// and planned by `moelab plan`, never allocated).
+constexpr int64_t kMaxTestSizeParams = 1'000'000'000;
+bool plan_only(const RunConfig& test_sized) { return Model(test_sized.model).params().numel() > kMaxTestSizeParams; }
+
 struct Measured {
   int64_t predicted = 0;
   size_t peak = 0;
@@ -116,6 +122,7 @@ class PresetCost : public ::testing::TestWithParam<std::string> {};
 TEST_P(PresetCost, ActivationBytesMatchTheArenaPeak) {
   const RunConfig run = test_size(load_config(GetParam()));
   const std::string name = std::filesystem::path(GetParam()).stem().string();
+  if (plan_only(run)) GTEST_SKIP() << name << " is too large to allocate even at test size";
   expect_close(measure(run.model, run.train.batch_size, run.train.seq_len), name);
 }
 
@@ -124,6 +131,7 @@ TEST_P(PresetCost, ActivationBytesMatchTheArenaPeak) {
 TEST_P(PresetCost, DecodeBytesMatchTheArenaPeak) {
   const RunConfig run = test_size(load_config(GetParam()));
   const std::string name = std::filesystem::path(GetParam()).stem().string();
+  if (plan_only(run)) GTEST_SKIP() << name << " is too large to allocate even at test size";
   const ModelConfig& cfg = run.model;
   const int64_t B = run.train.batch_size, T = run.train.seq_len;
   Model model(cfg);
