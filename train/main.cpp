@@ -352,8 +352,10 @@ int run_eval_cli(const EvalCliOptions& o) {
   if (!o.where.device.empty()) opt.device = o.where.device;
   if (!o.where.precision.empty()) opt.precision = o.where.precision;
   const moelab::EvalResult r = moelab::evaluate_checkpoint(o.ckpt, opt);
-  std::printf("val loss %.4f (ppl %.2f): checkpoint %s (step %lld), %s, %.1f s\n", r.loss, std::exp(r.loss),
-              r.checkpoint.c_str(), static_cast<long long>(r.step), r.runtime.c_str(), r.seconds);
+  std::printf("val loss %.4f (ppl %.2f) over %lld of the val split's %lld windows: checkpoint %s (step %lld), %s, "
+              "%.1f s\n", r.loss, std::exp(r.loss), static_cast<long long>(r.windows),
+              static_cast<long long>(r.split_windows), r.checkpoint.c_str(), static_cast<long long>(r.step),
+              r.runtime.c_str(), r.seconds);
   return 0;
 }
 
@@ -522,8 +524,9 @@ int main(int argc, char** argv) {
   EvalCliOptions eval_opt;
   eval->add_option("--ckpt", eval_opt.ckpt, "A checkpoint directory, or a run directory (its newest checkpoint)")
       ->required();
-  eval->add_option("--batches", eval_opt.opt.batches, "Validation batches (default: the run's train.eval_batches)")
-      ->check(CLI::PositiveNumber);
+  eval->add_option("--batches", eval_opt.opt.batches, "Validation batches; 0 = the whole val split (default -1: the "
+                   "run's train.eval_batches)")
+      ->check(CLI::NonNegativeNumber);
   eval->add_option("--data-dir", eval_opt.opt.data_dir, "Prepared data to evaluate on (default: the run's "
                    "train.data_dir)");
   eval_opt.where.add_to(eval);

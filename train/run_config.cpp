@@ -39,7 +39,7 @@ const std::vector<TrainField> kTrainFields = {
     {"data_dir", "a `moelab prepare` output directory", &TrainConfig::data_dir},
     {"data_mode", "random (windows) or sequential (shuffled epochs)", &TrainConfig::data_mode},
     {"eval_every", "steps between validation passes; 0 = only at the end", &TrainConfig::eval_every},
-    {"eval_batches", "validation batches per pass", &TrainConfig::eval_batches},
+    {"eval_batches", "validation batches per pass; 0 = the whole val split", &TrainConfig::eval_batches},
     {"log_every", "steps between console lines and metrics records", &TrainConfig::log_every},
     {"out_dir", "run directory: checkpoints and metrics.jsonl", &TrainConfig::out_dir},
     {"ckpt_every", "steps between checkpoints; 0 = only at the end", &TrainConfig::ckpt_every},
@@ -190,10 +190,9 @@ void TrainConfig::validate(const ModelConfig& model) const {
   };
   positive("steps", steps);
   positive("grad_accum_steps", grad_accum_steps);
-  positive("eval_batches", eval_batches);
   positive("log_every", log_every);
   positive("max_nonfinite", max_nonfinite);
-  for (auto [key, v] : {std::pair<const char*, int64_t>{"warmup_steps", warmup_steps}, {"eval_every", eval_every},
+  for (auto [key, v] : {std::pair<const char*, int64_t>{"warmup_steps", warmup_steps}, {"eval_every", eval_every}, {"eval_batches", eval_batches},
                         {"ckpt_every", ckpt_every}, {"keep_last", keep_last}})
     non_negative(key, static_cast<double>(v));
   if (!(lr > 0) || !std::isfinite(lr)) throw ConfigError("lr = " + format_config_number(lr) + " must be > 0");

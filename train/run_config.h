@@ -53,7 +53,7 @@ struct TrainConfig {
   std::string data_mode = "random"; // random windows | sequential (shuffled epochs)
   // evaluation, logging, checkpoints
   int64_t eval_every = 100;         // steps between validation passes; 0 = only at the end
-  int64_t eval_batches = 20;        // validation batches per pass
+  int64_t eval_batches = 0;         // validation batches per pass; 0 = every full batch of the val split
   int64_t log_every = 10;           // steps between console lines / JSONL records
   std::string out_dir = "runs/default";  // checkpoints + metrics.jsonl
   int64_t ckpt_every = 0;           // steps between checkpoints; 0 = only at the end (and on a signal)

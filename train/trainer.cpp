@@ -53,13 +53,21 @@ LoaderConfig loader_config(const RunConfig& cfg, const std::vector<std::string>&
   return lc;
 }
 
-// Mean main-model loss over the first eval_batches validation windows. With several processes each
-// evaluates its slice of every batch and the slices' means are averaged over the ranks (sync).
-double evaluate(const Model& model, const RunConfig& cfg, const LoaderConfig& val_cfg, const Runtime& rt, Arena& arena,
-                GradSync* sync = nullptr) {
+struct Evaluation {
+  double loss = 0;
+  int64_t windows = 0, split_windows = 0;  // evaluated, of the split's
+  bool whole = false;                      // every full batch of the split
+};
+
+// Mean main-model loss over the val split's windows in file order: every full global batch of them
+// (eval_batches = 0), or the first eval_batches batches. With several processes each evaluates its
+// slice of every batch and the slices' means are averaged over the ranks (sync).
+Evaluation evaluate(const Model& model, const RunConfig& cfg, const LoaderConfig& val_cfg, const Runtime& rt,
+                    Arena& arena, GradSync* sync = nullptr) {
   Loader val(val_cfg);
   const Context ctx = rt.context(arena, val_cfg.batch_size, cfg.train.seq_len);
-  const int64_t batches = std::min<int64_t>(cfg.train.eval_batches, std::max<int64_t>(1, val.num_windows() / val.global_batch()));
+  const int64_t full = std::max<int64_t>(1, val.num_windows() / val.global_batch());
+  const int64_t batches = cfg.train.eval_batches > 0 ? std::min(cfg.train.eval_batches, full) : full;
   double sum = 0;
   for (int64_t i = 0; i < batches; ++i) {
     arena.reset();
@@ -71,7 +79,17 @@ double evaluate(const Model& model, const RunConfig& cfg, const LoaderConfig& va
     sync->sum(v);
     sum = v[0] / sync->ranks();
   }
-  return sum / static_cast<double>(batches);
+  return {sum / static_cast<double>(batches), batches * val.global_batch(), val.num_windows(), batches == full};
+}
+
+// "the whole val split: 848 of its 858 windows (the last 10 fill no batch)", "the first 320 of the
+// val split's 858 windows"
+std::string coverage(const Evaluation& e) {
+  const std::string of = std::to_string(e.windows) + " of the val split's " + std::to_string(e.split_windows) + " windows";
+  if (!e.whole) return "the first " + of;
+  if (e.windows >= e.split_windows) return "the whole val split, " + of;
+  return "the whole val split: " + of + " (the last " + std::to_string(e.split_windows - e.windows) +
+         " fill no batch)";
 }
 
 std::string human(double x) {
@@ -218,10 +236,11 @@ class RunLog {
                     std::to_string(in_a_row) + " in a row)");
   }
 
-  void eval(int64_t step, double val_loss, double train_seconds) {
-    log_.write({{"step", step}, {"val_loss", val_loss}, {"train_seconds", train_seconds}});
-    char buf[128];
-    std::snprintf(buf, sizeof buf, "step %lld | val loss %.4f", static_cast<long long>(step), val_loss);
+  void eval(int64_t step, const Evaluation& e, double train_seconds) {
+    log_.write({{"step", step}, {"val_loss", e.loss}, {"val_windows", e.windows}, {"train_seconds", train_seconds}});
+    char buf[256];
+    std::snprintf(buf, sizeof buf, "step %lld | val loss %.4f (%s)", static_cast<long long>(step), e.loss,
+                  coverage(e).c_str());
     log_.print_line(buf);
   }
 
@@ -403,8 +422,9 @@ TrainResult train(const RunConfig& cfg_in, const TrainOptions& options) {
   };
   auto run_eval = [&](int64_t step) {
     if (data.val_shards.empty()) return;
-    result.val_loss = evaluate(model, cfg, val_cfg, rt, arena, procs.sync());
-    log.eval(step, result.val_loss, resumed_seconds + train_seconds);
+    const Evaluation e = evaluate(model, cfg, val_cfg, rt, arena, procs.sync());
+    result.val_loss = e.loss;
+    log.eval(step, e, resumed_seconds + train_seconds);
   };
 
   const auto t_start = Clock::now();
@@ -457,7 +477,7 @@ EvalResult evaluate_checkpoint(const std::string& ckpt_or_run_dir, const EvalOpt
   LoadedCheckpoint ck = load_checkpoint(resolve_checkpoint(ckpt_or_run_dir));
   RunConfig cfg = ck.cfg;
   if (!options.data_dir.empty()) cfg.train.data_dir = options.data_dir;
-  if (options.batches > 0) cfg.train.eval_batches = options.batches;
+  if (options.batches >= 0) cfg.train.eval_batches = options.batches;
   const PrepareSummary data = read_prepared(cfg.train.data_dir);
   MOELAB_CHECK(!data.val_shards.empty(), "eval: ", cfg.train.data_dir, " has no validation shards (prepare with "
                "--val-fraction > 0)");
@@ -471,8 +491,11 @@ EvalResult evaluate_checkpoint(const std::string& ckpt_or_run_dir, const EvalOpt
   r.checkpoint = ck.path;
   r.runtime = rt.describe();
   r.step = ck.state.step;
-  r.loss = evaluate(*model, cfg, loader_config(cfg, data.val_shards, cfg.model.vocab_size, false, dist::WorldInfo{}),
-                    rt, arena);
+  const Evaluation e =
+      evaluate(*model, cfg, loader_config(cfg, data.val_shards, cfg.model.vocab_size, false, dist::WorldInfo{}), rt, arena);
+  r.loss = e.loss;
+  r.windows = e.windows;
+  r.split_windows = e.split_windows;
   r.seconds = seconds_since(t0);
   return r;
 }

@@ -7,8 +7,9 @@
 // (a NaN/Inf loss or gradient norm skips the update; the trainer logs it, and max_nonfinite in a row
 // stop the run with an error), global-norm clipping, AdamW at the scheduled learning rate, then the
 // aux-loss-free bias update with the step's summed expert loads.
-// Validation every eval_every steps on the first eval_batches windows of the val split (the same
-// windows every time, so the curve is comparable). Checkpoints every ckpt_every steps, at the end,
+// Validation every eval_every steps over the whole val split (every full batch of its windows, in
+// file order; train.eval_batches > 0 takes only the first that many batches), the same windows
+// every time, so the curve is comparable. Checkpoints every ckpt_every steps, at the end,
 // and when stop is requested (SIGINT/SIGTERM through `stop`): the current step finishes first.
 // Same seed, same thread count, same number of processes -> the same run, bit for bit, including
 // across a resume; another number of processes gives the same run within f32 rounding.
@@ -46,16 +47,17 @@ struct TrainResult {
 TrainResult train(const RunConfig& cfg, const TrainOptions& options);
 
 // `moelab eval`: a checkpoint's mean main-model loss over the validation windows the trainer's
-// evaluation uses (the first eval_batches of the val split, in file order), on any device.
+// evaluation uses (the whole val split, or its first eval_batches batches), on any device.
 struct EvalOptions {
   std::string device = "cpu", precision = "auto";  // train/runtime.h
-  int64_t batches = 0;                             // > 0: instead of the run's train.eval_batches
+  int64_t batches = -1;                            // >= 0: instead of the run's train.eval_batches (0: all)
   std::string data_dir;                            // non-empty: instead of the run's train.data_dir
 };
 struct EvalResult {
   std::string checkpoint, runtime;
   int64_t step = 0;
   double loss = 0;
+  int64_t windows = 0, split_windows = 0;  // the windows evaluated, of the val split's
   double seconds = 0;
 };
 EvalResult evaluate_checkpoint(const std::string& ckpt_or_run_dir, const EvalOptions& options);

@@ -307,6 +307,36 @@ TEST(Trainer, RunDirectoriesAreGuarded) {
                         "another process (pid " + std::to_string(::getpid()) + ") is writing " + c.train.out_dir);
 }
 
+// Validation covers the whole val split by default: every full batch of its non-overlapping windows
+// (W = T + 1 + D_mtp tokens), the same in training and in `moelab eval`; eval_batches takes a prefix.
+TEST(Trainer, ValidationCoversTheWholeSplit) {
+  RunConfig c = tiny_run(scratch("whole_val"));
+  c.train.steps = 3;
+  c.train.eval_batches = 0;
+  TrainOptions quiet;
+  quiet.console = false;
+  const TrainResult r = train(c, quiet);
+  const int64_t W = c.train.seq_len + 1 + c.model.num_nextn_predict_layers, global = c.train.batch_size;
+  const int64_t split = read_prepared(c.train.data_dir).val_tokens / W;  // one val shard
+  ASSERT_GT(split / global, 2) << "the test needs a val split of several batches";
+  const EvalResult all = evaluate_checkpoint(r.checkpoint, EvalOptions{});
+  EXPECT_EQ(all.split_windows, split);
+  EXPECT_EQ(all.windows, split / global * global);
+  EXPECT_EQ(all.loss, r.val_loss) << "moelab eval and the trainer evaluate the same windows";
+  std::ifstream in(c.train.out_dir + "/metrics.jsonl");
+  int64_t logged = -1;
+  for (std::string line; std::getline(in, line);) {
+    const auto j = nlohmann::json::parse(line);
+    if (j.contains("val_windows")) logged = j["val_windows"].get<int64_t>();
+  }
+  EXPECT_EQ(logged, all.windows);
+  EvalOptions two;
+  two.batches = 2;
+  const EvalResult prefix = evaluate_checkpoint(r.checkpoint, two);
+  EXPECT_EQ(prefix.windows, 2 * global);
+  EXPECT_NE(prefix.loss, all.loss);
+}
+
 TEST(Trainer, DamagedCheckpointIsReportedNotLoaded) {
   const std::string dir = scratch("damaged");
   RunConfig c = tiny_run(dir);
