@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's main command: set up, then watch a DeepSeek-style MoE learn Shakespeare on the CPU.
-#   1. install what is missing, configure and build (scripts/setup.sh)
+#   1. install what is missing, configure and build the moelab command alone into build-demo/
+#      (scripts/setup.sh; without the CUDA kernels when this machine has no GPU)
 #   2. prepare tinyshakespeare at the character level (../shared/data when present, else the
 #      standard file from the char-rnn repository)
 #   3. train examples/shakespeare_moe.toml (MLA + 16 fine-grained experts + 1 shared, aux-loss-free
@@ -11,8 +12,11 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 moelab_install_debs python3-matplotlib
-moelab_build "$MOELAB_ROOT/build"
-moelab="$MOELAB_ROOT/build/train/moelab"
+# The demo trains on the CPU: no tests, and the CUDA kernels only where a GPU could use them.
+cuda=OFF
+if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then cuda=AUTO; fi
+MOELAB_BUILD_TARGETS=moelab moelab_build "$MOELAB_ROOT/build-demo" -DMOELAB_CUDA=$cuda
+moelab="$MOELAB_ROOT/build-demo/train/moelab"
 cd "$MOELAB_ROOT"
 
 corpus="$MOELAB_ROOT/../shared/data/tinyshakespeare.txt"

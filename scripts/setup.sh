@@ -36,13 +36,16 @@ moelab_install_pip() {
     || echo "moelab setup: warning: pip could not install $* (the checks that need it will be skipped)" >&2
 }
 
-# moelab_build BUILD_DIR [cmake options...]: configure (once) and build.
+# moelab_build BUILD_DIR [cmake options...]: configure (once) and build everything, or only the
+# targets in MOELAB_BUILD_TARGETS (e.g. "moelab": the command line and what it links).
 moelab_build() {
   local build_dir="$1"; shift
   cmake -S "$MOELAB_ROOT" -B "$build_dir" -DCMAKE_BUILD_TYPE=Release "$@" >"$build_dir.configure.log" 2>&1 \
     || { cat "$build_dir.configure.log" >&2; echo "moelab setup: configure failed (log above)" >&2; exit 1; }
   grep "^-- moelab" "$build_dir.configure.log" || true
-  cmake --build "$build_dir" -j "${MOELAB_JOBS:-$(nproc)}"
+  local targets=()
+  for t in ${MOELAB_BUILD_TARGETS:-}; do targets+=(--target "$t"); done
+  cmake --build "$build_dir" -j "${MOELAB_JOBS:-$(nproc)}" "${targets[@]}"
 }
 
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then
