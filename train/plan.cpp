@@ -15,6 +15,8 @@ namespace {
 
 using dist::human_bytes;
 using dist::Link;
+// gpus_per_node of emulated links without emulated nodes: every process on one node.
+constexpr int64_t kOneNode = int64_t{1} << 20;
 constexpr int64_t kEpChunks = dist::EPDispatch::kChunks;  // the tokens' halves of MoE's pipeline
 
 std::string fmt(const char* f, double v) {
@@ -98,47 +100,62 @@ double wire_row_bytes(int64_t D, const std::string& wire) {
   return static_cast<double>(D) * dtype_bytes(wire) + (wire == "fp8" ? 4.0 * static_cast<double>((D + 127) / 128) : 0);
 }
 
-// The nodes a token may reach: max_nodes_per_token, or, with group-limited routing (n_group groups,
-// the best topk_group of them) whose groups fill whole nodes, topk_group groups' nodes; 0: no limit.
-int64_t node_limit(const ModelConfig& cfg, int64_t ep_nodes) {
-  if (cfg.max_nodes_per_token > 0) return cfg.max_nodes_per_token;
-  if (cfg.n_group > 1 && ep_nodes >= cfg.n_group && ep_nodes % cfg.n_group == 0)
-    return cfg.topk_group * (ep_nodes / cfg.n_group);
-  return 0;
+// The router's groups (core/ops/moe_route.h): node-limited routing keeps a token in the best M of
+// the expert_nodes groups, group-limited routing in the best topk_group of n_group; --max-nodes-per-
+// token M (>= 0) plans node-limited routing over the layout's EP nodes instead.
+ModelConfig::RouteGroups plan_route_groups(ModelConfig cfg, int64_t max_nodes_override, int64_t ep_nodes) {
+  if (max_nodes_override >= 0) {
+    cfg.max_nodes_per_token = max_nodes_override;
+    cfg.expert_nodes = ep_nodes;
+  }
+  return cfg.route_groups();
+}
+
+// ln C(n, k)
+double log_choose(double n, double k) { return std::lgamma(n + 1) - std::lgamma(k + 1) - std::lgamma(n - k + 1); }
+
+// The chance that a unit of u consecutive experts (a rank's, a node's) owns at least one of a
+// token's K experts (see RouteSpread).
+double unit_hit(int64_t E, int64_t K, int64_t G, int64_t tg, int64_t u) {
+  const int64_t g = E / G;  // experts per group
+  const double pool = static_cast<double>(tg * g);
+  MOELAB_CHECK(pool >= static_cast<double>(K), "route_spread: ", tg, " of ", G, " groups hold ", pool,
+               " experts, fewer than K = ", K);
+  if (u <= g) {  // the unit lies inside one group, which is among the token's with chance tg / G
+    MOELAB_CHECK(g % u == 0, "route_spread: units of ", u, " experts straddle the groups of ", g);
+    return static_cast<double>(tg) / static_cast<double>(G) * (1 - all_miss(pool - static_cast<double>(u), pool, K));
+  }
+  MOELAB_CHECK(u % g == 0, "route_spread: units of ", u, " experts straddle the groups of ", g);
+  const int64_t m = u / g;  // whole groups in the unit; j of them among the token's (hypergeometric)
+  double p = 0;
+  for (int64_t j = 1; j <= std::min(m, tg); ++j) {
+    if (tg - j > G - m) continue;
+    const double chosen = std::exp(log_choose(m, j) + log_choose(G - m, tg - j) - log_choose(G, tg));
+    p += chosen * (1 - all_miss(pool - static_cast<double>(j * g), pool, K));
+  }
+  return p;
 }
 
 }  // namespace
 
-RouteSpread route_spread(int64_t E, int64_t K, int64_t R, int64_t nodes, int64_t M) {
-  MOELAB_CHECK(R >= 1 && E % R == 0 && nodes >= 1 && R % nodes == 0 && K >= 1 && K <= E, "route_spread: E = ", E,
-               ", K = ", K, ", R = ", R, ", nodes = ", nodes, " (expected R | E, nodes | R, 1 <= K <= E)");
-  const double e = static_cast<double>(E), per_rank = e / static_cast<double>(R), per_node = e / static_cast<double>(nodes);
-  RouteSpread s;
-  if (M <= 0 || M >= nodes) {
-    s.rank = 1 - all_miss(e - per_rank, e, K);
-    s.node = 1 - all_miss(e - per_node, e, K);
-  } else {
-    // Node-limited: M of the nodes are picked (each equally likely), then K experts among their M x E/nodes.
-    const double pool = static_cast<double>(M) * per_node, picked = static_cast<double>(M) / static_cast<double>(nodes);
-    MOELAB_CHECK(pool >= static_cast<double>(K), "route_spread: M = ", M, " nodes hold ", pool, " experts < K = ", K);
-    s.rank = picked * (1 - all_miss(pool - per_rank, pool, K));
-    s.node = picked * (1 - all_miss(pool - per_node, pool, K));
-  }
-  return s;
+RouteSpread route_spread(int64_t E, int64_t K, int64_t R, int64_t nodes, int64_t G, int64_t tg) {
+  MOELAB_CHECK(R >= 1 && E % R == 0 && nodes >= 1 && R % nodes == 0 && K >= 1 && K <= E && G >= 1 && E % G == 0 &&
+                   tg >= 1 && tg <= G,
+               "route_spread: E = ", E, ", K = ", K, ", R = ", R, ", nodes = ", nodes, ", groups ", tg, " of ", G,
+               " (expected R | E, nodes | R, 1 <= K <= E, G | E, 1 <= tg <= G)");
+  return {unit_hit(E, K, G, tg, E / R), unit_hit(E, K, G, tg, E / nodes)};
 }
 
 HardwareProfile with_emulated_links(HardwareProfile hw, const DistConfig& dist) {
   if (dist.ranks_per_node > 0) hw.gpus_per_node = dist.ranks_per_node;
   const dist::LinkModel link = comm_options(dist).link;
   if (!link.emulated()) return hw;
-  // A class the emulation leaves alone runs as fast as the machine: the other class's figures.
-  const Link& intra = link.intra.gbytes_per_s > 0 ? link.intra : link.inter;
-  const Link& inter = link.inter.gbytes_per_s > 0 ? link.inter : link.intra;
+  // A class the emulation leaves alone runs as fast as the machine: the machine's own figures.
   hw.name += " (emulated links)";
-  hw.intra_gbps = intra.gbytes_per_s, hw.intra_latency_us = intra.latency_us;
-  hw.inter_gbps = inter.gbytes_per_s, hw.inter_latency_us = inter.latency_us;
+  if (link.intra.gbytes_per_s > 0) hw.intra_gbps = link.intra.gbytes_per_s, hw.intra_latency_us = link.intra.latency_us;
+  if (link.inter.gbytes_per_s > 0) hw.inter_gbps = link.inter.gbytes_per_s, hw.inter_latency_us = link.inter.latency_us;
   hw.link_efficiency = 1;
-  if (dist.ranks_per_node == 0) hw.gpus_per_node = int64_t{1} << 20;  // one node holds every process
+  if (dist.ranks_per_node == 0) hw.gpus_per_node = kOneNode;
   return hw;
 }
 
@@ -158,6 +175,8 @@ PlanLayout plan_layout(const ModelConfig& cfg, const HardwareProfile& hw, const 
   MOELAB_CHECK(o.nodes >= 0 && o.gpus >= 0 && o.dp >= 0, "--nodes, --gpus and --dp must be >= 0");
   l.ep = o.ep;
   l.zero = o.zero;
+  MOELAB_CHECK(o.gpus > 0 || o.dp > 0 || hw.gpus_per_node < kOneNode, "the config emulates links on one node of any "
+               "size (dist.ranks_per_node = 0): pass --gpus (the processes mpirun starts)");
   if (o.gpus > 0) l.world = o.gpus;
   else if (o.dp > 0) l.world = o.dp * o.ep;
   else l.world = std::max<int64_t>(o.nodes, 1) * hw.gpus_per_node;
@@ -195,7 +214,7 @@ TrainPlan plan_training(const Model& model, int64_t seq_len, const HardwareProfi
   // A wire no narrower than the activations sends them as they are (dist/ep_dispatch.h).
   const std::string act_name = p.precision == "fp32" ? "f32" : "bf16";
   if (dtype_bytes(p.dispatch_dtype) >= dtype_bytes(act_name)) p.dispatch_dtype = act_name;
-  p.max_nodes_per_token = o.max_nodes_per_token >= 0 ? o.max_nodes_per_token : node_limit(cfg, l.ep_nodes);
+  p.route = plan_route_groups(cfg, o.max_nodes_per_token, l.ep_nodes);
   MOELAB_CHECK(o.imbalance >= 1, "--imbalance ", o.imbalance, " must be >= 1 (the busiest rank over the mean)");
   p.seq_len = seq_len;
   p.micro_batch = o.micro_batch;
@@ -219,65 +238,63 @@ TrainPlan plan_training(const Model& model, int64_t seq_len, const HardwareProfi
   p.seconds[phase(Phase::NormElementwise)] = kArenaPasses * static_cast<double>(c.activation_bytes) / bw;
   const double params = static_cast<double>(model.params().numel_padded());
   const double experts = static_cast<double>(model.expert_elements());
-  const double updated = (params - experts) / (l.zero ? static_cast<double>(l.world) : 1) + experts / static_cast<double>(l.ep);
+  // Expert parallelism keeps AdamW state for its own experts (not sharded further); ZeRO-1 shards the
+  // rest over every rank (without EP, everything).
+  const double own_experts = l.ep > 1 ? experts / static_cast<double>(l.ep) : 0, shared = l.ep > 1 ? params - experts : params;
+  const double updated = shared / (l.zero ? static_cast<double>(l.world) : 1) + own_experts;
   p.seconds[phase(Phase::Optimizer)] = (kOptimizerBytes * updated + kGradBytes * params) / bw;
   for (double s : p.seconds) p.compute_s += s;
   const double backward_s = (p.compute_s - p.seconds[phase(Phase::Optimizer)]) * 2.0 / 3.0;
 
-  // Data parallel: the gradient buckets.
+  // Data parallel: the gradient buckets. The dense gradients go over every rank (ZeRO-1: a
+  // reduce-scatter, and after the update an all-gather of the parameters), the experts' over the
+  // ranks holding the same experts (always an all-reduce: their AdamW state is not sharded further);
+  // the two groups have their own communication threads and run side by side.
   const Link intra = effective(hw.intra_gbps, hw.intra_latency_us, hw.link_efficiency);
   const Link inter = effective(hw.inter_gbps, hw.inter_latency_us, hw.link_efficiency);
   const double bucket = dist.bucket_mb * 1e6;
   struct Group {
     const char* what;  // "dense", "experts, over EP replicas"
-    double bytes;   // f32 gradients this group reduces
-    int64_t ranks;  // its size
-    int64_t nodes;  // the nodes it spans
-    bool spans;     // crosses nodes
+    double bytes;      // f32 gradients this group reduces
+    int64_t ranks;     // its size
+    int64_t nodes;     // the nodes it spans
+    bool sharded;      // ZeRO-1: reduce-scatter + all-gather, else all-reduce
   };
   const int64_t replica_nodes = nodes_spanned(0, l.ep, l.dp, l.per_node);
-  const std::vector<Group> groups = {
-      {"dense", 4 * (l.ep > 1 ? params - experts : params), l.world, l.nodes, l.nodes > 1},
-      {"experts, over EP replicas", l.ep > 1 ? 4 * experts / static_cast<double>(l.ep) : 0, l.dp,
-       replica_nodes, replica_nodes > 1},
+  const Group groups[] = {
+      {"dense", 4 * shared, l.world, l.nodes, l.zero == 1},
+      {"experts, over EP replicas", 4 * own_experts * static_cast<double>(l.ep > 1), l.dp, replica_nodes, false},
   };
-  std::vector<double> buckets;  // each bucket's reduction time, in the order backward finishes them
-  double gather_s = 0;
   for (const Group& g : groups) {
     if (g.bytes <= 0 || g.ranks < 2) continue;
-    const Link& link = g.spans ? inter : intra;
+    const Link& link = g.nodes > 1 ? inter : intra;
     const double N = static_cast<double>(g.ranks), nb = std::ceil(g.bytes / bucket), sb = g.bytes / nb;
-    const double sent = (l.zero ? 1 : 2) * (N - 1) / N * g.bytes;  // the reduction's bytes per rank
-    const double reduce_s = nb * (l.zero ? 1 : 2) * (N - 1) * link.seconds(sb / N);
+    const double steps = g.sharded ? N - 1 : 2 * (N - 1);
+    const double bucket_s = steps * link.seconds(sb / N), reduce_s = nb * bucket_s;
     // In a ring over several nodes, one rank per node sends to the next node, the others inside theirs.
-    const double inter_share = g.spans ? static_cast<double>(g.nodes) / N : 0;
-    p.comms.push_back({std::string(l.zero ? "reduce-scatter" : "all-reduce") + " gradients (" + g.what + ")", nb,
+    const double inter_share = g.nodes > 1 ? static_cast<double>(g.nodes) / N : 0;
+    const double sent = steps / N * g.bytes;  // the reduction's bytes per rank
+    p.comms.push_back({std::string(g.sharded ? "reduce-scatter" : "all-reduce") + " gradients (" + g.what + ")", nb,
                        {sent * (1 - inter_share), sent * inter_share}, reduce_s});
-    buckets.insert(buckets.end(), static_cast<size_t>(nb), reduce_s / nb);
+    // nb equal buckets become ready evenly over backward and run one after another: the last ends
+    // at max(its own readiness, the first's + all of them) + one bucket.
+    double exposed = std::max(0.0, std::max(backward_s, backward_s / nb + (nb - 1) * bucket_s) + bucket_s - backward_s);
     p.dp_s += reduce_s;
-    if (l.zero) {
-      const double gs = nb * (N - 1) * link.seconds(sb / N);
-      const double gathered = (N - 1) / N * g.bytes;
+    if (g.sharded) {
+      const double gather_s = nb * (N - 1) * link.seconds(sb / N), gathered = (N - 1) / N * g.bytes;
       p.comms.push_back({std::string("all-gather parameters (") + g.what + ")", nb,
-                         {gathered * (1 - inter_share), gathered * inter_share}, gs});
-      gather_s += gs;
-      p.dp_s += gs;
+                         {gathered * (1 - inter_share), gathered * inter_share}, gather_s});
+      p.dp_s += gather_s;
+      exposed += gather_s;  // after the update, before the next forward
     }
+    p.dp_exposed_s = std::max(p.dp_exposed_s, exposed);
   }
-  // The buckets become ready evenly over backward; they run one after another.
-  double comm_end = 0;
-  for (size_t b = 0; b < buckets.size(); ++b) {
-    const double ready = backward_s * static_cast<double>(b + 1) / static_cast<double>(buckets.size());
-    comm_end = std::max(comm_end, ready) + buckets[b];
-  }
-  p.dp_exposed_s = std::max(0.0, comm_end - backward_s) + gather_s;
 
   // Expert parallel: four all-to-alls per MoE layer, in chunks.
   const int64_t moe_layers = static_cast<int64_t>(model.moe_layers().size());
   if (l.ep > 1 && moe_layers > 0) {
     const int64_t E = cfg.n_routed_experts, K = cfg.num_experts_per_tok, D = cfg.hidden_size;
-    const int64_t M = p.max_nodes_per_token > 0 ? p.max_nodes_per_token : 0;
-    const RouteSpread r = route_spread(E, K, l.ep, l.ep_nodes, M);
+    const RouteSpread r = route_spread(E, K, l.ep, l.ep_nodes, p.route.n_group, p.route.topk_group);
     const double pn = static_cast<double>(l.ep_per_node), nn = static_cast<double>(l.ep_nodes);
     const double direct = (pn - 1) * r.rank, remote = (nn - 1) * r.node;  // first-hop rows per token
     const double forwards = (nn - 1) * (pn - 1) * r.rank;                 // second-hop rows per token
@@ -291,10 +308,17 @@ TrainPlan plan_training(const Model& model, int64_t seq_len, const HardwareProfi
       return hop_seconds(chunk * direct * first_row, chunk * remote * first_row, intra, inter) +
              (forwards > 0 ? intra.seconds(chunk * forwards * second_row) : 0);
     };
-    const double to_experts = one_way(wire_row, act_row), back = one_way(act_row, act_row);
-    const double grad_to_experts = one_way(act_row, act_row);
-    // The layout: counts, expert ids and gate weights (i32 and f32, K each per row), once per layer.
-    const double layout_s = 3 * hop_seconds(n * direct * 8 * K, n * remote * 8 * K, intra, inter);
+    // fp8 sends its scales in an all-to-all of their own (their bytes are in wire_row): one more latency.
+    const double scales_latency =
+        p.dispatch_dtype == "fp8" ? 1e-6 * std::max(direct > 0 ? intra.latency_us : 0.0, remote > 0 ? inter.latency_us : 0.0) : 0;
+    const double to_experts = one_way(wire_row, act_row) + scales_latency;
+    const double back = one_way(act_row, act_row), grad_to_experts = one_way(act_row, act_row);
+    // The layout, once per layer and hop: the counts (a latency), then the expert ids and the gate
+    // weights of each row (K i32 and K f32), one all-to-all each.
+    const double slot = 4.0 * static_cast<double>(K);
+    const double layout_s = hop_seconds(1, 1, intra, inter) +
+                            2 * hop_seconds(n * direct * slot, n * remote * slot, intra, inter) +
+                            (forwards > 0 ? intra.seconds(0) + 2 * intra.seconds(n * forwards * slot) : 0);
     const double layer_fwd = p.seconds[phase(Phase::ExpertGemm)] / 3 / static_cast<double>(moe_layers);
     const double shared_fwd = 2.0 * 3 * static_cast<double>(D * cfg.n_shared_experts * cfg.moe_intermediate_size) * n / matmul_rate;
     auto exposed = [&](bool overlap) {
@@ -314,9 +338,9 @@ TrainPlan plan_training(const Model& model, int64_t seq_len, const HardwareProfi
     p.comms.push_back({"EP dispatch (" + p.dispatch_dtype + ")", per_way, {d[0], d[1]}, per_way * to_experts});
     p.comms.push_back({"EP combine + backward", 3 * per_way, {rest[0], rest[1]},
                        per_way * (back + grad_to_experts + back)});
-    const double layout_row = 8.0 * static_cast<double>(K);  // an i32 id and an f32 weight per slot
-    p.comms.push_back({"EP layout (ids, weights)", 3 * layers, {layers * n * direct * layout_row,
-                       layers * n * remote * layout_row}, layers * layout_s});
+    p.comms.push_back({"EP layout (counts, ids, weights)", (forwards > 0 ? 6 : 3) * layers,
+                       {layers * n * (direct + forwards) * 2 * slot, layers * n * remote * 2 * slot},
+                       layers * layout_s});
     p.ep_s = per_way * (to_experts + 2 * back + grad_to_experts) + layers * layout_s;
   }
 
@@ -349,9 +373,12 @@ std::string format_train_plan(const TrainPlan& p, const HardwareProfile& hw) {
                 fmt("%.4g", hw.peak_fp32_tflops).c_str(), hw.memory_gib, hw.memory_gbps, hw.intra_gbps,
                 hw.gpus_per_node, hw.inter_gbps);
   s += buf;
+  const std::string limit = p.route.n_group > 1 ? ", each token's experts in the best " +
+                                                     std::to_string(p.route.topk_group) + " of " +
+                                                     std::to_string(p.route.n_group) + " expert groups"
+                                               : "";
   std::snprintf(buf, sizeof buf, "layout: %s; precision %s, dispatch %s%s\n", l.str().c_str(), p.precision.c_str(),
-                p.dispatch_dtype.c_str(),
-                p.max_nodes_per_token > 0 ? (", at most " + std::to_string(p.max_nodes_per_token) + " nodes per token").c_str() : "");
+                p.dispatch_dtype.c_str(), limit.c_str());
   s += buf;
   std::snprintf(buf, sizeof buf,
                 "step: %" PRId64 " sequences x %" PRId64 " tokens per GPU = %s tokens per step; %s FLOP per token "
@@ -414,8 +441,17 @@ std::vector<TrainPlan> sweep_training(const Model& model, int64_t seq_len, const
       if (zero && world.world == 1) continue;
       PlanOptions v = o;
       v.gpus = world.world, v.nodes = world.nodes, v.dp = 0, v.ep = ep, v.zero = zero;
-      plans.push_back(plan_training(model, seq_len, hw, v, dist));
+      try {
+        plans.push_back(plan_training(model, seq_len, hw, v, dist));
+      } catch (const Error&) {
+        // A layout the model's routing cannot use (its expert groups straddle the EP ranks).
+      }
     }
+  }
+  if (plans.empty()) {  // nothing the machine and the model can do: the one-EP plan says why
+    PlanOptions v = o;
+    v.gpus = world.world, v.nodes = world.nodes, v.dp = 0, v.ep = 1;
+    plan_training(model, seq_len, hw, v, dist);
   }
   std::stable_sort(plans.begin(), plans.end(), [](const TrainPlan& a, const TrainPlan& b) {
     if (a.fits() != b.fits()) return a.fits();
@@ -461,8 +497,10 @@ DecodePlan plan_decode(const Model& model, const HardwareProfile& hw, const Plan
   // and the MTP modules (not used at inference); the routed experts this rank owns that any of the
   // EP group's tokens picks.
   const int64_t trunk_moe = cfg.ffn == FfnKind::MoE ? std::max<int64_t>(0, L - cfg.first_k_dense_replace) : 0;
-  const double dense = static_cast<double>(info.params.active - info.routed_experts.active - info.mtp.active -
-                                           info.embedding.active);
+  // (Tied embeddings: the table is the head, which every token reads.)
+  const double lookup = cfg.tie_word_embeddings ? 0 : static_cast<double>(info.embedding.active);
+  const double dense =
+      static_cast<double>(info.params.active - info.routed_experts.active - info.mtp.active) - lookup;
   const double E = static_cast<double>(cfg.n_routed_experts), K = static_cast<double>(cfg.num_experts_per_tok);
   const double expert_params = 3.0 * static_cast<double>(cfg.hidden_size * cfg.moe_intermediate_size);
   const double group_tokens = static_cast<double>(p.batch) / static_cast<double>(l.dp);
@@ -473,7 +511,7 @@ DecodePlan plan_decode(const Model& model, const HardwareProfile& hw, const Plan
 
   // FLOPs per new token: 2 x active matmul parameters, and attention over the context (MLA with the
   // up-projections absorbed: scores over the latent and the rope key, values in the latent).
-  const double matmuls = 2.0 * static_cast<double>(info.params.active - info.mtp.active - info.embedding.active);
+  const double matmuls = 2.0 * (static_cast<double>(info.params.active - info.mtp.active) - lookup);
   const AttentionDims& a = info.attention_dims;
   const double ctx = static_cast<double>(p.context), H = static_cast<double>(a.heads);
   const double attention = cfg.attention == AttentionKind::MLA
@@ -488,8 +526,9 @@ DecodePlan plan_decode(const Model& model, const HardwareProfile& hw, const Plan
   if (l.ep > 1 && trunk_moe > 0) {
     const Link intra = effective(hw.intra_gbps, hw.intra_latency_us, hw.link_efficiency);
     const Link inter = effective(hw.inter_gbps, hw.inter_latency_us, hw.link_efficiency);
-    const int64_t M = o.max_nodes_per_token >= 0 ? o.max_nodes_per_token : node_limit(cfg, l.ep_nodes);
-    const RouteSpread r = route_spread(cfg.n_routed_experts, cfg.num_experts_per_tok, l.ep, l.ep_nodes, M);
+    const ModelConfig::RouteGroups g = plan_route_groups(cfg, o.max_nodes_per_token, l.ep_nodes);
+    const RouteSpread r =
+        route_spread(cfg.n_routed_experts, cfg.num_experts_per_tok, l.ep, l.ep_nodes, g.n_group, g.topk_group);
     const double pn = static_cast<double>(l.ep_per_node), nn = static_cast<double>(l.ep_nodes);
     const double direct = (pn - 1) * r.rank, remote = (nn - 1) * r.node, forwards = (nn - 1) * (pn - 1) * r.rank;
     const double fp8_row = wire_row_bytes(cfg.hidden_size, "fp8"), bf16_row = 2.0 * static_cast<double>(cfg.hidden_size);

@@ -10,21 +10,26 @@
 //             the rest (norms, elementwise, permute, loss): kArenaPasses x the step's arena bytes
 //               (the layers' count) / (memory bandwidth x memory_efficiency)
 //             optimizer: kOptimizerBytes per updated parameter + kGradBytes per gradient, over memory
-//   data parallel: every gradient bucket (dist.bucket_mb, f32) is reduced over the world (the routed
-//             experts' over the EP replicas) by the ring formulas of dist/comm.h: all-reduce
-//             2(N-1) x (latency + (S/N) / bw), ZeRO-1 a reduce-scatter and an all-gather of
-//             (N-1) x (...) each. The buckets become ready evenly during backward and run one after
-//             another: exposed = when the last one ends - when backward ends (the all-gather of
-//             ZeRO-1 after the update is exposed whole); without overlap, all of it.
+//   data parallel: the f32 gradients in dist.bucket_mb buckets, by the ring formulas of
+//             dist/comm.h: the dense ones over the world (all-reduce 2(N-1) x (latency + (S/N) / bw);
+//             ZeRO-1 a reduce-scatter and, after the update, an all-gather of (N-1) x (...) each),
+//             the routed experts' over the EP replicas (always an all-reduce), each group on its own
+//             communication thread. A group's buckets become ready evenly during backward and run
+//             one after another: exposed = when its last one ends - when backward ends (plus the
+//             all-gather after the update); without overlap, all of it. (DataParallel cuts its
+//             buckets at the MoE layers' expert ranges too: with EP there are a few more, each with
+//             its latency.)
 //   expert parallel, per MoE layer: each token goes once to every other rank that owns one of its
 //             K experts (across nodes once per node, then forwarded inside it: dist/ep_dispatch.h).
-//             With uniform routing over E experts on R ranks in `nodes` nodes, P(a token reaches a
-//             given other rank) = 1 - C(E - E/R, K) / C(E, K) (node-limited to M of the nodes:
-//             M/nodes x [1 - C((M-1) E/nodes ... ) ...], see plan.cpp). Bytes per all-to-all =
-//             rows x D x the dtype's size (fp8: + 4 bytes per 128 channels), time = latency +
-//             max(bytes per link class) / bw per hop (dist/comm.h's all_to_all). Forward: dispatch +
-//             combine; backward: their mirrors. With overlap the two chunks run as MoE's pipeline
-//             does (core/nn/moe.cpp's run_chunks), which plan.cpp simulates.
+//             The chance that a rank or a node owns one of a token's experts is route_spread's
+//             (below: uniform routing within the router's group or node limit). Bytes per
+//             all-to-all = rows x D x the dtype's size (fp8: + 4 bytes per 128 channels, sent in an
+//             all-to-all of their own), time = latency + max(bytes per link class) / bw per hop
+//             (dist/comm.h's all_to_all); the layout (counts, ids, weights) before each layer's.
+//             Forward: dispatch + combine; backward: their mirrors. With overlap the two chunks run
+//             as MoE's pipeline does (core/nn/moe.cpp's run_chunks), which plan.cpp simulates with
+//             each chunk's hops as one transfer (across nodes, EPDispatch issues the second hop
+//             when the chunk is waited for, so the plan's exposed time is a lower bound there).
 //   step = compute + exposed communication; tokens/s = world x n / step; MFU = model FLOPs per
 //   token x tokens/s / (world x peak).
 // Memory per GPU: train/parallel.h's rank_memory (what moelab holds: every expert's f32 weights and
@@ -32,12 +37,13 @@
 // shard_expert_weights, what a layout that keeps only its own experts' weights and gradients would
 // hold (DeepSeek's; moelab does not do it yet); activations: the layers' arena count.
 //
-// Decode, per output token (batch B sequences over the world, B/world each, EP over the world):
-// memory-bound: the bytes read per step (the weights every token needs, the experts this GPU's
-// rank owns that any of the B tokens picks, the KV cache of its sequences at context L) / memory
-// bandwidth; compute-bound: 2 x active parameters x B/world / peak; with EP, per MoE layer a
-// dispatch (fp8 rows) and a combine (bf16 rows) all-to-all. Reported serial and with the
-// communication overlapped by a second micro-batch (DeepSeek's decoding: max of the two).
+// Decode, per output token (batch B sequences over the world, B/world each, experts over groups of
+// --ep GPUs): memory-bound: the bytes read per step in the precision's width (the weights every
+// token needs, the experts this GPU owns that any of its EP group's tokens picks, the KV cache of
+// its sequences at context L) / memory bandwidth; compute-bound: (2 x active parameters + the
+// attention over the context) x B/world / peak; with EP, per MoE layer a dispatch (fp8 rows) and a
+// combine (bf16 rows) all-to-all. Reported serial and with the communication overlapped by a
+// second micro-batch (DeepSeek's decoding: the max of the two).
 #pragma once
 
 #include <array>
@@ -69,7 +75,8 @@ struct PlanOptions {
   bool overlap = true;               // the two-chunk expert-parallel overlap (dist.overlap)
   std::string precision = "auto";    // auto (bf16 where the machine has it, else fp32) | fp32 | bf16 | fp8
   std::string dispatch_dtype;        // "" = the config's dist.dispatch_dtype; f32 | bf16 | fp8
-  int64_t max_nodes_per_token = -1;  // -1: the config's, or its group limit when the groups fill whole nodes
+  int64_t max_nodes_per_token = -1;  // >= 0: node-limited routing over the layout's EP nodes (0: none);
+                                     // -1: the config's routing (its node or group limit)
   int64_t micro_batch = 0;           // sequences per GPU per step; 0: train.batch_size / world
   double imbalance = 1.0;            // the busiest EP rank's expert rows over the mean
   bool shard_expert_weights = false;
@@ -108,7 +115,7 @@ struct TrainPlan {
   PlanLayout layout;
   std::string precision;
   std::string dispatch_dtype;  // what the dispatch sends: the wire dtype, or the activations' when narrower
-  int64_t max_nodes_per_token = 0;
+  ModelConfig::RouteGroups route;  // the router's groups (n_group 1: no limit)
   int64_t micro_batch = 0, seq_len = 0, tokens_per_gpu = 0;
   ModelInfo info;  // at (micro_batch, seq_len) in the activation dtype
   double flops_per_token = 0;                   // the model's (MFU's numerator)
@@ -149,7 +156,7 @@ struct DecodePlan {
   double comm_bytes[2] = {0, 0};        // per output token per GPU: intra, inter
   double token_s = 0, token_overlap_s = 0;  // serial; communication overlapped
   double tokens_per_s = 0;              // the whole world, serial
-  double memory_per_gpu = 0;            // weights (bf16, experts / EP) + KV cache of its sequences
+  double memory_per_gpu = 0;            // weights (the precision's width, experts / EP) + KV cache of its sequences
   double memory_limit = 0;
 };
 DecodePlan plan_decode(const Model& model, const HardwareProfile& hw, const PlanOptions& o, int64_t seq_len);
@@ -162,15 +169,17 @@ std::string format_decode_plan(const DecodePlan& p, const HardwareProfile& hw);
 // transfer is waited for at once. The section's time.
 double chunk_pipeline_seconds(int64_t chunks, bool overlap, double in, double compute, double out, double meanwhile);
 
-// Where a token's K experts sit when they are drawn uniformly from E experts on R ranks (E/R each)
-// in `nodes` nodes, with node-limited routing to M nodes (0: no limit; then M of the nodes are
-// picked uniformly and the K experts drawn among theirs): the chance that a given rank, or a given
-// node, owns at least one of them. The expected number of other ranks a token reaches is
-// (R - 1) x rank; of nodes, its own included, nodes x node.
+// Where a token's K experts sit on R ranks (E/R consecutive experts each) in `nodes` nodes when the
+// router keeps it in tg of G equal expert groups (node-limited routing: the expert nodes; group-
+// limited: n_group; G = 1: no limit), modeled as: tg groups drawn uniformly, then K experts
+// uniformly among theirs. The chance that a given rank, or node, owns at least one of them: for a
+// unit of u experts inside one group of g, tg/G x (1 - C(tg g - u, K) / C(tg g, K)); for a unit of
+// m whole groups, the hypergeometric sum over the j of them drawn. The expected number of other
+// ranks a token reaches is (R - 1) x rank; of nodes, its own included, nodes x node.
 struct RouteSpread {
   double rank = 0;
   double node = 0;
 };
-RouteSpread route_spread(int64_t E, int64_t K, int64_t R, int64_t nodes, int64_t M);
+RouteSpread route_spread(int64_t E, int64_t K, int64_t R, int64_t nodes, int64_t G = 1, int64_t tg = 1);
 
 }  // namespace moelab

@@ -8,9 +8,11 @@
 #include <filesystem>
 #include <random>
 #include <string>
+#include <vector>
 
 #include "core/nn/model.h"
 #include "core/ops/moe_route.h"
+#include "tests/harness.h"
 #include "train/config_file.h"
 #include "train/plan.h"
 
@@ -35,18 +37,24 @@ HardwareProfile round_machine() {
 TEST(Plan, RouteSpreadByHand) {
   // E = 4 on 2 ranks, K = 2: a given rank is missed only when both picks are the other's 2 experts:
   // 1 - C(2,2)/C(4,2) = 5/6; one node is always reached.
-  RouteSpread s = route_spread(4, 2, 2, 1, 0);
+  RouteSpread s = route_spread(4, 2, 2, 1);
   EXPECT_NEAR(s.rank, 5.0 / 6, 1e-12);
   EXPECT_NEAR(s.node, 1.0, 1e-12);
-  // E = 8 on 4 ranks in 2 nodes, K = 2, M = 1: a node is picked with chance 1/2, then the K experts
-  // come from its 4: the node is surely reached, a given rank of it unless both picks are the other
-  // rank's: 1/2 x (1 - C(2,2)/C(4,2)) = 5/12.
-  s = route_spread(8, 2, 4, 2, 1);
+  // E = 8 on 4 ranks in 2 nodes, K = 2, node-limited to 1 of the 2 nodes (groups = nodes): a node is
+  // picked with chance 1/2, then the K experts come from its 4: the node is surely reached, a given
+  // rank of it unless both picks are the other rank's: 1/2 x (1 - C(2,2)/C(4,2)) = 5/12.
+  s = route_spread(8, 2, 4, 2, 2, 1);
   EXPECT_NEAR(s.rank, 5.0 / 12, 1e-12);
   EXPECT_NEAR(s.node, 0.5, 1e-12);
-  // M >= nodes is no limit: E = 8, K = 2, 2 nodes: 1 - C(4,2)/C(8,2) = 1 - 6/28.
-  EXPECT_NEAR(route_spread(8, 2, 4, 2, 2).node, 1 - 6.0 / 28, 1e-12);
-  EXPECT_THROW(route_spread(8, 2, 3, 1, 0), Error);  // 3 ranks do not split 8 experts
+  // Keeping every group is no limit: E = 8, K = 2, 2 nodes: 1 - C(4,2)/C(8,2) = 1 - 6/28.
+  EXPECT_NEAR(route_spread(8, 2, 4, 2, 2, 2).node, 1 - 6.0 / 28, 1e-12);
+  // A rank holding whole groups: E = 8 on 2 ranks (4 experts = 2 groups of 2 each), 2 of the 4
+  // groups kept, K = 2 among their 4 experts. j of the rank's groups are kept with chance 1/6, 4/6,
+  // 1/6 (j = 0, 1, 2); with j = 1 it is missed when both picks are the other group's (1/6), with
+  // j = 2 never: 4/6 x 5/6 + 1/6 = 13/18.
+  EXPECT_NEAR(route_spread(8, 2, 2, 1, 4, 2).rank, 13.0 / 18, 1e-12);
+  EXPECT_THROW(route_spread(8, 2, 3, 1), Error);        // 3 ranks do not split 8 experts
+  EXPECT_THROW(route_spread(12, 2, 3, 1, 4, 1), Error);  // ranks of 4 experts straddle groups of 3
 }
 
 // The uniform-routing model against the real router (moe_route_topk, node-limited by group_topk
@@ -73,7 +81,7 @@ TEST(Plan, RouteSpreadMatchesTheNodeLimitedRouter) {
       for (bool h : rank_hit) ranks += h;
       for (bool h : node_hit) reached_nodes += h;
     }
-    const RouteSpread s = route_spread(E, K, R, nodes, M);
+    const RouteSpread s = route_spread(E, K, R, nodes, M > 0 ? nodes : 1, M > 0 ? M : 1);
     EXPECT_NEAR(reached_nodes / rows, nodes * s.node, 0.02 * nodes * s.node) << "M = " << M;
     EXPECT_NEAR(ranks / rows, R * s.rank, 0.03 * R * s.rank) << "M = " << M;
   }
@@ -159,47 +167,71 @@ TEST(Plan, ComputeByHand) {
   EXPECT_THROW(plan_training(model, 64, a100, o, run.dist), ConfigError);
 }
 
-TEST(Plan, ExpertParallelBytesByHand) {
+// EP 8 on 2 nodes of 4 (so that the ranks per node and the nodes enter differently), fp8 dispatch.
+TEST(Plan, ExpertParallelBytesAndTimeByHand) {
   RunConfig run = load_config(source("examples/ep_fine64.toml"));  // E = 64, K = 6, D = 128
   const Model model(run.model);
-  HardwareProfile hw = round_machine();
-  hw.gpus_per_node = 2;
+  const HardwareProfile hw = round_machine();  // 4 GPUs per node
   PlanOptions o;
-  o.gpus = 4, o.ep = 4, o.micro_batch = 1;
+  o.gpus = 8, o.ep = 8, o.micro_batch = 1, o.overlap = false;
   o.dispatch_dtype = "fp8";
   const TrainPlan p = plan_training(model, 128, hw, o, run.dist);
   ASSERT_EQ(p.layout.ep_nodes, 2);
-  ASSERT_EQ(p.layout.ep_per_node, 2);
-  const RouteSpread r = route_spread(64, 6, 4, 2, 0);
+  ASSERT_EQ(p.layout.ep_per_node, 4);
+  // A rank holds 8 experts: missed when all 6 picks are among the other 56; a node holds 32.
+  const double rank = 1 - (56.0 * 55 * 54 * 53 * 52 * 51) / (64.0 * 63 * 62 * 61 * 60 * 59);
+  const double node = 1 - (32.0 * 31 * 30 * 29 * 28 * 27) / (64.0 * 63 * 62 * 61 * 60 * 59);
   const double n = 128, layers = static_cast<double>(model.moe_layers().size()), D = 128;
-  // First hop: the other rank of the node directly, the other node's proxy once; the proxy forwards
-  // to its neighbour (bf16 activations: fp8 rows + 4-byte scales on the first hop only).
+  // First hop: the 3 other ranks of the node directly, the other node's proxy once, in fp8 with a
+  // 4-byte scale per 128 channels; the proxy forwards to the 3 others of its node in bf16.
+  const double direct = 3 * rank, remote = 1 * node, forwards = 1 * 3 * rank;
   const double fp8_row = D + 4, act_row = 2 * D;
   const PlanComm* dispatch = nullptr;
   for (const PlanComm& c : p.comms)
     if (c.what.rfind("EP dispatch", 0) == 0) dispatch = &c;
   ASSERT_NE(dispatch, nullptr);
-  EXPECT_NEAR(dispatch->bytes[0], layers * n * (r.rank * fp8_row + r.rank * act_row), 1e-6);
-  EXPECT_NEAR(dispatch->bytes[1], layers * n * r.node * fp8_row, 1e-6);
-  EXPECT_NEAR(p.ep_nodes_per_token, 2 * r.node, 1e-12);
+  EXPECT_NEAR(dispatch->bytes[0], layers * n * (direct * fp8_row + forwards * act_row), 1e-6);
+  EXPECT_NEAR(dispatch->bytes[1], layers * n * remote * fp8_row, 1e-6);
+  EXPECT_NEAR(p.ep_nodes_per_token, 2 * node, 1e-12);
+  // Its time: per chunk of 64 tokens, the first hop at the slower class, the second hop, and the
+  // scales' own all-to-all (a latency); 2 chunks per layer.
+  const double chunk = 64;
+  const double hop1 = std::max(10e-6 + chunk * direct * fp8_row / 100e9, 20e-6 + chunk * remote * fp8_row / 10e9);
+  const double hop2 = 10e-6 + chunk * forwards * act_row / 100e9;
+  EXPECT_NEAR(dispatch->seconds, 2 * layers * (hop1 + hop2 + 20e-6), 1e-12);
   // Node-limited to one node: the other node only with chance 1/2.
   o.max_nodes_per_token = 1;
   const TrainPlan m = plan_training(model, 128, hw, o, run.dist);
   EXPECT_NEAR(m.ep_nodes_per_token, 1.0, 1e-12);
-  // DP 2 x EP 4 with ZeRO-1: the dense gradients over all 8, the experts' over the 2 replicas, each a
-  // reduce-scatter and an all-gather; the data-parallel time is theirs.
+  // DP 2 x EP 4 with ZeRO-1: the dense gradients over all 8 (reduce-scatter, then all-gather), the
+  // experts' over the 2 replicas (an all-reduce: their optimizer state is not sharded further).
   PlanOptions dp2 = o;
-  dp2.gpus = 8, dp2.zero = 1;
+  dp2.ep = 4, dp2.zero = 1;
   const TrainPlan z = plan_training(model, 128, hw, dp2, run.dist);
+  std::vector<std::string> dp_comms;
   double dp_sum = 0;
-  int dp_comms = 0;
   for (const PlanComm& c : z.comms)
-    if (c.what.rfind("EP", 0) != 0) dp_sum += c.seconds, ++dp_comms;
-  EXPECT_EQ(dp_comms, 4);
+    if (c.what.rfind("EP", 0) != 0) dp_sum += c.seconds, dp_comms.push_back(c.what);
+  EXPECT_EQ(dp_comms, (std::vector<std::string>{"reduce-scatter gradients (dense)", "all-gather parameters (dense)",
+                                                "all-reduce gradients (experts, over EP replicas)"}));
   EXPECT_NEAR(z.dp_s, dp_sum, 1e-15);
   // Overlap never exposes more than running serially, and never less than nothing.
-  EXPECT_LE(p.ep_exposed_s, p.ep_serial_exposed_s + 1e-15);
-  EXPECT_GE(p.ep_exposed_s, 0);
+  o.overlap = true;
+  const TrainPlan ov = plan_training(model, 128, hw, o, run.dist);
+  EXPECT_LT(ov.ep_exposed_s, ov.ep_serial_exposed_s);
+  EXPECT_GE(ov.ep_exposed_s, 0);
+}
+
+// Without EP, ZeRO-1 shards all of AdamW's state (the experts' too) over the ranks.
+TEST(Plan, OptimizerShareByHand) {
+  const RunConfig run = load_config(source("examples/ep_fine64.toml"));
+  const Model model(run.model);
+  const HardwareProfile hw = round_machine();
+  PlanOptions o;
+  o.gpus = 4, o.micro_batch = 1, o.zero = 1;
+  const TrainPlan p = plan_training(model, 128, hw, o, run.dist);
+  const double P = static_cast<double>(model.params().numel_padded());
+  EXPECT_NEAR(p.seconds[static_cast<size_t>(Phase::Optimizer)], (kOptimizerBytes * P / 4 + kGradBytes * P) / 1e12, 1e-15);
 }
 
 TEST(Plan, DecodeByHand) {
@@ -227,6 +259,20 @@ TEST(Plan, DecodeByHand) {
   EXPECT_NEAR(p.token_s, std::max(p.memory_s, p.compute_s) + p.comm_s, 1e-12);
   EXPECT_NEAR(p.token_overlap_s, std::max({p.memory_s, p.compute_s, p.comm_s}), 1e-12);
   EXPECT_GT(p.comm_s, 0);
+}
+
+// Tied embeddings: the table is the head, which every output token reads (as an untied head is).
+TEST(Plan, DecodeReadsATiedHead) {
+  RunConfig run = load_config(source("examples/tiny.toml"));
+  const HardwareProfile hw = round_machine();
+  PlanOptions o;
+  o.gpus = 1, o.context = 16;
+  run.model.tie_word_embeddings = false;
+  const DecodePlan untied = plan_decode(Model(run.model), hw, o, 16);
+  run.model.tie_word_embeddings = true;
+  const DecodePlan tied = plan_decode(Model(run.model), hw, o, 16);
+  EXPECT_DOUBLE_EQ(tied.weight_bytes, untied.weight_bytes);
+  EXPECT_DOUBLE_EQ(tied.compute_s, untied.compute_s);
 }
 
 TEST(Plan, EveryHardwareFileReads) {
@@ -284,6 +330,17 @@ TEST(Plan, EmulatedLinksReplaceTheMachines) {
   nodes_only.ranks_per_node = 2;  // emulated nodes, the machine's links
   EXPECT_EQ(with_emulated_links(hw, nodes_only).gpus_per_node, 2);
   EXPECT_EQ(with_emulated_links(hw, nodes_only).intra_gbps, 100);
+  DistConfig intra_only;  // the class left alone keeps the machine's figures
+  intra_only.intra_gbps = 5, intra_only.ranks_per_node = 2;
+  EXPECT_EQ(with_emulated_links(hw, intra_only).intra_gbps, 5);
+  EXPECT_EQ(with_emulated_links(hw, intra_only).inter_gbps, 10);
+  // Emulated links on one node of any size: the plan needs the process count.
+  DistConfig one_node;
+  one_node.intra_gbps = 5;
+  PlanOptions o;
+  testing::expect_error([&] { plan_layout(ModelConfig{}, with_emulated_links(hw, one_node), o); }, "pass --gpus");
+  o.gpus = 3;
+  EXPECT_EQ(plan_layout(ModelConfig{}, with_emulated_links(hw, one_node), o).nodes, 1);
 }
 
 TEST(Plan, SweepIsOrderedAndStable) {
