@@ -10,6 +10,7 @@
 #include <fstream>
 
 #include "core/safetensors.h"
+#include "core/sha256.h"
 #include "train/optimizer.h"
 
 namespace moelab {
@@ -98,6 +99,10 @@ std::string save_checkpoint(const std::string& run_dir, const RunConfig& cfg, co
   for (const char* f : {"model.safetensors", "optimizer.safetensors"})
     if (fs::exists(tmp / f)) files[f] = fs::file_size(tmp / f);
   j["files"] = files;
+  nlohmann::ordered_json sums = nlohmann::ordered_json::object();
+  for (const char* f : {"model.safetensors", "optimizer.safetensors"})
+    if (fs::exists(tmp / f)) sums[f] = sha256_file((tmp / f).string());
+  j["sha256"] = sums;
   for (const char* f : {"model.safetensors", "optimizer.safetensors"})
     if (fs::exists(tmp / f)) fsync_path(tmp / f);
   write_text(tmp / kStateFile, j.dump(1));  // last: its presence marks the contents complete
@@ -202,10 +207,40 @@ nlohmann::ordered_json read_state(const fs::path& dir) {
   }
   return j;
 }
+
+// The file's SHA-256 against the one recorded at save (checkpoints from before checksums record
+// none: nothing to compare). Returns the digest.
+std::string verify_checksum(const fs::path& dir, const nlohmann::ordered_json& state, const std::string& file) {
+  const std::string now = sha256_file((dir / file).string());
+  if (state.contains("sha256") && state["sha256"].contains(file)) {
+    const std::string saved = state["sha256"][file].get<std::string>();
+    MOELAB_CHECK(now == saved, "checkpoint ", dir.string(), ": ", file, " does not match the SHA-256 recorded when it "
+                 "was saved (", saved.substr(0, 16), "..., now ", now.substr(0, 16), "...): the file was changed or "
+                 "damaged");
+  }
+  return now;
+}
 }  // namespace
+
+std::vector<std::string> check_checkpoint(const std::string& dir) {
+  const nlohmann::ordered_json j = read_state(dir);
+  MOELAB_CHECK(j.contains("sha256"), "checkpoint ", dir, ": ", kStateFile, " records no checksums (saved before they "
+               "were): its file sizes match");
+  std::vector<std::string> lines;
+  for (auto it = j["files"].begin(); it != j["files"].end(); ++it) {
+    if (!fs::exists(fs::path(dir) / it.key())) {
+      lines.push_back(it.key() + ": left out (inference needs only the model)");
+      continue;
+    }
+    verify_checksum(dir, j, it.key());
+    lines.push_back(it.key() + ": " + std::to_string(it.value().get<uint64_t>()) + " bytes, SHA-256 as saved");
+  }
+  return lines;
+}
 
 LoadedCheckpoint load_checkpoint(const std::string& dir) {
   const nlohmann::ordered_json j = read_state(dir);
+  verify_checksum(dir, j, "model.safetensors");
   LoadedCheckpoint ck;
   ck.path = dir;
   try {
@@ -241,6 +276,7 @@ LoadedCheckpoint load_checkpoint(const std::string& dir) {
 void restore_optimizer(const std::string& dir, AdamW& optimizer) {
   const fs::path p = fs::path(dir) / "optimizer.safetensors";
   MOELAB_CHECK(fs::exists(p), "checkpoint ", dir, ": no optimizer.safetensors to resume from");
+  verify_checksum(dir, read_state(dir), "optimizer.safetensors");
   const Safetensors st = read_safetensors(p.string());
   for (const char* name : {"m", "v", "step"})
     MOELAB_CHECK(st.contains(name), "checkpoint ", dir, ": optimizer.safetensors lacks '", name, "'");

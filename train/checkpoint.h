@@ -6,8 +6,8 @@
 //                             the tokenizer (its tokenizer.json inline), and a file list with sizes
 // A save writes everything into "<name>.tmp", fsyncs, then renames the directory into place, so
 // a directory without ".tmp" is complete; trainer_state.json is written last and lists every file
-// with its byte size, and loading checks them all before touching the model: a damaged checkpoint
-// is reported, never loaded half-way. Older complete checkpoints beyond keep_last are removed.
+// with its byte size and SHA-256, and loading checks them before touching the model: a damaged
+// checkpoint (truncated, or overwritten with other bytes) is reported, never loaded half-way. Older complete checkpoints beyond keep_last are removed.
 #pragma once
 
 #include <memory>
@@ -89,5 +89,10 @@ LoadedCheckpoint load_checkpoint(const std::string& dir);
 // Loads the AdamW moments of a checkpoint into an optimizer built for its model (a sharded one
 // keeps its ranges).
 void restore_optimizer(const std::string& dir, AdamW& optimizer);
+
+// `moelab check`: every file of a checkpoint against the size and the SHA-256 recorded when it was
+// saved (loading verifies the files it reads the same way). One line per file; throws naming the
+// checkpoint and the file that differs.
+std::vector<std::string> check_checkpoint(const std::string& dir);
 
 }  // namespace moelab

@@ -26,6 +26,7 @@
 //   moelab train --config X.toml [--set key=value ...] [--resume | --resume-if-present | --overwrite]
 //                [--device cpu|cuda] [--precision P]
 //                               the training loop (train/trainer.h); SIGINT/SIGTERM saves and exits 0
+//   moelab check --ckpt DIR     a checkpoint's files against the sizes and SHA-256 recorded at save
 //   moelab eval --ckpt DIR [--batches N] [--data-dir DIR] [--device cpu|cuda]
 //                               a checkpoint's validation loss (train/trainer.h)
 // --device and --precision (auto | fp32 | bf16) are train.device / train.precision: train/runtime.h.
@@ -49,6 +50,7 @@
 #include "data/prepare.h"
 #include "dist/backends.h"
 #include "train/bench.h"
+#include "train/checkpoint.h"
 #include "train/trainer.h"
 #include "train/config_file.h"
 #include "train/export.h"
@@ -518,6 +520,17 @@ int main(int argc, char** argv) {
   sample->add_flag("--no-cache", sample_opt.no_cache, "Re-run the whole sequence every step (the reference the "
                    "cached path matches; slower)");
   sample->callback([&]() { rc = run_sample_cli(sample_opt); });
+
+  CLI::App* check = app.add_subcommand("check", "Verify a checkpoint: every file against the size and SHA-256 "
+                                      "recorded when it was saved");
+  std::string check_ckpt;
+  check->add_option("--ckpt", check_ckpt, "A checkpoint directory, or a run directory (its newest checkpoint)")
+      ->required();
+  check->callback([&]() {
+    const std::string dir = moelab::resolve_checkpoint(check_ckpt);
+    for (const std::string& line : moelab::check_checkpoint(dir)) std::printf("%s/%s\n", dir.c_str(), line.c_str());
+    std::printf("checkpoint %s: OK\n", dir.c_str());
+  });
 
   CLI::App* eval = app.add_subcommand("eval", "A checkpoint's validation loss over the first eval_batches windows of "
                                      "the val split (what training reports as val loss)");

@@ -2,7 +2,7 @@
 # `moelab train` end to end through the command line, on the char-level tinyshakespeare shards of
 # the cli.prepare_char fixture: a short run, a run stopped by a real SIGINT (it must finish the
 # step, save a checkpoint and exit 0) and resumed, `moelab eval` (the same val loss as the trainer's
-# last evaluation), a sample, an export, the run directory's guards, and the plots.
+# last evaluation), `moelab check`, a sample, an export, the run directory's guards, and the plots.
 #   cli_train_test.sh MOELAB PREPARED_DIR WORK_DIR SOURCE_DIR
 set -euo pipefail
 moelab=$1 data=$2 work=$3 src=$4
@@ -36,6 +36,9 @@ grep -q "val loss $trained " "$work/eval.log" \
 
 "$moelab" sample --ckpt "$work/a" --prompt "ROMEO:" --max-new-tokens 20 --seed 1 | tee "$work/sample.txt"
 grep -q "KV cache:" "$work/sample.txt" || { echo "FAIL: sample"; exit 1; }
+"$moelab" check --ckpt "$work/a" | tee "$work/check.txt"
+grep -q "model.safetensors: [0-9]* bytes, SHA-256 as saved" "$work/check.txt" && grep -q ": OK" "$work/check.txt" \
+  || { echo "FAIL: moelab check"; exit 1; }
 "$moelab" export --ckpt "$work/a" --out "$work/hf" > /dev/null
 [ -f "$work/hf/config.json" ] && [ -f "$work/hf/model.safetensors" ] || { echo "FAIL: export"; exit 1; }
 

@@ -1,9 +1,10 @@
 // The training loop end to end on a tiny model and a small char corpus written by the test:
 // 40 steps straight equal 20 steps, a stop (the SIGINT/SIGTERM path), a resume and 20 more steps,
 // bit for bit (weights, optimizer moments, logged losses); the non-finite guard; the schedules;
-// damaged checkpoints are reported and never loaded.
+// damaged checkpoints (truncated, or overwritten with other bytes) are reported and never loaded.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -347,6 +348,32 @@ TEST(Trainer, DamagedCheckpointIsReportedNotLoaded) {
   const std::string model_file = r.checkpoint + "/model.safetensors";
   fs::resize_file(model_file, fs::file_size(model_file) - 100);
   testing::expect_error([&] { load_checkpoint(r.checkpoint); }, "damaged or truncated");
+  // Same size, other bytes: the checksum recorded at save catches it, for the model (load) and the
+  // optimizer (resume); `moelab check` names the file.
+  RunConfig c3 = tiny_run(scratch("overwritten"));
+  c3.train.steps = 2;
+  const TrainResult r3 = train(c3, quiet);
+  EXPECT_EQ(check_checkpoint(r3.checkpoint).size(), 2u);
+  const std::string weights = r3.checkpoint + "/model.safetensors";
+  const std::string original = read_bytes(weights);
+  {
+    std::string zeroed = original;
+    std::fill(zeroed.end() - 1000, zeroed.end(), '\0');  // the last tensor's bytes, the header intact
+    std::ofstream(weights, std::ios::binary | std::ios::trunc) << zeroed;
+  }
+  testing::expect_error([&] { load_checkpoint(r3.checkpoint); },
+                        "model.safetensors does not match the SHA-256 recorded when it was saved");
+  testing::expect_error([&] { check_checkpoint(r3.checkpoint); }, "model.safetensors does not match");
+  std::ofstream(weights, std::ios::binary | std::ios::trunc) << original;
+  const std::string moments = r3.checkpoint + "/optimizer.safetensors";
+  std::string changed = read_bytes(moments);
+  changed.back() ^= 1;
+  std::ofstream(moments, std::ios::binary | std::ios::trunc) << changed;
+  EXPECT_EQ(load_checkpoint(r3.checkpoint).state.step, 2);  // inference does not read the optimizer
+  TrainOptions resume3 = quiet;
+  resume3.resume = true;
+  c3.train.steps = 4;
+  testing::expect_error([&] { train(c3, resume3); }, "optimizer.safetensors does not match the SHA-256");
   // Inference needs only the model and the state; a resume asks for the optimizer's file by name.
   RunConfig c2 = tiny_run(scratch("no_optimizer"));
   c2.train.steps = 2;
