@@ -82,14 +82,20 @@ Evaluation evaluate(const Model& model, const RunConfig& cfg, const LoaderConfig
   return {sum / static_cast<double>(batches), batches * val.global_batch(), val.num_windows(), batches == full};
 }
 
-// "the whole val split: 848 of its 858 windows (the last 10 fill no batch)", "the first 320 of the
+// "the whole val split (848 of its 858 windows; the last 10 fill no batch)", "the first 320 of the
 // val split's 858 windows"
 std::string coverage(const Evaluation& e) {
-  const std::string of = std::to_string(e.windows) + " of the val split's " + std::to_string(e.split_windows) + " windows";
-  if (!e.whole) return "the first " + of;
-  if (e.windows >= e.split_windows) return "the whole val split, " + of;
-  return "the whole val split: " + of + " (the last " + std::to_string(e.split_windows - e.windows) +
-         " fill no batch)";
+  const std::string n = std::to_string(e.split_windows), w = std::to_string(e.windows);
+  if (!e.whole) return "the first " + w + " of the val split's " + n + " windows";
+  if (e.windows >= e.split_windows) return "the whole val split (" + n + " windows)";
+  return "the whole val split (" + w + " of its " + n + " windows; the last " +
+         std::to_string(e.split_windows - e.windows) + " fill no batch)";
+}
+
+std::string fixed4(double x) {  // "1.5186": rounded as the val loss line prints it
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.4f", x);
+  return buf;
 }
 
 std::string human(double x) {
@@ -222,7 +228,7 @@ class RunLog {
                   "step %5lld/%lld | loss %.4f (total %.4f) | val %s | lr %.2e | gnorm %.3f | %s tok/s | %.1f GFLOP/s%s "
                   "| maxvio %.2f | aux %.2e | %.0f ms",
                   static_cast<long long>(step), static_cast<long long>(tc_.steps), l.main, l.total,
-                  std::isnan(val_loss) ? "  -   " : std::to_string(val_loss).substr(0, 6).c_str(), lr, st.grad_norm,
+                  std::isnan(val_loss) ? "  -   " : fixed4(val_loss).c_str(), lr, st.grad_norm,
                   human(tps).c_str(), flops / 1e9,
                   peak_.gflops > 0 ? (" MFU " + std::to_string(std::lround(100.0 * flops / 1e9 / peak_.gflops)) + "%").c_str() : "",
                   st.max_vio(), st.balance_loss(), seconds * 1e3);
@@ -239,7 +245,7 @@ class RunLog {
   void eval(int64_t step, const Evaluation& e, double train_seconds) {
     log_.write({{"step", step}, {"val_loss", e.loss}, {"val_windows", e.windows}, {"train_seconds", train_seconds}});
     char buf[256];
-    std::snprintf(buf, sizeof buf, "step %lld | val loss %.4f (%s)", static_cast<long long>(step), e.loss,
+    std::snprintf(buf, sizeof buf, "step %lld | val loss %.4f over %s", static_cast<long long>(step), e.loss,
                   coverage(e).c_str());
     log_.print_line(buf);
   }
@@ -247,8 +253,9 @@ class RunLog {
   void done(const TrainResult& r, size_t arena_peak) {
     char buf[256];
     std::snprintf(buf, sizeof buf,
-                  "done: step %lld, train loss %.4f, val loss %.4f, %.1f s, %s tok/s, arena peak %.1f MiB -> %s",
-                  static_cast<long long>(r.step), r.train_loss, r.val_loss, r.seconds,
+                  "done: step %lld, train loss %.4f (total %.4f), val loss %.4f, %.1f s, %s tok/s, arena peak %.1f MiB "
+                  "-> %s",
+                  static_cast<long long>(r.step), r.train_loss_main, r.train_loss, r.val_loss, r.seconds,
                   human(r.tokens_per_second).c_str(), static_cast<double>(arena_peak) / (1 << 20),
                   r.checkpoint.c_str());
     log_.print_line(buf);
@@ -449,6 +456,7 @@ TrainResult train(const RunConfig& cfg_in, const TrainOptions& options) {
     const double step_s = seconds_since(t0);
     train_seconds += step_s;
     result.train_loss = st.losses.total;
+    result.train_loss_main = st.losses.main;
 
     if (step % tc.log_every == 0 || step == tc.steps) {
       log.step(step, lr, st, step_s, resumed_seconds + train_seconds, result.val_loss, model,

@@ -36,7 +36,8 @@ struct TrainOptions {
 
 struct TrainResult {
   int64_t step = 0;                           // optimizer steps completed
-  double train_loss = 0;                      // last step's total loss
+  double train_loss = 0;                      // last step's total loss (main + MTP)
+  double train_loss_main = 0;                 // last step's main-model loss
   double val_loss = 0;                        // last validation (main loss); NaN when none ran
   double seconds = 0;                         // training time of this process
   double tokens_per_second = 0;

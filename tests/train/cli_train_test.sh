@@ -30,7 +30,7 @@ grep -q "resumed from" "$work/b2.log" && grep -q "done: step $((saved + 3))" "$w
 
 # eval runs the trainer's evaluation on the same windows: the same number, to the printed digits.
 "$moelab" eval --ckpt "$work/a" > "$work/eval.log"
-trained=$(grep -o "done: step 30, train loss [0-9.]*, val loss [0-9.]*" "$work/a.log" | grep -o "[0-9.]*$")
+trained=$(grep -o "done: step 30, train loss [0-9.]* (total [0-9.]*), val loss [0-9.]*" "$work/a.log" | grep -o "[0-9.]*$")
 grep -q "val loss $trained " "$work/eval.log" \
   || { cat "$work/eval.log"; echo "FAIL: eval gives another val loss than the trainer's ($trained)"; exit 1; }
 
