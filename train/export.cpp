@@ -122,6 +122,11 @@ HfExportIssues hf_export_issues(const ModelConfig& c) {
                          ": Hugging Face's DeepseekV3ForCausalLM has only MLA attention; from_pretrained would drop "
                          "the q_proj/k_proj/v_proj weights as unexpected and initialise the MLA projections "
                          "(kv_a_proj_with_mqa, kv_b_proj, ...) at random");
+  if (c.attention == AttentionKind::MLA && c.rms_norm_eps != 1e-6)
+    r.warnings.push_back("rms_norm_eps = " + str(c.rms_norm_eps) + ": HF's DeepseekV3 builds " +
+                         (c.q_lora_rank > 0 ? "q_a_layernorm and kv_a_layernorm" : "kv_a_layernorm") +
+                         " with its default eps 1e-6 whatever config.json says, so their outputs (and the logits) "
+                         "drift slightly from this model's");
   if (hf_has_moe(c)) {
     if (c.scoring_func != ScoreFunc::Sigmoid)
       r.warnings.push_back(std::string("scoring_func = ") + score_func_name(c.scoring_func) +

@@ -21,7 +21,8 @@
 //   refused   attention = mha | gqa: HF's DeepseekV3 attention is MLA only, so from_pretrained would
 //             drop the q_proj/k_proj/v_proj weights as unexpected and initialise the MLA ones at
 //             random (a silently wrong model). ExportOptions::force exports anyway, with a warning.
-//   warnings  HF loads every weight but computes something else: softmax scoring (HF's router is
+//   warnings  HF loads every weight but computes something else: rms_norm_eps other than 1e-6 (HF
+//             builds the MLA latents' norms with 1e-6 whatever the config says), softmax scoring (HF's router is
 //             sigmoid only), capacity_factor > 0 (HF routes dropless), groups without the bias
 //             (moelab scores a group by its best expert, V2's group_limited_greedy; HF by the sum of
 //             its top 2), groups of one expert (HF takes the top 2 of each group).

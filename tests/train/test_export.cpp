@@ -372,6 +372,11 @@ TEST_F(ExportTest, WarnsAboutWhatHfComputesDifferently) {
   // No MoE layer in HF's model: the router keys do not matter to it.
   c.first_k_dense_replace = c.num_hidden_layers;
   EXPECT_TRUE(hf_export_issues(c).warnings.empty());
+  // HF's MLA latent norms keep eps 1e-6 whatever config.json says.
+  c.rms_norm_eps = 1e-5;
+  const HfExportIssues eps = hf_export_issues(c);
+  ASSERT_EQ(eps.warnings.size(), 1u);
+  EXPECT_NE(eps.warnings[0].find("rms_norm_eps = 1e-05: HF's DeepseekV3 builds"), std::string::npos) << eps.warnings[0];
 }
 
 TEST_F(ExportTest, MhaAndGqaAreRefusedUnlessForced) {
