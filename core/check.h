@@ -1,6 +1,8 @@
-// Errors and checks. Library code never calls exit(): it throws moelab::Error, whose message starts
-// with file:line and names the bad value and what was expected, e.g.
+// Errors and checks. Library code never calls exit(): it throws moelab::Error, whose message names
+// the bad value and what was expected, e.g.
 //   MOELAB_CHECK(x.ndim() == 2, "rmsnorm: x must be 2-D, got shape ", x.shape_str());
+// what() starts with the source file:line that raised it (for logs, tests and bug reports);
+// message() is the same without it, which is what the command line shows a user (unless --verbose).
 #pragma once
 
 #include <sstream>
@@ -11,7 +13,14 @@ namespace moelab {
 
 class Error : public std::runtime_error {
  public:
-  explicit Error(const std::string& what) : std::runtime_error(what) {}
+  explicit Error(const std::string& what) : std::runtime_error(what), message_(what) {}
+  Error(const std::string& source, const std::string& message)
+      : std::runtime_error(source + ": " + message), source_(source), message_(message) {}
+  const std::string& source() const { return source_; }    // "core/tensor.h:58", or "" when not known
+  const std::string& message() const { return message_; }  // what() without the source
+
+ private:
+  std::string source_, message_;
 };
 
 namespace detail {
@@ -23,7 +32,7 @@ std::string concat(const Args&... args) {
 }
 template <typename... Args>
 [[noreturn]] void fail(const char* file, int line, const Args&... args) {
-  throw Error(concat(file, ":", line, ": ", args...));
+  throw Error(concat(file, ":", line), concat(args...));
 }
 }  // namespace detail
 

@@ -54,6 +54,14 @@ bool is_null_or(const nlohmann::ordered_json& j, const char* key, const nlohmann
   return !j.contains(key) || j[key].is_null() || j[key] == ok;
 }
 
+// An optional boolean member (absent or null: the fallback); another type is an error naming it.
+bool bool_member(const nlohmann::ordered_json& j, const char* key, bool fallback, const std::string& where,
+                 const char* what) {
+  if (!j.contains(key) || j[key].is_null()) return fallback;
+  MOELAB_CHECK(j[key].is_boolean(), where, ": ", what, " ", key, " is ", j[key].dump(), ", expected true or false");
+  return j[key].get<bool>();
+}
+
 }  // namespace
 
 const char* tokenizer_kind_name(TokenizerKind kind) {
@@ -339,9 +347,9 @@ Tokenizer Tokenizer::from_json(const nlohmann::ordered_json& j, const std::strin
   MOELAB_CHECK(is_null_or(j, "normalizer", nullptr), where, ": normalizer ", j["normalizer"].dump(),
                ", expected null (moelab tokenizes raw bytes)");
   const json& pre = member(j, "pre_tokenizer", where, "the tokenizer");
-  MOELAB_CHECK(pre.is_object() && pre.value("type", "") == "ByteLevel", where, ": pre_tokenizer ", pre.dump(),
-               ", expected {\"type\": \"ByteLevel\", ...}");
-  MOELAB_CHECK(!pre.value("add_prefix_space", false), where,
+  MOELAB_CHECK(pre.is_object() && pre.contains("type") && pre["type"] == "ByteLevel", where, ": pre_tokenizer ",
+               pre.dump(), ", expected {\"type\": \"ByteLevel\", ...}");
+  MOELAB_CHECK(!bool_member(pre, "add_prefix_space", false, where, "pre_tokenizer"), where,
                ": pre_tokenizer add_prefix_space is true, expected false");
   for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"})
     MOELAB_CHECK(is_null_or(model, key, ""), where, ": model ", key, " is ", model[key].dump(), ", expected null");
@@ -350,8 +358,8 @@ Tokenizer Tokenizer::from_json(const nlohmann::ordered_json& j, const std::strin
   MOELAB_CHECK(is_null_or(model, "byte_fallback", false), where, ": model byte_fallback is true, expected false");
 
   Tokenizer t;
-  t.use_regex_ = pre.value("use_regex", true);
-  t.ignore_merges_ = model.value("ignore_merges", false);
+  t.use_regex_ = bool_member(pre, "use_regex", true, where, "pre_tokenizer");
+  t.ignore_merges_ = bool_member(model, "ignore_merges", false, where, "model");
 
   // Every id in [0, V) must be named exactly once by the vocab or the added tokens.
   const json& vocab = member(model, "vocab", where, "\"model\"");
@@ -371,6 +379,10 @@ Tokenizer Tokenizer::from_json(const nlohmann::ordered_json& j, const std::strin
     max_id = std::max(max_id, id_of(a["id"], a["content"].get<std::string>()));
   }
   MOELAB_CHECK(max_id >= 0, where, ": empty vocabulary");
+  // Ids are 0..V-1, each named once: more ids than names is a gap, found before allocating V.
+  MOELAB_CHECK(static_cast<size_t>(max_id) < vocab.size() + added.size(), where, ": token id ", max_id, " but only ",
+               vocab.size() + added.size(), " tokens: the ids must be 0..", vocab.size() + added.size() - 1,
+               " without gaps");
   const size_t V = static_cast<size_t>(max_id + 1);
   t.tokens_.assign(V, std::string());
   t.special_.assign(V, false);

@@ -7,7 +7,9 @@
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
+#include <cmath>
 #include <fstream>
+#include <sstream>
 
 #include "core/safetensors.h"
 #include "core/sha256.h"
@@ -92,7 +94,7 @@ std::string save_checkpoint(const std::string& run_dir, const RunConfig& cfg, co
   j["step"] = state.step;
   j["seed"] = state.seed;
   j["loader"] = state.loader;
-  j["extra"] = state.extra;
+  j["extra"] = {{"nonfinite_in_a_row", state.nonfinite_in_a_row}, {"train_seconds", state.train_seconds}};
   j["config"] = nlohmann::ordered_json::parse(to_json(cfg).dump());
   j["tokenizer"] = tokenizer ? tokenizer->to_json() : nlohmann::ordered_json();
   nlohmann::ordered_json files = nlohmann::ordered_json::object();
@@ -180,40 +182,114 @@ std::string resolve_checkpoint(const std::string& path) {
 }
 
 namespace {
-nlohmann::ordered_json read_state(const fs::path& dir) {
-  const fs::path p = dir / kStateFile;
-  MOELAB_CHECK(fs::exists(p), "checkpoint ", dir.string(), ": no ", kStateFile, " (an incomplete save?)");
-  std::ifstream in(p);
+
+const char* const kFiles[] = {"model.safetensors", "optimizer.safetensors"};
+
+bool is_hex_digest(const nlohmann::ordered_json& v) {
+  if (!v.is_string() || v.get_ref<const std::string&>().size() != 64) return false;
+  for (char c : v.get_ref<const std::string&>())
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
+  return true;
+}
+
+}  // namespace
+
+StateFile parse_trainer_state(const std::string& text, const std::string& where) {
   nlohmann::ordered_json j;
   try {
-    j = nlohmann::ordered_json::parse(in);
+    j = nlohmann::ordered_json::parse(text);
   } catch (const nlohmann::ordered_json::exception& e) {
-    MOELAB_FAIL("checkpoint ", dir.string(), ": ", kStateFile, " is not valid JSON: ", e.what());
+    MOELAB_FAIL(where, " is not valid JSON: ", e.what());
   }
-  MOELAB_CHECK(j.is_object() && j.value("format_version", 0) == kFormatVersion, "checkpoint ", dir.string(), ": ",
-               kStateFile, " has format_version ", j.is_object() ? j.value("format_version", 0) : 0, ", expected ",
-               kFormatVersion);
-  for (const char* key : {"step", "seed", "config", "files"})
-    MOELAB_CHECK(j.contains(key), "checkpoint ", dir.string(), ": ", kStateFile, " lacks '", key, "'");
-  for (auto it = j["files"].begin(); it != j["files"].end(); ++it) {
-    const fs::path f = dir / it.key();
+  MOELAB_CHECK(j.is_object(), where, " is JSON but not an object");
+  const nlohmann::ordered_json version = j.value("format_version", nlohmann::ordered_json());
+  MOELAB_CHECK(version.is_number_integer() && version.get<int64_t>() == kFormatVersion, where, " has format_version ",
+               version.dump(), ", expected ", kFormatVersion);
+  auto field = [&](const char* key) -> const nlohmann::ordered_json& {
+    MOELAB_CHECK(j.contains(key), where, " lacks '", key, "'");
+    return j[key];
+  };
+  StateFile s;
+  const auto& step = field("step");
+  MOELAB_CHECK(step.is_number_integer() && step.get<int64_t>() >= 0, where, ": step ", step.dump(),
+               ", expected an integer >= 0");
+  s.state.step = step.get<int64_t>();
+  const auto& seed = field("seed");
+  MOELAB_CHECK(seed.is_number_unsigned(), where, ": seed ", seed.dump(), ", expected an integer >= 0");
+  s.state.seed = seed.get<uint64_t>();
+  s.state.loader = j.value("loader", nlohmann::ordered_json());
+  MOELAB_CHECK(s.state.loader.is_null() || s.state.loader.is_object(), where, ": loader must be an object or null");
+  // The trainer's counters; checkpoints without them resume with zeros.
+  const nlohmann::ordered_json extra = j.value("extra", nlohmann::ordered_json());
+  MOELAB_CHECK(extra.is_null() || extra.is_object(), where, ": extra must be an object or null");
+  if (extra.is_object()) {
+    const auto streak = extra.value("nonfinite_in_a_row", nlohmann::ordered_json(0));
+    MOELAB_CHECK(streak.is_number_integer() && streak.get<int64_t>() >= 0, where, ": extra.nonfinite_in_a_row ",
+                 streak.dump(), ", expected an integer >= 0");
+    s.state.nonfinite_in_a_row = streak.get<int64_t>();
+    const auto seconds = extra.value("train_seconds", nlohmann::ordered_json(0.0));
+    MOELAB_CHECK(seconds.is_number() && seconds.get<double>() >= 0 && std::isfinite(seconds.get<double>()), where,
+                 ": extra.train_seconds ", seconds.dump(), ", expected a number of seconds >= 0");
+    s.state.train_seconds = seconds.get<double>();
+  }
+  try {
+    s.cfg = run_config_from_json(nlohmann::json::parse(field("config").dump()));
+    s.cfg.validate();
+  } catch (const Error& e) {
+    MOELAB_FAIL(where, ": its config is invalid: ", e.what());
+  }
+  const nlohmann::ordered_json tokenizer = j.value("tokenizer", nlohmann::ordered_json());
+  if (!tokenizer.is_null()) s.tokenizer = std::make_unique<Tokenizer>(Tokenizer::from_json(tokenizer, where));
+  const auto& files = field("files");
+  MOELAB_CHECK(files.is_object(), where, ": files must be an object of file name -> bytes");
+  for (auto it = files.begin(); it != files.end(); ++it) {
+    MOELAB_CHECK(std::find(std::begin(kFiles), std::end(kFiles), it.key()) != std::end(kFiles), where, ": files lists '",
+                 it.key(), "', expected model.safetensors and optionally optimizer.safetensors");
+    MOELAB_CHECK(it.value().is_number_unsigned(), where, ": files.", it.key(), " = ", it.value().dump(),
+                 ", expected a byte count");
+    s.files[it.key()] = it.value().get<uint64_t>();
+  }
+  MOELAB_CHECK(s.files.count("model.safetensors"), where, ": files lacks model.safetensors");
+  const nlohmann::ordered_json sums = j.value("sha256", nlohmann::ordered_json::object());
+  MOELAB_CHECK(sums.is_object(), where, ": sha256 must be an object of file name -> hex digest");
+  for (auto it = sums.begin(); it != sums.end(); ++it) {
+    MOELAB_CHECK(s.files.count(it.key()), where, ": sha256 of '", it.key(), "', which files does not list");
+    MOELAB_CHECK(is_hex_digest(it.value()), where, ": sha256.", it.key(), " = ", it.value().dump(),
+                 ", expected 64 lowercase hex digits");
+    s.sha256[it.key()] = it.value().get<std::string>();
+  }
+  return s;
+}
+
+namespace {
+
+StateFile read_state(const fs::path& dir) {
+  const fs::path p = dir / kStateFile;
+  MOELAB_CHECK(fs::exists(p), "checkpoint ", dir.string(), ": no ", kStateFile, " (an incomplete save?)");
+  std::ifstream in(p, std::ios::binary);
+  std::ostringstream text;
+  text << in.rdbuf();
+  MOELAB_CHECK(in, p.string(), ": read error");
+  StateFile s = parse_trainer_state(text.str(), "checkpoint " + dir.string() + ": " + kStateFile);
+  for (const auto& [name, bytes] : s.files) {
+    const fs::path f = dir / name;
     // Inference needs only the model and the state: the optimizer's file may be left out (a
     // resume asks for it, restore_optimizer), but when it is there it must be whole.
-    if (it.key() == "optimizer.safetensors" && !fs::exists(f)) continue;
-    MOELAB_CHECK(fs::exists(f), "checkpoint ", dir.string(), ": ", it.key(), " is missing");
+    if (name == "optimizer.safetensors" && !fs::exists(f)) continue;
+    MOELAB_CHECK(fs::exists(f), "checkpoint ", dir.string(), ": ", name, " is missing");
     const auto size = fs::file_size(f);
-    MOELAB_CHECK(size == it.value().get<uint64_t>(), "checkpoint ", dir.string(), ": ", it.key(), " has ", size,
-                 " bytes, ", kStateFile, " recorded ", it.value().get<uint64_t>(), " (damaged or truncated)");
+    MOELAB_CHECK(size == bytes, "checkpoint ", dir.string(), ": ", name, " has ", size, " bytes, ", kStateFile,
+                 " recorded ", bytes, " (damaged or truncated)");
   }
-  return j;
+  return s;
 }
 
 // The file's SHA-256 against the one recorded at save (checkpoints from before checksums record
 // none: nothing to compare). Returns the digest.
-std::string verify_checksum(const fs::path& dir, const nlohmann::ordered_json& state, const std::string& file) {
+std::string verify_checksum(const fs::path& dir, const StateFile& state, const std::string& file) {
   const std::string now = sha256_file((dir / file).string());
-  if (state.contains("sha256") && state["sha256"].contains(file)) {
-    const std::string saved = state["sha256"][file].get<std::string>();
+  if (state.sha256.count(file)) {
+    const std::string& saved = state.sha256.at(file);
     MOELAB_CHECK(now == saved, "checkpoint ", dir.string(), ": ", file, " does not match the SHA-256 recorded when it "
                  "was saved (", saved.substr(0, 16), "..., now ", now.substr(0, 16), "...): the file was changed or "
                  "damaged");
@@ -223,32 +299,28 @@ std::string verify_checksum(const fs::path& dir, const nlohmann::ordered_json& s
 }  // namespace
 
 std::vector<std::string> check_checkpoint(const std::string& dir) {
-  const nlohmann::ordered_json j = read_state(dir);
-  MOELAB_CHECK(j.contains("sha256"), "checkpoint ", dir, ": ", kStateFile, " records no checksums (saved before they "
+  const StateFile s = read_state(dir);
+  MOELAB_CHECK(!s.sha256.empty(), "checkpoint ", dir, ": ", kStateFile, " records no checksums (saved before they "
                "were): its file sizes match");
   std::vector<std::string> lines;
-  for (auto it = j["files"].begin(); it != j["files"].end(); ++it) {
-    if (!fs::exists(fs::path(dir) / it.key())) {
-      lines.push_back(it.key() + ": left out (inference needs only the model)");
+  for (const auto& [name, bytes] : s.files) {
+    if (!fs::exists(fs::path(dir) / name)) {
+      lines.push_back(name + ": left out (inference needs only the model)");
       continue;
     }
-    verify_checksum(dir, j, it.key());
-    lines.push_back(it.key() + ": " + std::to_string(it.value().get<uint64_t>()) + " bytes, SHA-256 as saved");
+    MOELAB_CHECK(s.sha256.count(name), "checkpoint ", dir, ": ", kStateFile, " records no SHA-256 of ", name);
+    verify_checksum(dir, s, name);
+    lines.push_back(name + ": " + std::to_string(bytes) + " bytes, SHA-256 as saved");
   }
   return lines;
 }
 
 LoadedCheckpoint load_checkpoint(const std::string& dir) {
-  const nlohmann::ordered_json j = read_state(dir);
-  verify_checksum(dir, j, "model.safetensors");
+  StateFile s = read_state(dir);
+  verify_checksum(dir, s, "model.safetensors");
   LoadedCheckpoint ck;
   ck.path = dir;
-  try {
-    ck.cfg = run_config_from_json(nlohmann::json::parse(j["config"].dump()));
-    ck.cfg.validate();
-  } catch (const Error& e) {
-    MOELAB_FAIL("checkpoint ", dir, ": its config is invalid: ", e.what());
-  }
+  ck.cfg = s.cfg;
   const Safetensors st = read_safetensors((fs::path(dir) / "model.safetensors").string());
   auto model = std::make_unique<Model>(ck.cfg.model);
   model->allocate(Device::CPU, DType::F32);
@@ -265,11 +337,8 @@ LoadedCheckpoint load_checkpoint(const std::string& dir) {
                " tensors, the config declares ", copies.size());
   for (auto& [dst, src] : copies) dst.copy_from(*src);
   ck.model = std::move(model);
-  if (!j["tokenizer"].is_null()) ck.tokenizer = std::make_unique<Tokenizer>(Tokenizer::from_json(j["tokenizer"], dir + "/" + kStateFile));
-  ck.state.step = j["step"].get<int64_t>();
-  ck.state.seed = j["seed"].get<uint64_t>();
-  ck.state.loader = j.value("loader", nlohmann::ordered_json());
-  ck.state.extra = j.value("extra", nlohmann::ordered_json());
+  ck.tokenizer = std::move(s.tokenizer);
+  ck.state = s.state;
   return ck;
 }
 

@@ -10,6 +10,7 @@
 // checkpoint (truncated, or overwritten with other bytes) is reported, never loaded half-way. Older complete checkpoints beyond keep_last are removed.
 #pragma once
 
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -27,7 +28,8 @@ struct TrainerState {
   int64_t step = 0;                   // optimizer steps taken
   uint64_t seed = 0;
   nlohmann::ordered_json loader;      // data/loader.h state_json(), or null
-  nlohmann::ordered_json extra;       // anything else the trainer keeps (e.g. its non-finite count)
+  int64_t nonfinite_in_a_row = 0;     // the trainer's streak of skipped non-finite steps
+  double train_seconds = 0;           // training time of every run up to this step
 };
 
 // The optimizer's state as a checkpoint holds it: AdamW's moments in the parameters' full flat layout
@@ -74,6 +76,17 @@ class RunDirLock {
 // What a `--ckpt` argument names: a checkpoint directory, or a run directory (its newest complete
 // checkpoint). Throws naming the path when it is neither.
 std::string resolve_checkpoint(const std::string& ckpt_or_run_dir);
+
+// trainer_state.json as read back: every field type-checked, so that a damaged or hand-edited
+// file is an error naming `where` and the key, never a JSON library exception or a wrong value.
+struct StateFile {
+  TrainerState state;
+  RunConfig cfg;                                // validated
+  std::unique_ptr<Tokenizer> tokenizer;         // null when the run had none
+  std::map<std::string, uint64_t> files;        // model.safetensors / optimizer.safetensors -> bytes
+  std::map<std::string, std::string> sha256;    // the same -> hex digest (none before checksums)
+};
+StateFile parse_trainer_state(const std::string& text, const std::string& where);
 
 struct LoadedCheckpoint {
   std::string path;

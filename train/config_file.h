@@ -33,4 +33,7 @@ RunConfig load_config(const std::string& path, const std::vector<std::string>& o
 HardwareProfile parse_hardware_toml(const std::string& text, const std::string& name);
 HardwareProfile read_hardware_file(const std::string& path);
 
+// The grid files of `moelab ablate` (train/ablate.h) are read here too: parse_grid_toml and
+// read_grid_file are declared in ablate.h and defined in config_file.cpp.
+
 }  // namespace moelab

@@ -26,6 +26,8 @@ constexpr const char* kTokenizerConfigFile = "tokenizer_config.json";
 constexpr const char* kGenerationFile = "generation_config.json";
 constexpr const char* kBiasSuffix = ".mlp.gate.e_score_correction_bias";
 constexpr const char* kGateSuffix = ".mlp.gate.weight";
+constexpr const char* kMtpEmbedSuffix = ".embed_tokens.weight";  // model.layers.{L+k}.*: MTP copies
+constexpr const char* kMtpHeadSuffix = ".shared_head.head.weight";
 
 bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
@@ -98,7 +100,22 @@ std::vector<std::pair<std::string, Tensor>> hf_tensors(const Model& model, DType
   }
   for (const auto& e : buffers.entries())
     if (!written.count(e.spec.name)) out.emplace_back(e.spec.name, convert(buffers.param(e.spec.name), DType::F32));
+  // DeepSeek-V3's release stores in each MTP module copies of the two weights it shares with the
+  // trunk, embed_tokens and shared_head.head (the LM head), so that a module loads on its own.
+  // moelab trains one parameter for each: the copies are the same values.
+  const ModelConfig& c = model.config();
+  const Tensor embed = convert(model.params().param("model.embed_tokens.weight"), dtype);
+  const Tensor head = c.tie_word_embeddings ? embed : convert(model.params().param("lm_head.weight"), dtype);
+  for (int64_t k = 0; k < c.num_nextn_predict_layers; ++k) {
+    const std::string module = "model.layers." + std::to_string(c.num_hidden_layers + k);
+    out.emplace_back(module + kMtpEmbedSuffix, embed);
+    out.emplace_back(module + kMtpHeadSuffix, head);
+  }
   return out;
+}
+
+bool is_mtp_copy(const std::string& name) {
+  return ends_with(name, kMtpEmbedSuffix) || ends_with(name, kMtpHeadSuffix);
 }
 
 }  // namespace
@@ -167,7 +184,8 @@ HfExportIssues hf_export_issues(const ModelConfig& c) {
   if (c.num_nextn_predict_layers > 0)
     r.notes.push_back("num_nextn_predict_layers = " + std::to_string(c.num_nextn_predict_layers) +
                       ": the MTP module(s) are stored as model.layers." + std::to_string(c.num_hidden_layers) +
-                      ".* and on, after the last layer as in DeepSeek-V3's release; HF's DeepseekV3ForCausalLM does "
+                      ".* and on, after the last layer as in DeepSeek-V3's release, each with copies of embed_tokens "
+                      "and the LM head (shared_head.head) as that release carries; HF's DeepseekV3ForCausalLM does "
                       "not build them, so from_pretrained lists those weights as unexpected and skips them");
   return r;
 }
@@ -307,7 +325,8 @@ ExportSummary export_hf(const LoadedCheckpoint& ck, const std::string& out_dir, 
     fs::create_directories(tmp);
     const auto tensors = hf_tensors(*ck.model, opt.dtype);
     write_safetensors((tmp / kModelFile).string(), tensors, {{"format", "pt"}});
-    for (const auto& [name, t] : tensors) s.parameters += t.numel();
+    for (const auto& [name, t] : tensors)
+      if (!is_mtp_copy(name)) s.parameters += t.numel();
     s.tensors = static_cast<int64_t>(tensors.size());
     s.bytes = fs::file_size(tmp / kModelFile);
     s.files.push_back(kModelFile);

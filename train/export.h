@@ -4,7 +4,9 @@
 //                                 model's values, plus a "moelab" object (below)
 //   <out>/model.safetensors       every parameter and buffer by its HF name (f32 or bf16; the
 //                                 e_score_correction_bias buffers stay f32, as HF keeps them), MTP
-//                                 module k as model.layers.{L+k-1}.*, no lm_head.weight when tied
+//                                 module k as model.layers.{L+k-1}.* with copies of the weights it
+//                                 shares (embed_tokens, shared_head.head = the LM head) as
+//                                 DeepSeek-V3's release stores them, no lm_head.weight when tied
 //   <out>/tokenizer.json          the checkpoint's tokenizer (absent when the run had none), and
 //   <out>/tokenizer_config.json   PreTrainedTokenizerFast with <|endoftext|> as bos/eos, so that
 //                                 AutoTokenizer runs tokenizer.json as it is
@@ -53,7 +55,7 @@ struct ExportSummary {
   int64_t step = 0;                    // its training step
   DType dtype = DType::F32;
   int64_t tensors = 0;                 // in model.safetensors
-  int64_t parameters = 0;              // their elements
+  int64_t parameters = 0;              // their elements (not counting the MTP modules' copies)
   uint64_t bytes = 0;                  // model.safetensors' size
   std::vector<std::string> files;      // written, in order
   std::vector<std::string> warnings;   // what DeepseekV3ForCausalLM would compute differently

@@ -27,8 +27,11 @@
 //                [--device cpu|cuda] [--precision P]
 //                               the training loop (train/trainer.h); SIGINT/SIGTERM saves and exits 0
 //   moelab check --ckpt DIR     a checkpoint's files against the sizes and SHA-256 recorded at save
-//   moelab eval --ckpt DIR [--batches N] [--data-dir DIR] [--device cpu|cuda]
+//   moelab eval --ckpt DIR [--batches N] [--data-dir DIR] [--dump-logits FILE] [--device cpu|cuda]
 //                               a checkpoint's validation loss (train/trainer.h)
+//   moelab ablate --grid G.toml [--jobs N] [--out DIR] [--report-only]
+//                               a grid of runs (arms x seeds) and its REPORT.md (train/ablate.h);
+//                               SIGINT/SIGTERM stops the runs at a checkpoint, the next call resumes
 // --device and --precision (auto | fp32 | bf16) are train.device / train.precision: train/runtime.h.
 // Several processes: `mpirun -np N moelab train|bench ...` (train/parallel.h). MPI starts before
 // the command runs; an error on any rank is printed with its rank and ends the whole job, so that no
@@ -42,6 +45,7 @@
 #include <csignal>
 #include <cstdio>
 #include <exception>
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -49,6 +53,7 @@
 #include "core/nn/model.h"
 #include "data/prepare.h"
 #include "dist/backends.h"
+#include "train/ablate.h"
 #include "train/bench.h"
 #include "train/checkpoint.h"
 #include "train/trainer.h"
@@ -342,6 +347,41 @@ int run_sample_cli(const SampleCliOptions& o) {
   return 0;
 }
 
+// `moelab ablate`: the grid's runs (this executable trains each), the report, and the plots when
+// examples/plot_ablation.py and matplotlib are there.
+int run_ablate_cli(moelab::AblateOptions o) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::path self = fs::read_symlink("/proc/self/exe", ec);
+  o.moelab = ec ? "moelab" : self.string();
+  std::signal(SIGINT, request_stop);
+  std::signal(SIGTERM, request_stop);
+  o.stop = &g_stop_requested;
+  const moelab::AblateResult r = moelab::run_ablation(o);
+  if (r.report.empty()) {
+    std::printf("ablate: stopped; %d run(s) saved a checkpoint and resume when the same command runs again\n",
+                r.interrupted);
+    return 130;
+  }
+  std::printf("ablate: %d runs (%d trained now, %d finished before); report: %s\n", r.runs, r.trained, r.skipped,
+              r.report.c_str());
+  // The plots: examples/plot_ablation.py of this source tree (the executable is <root>/<build>/train/moelab).
+  const std::string out = fs::path(r.report).parent_path().string();
+  for (const fs::path& root : {fs::current_path(), self.parent_path().parent_path().parent_path()}) {
+    const fs::path script = root / "examples" / "plot_ablation.py";
+    if (!fs::exists(script)) continue;
+    // The first python3 on the PATH, else Debian's (which scripts/setup.sh gives matplotlib).
+    for (const char* python : {"python3", "/usr/bin/python3"}) {
+      const std::string cmd = std::string(python) + " '" + script.string() + "' '" + out + "' 2>/dev/null";
+      if (std::system(cmd.c_str()) == 0) return 0;
+    }
+    std::printf("ablate: no plots: python3 %s %s failed (needs numpy and matplotlib)\n", script.c_str(), out.c_str());
+    return 0;
+  }
+  std::printf("ablate: plots: python3 examples/plot_ablation.py %s\n", out.c_str());
+  return 0;
+}
+
 struct EvalCliOptions {
   std::string ckpt;
   moelab::EvalOptions opt;
@@ -358,6 +398,8 @@ int run_eval_cli(const EvalCliOptions& o) {
               "%.1f s\n", r.loss, std::exp(r.loss), static_cast<long long>(r.windows),
               static_cast<long long>(r.split_windows), r.checkpoint.c_str(), static_cast<long long>(r.step),
               r.runtime.c_str(), r.seconds);
+  if (!opt.dump_logits.empty())
+    std::printf("the first val batch's tokens, logits and losses: %s\n", opt.dump_logits.c_str());
   return 0;
 }
 
@@ -368,6 +410,10 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.option_defaults()->always_capture_default();  // --help shows every option's default
   app.set_version_flag("--version", std::string("moelab ") + MOELAB_VERSION);
+  // Errors name the file, key and value; where in moelab's source they were raised only on request.
+  bool verbose = false;
+  app.add_flag("--verbose", verbose, "Errors also give the moelab source file:line that raised them (for bug reports)");
+  app.fallthrough();  // so that --verbose may also follow the subcommand
 
   int rc = 0;  // the exit code of the subcommand that ran
   CLI::App* info = app.add_subcommand(
@@ -532,8 +578,18 @@ int main(int argc, char** argv) {
     std::printf("checkpoint %s: OK\n", dir.c_str());
   });
 
-  CLI::App* eval = app.add_subcommand("eval", "A checkpoint's validation loss over the first eval_batches windows of "
-                                     "the val split (what training reports as val loss)");
+  CLI::App* ablate = app.add_subcommand("ablate", "Run a grid of training runs (arms of --set overrides x seeds, one "
+                                       "budget) and write a report comparing the arms with their seed noise");
+  moelab::AblateOptions ablate_opt;
+  ablate->add_option("--grid", ablate_opt.grid, "The grid file (examples/ablations/*.toml)")->required();
+  ablate->add_option("--jobs", ablate_opt.jobs, "Runs at a time (the cores are split between them)")
+      ->check(CLI::PositiveNumber);
+  ablate->add_option("--out", ablate_opt.out_dir, "Output directory (default: runs/ablate_<grid file name>)");
+  ablate->add_flag("--report-only", ablate_opt.report_only, "Only write the report of the finished runs");
+  ablate->callback([&]() { rc = run_ablate_cli(ablate_opt); });
+
+  CLI::App* eval = app.add_subcommand("eval", "A checkpoint's validation loss, as training reports it (over the whole "
+                                     "val split unless train.eval_batches says fewer batches)");
   EvalCliOptions eval_opt;
   eval->add_option("--ckpt", eval_opt.ckpt, "A checkpoint directory, or a run directory (its newest checkpoint)")
       ->required();
@@ -542,6 +598,8 @@ int main(int argc, char** argv) {
       ->check(CLI::NonNegativeNumber);
   eval->add_option("--data-dir", eval_opt.opt.data_dir, "Prepared data to evaluate on (default: the run's "
                    "train.data_dir)");
+  eval->add_option("--dump-logits", eval_opt.opt.dump_logits, "Also write the first val batch's tokens, logits (main "
+                   "head and each MTP depth) and losses to this safetensors file, to compare with another implementation");
   eval_opt.where.add_to(eval);
   eval->callback([&]() { rc = run_eval_cli(eval_opt); });
 
@@ -556,6 +614,11 @@ int main(int argc, char** argv) {
       app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
       return app.exit(e);
+    } catch (const moelab::Error& e) {
+      std::fprintf(stderr, "moelab: error%s: %s\n", where.c_str(), verbose ? e.what() : e.message().c_str());
+      std::fflush(stderr);
+      moelab::dist::abort_job(1);  // the other ranks may be waiting for this one: end them all
+      return 1;
     } catch (const std::exception& e) {
       std::fprintf(stderr, "moelab: error%s: %s\n", where.c_str(), e.what());
       std::fflush(stderr);

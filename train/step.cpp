@@ -30,6 +30,7 @@ StepStats& StepStats::operator+=(const MicroBatchStats& micro) {
   for (size_t i = 0; i < micro.moe.size(); ++i) {
     const std::vector<double>& load = micro.moe[i].load;
     loads[i].resize(load.size(), 0.0);
+    dropped += micro.moe[i].dropped;
     for (size_t e = 0; e < load.size(); ++e) loads[i][e] += load[e];
   }
   last_moe = micro.moe;

@@ -43,6 +43,8 @@ struct StepStats {
   std::vector<std::vector<double>> loads;  // [MoE layers][E]: expert selections summed over micro-batches
                                            // (and ranks)
   std::vector<MoEStats> last_moe;          // the last micro-batch's per-layer stats (MaxVio, bias range)
+  int64_t dropped = 0;                     // expert assignments the capacity factor dropped, all MoE
+                                           // layers and micro-batches (this rank's)
   double grad_norm = 0;                    // global L2 norm of the (reduced) gradients, before clipping
   bool finite = false;                     // loss and norm finite, so the update was applied
 

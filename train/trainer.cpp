@@ -13,6 +13,7 @@
 #include <memory>
 
 #include "core/nn/model.h"
+#include "core/safetensors.h"
 #include "data/loader.h"
 #include "data/prepare.h"
 #include "train/bench.h"
@@ -195,7 +196,8 @@ class RunLog {
     log_.print_line(buf);
   }
 
-  // A logged step: losses, lr, norm, rates (tokens/s, GFLOP/s, MFU), MaxVio, aux loss, expert loads,
+  // A logged step: losses, lr, norm, rates (tokens/s, GFLOP/s, MFU), MaxVio, aux loss, the
+  // assignments the capacity factor dropped in this step (this process's), expert loads,
   // and with the aux-loss-free bias each layer's bias range after the update (read here, at the log
   // step, not in every forward: on the GPU each read is a small copy to the host).
   // train_seconds: the training time so far, this run's and the resumed ones' (metrics.h).
@@ -210,6 +212,7 @@ class RunLog {
                                   {"loss_mtp", l.mtp},   {"lr", lr},             {"grad_norm", st.grad_norm},
                                   {"tokens_per_s", tps}, {"gflops", flops / 1e9}, {"mfu", nullptr},
                                   {"max_vio", st.max_vio()}, {"aux_loss", st.balance_loss()},
+                                  {"dropped", st.dropped},
                                   {"ms_per_step", seconds * 1e3}, {"train_seconds", train_seconds},
                                   {"expert_load", expert_load}};
     if (peak_.gflops > 0) rec["mfu"] = flops / 1e9 / peak_.gflops;
@@ -408,14 +411,14 @@ TrainResult train(const RunConfig& cfg_in, const TrainOptions& options) {
 
   TrainResult result;
   result.val_loss = std::numeric_limits<double>::quiet_NaN();
-  const bool has_extra = state.extra.is_object();
-  int64_t nonfinite_in_a_row = has_extra ? state.extra.value("nonfinite_in_a_row", int64_t{0}) : 0;
-  const double resumed_seconds = has_extra ? state.extra.value("train_seconds", 0.0) : 0.0;  // earlier runs'
+  int64_t nonfinite_in_a_row = state.nonfinite_in_a_row;
+  const double resumed_seconds = state.train_seconds;  // earlier runs'
   double train_seconds = 0;  // this run's
   auto save = [&](int64_t step) {
     state.step = step;
     state.loader = loader.state_json();
-    state.extra = {{"nonfinite_in_a_row", nonfinite_in_a_row}, {"train_seconds", resumed_seconds + train_seconds}};
+    state.nonfinite_in_a_row = nonfinite_in_a_row;
+    state.train_seconds = resumed_seconds + train_seconds;
     if (procs.dp) {
       procs.dp->complete_params();  // expert parallelism: the other ranks' experts, for a whole checkpoint
       procs.dp->check_identical(model.buffers(), "at step " + std::to_string(step));
@@ -480,6 +483,40 @@ TrainResult train(const RunConfig& cfg_in, const TrainOptions& options) {
   log.done(result, arena.peak());
   return result;
 }
+namespace {
+
+// The first batch of `val_cfg` through the model, its logits and losses written to `path`
+// (evaluate_checkpoint says the layout).
+void dump_first_batch_logits(const std::string& path, const Model& model, const RunConfig& cfg,
+                             const LoaderConfig& val_cfg, const Runtime& rt, Arena& arena, const LoadedCheckpoint& ck) {
+  Loader val(val_cfg);
+  const Context ctx = rt.context(arena, val_cfg.batch_size, cfg.train.seq_len);
+  arena.reset();
+  const Tensor tokens = val.next();  // [B, W]
+  Model::Saved saved;
+  const Model::Losses losses = model.forward(ctx, rt.upload(tokens), saved);
+  const Shape btv{val_cfg.batch_size, cfg.train.seq_len, cfg.model.vocab_size};
+  auto host_f32 = [&](const Tensor& t) {
+    const Tensor h = t.device() == Device::CPU ? t : t.to(Device::CPU);
+    return (h.dtype() == DType::F32 ? h : h.to(DType::F32)).reshape(btv);
+  };
+  auto scalar = [](double v) {
+    Tensor t = Tensor::empty({}, DType::F64);
+    t.fill(v);
+    return t;
+  };
+  std::vector<std::pair<std::string, Tensor>> out = {
+      {"tokens", tokens}, {"logits", host_f32(saved.head.logits)}, {"loss.main", scalar(losses.main)}};
+  for (size_t k = 0; k < saved.mtp.size(); ++k) {
+    out.emplace_back("mtp." + std::to_string(k + 1) + ".logits", host_f32(saved.mtp[k].head.logits));
+    out.emplace_back("loss.mtp." + std::to_string(k + 1), scalar(losses.mtp[k]));
+  }
+  write_safetensors(path, out, {{"checkpoint", ck.path}, {"step", std::to_string(ck.state.step)},
+                                {"runtime", rt.describe()}});
+}
+
+}  // namespace
+
 EvalResult evaluate_checkpoint(const std::string& ckpt_or_run_dir, const EvalOptions& options) {
   const auto t0 = Clock::now();
   LoadedCheckpoint ck = load_checkpoint(resolve_checkpoint(ckpt_or_run_dir));
@@ -499,8 +536,9 @@ EvalResult evaluate_checkpoint(const std::string& ckpt_or_run_dir, const EvalOpt
   r.checkpoint = ck.path;
   r.runtime = rt.describe();
   r.step = ck.state.step;
-  const Evaluation e =
-      evaluate(*model, cfg, loader_config(cfg, data.val_shards, cfg.model.vocab_size, false, dist::WorldInfo{}), rt, arena);
+  const LoaderConfig val_cfg = loader_config(cfg, data.val_shards, cfg.model.vocab_size, false, dist::WorldInfo{});
+  if (!options.dump_logits.empty()) dump_first_batch_logits(options.dump_logits, *model, cfg, val_cfg, rt, arena, ck);
+  const Evaluation e = evaluate(*model, cfg, val_cfg, rt, arena);
   r.loss = e.loss;
   r.windows = e.windows;
   r.split_windows = e.split_windows;

@@ -53,6 +53,7 @@ struct EvalOptions {
   std::string device = "cpu", precision = "auto";  // train/runtime.h
   int64_t batches = -1;                            // >= 0: instead of the run's train.eval_batches (0: all)
   std::string data_dir;                            // non-empty: instead of the run's train.data_dir
+  std::string dump_logits;                         // non-empty: write the first val batch's logits here
 };
 struct EvalResult {
   std::string checkpoint, runtime;
@@ -61,6 +62,13 @@ struct EvalResult {
   int64_t windows = 0, split_windows = 0;  // the windows evaluated, of the val split's
   double seconds = 0;
 };
+// The validation loss of a checkpoint. With dump_logits, also writes the first val batch as a
+// safetensors file for comparisons with other implementations (HF transformers, DeepSeek's code):
+//   tokens         i32 [B, W]     the loader's windows, W = T + 1 + D_mtp
+//   logits         f32 [B, T, V]  logits[b, t] predicts tokens[b, t + 1] from tokens[b, 0..t]
+//   mtp.<k>.logits f32 [B, T, V]  MTP depth k (1..D_mtp) predicts tokens[b, t + k + 1]
+//   loss.main      f64 []         that batch's mean cross-entropy, loss.mtp.<k> each depth's
+// with the checkpoint and its step in the metadata.
 EvalResult evaluate_checkpoint(const std::string& ckpt_or_run_dir, const EvalOptions& options);
 
 }  // namespace moelab

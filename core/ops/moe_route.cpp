@@ -196,7 +196,8 @@ void check_indices(const char* op, const char* name, const Tensor& idx, int64_t 
 void moe_route_topk(const Exec& ex, const Tensor& scores, const Tensor& bias, int64_t n_group, int64_t topk_group,
                     int64_t group_topk, const Tensor& topk_idx) {
   const char* op = "moe_route_topk";
-  const auto [N, E, K] = check_route(op, scores, "topk_idx", topk_idx);
+  const Dims d = check_route(op, scores, "topk_idx", topk_idx);
+  const int64_t N = d.n, E = d.e, K = d.k;  // named (not bound): lambdas capture them
   if (bias.defined()) {
     check_shape(op, "bias", bias, {E});
     check_dtype(op, "bias", bias, scores.dtype());
@@ -241,7 +242,8 @@ void moe_route_topk(const Exec& ex, const Tensor& scores, const Tensor& bias, in
 void moe_gate_forward(const Exec& ex, const Tensor& scores, const Tensor& topk_idx, bool norm_topk_prob, double scale,
                       const Tensor& topk_weights) {
   const char* op = "moe_gate_forward";
-  const auto [N, E, K] = check_route(op, scores, "topk_idx", topk_idx);
+  const Dims d = check_route(op, scores, "topk_idx", topk_idx);
+  const int64_t N = d.n, E = d.e, K = d.k;  // named (not bound): lambdas capture them
   check_shape(op, "topk_weights", topk_weights, {N, K});
   check_dtype(op, "topk_weights", topk_weights, scores.dtype());
   check_same_device(op, {{"scores", &scores}, {"topk_weights", &topk_weights}});
@@ -271,7 +273,8 @@ void moe_gate_forward(const Exec& ex, const Tensor& scores, const Tensor& topk_i
 void moe_gate_backward(const Exec& ex, const Tensor& grad_topk_weights, const Tensor& scores, const Tensor& topk_idx,
                        bool norm_topk_prob, double scale, const Tensor& grad_scores) {
   const char* op = "moe_gate_backward";
-  const auto [N, E, K] = check_route(op, scores, "topk_idx", topk_idx);
+  const Dims d = check_route(op, scores, "topk_idx", topk_idx);
+  const int64_t N = d.n, E = d.e, K = d.k;  // named (not bound): lambdas capture them
   check_shape(op, "grad_topk_weights", grad_topk_weights, {N, K});
   check_shape(op, "grad_scores", grad_scores, {N, E});
   check_dtype(op, "grad_topk_weights", grad_topk_weights, scores.dtype());
@@ -313,7 +316,8 @@ int64_t moe_capacity(double capacity_factor, int64_t tokens, int64_t k, int64_t 
 int64_t moe_capacity_drop(const Exec& ex, const Tensor& scores, const Tensor& topk_idx, int64_t capacity,
                           const Tensor& kept_idx) {
   const char* op = "moe_capacity_drop";
-  const auto [N, E, K] = check_route(op, scores, "topk_idx", topk_idx);
+  const Dims d = check_route(op, scores, "topk_idx", topk_idx);
+  const int64_t N = d.n, E = d.e, K = d.k;  // named (not bound): lambdas capture them
   check_shape(op, "kept_idx", kept_idx, {N, K});
   check_dtype(op, "kept_idx", kept_idx, DType::I32);
   check_same_device(op, {{"scores", &scores}, {"kept_idx", &kept_idx}});

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <tuple>
 
 #include "core/ops/op_util.h"
 #include "cuda/rmsnorm.h"
@@ -83,7 +84,8 @@ void check_cuda_dtypes(const char* op, const Tensor& x, const Tensor& weight, co
 void rmsnorm_forward(const Exec& ex, const Tensor& x, const Tensor& weight, float eps, const Tensor& y,
                      const Tensor& rstd) {
   const char* op = "rmsnorm_forward";
-  const auto [rows, dim] = check_rmsnorm_shapes(op, x, weight, rstd);
+  int64_t rows, dim;  // named (not bound): lambdas capture them
+  std::tie(rows, dim) = check_rmsnorm_shapes(op, x, weight, rstd);
   check_shape(op, "y", y, x.shape());
   check_same_device(op, {{"x", &x}, {"weight", &weight}, {"y", &y}, {"rstd", &rstd}});
   check_dtype(op, "y", y, x.dtype());
@@ -113,7 +115,8 @@ void rmsnorm_forward(const Exec& ex, const Tensor& x, const Tensor& weight, floa
 void rmsnorm_backward(const Exec& ex, const Tensor& grad_y, const Tensor& x, const Tensor& weight, const Tensor& rstd,
                       const Tensor& grad_x, const Tensor& grad_weight) {
   const char* op = "rmsnorm_backward";
-  const auto [rows, dim] = check_rmsnorm_shapes(op, x, weight, rstd);
+  int64_t rows, dim;  // named (not bound): lambdas capture them
+  std::tie(rows, dim) = check_rmsnorm_shapes(op, x, weight, rstd);
   check_shape(op, "grad_y", grad_y, x.shape());
   check_shape(op, "grad_x", grad_x, x.shape());
   check_shape(op, "grad_weight", grad_weight, weight.shape());

@@ -9,7 +9,8 @@ For a few small random models (tests/train/tools/export_tool.cpp writes each as 
     project's numpy-only reader (tests/reference/safetensors_io.py): f32 bit for bit, bf16 the
     round-to-nearest-even value computed here in numpy, every mlp.gate.e_score_correction_bias in
     f32; the only extra tensors allowed are zero router biases of a run without aux_free_bias; no
-    lm_head.weight when the embeddings are tied; MTP module k as model.layers.{L+k-1};
+    lm_head.weight when the embeddings are tied; MTP module k as model.layers.{L+k-1}, with copies of
+    embed_tokens and the LM head (shared_head.head) as DeepSeek-V3's release stores them;
   - config.json: model_type deepseek_v3, DeepseekV3ForCausalLM, every HF key of MODEL.md, values
     equal to the checkpoint's config (trainer_state.json), bos/eos = the tokenizer's <|endoftext|>;
   - tokenizer.json is the checkpoint's tokenizer, tokenizer_config.json names PreTrainedTokenizerFast;
@@ -117,13 +118,19 @@ def check_tensors(case, hf_dir, ckpt, model_cfg, dtype):
             diff = np.flatnonzero(b.view("<u4") != np.ascontiguousarray(a, "<f4").view("<u4"))
         check(diff.size == 0, f"{case}: {name}: {diff.size} of {a.size} elements differ"
               + (f" (first at {diff[0]})" if diff.size else ""))
+    L, depth = model_cfg["num_hidden_layers"], model_cfg["num_nextn_predict_layers"]
+    head = "model.embed_tokens.weight" if model_cfg["tie_word_embeddings"] else "lm_head.weight"
+    for k in range(1, depth + 1):  # DeepSeek-V3's release: each MTP module holds copies of these
+        for part, source in (("embed_tokens.weight", "model.embed_tokens.weight"), ("shared_head.head.weight", head)):
+            name = f"model.layers.{L + k - 1}.{part}"
+            if check(name in exported, f"{case}: MTP module {k} lacks its copy {name}"):
+                check(np.array_equal(exported[name][1], exported[source][1]), f"{case}: {name} differs from {source}")
     for name, (st_dtype, b) in exported.items():
-        if name in ref:
+        if name in ref or name.endswith((".embed_tokens.weight", ".shared_head.head.weight")):
             continue
         # The only addition: a zero router bias where the run had no aux-loss-free bias.
         check(name.endswith(BIAS) and not model_cfg["aux_free_bias"] and st_dtype == "F32" and not b.any(),
               f"{case}: unexpected tensor {name} ({st_dtype} {list(b.shape)})")
-    L, depth = model_cfg["num_hidden_layers"], model_cfg["num_nextn_predict_layers"]
     check(("lm_head.weight" in exported) != model_cfg["tie_word_embeddings"],
           f"{case}: lm_head.weight {'present' if 'lm_head.weight' in exported else 'absent'} "
           f"with tie_word_embeddings = {model_cfg['tie_word_embeddings']}")

@@ -112,8 +112,24 @@ bool is_router_bias(const std::string& name) {
   return name.size() >= s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0;
 }
 
+bool ends_with(const std::string& name, const std::string& s) {
+  return name.size() >= s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0;
+}
+
+// The trunk tensor an MTP module's copy repeats (DeepSeek-V3's release layout), or "" for others.
+std::string mtp_copy_source(const std::string& name, const ModelConfig& c) {
+  for (int64_t k = 0; k < c.num_nextn_predict_layers; ++k) {
+    const std::string module = "model.layers." + std::to_string(c.num_hidden_layers + k);
+    if (name == module + ".embed_tokens.weight") return "model.embed_tokens.weight";
+    if (name == module + ".shared_head.head.weight")
+      return c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
+  }
+  return "";
+}
+
 // Every exported tensor equals the model's: bit for bit in f32, the rounded value in bf16 (router
-// biases always f32). Returns the exported names.
+// biases always f32); each MTP module carries copies of the embedding and the head. Returns the
+// exported names.
 std::set<std::string> expect_tensors_match(const Safetensors& st, const Model& model, DType dtype) {
   const auto ref = model_tensors(model);
   std::set<std::string> names;
@@ -122,7 +138,8 @@ std::set<std::string> expect_tensors_match(const Safetensors& st, const Model& m
     names.insert(name);
     const DType want = is_router_bias(name) ? DType::F32 : dtype;
     EXPECT_EQ(t.dtype(), want);
-    const auto it = ref.find(name);
+    const std::string source = mtp_copy_source(name, model.config());
+    const auto it = ref.find(source.empty() ? name : source);
     if (it == ref.end()) {  // only a zero router bias may be added (a run without aux_free_bias)
       EXPECT_TRUE(is_router_bias(name) && !model.config().aux_free_bias) << "unexpected tensor";
       for (int64_t i = 0; i < t.numel(); ++i) EXPECT_EQ(t.data<float>()[i], 0.0f);
@@ -148,6 +165,12 @@ std::set<std::string> expect_tensors_match(const Safetensors& st, const Model& m
     EXPECT_EQ(far, 0) << "bf16 elements farther than half an ulp";
   }
   for (const auto& [name, t] : ref) EXPECT_TRUE(names.count(name)) << name << " is missing from the export";
+  const ModelConfig& c = model.config();
+  for (int64_t k = 0; k < c.num_nextn_predict_layers; ++k)
+    for (const char* part : {".embed_tokens.weight", ".shared_head.head.weight"}) {
+      const std::string n = "model.layers." + std::to_string(c.num_hidden_layers + k) + part;
+      EXPECT_TRUE(names.count(n)) << n << ": the MTP module's copy is missing";
+    }
   return names;
 }
 

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <set>
 #include <string>
@@ -198,7 +199,7 @@ TEST(Trainer, NonFiniteStreakSurvivesAResume) {
   stop.console = false;
   stop.stop_after_step = 3;  // two non-finite steps in a row so far
   EXPECT_EQ(train(c, stop).step, 3);
-  EXPECT_EQ(load_checkpoint(latest_checkpoint(c.train.out_dir)).state.extra.value("nonfinite_in_a_row", -1), 2);
+  EXPECT_EQ(load_checkpoint(latest_checkpoint(c.train.out_dir)).state.nonfinite_in_a_row, 2);
   TrainOptions resume;
   resume.console = false;
   resume.resume = true;
@@ -217,14 +218,58 @@ TEST(Trainer, TrainerStateRoundTrips) {
   state.step = 17;
   state.seed = 0xfeedbeefcafeULL;
   state.loader = {{"epoch", 2}, {"position", 12345}, {"order_seed", 99}};
-  state.extra = {{"nonfinite_in_a_row", 2}, {"train_seconds", 12.5}};
+  state.nonfinite_in_a_row = 2;
+  state.train_seconds = 12.5;
   const std::string path = save_checkpoint(dir, c, model, nullptr, nullptr, state, 0);
   const LoadedCheckpoint back = load_checkpoint(path);
   EXPECT_EQ(back.state.step, state.step);
   EXPECT_EQ(back.state.seed, state.seed);
   EXPECT_EQ(back.state.loader, state.loader);
-  EXPECT_EQ(back.state.extra, state.extra);
+  EXPECT_EQ(back.state.nonfinite_in_a_row, 2);
+  EXPECT_EQ(back.state.train_seconds, 12.5);
   EXPECT_TRUE(back.cfg == c);
+}
+
+// Every field of trainer_state.json is type-checked on reading: a damaged or hand-edited file is an
+// error naming the key, never a JSON library exception (the fuzzer's corpus holds many more).
+TEST(Trainer, TrainerStateFieldsAreChecked) {
+  const std::string dir = scratch("state_checked");
+  RunConfig c = tiny_run(dir);
+  Model model(c.model);
+  model.allocate(Device::CPU, DType::F32);
+  model.initialize(1);
+  const std::string path = save_checkpoint(dir, c, model, nullptr, nullptr, TrainerState{}, 0);
+  std::ifstream in(fs::path(path) / "trainer_state.json");
+  const nlohmann::ordered_json good = nlohmann::ordered_json::parse(in);
+  EXPECT_EQ(parse_trainer_state(good.dump(), "ts.json").cfg, c);
+  auto with = [&](const std::function<void(nlohmann::ordered_json&)>& edit) {
+    nlohmann::ordered_json j = good;
+    edit(j);
+    return j.dump();
+  };
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"{\"step\": ", "ts.json is not valid JSON"},
+      {"[1, 2]", "ts.json is JSON but not an object"},
+      {with([](auto& j) { j["format_version"] = "1"; }), "format_version \"1\", expected 1"},
+      {with([](auto& j) { j["step"] = "12"; }), "ts.json: step \"12\", expected an integer >= 0"},
+      {with([](auto& j) { j["step"] = -3; }), "ts.json: step -3"},
+      {with([](auto& j) { j["seed"] = 1.5; }), "ts.json: seed 1.5"},
+      {with([](auto& j) { j.erase("config"); }), "ts.json lacks 'config'"},
+      {with([](auto& j) { j["config"]["model"]["hidden_size"] = "wide"; }), "ts.json: its config is invalid"},
+      {with([](auto& j) { j["loader"] = 7; }), "loader must be an object or null"},
+      {with([](auto& j) { j["extra"]["nonfinite_in_a_row"] = "x"; }), "extra.nonfinite_in_a_row \"x\""},
+      {with([](auto& j) { j["extra"]["train_seconds"] = -1; }), "extra.train_seconds -1"},
+      {with([](auto& j) { j["files"] = nlohmann::ordered_json::array({1}); }), "files must be an object"},
+      {with([](auto& j) { j["files"]["../../etc/passwd"] = 1; }), "files lists '../../etc/passwd'"},
+      {with([](auto& j) { j["files"]["model.safetensors"] = "big"; }), "files.model.safetensors = \"big\""},
+      {with([](auto& j) { j["files"].erase("model.safetensors"); }), "files lacks model.safetensors"},
+      {with([](auto& j) { j["sha256"]["model.safetensors"] = "abc"; }), "expected 64 lowercase hex digits"},
+      {with([](auto& j) { j["tokenizer"] = 3; }), "ts.json"},
+  };
+  for (const auto& [text, fragment] : cases) {
+    SCOPED_TRACE(text.substr(0, 60));
+    testing::expect_error([&] { parse_trainer_state(text, "ts.json"); }, fragment);
+  }
 }
 
 // MFU against a fixed peak: train.peak_tflops, else a hardware file's, else (on the CPU) none.
