@@ -274,6 +274,14 @@ TEST(TokenizerJson, ReadsMergesInEitherFormAndRejectsWhatItCannotHonour) {
   expect_error(with([](auto& b) { b["model"]["vocab"].erase("a"); }), "no token has id 97");
   expect_error(with([](auto& b) { b["model"]["vocab"]["zz"] = 3; }), "vocab id 3 used twice");
   expect_error(with([](auto& b) { b["model"]["merges"].push_back("a q"); }), "merge 3 (\"a\", \"q\")");
+  // Found while writing the fuzz harness (tests/fuzz/fuzz_tokenizer.cpp): a flag of another type
+  // was a JSON library exception, and a huge id made the reader allocate tables of 2^31 entries
+  // before finding the gap.
+  expect_error(with([](auto& b) { b["pre_tokenizer"]["use_regex"] = "yes"; }),
+               "bad.json: pre_tokenizer use_regex is \"yes\", expected true or false");
+  expect_error(with([](auto& b) { b["model"]["ignore_merges"] = 1; }), "model ignore_merges is 1, expected true or false");
+  expect_error(with([](auto& b) { b["pre_tokenizer"]["type"] = 7; }), "pre_tokenizer {");
+  expect_error(with([](auto& b) { b["model"]["vocab"]["zz"] = 2147483647; }), "no token has id 260, expected ids 0..2147483647");
   expect_error([] { Tokenizer::load("/nonexistent/tokenizer.json"); }, "/nonexistent/tokenizer.json: cannot open");
 }
 
