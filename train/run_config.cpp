@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -105,7 +106,19 @@ void parse_into(const std::string& key, const std::string& v, uint64_t& out) {
   if (x < 0) throw ConfigError(key + " = " + v + " must be >= 0");
   out = static_cast<uint64_t>(x);
 }
-void parse_into(const std::string&, const std::string& v, std::string& out) { out = v; }
+// String values are paths and names: a control character (a tab or a BEL pasted into a path) is
+// refused rather than carried into a file name, and TOML's reader would not read it back.
+std::string config_string(const std::string& key, const std::string& v) {
+  for (unsigned char c : v)
+    if (c < 0x20 || c == 0x7f) {
+      char hex[8];
+      std::snprintf(hex, sizeof hex, "0x%02x", c);
+      throw ConfigError(key + " = " + nlohmann::json(v).dump() + " contains the control character " + hex +
+                        " (config strings are paths and names)");
+    }
+  return v;
+}
+void parse_into(const std::string& key, const std::string& v, std::string& out) { out = config_string(key, v); }
 
 // TOML text of a value: numbers and bools bare, enum names quoted.
 std::string toml_value(int64_t v) { return std::to_string(v); }
@@ -160,7 +173,7 @@ void from_json_into(const std::string& key, const nlohmann::json& j, uint64_t& o
 }
 void from_json_into(const std::string& key, const nlohmann::json& j, std::string& out) {
   if (!j.is_string()) throw ConfigError(key + " = " + json_text(j) + " is not a string");
-  out = j.get<std::string>();
+  out = config_string(key, j.get<std::string>());
 }
 void from_json_into(const std::string& key, const nlohmann::json& j, bool& out) {
   if (!j.is_boolean()) throw ConfigError(key + " = " + json_text(j) + " is not a bool (true or false)");

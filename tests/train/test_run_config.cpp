@@ -168,6 +168,19 @@ TEST(ConfigToml, BadValuesNameFileKeyValueAndRule) {
   EXPECT_EQ(twice, "x.toml: [model] hidden_size is set twice");
 }
 
+// Found by fuzzing (tests/fuzz/fuzz_config.cpp, corpus/config/crash_control_char_in_string): a path
+// with a control character was accepted, and the TOML written back did not read back the same.
+TEST(ConfigToml, StringsWithControlCharactersAreRefused) {
+  EXPECT_EQ(config_error([] { parse_config_toml("[train]\ndata_dir = \"runs/s\x07" "ake\"\n", "x.toml"); }),
+            "x.toml: [train] data_dir = \"runs/s\\u0007ake\" contains the control character 0x07 (config strings "
+            "are paths and names)");
+  RunConfig c;
+  testing::expect_error([&] { apply_override(c, "train.out_dir=runs/a\tb"); }, "contains the control character 0x09");
+  nlohmann::json j = to_json(c);
+  j["train"]["data_dir"] = "a\nb";
+  testing::expect_error([&] { run_config_from_json(j); }, "contains the control character 0x0a");
+}
+
 TEST(ConfigToml, ValidationErrorsNameTheFile) {
   const std::string dir = ::testing::TempDir();
   const std::string path = dir + "/moelab_bad_heads.toml";
