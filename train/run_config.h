@@ -37,7 +37,7 @@ struct TrainConfig {
   int64_t grad_accum_steps = 1;     // micro-batches per optimizer step
   double lr = 1e-3;                 // peak learning rate
   double min_lr_ratio = 0.1;        // the schedule ends at lr * min_lr_ratio
-  int64_t warmup_steps = 100;       // linear warm-up from 0
+  int64_t warmup_steps = 100;       // linear warm-up: step s uses lr * (s + 1) / warmup_steps
   std::string schedule = "cosine";  // cosine | wsd (warmup-stable-decay)
   double decay_fraction = 0.2;      // wsd: the last fraction of the steps decays (cosine shape)
   double weight_decay = 0.1;        // decoupled; not on norms, embeddings, biases

@@ -1,5 +1,6 @@
-// Learning-rate schedules (MODEL.md, "Training recipe"): a linear warm-up from 0 to lr over
-// warmup_steps, then
+// Learning-rate schedules (MODEL.md, "Training recipe"): a linear warm-up to lr over warmup_steps
+// (step s < warmup_steps uses lr * (s + 1) / warmup_steps: the first update is not wasted at 0),
+// then
 //   cosine: lr -> lr * min_lr_ratio along a half cosine over the remaining steps;
 //   wsd:    warmup-stable-decay: constant lr, then the last decay_fraction of all steps decays
 //           along the same half cosine to lr * min_lr_ratio.
