@@ -20,17 +20,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from plot import read  # noqa: E402  (examples/plot.py: one run's records)
+
 
 def read_metrics(run_dir):
-    train, val = [], []
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        for line in f:
-            r = json.loads(line)
-            if "val_loss" in r:
-                val.append(r)
-            elif "loss_main" in r and not r.get("nonfinite"):
-                train.append(r)
-    return train, val
+    return read(os.path.join(run_dir, "metrics.jsonl"))  # (train records, val records), as plot.py reads them
 
 
 def band(runs, x_key):

@@ -178,7 +178,7 @@ constexpr const char* kFinished = "finished.json";
 
 // What a run's metrics.jsonl says, reduced to the report's numbers.
 struct RunMetrics {
-  double val_loss = std::nan(""), train_loss_main = std::nan("");
+  double val_loss = std::nan("");
   double tokens_per_s = std::nan(""), max_vio = std::nan("");
   double train_seconds = std::nan("");
   int64_t steps = 0, val_windows = 0, dropped = 0;
@@ -208,7 +208,6 @@ RunMetrics read_run_metrics(const std::string& dir) {
       m.val_windows = r.value("val_windows", int64_t{0});
     }
     if (r.contains("train_seconds") && r["train_seconds"].is_number()) m.train_seconds = r["train_seconds"].get<double>();
-    if (r.contains("loss_main") && r["loss_main"].is_number()) m.train_loss_main = r["loss_main"].get<double>();
     if (r.contains("tokens_per_s") && r["tokens_per_s"].is_number()) tps.push_back(r["tokens_per_s"].get<double>());
     if (r.contains("max_vio") && r["max_vio"].is_number()) vio.push_back(r["max_vio"].get<double>());
     if (r.contains("dropped") && r["dropped"].is_number_integer()) m.dropped += r["dropped"].get<int64_t>();
@@ -228,12 +227,6 @@ std::string fmt(const char* f, double v) {
   if (!std::isfinite(v)) return "-";
   char buf[64];
   std::snprintf(buf, sizeof buf, f, v);
-  return buf;
-}
-
-std::string number(double x) {  // 600, 1.5e+12
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%g", x);
   return buf;
 }
 
@@ -288,7 +281,7 @@ std::string write_ablation_report(const AblationGrid& grid, const std::vector<Ab
   std::ostringstream md;
   md << "# Ablation: " << fs::path(grid.file).stem().string() << "\n\n";
   md << "Grid `" << grid.file << "` on `" << grid.base << "`: " << grid.arms.size() << " arm(s) x "
-     << grid.seeds.size() << " seed(s), budget " << number(grid.budget_value) << " "
+     << grid.seeds.size() << " seed(s), budget " << fmt("%g", grid.budget_value) << " "
      << budget_kind_name(grid.budget) << " per run";
   if (!grid.overrides.empty()) {
     md << "; every arm with";
@@ -297,8 +290,10 @@ std::string write_ablation_report(const AblationGrid& grid, const std::vector<Ab
   md << ".\n\nVal loss: the main model's loss over the whole val split at the end of each run (mean ± "
         "sample std over the seeds). tokens/s and MaxVio: the mean over the second half of each run's "
         "log records (MaxVio = (max load - mean load) / mean load of the worst MoE layer). Params and "
-        "FLOPs/token as `moelab info` counts them; KV cache in bf16 per token, all layers.\n\n";
-  md << "| arm | overrides | val loss | steps | tokens/s | MaxVio | active params | FLOPs/token | KV B/token | dropped |\n";
+        "FLOPs/token as `moelab info` counts them; KV cache in bf16 per token, all layers; dropped: the "
+        "expert assignments the capacity factor dropped, summed over the logged steps of every seed.\n\n";
+  md << "| arm | overrides | val loss | steps | tokens/s | MaxVio | active params | FLOPs/token | KV B/token | "
+        "dropped |\n";
   md << "|---|---|---|---|---|---|---|---|---|---|\n";
   for (const ArmSummary& a : arms) {
     std::string ov;
