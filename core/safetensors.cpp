@@ -66,7 +66,7 @@ Safetensors read_safetensors(const std::string& path) {
   nlohmann::ordered_json j;
   try {
     j = nlohmann::ordered_json::parse(header);
-  } catch (const nlohmann::ordered_json::parse_error& e) {
+  } catch (const nlohmann::ordered_json::exception& e) {  // parse_error, or out_of_range for a number too large
     MOELAB_FAIL(path, ": header is not valid JSON: ", e.what());
   }
   MOELAB_CHECK(j.is_object(), path, ": header is JSON but not an object");

@@ -104,6 +104,10 @@ TEST(Safetensors, MalformedFilesGiveClearErrors) {
                  16),
        "overlap", "overlapping tensors"},
       {make_file(R"({"__metadata__":{"k":1}})", 0), "not a string", "non-string metadata"},
+      // Found by fuzz_safetensors (tests/fuzz/corpus/safetensors/crash_number_overflow): the JSON
+      // library reports a number too large for a double as out_of_range, not as a parse error.
+      {make_file(R"({"w":{"dtype":"F32","shape":[1e999],"data_offsets":[0,4]}})", 4), "not valid JSON",
+       "a number too large"},
   };
   int i = 0;
   for (const auto& c : cases) {
