@@ -614,13 +614,10 @@ int main(int argc, char** argv) {
       app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
       return app.exit(e);
-    } catch (const moelab::Error& e) {
-      std::fprintf(stderr, "moelab: error%s: %s\n", where.c_str(), verbose ? e.what() : e.message().c_str());
-      std::fflush(stderr);
-      moelab::dist::abort_job(1);  // the other ranks may be waiting for this one: end them all
-      return 1;
     } catch (const std::exception& e) {
-      std::fprintf(stderr, "moelab: error%s: %s\n", where.c_str(), e.what());
+      const auto* ours = dynamic_cast<const moelab::Error*>(&e);
+      std::fprintf(stderr, "moelab: error%s: %s\n", where.c_str(),
+                   ours && !verbose ? ours->message().c_str() : e.what());
       std::fflush(stderr);
       moelab::dist::abort_job(1);  // the other ranks may be waiting for this one: end them all
       return 1;

@@ -483,6 +483,7 @@ TrainResult train(const RunConfig& cfg_in, const TrainOptions& options) {
   log.done(result, arena.peak());
   return result;
 }
+
 namespace {
 
 // The first batch of `val_cfg` through the model, its logits and losses written to `path`
