@@ -5,6 +5,8 @@
 #   scripts/fuzz.sh run TARGET [SECONDS]   fuzz one target (default 600 s) from tests/fuzz/corpus/TARGET,
 #                                          then merge the inputs that add coverage into that corpus
 #   scripts/fuzz.sh all [SECONDS]          every target in turn
+#   scripts/fuzz.sh minimize [TARGET]      shrink tests/fuzz/corpus/TARGET (default: all) to the
+#                                          inputs that keep its coverage (seed_* and crash_* always stay)
 # Targets: the fuzz_*.cpp of tests/fuzz (safetensors, shard, tokenizer, config, trainer_state).
 # A crash leaves its input in build-fuzz/artifacts/TARGET/ and libFuzzer's report on stderr; replay
 # it with build-fuzz/tests/fuzz/fuzz_TARGET FILE.
@@ -32,10 +34,23 @@ run_one() {  # run_one TARGET SECONDS
   OMP_NUM_THREADS=1 "$bin" -merge=1 "$corpus/$t" "$build/found/$t" 2>&1 | grep -E "MERGE-OUTER: [0-9]+ new files" || true
 }
 
+minimize_one() {  # minimize_one TARGET
+  local t="$1" bin="$build/tests/fuzz/fuzz_$1" dir="$corpus/$1" tmp before
+  [ -x "$bin" ] || { echo "fuzz: no $bin (run scripts/fuzz.sh build)" >&2; exit 2; }
+  tmp=$(mktemp -d)
+  # The seeds and the crash inputs stay; of the rest, only what adds coverage to them is kept.
+  cp "$dir"/seed_* "$tmp"/ && { cp "$dir"/crash_* "$tmp"/ 2>/dev/null || true; }
+  OMP_NUM_THREADS=1 "$bin" -merge=1 "$tmp" "$dir" > /dev/null 2>&1
+  before=$(ls "$dir" | wc -l)
+  rm -rf "$dir" && mv "$tmp" "$dir" && chmod 755 "$dir"
+  echo "fuzz: corpus/$t: $before -> $(ls "$dir" | wc -l) inputs"
+}
+
 case "${1:-}" in
   build) build_fuzz ;;
   run)   [ $# -ge 2 ] || { echo "usage: scripts/fuzz.sh run TARGET [SECONDS]" >&2; exit 2; }
          run_one "$2" "${3:-600}" ;;
   all)   for t in $(targets); do run_one "$t" "${2:-600}"; done ;;
-  *)     echo "usage: scripts/fuzz.sh build | run TARGET [SECONDS] | all [SECONDS]" >&2; exit 2 ;;
+  minimize) for t in ${2:-$(targets)}; do minimize_one "$t"; done ;;
+  *)     echo "usage: scripts/fuzz.sh build | run TARGET [SECONDS] | all [SECONDS] | minimize [TARGET]" >&2; exit 2 ;;
 esac
