@@ -106,16 +106,28 @@ void parse_into(const std::string& key, const std::string& v, uint64_t& out) {
   if (x < 0) throw ConfigError(key + " = " + v + " must be >= 0");
   out = static_cast<uint64_t>(x);
 }
-// String values are paths and names: a control character (a tab or a BEL pasted into a path) is
-// refused rather than carried into a file name, and TOML's reader would not read it back.
+// String values are paths and names: a control character (a tab or a BEL pasted into a path) or
+// bytes that are not UTF-8 are refused rather than carried into a file name, and the config must
+// survive as JSON (checkpoints) and as TOML (which would not read a control character back).
 std::string config_string(const std::string& key, const std::string& v) {
-  for (unsigned char c : v)
-    if (c < 0x20 || c == 0x7f) {
+  std::string shown;  // the value with every byte outside printable ASCII as \xHH
+  bool control = false;
+  for (unsigned char c : v) {
+    control |= c < 0x20 || c == 0x7f;
+    if (c >= 0x20 && c < 0x7f) {
+      shown += static_cast<char>(c);
+    } else {
       char hex[8];
-      std::snprintf(hex, sizeof hex, "0x%02x", c);
-      throw ConfigError(key + " = " + nlohmann::json(v).dump() + " contains the control character " + hex +
-                        " (config strings are paths and names)");
+      std::snprintf(hex, sizeof hex, "\\x%02x", c);
+      shown += hex;
     }
+  }
+  if (control) throw ConfigError(key + " = \"" + shown + "\" contains a control character (config strings are paths and names)");
+  try {
+    (void)nlohmann::json(v).dump();
+  } catch (const nlohmann::json::exception&) {
+    throw ConfigError(key + " = \"" + shown + "\" is not valid UTF-8");
+  }
   return v;
 }
 void parse_into(const std::string& key, const std::string& v, std::string& out) { out = config_string(key, v); }

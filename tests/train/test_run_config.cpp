@@ -170,15 +170,21 @@ TEST(ConfigToml, BadValuesNameFileKeyValueAndRule) {
 
 // Found by fuzzing (tests/fuzz/fuzz_config.cpp, corpus/config/crash_control_char_in_string): a path
 // with a control character was accepted, and the TOML written back did not read back the same.
-TEST(ConfigToml, StringsWithControlCharactersAreRefused) {
+TEST(ConfigToml, StringsWithControlCharactersOrNotUtf8AreRefused) {
   EXPECT_EQ(config_error([] { parse_config_toml("[train]\ndata_dir = \"runs/s\x07" "ake\"\n", "x.toml"); }),
-            "x.toml: [train] data_dir = \"runs/s\\u0007ake\" contains the control character 0x07 (config strings "
-            "are paths and names)");
+            "x.toml: [train] data_dir = \"runs/s\\x07ake\" contains a control character (config strings are paths "
+            "and names)");
   RunConfig c;
-  testing::expect_error([&] { apply_override(c, "train.out_dir=runs/a\tb"); }, "contains the control character 0x09");
+  testing::expect_error([&] { apply_override(c, "train.out_dir=runs/a\tb"); }, "\"runs/a\\x09b\" contains a control");
   nlohmann::json j = to_json(c);
   j["train"]["data_dir"] = "a\nb";
-  testing::expect_error([&] { run_config_from_json(j); }, "contains the control character 0x0a");
+  testing::expect_error([&] { run_config_from_json(j); }, "\"a\\x0ab\" contains a control character");
+  // Found by fuzzing too (corpus/config/crash_invalid_utf8): bytes that are not UTF-8 made the
+  // message itself throw, and a checkpoint could not have stored the config as JSON.
+  testing::expect_error([&] { apply_override(c, "train.data_dir=runs/\xe9t\xe9"); },
+                        "data_dir = \"runs/\\xe9t\\xe9\" is not valid UTF-8");
+  apply_override(c, "train.data_dir=runs/\xc3\xa9t\xc3\xa9");  // UTF-8 is fine
+  EXPECT_EQ(c.train.data_dir, "runs/\xc3\xa9t\xc3\xa9");
 }
 
 TEST(ConfigToml, ValidationErrorsNameTheFile) {
