@@ -106,9 +106,9 @@ void parse_into(const std::string& key, const std::string& v, uint64_t& out) {
   if (x < 0) throw ConfigError(key + " = " + v + " must be >= 0");
   out = static_cast<uint64_t>(x);
 }
-// String values are paths and names: a control character (a tab or a BEL pasted into a path) or
-// bytes that are not UTF-8 are refused rather than carried into a file name, and the config must
-// survive as JSON (checkpoints) and as TOML (which would not read a control character back).
+// String values are paths and names: a control character (a tab or a BEL pasted into a path), a
+// quote, a backslash or bytes that are not UTF-8 are refused rather than carried into a file name,
+// and the config must survive as JSON (checkpoints) and as TOML (which would not read those back).
 std::string config_string(const std::string& key, const std::string& v) {
   std::string shown;  // the value with every byte outside printable ASCII as \xHH
   bool control = false;
@@ -123,6 +123,10 @@ std::string config_string(const std::string& key, const std::string& v) {
     }
   }
   if (control) throw ConfigError(key + " = \"" + shown + "\" contains a control character (config strings are paths and names)");
+  // A quote or a backslash: most often a TOML line gone wrong (`"a"b` reads as the string `"a"b`),
+  // and not one that TOML written back would read back the same.
+  if (v.find_first_of("\"\\") != std::string::npos)
+    throw ConfigError(key + " = \"" + shown + "\" contains a quote or a backslash (config strings are paths and names)");
   try {
     (void)nlohmann::json(v).dump();
   } catch (const nlohmann::json::exception&) {

@@ -183,6 +183,11 @@ TEST(ConfigToml, StringsWithControlCharactersOrNotUtf8AreRefused) {
   // message itself throw, and a checkpoint could not have stored the config as JSON.
   testing::expect_error([&] { apply_override(c, "train.data_dir=runs/\xe9t\xe9"); },
                         "data_dir = \"runs/\\xe9t\\xe9\" is not valid UTF-8");
+  // And (corpus/config/crash_quote_after_string) `data_dir = "runs/a"c` read as the string `"runs/a"c`.
+  EXPECT_EQ(config_error([] { parse_config_toml("[train]\ndata_dir = \"runs/a\"c\n", "x.toml"); }),
+            "x.toml: [train] data_dir = \"\"runs/a\"c\" contains a quote or a backslash (config strings are paths and "
+            "names)");
+  testing::expect_error([&] { apply_override(c, "train.out_dir=C:\\runs"); }, "contains a quote or a backslash");
   apply_override(c, "train.data_dir=runs/\xc3\xa9t\xc3\xa9");  // UTF-8 is fine
   EXPECT_EQ(c.train.data_dir, "runs/\xc3\xa9t\xc3\xa9");
 }
