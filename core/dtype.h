@@ -7,6 +7,10 @@
 //       float -> e4m3 rounds to nearest even and SATURATES: |x| > 448 and +-Inf become +-448
 //       (CUDA's __NV_SATFINITE rule), NaN becomes NaN. FP8 training scales tensors so that their
 //       largest element maps to 448, so saturation only bites on a bad scale.
+// fp8 e5m2 (OCP "E5M2"): 1 sign, 5 exponent (bias 15), 2 mantissa bits; infinities and NaNs as
+//       IEEE; largest finite 57344; smallest subnormal 2^-16. float -> e5m2 rounds to nearest even
+//       and saturates the same way (+-Inf included: +-57344). Only the scalar conversions exist
+//       (no tensor dtype): DeepSeek-V3 trains in e4m3 throughout, and tests compare the two.
 // f64 exists for the CPU gradient checks only (no CUDA kernels take it).
 #pragma once
 
@@ -89,6 +93,32 @@ inline float fp8_e4m3_bits_to_float(uint8_t b) {
   if (exp_field == 0xf && mant == 0x7) v = std::nanf("");
   else if (exp_field == 0) v = std::ldexp(static_cast<float>(mant), -9);
   else v = std::ldexp(1.0f + mant / 8.0f, exp_field - 7);
+  return (b & 0x80) ? -v : v;
+}
+
+inline uint8_t float_to_fp8_e5m2_bits(float x) {
+  const uint8_t sign = (float_bits(x) >> 24) & 0x80u;
+  if (std::isnan(x)) return sign | 0x7fu;
+  const double a = std::fabs(static_cast<double>(x));
+  if (a >= 57344.0) return sign | 0x7bu;  // saturate (also +-Inf)
+  if (a < 0.00006103515625) {             // below 2^-14: subnormal, value = m * 2^-16, m in 0..4
+    const double m = std::nearbyint(a * 65536.0);
+    return sign | static_cast<uint8_t>(m);  // m == 4 is exactly the smallest normal 0x04
+  }
+  int e;
+  const double frac = std::frexp(a, &e);
+  int exp_field = e - 1 + 15;
+  int mant = static_cast<int>(std::nearbyint((2.0 * frac - 1.0) * 4.0));
+  if (mant == 4) { mant = 0; ++exp_field; }
+  return sign | static_cast<uint8_t>((exp_field << 2) | mant);  // a < 57344 keeps this <= 0x7b
+}
+
+inline float fp8_e5m2_bits_to_float(uint8_t b) {
+  const int exp_field = (b >> 2) & 0x1f, mant = b & 0x3;
+  float v;
+  if (exp_field == 0x1f) v = mant == 0 ? INFINITY : std::nanf("");
+  else if (exp_field == 0) v = std::ldexp(static_cast<float>(mant), -16);
+  else v = std::ldexp(1.0f + mant / 4.0f, exp_field - 15);
   return (b & 0x80) ? -v : v;
 }
 

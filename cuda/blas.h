@@ -23,6 +23,7 @@
 #include <cstdint>
 #include <memory>
 
+#include "cuda/fp8_gemm.h"
 #include "cuda/stream.h"
 
 namespace moelab::cuda {
@@ -52,6 +53,11 @@ class Blas {
   Blas& operator=(const Blas&) = delete;
 
   void gemm(const GemmParams& p);
+  // The FP8 GEMM of cuda/fp8_gemm.h through cuBLASLt's block scaling (sm_90: VEC128_32F for Row128
+  // operands, BLK128x128_32F for Block128; not both Block128). Returns false, having launched
+  // nothing, where cuBLASLt cannot run it (another architecture, a shape or alignment it refuses, no
+  // algorithm from the heuristic): the caller then runs fp8_gemm_reference.
+  bool gemm_fp8(const Fp8GemmParams& p);
   size_t cached_plans() const;
 
  private:

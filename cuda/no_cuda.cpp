@@ -15,6 +15,7 @@
 #include "cuda/cross_entropy.h"
 #include "cuda/elementwise.h"
 #include "cuda/embedding.h"
+#include "cuda/fp8_gemm.h"
 #include "cuda/fp8_quant.h"
 #include "cuda/grad_norm.h"
 #include "cuda/mla_decode.h"
@@ -67,6 +68,7 @@ struct Blas::Impl {};
 Blas::Blas() { no_cuda("Blas"); }
 Blas::~Blas() = default;
 void Blas::gemm(const GemmParams&) { no_cuda("Blas::gemm"); }
+bool Blas::gemm_fp8(const Fp8GemmParams&) { no_cuda("Blas::gemm_fp8"); }
 size_t Blas::cached_plans() const { return 0; }
 
 // The kernels' launchers.
@@ -90,6 +92,10 @@ void embedding_forward(const EmbeddingForwardParams&) { no_cuda("embedding_forwa
 void embedding_backward(const EmbeddingBackwardParams&) { no_cuda("embedding_backward"); }
 void fp8_quantize(const Fp8QuantizeParams&) { no_cuda("fp8_quantize"); }
 void fp8_dequantize(const Fp8DequantizeParams&) { no_cuda("fp8_dequantize"); }
+void fp8_gemm_reference(const Fp8GemmParams&) { no_cuda("fp8_gemm_reference"); }
+int64_t fp8_scales_to_cublaslt(const float*, float*, Fp8Tile, int64_t, int64_t, Stream) {
+  no_cuda("fp8_scales_to_cublaslt");
+}
 void grad_sum_squares(const GradSumSquaresParams&) { no_cuda("grad_sum_squares"); }
 void grad_scale(const GradScaleParams&) { no_cuda("grad_scale"); }
 void mla_decode_attention(const MlaDecodeParams&) { no_cuda("mla_decode_attention"); }

@@ -37,7 +37,7 @@ struct BenchOptions {
   uint64_t seed = 1;
   double lr = 1e-3;
   std::string device = "cpu";           // cpu | cuda (train/runtime.h)
-  std::string precision = "auto";       // auto | fp32 | bf16
+  std::string precision = "auto";       // auto | fp32 | bf16 | fp8 | fp8_pow2
   DistConfig dist;                      // several processes: backend, ZeRO, buckets, emulated links
   double baseline_tokens_per_s = 0;     // several processes: one process's tokens/s, for the efficiency
 };

@@ -32,7 +32,7 @@
 //   moelab ablate --grid G.toml [--jobs N] [--out DIR] [--report-only]
 //                               a grid of runs (arms x seeds) and its REPORT.md (train/ablate.h);
 //                               SIGINT/SIGTERM stops the runs at a checkpoint, the next call resumes
-// --device and --precision (auto | fp32 | bf16) are train.device / train.precision: train/runtime.h.
+// --device and --precision (auto | fp32 | bf16 | fp8 | fp8_pow2) are train.device / train.precision: train/runtime.h.
 // Several processes: `mpirun -np N moelab train|bench ...` (train/parallel.h). MPI starts before
 // the command runs; an error on any rank is printed with its rank and ends the whole job, so that no
 // rank waits for it in a collective.
@@ -189,9 +189,9 @@ struct DeviceCliOptions {
   void add_to(CLI::App* cmd) {
     cmd->add_option("--device", device, "cpu or cuda (default: train.device, cpu)")
         ->check(CLI::IsMember({"cpu", "cuda"}));
-    cmd->add_option("--precision", precision, "auto (cpu: fp32, cuda: bf16 mixed), fp32 or bf16 "
-                    "(default: train.precision)")
-        ->check(CLI::IsMember({"auto", "fp32", "bf16"}));
+    cmd->add_option("--precision", precision, "auto (cpu: fp32, cuda: bf16 mixed), fp32, bf16, fp8 or fp8_pow2 "
+                    "(FP8 Linear GEMMs; default: train.precision)")
+        ->check(CLI::IsMember({"auto", "fp32", "bf16", "fp8", "fp8_pow2"}));
   }
   // As `--set` overrides, so that they are validated (and saved in checkpoints) like the file's keys.
   void append_to(std::vector<std::string>& overrides) const {

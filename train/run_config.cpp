@@ -35,7 +35,9 @@ const std::vector<TrainField> kTrainFields = {
     {"max_nonfinite", "stop after this many non-finite steps in a row", &TrainConfig::max_nonfinite},
     {"seed", "initialisation and data seed", &TrainConfig::seed},
     {"device", "cpu or cuda", &TrainConfig::device},
-    {"precision", "auto (cpu: fp32, cuda: bf16), fp32, or bf16 (bf16 compute, f32 master weights; cuda only)",
+    {"precision", "auto (cpu: fp32, cuda: bf16), fp32, bf16 (bf16 compute, f32 master weights; cuda only), fp8 "
+                  "or fp8_pow2 (the Linear GEMMs in e4m3 with fine-grained scales, power-of-two for fp8_pow2; "
+                  "emulated exactly on the cpu)",
      &TrainConfig::precision},
     {"data_dir", "a `moelab prepare` output directory", &TrainConfig::data_dir},
     {"data_mode", "random (windows) or sequential (shuffled epochs)", &TrainConfig::data_mode},
@@ -237,8 +239,8 @@ void TrainConfig::validate(const ModelConfig& model) const {
   for (auto [key, v] : {std::pair<const char*, double>{"beta1", beta1}, {"beta2", beta2}})
     if (!(v >= 0 && v < 1)) throw ConfigError(std::string(key) + " = " + format_config_number(v) + " must be in [0, 1)");
   if (device != "cpu" && device != "cuda") throw ConfigError("device = '" + device + "' is not one of cpu, cuda");
-  if (precision != "auto" && precision != "fp32" && precision != "bf16")
-    throw ConfigError("precision = '" + precision + "' is not one of auto, fp32, bf16");
+  if (precision != "auto" && precision != "fp32" && precision != "bf16" && precision != "fp8" && precision != "fp8_pow2")
+    throw ConfigError("precision = '" + precision + "' is not one of auto, fp32, bf16, fp8, fp8_pow2");
   if (device == "cpu" && precision == "bf16")
     throw ConfigError("precision = 'bf16' runs on CUDA only (device = 'cpu' trains in fp32)");
   if (data_mode != "random" && data_mode != "sequential")

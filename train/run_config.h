@@ -48,6 +48,7 @@ struct TrainConfig {
   // where and in which precision (train/runtime.h)
   std::string device = "cpu";       // cpu | cuda
   std::string precision = "auto";   // auto (cpu: fp32, cuda: bf16) | fp32 | bf16 (mixed: f32 master weights)
+                                    // | fp8 | fp8_pow2 (FP8 Linear GEMMs: train/runtime.h)
   // data
   std::string data_dir;             // a `moelab prepare` output directory
   std::string data_mode = "random"; // random windows | sequential (shuffled epochs)

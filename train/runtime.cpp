@@ -9,8 +9,11 @@ namespace moelab {
 Runtime make_runtime(const std::string& device, const std::string& precision) {
   Runtime rt;
   MOELAB_CHECK(device == "cpu" || device == "cuda", "device '", device, "' is not one of cpu, cuda");
-  MOELAB_CHECK(precision == "auto" || precision == "fp32" || precision == "bf16", "precision '", precision,
-               "' is not one of auto, fp32, bf16");
+  MOELAB_CHECK(precision == "auto" || precision == "fp32" || precision == "bf16" || precision == "fp8" ||
+                   precision == "fp8_pow2",
+               "precision '", precision, "' is not one of auto, fp32, bf16, fp8, fp8_pow2");
+  rt.fp8.enabled = precision == "fp8" || precision == "fp8_pow2";
+  rt.fp8.pow2_scales = precision == "fp8_pow2";
   if (device == "cpu") {
     MOELAB_CHECK(precision != "bf16", "precision bf16 runs on CUDA only (the CPU trains in fp32)");
     return rt;
@@ -24,6 +27,11 @@ Runtime make_runtime(const std::string& device, const std::string& precision) {
 
 std::string Runtime::describe() const {
   std::string s = std::string(device_name(device)) + (act == DType::BF16 ? " bf16 (f32 master weights)" : " fp32");
+  if (fp8.enabled) {
+    std::string how = device == Device::CPU ? "exact emulation" : "";
+    if (fp8.pow2_scales) how += std::string(how.empty() ? "" : ", ") + "power-of-two scales";
+    s += ", Linear GEMMs in fp8" + (how.empty() ? "" : " (" + how + ")");
+  }
   if (device == Device::CUDA) s += " on " + cuda_device_description(0);
   return s;
 }

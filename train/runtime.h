@@ -6,6 +6,12 @@
 //   cuda bf16      bf16 weights (the parameter buffer's compute copy) and activations for matmuls
 //                  and attention, f32 accumulation; f32 norms, softmax, router and losses; f32
 //                  gradients, f32 master weights and AdamW (precision "auto" on cuda)
+//   fp8, fp8_pow2  DeepSeek-V3's FP8 training (core/ops/fp8_matmul.h): the Linear GEMMs (attention
+//                  projections, experts, shared experts, dense MLPs, the MTP projection) take e4m3
+//                  operands with 1x128-tile / 128x128-block scales (fp8_pow2: power-of-two scales)
+//                  in forward and both backward GEMMs; embedding, head, router, norms, attention
+//                  core and gating as above. CPU: f32 around an exact emulation of those GEMMs;
+//                  CUDA: bf16 around them
 #pragma once
 
 #include <memory>
@@ -20,10 +26,13 @@ namespace moelab {
 struct Runtime {
   Device device = Device::CPU;
   DType act = DType::F32;            // activation dtype: f32, or bf16 (mixed precision on CUDA)
+  Fp8Recipe fp8;                     // the Linear GEMMs in FP8
   std::unique_ptr<GpuContext> gpu;   // set on CUDA
 
   Context context(Arena& arena, int64_t batch, int64_t seq_len) const {
-    return Context{&arena, act, batch, seq_len, gpu.get()};
+    Context ctx{&arena, act, batch, seq_len, gpu.get()};
+    ctx.fp8 = fp8;
+    return ctx;
   }
   // For ops outside a model step (a GEMM probe, one layer's attention): no scratch.
   Exec exec() const { return Exec{nullptr, gpu.get(), nullptr}; }
@@ -38,7 +47,7 @@ struct Runtime {
   size_t arena_bytes(double predicted) const;
 };
 
-// device: "cpu" | "cuda"; precision: "auto" | "fp32" | "bf16". Throws naming a bad value, or when
+// device: "cpu" | "cuda"; precision: "auto" | "fp32" | "bf16" | "fp8" | "fp8_pow2". Throws naming a bad value, or when
 // CUDA is asked for but not built or no GPU is visible.
 Runtime make_runtime(const std::string& device, const std::string& precision);
 

@@ -18,6 +18,7 @@
 #include "core/arena.h"
 #include "core/exec.h"
 #include "core/nn/grad_sync.h"
+#include "core/ops/fp8_matmul.h"
 #include "core/profile.h"
 #include "core/tensor.h"
 
@@ -34,6 +35,8 @@ struct Context : Exec {
   // forward must take over the whole batch (the batch-level balance loss). Null: this process's
   // batch is the batch.
   GradSync* data_parallel = nullptr;
+  // FP8 training (core/ops/fp8_matmul.h): when enabled, every Linear's GEMMs (core/nn/linear.h).
+  Fp8Recipe fp8;
 
   Context() = default;
   // gpu is required when the arena is on CUDA.

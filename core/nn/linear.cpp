@@ -1,5 +1,6 @@
 #include "core/nn/linear.h"
 
+#include "core/ops/fp8_matmul.h"
 #include "core/ops/matmul.h"
 
 namespace moelab {
@@ -11,12 +12,14 @@ Linear::Linear(ParamBuffer& params, const std::string& name, int64_t in, int64_t
 
 void Linear::forward(const Context& ctx, const Tensor& x, const Tensor& y) const {
   const PhaseScope phase(ctx.profiler, Phase::DenseGemm, /*keep_router_or_expert=*/true);
-  matmul_forward(ctx, x, weight(), y);
+  if (ctx.fp8.enabled) fp8_matmul_forward(ctx, x, weight(), y, ctx.fp8);
+  else matmul_forward(ctx, x, weight(), y);
 }
 
 void Linear::backward(const Context& ctx, const Tensor& x, const Tensor& grad_y, const Tensor& grad_x) const {
   const PhaseScope phase(ctx.profiler, Phase::DenseGemm, /*keep_router_or_expert=*/true);
-  matmul_backward(ctx, grad_y, x, weight(), grad_x, grad_weight());
+  if (ctx.fp8.enabled) fp8_matmul_backward(ctx, grad_y, x, weight(), grad_x, grad_weight(), ctx.fp8);
+  else matmul_backward(ctx, grad_y, x, weight(), grad_x, grad_weight());
 }
 
 LayerCost Linear::cost(const CostShape&) const {

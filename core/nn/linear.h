@@ -2,7 +2,9 @@
 // nn.Linear layout. Contract (core/nn/context.h): backward OVERWRITES grad_x (skipped when
 // grad_x is undefined) and ACCUMULATES grad_W.
 // The GEMMs use the parameter buffer's compute copy of W (bf16 in mixed precision, else the
-// parameter itself: core/params.h); the gradient goes to the f32 gradient buffer.
+// parameter itself: core/params.h); the gradient goes to the f32 gradient buffer. With ctx.fp8 on,
+// all three are FP8 GEMMs (core/ops/fp8_matmul.h). The LM head and the router call matmul directly:
+// they stay in the activation precision, as in DeepSeek-V3.
 #pragma once
 
 #include <string>

@@ -51,25 +51,26 @@ template void matmul_backward<double>(const double*, const double*, const double
 
 }  // namespace ref
 
-namespace {
-struct Dims { int64_t m, k, n; };
-
-// Shapes shared by forward and backward: x [..., K], w [N, K]; returns {M, K, N}.
-Dims check_matmul_shapes(const char* op, const Tensor& x, const Tensor& w) {
+namespace ops_detail {
+MatmulDims check_matmul_shapes(const char* op, const Tensor& x, const Tensor& w) {
   check_ndim(op, "x", x, 1, 4);
   check_ndim(op, "w", w, 2, 2);
   const int64_t k = x.size(-1);
   MOELAB_CHECK(k > 0, op, ": x is ", x.str(), ", its last dim (K) must be > 0");
   MOELAB_CHECK(w.size(1) == k, op, ": w is ", w.str(), ", expected [N, ", k, "] to match the last dim of x ", x.str());
-  return {ops_detail::rows_of(x), k, w.size(0)};
+  return {rows_of(x), k, w.size(0)};
 }
 
-// x's shape with the last dim replaced by N: the shape of y and grad_y.
-Shape output_shape(const Tensor& x, int64_t n) {
+Shape matmul_output_shape(const Tensor& x, int64_t n) {
   std::vector<int64_t> dims = x.shape().dims();
   dims.back() = n;
   return Shape(dims);
 }
+}  // namespace ops_detail
+
+namespace {
+using ops_detail::check_matmul_shapes;
+using ops_detail::matmul_output_shape;
 
 // The CUDA dtypes: x, w and the activation-side tensors share f32 or bf16; grad_w is f32.
 cuda::GemmType cuda_act_type(const char* op, const Tensor& x, const Exec& ex) {
@@ -82,8 +83,8 @@ cuda::GemmType cuda_act_type(const char* op, const Tensor& x, const Exec& ex) {
 
 void matmul_forward(const Exec& ex, const Tensor& x, const Tensor& w, const Tensor& y) {
   const char* op = "matmul_forward";
-  const Dims d = check_matmul_shapes(op, x, w);
-  check_shape(op, "y", y, output_shape(x, d.n));
+  const ops_detail::MatmulDims d = check_matmul_shapes(op, x, w);
+  check_shape(op, "y", y, matmul_output_shape(x, d.n));
   check_same_device(op, {{"x", &x}, {"w", &w}, {"y", &y}});
   if (x.device() == Device::CUDA) {
     const cuda::GemmType t = cuda_act_type(op, x, ex);
@@ -112,8 +113,8 @@ void matmul_forward(const Exec& ex, const Tensor& x, const Tensor& w, const Tens
 void matmul_backward(const Exec& ex, const Tensor& grad_y, const Tensor& x, const Tensor& w, const Tensor& grad_x,
                      const Tensor& grad_w) {
   const char* op = "matmul_backward";
-  const Dims d = check_matmul_shapes(op, x, w);
-  check_shape(op, "grad_y", grad_y, output_shape(x, d.n));
+  const ops_detail::MatmulDims d = check_matmul_shapes(op, x, w);
+  check_shape(op, "grad_y", grad_y, matmul_output_shape(x, d.n));
   if (grad_x.defined()) check_shape(op, "grad_x", grad_x, x.shape());
   check_shape(op, "grad_w", grad_w, w.shape());
   check_same_device(op, {{"grad_y", &grad_y}, {"x", &x}, {"w", &w}, {"grad_x", &grad_x}, {"grad_w", &grad_w}});

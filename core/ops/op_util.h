@@ -58,4 +58,10 @@ inline void check_in_place_or_disjoint(const char* op, const char* in_name, cons
 // Number of rows when the last dim of t is `dim` ([..., dim] -> numel / dim).
 inline int64_t rows_of(const Tensor& t) { return t.ndim() ? t.numel() / (t.size(-1) ? t.size(-1) : 1) : 1; }
 
+// The GEMM dims of a matmul y = x w^T (core/ops/matmul.h): x [..., K], w [N, K]; M = x's rows.
+struct MatmulDims { int64_t m, k, n; };
+MatmulDims check_matmul_shapes(const char* op, const Tensor& x, const Tensor& w);
+// x's shape with the last dim replaced by N: the shape of y and grad_y.
+Shape matmul_output_shape(const Tensor& x, int64_t n);
+
 }  // namespace moelab::ops_detail

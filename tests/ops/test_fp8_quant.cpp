@@ -1,4 +1,4 @@
-// FP8 1x128-tile quantisation (core/ops/fp8_quant.h) on the CPU: values worked out by hand, the
+// FP8 tile quantisation (core/ops/fp8_quant.h) on the CPU: values worked out by hand, the
 // round-trip bound of the header (and that it is tight), the special blocks (all zero, partial,
 // tiny, NaN, Inf) and the argument checks. tests/ops/check_fp8_ml_dtypes.py compares the same
 // reference with ml_dtypes' float8_e4m3fn; tests/gpu/test_fp8_quant_cuda.cpp the CUDA op with it.
@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "core/ops/fp8_quant.h"
@@ -242,7 +243,7 @@ TEST(Fp8Quant, RejectsBadArguments) {
   expect_error([&] { fp8_quantize(Exec{}, x, Tensor::empty({3, 200}, DType::BF16), s); },
                "q is bf16[3,200]@cpu, expected dtype fp8_e4m3");
   expect_error([&] { fp8_quantize(Exec{}, x, q, Tensor::empty({3, 1}, DType::F32)); },
-               "scales is f32[3,1]@cpu, expected shape [3,2] (one scale per block of 128 channels of each row)");
+               "scales is f32[3,1]@cpu, expected shape [3,2] (one scale per 128 channels of each row of q)");
   expect_error([&] { fp8_quantize(Exec{}, x, q, Tensor::empty({3, 2}, DType::F64)); },
                "scales is f64[3,2]@cpu, expected dtype f32");
   expect_error([&] { fp8_dequantize(Exec{}, q, s, Tensor::empty({3, 200}, DType::BF16)); },
@@ -251,6 +252,116 @@ TEST(Fp8Quant, RejectsBadArguments) {
                "fp8_dequantize: q is fp8_e4m3[3,200]@cpu, expected shape [2,200]");
   expect_error([&] { fp8_dequantize(Exec{}, q.reshape({600}), s, y); }, "q is fp8_e4m3[600]@cpu, expected shape [3,200]");
   expect_error([&] { fp8_dequantize(Exec{}, q, s.reshape({6}), y); }, "scales is f32[6]@cpu, expected shape [3,2]");
+}
+
+
+// Tiles other than 1 x 128 rows, transposition and power-of-two scales: the quantisation of each
+// is checked against the plain Row128 quantisation of a matrix built to hold the same tile.
+
+// x [R, C] quantised with `how` (q in q's layout), and dequantised back.
+Quantized quantize_as(const Tensor& x, Fp8Quant how) {
+  const int64_t r = how.transpose ? x.size(1) : x.size(0), c = how.transpose ? x.size(0) : x.size(1);
+  Quantized out{Tensor::empty({r, c}, DType::FP8_E4M3), Tensor::empty(fp8_scales_shape(r, c, how.tile), DType::F32),
+                Tensor::empty({r, c}, DType::F32)};
+  fp8_quantize(Exec{}, x, out.q, out.scales, how);
+  fp8_dequantize(Exec{}, out.q, out.scales, out.y, how.tile);
+  return out;
+}
+
+Tensor transposed(const Tensor& x) {
+  const int64_t R = x.size(0), C = x.size(1);
+  Tensor t = Tensor::empty({C, R}, DType::F32);
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t c = 0; c < C; ++c) t.data<float>()[c * R + r] = x.data<float>()[r * C + c];
+  return t;
+}
+
+// Each 128 x 128 block (partial ones at the edges included) has the scale of its own amax, and
+// every q is its element over that scale.
+TEST(Fp8Quant, Block128SharesOneScalePerBlockIncludingPartialOnes) {
+  const int64_t R = 200, C = 300;  // blocks of 128 x 128, 128 x 44, 72 x 128, 72 x 44
+  const Tensor x = wide_rows(R, C, 31);
+  const Quantized b = quantize_as(x, {Fp8Tile::Block128, false, false});
+  ASSERT_EQ(b.scales.shape(), (Shape{2, 3}));
+  for (int64_t br = 0; br < 2; ++br)
+    for (int64_t bc = 0; bc < 3; ++bc) {
+      float amax = 0.0f;
+      for (int64_t r = br * 128; r < std::min(R, br * 128 + 128); ++r)
+        for (int64_t c = bc * 128; c < std::min(C, bc * 128 + 128); ++c)
+          amax = std::max(amax, std::fabs(x.data<float>()[r * C + c]));
+      const float scale = b.scales.data<float>()[br * 3 + bc];
+      EXPECT_EQ(scale, amax / 448.0f) << "block " << br << "," << bc;
+      for (int64_t r = br * 128; r < std::min(R, br * 128 + 128); ++r)
+        for (int64_t c = bc * 128; c < std::min(C, bc * 128 + 128); ++c)
+          ASSERT_EQ(qbits(b, r * C + c), float_to_fp8_e4m3_bits(x.data<float>()[r * C + c] / scale))
+              << "element " << r << "," << c;
+    }
+  // Dequantisation multiplies by the block's scale.
+  for (int64_t i : {int64_t{0}, int64_t{129 * C + 7}, R * C - 1})
+    EXPECT_EQ(b.y.data<float>()[i], fp8_e4m3_bits_to_float(qbits(b, i)) * b.scales.data<float>()[(i / C / 128) * 3 + (i % C) / 128]);
+}
+
+TEST(Fp8Quant, Block128NonFiniteValuePoisonsItsWholeBlockOnly) {
+  Tensor x = randn({200, 300}, DType::F32, 5);
+  x.data<float>()[150 * 300 + 290] = NAN;       // block (1, 2)
+  x.data<float>()[3 * 300 + 130] = -INFINITY;   // block (0, 1)
+  const Quantized b = quantize_as(x, {Fp8Tile::Block128, false, false});
+  const float* s = b.scales.data<float>();
+  EXPECT_TRUE(std::isnan(s[1 * 3 + 2]));
+  EXPECT_EQ(s[0 * 3 + 1], INFINITY);
+  for (int64_t i : {0, 2, 3, 4}) EXPECT_TRUE(std::isfinite(s[i])) << "block " << i;
+  for (int64_t r : {int64_t{0}, int64_t{127}})
+    for (int64_t c : {int64_t{128}, int64_t{255}}) EXPECT_EQ(qbits(b, r * 300 + c), 0x7f);
+  for (int64_t r : {int64_t{128}, int64_t{199}}) EXPECT_EQ(qbits(b, r * 300 + 256), 0x7f);
+  EXPECT_NE(qbits(b, 128 * 300 + 255), 0x7f);  // block (1, 1): untouched
+}
+
+TEST(Fp8Quant, TransposeQuantisesTheTransposedMatrix) {
+  const Tensor x = wide_rows(130, 300, 41);  // tiles over x^T [300, 130]: 128 + 2 wide, 128 + 128 + 44 high
+  for (Fp8Tile tile : {Fp8Tile::Row128, Fp8Tile::Block128}) {
+    const Quantized t = quantize_as(x, {tile, true, false}), direct = quantize_as(transposed(x), {tile, false, false});
+    ASSERT_EQ(t.q.shape(), (Shape{300, 130}));
+    ASSERT_EQ(std::memcmp(t.q.raw(), direct.q.raw(), t.q.nbytes()), 0);
+    ASSERT_EQ(std::memcmp(t.scales.raw(), direct.scales.raw(), t.scales.nbytes()), 0);
+  }
+  // Block128 of x^T is Block128 of x transposed: the weight's two GEMMs share one quantisation.
+  const Quantized bt = quantize_as(x, {Fp8Tile::Block128, true, false}), b = quantize_as(x, {Fp8Tile::Block128, false, false});
+  for (int64_t r = 0; r < 130; ++r)
+    for (int64_t c = 0; c < 300; ++c) ASSERT_EQ(qbits(b, r * 300 + c), qbits(bt, c * 130 + r));
+  for (int64_t i = 0; i < 2; ++i)
+    for (int64_t j = 0; j < 3; ++j) EXPECT_EQ(b.scales.data<float>()[i * 3 + j], bt.scales.data<float>()[j * 2 + i]);
+}
+
+TEST(Fp8Quant, Pow2ScalesAreTheSmallestPowerOfTwoAtOrAboveAmaxOver448) {
+  const Tensor x = wide_rows(64, 300, 51);
+  for (Fp8Tile tile : {Fp8Tile::Row128, Fp8Tile::Block128}) {
+    const Quantized p = quantize_as(x, {tile, false, true}), a = quantize_as(x, {tile, false, false});
+    for (int64_t i = 0; i < p.scales.numel(); ++i) {
+      const float s = p.scales.data<float>()[i], amax_scale = a.scales.data<float>()[i];
+      int e;
+      ASSERT_EQ(std::frexp(s, &e), 0.5f) << s << " is not a power of two";
+      EXPECT_GE(s, amax_scale);
+      EXPECT_LT(s, 2.0f * amax_scale);
+    }
+    // x / scale is exact with a power-of-two scale, and y = q * scale has one rounding (e4m3's).
+    for (int64_t i = 0; i < x.numel(); i += 7) {
+      const int64_t r = i / 300, c = i % 300;
+      const float s = p.scales.data<float>()[(tile == Fp8Tile::Row128 ? r : r / 128) * 3 + c / 128];
+      EXPECT_EQ(qbits(p, i), float_to_fp8_e4m3_bits(std::ldexp(x.data<float>()[i], -std::ilogb(s))));
+    }
+  }
+  // An amax of exactly 448 * 2^k gives the scale 2^k itself.
+  Tensor exact = Tensor::zeros({1, 128}, DType::F32);
+  exact.data<float>()[5] = 448.0f * 0.25f;
+  EXPECT_EQ(quantize_as(exact, {Fp8Tile::Row128, false, true}).scales.data<float>()[0], 0.25f);
+}
+
+TEST(Fp8Quant, RejectsScalesOfTheWrongTiling) {
+  const Tensor x = randn({200, 300}, DType::F32, 1), q = Tensor::empty({200, 300}, DType::FP8_E4M3);
+  expect_error([&] { fp8_quantize(Exec{}, x, q, Tensor::empty({200, 3}, DType::F32), {Fp8Tile::Block128}); },
+               "scales is f32[200,3]@cpu, expected shape [2,3] (one scale per 128 x 128 block of q)");
+  expect_error([&] { fp8_quantize(Exec{}, x, q, Tensor::empty({200, 3}, DType::F32), {Fp8Tile::Row128, true}); },
+               "fp8_quantize: q is fp8_e4m3[200,300]@cpu, expected shape [300,200]");
 }
 
 }  // namespace

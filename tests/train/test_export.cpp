@@ -107,14 +107,11 @@ std::map<std::string, Tensor> model_tensors(const Model& m) {
   return t;
 }
 
-bool is_router_bias(const std::string& name) {
-  const std::string s = ".mlp.gate.e_score_correction_bias";
-  return name.size() >= s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0;
-}
-
 bool ends_with(const std::string& name, const std::string& s) {
   return name.size() >= s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0;
 }
+
+bool is_router_bias(const std::string& name) { return ends_with(name, ".mlp.gate.e_score_correction_bias"); }
 
 // The trunk tensor an MTP module's copy repeats (DeepSeek-V3's release layout), or "" for others.
 std::string mtp_copy_source(const std::string& name, const ModelConfig& c) {

@@ -20,13 +20,30 @@ TEST(Runtime, CpuIsFp32WithoutAGpuContext) {
     EXPECT_EQ(rt.act, DType::F32);
     EXPECT_EQ(rt.gpu, nullptr);
     EXPECT_EQ(rt.describe(), "cpu fp32");
+    EXPECT_FALSE(rt.fp8.enabled);
   }
+}
+
+TEST(Runtime, Fp8OnTheCpuIsF32AroundEmulatedFp8LinearGemms) {
+  Arena arena(1 << 20, Device::CPU);
+  for (const char* precision : {"fp8", "fp8_pow2"}) {
+    const Runtime rt = make_runtime("cpu", precision);
+    EXPECT_EQ(rt.act, DType::F32);
+    EXPECT_TRUE(rt.fp8.enabled);
+    EXPECT_EQ(rt.fp8.pow2_scales, std::string(precision) == "fp8_pow2");
+    const Context ctx = rt.context(arena, 1, 1);
+    EXPECT_TRUE(ctx.fp8.enabled);  // what the Linear layers read
+    EXPECT_EQ(ctx.fp8.pow2_scales, rt.fp8.pow2_scales);
+  }
+  EXPECT_EQ(make_runtime("cpu", "fp8").describe(), "cpu fp32, Linear GEMMs in fp8 (exact emulation)");
+  EXPECT_EQ(make_runtime("cpu", "fp8_pow2").describe(),
+            "cpu fp32, Linear GEMMs in fp8 (exact emulation, power-of-two scales)");
 }
 
 TEST(Runtime, WhatCannotRunHereIsAClearError) {
   testing::expect_error([] { make_runtime("cpu", "bf16"); }, "bf16 runs on CUDA only");
   testing::expect_error([] { make_runtime("tpu", "auto"); }, "device 'tpu' is not one of cpu, cuda");
-  testing::expect_error([] { make_runtime("cpu", "fp16"); }, "precision 'fp16' is not one of auto, fp32, bf16");
+  testing::expect_error([] { make_runtime("cpu", "fp16"); }, "precision 'fp16' is not one of auto, fp32, bf16, fp8, fp8_pow2");
   if (!cuda_available()) testing::expect_error([] { make_runtime("cuda", "auto"); }, "device cuda: ");
 }
 

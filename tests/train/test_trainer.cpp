@@ -134,6 +134,38 @@ TEST(Trainer, StopAndResumeIsBitExact) {
 // A run killed after its checkpoint at step 20 had logged steps 21..25 (and a torn line); resuming
 // drops them, so metrics.jsonl is one curve again: each step once, in order, with the times that
 // make a loss-vs-time plot (time, and train_seconds growing across the resume).
+// FP8 training (train.precision = fp8 / fp8_pow2: the Linear GEMMs in e4m3, emulated exactly on
+// the CPU) follows fp32 on the same seed and data: every logged loss of 50 steps within 2% of
+// fp32's, and the final validation loss too. It must not BE fp32 (the quantisation happened).
+// The tiny model's widths (24, 8) leave most of each 128-wide tile empty, so this checks the
+// plumbing and the stability, not the size of the gap (examples/BENCHMARKS.md has that).
+TEST(Trainer, Fp8TrainsWithinTwoPercentOfFp32) {
+  TrainOptions quiet;
+  quiet.console = false;
+  auto run = [&](const std::string& precision) {
+    RunConfig c = tiny_run(scratch(precision));
+    c.train.steps = 50;
+    c.train.precision = precision;
+    const TrainResult r = train(c, quiet);
+    EXPECT_EQ(r.step, 50);
+    return std::make_pair(r, logged_losses(c.train.out_dir));
+  };
+  const auto [f32, f32_losses] = run("fp32");
+  ASSERT_LT(f32.train_loss, 3.0) << "the loss must fall from log(48) = 3.87";
+  for (const char* precision : {"fp8", "fp8_pow2"}) {
+    SCOPED_TRACE(precision);
+    const auto [f8, f8_losses] = run(precision);
+    ASSERT_EQ(f8_losses.size(), f32_losses.size());
+    bool differs = false;
+    for (const auto& [step, loss] : f32_losses) {
+      EXPECT_NEAR(f8_losses.at(step), loss, 0.02 * loss) << "step " << step;
+      differs = differs || f8_losses.at(step) != loss;
+    }
+    EXPECT_TRUE(differs) << "fp8 gave fp32's losses to the last bit: the Linear GEMMs were not quantised";
+    EXPECT_NEAR(f8.val_loss, f32.val_loss, 0.02 * f32.val_loss);
+  }
+}
+
 TEST(Trainer, ResumeDropsTheRecordsPastItsCheckpoint) {
   TrainOptions quiet;
   quiet.console = false;
