@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "core/nn/model.h"
+#include "core/ops/fp8_quant.h"
 
 namespace moelab {
 
@@ -231,6 +232,34 @@ std::string format_model_info(const ModelConfig& c, const ModelInfo& info) {
   std::snprintf(buf, sizeof(buf), "  total     %s per token = %s per step of %s tokens\n",
                 human(info.flops_per_token, "FLOP").c_str(),
                 human(info.flops_per_token * static_cast<double>(B * T), "FLOP").c_str(), with_commas(B * T).c_str());
+  os << buf;
+
+  // FP8 training.
+  const LayerCost& cost = info.cost;
+  const double operands = 2.0 * static_cast<double>(cost.fp8_in + cost.fp8_out);
+  const double fp8_act_bytes = 1.0 + 4.0 / static_cast<double>(kFp8BlockSize);  // e4m3 + a scale per 1 x 128
+  const double fp8_weight_bytes = 1.0 + 4.0 / static_cast<double>(kFp8BlockSize * kFp8BlockSize);
+  os << "\nFP8 training (train.precision = fp8; core/ops/fp8_matmul.h): the Linear GEMMs in e4m3\n";
+  std::snprintf(buf, sizeof(buf), "  %s of the %s training FLOPs per token (%.0f%%) are Linear GEMMs (attention "
+                "projections, experts, dense FFN%s);\n  the LM head, the router and attention scores stay bf16/fp32\n",
+                human(cost.fp8_flops, "FLOP").c_str(), human(info.flops_per_token, "FLOP").c_str(),
+                100.0 * cost.fp8_flops / info.flops_per_token, depth > 0 ? ", eh_proj" : "");
+  os << buf;
+  std::snprintf(buf, sizeof(buf), "  activation operands per token (x forward; dy for dgrad, dy and x for wgrad: "
+                "2 x %s numbers):\n    bf16 %s, fp8 %s (1 B + a 4 B scale per 128)\n",
+                with_commas(cost.fp8_in + cost.fp8_out).c_str(), human(2.0 * operands, "B").c_str(),
+                human(fp8_act_bytes * operands, "B").c_str());
+  os << buf;
+  const double weights = static_cast<double>(cost.fp8_weights);
+  std::snprintf(buf, sizeof(buf), "  Linear weights (%s), read by forward and dgrad each micro-batch: bf16 %s, fp8 %s "
+                "per read\n", with_commas(cost.fp8_weights).c_str(), human(2.0 * weights, "B").c_str(),
+                human(fp8_weight_bytes * weights, "B").c_str());
+  os << buf;
+  std::snprintf(buf, sizeof(buf), "  Linear inputs kept for backward (at most, counted per GEMM): %s numbers per token = "
+                "%s per step in bf16, %s cached in fp8\n    (DeepSeek-V3 caches them in fp8; moelab keeps them in the "
+                "activation dtype and quantises again in backward)\n",
+                with_commas(cost.fp8_in).c_str(), human(2.0 * static_cast<double>(cost.fp8_in * B * T), "B").c_str(),
+                human(fp8_act_bytes * static_cast<double>(cost.fp8_in * B * T), "B").c_str());
   os << buf;
 
   // KV cache.

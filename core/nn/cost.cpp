@@ -21,6 +21,10 @@ LayerCost& LayerCost::operator+=(const LayerCost& o) {
   kv_cache_mha_elements += o.kv_cache_mha_elements;
   saved_per_token += o.saved_per_token;
   activation_bytes += o.activation_bytes;
+  fp8_in += o.fp8_in;
+  fp8_out += o.fp8_out;
+  fp8_weights += o.fp8_weights;
+  fp8_flops += o.fp8_flops;
   return *this;
 }
 

@@ -60,6 +60,11 @@ struct LayerCost {
   int64_t saved_per_token = 0;        // numbers per token that Saved keeps for backward, each block
                                       // counting its input (`moelab info`'s breakdown)
   int64_t activation_bytes = 0;       // arena bytes of one forward + backward at the CostShape
+  // FP8 training's GEMMs (every Linear's three, core/ops/fp8_matmul.h; not the router's or the LM
+  // head's): per token, the features in and out of each Linear the token passes (a routed expert
+  // once per top-K use) and their training FLOPs; and the Linear weights (every expert's).
+  int64_t fp8_in = 0, fp8_out = 0, fp8_weights = 0;
+  double fp8_flops = 0;
 
   LayerCost& operator+=(const LayerCost& o);
 
@@ -72,6 +77,8 @@ struct LayerCost {
   void gemm(Phase p, int64_t in, int64_t out);
   // Moves the FLOPs of phase `from` into `to` (an expert's or the router's GEMMs are that phase's time).
   void move_flops(Phase from, Phase to);
+  // A Linear that stays in the activation precision under FP8 training (the router).
+  void not_fp8() { fp8_in = fp8_out = fp8_weights = 0; fp8_flops = 0; }
 
   double flops(Phase p) const;  // forward + backward per token in phase p
   double training_flops() const;  // forward + backward per token, every phase

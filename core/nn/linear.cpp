@@ -26,6 +26,10 @@ LayerCost Linear::cost(const CostShape&) const {
   LayerCost c;
   c.params = c.active_params = c.matmul_params = in_ * out_;
   c.gemm(Phase::DenseGemm, in_, out_);
+  c.fp8_in = in_;
+  c.fp8_out = out_;
+  c.fp8_weights = in_ * out_;
+  c.fp8_flops = c.training_flops();
   return c;
 }
 

@@ -372,12 +372,17 @@ LayerCost MoE::cost(const CostShape& shape) const {
   // which run on every token outside both, dense GEMM time (core/profile.h).
   LayerCost gate = gate_.cost(shape);
   gate.move_flops(Phase::DenseGemm, Phase::Router);
+  gate.not_fp8();  // it calls matmul itself, in the activation precision
   c += gate;
   LayerCost expert = experts_.front().cost(shape);
   expert.move_flops(Phase::DenseGemm, Phase::ExpertGemm);
   c.params += E * expert.params;
   c.active_params += K * expert.active_params;
   c.matmul_params += K * expert.matmul_params;
+  c.fp8_in += K * expert.fp8_in;
+  c.fp8_out += K * expert.fp8_out;
+  c.fp8_flops += static_cast<double>(K) * expert.fp8_flops;
+  c.fp8_weights += E * expert.fp8_weights;
   for (size_t p = 0; p < c.forward_flops.size(); ++p) {
     c.forward_flops[p] += static_cast<double>(K) * expert.forward_flops[p];
     c.backward_flops[p] += static_cast<double>(K) * expert.backward_flops[p];

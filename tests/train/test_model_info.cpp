@@ -73,6 +73,21 @@ TEST(ModelInfo, TinyPresetParametersByHand) {
                          depth * (2 * D * D + attn + (S + K) * swiglu_F + E * D) + (1 + depth) * V * D;
   EXPECT_EQ(info.matmul_params, matmul);
   EXPECT_DOUBLE_EQ(info.flops_matmul, 6.0 * static_cast<double>(matmul));
+
+  // FP8 training's GEMMs: the matmuls but the routers and the LM heads; every Linear weight; and
+  // the features in and out of each Linear a token passes (MLA: q_a D -> Cq, q_b Cq -> H(Dn+Dr),
+  // kv_a D -> Ckv+Dr, kv_b Ckv -> H(Dn+Dv), o H Dv -> D; SwiGLU of width W: 2 x (D -> W) + W -> D).
+  const int64_t fp8_matmul = matmul - moe_layers * E * D - depth * E * D - (1 + depth) * V * D;
+  EXPECT_DOUBLE_EQ(info.cost.fp8_flops, 6.0 * static_cast<double>(fp8_matmul));
+  EXPECT_EQ(info.cost.fp8_weights, L * attn + dense * 3 * D * I + moe_layers * (S + E) * swiglu_F +
+                                       depth * (2 * D * D + attn + (S + E) * swiglu_F));
+  const int64_t attn_in = D + Cq + D + Ckv + H * Dv, attn_out = Cq + H * (Dn + Dr) + Ckv + Dr + H * (Dn + Dv) + D;
+  auto swiglu_in = [&](int64_t W) { return 2 * D + W; };
+  auto swiglu_out = [&](int64_t W) { return 2 * W + D; };
+  const int64_t moe_in = K * swiglu_in(F) + swiglu_in(S * F), moe_out = K * swiglu_out(F) + swiglu_out(S * F);
+  EXPECT_EQ(info.cost.fp8_in, L * attn_in + dense * swiglu_in(I) + moe_layers * moe_in + depth * (2 * D + attn_in + moe_in));
+  EXPECT_EQ(info.cost.fp8_out, L * attn_out + dense * swiglu_out(I) + moe_layers * moe_out + depth * (D + attn_out + moe_out));
+  EXPECT_NE(format_model_info(c, info).find("FP8 training (train.precision = fp8"), std::string::npos);
 }
 
 // DeepSeek-V3's published shapes (examples/deepseek_v3.toml): the report's 671B parameters and 37B
