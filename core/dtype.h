@@ -70,56 +70,46 @@ inline uint16_t float_to_bf16_bits(float x) {
 }
 inline float bf16_bits_to_float(uint16_t b) { return bits_float(static_cast<uint32_t>(b) << 16); }
 
+// The conversions work on the f32 bits (they run once per element of every FP8 GEMM operand of
+// the CPU emulation, so no double arithmetic, frexp or ldexp). A normal result rounds the 23-bit
+// mantissa to the format's width, nearest even, by adding just under half an ulp (plus the kept
+// LSB) and truncating; a carry moves into the exponent by itself. A subnormal result is
+// m * 2^-(subnormal exponent), m = nearbyint(|x| * 2^that): exact scaling, then the default
+// rounding mode (nearest even).
 inline uint8_t float_to_fp8_e4m3_bits(float x) {
-  const uint8_t sign = (float_bits(x) >> 24) & 0x80u;
-  if (std::isnan(x)) return sign | 0x7fu;
-  const double a = std::fabs(static_cast<double>(x));
-  if (a >= 448.0) return sign | 0x7eu;  // saturate (also +-Inf)
-  if (a < 0.015625) {                   // below 2^-6: subnormal, value = m * 2^-9, m in 0..8
-    const double m = std::nearbyint(a * 512.0);  // default rounding mode: nearest even
-    return sign | static_cast<uint8_t>(m);        // m == 8 is exactly the smallest normal 0x08
-  }
-  int e;
-  const double frac = std::frexp(a, &e);                 // a = frac * 2^e, frac in [0.5, 1)
-  int exp_field = e - 1 + 7;                             // a = (2*frac) * 2^(e-1)
-  int mant = static_cast<int>(std::nearbyint((2.0 * frac - 1.0) * 8.0));
-  if (mant == 8) { mant = 0; ++exp_field; }               // rounding carried into the exponent
-  return sign | static_cast<uint8_t>((exp_field << 3) | mant);  // a < 448 keeps this <= 0x7e
+  const uint32_t u = float_bits(x), a = u & 0x7fffffffu;
+  const uint8_t sign = static_cast<uint8_t>((u >> 24) & 0x80u);
+  if (a > 0x7f800000u) return sign | 0x7fu;                // NaN
+  if (a >= 0x43e00000u) return sign | 0x7eu;               // >= 448 (and Inf): saturate
+  if (a < 0x3c800000u)                                     // below 2^-6: m * 2^-9, m in 0..8 (8 is 0x08,
+    return sign | static_cast<uint8_t>(std::nearbyint(bits_float(a) * 512.0f));  // the smallest normal)
+  const uint32_t rebased = a - ((127u - 7u) << 23);        // exponent bias 127 -> 7
+  return sign | static_cast<uint8_t>((rebased + 0x7ffffu + ((rebased >> 20) & 1u)) >> 20);  // < 448: <= 0x7e
 }
 
 inline float fp8_e4m3_bits_to_float(uint8_t b) {
-  const int exp_field = (b >> 3) & 0xf, mant = b & 0x7;
-  float v;
-  if (exp_field == 0xf && mant == 0x7) v = std::nanf("");
-  else if (exp_field == 0) v = std::ldexp(static_cast<float>(mant), -9);
-  else v = std::ldexp(1.0f + mant / 8.0f, exp_field - 7);
-  return (b & 0x80) ? -v : v;
+  const uint32_t sign = static_cast<uint32_t>(b & 0x80u) << 24, exp_field = (b >> 3) & 0xfu, mant = b & 0x7u;
+  if (exp_field == 0xf && mant == 0x7) return std::nanf("");
+  if (exp_field == 0) return bits_float(sign | float_bits(static_cast<float>(mant) * 0x1p-9f));
+  return bits_float(sign | ((exp_field + 127u - 7u) << 23) | (mant << 20));
 }
 
 inline uint8_t float_to_fp8_e5m2_bits(float x) {
-  const uint8_t sign = (float_bits(x) >> 24) & 0x80u;
-  if (std::isnan(x)) return sign | 0x7fu;
-  const double a = std::fabs(static_cast<double>(x));
-  if (a >= 57344.0) return sign | 0x7bu;  // saturate (also +-Inf)
-  if (a < 0.00006103515625) {             // below 2^-14: subnormal, value = m * 2^-16, m in 0..4
-    const double m = std::nearbyint(a * 65536.0);
-    return sign | static_cast<uint8_t>(m);  // m == 4 is exactly the smallest normal 0x04
-  }
-  int e;
-  const double frac = std::frexp(a, &e);
-  int exp_field = e - 1 + 15;
-  int mant = static_cast<int>(std::nearbyint((2.0 * frac - 1.0) * 4.0));
-  if (mant == 4) { mant = 0; ++exp_field; }
-  return sign | static_cast<uint8_t>((exp_field << 2) | mant);  // a < 57344 keeps this <= 0x7b
+  const uint32_t u = float_bits(x), a = u & 0x7fffffffu;
+  const uint8_t sign = static_cast<uint8_t>((u >> 24) & 0x80u);
+  if (a > 0x7f800000u) return sign | 0x7fu;                // NaN
+  if (a >= 0x47600000u) return sign | 0x7bu;               // >= 57344 (and Inf): saturate
+  if (a < 0x38800000u)                                     // below 2^-14: m * 2^-16, m in 0..4
+    return sign | static_cast<uint8_t>(std::nearbyint(bits_float(a) * 65536.0f));
+  const uint32_t rebased = a - ((127u - 15u) << 23);       // exponent bias 127 -> 15
+  return sign | static_cast<uint8_t>((rebased + 0xfffffu + ((rebased >> 21) & 1u)) >> 21);  // <= 0x7b
 }
 
 inline float fp8_e5m2_bits_to_float(uint8_t b) {
-  const int exp_field = (b >> 2) & 0x1f, mant = b & 0x3;
-  float v;
-  if (exp_field == 0x1f) v = mant == 0 ? INFINITY : std::nanf("");
-  else if (exp_field == 0) v = std::ldexp(static_cast<float>(mant), -16);
-  else v = std::ldexp(1.0f + mant / 4.0f, exp_field - 15);
-  return (b & 0x80) ? -v : v;
+  const uint32_t sign = static_cast<uint32_t>(b & 0x80u) << 24, exp_field = (b >> 2) & 0x1fu, mant = b & 0x3u;
+  if (exp_field == 0x1f) return mant == 0 ? bits_float(sign | 0x7f800000u) : std::nanf("");
+  if (exp_field == 0) return bits_float(sign | float_bits(static_cast<float>(mant) * 0x1p-16f));
+  return bits_float(sign | ((exp_field + 127u - 15u) << 23) | (mant << 21));
 }
 
 // Generic element <-> double access, used by copies between dtypes and by tests.
