@@ -436,6 +436,8 @@ AblateResult run_ablation(const AblateOptions& o) {
                 result.skipped, jobs, threads, out.c_str());
     std::fflush(stdout);
     const auto t0 = Clock::now();
+    const bool tty = ::isatty(::fileno(stdout)) != 0;
+    double last_line = -1e9;  // seconds since t0 of the last progress line
     std::map<pid_t, size_t> running;
     size_t next = 0;
     int failed = 0;
@@ -486,12 +488,17 @@ AblateResult run_ablation(const AblateOptions& o) {
       const double elapsed = std::chrono::duration<double>(Clock::now() - t0).count();
       const double fresh = done - result.skipped;
       const double eta = fresh > 0.01 ? elapsed * (static_cast<double>(runs.size()) - done) / fresh : NAN;
-      std::printf("\rablate: %.1f of %zu runs, %s elapsed, ETA %s; running%s    ", done, runs.size(),
-                  duration(elapsed).c_str(), std::isfinite(eta) ? duration(eta).c_str() : "?", now.c_str());
-      std::fflush(stdout);
+      // A terminal gets one line rewritten in place; a log file a line per minute.
+      if (tty || elapsed - last_line >= 60) {
+        std::printf("%sablate: %.1f of %zu runs, %s elapsed, ETA %s; running%s%s", tty ? "\r" : "", done, runs.size(),
+                    duration(elapsed).c_str(), std::isfinite(eta) ? duration(eta).c_str() : "?", now.c_str(),
+                    tty ? "    " : "\n");
+        std::fflush(stdout);
+        last_line = elapsed;
+      }
       std::this_thread::sleep_for(std::chrono::milliseconds(500));
     }
-    std::printf("\n");
+    if (tty) std::printf("\n");
     if (stopping) return result;  // no report: the grid is not done
     MOELAB_CHECK(failed == 0, "ablate: ", failed, " run(s) failed (the first's log: ", first_failure,
                  "); run the same command again to retry them (finished runs are kept)");
