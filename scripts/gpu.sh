@@ -50,7 +50,7 @@ run() {
   local out="${OUT:-$ROOT/gpu-logs}"; mkdir -p "$out"
   local build="$BUILD"
   { nvidia-smi || true; nvcc --version || true; g++ --version | head -1; cmake --version | head -1; } > "$out/machine.txt" 2>&1
-  local status_build=FAIL status_tests=FAIL status_memcheck=SKIP status_racecheck=SKIP status_bench=FAIL
+  local status_build=FAIL status_tests=FAIL status_memcheck=SKIP status_racecheck=SKIP status_bench=FAIL status_fp8=FAIL
   if build "$out"; then
     status_build=ok
     "$build/train/moelab" info > "$out/info.txt" 2>&1 || true
@@ -68,20 +68,27 @@ run() {
       compute-sanitizer --tool memcheck --error-exitcode 1 "$build/train/moelab" bench \
         --config "$ROOT/examples/tiny.toml" --device cuda --steps 2 --warmup 1 > "$out/sanitizer_bench.log" 2>&1 \
         || status_memcheck=FAIL
+      # And the FP8 step (quantisation kernels, cuBLASLt block scaling or the reference GEMM).
+      compute-sanitizer --tool memcheck --error-exitcode 1 "$build/train/moelab" bench --precision fp8 \
+        --config "$ROOT/examples/tiny.toml" --device cuda --steps 2 --warmup 1 > "$out/sanitizer_bench_fp8.log" 2>&1 \
+        || status_memcheck=FAIL
     fi
     "$build/train/moelab" bench --config "$ROOT/examples/shakespeare_moe.toml" --device cuda --steps 20 --warmup 3 \
       > "$out/bench_shakespeare_moe.log" 2>&1 && status_bench=ok
+    "$build/train/moelab" bench --config "$ROOT/examples/shakespeare_moe.toml" --device cuda --precision fp8 \
+      --steps 20 --warmup 3 > "$out/bench_shakespeare_moe_fp8.log" 2>&1 && status_fp8=ok
   fi
   tail -n 30 "$out/build.log" 2>/dev/null | grep -iE "error" | head -20 || true
   tail -n 40 "$out/ctest_gpu.log" 2>/dev/null || true
   cat "$out/info.txt" 2>/dev/null || true
-  cat "$out/bench_shakespeare_moe.log" 2>/dev/null || true
+  cat "$out/bench_shakespeare_moe.log" "$out/bench_shakespeare_moe_fp8.log" 2>/dev/null || true
   printf '\n| step | result | log |\n|---|---|---|\n'
   printf '| build (CUDA) | %s | build.log |\n' "$status_build"
   printf '| ctest -L gpu | %s | ctest_gpu.log |\n' "$status_tests"
   printf '| compute-sanitizer memcheck | %s | sanitizer_memcheck.log |\n' "$status_memcheck"
   printf '| compute-sanitizer racecheck | %s | sanitizer_racecheck.log |\n' "$status_racecheck"
   printf '| bench shakespeare_moe (cuda bf16) | %s | bench_shakespeare_moe.log |\n' "$status_bench"
+  printf '| bench shakespeare_moe (cuda fp8) | %s | bench_shakespeare_moe_fp8.log |\n' "$status_fp8"
   [ "$status_build" = ok ] && [ "$status_tests" = ok ]
 }
 
