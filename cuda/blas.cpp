@@ -52,6 +52,33 @@ struct Plan {
   }
 };
 
+// Asks the heuristic for the best algorithm of plan's descriptor and layouts, within our workspace
+// and for operands whose addresses are multiples of the given alignments (bytes; cuBLASLt's A, B
+// and C = D). Returns the status of the query and its setup; *found says whether it gave one.
+cublasStatus_t best_algo(cublasLtHandle_t handle, const Plan& plan, uint32_t align_a, uint32_t align_b,
+                         uint32_t align_c, cublasLtMatmulAlgo_t* algo, bool* found) {
+  cublasLtMatmulPreference_t pref = nullptr;
+  CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+  const uint64_t ws = Blas::kWorkspaceBytes;
+  const std::pair<cublasLtMatmulPreferenceAttributes_t, uint32_t> aligns[] = {
+      {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, align_a},
+      {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, align_b},
+      {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, align_c},
+      {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, align_c}};
+  cublasStatus_t status =
+      cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
+  for (const auto& [attr, value] : aligns)
+    if (status == CUBLAS_STATUS_SUCCESS) status = cublasLtMatmulPreferenceSetAttribute(pref, attr, &value, sizeof(value));
+  cublasLtMatmulHeuristicResult_t result{};
+  int count = 0;
+  if (status == CUBLAS_STATUS_SUCCESS)
+    status = cublasLtMatmulAlgoGetHeuristic(handle, plan.desc, plan.a, plan.b, plan.c, plan.c, pref, 1, &result, &count);
+  cublasLtMatmulPreferenceDestroy(pref);
+  *found = status == CUBLAS_STATUS_SUCCESS && count > 0;
+  if (*found) *algo = result.algo;
+  return status;
+}
+
 void set_batch(cublasLtMatrixLayout_t layout, int64_t batch, int64_t stride) {
   if (batch <= 1) return;
   const auto count = static_cast<int32_t>(batch);
@@ -135,33 +162,9 @@ const Plan& Blas::Impl::plan_for(const GemmParams& p) {
   set_batch(plan->b, p.batch, p.stride_a);
   set_batch(plan->c, p.batch, p.stride_c);
 
-  cublasLtMatmulPreference_t pref = nullptr;
-  CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
-  const uint64_t ws = kWorkspaceBytes;
-  const uint32_t align_first = align[1], align_second = align[0], align_c = align[2];
-  cublasLtMatmulHeuristicResult_t result{};
-  int found = 0;
-  cublasStatus_t status =
-      cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
-  if (status == CUBLAS_STATUS_SUCCESS)
-    status = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_first,
-                                                  sizeof(align_first));
-  if (status == CUBLAS_STATUS_SUCCESS)
-    status = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_second,
-                                                  sizeof(align_second));
-  if (status == CUBLAS_STATUS_SUCCESS)
-    status = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_c,
-                                                  sizeof(align_c));
-  if (status == CUBLAS_STATUS_SUCCESS)
-    status = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_c,
-                                                  sizeof(align_c));
-  if (status == CUBLAS_STATUS_SUCCESS)
-    status = cublasLtMatmulAlgoGetHeuristic(handle, plan->desc, plan->a, plan->b, plan->c, plan->c, pref, 1, &result,
-                                            &found);
-  cublasLtMatmulPreferenceDestroy(pref);
-  CUBLAS_CHECK(status);
-  if (found == 0) throw CudaError("cuBLASLt has no algorithm for " + describe(p));
-  plan->algo = result.algo;
+  bool found = false;
+  CUBLAS_CHECK(best_algo(handle, *plan, align[1], align[0], align[2], &plan->algo, &found));
+  if (!found) throw CudaError("cuBLASLt has no algorithm for " + describe(p));
   return *plans.emplace(key, std::move(plan)).first->second;
 }
 
@@ -285,40 +288,13 @@ const Plan& Blas::Impl::fp8_plan_for(const Fp8GemmParams& p, const float* scales
   CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan->b, CUDA_R_8F_E4M3, p.k, p.m, p.k));  // our a, column-major [k, m]
   CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan->c, c_type, p.n, p.m, p.n));           // our C, column-major [n, m]
 
-  cublasLtMatmulPreference_t pref = nullptr;
-  CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
-  const uint64_t ws = kWorkspaceBytes;
-  cublasLtMatmulHeuristicResult_t result{};
-  int found = 0;
-  cublasStatus_t status =
-      cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
-  if (status == CUBLAS_STATUS_SUCCESS)
-    status = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_b,
-                                                  sizeof(align_b));
-  if (status == CUBLAS_STATUS_SUCCESS)
-    status = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_a,
-                                                  sizeof(align_a));
-  if (status == CUBLAS_STATUS_SUCCESS)
-    status = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_c,
-                                                  sizeof(align_c));
-  if (status == CUBLAS_STATUS_SUCCESS)
-    status = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_c,
-                                                  sizeof(align_c));
-  bool heuristic_refused = false;
-  if (status == CUBLAS_STATUS_SUCCESS) {
-    status = cublasLtMatmulAlgoGetHeuristic(handle, plan->desc, plan->a, plan->b, plan->c, plan->c, pref, 1, &result,
-                                            &found);
-    // An unsupported combination comes back as NOT_SUPPORTED (or INVALID_VALUE for a scale layout
-    // this cuBLAS does not know): no algorithm, not an error.
-    if (status == CUBLAS_STATUS_NOT_SUPPORTED || status == CUBLAS_STATUS_INVALID_VALUE) {
-      heuristic_refused = true;
-      status = CUBLAS_STATUS_SUCCESS;
-    }
-  }
-  cublasLtMatmulPreferenceDestroy(pref);
-  CUBLAS_CHECK(status);
-  plan->has_algo = !heuristic_refused && found > 0;
-  if (plan->has_algo) plan->algo = result.algo;
+  bool found = false;
+  cublasStatus_t status = best_algo(handle, *plan, align_b, align_a, align_c, &plan->algo, &found);
+  // An unsupported combination comes back as NOT_SUPPORTED (or INVALID_VALUE for a scale layout
+  // this cuBLAS does not know): no algorithm, not an error.
+  if (status == CUBLAS_STATUS_NOT_SUPPORTED || status == CUBLAS_STATUS_INVALID_VALUE) found = false;
+  else CUBLAS_CHECK(status);
+  plan->has_algo = found;
   return *plans.emplace(key, std::move(plan)).first->second;
 }
 
