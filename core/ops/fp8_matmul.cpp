@@ -8,6 +8,7 @@
 #pragma GCC diagnostic pop
 
 #include <algorithm>
+#include <optional>
 
 #include "core/gpu_context.h"
 #include "core/ops/op_util.h"
@@ -48,21 +49,34 @@ struct Quantised {
   Tensor q, scales;
 };
 
-Quantised quantise(const Exec& ex, ScratchScope* scratch, const Tensor& x2d, Fp8Quant how) {
+// CUDA: x (or x^T) quantised as `how` says, into the op's scratch.
+Quantised quantise(const Exec& ex, ScratchScope& scratch, const Tensor& x2d, Fp8Quant how) {
   const int64_t r = how.transpose ? x2d.size(1) : x2d.size(0), c = how.transpose ? x2d.size(0) : x2d.size(1);
   const Shape q_shape{r, c}, s_shape = fp8_scales_shape(r, c, how.tile);
   Quantised out;
-  out.q = scratch ? scratch->take(q_shape, DType::FP8_E4M3) : Tensor::empty(q_shape, DType::FP8_E4M3);
-  out.scales = scratch ? scratch->take(s_shape, DType::F32) : Tensor::empty(s_shape, DType::F32);
+  out.q = scratch.take(q_shape, DType::FP8_E4M3);
+  out.scales = scratch.take(s_shape, DType::F32);
   fp8_quantize(ex, x2d, out.q, out.scales, how);
   return out;
 }
 
-// CPU: x (or x^T) as its FP8 tiles hold it, in f32: what the tensor cores multiply.
-Tensor fake_quantise(const Tensor& x2d, Fp8Quant how) {
-  const Quantised qx = quantise(Exec{}, nullptr, x2d, how);
-  Tensor y = Tensor::empty(qx.q.shape(), DType::F32);
-  fp8_dequantize(Exec{}, qx.q, qx.scales, y, how.tile);
+// CPU: x (or x^T) as its FP8 tiles hold it, in f32: what the tensor cores multiply. From the
+// step's arena when the Exec has one (its pages stay mapped from step to step), else the heap.
+Tensor fake_quantise(ScratchScope* scratch, const Tensor& x2d, Fp8Quant how) {
+  const int64_t R = x2d.size(0), C = x2d.size(1);
+  const Shape shape = how.transpose ? Shape{C, R} : Shape{R, C};
+  const Tensor y = scratch ? scratch->take(shape, DType::F32) : Tensor::empty(shape, DType::F32);
+  const float* x = x2d.data<float>();
+  float* out = y.data<float>();
+  if (how.transpose) {  // in 32 x 32 blocks, so that the reads and the writes both stay in cache
+    constexpr int64_t kBlock = 32;
+    for (int64_t r0 = 0; r0 < R; r0 += kBlock)
+      for (int64_t c0 = 0; c0 < C; c0 += kBlock)
+        for (int64_t r = r0; r < std::min(R, r0 + kBlock); ++r)
+          for (int64_t c = c0; c < std::min(C, c0 + kBlock); ++c) out[c * R + r] = x[r * C + c];
+    x = out;
+  }
+  ref::fp8_fake_quantize(x, out, y.size(0), y.size(1), how.tile, how.pow2_scales);
   return y;
 }
 
@@ -112,13 +126,16 @@ void fp8_matmul_forward(const Exec& ex, const Tensor& x, const Tensor& w, const 
   const Fp8Quant act{Fp8Tile::Row128, false, recipe.pow2_scales}, weight{Fp8Tile::Block128, false, recipe.pow2_scales};
   if (x.device() == Device::CUDA) {
     ScratchScope scratch(ex, op);
-    gemm_fp8(ex, quantise(ex, &scratch, x2d, act), act.tile, quantise(ex, &scratch, w, weight), weight.tile,
+    gemm_fp8(ex, quantise(ex, scratch, x2d, act), act.tile, quantise(ex, scratch, w, weight), weight.tile,
              y.reshape({d.m, d.n}), /*accumulate=*/false);
     return;
   }
   // y[M, N] = Q(x)[M, K] Q(w)[N, K]^T
+  std::optional<ScratchScope> scratch;
+  if (ex.scratch) scratch.emplace(ex, op);
+  ScratchScope* s = scratch ? &*scratch : nullptr;
   Eigen::Map<RowMajor> Y(y.data<float>(), d.m, d.n);
-  Y.noalias() = view(fake_quantise(x2d, act)) * view(fake_quantise(w, weight)).transpose();
+  Y.noalias() = view(fake_quantise(s, x2d, act)) * view(fake_quantise(s, w, weight)).transpose();
 }
 
 void fp8_matmul_backward(const Exec& ex, const Tensor& grad_y, const Tensor& x, const Tensor& w, const Tensor& grad_x,
@@ -139,19 +156,22 @@ void fp8_matmul_backward(const Exec& ex, const Tensor& grad_y, const Tensor& x, 
   if (x.device() == Device::CUDA) {
     ScratchScope scratch(ex, op);
     if (grad_x.defined())  // grad_x[M, K] = Q(dy)[M, N] Q(w^T)[K, N]^T
-      gemm_fp8(ex, quantise(ex, &scratch, gy2d, act), act.tile, quantise(ex, &scratch, w, weight_t), weight_t.tile,
+      gemm_fp8(ex, quantise(ex, scratch, gy2d, act), act.tile, quantise(ex, scratch, w, weight_t), weight_t.tile,
                grad_x.reshape({d.m, d.k}), false);
     // grad_w[N, K] += Q(dy^T)[N, M] Q(x^T)[K, M]^T
-    gemm_fp8(ex, quantise(ex, &scratch, gy2d, act_t), act_t.tile, quantise(ex, &scratch, x2d, act_t), act_t.tile,
+    gemm_fp8(ex, quantise(ex, scratch, gy2d, act_t), act_t.tile, quantise(ex, scratch, x2d, act_t), act_t.tile,
              grad_w, /*accumulate=*/true);
     return;
   }
+  std::optional<ScratchScope> scratch;
+  if (ex.scratch) scratch.emplace(ex, op);
+  ScratchScope* s = scratch ? &*scratch : nullptr;
   if (grad_x.defined()) {
     Eigen::Map<RowMajor> GX(grad_x.data<float>(), d.m, d.k);
-    GX.noalias() = view(fake_quantise(gy2d, act)) * view(fake_quantise(w, weight_t)).transpose();
+    GX.noalias() = view(fake_quantise(s, gy2d, act)) * view(fake_quantise(s, w, weight_t)).transpose();
   }
   Eigen::Map<RowMajor> GW(grad_w.data<float>(), d.n, d.k);
-  GW.noalias() += view(fake_quantise(gy2d, act_t)) * view(fake_quantise(x2d, act_t)).transpose();
+  GW.noalias() += view(fake_quantise(s, gy2d, act_t)) * view(fake_quantise(s, x2d, act_t)).transpose();
 }
 
 }  // namespace moelab

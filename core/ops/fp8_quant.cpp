@@ -2,6 +2,7 @@
 #include "core/ops/fp8_quant.h"
 
 #include <algorithm>
+#include <array>
 #include <cfloat>
 #include <cmath>
 #include <limits>
@@ -28,10 +29,11 @@ float tile_scale(float amax, bool has_nan, bool pow2) {
 }
 
 int64_t tile_rows(Fp8Tile tile) { return tile == Fp8Tile::Row128 ? 1 : kFp8BlockSize; }
-}  // namespace
 
-template <typename T>
-void fp8_quantize(const T* x, fp8_e4m3_t* q, float* scales, int64_t R, int64_t C, Fp8Tile tile, bool pow2_scales) {
+// The quantisation of x [R, C] tile by tile: stores each tile's scale (when `scales` is set) and
+// calls emit(i, q, scale) with the e4m3 bits of every element i of the tile.
+template <typename T, typename Emit>
+void quantize_tiles(const T* x, float* scales, int64_t R, int64_t C, Fp8Tile tile, bool pow2_scales, Emit emit) {
   const int64_t th = tile_rows(tile), row_tiles = (R + th - 1) / th, nb = fp8_num_blocks(C);
 #pragma omp parallel for schedule(static)
   for (int64_t rt = 0; rt < row_tiles; ++rt) {
@@ -47,11 +49,71 @@ void fp8_quantize(const T* x, fp8_e4m3_t* q, float* scales, int64_t R, int64_t C
           else amax = std::max(amax, std::fabs(v));
         }
       const float scale = tile_scale(amax, has_nan, pow2_scales);
-      scales[rt * nb + b] = scale;
+      if (scales) scales[rt * nb + b] = scale;
       const bool finite = std::isfinite(scale);
       for (int64_t r = r0; r < r1; ++r)
         for (int64_t c = c0; c < c1; ++c)
-          q[r * C + c].bits = finite ? float_to_fp8_e4m3_bits(static_cast<float>(x[r * C + c]) / scale) : kFp8NaN;
+          emit(r * C + c, finite ? float_to_fp8_e4m3_bits(static_cast<float>(x[r * C + c]) / scale) : kFp8NaN, scale);
+    }
+  }
+}
+
+// Every e4m3 value by its bits: decoding is a lookup where it runs per element.
+const std::array<float, 256>& e4m3_values() {
+  static const std::array<float, 256> table = [] {
+    std::array<float, 256> t{};
+    for (int b = 0; b < 256; ++b) t[b] = fp8_e4m3_bits_to_float(static_cast<uint8_t>(b));
+    return t;
+  }();
+  return table;
+}
+}  // namespace
+
+template <typename T>
+void fp8_quantize(const T* x, fp8_e4m3_t* q, float* scales, int64_t R, int64_t C, Fp8Tile tile, bool pow2_scales) {
+  quantize_tiles(x, scales, R, C, tile, pow2_scales, [q](int64_t i, uint8_t bits, float) { q[i].bits = bits; });
+}
+
+namespace {
+// The e4m3 value nearest |v| (ties to even, saturating at 448), for |v| finite: the value of
+// float_to_fp8_e4m3_bits(v) computed in f32 arithmetic without branches, so that a loop of them
+// vectorises. Normal results (|v| >= 2^-6) round the f32 mantissa to 3 bits as the conversion
+// does; subnormal ones are multiples of 2^-9, which adding and subtracting 2^14 rounds to (the
+// default rounding mode: nearest even).
+inline float e4m3_round_abs(float v) {
+  const float a = std::fabs(v);
+  const uint32_t u = float_bits(a);
+  const float normal = bits_float((u + 0x7ffffu + ((u >> 20) & 1u)) & ~0xfffffu);
+  const float subnormal = (a + 0x1p14f) - 0x1p14f;
+  return std::min(a < 0x1p-6f ? subnormal : normal, kFp8E4M3Max);
+}
+}  // namespace
+
+void fp8_fake_quantize(const float* x, float* y, int64_t R, int64_t C, Fp8Tile tile, bool pow2_scales) {
+  const int64_t th = tile_rows(tile), row_tiles = (R + th - 1) / th, nb = fp8_num_blocks(C);
+#pragma omp parallel for schedule(static)
+  for (int64_t rt = 0; rt < row_tiles; ++rt) {
+    const int64_t r0 = rt * th, r1 = std::min(R, r0 + th);
+    for (int64_t b = 0; b < nb; ++b) {
+      const int64_t c0 = b * kFp8BlockSize, c1 = std::min(C, c0 + kFp8BlockSize);
+      // |x| orders as its bits, and a NaN's bits exceed +Inf's: one integer max finds both.
+      uint32_t amax_bits = 0;
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t c = c0; c < c1; ++c) amax_bits = std::max(amax_bits, float_bits(x[r * C + c]) & 0x7fffffffu);
+      const float scale = tile_scale(bits_float(amax_bits), amax_bits > 0x7f800000u, pow2_scales);
+      if (!std::isfinite(scale)) {  // a poisoned tile: every value NaN, as q = 0x7f dequantises
+        for (int64_t r = r0; r < r1; ++r)
+          for (int64_t c = c0; c < c1; ++c) y[r * C + c] = std::numeric_limits<float>::quiet_NaN();
+        continue;
+      }
+      for (int64_t r = r0; r < r1; ++r) {
+        const float* xr = x + r * C;
+        float* yr = y + r * C;
+        for (int64_t c = c0; c < c1; ++c) {  // vectorised: core/CMakeLists.txt says why it can be
+          const float v = xr[c] / scale;
+          yr[c] = std::copysign(e4m3_round_abs(v), v) * scale;
+        }
+      }
     }
   }
 }
@@ -62,7 +124,7 @@ void fp8_dequantize(const fp8_e4m3_t* q, const float* scales, T* y, int64_t R, i
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < R; ++r)
     for (int64_t c = 0; c < C; ++c)
-      y[r * C + c] = static_cast<T>(fp8_e4m3_bits_to_float(q[r * C + c].bits)) *
+      y[r * C + c] = static_cast<T>(e4m3_values()[q[r * C + c].bits]) *
                      static_cast<T>(scales[(r / th) * nb + c / kFp8BlockSize]);
 }
 

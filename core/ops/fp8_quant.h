@@ -79,6 +79,9 @@ template <typename T>
 void fp8_quantize(const T* x, fp8_e4m3_t* q, float* scales, int64_t R, int64_t C, Fp8Tile tile, bool pow2_scales);
 template <typename T>
 void fp8_dequantize(const fp8_e4m3_t* q, const float* scales, T* y, int64_t R, int64_t C, Fp8Tile tile);
+// Both in one pass, in f32: y = fp8_dequantize(fp8_quantize(x)) bit for bit, without q and the
+// scales (the CPU's FP8 GEMM emulation, core/ops/fp8_matmul.h). y may be x.
+void fp8_fake_quantize(const float* x, float* y, int64_t R, int64_t C, Fp8Tile tile, bool pow2_scales);
 }  // namespace ref
 
 }  // namespace moelab
