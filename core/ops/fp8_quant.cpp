@@ -2,7 +2,6 @@
 #include "core/ops/fp8_quant.h"
 
 #include <algorithm>
-#include <array>
 #include <cfloat>
 #include <cmath>
 #include <limits>
@@ -30,10 +29,10 @@ float tile_scale(float amax, bool has_nan, bool pow2) {
 
 int64_t tile_rows(Fp8Tile tile) { return tile == Fp8Tile::Row128 ? 1 : kFp8BlockSize; }
 
-// The quantisation of x [R, C] tile by tile: stores each tile's scale (when `scales` is set) and
-// calls emit(i, q, scale) with the e4m3 bits of every element i of the tile.
-template <typename T, typename Emit>
-void quantize_tiles(const T* x, float* scales, int64_t R, int64_t C, Fp8Tile tile, bool pow2_scales, Emit emit) {
+}  // namespace
+
+template <typename T>
+void fp8_quantize(const T* x, fp8_e4m3_t* q, float* scales, int64_t R, int64_t C, Fp8Tile tile, bool pow2_scales) {
   const int64_t th = tile_rows(tile), row_tiles = (R + th - 1) / th, nb = fp8_num_blocks(C);
 #pragma omp parallel for schedule(static)
   for (int64_t rt = 0; rt < row_tiles; ++rt) {
@@ -49,29 +48,13 @@ void quantize_tiles(const T* x, float* scales, int64_t R, int64_t C, Fp8Tile til
           else amax = std::max(amax, std::fabs(v));
         }
       const float scale = tile_scale(amax, has_nan, pow2_scales);
-      if (scales) scales[rt * nb + b] = scale;
+      scales[rt * nb + b] = scale;
       const bool finite = std::isfinite(scale);
       for (int64_t r = r0; r < r1; ++r)
         for (int64_t c = c0; c < c1; ++c)
-          emit(r * C + c, finite ? float_to_fp8_e4m3_bits(static_cast<float>(x[r * C + c]) / scale) : kFp8NaN, scale);
+          q[r * C + c].bits = finite ? float_to_fp8_e4m3_bits(static_cast<float>(x[r * C + c]) / scale) : kFp8NaN;
     }
   }
-}
-
-// Every e4m3 value by its bits: decoding is a lookup where it runs per element.
-const std::array<float, 256>& e4m3_values() {
-  static const std::array<float, 256> table = [] {
-    std::array<float, 256> t{};
-    for (int b = 0; b < 256; ++b) t[b] = fp8_e4m3_bits_to_float(static_cast<uint8_t>(b));
-    return t;
-  }();
-  return table;
-}
-}  // namespace
-
-template <typename T>
-void fp8_quantize(const T* x, fp8_e4m3_t* q, float* scales, int64_t R, int64_t C, Fp8Tile tile, bool pow2_scales) {
-  quantize_tiles(x, scales, R, C, tile, pow2_scales, [q](int64_t i, uint8_t bits, float) { q[i].bits = bits; });
 }
 
 namespace {
@@ -124,7 +107,7 @@ void fp8_dequantize(const fp8_e4m3_t* q, const float* scales, T* y, int64_t R, i
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < R; ++r)
     for (int64_t c = 0; c < C; ++c)
-      y[r * C + c] = static_cast<T>(e4m3_values()[q[r * C + c].bits]) *
+      y[r * C + c] = static_cast<T>(fp8_e4m3_bits_to_float(q[r * C + c].bits)) *
                      static_cast<T>(scales[(r / th) * nb + c / kFp8BlockSize]);
 }
 
