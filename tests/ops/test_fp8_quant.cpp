@@ -356,6 +356,27 @@ TEST(Fp8Quant, Pow2ScalesAreTheSmallestPowerOfTwoAtOrAboveAmaxOver448) {
   EXPECT_EQ(quantize_as(exact, {Fp8Tile::Row128, false, true}).scales.data<float>()[0], 0.25f);
 }
 
+// The CPU GEMM emulation's one-pass round trip is the two ops' bit for bit, in place too.
+TEST(Fp8Quant, FakeQuantizeIsQuantizeThenDequantize) {
+  Tensor x = wide_rows(200, 300, 61);
+  x.data<float>()[7 * 300 + 5] = NAN;
+  x.data<float>()[150 * 300 + 260] = INFINITY;
+  for (Fp8Tile tile : {Fp8Tile::Row128, Fp8Tile::Block128})
+    for (bool pow2 : {false, true}) {
+      const Quantized want = quantize_as(x, {tile, false, pow2});
+      Tensor y = Tensor::empty({200, 300}, DType::F32), in_place = Tensor::empty({200, 300}, DType::F32);
+      in_place.copy_from(x);
+      ref::fp8_fake_quantize(x.data<float>(), y.data<float>(), 200, 300, tile, pow2);
+      ref::fp8_fake_quantize(in_place.data<float>(), in_place.data<float>(), 200, 300, tile, pow2);
+      for (int64_t i = 0; i < x.numel(); ++i) {
+        const float w = want.y.data<float>()[i];
+        ASSERT_TRUE(float_bits(y.data<float>()[i]) == float_bits(w) || (std::isnan(w) && std::isnan(y.data<float>()[i])))
+            << "element " << i << ": " << y.data<float>()[i] << " vs " << w;
+        ASSERT_EQ(float_bits(in_place.data<float>()[i]), float_bits(y.data<float>()[i])) << "element " << i;
+      }
+    }
+}
+
 TEST(Fp8Quant, RejectsScalesOfTheWrongTiling) {
   const Tensor x = randn({200, 300}, DType::F32, 1), q = Tensor::empty({200, 300}, DType::FP8_E4M3);
   expect_error([&] { fp8_quantize(Exec{}, x, q, Tensor::empty({200, 3}, DType::F32), {Fp8Tile::Block128}); },
