@@ -255,8 +255,8 @@ std::string format_model_info(const ModelConfig& c, const ModelInfo& info) {
                 "per read\n", with_commas(cost.fp8_weights).c_str(), human(2.0 * weights, "B").c_str(),
                 human(fp8_weight_bytes * weights, "B").c_str());
   os << buf;
-  std::snprintf(buf, sizeof(buf), "  Linear inputs kept for backward (at most, counted per GEMM): %s numbers per token = "
-                "%s per step in bf16, %s cached in fp8\n    (DeepSeek-V3 caches them in fp8; moelab keeps them in the "
+  std::snprintf(buf, sizeof(buf), "  Linear inputs kept for backward (at most, counted per GEMM): %s numbers per "
+                "token = %s per step in bf16, %s cached in fp8\n    (DeepSeek-V3 caches them in fp8; moelab keeps them in the "
                 "activation dtype and quantises again in backward)\n",
                 with_commas(cost.fp8_in).c_str(), human(2.0 * static_cast<double>(cost.fp8_in * B * T), "B").c_str(),
                 human(fp8_act_bytes * static_cast<double>(cost.fp8_in * B * T), "B").c_str());

@@ -102,7 +102,9 @@ void gemm_fp8(const Exec& ex, const Quantised& a, Fp8Tile tile_a, const Quantise
   if (!ex.gpu->blas().gemm_fp8(p)) cuda::fp8_gemm_reference(p);
 }
 
-void check_dtypes(const char* op, const Exec& ex, const Tensor& x, std::initializer_list<std::pair<const char*, const Tensor*>> same) {
+// x f32 or bf16 on CUDA (with the GpuContext), f32 on the CPU; the tensors of `same` (where defined) x's dtype.
+void check_dtypes(const char* op, const Exec& ex, const Tensor& x,
+                  std::initializer_list<std::pair<const char*, const Tensor*>> same) {
   if (x.device() == Device::CUDA) {
     MOELAB_CHECK(ex.gpu != nullptr, op, ": x is ", x.str(), " on CUDA, which needs the GpuContext (core/gpu_context.h) "
                  "that owns the cuBLASLt handle: set Exec::gpu (layers have it in their Context)");
