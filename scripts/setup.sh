@@ -6,7 +6,7 @@
 set -euo pipefail
 
 MOELAB_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-MOELAB_DEBS=(cmake make g++ libeigen3-dev libcli11-dev libgtest-dev libopenmpi-dev openmpi-bin
+MOELAB_DEBS=(cmake make g++ libeigen3-dev libdnnl-dev libcli11-dev libgtest-dev libopenmpi-dev openmpi-bin
              nlohmann-json3-dev python3 python3-numpy)
 
 # moelab_install_debs [extra packages...]: the build's packages plus the caller's extras.

@@ -1,5 +1,5 @@
-// Matmul: argument checks + dispatch, and the CPU reference through Eigen (multi-threaded with
-// OpenMP inside its GEMM).
+// Matmul: argument checks + dispatch; on the CPU f32 through oneDNN's GEMM (cpu_gemm.h) and f64
+// (the gradient checks) through Eigen's, both multi-threaded with OpenMP inside the GEMM.
 #include "core/ops/matmul.h"
 
 // GCC 12 with -march=native (AVX-512) reports a false -Wmaybe-uninitialized inside Eigen 3.4's
@@ -9,9 +9,11 @@
 #include <Eigen/Core>
 #pragma GCC diagnostic pop
 
+#include <type_traits>
 #include <vector>
 
 #include "core/gpu_context.h"
+#include "core/ops/cpu_gemm.h"
 #include "core/ops/op_util.h"
 #include "cuda/blas.h"
 
@@ -25,27 +27,36 @@ using RowMajor = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajo
 
 template <typename T>
 void matmul_forward(const T* x, const T* w, T* y, int64_t m, int64_t k, int64_t n) {
-  Eigen::Map<const RowMajor<T>> X(x, m, k), W(w, n, k);
-  Eigen::Map<RowMajor<T>> Y(y, m, n);
-  Y.noalias() = X * W.transpose();  // noalias: write straight into y, no temporary
+  if constexpr (std::is_same_v<T, float>) {
+    sgemm(false, true, m, n, k, 1.0f, x, k, w, k, 0.0f, y, n);  // y[M, N] = x[M, K] w[N, K]^T
+  } else {
+    Eigen::Map<const RowMajor<T>> X(x, m, k), W(w, n, k);
+    Eigen::Map<RowMajor<T>> Y(y, m, n);
+    Y.noalias() = X * W.transpose();  // noalias: write straight into y, no temporary
+  }
 }
 
 template <typename T>
 void matmul_backward(const T* grad_y, const T* x, const T* w, T* grad_x, T* grad_w, int64_t m, int64_t k,
                      int64_t n) {
-  Eigen::Map<const RowMajor<T>> GY(grad_y, m, n), X(x, m, k), W(w, n, k);
-  if (grad_x) {
-    Eigen::Map<RowMajor<T>> GX(grad_x, m, k);
-    GX.noalias() = GY * W;
+  if constexpr (std::is_same_v<T, float>) {
+    if (grad_x) sgemm(false, false, m, k, n, 1.0f, grad_y, n, w, k, 0.0f, grad_x, k);  // [M, N] x [N, K]
+    sgemm(true, false, n, k, m, 1.0f, grad_y, n, x, k, 1.0f, grad_w, k);                // += [N, M] x [M, K]
+  } else {
+    Eigen::Map<const RowMajor<T>> GY(grad_y, m, n), X(x, m, k), W(w, n, k);
+    if (grad_x) {
+      Eigen::Map<RowMajor<T>> GX(grad_x, m, k);
+      GX.noalias() = GY * W;
+    }
+    Eigen::Map<RowMajor<T>> GW(grad_w, n, k);
+    GW.noalias() += GY.transpose() * X;
   }
-  Eigen::Map<RowMajor<T>> GW(grad_w, n, k);
-  GW.noalias() += GY.transpose() * X;
 }
 
 template void matmul_forward<float>(const float*, const float*, float*, int64_t, int64_t, int64_t);
-template void matmul_forward<double>(const double*, const double*, double*, int64_t, int64_t, int64_t);
 template void matmul_backward<float>(const float*, const float*, const float*, float*, float*, int64_t, int64_t,
                                      int64_t);
+template void matmul_forward<double>(const double*, const double*, double*, int64_t, int64_t, int64_t);
 template void matmul_backward<double>(const double*, const double*, const double*, double*, double*, int64_t,
                                       int64_t, int64_t);
 

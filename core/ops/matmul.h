@@ -7,7 +7,7 @@
 //           grad_w += grad_y^T X     ([N, M] x [M, K])
 // Contract: forward OVERWRITES y. backward OVERWRITES grad_x (an undefined grad_x skips that GEMM,
 // for inputs that need no gradient) and ACCUMULATES (+=) into grad_w.
-// Dtypes: CPU: every tensor f32, or every tensor f64 (gradient checks); Eigen accumulates in that
+// Dtypes: CPU: every tensor f32 (oneDNN), or every tensor f64 (Eigen; gradient checks), accumulated in that
 //         type (never lower). CUDA (cuBLASLt through ex.gpu, which must be set): x, w, y,
 //         grad_y, grad_x all f32 or all bf16, grad_w f32; accumulation in f32 (full fp32 for f32).
 #pragma once
