@@ -431,7 +431,8 @@ AblateResult run_ablation(const AblateOptions& o) {
   } else if (!todo.empty()) {
     const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
     const int jobs = std::min<int>(o.jobs, static_cast<int>(todo.size()));
-    const int threads = std::max(1, cores / jobs);
+    // From --jobs, not from the runs left: a grid resumed with one run to go trains it as before.
+    const int threads = o.threads > 0 ? o.threads : std::max(1, cores / o.jobs);
     std::printf("ablate: %zu runs (%d finished before), %d at a time with %d thread(s) each, into %s\n", runs.size(),
                 result.skipped, jobs, threads, out.c_str());
     std::fflush(stdout);

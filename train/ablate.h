@@ -79,6 +79,10 @@ struct AblateOptions {
   std::string grid;           // the grid file
   std::string out_dir;        // default: runs/ablate_<grid file's stem>
   int jobs = 1;               // runs at a time; the cores are split between them
+  // OpenMP threads per run; 0: the cores divided by `jobs`. A run's numbers depend on its thread
+  // count (the CPU GEMM splits its sums by thread, core/ops/cpu_gemm.h), so a grid trained or
+  // resumed in several calls keeps one count: a fixed --threads, or the same --jobs.
+  int threads = 0;
   bool report_only = false;   // no training: the report of the finished runs
   std::string moelab;         // the moelab executable that trains each run
   const std::atomic<bool>* stop = nullptr;  // set (by a signal): the running runs save and stop

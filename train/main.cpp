@@ -584,6 +584,9 @@ int main(int argc, char** argv) {
   ablate->add_option("--grid", ablate_opt.grid, "The grid file (examples/ablations/*.toml)")->required();
   ablate->add_option("--jobs", ablate_opt.jobs, "Runs at a time (the cores are split between them)")
       ->check(CLI::PositiveNumber);
+  ablate->add_option("--threads", ablate_opt.threads, "OpenMP threads per run (default: the cores / --jobs); a run's "
+                     "numbers depend on it, so keep it when a grid is resumed")
+      ->check(CLI::PositiveNumber);
   ablate->add_option("--out", ablate_opt.out_dir, "Output directory (default: runs/ablate_<grid file name>)");
   ablate->add_flag("--report-only", ablate_opt.report_only, "Only write the report of the finished runs");
   ablate->callback([&]() { rc = run_ablate_cli(ablate_opt); });

@@ -1,15 +1,7 @@
-// Matmul: argument checks + dispatch; on the CPU f32 through oneDNN's GEMM (cpu_gemm.h) and f64
-// (the gradient checks) through Eigen's, both multi-threaded with OpenMP inside the GEMM.
+// Matmul: argument checks + dispatch; on the CPU the GEMMs of cpu_gemm.h (oneDNN for f32, Eigen for
+// f64), multi-threaded with OpenMP inside the GEMM.
 #include "core/ops/matmul.h"
 
-// GCC 12 with -march=native (AVX-512) reports a false -Wmaybe-uninitialized inside Eigen 3.4's
-// double GEMM packing (gemm_pack_rhs, through _mm512_extractf64x4_pd); silence it for Eigen only.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#include <Eigen/Core>
-#pragma GCC diagnostic pop
-
-#include <type_traits>
 #include <vector>
 
 #include "core/gpu_context.h"
@@ -21,36 +13,16 @@ namespace moelab {
 
 namespace ref {
 
-// Row-major views of the raw buffers: no copies, Eigen reads and writes our memory directly.
-template <typename T>
-using RowMajor = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-
 template <typename T>
 void matmul_forward(const T* x, const T* w, T* y, int64_t m, int64_t k, int64_t n) {
-  if constexpr (std::is_same_v<T, float>) {
-    sgemm(false, true, m, n, k, 1.0f, x, k, w, k, 0.0f, y, n);  // y[M, N] = x[M, K] w[N, K]^T
-  } else {
-    Eigen::Map<const RowMajor<T>> X(x, m, k), W(w, n, k);
-    Eigen::Map<RowMajor<T>> Y(y, m, n);
-    Y.noalias() = X * W.transpose();  // noalias: write straight into y, no temporary
-  }
+  gemm<T>(false, true, m, n, k, T(1), x, k, w, k, T(0), y, n);  // y[M, N] = x[M, K] w[N, K]^T
 }
 
 template <typename T>
 void matmul_backward(const T* grad_y, const T* x, const T* w, T* grad_x, T* grad_w, int64_t m, int64_t k,
                      int64_t n) {
-  if constexpr (std::is_same_v<T, float>) {
-    if (grad_x) sgemm(false, false, m, k, n, 1.0f, grad_y, n, w, k, 0.0f, grad_x, k);  // [M, N] x [N, K]
-    sgemm(true, false, n, k, m, 1.0f, grad_y, n, x, k, 1.0f, grad_w, k);                // += [N, M] x [M, K]
-  } else {
-    Eigen::Map<const RowMajor<T>> GY(grad_y, m, n), X(x, m, k), W(w, n, k);
-    if (grad_x) {
-      Eigen::Map<RowMajor<T>> GX(grad_x, m, k);
-      GX.noalias() = GY * W;
-    }
-    Eigen::Map<RowMajor<T>> GW(grad_w, n, k);
-    GW.noalias() += GY.transpose() * X;
-  }
+  if (grad_x) gemm<T>(false, false, m, k, n, T(1), grad_y, n, w, k, T(0), grad_x, k);  // [M, N] x [N, K]
+  gemm<T>(true, false, n, k, m, T(1), grad_y, n, x, k, T(1), grad_w, k);                // += [N, M] x [M, K]
 }
 
 template void matmul_forward<float>(const float*, const float*, float*, int64_t, int64_t, int64_t);

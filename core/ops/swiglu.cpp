@@ -5,7 +5,7 @@
 #include <initializer_list>
 #include <utility>
 
-#include "core/ops/activation.h"  // ref::sigmoid, stable for any |a|
+#include "core/ops/vec_math.h"  // ref::sigmoid_approx: stable for any |a|, vectorises
 #include "core/ops/op_util.h"
 #include "cuda/swiglu.h"
 
@@ -16,14 +16,14 @@ namespace ref {
 template <typename T>
 void swiglu_forward(const T* gate, const T* up, T* out, int64_t n) {
 #pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < n; ++i) out[i] = gate[i] * sigmoid(gate[i]) * up[i];
+  for (int64_t i = 0; i < n; ++i) out[i] = gate[i] * sigmoid_approx(gate[i]) * up[i];
 }
 
 template <typename T>
 void swiglu_backward(const T* grad_out, const T* gate, const T* up, T* grad_gate, T* grad_up, int64_t n) {
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < n; ++i) {
-    const T a = gate[i], s = sigmoid(a);  // s saturates to 0 or 1 for large |a|: no inf, no NaN
+    const T a = gate[i], s = sigmoid_approx(a);  // s saturates to 0 or 1 for large |a|: no inf, no NaN
     const T dsilu = s * (T(1) + a * (T(1) - s));
     grad_gate[i] = grad_out[i] * up[i] * dsilu;
     grad_up[i] = grad_out[i] * a * s;

@@ -72,7 +72,7 @@ def final_val(run_dir):
 # 1. A whole grid, two runs at a time.
 g = grid(os.path.join(work, "grid.toml"))
 out = os.path.join(work, "clean")
-r = ablate("--grid", g, "--out", out, "--jobs", "2")
+r = ablate("--grid", g, "--out", out, "--jobs", "2", "--threads", "1")
 if "4 runs (4 trained now, 0 finished before)" not in r.stdout:
     fail("the summary line", r.stdout)
 with open(os.path.join(out, "REPORT.md")) as f:
@@ -105,8 +105,8 @@ print(f"clean grid: val {vals}, t = {t:.3f}: REPORT.md and summary.json agree wi
 g_long = grid(os.path.join(work, "grid_kill.toml"), steps=10)
 out_kill = os.path.join(work, "killed")
 with open(os.path.join(work, "killed.log"), "w") as log:
-    p = subprocess.Popen([moelab, "ablate", "--grid", g_long, "--out", out_kill, "--jobs", "1"], stdout=log,
-                         stderr=subprocess.STDOUT)
+    p = subprocess.Popen([moelab, "ablate", "--grid", g_long, "--out", out_kill, "--jobs", "1", "--threads", "1"],
+                         stdout=log, stderr=subprocess.STDOUT)
     deadline = time.time() + 120
     first = os.path.join(out_kill, "bias", "seed_1", "finished.json")
     while time.time() < deadline and not os.path.exists(first):
@@ -133,7 +133,7 @@ for arm in ("bias", "no_bias"):
                     if time.time() > deadline:
                         fail(f"{lock} still held 60 s after the grid was killed")
                     time.sleep(0.1)
-r = ablate("--grid", g_long, "--out", out_kill, "--jobs", "2")
+r = ablate("--grid", g_long, "--out", out_kill, "--jobs", "2", "--threads", "1")
 m = re.search(r"4 runs \((\d) trained now, (\d) finished before\)", r.stdout)
 if not m or int(m.group(2)) < 1 or int(m.group(1)) + int(m.group(2)) != 4:
     fail("the second call does not skip the finished runs", r.stdout)
