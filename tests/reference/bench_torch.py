@@ -35,6 +35,13 @@ such as [model]; batch_size / seq_len / steps found in any table are used as def
 ModelConfig defaults are used. --threads defaults to OMP_NUM_THREADS, else every CPU.
 Exit codes: 0 ok, 2 usage or unsupported combination, 77 peer not available here (skipped).
 
+--compile (torch >= 2): torch.compile(model), default inductor. The warm-up is at least 3 steps,
+then goes on, on fresh random batches, until --compile-settle (3) steps in a row compiled nothing
+(at most --compile-max-warmup steps in all): the sorted MoE dispatch makes dynamo recompile as the
+per-expert counts change, until the frame reaches dynamo's recompile limit and runs eager. Two
+`  compile:` detail lines then count the compilations (first compiles, recompiles, lazy backward
+compiles, seconds) of the warm-up and of the timed steps, the graphs and the graph breaks.
+
 --kernel attention: instead of a training step, one layer's causal attention forward + backward on
 the config's shapes, the peer of `moelab bench --kernel attention`. q [B, H, T, Dqk], k [B, Hkv, T,
 Dqk], v [B, Hkv, T, Dv] (MLA: Dqk = qk_nope + qk_rope, Dv = v_head_dim, Hkv = H; MHA/GQA: Dqk = Dv =
@@ -82,6 +89,7 @@ import twin as twin_module  # noqa: E402
 from twin import (ModelConfig, Twin, bias_update, clip_grad_norm, init_weights,  # noqa: E402
                   make_adamw, no_weight_decay, set_moe_mode)
 
+COMPILE_WARMUP = 3  # the least default warm-up under --compile (an explicit --warmup wins)
 SKIP = 77  # the exit code of a peer that is not available here (ctest's and automake's "skipped")
 
 BENCH_KEYS = ("batch_size", "seq_len", "steps", "warmup")
@@ -295,6 +303,90 @@ def make_adamw_named(model: torch.nn.Module, lr: float) -> torch.optim.AdamW:
                              lr=lr, betas=(0.9, 0.95), eps=1e-8)
 
 
+# ---- torch.compile's work (--compile) ----
+
+class CompileWatch:
+    """What torch.compile did, so that the timed steps can be shown to hold no compilation.
+
+    Dynamo runs the start/end callbacks of torch._dynamo.callback once per compilation: trigger
+    DYNAMO when it traces a frame (inductor lowers the forward graphs inside it), with compile id
+    "frame/n", n > 0 for the n-th recompile of that frame; LAZY_BACKWARD when AOTAutograd compiles
+    a backward graph at its first call. Each event is stamped with the step it fell in. Graph
+    counts and graph-break reasons come from torch._dynamo.utils.counters. Every part is
+    optional: what this torch lacks is reported as unknown."""
+
+    def __init__(self):
+        self.step = -1
+        self.events = []   # (step, trigger, n of "frame/n" or None, seconds)
+        self.hooked = False
+        self._start = None
+        try:
+            from torch._dynamo.utils import counters
+            self.counters = counters
+        except Exception:
+            self.counters = None
+        try:
+            handler = torch._dynamo.callback.callback_handler
+            handler.register_start_callback(self._on_start)
+            handler.register_end_callback(self._on_end)
+            self.hooked = True
+        except Exception:
+            pass
+
+    @staticmethod
+    def _describe(args):
+        if not args or not hasattr(args[0], "compile_id"):  # older torch: callbacks take nothing
+            return "DYNAMO", None
+        a = args[0]
+        trigger = getattr(getattr(a, "callback_trigger", None), "name", "DYNAMO")
+        try:
+            n = int(str(a.compile_id).split("/")[-1].split("_")[0])
+        except ValueError:
+            n = None
+        return trigger, n
+
+    def _on_start(self, *args):
+        self._start = time.perf_counter()
+
+    def _on_end(self, *args):
+        trigger, n = self._describe(args)
+        seconds = time.perf_counter() - self._start if self._start is not None else 0.0
+        self.events.append((self.step, trigger, n, seconds))
+        self._start = None
+
+    def in_steps(self, lo: int, hi: int):
+        return [e for e in self.events if lo <= e[0] < hi]
+
+    def summary(self, lo: int, hi: int) -> str:
+        """The compilations in steps [lo, hi)."""
+        if not self.hooked:
+            return "unknown (no torch._dynamo.callback in this torch)"
+        ev = self.in_steps(lo, hi)
+        dyn = [e for e in ev if e[1] == "DYNAMO"]
+        recompiles = sum(1 for e in dyn if e[2])
+        backward = sum(1 for e in ev if e[1] == "LAZY_BACKWARD")
+        return (f"{len(ev)} ({len(dyn) - recompiles} first compiles, {recompiles} recompiles, "
+                f"{backward} backward; {sum(e[3] for e in ev):.1f} s)")
+
+    def per_step(self, lo: int, hi: int) -> str:
+        steps = sorted({e[0] for e in self.in_steps(lo, hi)})
+        return ", ".join(f"{s}: {len(self.in_steps(s, s + 1))}" for s in steps) or "none"
+
+    def counts(self) -> str:
+        c = self.counters
+        if c is None:
+            return "dynamo counters unavailable"
+        frames, breaks = c["frames"], c["graph_break"]
+        reasons = []
+        for reason, n in breaks.items():
+            text = str(reason)
+            op = text.split("`")[1] if text.count("`") >= 2 else None
+            reasons.append(f"{text.splitlines()[0].strip()}{f' {op}' if op else ''} x{n}")
+        return (f"graphs {c['stats'].get('unique_graphs', 0)}, frames compiled "
+                f"{frames.get('ok', 0)} of {frames.get('total', 0)}, graph breaks "
+                f"{sum(breaks.values())}" + (f" ({'; '.join(reasons)})" if reasons else ""))
+
+
 # ---- attention microbenchmark (--kernel attention) ----
 
 def _has_sdpa() -> bool:
@@ -471,7 +563,9 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=None, help="B (default: config file, else 8)")
     ap.add_argument("--seq-len", type=int, default=None, help="T (default: config file, else 128)")
     ap.add_argument("--steps", type=int, default=None, help="timed steps (default 10)")
-    ap.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 2)")
+    ap.add_argument("--warmup", type=int, default=None,
+                    help=f"untimed steps first (default: config file, else 2; under --compile at "
+                         f"least {COMPILE_WARMUP})")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "float64", "bfloat16"],
                     help="auto: float32 on cpu, bfloat16 on cuda; bfloat16 = autocast with fp32 "
@@ -484,6 +578,11 @@ def main() -> int:
     ap.add_argument("--hf-experts", default=None,
                     help="hf: experts_implementation where transformers has it (default: its choice)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model (torch >= 2)")
+    ap.add_argument("--compile-settle", type=int, default=3,
+                    help="--compile: after --warmup, warm up on until this many steps in a row "
+                         "compiled nothing (default 3; 0: exactly --warmup steps)")
+    ap.add_argument("--compile-max-warmup", type=int, default=40,
+                    help="--compile: at most this many warm-up steps in all (default 40)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
@@ -492,6 +591,8 @@ def main() -> int:
     T = args.seq_len or int(from_file.get("seq_len", 128))
     steps = args.steps if args.steps is not None else int(from_file.get("steps", 10))
     warmup = args.warmup if args.warmup is not None else int(from_file.get("warmup", 2))
+    if args.compile and args.warmup is None:
+        warmup = max(warmup, COMPILE_WARMUP)
     threads = args.threads or int(os.environ.get("OMP_NUM_THREADS", 0) or os.cpu_count() or 1)
     torch.set_num_threads(threads)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -544,6 +645,7 @@ def main() -> int:
         model = model.to(device=device, dtype=param_dtype)
         opt = make_adamw_named(model, lr=args.lr)
         Dm = 0
+    watch = CompileWatch() if args.compile else None
     runner = torch.compile(model) if args.compile else model
 
     n_batches = warmup + steps
@@ -582,14 +684,38 @@ def main() -> int:
             torch.cuda.synchronize()
 
     losses = []
-    t0 = None
-    for i in range(n_batches):
-        if i == warmup:
-            sync()
-            t0 = time.perf_counter()
-        losses.append(step(batches[i]))
+    n_run = 0  # steps run so far (the index CompileWatch stamps on its events)
+
+    def run(tokens):
+        nonlocal n_run
+        if watch:
+            watch.step = n_run
+        losses.append(step(tokens))
+        n_run += 1
+
+    t_warm = time.perf_counter()
+    for i in range(warmup):
+        run(batches[i])
+    extra = 0
+    if watch and watch.hooked and args.compile_settle > 0:
+        # Dynamo recompiles when a guarded value changes (the sorted dispatch's per-expert counts,
+        # until a frame hits its recompile limit), so a fixed warm-up can leave compilations in
+        # the timed steps. Go on, on fresh batches, until compile_settle steps in a row compiled
+        # nothing or the warm-up reaches compile_max_warmup steps.
+        extra_gen = torch.Generator().manual_seed(args.seed + 1)
+        while (n_run < args.compile_max_warmup
+               and (n_run < args.compile_settle
+                    or watch.in_steps(n_run - args.compile_settle, n_run))):
+            run(torch.randint(0, cfg.vocab_size, (B, T + 1 + Dm), generator=extra_gen).to(device))
+            extra += 1
+    warm_steps = n_run
     sync()
-    elapsed = time.perf_counter() - (t0 if t0 is not None else time.perf_counter())
+    warm_s = time.perf_counter() - t_warm
+    t0 = time.perf_counter()
+    for i in range(warmup, n_batches):
+        run(batches[i])
+    sync()
+    elapsed = time.perf_counter() - t0
     losses = [float(l) for l in losses]
 
     total, active = count_params(model, cfg)
@@ -614,12 +740,25 @@ def main() -> int:
           + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else "")
           + f", threads {torch.get_num_threads()}, precision {precision}, "
           f"{'compiled' if args.compile else 'eager'}")
-    print(f"  B {B}  T {T}  steps {steps} (+{warmup} warmup)  tokens/step {B * T}")
+    print(f"  B {B}  T {T}  steps {steps} (+{warm_steps} warmup)  tokens/step {B * T}")
     print(f"  attention {cfg.attention}, ffn {cfg.ffn}, L {cfg.num_hidden_layers}, D {cfg.hidden_size}, "
           f"V {cfg.vocab_size}, MTP {Dm}" + (f", E {cfg.n_routed_experts} K {cfg.num_experts_per_tok}"
                                           if cfg.ffn == "moe" else ""))
     print(f"  parameters {total:,} (active per token, main model, no embedding lookup: {active:,})")
     print(f"  loss first {losses[0]:.4f}  last {losses[-1]:.4f}" if losses else "  no steps run")
+    if watch:
+        # "compile:" lines: scripts/bench_peers.py reads the timed steps' count from the second.
+        settle = (f"{warmup} + {extra} steps until {args.compile_settle} in a row compiled "
+                  f"nothing" if args.compile_settle > 0 and watch.hooked else f"{warmup} steps")
+        if extra and watch.in_steps(warm_steps - args.compile_settle, warm_steps):
+            settle += f" (stopped at --compile-max-warmup {args.compile_max_warmup})"
+        print(f"  compile: warm-up {settle}, {warm_s:.1f} s; compilations "
+              f"{watch.summary(0, warm_steps)}, per step {watch.per_step(0, warm_steps)}; "
+              f"{watch.counts()}")
+        timed_events = len(watch.in_steps(warm_steps, n_run))
+        print(f"  compile: timed-step compilations {watch.summary(warm_steps, n_run)}"
+              + (f", per step {watch.per_step(warm_steps, n_run)}: the timed steps include "
+                 f"compilation, raise --warmup or --compile-settle" if timed_events else ""))
     return 0
 
 
