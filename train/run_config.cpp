@@ -241,8 +241,6 @@ void TrainConfig::validate(const ModelConfig& model) const {
   if (device != "cpu" && device != "cuda") throw ConfigError("device = '" + device + "' is not one of cpu, cuda");
   if (precision != "auto" && precision != "fp32" && precision != "bf16" && precision != "fp8" && precision != "fp8_pow2")
     throw ConfigError("precision = '" + precision + "' is not one of auto, fp32, bf16, fp8, fp8_pow2");
-  if (device == "cpu" && precision == "bf16")
-    throw ConfigError("precision = 'bf16' runs on CUDA only (device = 'cpu' trains in fp32)");
   if (data_mode != "random" && data_mode != "sequential")
     throw ConfigError("data_mode = '" + data_mode + "' is not one of random, sequential");
   if (out_dir.empty()) throw ConfigError("out_dir is empty: checkpoints and metrics need a directory");

@@ -15,7 +15,7 @@ Runtime make_runtime(const std::string& device, const std::string& precision) {
   rt.fp8.enabled = precision == "fp8" || precision == "fp8_pow2";
   rt.fp8.pow2_scales = precision == "fp8_pow2";
   if (device == "cpu") {
-    MOELAB_CHECK(precision != "bf16", "precision bf16 runs on CUDA only (the CPU trains in fp32)");
+    rt.cpu_bf16 = precision == "bf16";  // f32 activations, bf16 GEMM operands
     return rt;
   }
   MOELAB_CHECK(cuda_available(), "device cuda: ", no_cuda_reason());
@@ -27,6 +27,7 @@ Runtime make_runtime(const std::string& device, const std::string& precision) {
 
 std::string Runtime::describe() const {
   std::string s = std::string(device_name(device)) + (act == DType::BF16 ? " bf16 (f32 master weights)" : " fp32");
+  if (cpu_bf16) s += ", Linear and head GEMMs on bf16 operands (f32 sums, f32 master weights)";
   if (fp8.enabled) {
     std::string how = device == Device::CPU ? "exact emulation" : "";
     if (fp8.pow2_scales) how += std::string(how.empty() ? "" : ", ") + "power-of-two scales";

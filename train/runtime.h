@@ -2,6 +2,9 @@
 // command line): the device, the activation dtype, and on CUDA the GpuContext (cuBLASLt) that the
 // layers reach through Context::gpu. DESIGN.md, "Precision":
 //   cpu            fp32 everything
+//   cpu bf16       the GEMMs of the Linear layers and the LM head on bf16 operands with f32 sums
+//                  (core/ops/bf16_matmul.h); activations, attention, norms, softmax, router and
+//                  losses f32; f32 gradients, master weights and AdamW
 //   cuda fp32      fp32 everything (the tight parity mode of the GPU tests)
 //   cuda bf16      bf16 weights (the parameter buffer's compute copy) and activations for matmuls
 //                  and attention, f32 accumulation; f32 norms, softmax, router and losses; f32
@@ -27,11 +30,13 @@ struct Runtime {
   Device device = Device::CPU;
   DType act = DType::F32;            // activation dtype: f32, or bf16 (mixed precision on CUDA)
   Fp8Recipe fp8;                     // the Linear GEMMs in FP8
+  bool cpu_bf16 = false;             // the CPU's bf16 GEMM operands (precision bf16 on the CPU)
   std::unique_ptr<GpuContext> gpu;   // set on CUDA
 
   Context context(Arena& arena, int64_t batch, int64_t seq_len) const {
     Context ctx{&arena, act, batch, seq_len, gpu.get()};
     ctx.fp8 = fp8;
+    ctx.cpu_bf16 = cpu_bf16;
     return ctx;
   }
   // For ops outside a model step (a GEMM probe, one layer's attention): no scratch.

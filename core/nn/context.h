@@ -37,6 +37,9 @@ struct Context : Exec {
   GradSync* data_parallel = nullptr;
   // FP8 training (core/ops/fp8_matmul.h): when enabled, every Linear's GEMMs (core/nn/linear.h).
   Fp8Recipe fp8;
+  // The CPU's bf16 mixed precision (core/ops/bf16_matmul.h): the Linear and LM-head GEMMs on bf16
+  // operands, with activations, statistics and the rest in f32 (core/nn/linear.h).
+  bool cpu_bf16 = false;
 
   Context() = default;
   // gpu is required when the arena is on CUDA.

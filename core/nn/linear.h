@@ -3,8 +3,9 @@
 // grad_x is undefined) and ACCUMULATES grad_W.
 // The GEMMs use the parameter buffer's compute copy of W (bf16 in mixed precision, else the
 // parameter itself: core/params.h); the gradient goes to the f32 gradient buffer. With ctx.fp8 on,
-// all three are FP8 GEMMs (core/ops/fp8_matmul.h). The LM head and the router call matmul directly:
-// they stay in the activation precision, as in DeepSeek-V3.
+// all three are FP8 GEMMs (core/ops/fp8_matmul.h); with ctx.cpu_bf16, bf16-operand GEMMs
+// (core/ops/bf16_matmul.h). The LM head goes through linear_gemm_* without FP8 (it stays in the
+// activation precision, as in DeepSeek-V3); the router calls matmul itself (f32 always).
 #pragma once
 
 #include <string>
@@ -14,6 +15,12 @@
 #include "core/params.h"
 
 namespace moelab {
+
+// y = x w^T and its backward in the context's GEMM precision: FP8 when ctx.fp8 is on and `fp8`
+// allows it, bf16 operands when ctx.cpu_bf16, else matmul (the activation dtype).
+void linear_gemm_forward(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& y, bool fp8);
+void linear_gemm_backward(const Context& ctx, const Tensor& grad_y, const Tensor& x, const Tensor& w,
+                          const Tensor& grad_x, const Tensor& grad_w, bool fp8);
 
 class Linear {
  public:

@@ -6,6 +6,7 @@
 #include "core/ops/columns.h"
 #include "core/ops/cross_entropy.h"
 #include "core/ops/elementwise.h"
+#include "core/nn/linear.h"
 #include "core/ops/matmul.h"
 
 namespace moelab {
@@ -56,7 +57,7 @@ double Model::head_forward(const Context& ctx, const RMSNorm& norm, const Tensor
   hs.logits = ctx.alloc({N, V});
   {
     const PhaseScope phase(ctx.profiler, Phase::DenseGemm);
-    matmul_forward(ctx, hs.normed, head_weight(), hs.logits);
+    linear_gemm_forward(ctx, hs.normed, head_weight(), hs.logits, /*fp8=*/false);
   }
   hs.lse = ctx.alloc_stat({N});
   hs.losses = ctx.alloc_stat({N});
@@ -74,7 +75,7 @@ void Model::head_backward(const Context& ctx, const RMSNorm& norm, const HeadSav
   }
   {
     const PhaseScope phase(ctx.profiler, Phase::DenseGemm);
-    matmul_backward(ctx, grad_logits, hs.normed, head_weight(), grad_normed, head_grad());
+    linear_gemm_backward(ctx, grad_logits, hs.normed, head_weight(), grad_normed, head_grad(), /*fp8=*/false);
   }
   norm.backward(ctx, hs.norm, grad_normed, grad_h);
 }

@@ -36,12 +36,21 @@ TEST(Runtime, Fp8OnTheCpuIsF32AroundEmulatedFp8LinearGemms) {
     EXPECT_EQ(ctx.fp8.pow2_scales, rt.fp8.pow2_scales);
   }
   EXPECT_EQ(make_runtime("cpu", "fp8").describe(), "cpu fp32, Linear GEMMs in fp8 (exact emulation)");
+  {
+    const Runtime bf16 = make_runtime("cpu", "bf16");
+    EXPECT_EQ(bf16.act, DType::F32);  // the CPU keeps f32 activations; only the GEMM operands are bf16
+    EXPECT_TRUE(bf16.cpu_bf16);
+    EXPECT_EQ(bf16.describe(), "cpu fp32, Linear and head GEMMs on bf16 operands (f32 sums, f32 master weights)");
+    Arena arena(1 << 20, Device::CPU);
+    EXPECT_TRUE(bf16.context(arena, 1, 1).cpu_bf16);  // what the Linear layers and the head read
+    EXPECT_FALSE(make_runtime("cpu", "auto").cpu_bf16);
+    EXPECT_FALSE(make_runtime("cpu", "fp8").cpu_bf16);
+  }
   EXPECT_EQ(make_runtime("cpu", "fp8_pow2").describe(),
             "cpu fp32, Linear GEMMs in fp8 (exact emulation, power-of-two scales)");
 }
 
 TEST(Runtime, WhatCannotRunHereIsAClearError) {
-  testing::expect_error([] { make_runtime("cpu", "bf16"); }, "bf16 runs on CUDA only");
   testing::expect_error([] { make_runtime("tpu", "auto"); }, "device 'tpu' is not one of cpu, cuda");
   testing::expect_error([] { make_runtime("cpu", "fp16"); }, "precision 'fp16' is not one of auto, fp32, bf16, fp8, fp8_pow2");
   if (!cuda_available()) testing::expect_error([] { make_runtime("cuda", "auto"); }, "device cuda: ");
