@@ -2,15 +2,11 @@
 // and the chunked reference GEMM in f64 that specifies it (core/ops/fp8_matmul.h).
 #include "core/ops/fp8_matmul.h"
 
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // as in matmul.cpp: Eigen's packing under GCC 12
-#include <Eigen/Core>
-#pragma GCC diagnostic pop
-
 #include <algorithm>
 #include <optional>
 
 #include "core/gpu_context.h"
+#include "core/ops/cpu_gemm.h"
 #include "core/ops/op_util.h"
 #include "cuda/blas.h"
 
@@ -41,8 +37,6 @@ void fp8_gemm(const fp8_e4m3_t* qa, const float* sa, Fp8Tile tile_a, const fp8_e
 }  // namespace ref
 
 namespace {
-
-using RowMajor = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
 // One operand of an FP8 GEMM: x [R, C] (or x^T) quantised as `how` says.
 struct Quantised {
@@ -80,7 +74,11 @@ Tensor fake_quantise(ScratchScope* scratch, const Tensor& x2d, Fp8Quant how) {
   return y;
 }
 
-Eigen::Map<const RowMajor> view(const Tensor& t) { return {t.data<float>(), t.size(0), t.size(1)}; }
+// CPU: c (+)= a[R, K] b[C, K]^T in f32 (cpu_gemm.h), c holding R x C values; beta 0 or 1.
+void gemm_abt(const Tensor& a, const Tensor& b, const Tensor& c, float beta) {
+  const int64_t r = a.size(0), k = a.size(1), n = b.size(0);
+  ref::gemm<float>(false, true, r, n, k, 1.0f, a.data<float>(), k, b.data<float>(), k, beta, c.data<float>(), n);
+}
 
 // CUDA: c[m, n] (+)= a[m, k] b[n, k] through cuBLASLt's block scaling, else the reference kernel.
 void gemm_fp8(const Exec& ex, const Quantised& a, Fp8Tile tile_a, const Quantised& b, Fp8Tile tile_b, const Tensor& c,
@@ -136,8 +134,7 @@ void fp8_matmul_forward(const Exec& ex, const Tensor& x, const Tensor& w, const 
   std::optional<ScratchScope> scratch;
   if (ex.scratch) scratch.emplace(ex, op);
   ScratchScope* s = scratch ? &*scratch : nullptr;
-  Eigen::Map<RowMajor> Y(y.data<float>(), d.m, d.n);
-  Y.noalias() = view(fake_quantise(s, x2d, act)) * view(fake_quantise(s, w, weight)).transpose();
+  gemm_abt(fake_quantise(s, x2d, act), fake_quantise(s, w, weight), y, 0.0f);
 }
 
 void fp8_matmul_backward(const Exec& ex, const Tensor& grad_y, const Tensor& x, const Tensor& w, const Tensor& grad_x,
@@ -168,12 +165,8 @@ void fp8_matmul_backward(const Exec& ex, const Tensor& grad_y, const Tensor& x, 
   std::optional<ScratchScope> scratch;
   if (ex.scratch) scratch.emplace(ex, op);
   ScratchScope* s = scratch ? &*scratch : nullptr;
-  if (grad_x.defined()) {
-    Eigen::Map<RowMajor> GX(grad_x.data<float>(), d.m, d.k);
-    GX.noalias() = view(fake_quantise(s, gy2d, act)) * view(fake_quantise(s, w, weight_t)).transpose();
-  }
-  Eigen::Map<RowMajor> GW(grad_w.data<float>(), d.n, d.k);
-  GW.noalias() += view(fake_quantise(s, gy2d, act_t)) * view(fake_quantise(s, x2d, act_t)).transpose();
+  if (grad_x.defined()) gemm_abt(fake_quantise(s, gy2d, act), fake_quantise(s, w, weight_t), grad_x, 0.0f);
+  gemm_abt(fake_quantise(s, gy2d, act_t), fake_quantise(s, x2d, act_t), grad_w, 1.0f);
 }
 
 }  // namespace moelab

@@ -15,7 +15,7 @@
 // back on theirs). In real arithmetic this equals the plain GEMM of the dequantised operands
 // (the scales are constant within a chunk), so
 //   CPU: the exact emulation: quantise (bit for bit the CUDA kernels' q and scales), dequantise to
-//        f32, one f32 Eigen GEMM; it differs from the chunked form above only in the rounding of
+//        f32, one f32 GEMM (cpu_gemm.h); it differs from the chunked form above only in the rounding of
 //        f32 sums (ref::fp8_gemm, in f64, is that form for the tests).
 //   CUDA: cuBLASLt's FP8 block scaling (Blas::gemm_fp8: VEC128 scales for the activations,
 //        BLK128x128 for the weights) or, where it has no algorithm, our reference kernel
