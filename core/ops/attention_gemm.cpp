@@ -49,7 +49,8 @@ void masked_scores(const T* Q, int64_t ldq, const T* K, int64_t ldk, int64_t dqk
                    T* S) {
   const int64_t rows = t1 - t0;
   ref::gemm<T>(false, true, rows, t1, dqk, scale, Q + t0 * ldq, ldq, K, ldk, T(0), S, t1);
-  for (int64_t r = 0; r < rows; ++r) std::fill(S + r * t1 + t0 + r + 1, S + (r + 1) * t1, -std::numeric_limits<T>::infinity());
+  for (int64_t r = 0; r < rows; ++r)
+    std::fill(S + r * t1 + t0 + r + 1, S + (r + 1) * t1, -std::numeric_limits<T>::infinity());
 }
 }  // namespace
 

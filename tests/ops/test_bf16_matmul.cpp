@@ -77,7 +77,8 @@ TEST(Bf16Matmul, ForwardAndBackwardAreTheGemmsOfTheRoundedOperands) {
 
 TEST(Bf16Matmul, UndefinedGradXSkipsOnlyThatGemm) {
   const Tensor x = randn({4, 6}, DType::F32, 21), w = randn({3, 6}, DType::F32, 22), gy = randn({4, 3}, DType::F32, 23);
-  Tensor gw_skip = randn({3, 6}, DType::F32, 24), gw_full = gw_skip.to(Device::CPU), gx = Tensor::empty({4, 6}, DType::F32);
+  Tensor gw_skip = randn({3, 6}, DType::F32, 24), gw_full = gw_skip.to(Device::CPU);
+  Tensor gx = Tensor::empty({4, 6}, DType::F32);
   bf16_matmul_backward(Exec{}, gy, x, w, Tensor(), gw_skip);
   bf16_matmul_backward(Exec{}, gy, x, w, gx, gw_full);
   EXPECT_TRUE(testing::close(gw_skip, gw_full, 0, 0));
@@ -87,10 +88,11 @@ TEST(Bf16Matmul, ArgumentErrorsNameTheTensor) {
   const Tensor x = Tensor::zeros({2, 4}, DType::F32), w = Tensor::zeros({3, 4}, DType::F32);
   testing::expect_error([&] { bf16_matmul_forward(Exec{}, x, w, Tensor::zeros({2, 5}, DType::F32)); },
                         "bf16_matmul_forward: y is");
-  testing::expect_error([&] { bf16_matmul_forward(Exec{}, Tensor::zeros({2, 4}, DType::F64), Tensor::zeros({3, 4}, DType::F64),
-                                                  Tensor::zeros({2, 3}, DType::F64)); },
+  const Tensor x64 = Tensor::zeros({2, 4}, DType::F64), w64 = Tensor::zeros({3, 4}, DType::F64);
+  testing::expect_error([&] { bf16_matmul_forward(Exec{}, x64, w64, Tensor::zeros({2, 3}, DType::F64)); },
                         "bf16_matmul_forward: x");
-  testing::expect_error([&] { bf16_matmul_forward(Exec{}, x, Tensor::zeros({3, 5}, DType::F32), Tensor::zeros({2, 3}, DType::F32)); },
+  const Tensor w5 = Tensor::zeros({3, 5}, DType::F32);
+  testing::expect_error([&] { bf16_matmul_forward(Exec{}, x, w5, Tensor::zeros({2, 3}, DType::F32)); },
                         "expected [N, 4]");
 }
 
