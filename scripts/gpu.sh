@@ -17,7 +17,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DEPS="$ROOT/.gpu_deps"
-PKGS=(libeigen3-dev libcli11-dev libgtest-dev nlohmann-json3-dev)
+PKGS=(libeigen3-dev libdnnl-dev libdnnl2 libcli11-dev libgtest-dev nlohmann-json3-dev)
 
 prepare() {
   mkdir -p "$DEPS/debs"
@@ -33,7 +33,8 @@ unpack() {
   for deb in "$DEPS"/debs/*.deb; do dpkg-deb -x "$deb" "$prefix" 2>/dev/null || dpkg -x "$deb" "$prefix"; done
   local gtest_dir; gtest_dir=$(dirname "$(find "$prefix" -name GTestConfig.cmake | head -1)")
   echo "-DEigen3_DIR=$prefix/usr/share/eigen3/cmake -DCLI11_DIR=$prefix/usr/share/cmake/CLI11" \
-       "-Dnlohmann_json_DIR=$prefix/usr/share/cmake/nlohmann_json -DGTest_DIR=$gtest_dir"
+       "-Dnlohmann_json_DIR=$prefix/usr/share/cmake/nlohmann_json -DGTest_DIR=$gtest_dir" \
+       "-Ddnnl_DIR=$prefix/usr/lib/x86_64-linux-gnu/cmake/dnnl"
 }
 
 BUILD="$ROOT/build-gpu"

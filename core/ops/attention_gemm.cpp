@@ -11,7 +11,6 @@
 // depend on the thread count. The GEMMs run single-threaded inside the OpenMP region.
 #include <algorithm>
 #include <cmath>
-#include <limits>
 
 // GCC 12 + AVX-512: a false -Wmaybe-uninitialized inside Eigen's GEMM packing (see matmul.cpp).
 #pragma GCC diagnostic push
@@ -43,14 +42,12 @@ T* head(T* base, int64_t b, int64_t h, int64_t T_, int64_t heads, int64_t dim) {
   return base + (b * T_ * heads + h) * dim;
 }
 
-// S[rows, t1] (query rows t0..t1-1, keys 0..t1-1) = scale * Q K^T, the causal mask applied as -inf.
+// S[rows, t1] (query rows t0..t1-1, keys 0..t1-1) = scale * Q K^T. Row r's keys past t0 + r are
+// masked: the row loops below read only the first t0 + r + 1 entries of each row and write zeros
+// after them (P and dS are 0 there), so no exp is spent on the masked part.
 template <typename T>
-void masked_scores(const T* Q, int64_t ldq, const T* K, int64_t ldk, int64_t dqk, T scale, int64_t t0, int64_t t1,
-                   T* S) {
-  const int64_t rows = t1 - t0;
-  ref::gemm<T>(false, true, rows, t1, dqk, scale, Q + t0 * ldq, ldq, K, ldk, T(0), S, t1);
-  for (int64_t r = 0; r < rows; ++r)
-    std::fill(S + r * t1 + t0 + r + 1, S + (r + 1) * t1, -std::numeric_limits<T>::infinity());
+void scores(const T* Q, int64_t ldq, const T* K, int64_t ldk, int64_t dqk, T scale, int64_t t0, int64_t t1, T* S) {
+  ref::gemm<T>(false, true, t1 - t0, t1, dqk, scale, Q + t0 * ldq, ldq, K, ldk, T(0), S, t1);
 }
 }  // namespace
 
@@ -71,14 +68,17 @@ void attention_forward(const T* q, const T* k, const T* v, T scale, T* out, T* l
         T* L = lse + (b * s.H + h) * s.T;
         for (int64_t t0 = 0; t0 < s.T; t0 += kBlock) {
           const int64_t t1 = std::min(s.T, t0 + kBlock), rows = t1 - t0;
-          masked_scores(Q, ldq, K, ldk, s.Dqk, scale, t0, t1, S_buf.data());
+          scores(Q, ldq, K, ldk, s.Dqk, scale, t0, t1, S_buf.data());
           Rows<T> S(S_buf.data(), rows, t1);
           for (int64_t r = 0; r < rows; ++r) {
-            const T m = S.row(r).maxCoeff();  // subtracting the row max keeps exp() <= 1
-            S.row(r) = (S.row(r) - m).exp();
-            const T sum = S.row(r).sum();
+            const int64_t n = t0 + r + 1;  // the keys row r sees
+            auto p = S.row(r).head(n);
+            const T m = p.maxCoeff();  // subtracting the row max keeps exp() <= 1
+            p = (p - m).exp();
+            const T sum = p.sum();
             L[t0 + r] = m + std::log(sum);
-            S.row(r) /= sum;
+            p /= sum;
+            S.row(r).tail(t1 - n).setZero();
           }
           ref::gemm<T>(false, false, rows, s.Dv, t1, T(1), S_buf.data(), t1, V, ldv, T(0), O + t0 * ldo, ldo);  // P V
         }
@@ -114,16 +114,19 @@ void attention_backward(const T* grad_out, const T* q, const T* k, const T* v, c
           const T* L = lse + (b * s.H + h) * s.T;
           for (int64_t t0 = 0; t0 < s.T; t0 += kBlock) {
             const int64_t t1 = std::min(s.T, t0 + kBlock), rows = t1 - t0;
-            masked_scores(Q, ldq, K, ldk, s.Dqk, scale, t0, t1, S_buf.data());
+            scores(Q, ldq, K, ldk, s.Dqk, scale, t0, t1, S_buf.data());
             Rows<T> P(S_buf.data(), rows, t1), dS(dP_buf.data(), rows, t1);
-            for (int64_t r = 0; r < rows; ++r) P.row(r) = (P.row(r) - L[t0 + r]).exp();
             ref::gemm<T>(false, true, rows, t1, s.Dv, T(1), dO + t0 * ldo, ldo, V, ldv, T(0), dP_buf.data(), t1);  // dP
             for (int64_t r = 0; r < rows; ++r) {
+              const int64_t n = t0 + r + 1;  // the keys row r sees
               const T* o = O + (t0 + r) * ldo;
               const T* d_o = dO + (t0 + r) * ldo;
               T D = 0;
               for (int64_t c = 0; c < s.Dv; ++c) D += d_o[c] * o[c];
-              dS.row(r) = P.row(r) * (dS.row(r) - D);
+              P.row(r).head(n) = (P.row(r).head(n) - L[t0 + r]).exp();
+              dS.row(r).head(n) = P.row(r).head(n) * (dS.row(r).head(n) - D);
+              P.row(r).tail(t1 - n).setZero();
+              dS.row(r).tail(t1 - n).setZero();
             }
             ref::gemm<T>(false, false, rows, s.Dqk, t1, scale, dP_buf.data(), t1, K, ldk, T(0), dQ + t0 * ldq, ldq);
             ref::gemm<T>(true, false, t1, s.Dqk, rows, scale, dP_buf.data(), t1, Q + t0 * ldq, ldq, T(1), dK, ldk);
