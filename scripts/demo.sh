@@ -5,7 +5,7 @@
 #   2. prepare tinyshakespeare at the character level (../shared/data when present, else the
 #      standard file from the char-rnn repository)
 #   3. train examples/shakespeare_moe.toml (MLA + 16 fine-grained experts + 1 shared, aux-loss-free
-#      balancing, MTP), evaluating on the held-out last 10% as it goes (~10 minutes on 2 cores)
+#      balancing, MTP), evaluating on the held-out last 10% as it goes (~8 minutes on 2 cores)
 #   4. print a sample from the trained model, the time taken and the final losses
 #   5. write the plots (runs/shakespeare_moe/loss.png, expert_load.png)
 # Extra arguments go to `moelab train`, e.g. scripts/demo.sh --set train.steps=500
