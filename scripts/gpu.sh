@@ -17,7 +17,10 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DEPS="$ROOT/.gpu_deps"
-PKGS=(libeigen3-dev libdnnl-dev libdnnl2 libcli11-dev libgtest-dev nlohmann-json3-dev)
+# oneDNN's CMake package asks for OpenCL (Debian builds it with an OpenCL GPU runtime): the ICD loader
+# and its headers come along.
+PKGS=(libeigen3-dev libdnnl-dev libdnnl2 ocl-icd-opencl-dev ocl-icd-libopencl1 opencl-c-headers libcli11-dev
+      libgtest-dev nlohmann-json3-dev)
 
 prepare() {
   mkdir -p "$DEPS/debs"
@@ -34,7 +37,8 @@ unpack() {
   local gtest_dir; gtest_dir=$(dirname "$(find "$prefix" -name GTestConfig.cmake | head -1)")
   echo "-DEigen3_DIR=$prefix/usr/share/eigen3/cmake -DCLI11_DIR=$prefix/usr/share/cmake/CLI11" \
        "-Dnlohmann_json_DIR=$prefix/usr/share/cmake/nlohmann_json -DGTest_DIR=$gtest_dir" \
-       "-Ddnnl_DIR=$prefix/usr/lib/x86_64-linux-gnu/cmake/dnnl"
+       "-Ddnnl_DIR=$prefix/usr/lib/x86_64-linux-gnu/cmake/dnnl -DOpenCL_INCLUDE_DIR=$prefix/usr/include" \
+       "-DOpenCL_LIBRARY=$prefix/usr/lib/x86_64-linux-gnu/libOpenCL.so"
 }
 
 BUILD="$ROOT/build-gpu"
