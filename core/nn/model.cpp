@@ -3,11 +3,10 @@
 #include <cmath>
 #include <tuple>
 
+#include "core/nn/linear.h"
 #include "core/ops/columns.h"
 #include "core/ops/cross_entropy.h"
 #include "core/ops/elementwise.h"
-#include "core/nn/linear.h"
-#include "core/ops/matmul.h"
 
 namespace moelab {
 
