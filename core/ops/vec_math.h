@@ -21,7 +21,10 @@ namespace moelab::ref {
 inline float exp_approx(float x) {
   constexpr float kLog2e = 1.44269504088896341f, kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
   constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer (ties to even)
-  const float x_lo = x < -87.33f ? -87.33f : x;  // (std::fmin/fmax's NaN rules keep them scalar)
+  // NaN fails the comparison and becomes -87.33 too, so the integer conversion below only ever sees
+  // finite values (the result for NaN is chosen at the end). std::fmin/fmax's NaN rules would keep
+  // the loop scalar.
+  const float x_lo = x >= -87.33f ? x : -87.33f;
   const float xc = x_lo > 88.7228f ? 88.7228f : x_lo;
   const float n = (xc * kLog2e + kRound) - kRound;
   const float r = (xc - n * kLn2Hi) - n * kLn2Lo;
@@ -34,7 +37,7 @@ inline float exp_approx(float x) {
   const float er = p * (r * r) + r + 1.0f;
   // 2^n with n in [-126, 128]: 2^128 is no float, so n = 128 multiplies by 2^127, then by 2.
   const float n_hi = n > 127.0f ? 127.0f : n;
-  const float scale = __builtin_bit_cast(float, (static_cast<int32_t>(n_hi) + 127) << 23);
+  const float scale = __builtin_bit_cast(float, static_cast<uint32_t>(static_cast<int32_t>(n_hi) + 127) << 23);
   const float y = er * scale * (1.0f + (n - n_hi));
   const float lo = x < -87.33f ? 0.0f : y;
   const float out = x > 88.7228f ? INFINITY : lo;  // e^88.7228 is FLT_MAX
