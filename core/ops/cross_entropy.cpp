@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "core/ops/op_util.h"
+#include "core/ops/vec_math.h"
 #include "cuda/cross_entropy.h"
 
 namespace moelab {
@@ -23,8 +24,7 @@ double cross_entropy_forward(const T* logits, const int32_t* targets, int ignore
   for (int64_t r = 0; r < rows; ++r) {
     const T* x = logits + r * vocab;
     const T max = *std::max_element(x, x + vocab);
-    T sum = 0;
-    for (int64_t v = 0; v < vocab; ++v) sum += std::exp(x[v] - max);
+    const T sum = lane_sum<T>(vocab, [&](int64_t v) { return exp_approx(x[v] - max); });
     const T log_sum = std::log(sum);
     lse[r] = max + log_sum;
     // (max - x_t) + log_sum rather than lse - x_t: with large logits lse is a large number whose
@@ -55,7 +55,8 @@ void cross_entropy_backward(const T* logits, const int32_t* targets, const T* ls
       std::fill_n(g, vocab, T(0));
       continue;
     }
-    for (int64_t v = 0; v < vocab; ++v) g[v] = scale * std::exp(x[v] - lse[r]);
+    const T row_lse = lse[r];
+    for (int64_t v = 0; v < vocab; ++v) g[v] = scale * exp_approx(x[v] - row_lse);
     g[targets[r]] -= scale;
   }
 }

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "core/ops/op_util.h"
+#include "core/ops/vec_math.h"
 #include "cuda/grad_norm.h"
 #include "cuda/runtime.h"
 
@@ -22,9 +23,9 @@ double grad_sum_squares(const T* x, int64_t n) {
   std::vector<double> partial(chunks);
 #pragma omp parallel for schedule(static)
   for (int64_t c = 0; c < chunks; ++c) {
-    double acc = 0;
-    for (int64_t i = c * kChunk; i < std::min(n, (c + 1) * kChunk); ++i) acc += static_cast<double>(x[i]) * x[i];
-    partial[c] = acc;
+    const T* xc = x + c * kChunk;
+    partial[c] = lane_sum<double>(std::min(n - c * kChunk, kChunk),
+                                  [&](int64_t i) { return static_cast<double>(xc[i]) * xc[i]; });
   }
   double total = 0;
   for (double p : partial) total += p;

@@ -6,6 +6,7 @@
 #include <tuple>
 
 #include "core/ops/op_util.h"
+#include "core/ops/vec_math.h"
 #include "cuda/rmsnorm.h"
 
 namespace moelab {
@@ -18,8 +19,7 @@ void rmsnorm_forward(const T* x, const T* weight, T eps, T* y, T* rstd, int64_t 
   for (int64_t r = 0; r < rows; ++r) {
     const T* xr = x + r * dim;
     T* yr = y + r * dim;
-    T sum_sq = 0;
-    for (int64_t d = 0; d < dim; ++d) sum_sq += xr[d] * xr[d];
+    const T sum_sq = lane_sum<T>(dim, [&](int64_t d) { return xr[d] * xr[d]; });
     const T s = T(1) / std::sqrt(sum_sq / static_cast<T>(dim) + eps);
     rstd[r] = s;
     for (int64_t d = 0; d < dim; ++d) yr[d] = xr[d] * s * weight[d];
@@ -35,8 +35,7 @@ void rmsnorm_backward(const T* grad_y, const T* x, const T* weight, const T* rst
   for (int64_t r = 0; r < rows; ++r) {
     const T* gy = grad_y + r * dim;
     const T* xr = x + r * dim;
-    T dot = 0;  // sum_d g * xhat
-    for (int64_t d = 0; d < dim; ++d) dot += gy[d] * weight[d] * xr[d] * rstd[r];
+    const T dot = rstd[r] * lane_sum<T>(dim, [&](int64_t d) { return gy[d] * weight[d] * xr[d]; });  // sum_d g * xhat
     const T mean_dot = dot / static_cast<T>(dim);
     for (int64_t d = 0; d < dim; ++d)
       grad_x[r * dim + d] = rstd[r] * (gy[d] * weight[d] - xr[d] * rstd[r] * mean_dot);

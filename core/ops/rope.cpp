@@ -16,11 +16,14 @@ void rope_rotate(const T* in, T* out, const RopeShape& s, double theta, int64_t 
   const int64_t pairs = s.rope_dim / 2;
   // cos/sin table [T, R/2], built in double: pos * theta^(-2i/R) in float is off by ~1e-7
   // relative, ~1e-3 rad at position 10^4; in double the cast of cos/sin is the only rounding.
+  std::vector<double> inv_freq(pairs);
+  for (int64_t i = 0; i < pairs; ++i)
+    inv_freq[i] = std::pow(theta, -2.0 * static_cast<double>(i) / static_cast<double>(s.rope_dim));
   std::vector<T> cos_t(s.T * pairs), sin_t(s.T * pairs);
   for (int64_t t = 0; t < s.T; ++t) {
     const double pos = static_cast<double>(pos_offset + t);
     for (int64_t i = 0; i < pairs; ++i) {
-      const double angle = pos * std::pow(theta, -2.0 * static_cast<double>(i) / static_cast<double>(s.rope_dim));
+      const double angle = pos * inv_freq[i];
       cos_t[t * pairs + i] = static_cast<T>(std::cos(angle));
       sin_t[t * pairs + i] = static_cast<T>(inverse ? -std::sin(angle) : std::sin(angle));
     }

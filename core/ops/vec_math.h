@@ -11,6 +11,10 @@
 //   f64: std::exp (the gradient checks keep libm's double).
 //   sigmoid_approx(a) = 1 / (1 + e^-a) from e = e^-|a| <= 1, so nothing overflows: 1 / (1 + e) for
 //     a >= 0, e / (1 + e) below; a < -87.33 gives 0.
+//   lane_sum(n, term) = sum of term(i) for i < n in kSumLanes interleaved partial sums (lane l takes
+//     i = l mod kSumLanes), added up pairwise at the end: each lane is its own chain, so the loop
+//     vectorises without -ffast-math (a single running sum is one serial chain of adds, 4 cycles
+//     each), and the order is fixed by n alone, not by alignment or threads.
 #pragma once
 
 #include <cmath>
@@ -51,6 +55,20 @@ inline T sigmoid_approx(T a) {
   const T e = exp_approx(-std::fabs(a));
   const T s = T(1) / (T(1) + e);
   return a >= T(0) ? s : e * s;
+}
+
+constexpr int kSumLanes = 16;  // two AVX2 / one AVX-512 register of floats, and room for latency
+
+template <typename T, typename Term>
+inline T lane_sum(int64_t n, Term term) {
+  T acc[kSumLanes] = {};
+  int64_t i = 0;
+  for (; i + kSumLanes <= n; i += kSumLanes)
+    for (int l = 0; l < kSumLanes; ++l) acc[l] += term(i + l);
+  for (int l = 0; i + l < n; ++l) acc[l] += term(i + l);
+  for (int width = kSumLanes / 2; width > 0; width /= 2)
+    for (int l = 0; l < width; ++l) acc[l] += acc[l + width];
+  return acc[0];
 }
 
 }  // namespace moelab::ref
