@@ -1,6 +1,7 @@
 // SwiGLU: finite-difference gradient checks in double for both inputs, the overwrite contract,
 // known values (large |gate| included), f32 vs f64 agreement, and argument errors; the vectorised
-// exp and sigmoid (core/ops/vec_math.h) against libm, and f32 SwiGLU across thread counts.
+// exp and sigmoid (core/ops/vec_math.h) against libm, its lane_sum against its stated order, and
+// f32 SwiGLU across thread counts.
 #include <gtest/gtest.h>
 
 #include <omp.h>
@@ -134,6 +135,28 @@ TEST(VecMath, SigmoidApproxMatchesTheStableReference) {
   EXPECT_EQ(ref::sigmoid_approx(0.0f), 0.5f);
   EXPECT_EQ(ref::sigmoid_approx(1000.0f), 1.0f);
   EXPECT_EQ(ref::sigmoid_approx(-1000.0f), 0.0f);
+}
+
+TEST(VecMath, LaneSumIsItsStatedOrderAndCloseToTheExactSum) {
+  // The order lane_sum promises, written out by hand: lane l adds terms l, l + 16, l + 32, ... in
+  // turn, then lanes l and l + w are added for w = 8, 4, 2, 1. The result must be those bits, for
+  // lengths below, at and around multiples of the lane count, and within float rounding of the
+  // sum in double.
+  // Terms of both signs, stored: a product in the term could be fused into the adds (FMA)
+  // differently in the two loops.
+  std::vector<float> x(200);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(std::sin(0.37 * static_cast<double>(i)) * 3.0 + 0.1);
+  for (int64_t n : {0, 1, 5, 15, 16, 17, 31, 32, 33, 100, 200}) {
+    float lanes[16] = {};
+    for (int64_t i = 0; i < n; ++i) lanes[i % 16] += x[i];
+    for (int w = 8; w > 0; w /= 2)
+      for (int l = 0; l < w; ++l) lanes[l] += lanes[l + w];
+    double exact = 0, magnitude = 0;
+    for (int64_t i = 0; i < n; ++i) exact += x[i], magnitude += std::abs(x[i]);
+    const float got = ref::lane_sum<float>(n, [&](int64_t i) { return x[i]; });
+    EXPECT_EQ(got, lanes[0]) << "n = " << n;
+    EXPECT_NEAR(got, exact, 1e-6 * magnitude + 1e-30) << "n = " << n;
+  }
 }
 
 TEST(VecMath, SwigluF32DoesNotDependOnTheThreadCount) {
