@@ -1,8 +1,8 @@
-// exp and sigmoid written so that a loop over them vectorises: straight-line arithmetic, no
-// branches, no libm call, the same operations for every element (its selects need the file to be
-// compiled with -fno-trapping-math: core/CMakeLists.txt). The compiler then runs the
-// same code in its vector body and its scalar remainder, so an element's result does not depend
-// on where a thread's chunk starts (results stay independent of the thread count).
+// exp, sigmoid and sums written so that a loop over them vectorises. exp and sigmoid: straight-line
+// arithmetic, no branches, no libm call, the same operations for every element (their selects need
+// the file to be compiled with -fno-trapping-math: core/CMakeLists.txt). The compiler then runs
+// the same code in its vector body and its scalar remainder, so an element's result does not
+// depend on where a thread's chunk starts (results stay independent of the thread count).
 //   exp_approx(x), f32: Cephes' expf. x = n ln2 + r with n = round(x / ln2) and |r| <= ln2 / 2 (ln2
 //     in two parts, so r is exact), e^r by a degree-7 polynomial, times 2^n put into the exponent
 //     bits. Relative error under 2e-7 (about 2 ulp) over the finite range, checked against libm
