@@ -21,7 +21,10 @@ process after the other, in this order:
 Every process gets OMP_NUM_THREADS=t. Interleaving the runners round by round spreads the
 machine's drift over all of them. Prints per (config, threads) the min / median / max tokens/s of
 each runner over the rounds and moelab's median over the runner's, then a summary of moelab
-against the best peer (the faster median of eager and compile); --out also writes it as Markdown.
+against the best peer (the faster median of eager and compile) and the round-by-round ratio
+(moelab's run against the faster peer run of the same round: runs close in time share the
+machine's state, so its median drifts less than the ratio of medians on a noisy machine); --out
+also writes it as Markdown.
 A runner that fails (exit status, no tokens/s line) is reported with its stderr's tail and marked
 failed; the others go on. Standard library only: any python3 runs it. Exit status 1 if any run
 failed or a runner could not run, else 0.
@@ -237,9 +240,9 @@ def main() -> int:
     say("bench_peers: moelab against its PyTorch peers, interleaved")
     for h in header:
         say("  " + h)
-    if args.peer_dtype == "bfloat16":
-        say("  note: the peers run bf16 autocast; moelab's bf16 mode is CUDA-only (its CPU trains "
-            "in fp32, or fp8 emulated), so this sets moelab fp32 against peers in bf16")
+    if args.peer_dtype == "bfloat16" and "bf16" not in " ".join(moelab_extra):
+        say("  note: the peers run bf16 autocast but moelab its default precision (fp32 on the "
+            "CPU); --moelab-args='--precision bf16' runs moelab's bf16 mode")
     unavailable = [r for r in runners if r.available]
     for r in unavailable:
         say(f"  {r.name}: NOT RUN: {r.available}")
@@ -316,10 +319,20 @@ def main() -> int:
             m = median_of("moelab")
             peers = [(median_of(n), n) for n in ("peer eager", "peer compile") if median_of(n)]
             best, which = max(peers) if peers else (None, "-")
+            # round i: moelab's run i over the faster peer run i (failed runs leave their round out)
+            runs = {n: results.get((c, t, n), []) for n in ("moelab", "peer eager", "peer compile")}
+            paired = []
+            for i, mine in enumerate(runs["moelab"]):
+                theirs = [rs[i]["tps"] for n, rs in runs.items()
+                          if n != "moelab" and i < len(rs) and rs[i]["ok"]]
+                if mine["ok"] and theirs:
+                    paired.append(mine["tps"] / max(theirs))
+            lo, mid, hi = stats(paired)
             rows.append([rel(c), str(t), fmt(m), which, fmt(best),
-                         f"{m / best:.2f}" if m and best else "-"])
+                         f"{m / best:.2f}" if m and best else "-",
+                         f"{mid:.2f} ({lo:.2f}-{hi:.2f})" if paired else "-"])
     text, md = table(["config", "threads", "moelab median tok/s", "best peer", "peer median",
-                      "moelab/peer"], rows, right={1, 2, 4, 5})
+                      "moelab/peer", "per round: median (min-max)"], rows, right={1, 2, 4, 5, 6})
     say("summary: moelab's median against the best current peer (eager or compile)")
     for line in text:
         say("  " + line)
