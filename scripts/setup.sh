@@ -6,8 +6,10 @@
 set -euo pipefail
 
 MOELAB_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-MOELAB_DEBS=(cmake make g++ libeigen3-dev libdnnl-dev libcli11-dev libgtest-dev libopenmpi-dev openmpi-bin
-             nlohmann-json3-dev python3 python3-numpy)
+# oneDNN's CMake package looks for OpenCL (Debian builds oneDNN with an OpenCL GPU runtime), and the
+# packages that CMake needs for that are only recommended by libdnnl-dev, which apt here skips.
+MOELAB_DEBS=(cmake make g++ libeigen3-dev libdnnl-dev ocl-icd-opencl-dev opencl-c-headers libcli11-dev
+             libgtest-dev libopenmpi-dev openmpi-bin nlohmann-json3-dev python3 python3-numpy)
 
 # moelab_install_debs [extra packages...]: the build's packages plus the caller's extras.
 moelab_install_debs() {
