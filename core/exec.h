@@ -9,15 +9,18 @@
 //            the arena's measured peak includes it. Reuse across ops is safe because the work of
 //            one op is queued on `stream` before the next op's: the stream orders them.
 //
-// Where the host still waits for the device during a training step (each is counted by
-// core/device.h's host_syncs, which `moelab bench --device cuda` prints per step):
+// Where the host waits for the device during a training step (each is counted by core/device.h's
+// host_syncs, which `moelab bench --device cuda` prints per step):
 //   - the expert row counts of every MoE layer (moe_dispatch_layout; moe_capacity_drop's count):
-//     the grouped expert GEMMs are sized from them on the host;
-//   - the values returned to the host: each loss head's cross-entropy sum and target check, the
-//     balance losses, the loads of moe_count_tokens, the gradient norm;
-//   - the one upload of the step's loads for the aux-loss-free bias update.
-// The values could stay on the device until the log step (a device accumulator per statistic and
-// one copy when logging); the row counts cannot without padded expert GEMMs.
+//     the grouped expert GEMMs are sized from them on the host, which only padded expert GEMMs
+//     (a fixed number of rows per expert) would avoid;
+//   - the step's verdict (train/step.h): the total loss and the first bad target, one 32-byte copy,
+//     and the gradient norm: the host decides whether to apply the update and how to clip;
+//   - with data parallelism and the batch-level balance loss (aux_loss_alpha > 0), each MoE layer's
+//     loads, summed over the processes on the host before its loss.
+// Everything else a step measures (each head's cross-entropy, the balance losses, the loads, the
+// bias update's input) stays on the device in the step's statistics (core/ops/step_stats.h) until
+// the log step reads them.
 #pragma once
 
 #include "core/arena.h"

@@ -2,14 +2,14 @@
 // the columns it visits (column tid, tid + blockDim, ... : V in chunks of the block size), then the
 // block takes the max of the maxima and the sum of the rescaled sums (block_max / block_sum: fixed
 // order). The loss sum and the valid count come from one block that walks the rows in a fixed
-// pattern and reduces in a fixed tree, in double. Backward: elementwise from the saved lse.
+// pattern and reduces in a fixed tree, in double, into the device statistics. Backward:
+// elementwise from the saved lse and the statistics' n_valid. Nothing is copied to the host.
 #include <cuda_bf16.h>
 
 #include <string>
 #include <type_traits>
 
 #include "cuda/check.h"
-#include "cuda/runtime.h"
 #include "cuda/cross_entropy.h"
 #include "cuda/device_util.cuh"
 
@@ -21,8 +21,6 @@ constexpr int kRowThreads = 256;   // threads per row in the forward
 constexpr int kScanThreads = 1024; // the single block of the scan (a power of two: the tree below)
 constexpr int kGradThreads = 256;  // backward: threads per block
 constexpr int kGradCols = 4096;    // backward: columns per block (each thread 16)
-
-static_assert(sizeof(CrossEntropyStatus) <= kCrossEntropyWorkspaceBytes, "workspace too small");
 
 template <typename T>
 __global__ void ce_forward_kernel(const T* logits, const int32_t* targets, float* losses, float* lse, int64_t vocab,
@@ -59,7 +57,7 @@ __global__ void ce_forward_kernel(const T* logits, const int32_t* targets, float
 
 // One block: thread i visits rows i, i + kScanThreads, ... ; then a fixed tree over the threads.
 __global__ void ce_scan_kernel(const int32_t* targets, const float* losses, int64_t rows, int64_t vocab,
-                               int ignore_index, CrossEntropyStatus* out) {
+                               int ignore_index, double* stats) {
   __shared__ double sum_s[kScanThreads];
   __shared__ long long count_s[kScanThreads];
   __shared__ long long bad_s[kScanThreads];
@@ -89,18 +87,18 @@ __global__ void ce_scan_kernel(const int32_t* targets, const float* losses, int6
     }
     __syncthreads();
   }
-  if (threadIdx.x == 0) {
-    out->loss_sum = sum_s[0];
-    out->n_valid = count_s[0];
-    out->bad_row = bad_s[0] == kNone ? -1 : bad_s[0];
-    out->bad_target = bad_s[0] == kNone ? 0 : targets[bad_s[0]];
+  if (threadIdx.x == 0) {  // the layout of core/ops/cross_entropy.h's stats
+    stats[0] = sum_s[0];
+    stats[1] = static_cast<double>(count_s[0]);
+    stats[2] = bad_s[0] == kNone ? -1.0 : static_cast<double>(bad_s[0]);
+    stats[3] = bad_s[0] == kNone ? 0.0 : static_cast<double>(targets[bad_s[0]]);
   }
 }
 
 // Block (x: row, y: column chunk of kGradCols); thread d writes columns chunk + d, + kGradThreads, ...
 template <typename T>
-__global__ void ce_backward_kernel(const T* logits, const int32_t* targets, const float* lse, T* grad_logits,
-                                   int64_t vocab, int ignore_index, float scale) {
+__global__ void ce_backward_kernel(const T* logits, const int32_t* targets, const float* lse, const double* stats,
+                                   T* grad_logits, int64_t vocab, int ignore_index, double grad_loss) {
   const int64_t row = blockIdx.x;
   const int64_t begin = static_cast<int64_t>(blockIdx.y) * kGradCols;
   const int64_t end = begin + kGradCols < vocab ? begin + kGradCols : vocab;
@@ -111,6 +109,9 @@ __global__ void ce_backward_kernel(const T* logits, const int32_t* targets, cons
     for (int64_t d = begin + threadIdx.x; d < end; d += kGradThreads) store(g, d, 0.0f);
     return;
   }
+  // The CPU reference's scale: grad_loss / n_valid in double, then rounded to f32.
+  const double n_valid = stats[1];
+  const float scale = n_valid > 0.0 ? static_cast<float>(grad_loss / n_valid) : 0.0f;
   const float l = lse[row];
   for (int64_t d = begin + threadIdx.x; d < end; d += kGradThreads) {
     float v = scale * expf(load(x, d) - l);
@@ -119,21 +120,9 @@ __global__ void ce_backward_kernel(const T* logits, const int32_t* targets, cons
   }
 }
 
-CrossEntropyStatus scan(const int32_t* targets, const float* losses, int64_t rows, int64_t vocab, int ignore_index,
-                        void* workspace, cudaStream_t stream) {
-  auto* dev = static_cast<CrossEntropyStatus*>(workspace);
-  ce_scan_kernel<<<1, kScanThreads, 0, stream>>>(targets, losses, rows, vocab, ignore_index, dev);
-  CUDA_CHECK_LAUNCH();
-  CrossEntropyStatus host{};
-  CUDA_CHECK(cudaMemcpyAsync(&host, dev, sizeof(host), cudaMemcpyDeviceToHost, stream));
-  count_host_sync();
-  CUDA_CHECK(cudaStreamSynchronize(stream));
-  return host;
-}
-
 }  // namespace
 
-CrossEntropyStatus cross_entropy_forward(const CrossEntropyForwardParams& p) {
+void cross_entropy_forward(const CrossEntropyForwardParams& p) {
   if (p.rows > 0) {
     with_act_type(p.bf16, [&](auto* tag) {
       using T = std::remove_pointer_t<decltype(tag)>;
@@ -142,11 +131,8 @@ CrossEntropyStatus cross_entropy_forward(const CrossEntropyForwardParams& p) {
     });
     CUDA_CHECK_LAUNCH();
   }
-  return scan(p.targets, p.losses, p.rows, p.vocab, p.ignore_index, p.workspace, p.stream);
-}
-
-CrossEntropyStatus cross_entropy_scan_targets(const CrossEntropyScanParams& p) {
-  return scan(p.targets, nullptr, p.rows, p.vocab, p.ignore_index, p.workspace, p.stream);
+  ce_scan_kernel<<<1, kScanThreads, 0, p.stream>>>(p.targets, p.losses, p.rows, p.vocab, p.ignore_index, p.stats);
+  CUDA_CHECK_LAUNCH();
 }
 
 void cross_entropy_backward(const CrossEntropyBackwardParams& p) {
@@ -158,8 +144,8 @@ void cross_entropy_backward(const CrossEntropyBackwardParams& p) {
   with_act_type(p.bf16, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     ce_backward_kernel<<<grid, kGradThreads, 0, p.stream>>>(static_cast<const T*>(p.logits), p.targets, p.lse,
-                                                            static_cast<T*>(p.grad_logits), p.vocab, p.ignore_index,
-                                                            p.scale);
+                                                            p.stats, static_cast<T*>(p.grad_logits), p.vocab,
+                                                            p.ignore_index, p.grad_loss);
   });
   CUDA_CHECK_LAUNCH();
 }

@@ -5,9 +5,9 @@
 // row (backward). z-loss: one warp per row (max, sum of exp, lse). The forwards sum the per-row
 // values in f64 in one block, in a fixed order, and copy the total to the host: deterministic.
 #include <cuda_runtime.h>
+#include <math_constants.h>
 
 #include "cuda/check.h"
-#include "cuda/runtime.h"
 #include "cuda/device_util.cuh"
 #include "cuda/moe_balance.h"
 
@@ -106,9 +106,11 @@ __device__ __forceinline__ double warp_sum_f64(double v) {
   return v;
 }
 
-// result[0] = sum of values[0..n) in f64, result[1] = sum of counts[0..m) (counts may be null).
-// One block; thread i takes i, i + blockDim, ... in order, then a fixed tree: deterministic.
-__global__ void sum_kernel(const float* values, int64_t n, const int32_t* counts, int64_t m, double* result) {
+// loss[0] = scale * (sum of values[0..n) in f64) / denominator, or NaN when counts[0..m) (the
+// out-of-range indices; may be null) sum to more than 0. One block; thread i takes i, i + blockDim,
+// ... in order, then a fixed tree: deterministic. scale * sum / denominator is the CPU's expression.
+__global__ void sum_kernel(const float* values, int64_t n, const int32_t* counts, int64_t m, double scale,
+                           double denominator, double* loss) {
   __shared__ double partial[2][kWarp];
   double acc = 0.0, cnt = 0.0;
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x) acc += static_cast<double>(values[i]);
@@ -127,10 +129,7 @@ __global__ void sum_kernel(const float* values, int64_t n, const int32_t* counts
     cnt = lane < warps ? partial[1][lane] : 0.0;
     acc = warp_sum_f64(acc);
     cnt = warp_sum_f64(cnt);
-    if (lane == 0) {
-      result[0] = acc;
-      result[1] = cnt;
-    }
+    if (lane == 0) loss[0] = cnt > 0.0 ? CUDART_NAN : scale * acc / denominator;
   }
 }
 
@@ -150,24 +149,20 @@ void aux_histogram(const MoeAuxLossParams& p) {
   CUDA_CHECK_LAUNCH();
 }
 
-void copy_result(const double* result, double* host, cudaStream_t stream) {
-  CUDA_CHECK(cudaMemcpyAsync(host, result, 2 * sizeof(double), cudaMemcpyDeviceToHost, stream));
-  count_host_sync();
-  CUDA_CHECK(cudaStreamSynchronize(stream));
-}
-
 }  // namespace
 
-void moe_aux_loss_forward(const MoeAuxLossParams& p, double* host_result) {
-  host_result[0] = host_result[1] = 0.0;
-  if (p.rows == 0) return;
+void moe_aux_loss_forward(const MoeAuxLossParams& p) {
+  if (p.rows == 0) {
+    CUDA_CHECK(cudaMemsetAsync(p.loss, 0, sizeof(double), p.stream));
+    return;
+  }
   aux_histogram(p);
   aux_rows_forward_kernel<<<row_blocks(p.rows), dim3(kWarp, kRowsPerBlock), 0, p.stream>>>(
       p.scores, p.f, p.invalid, p.rows, p.E, p.seq_len, p.row_values);
   CUDA_CHECK_LAUNCH();
-  sum_kernel<<<1, kReduceThreads, 0, p.stream>>>(p.row_values, p.rows, p.invalid, p.rows / p.seq_len, p.result);
+  sum_kernel<<<1, kReduceThreads, 0, p.stream>>>(p.row_values, p.rows, p.invalid, p.rows / p.seq_len, p.alpha,
+                                                 p.loss_denominator, p.loss);
   CUDA_CHECK_LAUNCH();
-  copy_result(p.result, host_result, p.stream);
 }
 
 void moe_aux_loss_backward(const MoeAuxLossParams& p) {
@@ -179,17 +174,17 @@ void moe_aux_loss_backward(const MoeAuxLossParams& p) {
   CUDA_CHECK_LAUNCH();
 }
 
-void moe_z_loss_forward(const MoeZLossParams& p, double* host_sum) {
-  *host_sum = 0.0;
-  if (p.rows == 0) return;
+void moe_z_loss_forward(const MoeZLossParams& p) {
+  if (p.rows == 0) {
+    CUDA_CHECK(cudaMemsetAsync(p.loss, 0, sizeof(double), p.stream));
+    return;
+  }
   z_rows_forward_kernel<<<row_blocks(p.rows), dim3(kWarp, kRowsPerBlock), 0, p.stream>>>(p.logits, p.rows, p.E,
                                                                                          p.row_values);
   CUDA_CHECK_LAUNCH();
-  sum_kernel<<<1, kReduceThreads, 0, p.stream>>>(p.row_values, p.rows, nullptr, 0, p.result);
+  sum_kernel<<<1, kReduceThreads, 0, p.stream>>>(p.row_values, p.rows, nullptr, 0, p.coef,
+                                                 static_cast<double>(p.rows), p.loss);  // the CPU's coef * sum / N
   CUDA_CHECK_LAUNCH();
-  double both[2];
-  copy_result(p.result, both, p.stream);
-  *host_sum = both[0];
 }
 
 void moe_z_loss_backward(const MoeZLossParams& p) {

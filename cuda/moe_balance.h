@@ -1,9 +1,9 @@
 // Launchers for the MoE balance losses (core/ops/moe_balance.h has the math and the contract).
 // scores, logits and their gradients are f32, topk_idx i32. The forwards reduce on the device in a
-// fixed order (per-row values, then one block sums them in f64) and copy the loss to the host.
-// Indices are not read on the host: an index outside [0, E) is counted, never followed out of
-// bounds; the aux-loss forward reports the count (the op throws), the backward adds NaN to the
-// gradient rows of that sequence.
+// fixed order (per-row values, then one block sums them in f64) and write the loss, scaled, into
+// a device double: asynchronous, nothing comes back to the host. Indices are not read on the host:
+// an index outside [0, E) is counted, never followed out of bounds; the aux-loss forward's loss is
+// then NaN, and the backward adds NaN to the gradient rows of that sequence.
 #pragma once
 
 #include <cstdint>
@@ -23,29 +23,28 @@ struct MoeAuxLossParams {
   bool f_given = false;               // f already holds the batch's fractions (one sequence): no histogram
   int32_t* invalid = nullptr;         // device workspace [rows / seq_len]: out-of-range indices per sequence
   float* row_values = nullptr;        // device workspace [rows] (forward only): sum_i f_{b,i} s_{t,i} / Z_t
-  double* result = nullptr;           // device workspace [2] (forward only): sum_t row_values, invalid indices
+  double* loss = nullptr;             // device [1] (forward only): alpha * sum_t row_values / loss_denominator,
+                                      // NaN when an index was out of range
+  double loss_denominator = 1.0;      // forward only: B * seq_len, in double (the CPU's expression)
   double alpha = 0.0, grad_loss = 0.0;  // grad_loss: backward only
   float* grad_scores = nullptr;       // [rows, E], accumulated (+=) (backward only)
   Stream stream = nullptr;
 };
 
-// Forward: host_result[0] = sum_t sum_i f_{b(t),i} s_{t,i} / Z_t (the op scales it by
-// alpha / rows), host_result[1] = the number of indices out of [0, E). Waits for the stream.
-void moe_aux_loss_forward(const MoeAuxLossParams& p, double* host_result);
+void moe_aux_loss_forward(const MoeAuxLossParams& p);
 void moe_aux_loss_backward(const MoeAuxLossParams& p);
 
 struct MoeZLossParams {
   const float* logits = nullptr;      // [rows, E]
   int64_t rows = 0, E = 0;
   float* row_values = nullptr;        // device workspace [rows] (forward only): lse_t^2
-  double* result = nullptr;           // device workspace [2] (forward only)
+  double* loss = nullptr;             // device [1] (forward only): coef * sum_t lse_t^2 / rows
   double coef = 0.0, grad_loss = 0.0;  // grad_loss: backward only
   float* grad_logits = nullptr;       // [rows, E], accumulated (+=) (backward only)
   Stream stream = nullptr;
 };
 
-// Forward: *host_sum = sum_t lse_t^2 (the op scales it by coef / rows). Waits for the stream.
-void moe_z_loss_forward(const MoeZLossParams& p, double* host_sum);
+void moe_z_loss_forward(const MoeZLossParams& p);
 void moe_z_loss_backward(const MoeZLossParams& p);
 
 }  // namespace moelab::cuda

@@ -14,16 +14,16 @@ namespace {
 
 constexpr int kThreads = 256;  // one block; E is a few hundred experts at most in practice
 
-__global__ void moe_bias_update_kernel(const float* load, float* bias, int64_t E, float speed) {
+__global__ void moe_bias_update_kernel(const double* load, float* bias, int64_t E, float speed) {
   __shared__ double mean;
   if (threadIdx.x == 0) {
     double sum = 0.0;
-    for (int64_t j = 0; j < E; ++j) sum += static_cast<double>(load[j]);
+    for (int64_t j = 0; j < E; ++j) sum += load[j];
     mean = sum / static_cast<double>(E);
   }
   __syncthreads();
   for (int64_t i = threadIdx.x; i < E; i += blockDim.x) {
-    const double l = static_cast<double>(load[i]);
+    const double l = load[i];
     const int sign = (mean > l) - (mean < l);
     // Explicit round-to-nearest multiply and add: no contraction into an FMA, the CPU's two steps
     // (the product is exact anyway: the sign is -1, 0 or 1).

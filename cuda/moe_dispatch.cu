@@ -5,6 +5,7 @@
 // whole block stages in shared memory, so pos is the CPU's stable counting sort exactly. Dispatch / combine: one warp per token (per assignment for combine
 // backward); sums over k run in k order in f32, one writer per output element: deterministic.
 #include <cuda_bf16.h>
+#include <math_constants.h>
 
 #include <type_traits>
 
@@ -22,7 +23,7 @@ constexpr int kLayoutTile = 2048;    // assignments staged in shared memory per 
 constexpr int kRowsPerBlock = 8;     // 8 warps = 256 threads per block for the row kernels
 
 __global__ void layout_kernel(const int32_t* idx, int64_t numel, int E, int min_index, int32_t* pos, int32_t* order,
-                              int32_t* counts, int32_t* offsets) {
+                              int32_t* counts, int32_t* offsets, double* counts_f64) {
   extern __shared__ int32_t next[];  // [E + 1]: the counts, then each expert's next free row
   __shared__ int32_t tile[kLayoutTile];  // the experts of the assignments being placed (-1: none)
   for (int e = threadIdx.x; e <= E; e += blockDim.x) next[e] = 0;
@@ -34,6 +35,10 @@ __global__ void layout_kernel(const int32_t* idx, int64_t numel, int E, int min_
   }
   __syncthreads();
   for (int e = threadIdx.x; e <= E; e += blockDim.x) counts[e] = next[e];
+  if (counts_f64) {  // every count NaN when an entry was out of range: the caller's check is on the host
+    const bool bad = next[E] != 0;
+    for (int e = threadIdx.x; e < E; e += blockDim.x) counts_f64[e] = bad ? CUDART_NAN : static_cast<double>(next[e]);
+  }
   __syncthreads();  // every count is read before thread 0 turns them into first rows
   if (threadIdx.x == 0) {
     int32_t run = 0;
@@ -166,7 +171,7 @@ void moe_dispatch_layout(const MoeDispatchLayoutParams& p) {
   const int E = static_cast<int>(p.num_experts);
   const size_t smem = static_cast<size_t>(E + 1) * sizeof(int32_t);
   layout_kernel<<<1, kLayoutThreads, smem, p.stream>>>(p.topk_idx, p.numel, E, p.min_index, p.pos, p.order, p.counts,
-                                                       p.offsets);
+                                                       p.offsets, p.counts_f64);
   CUDA_CHECK_LAUNCH();
   if (p.host_counts) {
     CUDA_CHECK(cudaMemcpyAsync(p.host_counts, p.counts, smem, cudaMemcpyDeviceToHost, p.stream));

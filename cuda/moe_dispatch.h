@@ -29,6 +29,8 @@ struct MoeDispatchLayoutParams {
   int32_t* counts = nullptr;          // device [E + 1]: assignments per expert, then the entries outside [min_index, E)
   int32_t* offsets = nullptr;         // device [E + 1] or nullptr: exclusive prefix sums of counts[0..E)
   int32_t* host_counts = nullptr;     // host [E + 1] or nullptr: a copy of counts (the call waits for the stream)
+  double* counts_f64 = nullptr;       // device [E] or nullptr: counts[0..E) as f64, every one NaN when an entry
+                                      // was outside [min_index, E) (no copy, no wait)
   Stream stream = nullptr;
 };
 

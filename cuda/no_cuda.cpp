@@ -28,6 +28,7 @@
 #include "cuda/rng.h"
 #include "cuda/rope.h"
 #include "cuda/runtime.h"
+#include "cuda/step_stats.h"
 #include "cuda/swiglu.h"
 #include "cuda/topk.h"
 
@@ -81,8 +82,7 @@ void attention_forward(const AttentionForwardParams&) { no_cuda("attention_forwa
 void attention_backward(const AttentionBackwardParams&) { no_cuda("attention_backward"); }
 void attention_decode_forward(const AttentionDecodeParams&) { no_cuda("attention_decode_forward"); }
 void copy_columns(const CopyColumnsParams&) { no_cuda("copy_columns"); }
-CrossEntropyStatus cross_entropy_forward(const CrossEntropyForwardParams&) { no_cuda("cross_entropy_forward"); }
-CrossEntropyStatus cross_entropy_scan_targets(const CrossEntropyScanParams&) { no_cuda("cross_entropy_scan_targets"); }
+void cross_entropy_forward(const CrossEntropyForwardParams&) { no_cuda("cross_entropy_forward"); }
 void cross_entropy_backward(const CrossEntropyBackwardParams&) { no_cuda("cross_entropy_backward"); }
 void add(const AddParams&) { no_cuda("add"); }
 void axpy(const AxpyParams&) { no_cuda("axpy"); }
@@ -101,9 +101,9 @@ void grad_scale(const GradScaleParams&) { no_cuda("grad_scale"); }
 void mla_decode_attention(const MlaDecodeParams&) { no_cuda("mla_decode_attention"); }
 void mla_kv_forward(const MlaKvForwardParams&) { no_cuda("mla_kv_forward"); }
 void mla_kv_backward(const MlaKvBackwardParams&) { no_cuda("mla_kv_backward"); }
-void moe_aux_loss_forward(const MoeAuxLossParams&, double*) { no_cuda("moe_aux_loss_forward"); }
+void moe_aux_loss_forward(const MoeAuxLossParams&) { no_cuda("moe_aux_loss_forward"); }
 void moe_aux_loss_backward(const MoeAuxLossParams&) { no_cuda("moe_aux_loss_backward"); }
-void moe_z_loss_forward(const MoeZLossParams&, double*) { no_cuda("moe_z_loss_forward"); }
+void moe_z_loss_forward(const MoeZLossParams&) { no_cuda("moe_z_loss_forward"); }
 void moe_z_loss_backward(const MoeZLossParams&) { no_cuda("moe_z_loss_backward"); }
 void moe_bias_update(const MoeBiasUpdateParams&) { no_cuda("moe_bias_update"); }
 void moe_dispatch_layout(const MoeDispatchLayoutParams&) { no_cuda("moe_dispatch_layout"); }
@@ -119,6 +119,8 @@ void rmsnorm_forward(const RmsnormForwardParams&) { no_cuda("rmsnorm_forward"); 
 void rmsnorm_backward(const RmsnormBackwardParams&) { no_cuda("rmsnorm_backward"); }
 void fill_random_f32(const FillRandomParams&) { no_cuda("fill_random_f32"); }
 void rope_rotate(const RopeParams&) { no_cuda("rope_rotate"); }
+void step_stats_reset(const StepStatsResetParams&) { no_cuda("step_stats_reset"); }
+void step_stats_accumulate(const StepStatsAccumulateParams&) { no_cuda("step_stats_accumulate"); }
 void swiglu_forward(const SwigluForwardParams&) { no_cuda("swiglu_forward"); }
 void swiglu_backward(const SwigluBackwardParams&) { no_cuda("swiglu_backward"); }
 void topk_forward(const TopkForwardParams&) { no_cuda("topk_forward"); }

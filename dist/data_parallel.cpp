@@ -113,6 +113,7 @@ void DataParallel::finish_grads(const Exec& ex) {
 }
 
 void DataParallel::sum(std::vector<double>& values) { host_.all_reduce(values, ReduceOp::Sum); }
+void DataParallel::sum(const Exec&, const Tensor& values) { comm_.all_reduce(values, ReduceOp::Sum); }
 
 void DataParallel::gather_params(const Exec&) {
   if (cfg_.zero == 0) return;

@@ -54,6 +54,7 @@ class DataParallel final : public GradSync {
   void finish_grads(const Exec& ex) override;
   const std::vector<OwnedRange>& owned() const override { return owned_; }
   void sum(std::vector<double>& values) override;
+  void sum(const Exec& ex, const Tensor& values) override;
   void gather_params(const Exec& ex) override;
   int ranks() const override { return comm_.size(); }
 

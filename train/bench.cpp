@@ -10,6 +10,7 @@
 #include "core/device.h"
 #include "core/nn/model.h"
 #include "core/ops/attention.h"
+#include "core/ops/bf16_matmul.h"
 #include "core/ops/matmul.h"
 #include "core/rng.h"
 #include "train/model_info.h"
@@ -99,6 +100,7 @@ BenchResult bench_steps(const ModelConfig& cfg, const BenchOptions& opt, bool di
   r.params = model.params().numel();
   r.threads = omp_get_max_threads();
   r.runtime = rt.describe();
+  if (rt.cpu_bf16) r.runtime += ", bf16 GEMMs: " + bf16_matmul_path();
   r.gemm_gflops = gemm_gflops;
   r.ranks = procs.size();
   r.rank = procs.world.rank;
@@ -108,6 +110,7 @@ BenchResult bench_steps(const ModelConfig& cfg, const BenchOptions& opt, bool di
   dist::EPTraffic traffic_before;
   // The trainer's step with the bench's fixed choices: one micro-batch, lr opt.lr, clipping at 1.0.
   const StepConfig step_cfg{opt.lr, 1.0, 1};
+  StepStats stats;  // its device buffer lives across the steps
   for (int64_t step = 0; step < opt.warmup + opt.steps; ++step) {
     // The global batch's rows of this process, made outside the timed region.
     const int64_t first = procs.world.rank * batch;
@@ -121,7 +124,7 @@ BenchResult bench_steps(const ModelConfig& cfg, const BenchOptions& opt, bool di
     const DeviceCounters before = device_counters();
     const auto t0 = std::chrono::steady_clock::now();
     timeline.begin_step();
-    const StepStats stats = train_step(model, optimizer, ctx, step_cfg, [&] { return tokens; }, procs.sync());
+    train_step(model, optimizer, ctx, step_cfg, [&] { return tokens; }, stats, procs.sync());
     const DeviceCounters after = device_counters();  // before the timeline's own synchronisation
     if (step >= opt.warmup) {
       counted.device_allocations += after.device_allocations - before.device_allocations;

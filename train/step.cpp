@@ -6,35 +6,31 @@
 
 #include <algorithm>
 #include <cmath>
+#include <string>
 
 #include "core/check.h"
 #include "core/ops/grad_norm.h"
+#include "core/ops/step_stats.h"
 #include "core/profile.h"
 
 namespace moelab {
 
-StepStats& StepStats::operator+=(const MicroBatchStats& micro) {
-  const Model::Losses& l = micro.losses;
-  const double scale = micro.scale;
-  if (losses.mtp.size() < l.mtp.size()) losses.mtp.resize(l.mtp.size(), 0.0);
-  losses.total += l.total * scale;
-  losses.main += l.main * scale;
-  for (size_t k = 0; k < l.mtp.size(); ++k) losses.mtp[k] += l.mtp[k] * scale;
-  losses.seq_aux += l.seq_aux * scale;
-  losses.aux += l.aux * scale;
-  losses.z += l.z * scale;
-  // Loads are counts, summed unscaled: the bias update compares each expert with the mean load.
-  if (loads.empty()) loads.assign(micro.moe.size(), {});
-  MOELAB_CHECK(loads.size() == micro.moe.size(), "StepStats: a micro-batch with ", micro.moe.size(),
-               " MoE layers added to a step with ", loads.size());
-  for (size_t i = 0; i < micro.moe.size(); ++i) {
-    const std::vector<double>& load = micro.moe[i].load;
-    loads[i].resize(load.size(), 0.0);
-    dropped += micro.moe[i].dropped;
-    for (size_t e = 0; e < load.size(); ++e) loads[i][e] += load[e];
+void StepStats::read(const Model& model) {
+  const StepStatsLayout layout = model.stats_layout();
+  MOELAB_CHECK(device.defined() && device.numel() == layout.size(), "StepStats::read: no statistics of this model "
+               "(run train_step first)");
+  const Tensor host = device.to(Device::CPU);
+  const double* acc = host.data<double>();
+  losses = model.losses_of(acc, ranks);
+  loads.assign(static_cast<size_t>(layout.moe_layers), {});
+  last_moe.assign(static_cast<size_t>(layout.moe_layers), MoEStats{});
+  const int64_t E = layout.experts, K = model.config().num_experts_per_tok;
+  for (int64_t l = 0; l < layout.moe_layers; ++l) {
+    loads[l].assign(acc + layout.load(l), acc + layout.load(l) + E);
+    MoEStats& last = last_moe[l];
+    last.load.assign(acc + layout.last_load(l), acc + layout.last_load(l) + E);
+    last.max_vio = moe_max_vio(last.load, tokens, K);
   }
-  last_moe = micro.moe;
-  return *this;
 }
 
 double StepStats::max_vio() const {
@@ -44,22 +40,6 @@ double StepStats::max_vio() const {
 }
 
 namespace {
-
-// The step's losses averaged and loads summed over the ranks: one small all-reduce, packed in a
-// fixed order so that every rank unpacks the same numbers.
-void reduce_stats(GradSync& sync, StepStats& stats) {
-  Model::Losses& l = stats.losses;
-  std::vector<double> v = {l.total, l.main, l.seq_aux, l.aux, l.z};
-  v.insert(v.end(), l.mtp.begin(), l.mtp.end());
-  for (const std::vector<double>& layer : stats.loads) v.insert(v.end(), layer.begin(), layer.end());
-  sync.sum(v);
-  const double n = sync.ranks();
-  size_t i = 0;
-  for (double* x : {&l.total, &l.main, &l.seq_aux, &l.aux, &l.z}) *x = v[i++] / n;
-  for (double& x : l.mtp) x = v[i++] / n;
-  for (std::vector<double>& layer : stats.loads)
-    for (double& x : layer) x = v[i++];
-}
 
 // The global norm (and clipping) when each rank holds the reduced gradients of its own ranges only
 // (ZeRO-1, expert parallelism): the ranks' sums of squares add up to the square of the global norm,
@@ -89,13 +69,22 @@ bool whole_buffer(const std::vector<OwnedRange>& owned, const ParamBuffer& param
 
 }  // namespace
 
-StepStats train_step(Model& model, AdamW& optimizer, const Context& ctx, const StepConfig& cfg,
-                     const NextTokens& next_tokens, GradSync* sync) {
+void train_step(Model& model, AdamW& optimizer, const Context& ctx, const StepConfig& cfg,
+                const NextTokens& next_tokens, StepStats& stats, GradSync* sync) {
   MOELAB_CHECK(cfg.grad_accum_steps >= 1, "train_step: grad_accum_steps = ", cfg.grad_accum_steps,
                " (expected >= 1)");
   MOELAB_CHECK(next_tokens != nullptr, "train_step: no next_tokens callback");
-  StepStats stats;
-  stats.losses.mtp.assign(static_cast<size_t>(model.config().num_nextn_predict_layers), 0.0);
+  const StepStatsLayout layout = model.stats_layout();
+  const Device device = model.params().flat_grads().device();
+  if (!stats.device.defined() || stats.device.numel() != layout.size() || stats.device.device() != device)
+    stats.device = Tensor::empty({layout.size()}, DType::F64, device);  // once: reused by the next steps
+  step_stats_reset(ctx, stats.device);
+  stats.ranks = sync ? sync->ranks() : 1;
+  stats.tokens = ctx.tokens();
+  stats.dropped = 0;
+  stats.losses = Model::Losses{};
+  stats.loads.clear();
+  stats.last_moe.clear();
   model.params().zero_grads();  // backward accumulates: the micro-batches add into zeros
   Context c = ctx;  // the layers see the processes sharing the batch (the batch-level balance loss)
   c.data_parallel = sync;
@@ -104,10 +93,11 @@ StepStats train_step(Model& model, AdamW& optimizer, const Context& ctx, const S
     const Tensor tokens = next_tokens();
     c.arena->reset();  // the previous micro-batch's activations are no longer needed
     Model::Saved saved;
-    const Model::Losses losses = model.forward(c, tokens, saved);
+    model.forward(c, tokens, saved);
     // The last micro-batch's backward tells the reduction which gradients are final.
     model.backward(c, saved, scale, micro + 1 == cfg.grad_accum_steps ? sync : nullptr);
-    stats += MicroBatchStats{losses, scale, model.moe_stats(saved)};
+    model.accumulate_stats(c, saved, scale, stats.device);
+    stats.dropped += model.dropped(saved);
   }
 
   if (sync) {
@@ -115,10 +105,21 @@ StepStats train_step(Model& model, AdamW& optimizer, const Context& ctx, const S
                  optimizer.owned().size(), " ranges but the data-parallel reduction gives it ", sync->owned().size());
     const PhaseScope phase(ctx.profiler, Phase::CommWait);
     sync->finish_grads(ctx);
-    reduce_stats(*sync, stats);
+    // Losses and loads summed over the ranks (the losses are divided by the ranks when read).
+    sync->sum(ctx, stats.device.slice(layout.summed_begin(), layout.summed_end()));
   }
 
   const PhaseScope phase(ctx.profiler, Phase::Optimizer);
+  // The verdict: one small copy (the host decides whether to update, and a bad target is an error).
+  const Tensor verdict = stats.device.slice(0, StepStatsLayout::kVerdict).to(Device::CPU);
+  const double* v = verdict.data<double>();
+  const auto bad_head = static_cast<int64_t>(v[StepStatsLayout::kBadHead]) - 1;
+  MOELAB_CHECK(bad_head < 0, "train_step: the targets of ", bad_head == 0 ? "the main head" : "MTP depth " +
+               std::to_string(bad_head), " hold ", static_cast<int64_t>(v[StepStatsLayout::kBadTarget]), " at row ",
+               static_cast<int64_t>(v[StepStatsLayout::kBadRow]), ", expected a class in [0, V=",
+               model.config().vocab_size, ")");
+  stats.losses.total = v[StepStatsLayout::kTotal] / stats.ranks;
+
   const std::vector<Tensor> grads = {model.params().flat_grads()};
   if (sync && !whole_buffer(sync->owned(), model.params())) {
     stats.grad_norm = sharded_norm(*sync, ctx, model.params(), cfg.grad_clip);
@@ -131,11 +132,12 @@ StepStats train_step(Model& model, AdamW& optimizer, const Context& ctx, const S
   // optimizer moments would carry the NaN forever); the caller decides when to give up. (A
   // non-finite norm leaves the gradients unclipped; they are zeroed by the next step.)
   stats.finite = std::isfinite(stats.losses.total) && std::isfinite(stats.grad_norm);
-  if (!stats.finite) return stats;
+  if (!stats.finite) return;
   optimizer.step(ctx, cfg.lr);
   if (sync) sync->gather_params(ctx);
-  model.update_bias(ctx, stats.loads);  // after the optimizer: the bias is a buffer, not a parameter
-  return stats;
+  // After the optimizer (the bias is a buffer, not a parameter), with the step's global loads.
+  const int64_t L = layout.moe_layers;
+  model.update_bias(ctx, stats.device.slice(layout.load(0), layout.load(L)).reshape({L, layout.experts}));
 }
 
 }  // namespace moelab

@@ -73,7 +73,8 @@ Evaluation evaluate(const Model& model, const RunConfig& cfg, const LoaderConfig
   for (int64_t i = 0; i < batches; ++i) {
     arena.reset();
     Model::Saved saved;
-    sum += model.forward(ctx, rt.upload(val.next()), saved).main;
+    model.forward(ctx, rt.upload(val.next()), saved);
+    sum += model.read_losses(ctx, saved).main;
   }
   if (sync) {
     std::vector<double> v = {sum};
@@ -441,11 +442,12 @@ TrainResult train(const RunConfig& cfg_in, const TrainOptions& options) {
   const int64_t start_step = state.step;
   int64_t step = start_step, last_logged = start_step;
   EPMeter ep_meter(procs, cfg.dist.ep);
+  StepStats st;  // its device buffer lives across the steps
   while (step < tc.steps) {
     const auto t0 = Clock::now();
     const double lr = lr_at(tc, step);
-    const StepStats st = train_step(model, optimizer, ctx, StepConfig{lr, tc.grad_clip, tc.grad_accum_steps},
-                                    [&] { return rt.upload(loader.next()); }, procs.sync());
+    train_step(model, optimizer, ctx, StepConfig{lr, tc.grad_clip, tc.grad_accum_steps},
+               [&] { return rt.upload(loader.next()); }, st, procs.sync());
     ++step;
     nonfinite_in_a_row = st.finite ? 0 : nonfinite_in_a_row + 1;
     if (!st.finite) {  // the step skipped its update; a run of them stops training
@@ -455,13 +457,14 @@ TrainResult train(const RunConfig& cfg_in, const TrainOptions& options) {
                    " (lower train.lr, raise warmup_steps, or check the data); the last checkpoint is ",
                    result.checkpoint.empty() ? "none" : result.checkpoint);
     }
-    rt.synchronize();  // the step's GPU work is done before it is timed (the losses above already waited)
+    rt.synchronize();  // the step's GPU work is done before it is timed (its verdict already waited)
     const double step_s = seconds_since(t0);
     train_seconds += step_s;
     result.train_loss = st.losses.total;
-    result.train_loss_main = st.losses.main;
 
     if (step % tc.log_every == 0 || step == tc.steps) {
+      st.read(model);  // the step's statistics come to the host here, not every step
+      result.train_loss_main = st.losses.main;
       log.step(step, lr, st, step_s, resumed_seconds + train_seconds, result.val_loss, model,
                ep_meter.record(st, model.moe_layers(), step - last_logged));
       last_logged = step;
@@ -472,6 +475,10 @@ TrainResult train(const RunConfig& cfg_in, const TrainOptions& options) {
     const Stop stop = stop_after(options, tc, step, train_seconds, log.metrics(), procs.sync());
     result.stopped = stop == Stop::Requested;
     if (stop != Stop::None) break;
+  }
+  if (step > start_step && last_logged != step) {  // stopped between log steps
+    st.read(model);
+    result.train_loss_main = st.losses.main;
   }
   log.metrics().finish_progress();
   if (!result.stopped) run_eval(step);
@@ -495,7 +502,8 @@ void dump_first_batch_logits(const std::string& path, const Model& model, const 
   arena.reset();
   const Tensor tokens = val.next();  // [B, W]
   Model::Saved saved;
-  const Model::Losses losses = model.forward(ctx, rt.upload(tokens), saved);
+  model.forward(ctx, rt.upload(tokens), saved);
+  const Model::Losses losses = model.read_losses(ctx, saved);
   const Shape btv{val_cfg.batch_size, cfg.train.seq_len, cfg.model.vocab_size};
   auto host_f32 = [&](const Tensor& t) {
     const Tensor h = t.device() == Device::CPU ? t : t.to(Device::CPU);

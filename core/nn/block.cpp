@@ -26,7 +26,7 @@ void Block::forward(const Context& ctx, const Tensor& x, const Tensor& y, Saved&
   // y = h + FFN(RMSNorm_post(h)).
   Tensor normed2 = ctx.alloc(shape), branch2 = ctx.alloc(shape);
   ffn_norm_.forward(ctx, h, normed2, s.ffn_norm);
-  if (is_moe_) moe_.forward(ctx, normed2, branch2, s.moe, s.stats);
+  if (is_moe_) moe_.forward(ctx, normed2, branch2, s.moe);
   else mlp_.forward(ctx, normed2, branch2, s.mlp);
   add(ctx, h, branch2, y);
 }

@@ -26,8 +26,7 @@ class Block {
     MLAttention::Saved mla;
     GQAttention::Saved gqa;
     SwiGLUMLP::Saved mlp;
-    MoE::Saved moe;
-    MoEStats stats;  // MoE blocks only
+    MoE::Saved moe;  // MoE blocks only (its stats: MoE::Saved::stats)
   };
 
   Block() = default;

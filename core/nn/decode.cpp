@@ -142,8 +142,7 @@ void MoE::decode(const Context& ctx, const Tensor& x, const Tensor& y) const {
   MOELAB_CHECK(!naive_ || x.device() == Device::CPU, "MoE::decode: the naive expert path is a CPU reference (x is ",
                x.str(), ")");
   Saved s;
-  MoEStats unused;
-  route(ctx, x, s, unused);
+  route(ctx, x, s);
   // Dropless: route() applied the training capacity to expert_idx when capacity_factor > 0; at
   // inference every token reaches its K experts, as in HF's and DeepSeek's inference code.
   s.expert_idx = s.topk_idx;

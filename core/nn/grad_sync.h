@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "core/exec.h"
+#include "core/tensor.h"
 
 namespace moelab {
 
@@ -52,6 +53,9 @@ class GradSync {
   virtual const std::vector<OwnedRange>& owned() const = 0;
   // Sums values over the ranks, in place (norms, flags, statistics).
   virtual void sum(std::vector<double>& values) = 0;
+  // The same for f64 values on the model's device, in place (the step's statistics): on the GPU
+  // they never come to the host.
+  virtual void sum(const Exec& ex, const Tensor& values) = 0;
   // After the optimizer updated owned(): every rank receives the others' updated parameters
   // (nothing to do when every rank updates everything).
   virtual void gather_params(const Exec& ex) = 0;

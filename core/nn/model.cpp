@@ -46,7 +46,7 @@ void Model::initialize(uint64_t seed) {
 Tensor Model::head_weight() const { return cfg_.tie_word_embeddings ? embed_.weight() : lm_head_.weight(); }
 Tensor Model::head_grad() const { return cfg_.tie_word_embeddings ? embed_.grad_weight() : lm_head_.grad_weight(); }
 
-double Model::head_forward(const Context& ctx, const RMSNorm& norm, const Tensor& h, const Tensor& tokens, int64_t k,
+void Model::head_forward(const Context& ctx, const RMSNorm& norm, const Tensor& h, const Tensor& tokens, int64_t k,
                            HeadSaved& hs) const {
   const int64_t B = ctx.batch, T = ctx.seq_len, N = ctx.tokens(), V = cfg_.vocab_size;
   hs.targets = ctx.alloc({B, T}, DType::I32);
@@ -60,8 +60,9 @@ double Model::head_forward(const Context& ctx, const RMSNorm& norm, const Tensor
   }
   hs.lse = ctx.alloc_stat({N});
   hs.losses = ctx.alloc_stat({N});
+  hs.ce = ctx.alloc({kCrossEntropyStats}, DType::F64);
   const PhaseScope phase(ctx.profiler, Phase::Loss);
-  return cross_entropy_forward(ctx, hs.logits, hs.targets.reshape({N}), kIgnoreIndex, hs.losses, hs.lse);
+  cross_entropy_forward(ctx, hs.logits, hs.targets.reshape({N}), kIgnoreIndex, hs.losses, hs.lse, hs.ce);
 }
 
 void Model::head_backward(const Context& ctx, const RMSNorm& norm, const HeadSaved& hs, double weight,
@@ -70,7 +71,7 @@ void Model::head_backward(const Context& ctx, const RMSNorm& norm, const HeadSav
   Tensor grad_logits = ctx.alloc(hs.logits.shape()), grad_normed = ctx.alloc(hs.normed.shape());
   {
     const PhaseScope phase(ctx.profiler, Phase::Loss);
-    cross_entropy_backward(ctx, hs.logits, hs.targets.reshape({N}), hs.lse, kIgnoreIndex, weight, grad_logits);
+    cross_entropy_backward(ctx, hs.logits, hs.targets.reshape({N}), hs.lse, hs.ce, kIgnoreIndex, weight, grad_logits);
   }
   {
     const PhaseScope phase(ctx.profiler, Phase::DenseGemm);
@@ -79,14 +80,13 @@ void Model::head_backward(const Context& ctx, const RMSNorm& norm, const HeadSav
   norm.backward(ctx, hs.norm, grad_normed, grad_h);
 }
 
-Model::Losses Model::forward(const Context& ctx, const Tensor& tokens, Saved& s) const {
+void Model::forward(const Context& ctx, const Tensor& tokens, Saved& s) const {
   const int64_t B = ctx.batch, T = ctx.seq_len, N = ctx.tokens(), D = cfg_.hidden_size;
   const int64_t depth = cfg_.num_nextn_predict_layers;
   check_dtype("Model::forward", "tokens", tokens, DType::I32);
   check_shape("Model::forward", "tokens", tokens, {B, T + 1 + depth});
   MOELAB_CHECK(T <= cfg_.max_position_embeddings, "Model::forward: seq_len ", T, " exceeds max_position_embeddings ",
                cfg_.max_position_embeddings);
-  Losses losses;
   // Trunk.
   s.head.ids = ctx.alloc({B, T}, DType::I32);
   slice_columns(ctx, tokens, 0, s.head.ids);
@@ -98,7 +98,7 @@ Model::Losses Model::forward(const Context& ctx, const Tensor& tokens, Saved& s)
     s.hidden[l + 1] = ctx.alloc({N, D});
     blocks_[l].forward(ctx, s.hidden[l], s.hidden[l + 1], s.blocks[l]);
   }
-  losses.main = head_forward(ctx, final_norm_, s.hidden.back(), tokens, 0, s.head);
+  head_forward(ctx, final_norm_, s.hidden.back(), tokens, 0, s.head);
   // MTP modules, each fed by the previous depth's hidden state.
   s.mtp.assign(mtp_.size(), MtpSaved());
   Tensor h_prev = s.hidden.back();
@@ -112,18 +112,55 @@ Model::Losses Model::forward(const Context& ctx, const Tensor& tokens, Saved& s)
     embed_.forward(ctx, ms.head.ids.reshape({N}), ms.emb);
     ms.out = ctx.alloc({N, D});
     m.forward(ctx, ms.emb, h_prev, ms.out, ms.module);
-    losses.mtp.push_back(head_forward(ctx, m.head_norm(), ms.out, tokens, k, ms.head));
+    head_forward(ctx, m.head_norm(), ms.out, tokens, k, ms.head);
     h_prev = ms.out;
   }
-  losses.total = losses.main;
-  for (double l : losses.mtp) losses.total += cfg_.mtp_loss_weight / static_cast<double>(depth) * l;
-  for (const MoEStats& st : moe_stats(s)) {
-    losses.seq_aux += st.seq_aux_loss;
-    losses.aux += st.aux_loss;
-    losses.z += st.z_loss;
-  }
-  losses.total += losses.seq_aux + losses.aux + losses.z;
-  return losses;
+}
+
+StepStatsLayout Model::stats_layout() const {
+  StepStatsLayout layout;
+  layout.heads = 1 + static_cast<int64_t>(mtp_.size());
+  layout.moe_layers = static_cast<int64_t>(moe_layers().size());
+  layout.experts = layout.moe_layers > 0 ? cfg_.n_routed_experts : 0;
+  return layout;
+}
+
+void Model::accumulate_stats(const Exec& ex, const Saved& s, double scale, const Tensor& acc) const {
+  std::vector<Tensor> heads = {s.head.ce}, moe;
+  for (const MtpSaved& ms : s.mtp) heads.push_back(ms.head.ce);
+  for (size_t l = 0; l < blocks_.size(); ++l)
+    if (blocks_[l].is_moe()) moe.push_back(s.blocks[l].moe.stats);
+  for (size_t i = 0; i < mtp_.size(); ++i)
+    if (mtp_[i].block().is_moe()) moe.push_back(s.mtp[i].module.block.moe.stats);
+  // total = L_main + (lambda / D) sum_k L_k + the balance terms (MODEL.md).
+  const double mtp_weight = mtp_.empty() ? 0.0 : cfg_.mtp_loss_weight / static_cast<double>(mtp_.size());
+  step_stats_accumulate(ex, stats_layout(), heads, moe, mtp_weight, scale, acc);
+}
+
+Model::Losses Model::losses_of(const double* acc, double ranks) const {
+  const StepStatsLayout layout = stats_layout();
+  Losses l;
+  l.total = acc[StepStatsLayout::kTotal] / ranks;
+  l.main = acc[layout.main()] / ranks;
+  for (int64_t k = 1; k < layout.heads; ++k) l.mtp.push_back(acc[layout.mtp(k)] / ranks);
+  l.seq_aux = acc[layout.seq_aux()] / ranks;
+  l.aux = acc[layout.aux()] / ranks;
+  l.z = acc[layout.z()] / ranks;
+  return l;
+}
+
+Model::Losses Model::read_losses(const Context& ctx, const Saved& s) const {
+  const StepStatsLayout layout = stats_layout();
+  const Tensor acc = ctx.alloc({layout.size()}, DType::F64);
+  step_stats_reset(ctx, acc);
+  accumulate_stats(ctx, s, 1.0, acc);
+  const Tensor host = acc.to(Device::CPU);
+  const double* a = host.data<double>();
+  const auto bad_head = static_cast<int64_t>(a[StepStatsLayout::kBadHead]) - 1;
+  MOELAB_CHECK(bad_head < 0, "Model: the targets of ", bad_head == 0 ? "the main head" : "MTP depth " +
+               std::to_string(bad_head), " hold ", static_cast<int64_t>(a[StepStatsLayout::kBadTarget]), " at row ",
+               static_cast<int64_t>(a[StepStatsLayout::kBadRow]), ", expected a class in [0, V=", cfg_.vocab_size, ")");
+  return losses_of(a);
 }
 
 void Model::backward(const Context& ctx, const Saved& s, double grad_scale, GradSync* sync) const {
@@ -173,6 +210,7 @@ LayerCost Model::head_use_cost(const CostShape& shape) const {
   c.alloc(N * V, shape.act);   // logits
   c.alloc(N, shape.stat());    // lse
   c.alloc(N, shape.stat());    // losses
+  c.alloc(kCrossEntropyStats, DType::F64);  // ce
   c.alloc(N * V, shape.act);   // grad_logits
   c.alloc(N * D, shape.act);   // grad_normed
   return c;
@@ -231,10 +269,17 @@ std::vector<int64_t> Model::moe_layers() const {
 std::vector<MoEStats> Model::moe_stats(const Saved& s) const {
   std::vector<MoEStats> stats;
   for (size_t l = 0; l < blocks_.size(); ++l)
-    if (blocks_[l].is_moe()) stats.push_back(s.blocks[l].stats);
+    if (blocks_[l].is_moe()) stats.push_back(blocks_[l].moe().read_stats(s.blocks[l].moe));
   for (size_t i = 0; i < mtp_.size(); ++i)
-    if (mtp_[i].block().is_moe()) stats.push_back(s.mtp[i].module.block.stats);
+    if (mtp_[i].block().is_moe()) stats.push_back(mtp_[i].block().moe().read_stats(s.mtp[i].module.block.moe));
   return stats;
+}
+
+int64_t Model::dropped(const Saved& s) const {
+  int64_t n = 0;
+  for (size_t l = 0; l < blocks_.size(); ++l) n += s.blocks[l].moe.dropped;  // 0 in dense blocks
+  for (const MtpSaved& ms : s.mtp) n += ms.module.block.moe.dropped;
+  return n;
 }
 
 const MoE& Model::moe_of(int64_t layer) const {
@@ -262,41 +307,14 @@ int64_t Model::expert_elements() const {
   return n;
 }
 
-void Model::update_bias(const Exec& ex, const std::vector<std::vector<double>>& loads) const {
+void Model::update_bias(const Exec& ex, const Tensor& loads) const {
   const std::vector<int64_t> layers = moe_layers();
-  MOELAB_CHECK(loads.size() == layers.size(), "update_bias: ", loads.size(), " load vectors for ", layers.size(),
-               " MoE layers");
-  if (layers.empty() || !cfg_.aux_free_bias) return;  // no bias to move
   const auto L = static_cast<int64_t>(layers.size());
   const int64_t E = cfg_.n_routed_experts;
-  // The loads as f32 [L, E] (counts: exact below 2^24, so the update is the one the double counts give).
-  const Tensor host = Tensor::empty({L, E}, DType::F32);
-  float* h = host.data<float>();
-  for (int64_t i = 0; i < L; ++i) {
-    const std::vector<double>& load = loads[static_cast<size_t>(i)];
-    MOELAB_CHECK(static_cast<int64_t>(load.size()) == E, "update_bias: layer ", layers[static_cast<size_t>(i)],
-                 ": load has ", load.size(), " entries, expected n_routed_experts = ", E);
-    for (int64_t e = 0; e < E; ++e) {
-      const double v = load[static_cast<size_t>(e)];
-      MOELAB_CHECK(std::isfinite(v) && v >= 0, "update_bias: layer ", layers[static_cast<size_t>(i)], ": load[", e,
-                   "] = ", v, ", expected a finite count >= 0");
-      h[i * E + e] = static_cast<float>(v);
-    }
-  }
-  auto update = [&](const Tensor& all) {  // all: [L, E] on the biases' device
-    for (int64_t i = 0; i < L; ++i)
-      moe_of(layers[static_cast<size_t>(i)]).update_bias(ex, all.slice(i, i + 1).reshape({E}));
-  };
-  if (moe_of(layers[0]).e_score_correction_bias().device() == Device::CPU) {
-    update(host);
-    return;
-  }
-  // On the GPU: ONE upload of all the loads (L * E floats, a synchronous host-to-device copy) into
-  // the op scratch, then one small kernel per layer; nothing comes back.
-  ScratchScope scratch(ex, "Model::update_bias");
-  const Tensor load = scratch.take({L, E}, DType::F32);
-  load.copy_from(host);
-  update(load);
+  check_shape("Model::update_bias", "loads", loads, {L, E});
+  if (layers.empty() || !cfg_.aux_free_bias) return;  // no bias to move
+  for (int64_t i = 0; i < L; ++i)
+    moe_of(layers[static_cast<size_t>(i)]).update_bias(ex, loads.slice(i, i + 1).reshape({E}));
 }
 
 void Model::read_bias_ranges(std::vector<MoEStats>& stats) const {

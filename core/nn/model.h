@@ -10,7 +10,9 @@
 // output); its output goes through its own shared_head.norm and the SHARED lm_head (the embedding
 // when tied). The Model runs the shared pieces, so each has one gradient that every use adds to.
 //
-// forward() fills Saved (caller-owned) and returns the losses; backward() ACCUMULATES the gradient
+// forward() fills Saved (caller-owned), the losses and loads left on the model's device in its
+// statistics (accumulate_stats adds them to a training step's, read_losses / moe_stats read them on
+// the host); backward() ACCUMULATES the gradient
 // of grad_scale * total into the parameter gradients (grad_scale = 1 / accumulation steps). With a
 // GradSync (data parallel, core/nn/grad_sync.h) backward tells it as each layer's gradients become
 // final, so their reduction overlaps the layers still to come.
@@ -28,6 +30,7 @@
 #include "core/nn/linear.h"
 #include "core/nn/mtp.h"
 #include "core/nn/norm.h"
+#include "core/ops/step_stats.h"
 #include "core/params.h"
 
 namespace moelab {
@@ -47,6 +50,7 @@ class Model {
     Tensor normed;                            // [N, D]
     Tensor logits;                            // [N, V]
     Tensor lse, losses;                       // [N]
+    Tensor ce;                                // f64 [kCrossEntropyStats]: the loss sum, valid rows, bad target
   };
   // What MTP depth k keeps: the module's Saved, and the shared embedding's and loss head's part.
   struct MtpSaved {
@@ -69,17 +73,29 @@ class Model {
   void allocate(Device device, DType dtype = DType::F32);
   void initialize(uint64_t seed);
 
-  Losses forward(const Context& ctx, const Tensor& tokens, Saved& saved) const;
+  void forward(const Context& ctx, const Tensor& tokens, Saved& saved) const;
   void backward(const Context& ctx, const Saved& saved, double grad_scale = 1.0, GradSync* sync = nullptr) const;
 
-  // The MoE layers in HF layer order (MTP blocks after the trunk), their stats from a forward, and
-  // the aux-loss-free bias update with one global load vector per MoE layer (token counts, checked
-  // finite and >= 0 here). The loads are gathered into one f32 [layers, E] tensor, which on CUDA is
-  // the update's one small host-to-device copy (into ex.scratch), then each MoE layer updates its
-  // bias on the device (MoE::update_bias).
+  // The statistics of a forward (core/ops/step_stats.h): the layout of a step's accumulator for
+  // this model, and acc += the forward's losses (scaled by `scale`) and loads, on acc's device.
+  StepStatsLayout stats_layout() const;
+  void accumulate_stats(const Exec& ex, const Saved& saved, double scale, const Tensor& acc) const;
+  // Losses from an accumulator (host f64 [stats_layout().size()]), each divided by `ranks` (the
+  // data-parallel mean; 1: as summed).
+  Losses losses_of(const double* acc, double ranks = 1) const;
+  // The forward's losses on the host, through accumulate_stats with scale 1 (the arithmetic of the
+  // training step); on CUDA a small copy that waits for the device. A bad target (which CUDA
+  // records instead of throwing) throws here, naming the head.
+  Losses read_losses(const Context& ctx, const Saved& saved) const;
+
+  // The MoE layers in HF layer order (MTP blocks after the trunk), their stats from a forward on
+  // the host (MoE::read_stats), and the aux-loss-free bias update with the step's global loads:
+  // f64 [layers, E] on the model's device (a slice of the step's accumulator), one small kernel per
+  // MoE layer (MoE::update_bias); nothing comes back.
   std::vector<int64_t> moe_layers() const;
   std::vector<MoEStats> moe_stats(const Saved& saved) const;
-  void update_bias(const Exec& ex, const std::vector<std::vector<double>>& loads) const;
+  int64_t dropped(const Saved& saved) const;  // assignments the capacity factor dropped, all MoE layers
+  void update_bias(const Exec& ex, const Tensor& loads) const;
   // Fills bias_min / bias_max of stats (moe_stats' order) from the current biases, for the log step
   // (on CUDA one small copy to the host per MoE layer).
   void read_bias_ranges(std::vector<MoEStats>& stats) const;
@@ -136,8 +152,8 @@ class Model {
   Tensor head_weight() const;
   Tensor head_grad() const;
   const MoE& moe_of(int64_t layer) const;  // the MoE of one of moe_layers() (trunk or MTP block)
-  // norm -> head -> cross-entropy on tokens[:, k+1 : T+k+1]; returns the mean loss.
-  double head_forward(const Context& ctx, const RMSNorm& norm, const Tensor& h, const Tensor& tokens, int64_t k,
+  // norm -> head -> cross-entropy on tokens[:, k+1 : T+k+1] (its statistics into hs.ce).
+  void head_forward(const Context& ctx, const RMSNorm& norm, const Tensor& h, const Tensor& tokens, int64_t k,
                       HeadSaved& hs) const;
   // Adds d(weight * loss)/d h to grad_h (which it overwrites).
   void head_backward(const Context& ctx, const RMSNorm& norm, const HeadSaved& hs, double weight,

@@ -10,6 +10,7 @@
 #include "core/ops/moe_bias.h"
 #include "core/ops/moe_route.h"
 #include "core/ops/op_util.h"
+#include "core/ops/step_stats.h"
 
 namespace moelab {
 
@@ -109,7 +110,13 @@ Tensor MoE::e_score_correction_bias() const {
   return cfg_.aux_free_bias ? buffers_->param(bias_index_) : Tensor();
 }
 
-void MoE::route(const Context& ctx, const Tensor& x, Saved& s, MoEStats& stats) const {
+double moe_max_vio(const std::vector<double>& load, int64_t tokens, int64_t k) {
+  if (load.empty()) return 0.0;
+  const double mean = static_cast<double>(tokens * k) / static_cast<double>(load.size());
+  return (*std::max_element(load.begin(), load.end()) - mean) / mean;
+}
+
+void MoE::route(const Context& ctx, const Tensor& x, Saved& s) const {
   const PhaseScope phase(ctx.profiler, Phase::Router);
   const int64_t N = x.size(0), E = cfg_.n_routed_experts, K = cfg_.num_experts_per_tok;
   s.x = x;
@@ -135,43 +142,55 @@ void MoE::route(const Context& ctx, const Tensor& x, Saved& s, MoEStats& stats) 
   moe_gate_forward(ctx, s.scores, s.topk_idx, cfg_.norm_topk_prob, cfg_.routed_scaling_factor, s.topk_weights);
 
   s.expert_idx = s.topk_idx;
-  stats.dropped = 0;
+  s.dropped = 0;
   if (cfg_.capacity_factor > 0) {
     s.expert_idx = ctx.alloc({N, K}, DType::I32);
-    stats.dropped =
+    s.dropped =
         moe_capacity_drop(ctx, s.scores, s.topk_idx, moe_capacity(cfg_.capacity_factor, N, K, E), s.expert_idx);
   }
-
-  // The load counts selections before the drops (GOLDEN.md): it measures what the router asks for.
-  const std::vector<int64_t> load = moe_count_tokens(ctx, s.topk_idx, E);
-  stats.load.assign(load.begin(), load.end());
-  const double mean = static_cast<double>(N * K) / static_cast<double>(E);
-  stats.max_vio = (*std::max_element(stats.load.begin(), stats.load.end()) - mean) / mean;
-  stats.bias_min = stats.bias_max = 0;  // read at the log step (bias_range), not every forward
 }
 
-void MoE::balance_losses(const Context& ctx, Saved& s, MoEStats& stats) const {
+MoEStats MoE::read_stats(const Saved& s) const {
+  MOELAB_CHECK(s.stats.defined(), "MoE::read_stats: no statistics (run forward first)");
+  const Tensor host = s.stats.to(Device::CPU);
+  const double* p = host.data<double>();
+  MoEStats st;
+  st.seq_aux_loss = p[kMoeStatSeqAux];
+  st.aux_loss = p[kMoeStatAux];
+  st.z_loss = p[kMoeStatZ];
+  st.load.assign(p + kMoeStats, p + host.numel());
+  st.dropped = s.dropped;
+  st.max_vio = moe_max_vio(st.load, s.scores.size(0), cfg_.num_experts_per_tok);
+  return st;
+}
+
+void MoE::statistics(const Context& ctx, Saved& s) const {
   const PhaseScope phase(ctx.profiler, Phase::Router);
-  const int64_t N = s.scores.size(0);
+  const int64_t N = s.scores.size(0), E = cfg_.n_routed_experts;
+  // The load counts selections before the drops (GOLDEN.md): it measures what the router asks for.
+  s.stats = ctx.alloc({kMoeStats + E}, DType::F64);
+  moe_count_tokens(ctx, s.topk_idx, s.stats.slice(kMoeStats, kMoeStats + E));
   // The batch-level loss of a data-parallel step is the GLOBAL batch's: its f counts every
   // process's selections (one small sum over the processes per MoE layer; each process then
   // weighs its own P by it, and the step's mean over processes is the global loss).
   s.batch_fractions.clear();
   if (cfg_.aux_loss_alpha > 0 && ctx.data_parallel && ctx.data_parallel->ranks() > 1) {
-    std::vector<double> counts = stats.load;
+    // The loads come to the host for the sum over the processes (on CUDA a wait for the device:
+    // this configuration's one extra host wait per MoE layer, core/exec.h).
+    const Tensor load = s.stats.slice(kMoeStats, s.stats.numel()).to(Device::CPU);
+    std::vector<double> counts(load.data<double>(), load.data<double>() + load.numel());
     ctx.data_parallel->sum(counts);
     const double rows = static_cast<double>(N) * ctx.data_parallel->ranks();
     const double scale = static_cast<double>(cfg_.n_routed_experts) / (cfg_.num_experts_per_tok * rows);
     for (double c : counts) s.batch_fractions.push_back(c * scale);
   }
-  stats.seq_aux_loss = cfg_.seq_aux_loss_alpha > 0
-                           ? moe_aux_loss_forward(ctx, s.scores, s.topk_idx, ctx.seq_len, cfg_.seq_aux_loss_alpha)
-                           : 0.0;
-  stats.aux_loss =
-      cfg_.aux_loss_alpha > 0
-          ? moe_aux_loss_forward(ctx, s.scores, s.topk_idx, N, cfg_.aux_loss_alpha, s.batch_fractions)
-          : 0.0;
-  stats.z_loss = cfg_.router_z_loss_coef > 0 ? moe_z_loss_forward(ctx, s.logits, cfg_.router_z_loss_coef) : 0.0;
+  s.stats.slice(0, kMoeStats).zero();  // a loss that is off stays 0 (the step reads all three)
+  auto loss = [&](int64_t entry) { return s.stats.slice(entry, entry + 1); };
+  if (cfg_.seq_aux_loss_alpha > 0)
+    moe_aux_loss_forward(ctx, s.scores, s.topk_idx, ctx.seq_len, cfg_.seq_aux_loss_alpha, loss(kMoeStatSeqAux));
+  if (cfg_.aux_loss_alpha > 0)
+    moe_aux_loss_forward(ctx, s.scores, s.topk_idx, N, cfg_.aux_loss_alpha, loss(kMoeStatAux), s.batch_fractions);
+  if (cfg_.router_z_loss_coef > 0) moe_z_loss_forward(ctx, s.logits, cfg_.router_z_loss_coef, loss(kMoeStatZ));
 }
 
 void MoE::experts_grouped(const Context& ctx, const Tensor& y, Saved& s, const std::function<void()>& meanwhile) const {
@@ -220,15 +239,15 @@ void MoE::experts_naive(const Context& ctx, const Tensor& y, Saved& s) const {
   });
 }
 
-void MoE::forward(const Context& ctx, const Tensor& x, const Tensor& y, Saved& s, MoEStats& stats) const {
+void MoE::forward(const Context& ctx, const Tensor& x, const Tensor& y, Saved& s) const {
   const int64_t N = ctx.tokens(), D = cfg_.hidden_size;
   MOELAB_CHECK(x.ndim() == 2 && x.size(0) == N && x.size(1) == D, "MoE::forward: x is ", x.str(), ", expected [N = ",
                N, " (batch ", ctx.batch, " x seq_len ", ctx.seq_len, "), D = ", D, "]");
   check_shape("MoE::forward", "y", y, x.shape());
   MOELAB_CHECK(!naive_ || (dispatch_ == nullptr && x.device() == Device::CPU), "MoE::forward: the naive expert path "
                "is a single-process CPU reference (x is ", x.str(), (dispatch_ ? ", and a custom ExpertDispatch is set)" : ")"));
-  route(ctx, x, s, stats);
-  balance_losses(ctx, s, stats);
+  route(ctx, x, s);
+  statistics(ctx, s);
   s.naive = naive_;
   s.layout.reset();
   // The shared experts need no dispatch: the grouped path runs them while its transfers are in flight.
@@ -402,6 +421,7 @@ LayerCost MoE::cost(const CostShape& shape) const {
   c.alloc(N * K, DType::I32);       // topk_idx
   c.alloc(N * K, stat);             // topk_weights
   if (cfg_.capacity_factor > 0) c.alloc(N * K, DType::I32);  // expert_idx
+  c.alloc(kMoeStats + E, DType::F64);  // stats
   c.alloc(N * K, stat);             // grad_topk_weights
   c.alloc(N * E, stat);             // grad_scores
   c.alloc(N * E, stat);             // grad_logits

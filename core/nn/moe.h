@@ -7,8 +7,9 @@
 //   process's tokens (under data or expert parallelism each process caps its own, per device as
 //   in GShard; tests/mpi/test_data_parallel.cpp checks the rule)
 //   y = shared(x) + sum_k g_k expert_{topk_idx[k]}(x)         (the residual is added by the block)
-// plus the balance losses (sequence-wise, batch-level, z-loss), returned in MoEStats with their
-// gradients taken in backward, and the aux-loss-free bias update after the optimizer step.
+// plus the balance losses (sequence-wise, batch-level, z-loss), left with the loads in the layer's
+// raw statistics on the device (Saved::stats; read on the host as MoEStats), their gradients taken
+// in backward, and the aux-loss-free bias update after the optimizer step.
 // Routing runs in the activation dtype: f32 for CPU training, f64 for gradient checks.
 // Experts and shared experts are SwiGLUMLP. The routed experts run either grouped (the real path:
 // an ExpertDispatch gathers each expert's rows, one GEMM chain per expert) or naive (a per-token
@@ -32,17 +33,23 @@
 
 namespace moelab {
 
-struct MoEStats {                       // one layer, one forward
+// One layer's statistics of one forward, on the host (MoE::read_stats: on CUDA a small copy that
+// waits for the device, so the training step never makes one: it accumulates Saved::stats on the
+// device, core/ops/step_stats.h).
+struct MoEStats {
   std::vector<double> load;             // [E] selections per expert (before capacity drops)
   int64_t dropped = 0;                  // assignments dropped by the capacity factor
-  double max_vio = 0;                   // (max load - mean load) / mean load
-  // The range of e_score_correction_bias (0 without aux_free_bias). forward leaves these 0: the bias
-  // lives on the model's device and reading it every forward would copy it to the host and wait
-  // for the GPU. The log step fills them (MoE::bias_range, Model::read_bias_ranges).
+  double max_vio = 0;                   // (max load - mean load) / mean load (moe_max_vio)
+  // The range of e_score_correction_bias (0 without aux_free_bias): the bias after the step's
+  // update, filled at the log step (MoE::bias_range, Model::read_bias_ranges).
   double bias_min = 0, bias_max = 0;
   double seq_aux_loss = 0, aux_loss = 0, z_loss = 0;  // already multiplied by their coefficients
   double balance_loss() const { return seq_aux_loss + aux_loss + z_loss; }
 };
+
+// MaxVio of one layer's loads over `tokens` rows of K selections: (max load - mean) / mean, mean =
+// tokens * K / E.
+double moe_max_vio(const std::vector<double>& load, int64_t tokens, int64_t k);
 
 class MoE {
  public:
@@ -65,6 +72,12 @@ class MoE {
     // Data parallel with the batch-level aux loss: the selection fractions f [E] of the whole
     // batch, all processes' rows (core/ops/moe_balance.h); empty: this process's batch is the batch.
     std::vector<double> batch_fractions;
+    // The raw statistics, f64 [kMoeStats + E] on the model's device (core/ops/step_stats.h):
+    // seq_aux, aux and z losses (coefficients applied, 0 when off), then the selections per expert
+    // before capacity drops. dropped: the assignments the capacity factor dropped (a host number:
+    // the drop op returns it with the row counts the host needs anyway).
+    Tensor stats;
+    int64_t dropped = 0;
   };
 
   MoE() = default;
@@ -76,16 +89,17 @@ class MoE {
   MoE(ParamBuffer& params, ParamBuffer& buffers, const std::string& prefix, const ModelConfig& cfg);
 
   // x: [N, D], N = ctx.tokens() = ctx.batch * ctx.seq_len (sequences are consecutive rows) -> y: [N, D].
-  // stats gets the loads, drops, MaxVio and the balance losses (not the bias range: see MoEStats).
-  // y must not alias x.
-  void forward(const Context& ctx, const Tensor& x, const Tensor& y, Saved& saved, MoEStats& stats) const;
+  // saved.stats and saved.dropped get the loads, the drops and the balance losses. y must not alias x.
+  void forward(const Context& ctx, const Tensor& x, const Tensor& y, Saved& saved) const;
+  // saved's statistics on the host, MaxVio computed from its loads (bias range left 0).
+  MoEStats read_stats(const Saved& saved) const;
   // grad_y: d total / d y. balance_grad_scale: d total / d (stats.balance_loss()): 1 normally, the
   // gradient-accumulation scale otherwise. Includes the balance losses' gradients into the router.
   // grad_x must not alias grad_y.
   void backward(const Context& ctx, const Saved& saved, const Tensor& grad_y, double balance_grad_scale,
                 const Tensor& grad_x) const;
   // The aux-loss-free update after the optimizer step: b_i += bias_update_speed * sign(mean(load) - load_i)
-  // (sign(0) = 0; the op core/ops/moe_bias.h). `load`: f32 [E] on the model's device, the GLOBAL
+  // (sign(0) = 0; the op core/ops/moe_bias.h). `load`: f64 [E] on the model's device, the GLOBAL
   // per-expert load of the step (summed over micro-batches and ranks by the caller). Does nothing
   // without aux_free_bias (there is no bias).
   void update_bias(const Exec& ex, const Tensor& load) const;
@@ -118,9 +132,10 @@ class MoE {
   int64_t num_experts() const { return cfg_.n_routed_experts; }
 
  private:
-  // Router: logits, scores, selection, gates, capacity; fills stats except the balance losses.
-  void route(const Context& ctx, const Tensor& x, Saved& saved, MoEStats& stats) const;
-  void balance_losses(const Context& ctx, Saved& saved, MoEStats& stats) const;
+  // Router: logits, scores, selection, gates, capacity (and saved.dropped).
+  void route(const Context& ctx, const Tensor& x, Saved& saved) const;
+  // The loads and the balance losses into saved.stats (allocated here).
+  void statistics(const Context& ctx, Saved& saved) const;
   // meanwhile: work without a dispatch (the shared experts), run while the transfers are in flight.
   void experts_grouped(const Context& ctx, const Tensor& y, Saved& saved, const std::function<void()>& meanwhile) const;
   void experts_naive(const Context& ctx, const Tensor& y, Saved& saved) const;

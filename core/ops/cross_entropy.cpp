@@ -1,6 +1,7 @@
 // Softmax cross-entropy: argument checks (including every target) + dispatch, and the CPU reference.
-// On CUDA the targets are checked on the device by the launchers' scan (the first bad row is
-// reported with the CPU's message), which also counts the valid rows.
+// On CUDA the targets are checked on the device by the forward's scan, which records the first bad
+// row in the statistics (reported with the CPU's message by whoever reads them) and counts the
+// valid rows.
 #include "core/ops/cross_entropy.h"
 
 #include <algorithm>
@@ -18,8 +19,8 @@ namespace moelab {
 namespace ref {
 
 template <typename T>
-double cross_entropy_forward(const T* logits, const int32_t* targets, int ignore_index, T* losses, T* lse,
-                             int64_t rows, int64_t vocab) {
+void cross_entropy_forward(const T* logits, const int32_t* targets, int ignore_index, T* losses, T* lse, int64_t rows,
+                           int64_t vocab, double* stats) {
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r) {
     const T* x = logits + r * vocab;
@@ -31,7 +32,7 @@ double cross_entropy_forward(const T* logits, const int32_t* targets, int ignore
     // rounding (float: ~6e-5 at 1000) would swamp a small loss.
     losses[r] = targets[r] == ignore_index ? T(0) : (max - x[targets[r]]) + log_sum;
   }
-  // The mean on one thread, in row order and in double: the same value for any thread count.
+  // The sum on one thread, in row order and in double: the same value for any thread count.
   double total = 0;
   int64_t n_valid = 0;
   for (int64_t r = 0; r < rows; ++r) {
@@ -39,13 +40,15 @@ double cross_entropy_forward(const T* logits, const int32_t* targets, int ignore
     total += losses[r];
     ++n_valid;
   }
-  return n_valid ? total / static_cast<double>(n_valid) : 0.0;
+  stats[kCrossEntropyLossSum] = total;
+  stats[kCrossEntropyValid] = static_cast<double>(n_valid);
+  stats[kCrossEntropyBadRow] = -1;  // the caller checked every target
+  stats[kCrossEntropyBadTarget] = 0;
 }
 
 template <typename T>
 void cross_entropy_backward(const T* logits, const int32_t* targets, const T* lse, int ignore_index, double grad_loss,
-                            T* grad_logits, int64_t rows, int64_t vocab) {
-  const int64_t n_valid = std::count_if(targets, targets + rows, [&](int32_t t) { return t != ignore_index; });
+                            int64_t n_valid, T* grad_logits, int64_t rows, int64_t vocab) {
   const T scale = n_valid ? static_cast<T>(grad_loss / static_cast<double>(n_valid)) : T(0);
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r) {
@@ -61,12 +64,14 @@ void cross_entropy_backward(const T* logits, const int32_t* targets, const T* ls
   }
 }
 
-template double cross_entropy_forward<float>(const float*, const int32_t*, int, float*, float*, int64_t, int64_t);
-template double cross_entropy_forward<double>(const double*, const int32_t*, int, double*, double*, int64_t, int64_t);
-template void cross_entropy_backward<float>(const float*, const int32_t*, const float*, int, double, float*, int64_t,
-                                            int64_t);
-template void cross_entropy_backward<double>(const double*, const int32_t*, const double*, int, double, double*,
-                                             int64_t, int64_t);
+template void cross_entropy_forward<float>(const float*, const int32_t*, int, float*, float*, int64_t, int64_t,
+                                           double*);
+template void cross_entropy_forward<double>(const double*, const int32_t*, int, double*, double*, int64_t, int64_t,
+                                            double*);
+template void cross_entropy_backward<float>(const float*, const int32_t*, const float*, int, double, int64_t, float*,
+                                            int64_t, int64_t);
+template void cross_entropy_backward<double>(const double*, const int32_t*, const double*, int, double, int64_t,
+                                             double*, int64_t, int64_t);
 
 }  // namespace ref
 
@@ -100,99 +105,102 @@ void check_cuda_dtypes(const char* op, const Tensor& logits, std::initializer_li
   for (const auto& [name, t] : stats) check_dtype(op, name, *t, DType::F32);
 }
 
-// The device words the launchers' target scan fills and copies back (cuda::kCrossEntropyWorkspaceBytes),
-// from the op's scratch: a device allocation per call would synchronise the device each time.
-Tensor status_workspace(ScratchScope& scratch) {
-  static_assert(cuda::kCrossEntropyWorkspaceBytes <= 4 * sizeof(double), "the status fits 4 doubles");
-  return scratch.take({4}, DType::F64);
-}
-
-// The same message as check_targets, from the device scan's first bad row.
-void throw_bad_target(const char* op, const Tensor& targets, const cuda::CrossEntropyStatus& st, int ignore_index,
-                      int64_t vocab) {
-  MOELAB_FAIL(op, ": targets ", targets.str(), " holds ", st.bad_target, " at row ", st.bad_row,
-              ", expected a class in [0, V=", vocab, ") or ignore_index ", ignore_index);
+void check_stats(const char* op, const Tensor& logits, const Tensor& stats) {
+  check_shape(op, "stats", stats, {kCrossEntropyStats});
+  check_dtype(op, "stats", stats, DType::F64);
+  check_same_device(op, {{"logits", &logits}, {"stats", &stats}});
 }
 }  // namespace
 
-double cross_entropy_forward(const Exec& ex, const Tensor& logits, const Tensor& targets, int ignore_index,
-                             const Tensor& losses, const Tensor& lse) {
+void cross_entropy_forward(const Exec& ex, const Tensor& logits, const Tensor& targets, int ignore_index,
+                           const Tensor& losses, const Tensor& lse, const Tensor& stats) {
   const char* op = "cross_entropy_forward";
   const int64_t vocab = check_cross_entropy_shapes(op, logits, targets, lse);
   check_shape(op, "losses", losses, targets.shape());
   check_same_device(op, {{"logits", &logits}, {"targets", &targets}, {"losses", &losses}, {"lse", &lse}});
+  check_stats(op, logits, stats);
   if (logits.device() == Device::CUDA) {
     check_cuda_dtypes(op, logits, {{"losses", &losses}, {"lse", &lse}});
-    ScratchScope scratch(ex, op);
     cuda::CrossEntropyForwardParams p;
     p.logits = logits.raw();
     p.targets = targets.data<int32_t>();
     p.losses = losses.data<float>();
     p.lse = lse.data<float>();
-    p.workspace = status_workspace(scratch).raw();
+    p.stats = stats.data<double>();
     p.rows = targets.numel();
     p.vocab = vocab;
     p.ignore_index = ignore_index;
     p.bf16 = logits.dtype() == DType::BF16;
     p.stream = ex.stream;
-    const cuda::CrossEntropyStatus st = cuda::cross_entropy_forward(p);
-    if (st.bad_row >= 0) throw_bad_target(op, targets, st, ignore_index, vocab);
-    return st.n_valid ? st.loss_sum / static_cast<double>(st.n_valid) : 0.0;
+    cuda::cross_entropy_forward(p);
+    return;
   }
   check_targets(op, targets, ignore_index, vocab);
-  double mean = 0;
   ops_detail::dispatch_cpu_float(op, logits, [&](auto tag) {
     using T = decltype(tag);
     check_dtype(op, "losses", losses, logits.dtype());
     check_dtype(op, "lse", lse, logits.dtype());
-    mean = ref::cross_entropy_forward<T>(logits.data<T>(), targets.data<int32_t>(), ignore_index, losses.data<T>(),
-                                         lse.data<T>(), targets.numel(), vocab);
+    ref::cross_entropy_forward<T>(logits.data<T>(), targets.data<int32_t>(), ignore_index, losses.data<T>(),
+                                  lse.data<T>(), targets.numel(), vocab, stats.data<double>());
   });
-  return mean;
 }
 
 void cross_entropy_backward(const Exec& ex, const Tensor& logits, const Tensor& targets, const Tensor& lse,
-                            int ignore_index, double grad_loss, const Tensor& grad_logits) {
+                            const Tensor& stats, int ignore_index, double grad_loss, const Tensor& grad_logits) {
   const char* op = "cross_entropy_backward";
   const int64_t vocab = check_cross_entropy_shapes(op, logits, targets, lse);
   check_shape(op, "grad_logits", grad_logits, logits.shape());
   check_same_device(op, {{"logits", &logits}, {"targets", &targets}, {"lse", &lse}, {"grad_logits", &grad_logits}});
+  check_stats(op, logits, stats);
   if (logits.device() == Device::CUDA) {
     check_cuda_dtypes(op, logits, {{"lse", &lse}});
     check_dtype(op, "grad_logits", grad_logits, logits.dtype());
-    ScratchScope scratch(ex, op);
-    cuda::CrossEntropyScanParams scan;
-    scan.targets = targets.data<int32_t>();
-    scan.workspace = status_workspace(scratch).raw();
-    scan.rows = targets.numel();
-    scan.vocab = vocab;
-    scan.ignore_index = ignore_index;
-    scan.stream = ex.stream;
-    const cuda::CrossEntropyStatus st = cuda::cross_entropy_scan_targets(scan);
-    if (st.bad_row >= 0) throw_bad_target(op, targets, st, ignore_index, vocab);
     cuda::CrossEntropyBackwardParams p;
     p.logits = logits.raw();
     p.targets = targets.data<int32_t>();
     p.lse = lse.data<float>();
+    p.stats = stats.data<double>();
     p.grad_logits = grad_logits.raw();
     p.rows = targets.numel();
     p.vocab = vocab;
     p.ignore_index = ignore_index;
-    // The CPU reference's scale: grad_loss / n_valid in double, then rounded to f32.
-    p.scale = st.n_valid ? static_cast<float>(grad_loss / static_cast<double>(st.n_valid)) : 0.0f;
+    p.grad_loss = grad_loss;
     p.bf16 = logits.dtype() == DType::BF16;
     p.stream = ex.stream;
     cuda::cross_entropy_backward(p);
     return;
   }
   check_targets(op, targets, ignore_index, vocab);
+  const int64_t n_valid = static_cast<int64_t>(stats.data<double>()[kCrossEntropyValid]);
   ops_detail::dispatch_cpu_float(op, logits, [&](auto tag) {
     using T = decltype(tag);
     check_dtype(op, "lse", lse, logits.dtype());
     check_dtype(op, "grad_logits", grad_logits, logits.dtype());
     ref::cross_entropy_backward<T>(logits.data<T>(), targets.data<int32_t>(), lse.data<T>(), ignore_index, grad_loss,
-                                   grad_logits.data<T>(), targets.numel(), vocab);
+                                   n_valid, grad_logits.data<T>(), targets.numel(), vocab);
   });
+}
+
+CrossEntropyStats read_cross_entropy_stats(const Tensor& stats) {
+  check_shape("read_cross_entropy_stats", "stats", stats, {kCrossEntropyStats});
+  check_dtype("read_cross_entropy_stats", "stats", stats, DType::F64);
+  const Tensor host = stats.to(Device::CPU);
+  const double* s = host.data<double>();
+  CrossEntropyStats st;
+  st.loss_sum = s[kCrossEntropyLossSum];
+  st.n_valid = static_cast<int64_t>(s[kCrossEntropyValid]);
+  st.bad_row = static_cast<int64_t>(s[kCrossEntropyBadRow]);
+  st.bad_target = static_cast<int64_t>(s[kCrossEntropyBadTarget]);
+  return st;
+}
+
+double cross_entropy_mean(const Exec& ex, const Tensor& logits, const Tensor& targets, int ignore_index,
+                          const Tensor& losses, const Tensor& lse, const Tensor& stats) {
+  cross_entropy_forward(ex, logits, targets, ignore_index, losses, lse, stats);
+  const CrossEntropyStats st = read_cross_entropy_stats(stats);
+  MOELAB_CHECK(st.bad_row < 0, "cross_entropy_forward: targets ", targets.str(), " holds ", st.bad_target, " at row ",
+               st.bad_row, ", expected a class in [0, V=", logits.size(-1), ") or ignore_index ", ignore_index);
+  return st.mean();
 }
 
 }  // namespace moelab

@@ -145,9 +145,16 @@ void check_logits(const char* op, const Tensor& logits) {
   if (logits.device() == Device::CUDA) check_dtype(op, "logits", logits, DType::F32);
 }
 
+// The forwards' output: one f64 on the input's device.
+void check_loss_output(const char* op, const Tensor& input, const Tensor& loss) {
+  check_shape(op, "loss", loss, {1});
+  check_dtype(op, "loss", loss, DType::F64);
+  check_same_device(op, {{"the input", &input}, {"loss", &loss}});
+}
+
 // The launch parameters of the aux loss on CUDA, with its device workspace taken from the op's
 // scratch (a device allocation per call would synchronise the device): f [B, E] and the per-row
-// values [N] (f32), the out-of-range index counts [B] (i32), the forward's two sums (f64).
+// values [N] (f32), the out-of-range index counts [B] (i32).
 // Given batch fractions go up as f32 (one small copy): the kernels read f in f32 either way.
 cuda::MoeAuxLossParams aux_params(const Exec& ex, ScratchScope& scratch, const Tensor& scores, const Tensor& topk_idx,
                                   int64_t seq_len, double alpha, const std::vector<double>& fractions) {
@@ -161,7 +168,6 @@ cuda::MoeAuxLossParams aux_params(const Exec& ex, ScratchScope& scratch, const T
     p.f_given = true;
   }
   const Tensor invalid = scratch.take({B}, DType::I32);
-  const Tensor result = scratch.take({2}, DType::F64);
   p.scores = scores.data<float>();
   p.topk_idx = topk_idx.data<int32_t>();
   p.rows = N;
@@ -171,34 +177,31 @@ cuda::MoeAuxLossParams aux_params(const Exec& ex, ScratchScope& scratch, const T
   p.f = f.data<float>();
   p.invalid = invalid.data<int32_t>();
   p.row_values = f.data<float>() + B * E;
-  p.result = result.data<double>();
   p.alpha = alpha;
   p.stream = ex.stream;
   return p;
 }
 }  // namespace
 
-double moe_aux_loss_forward(const Exec& ex, const Tensor& scores, const Tensor& topk_idx, int64_t seq_len,
-                            double alpha, const std::vector<double>& batch_fractions) {
+void moe_aux_loss_forward(const Exec& ex, const Tensor& scores, const Tensor& topk_idx, int64_t seq_len, double alpha,
+                          const Tensor& loss, const std::vector<double>& batch_fractions) {
   const char* op = "moe_aux_loss_forward";
   check_aux(op, scores, topk_idx, seq_len, batch_fractions);
+  check_loss_output(op, scores, loss);
   const double* given = batch_fractions.empty() ? nullptr : batch_fractions.data();
   if (scores.device() == Device::CUDA) {
     ScratchScope scratch(ex, op);
-    double sums[2];
-    cuda::moe_aux_loss_forward(aux_params(ex, scratch, scores, topk_idx, seq_len, alpha, batch_fractions), sums);
-    MOELAB_CHECK(sums[1] == 0, op, ": topk_idx holds ", static_cast<int64_t>(sums[1]), " entries outside [0, E = ",
-                 scores.size(1), ") (the selection before capacity drops)");
-    const double num_seqs = static_cast<double>(scores.size(0) / seq_len);
-    return alpha * sums[0] / (num_seqs * static_cast<double>(seq_len));  // the CPU's expression
+    cuda::MoeAuxLossParams p = aux_params(ex, scratch, scores, topk_idx, seq_len, alpha, batch_fractions);
+    p.loss = loss.data<double>();
+    p.loss_denominator = static_cast<double>(scores.size(0) / seq_len) * static_cast<double>(seq_len);  // the CPU's
+    cuda::moe_aux_loss_forward(p);
+    return;
   }
-  double loss = 0;
   ops_detail::dispatch_cpu_float(op, scores, [&](auto tag) {
     using T = decltype(tag);
-    loss = ref::moe_aux_loss_forward<T>(scores.data<T>(), topk_idx.data<int32_t>(), scores.size(0), scores.size(1),
-                                        topk_idx.size(1), seq_len, alpha, given);
+    loss.data<double>()[0] = ref::moe_aux_loss_forward<T>(scores.data<T>(), topk_idx.data<int32_t>(), scores.size(0),
+                                                          scores.size(1), topk_idx.size(1), seq_len, alpha, given);
   });
-  return loss;
 }
 
 void moe_aux_loss_backward(const Exec& ex, const Tensor& scores, const Tensor& topk_idx, int64_t seq_len, double alpha,
@@ -224,33 +227,30 @@ void moe_aux_loss_backward(const Exec& ex, const Tensor& scores, const Tensor& t
   });
 }
 
-double moe_z_loss_forward(const Exec& ex, const Tensor& logits, double coef) {
+void moe_z_loss_forward(const Exec& ex, const Tensor& logits, double coef, const Tensor& loss) {
   const char* op = "moe_z_loss_forward";
   check_logits(op, logits);
+  check_loss_output(op, logits, loss);
   if (logits.device() == Device::CUDA) {
     const int64_t N = logits.size(0);
-    // The per-row values and the sum, from the op's scratch (no device allocation per call).
+    // The per-row values, from the op's scratch (no device allocation per call).
     ScratchScope scratch(ex, op);
     const Tensor rows = scratch.take({N}, DType::F32);
-    const Tensor result = scratch.take({2}, DType::F64);
     cuda::MoeZLossParams p;
     p.logits = logits.data<float>();
     p.rows = N;
     p.E = logits.size(1);
     p.row_values = rows.data<float>();
-    p.result = result.data<double>();
+    p.loss = loss.data<double>();
     p.coef = coef;
     p.stream = ex.stream;
-    double sum = 0;
-    cuda::moe_z_loss_forward(p, &sum);
-    return coef * sum / static_cast<double>(N);  // the CPU's expression
+    cuda::moe_z_loss_forward(p);
+    return;
   }
-  double loss = 0;
   ops_detail::dispatch_cpu_float(op, logits, [&](auto tag) {
     using T = decltype(tag);
-    loss = ref::moe_z_loss_forward<T>(logits.data<T>(), logits.size(0), logits.size(1), coef);
+    loss.data<double>()[0] = ref::moe_z_loss_forward<T>(logits.data<T>(), logits.size(0), logits.size(1), coef);
   });
-  return loss;
 }
 
 void moe_z_loss_backward(const Exec& ex, const Tensor& logits, double coef, double grad_loss,

@@ -20,13 +20,16 @@
 //
 // Shapes: scores, grad_scores, logits, grad_logits: [N, E]   topk_idx: i32 [N, K] (the selection
 //         before capacity drops; every entry in [0, E)). seq_len must divide N.
-// Contract: forward returns the loss in double (coefficient included); backward ACCUMULATES (+=)
-// into grad_scores / grad_logits, so that each balance term adds its part to the router gradient.
+// Contract: forward OVERWRITES loss, f64 [1] on the input's device, with the loss in double
+// (coefficient included): it stays on the device (the step reads it at the log step, with the
+// other statistics: core/ops/step_stats.h). Backward ACCUMULATES (+=) into grad_scores /
+// grad_logits, so that each balance term adds its part to the router gradient.
 // Dtypes: CPU: float tensors all f32 or all f64; indices i32.
 //         CUDA: scores, logits and their gradients f32; indices i32; E <= 8192 for the aux loss.
-//         The forwards reduce on the device in a fixed order and copy the loss back (they wait for
-//         the device). topk_idx is checked on the device: the aux forward throws on an index out of
-//         [0, E); the aux backward turns that sequence's gradient rows into NaN. The CUDA
+//         The forwards reduce on the device in a fixed order, asynchronously (no copy to the host).
+//         topk_idx is checked on the device: an index out of [0, E) makes the aux forward's loss
+//         NaN and turns that sequence's gradient rows into NaN in the backward (the CPU throws,
+//         naming the entry). Given batch fractions go up to the device in f32 (one small copy). The CUDA
 //         forwards and the aux backward take a small workspace (per-sequence f, per-row values)
 //         from ex.scratch (core/exec.h); the z-loss backward needs none.
 #pragma once
@@ -39,12 +42,12 @@
 
 namespace moelab {
 
-double moe_aux_loss_forward(const Exec& ex, const Tensor& scores, const Tensor& topk_idx, int64_t seq_len,
-                            double alpha, const std::vector<double>& batch_fractions = {});
+void moe_aux_loss_forward(const Exec& ex, const Tensor& scores, const Tensor& topk_idx, int64_t seq_len, double alpha,
+                          const Tensor& loss, const std::vector<double>& batch_fractions = {});
 void moe_aux_loss_backward(const Exec& ex, const Tensor& scores, const Tensor& topk_idx, int64_t seq_len, double alpha,
                            double grad_loss, const Tensor& grad_scores,
                            const std::vector<double>& batch_fractions = {});
-double moe_z_loss_forward(const Exec& ex, const Tensor& logits, double coef);
+void moe_z_loss_forward(const Exec& ex, const Tensor& logits, double coef, const Tensor& loss);
 void moe_z_loss_backward(const Exec& ex, const Tensor& logits, double coef, double grad_loss,
                          const Tensor& grad_logits);
 

@@ -358,35 +358,36 @@ int64_t moe_capacity_drop(const Exec& ex, const Tensor& scores, const Tensor& to
   return dropped;
 }
 
-std::vector<int64_t> moe_count_tokens(const Exec& ex, const Tensor& topk_idx, int64_t num_experts) {
+void moe_count_tokens(const Exec& ex, const Tensor& topk_idx, const Tensor& counts) {
   const char* op = "moe_count_tokens";
   check_ndim(op, "topk_idx", topk_idx, 2, 2);
   check_dtype(op, "topk_idx", topk_idx, DType::I32);
+  check_ndim(op, "counts", counts, 1, 1);
+  check_dtype(op, "counts", counts, DType::F64);
+  check_same_device(op, {{"topk_idx", &topk_idx}, {"counts", &counts}});
+  const int64_t num_experts = counts.size(0);
   if (topk_idx.device() == Device::CUDA) {
     check_cuda_layout(op, topk_idx, num_experts);
     // The device counters come from the op's scratch (a device allocation would synchronise the device).
     ScratchScope scratch(ex, op);
     const Tensor workspace = scratch.take({num_experts + 1}, DType::I32);
-    std::vector<int32_t> host(num_experts + 1);
     cuda::MoeDispatchLayoutParams p;  // the layout's histogram alone: no pos, order or offsets
     p.topk_idx = topk_idx.data<int32_t>();
     p.numel = topk_idx.numel();
     p.num_experts = num_experts;
     p.min_index = -1;  // -1 (dropped) is skipped, not an error
     p.counts = workspace.data<int32_t>();
-    p.host_counts = host.data();
+    p.counts_f64 = counts.data<double>();
     p.stream = ex.stream;
     cuda::moe_dispatch_layout(p);
-    MOELAB_CHECK(host[num_experts] == 0, op, ": topk_idx holds ", host[num_experts], " entries outside [-1, E = ",
-                 num_experts, "); expected experts or -1 (dropped)");
-    return std::vector<int64_t>(host.begin(), host.end() - 1);
+    return;
   }
   check_indices(op, "topk_idx", topk_idx, num_experts, -1);
-  std::vector<int64_t> counts(num_experts, 0);
+  double* c = counts.data<double>();
+  std::fill(c, c + num_experts, 0.0);
   const int32_t* p = topk_idx.data<int32_t>();
   for (int64_t i = 0; i < topk_idx.numel(); ++i)
-    if (p[i] >= 0) ++counts[p[i]];
-  return counts;
+    if (p[i] >= 0) c[p[i]] += 1.0;
 }
 
 }  // namespace moelab

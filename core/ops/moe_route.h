@@ -25,7 +25,9 @@
 //                       kept_idx = topk_idx with dropped entries set to -1. Returns the number
 //                       dropped. The gates are NOT renormalised over the kept ones.
 //   moe_capacity        cap = ceil(c * N * K / E), computed in double (c > 0; c = 0 is dropless).
-//   moe_count_tokens    selections per expert (entries of topk_idx equal to e; -1 is skipped).
+//   moe_count_tokens    counts[e] = selections of expert e (entries of topk_idx equal to e; -1 is
+//                       skipped), as f64 [E]: the step accumulates them on the device
+//                       (core/ops/step_stats.h).
 //
 // Shapes: scores, grad_scores: [N, E]   bias: [E] or undefined (no bias)
 //         n_group divides E; 1 <= topk_group <= n_group; topk_group * E / n_group >= K;
@@ -35,14 +37,14 @@
 // Dtypes: CPU: scores, bias, topk_weights and their gradients all f32 or all f64; indices i32.
 //         CUDA: the same tensors all f32; indices i32. On CUDA the indices are not read on the host
 //         (no device-to-host copy per call): a topk_idx entry out of range turns its row of
-//         topk_weights / grad_scores into NaN; moe_capacity_drop and moe_count_tokens, which copy
-//         their counts to the host anyway, throw. Limits: n_group <= 1024; E <= 8192 (drop, count).
+//         topk_weights / grad_scores into NaN, and every count of moe_count_tokens into NaN;
+//         moe_capacity_drop, which copies its counts to the host anyway, throws. (The CPU checks
+//         the indices and throws.) Limits: n_group <= 1024; E <= 8192 (drop, count).
 //         The CUDA moe_capacity_drop and moe_count_tokens take a small device workspace (counters,
 //         and for the drop the assignments grouped by expert) from ex.scratch (core/exec.h).
 #pragma once
 
 #include <cstdint>
-#include <vector>
 
 #include "core/exec.h"
 #include "core/tensor.h"
@@ -61,7 +63,7 @@ void moe_gate_backward(const Exec& ex, const Tensor& grad_topk_weights, const Te
 int64_t moe_capacity(double capacity_factor, int64_t tokens, int64_t k, int64_t num_experts);
 int64_t moe_capacity_drop(const Exec& ex, const Tensor& scores, const Tensor& topk_idx, int64_t capacity,
                           const Tensor& kept_idx);
-std::vector<int64_t> moe_count_tokens(const Exec& ex, const Tensor& topk_idx, int64_t num_experts);
+void moe_count_tokens(const Exec& ex, const Tensor& topk_idx, const Tensor& counts);
 
 namespace ref {
 // bias may be nullptr (no bias). The references trust their indices (the Tensor API checks them).

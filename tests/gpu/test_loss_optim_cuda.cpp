@@ -1,7 +1,7 @@
 // Cross-entropy, AdamW and the gradient norm on the GPU against the CPU references: CE over any V
 // (1 .. 129280, chunked rows), ignored and all-ignored rows, f32 and bf16 logits; AdamW over several
-// steps with the bf16 / f32 param_copy; grad_norm and clipping over odd-sized tensors; bad targets
-// and device / dtype errors; two runs of every reduction bit-identical. Guard values around every
+// steps with the bf16 / f32 param_copy; grad_norm and clipping over odd-sized tensors; the step's
+// statistics; bad targets and device / dtype errors; two runs of every reduction bit-identical. Guard values around every
 // output catch writes outside it.
 #include <gtest/gtest.h>
 
@@ -13,6 +13,7 @@
 #include "core/ops/adamw.h"
 #include "core/ops/cross_entropy.h"
 #include "core/ops/grad_norm.h"
+#include "core/ops/step_stats.h"
 #include "tests/gpu/gpu_harness.h"
 
 namespace moelab {
@@ -73,17 +74,25 @@ TEST_P(CrossEntropyCuda, MatchesCpuReference) {
 
   // CPU reference.
   Tensor losses = Tensor::empty(rshape, DType::F32), lse = Tensor::empty(rshape, DType::F32);
-  const double mean = cross_entropy_forward(testing::gpu_exec(), logits, targets, kIgnore, losses, lse);
+  const Tensor stats = Tensor::empty({kCrossEntropyStats}, DType::F64);
+  const double mean = cross_entropy_mean(testing::gpu_exec(), logits, targets, kIgnore, losses, lse, stats);
   const double grad_loss = 1.7 * static_cast<double>(rows);  // gradients of order 1, not 1/rows
   Tensor grad = Tensor::empty(c.logits_shape, DType::F32);
-  cross_entropy_backward(testing::gpu_exec(), logits, targets, lse, kIgnore, grad_loss, grad);
+  cross_entropy_backward(testing::gpu_exec(), logits, targets, lse, stats, kIgnore, grad_loss, grad);
 
   // GPU (outputs start as guard garbage: they are overwritten).
   const Tensor dlogits = testing::to_gpu(logits, c.act), dtargets = targets.to(Device::CUDA);
   Guarded dlosses(rshape, DType::F32), dlse(rshape, DType::F32), dgrad(c.logits_shape, c.act);
-  const double dmean = cross_entropy_forward(testing::gpu_exec(), dlogits, dtargets, kIgnore, dlosses.view, dlse.view);
-  // The backward from the CPU's lse: it checks the backward alone, not the forward's rounding again.
-  cross_entropy_backward(testing::gpu_exec(), dlogits, dtargets, lse.to(Device::CUDA), kIgnore, grad_loss, dgrad.view);
+  const Tensor dstats = Tensor::empty({kCrossEntropyStats}, DType::F64, Device::CUDA);
+  const double dmean =
+      cross_entropy_mean(testing::gpu_exec(), dlogits, dtargets, kIgnore, dlosses.view, dlse.view, dstats);
+  const CrossEntropyStats st = read_cross_entropy_stats(dstats);
+  EXPECT_EQ(st.n_valid, n_valid) << "the device's count of valid rows";
+  EXPECT_EQ(st.bad_row, -1);
+  // The backward from the CPU's lse: it checks the backward alone, not the forward's rounding again
+  // (and reads n_valid from the device statistics).
+  cross_entropy_backward(testing::gpu_exec(), dlogits, dtargets, lse.to(Device::CUDA), dstats, kIgnore, grad_loss,
+                         dgrad.view);
 
   // losses and lse are f32 computed in f32 from the same inputs (bf16 logits included): the f32
   // policy; they reach ~11 for V = 50257, where the summation order of the sum-exp shows.
@@ -139,10 +148,12 @@ TEST_F(CrossEntropyCudaMisc, TwoRunsAreBitIdentical) {
     Tensor l1 = Tensor::empty({rows}, DType::F32, Device::CUDA), l2 = Tensor::empty({rows}, DType::F32, Device::CUDA);
     Tensor s1 = Tensor::empty({rows}, DType::F32, Device::CUDA), s2 = Tensor::empty({rows}, DType::F32, Device::CUDA);
     Tensor g1 = Tensor::empty({rows, vocab}, act, Device::CUDA), g2 = Tensor::empty({rows, vocab}, act, Device::CUDA);
-    const double m1 = cross_entropy_forward(testing::gpu_exec(), logits, targets, kIgnore, l1, s1);
-    const double m2 = cross_entropy_forward(testing::gpu_exec(), logits, targets, kIgnore, l2, s2);
-    cross_entropy_backward(testing::gpu_exec(), logits, targets, s1, kIgnore, 1.0, g1);
-    cross_entropy_backward(testing::gpu_exec(), logits, targets, s2, kIgnore, 1.0, g2);
+    const Tensor st1 = Tensor::empty({kCrossEntropyStats}, DType::F64, Device::CUDA);
+    const Tensor st2 = Tensor::empty({kCrossEntropyStats}, DType::F64, Device::CUDA);
+    const double m1 = cross_entropy_mean(testing::gpu_exec(), logits, targets, kIgnore, l1, s1, st1);
+    const double m2 = cross_entropy_mean(testing::gpu_exec(), logits, targets, kIgnore, l2, s2, st2);
+    cross_entropy_backward(testing::gpu_exec(), logits, targets, s1, st1, kIgnore, 1.0, g1);
+    cross_entropy_backward(testing::gpu_exec(), logits, targets, s2, st2, kIgnore, 1.0, g2);
     EXPECT_EQ(std::memcmp(&m1, &m2, sizeof(double)), 0) << dtype_name(act) << ": " << m1 << " vs " << m2;
     EXPECT_TRUE(same_bits(l1, l2) && same_bits(s1, s2) && same_bits(g1, g2)) << dtype_name(act);
     EXPECT_GT(m1, 1.0) << "a real loss (about log V + spread)";
@@ -162,9 +173,11 @@ TEST_F(CrossEntropyCudaMisc, MinusInfAndNaNLogitsBehaveAsOnTheCpu) {
   targets.data<int32_t>()[1] = 7;
   targets.data<int32_t>()[2] = 9;
   Tensor losses = Tensor::empty({rows}, DType::F32), lse = Tensor::empty({rows}, DType::F32);
-  cross_entropy_forward(testing::gpu_exec(), logits, targets, kIgnore, losses, lse);
+  cross_entropy_forward(testing::gpu_exec(), logits, targets, kIgnore, losses, lse,
+                        Tensor::empty({kCrossEntropyStats}, DType::F64));
   Tensor dl = Tensor::empty({rows}, DType::F32, Device::CUDA), ds = Tensor::empty({rows}, DType::F32, Device::CUDA);
-  cross_entropy_forward(testing::gpu_exec(), logits.to(Device::CUDA), targets.to(Device::CUDA), kIgnore, dl, ds);
+  cross_entropy_forward(testing::gpu_exec(), logits.to(Device::CUDA), targets.to(Device::CUDA), kIgnore, dl, ds,
+                        Tensor::empty({kCrossEntropyStats}, DType::F64, Device::CUDA));
   const Tensor hl = testing::to_host(dl), hs = testing::to_host(ds);
   for (int64_t r : {0, 2}) {
     EXPECT_TRUE(std::isfinite(hl.data<float>()[r])) << "row " << r;
@@ -183,24 +196,31 @@ TEST_F(CrossEntropyCudaMisc, BadTargetsAndDtypesAreErrors) {
   targets.data<int32_t>()[4] = -3;
   const Tensor dt = targets.to(Device::CUDA);
   Tensor losses = Tensor::empty({rows}, DType::F32, Device::CUDA), lse = Tensor::empty({rows}, DType::F32, Device::CUDA);
-  Tensor grad = Tensor::empty({rows, vocab}, DType::F32, Device::CUDA);
-  testing::expect_error([&] { cross_entropy_forward(testing::gpu_exec(), logits, dt, kIgnore, losses, lse); },
+  const Tensor stats = Tensor::empty({kCrossEntropyStats}, DType::F64, Device::CUDA);
+  // The device records the first bad row (no throw, no wait); its reader reports it as the CPU does.
+  cross_entropy_forward(testing::gpu_exec(), logits, dt, kIgnore, losses, lse, stats);
+  const CrossEntropyStats st = read_cross_entropy_stats(stats);
+  EXPECT_EQ(st.bad_row, 2);
+  EXPECT_EQ(st.bad_target, 11);
+  EXPECT_EQ(st.n_valid, rows - 2);
+  testing::expect_error([&] { cross_entropy_mean(testing::gpu_exec(), logits, dt, kIgnore, losses, lse, stats); },
                         "cross_entropy_forward: targets i32[6]@cuda holds 11 at row 2, expected a class in [0, V=11)");
-  testing::expect_error([&] { cross_entropy_backward(testing::gpu_exec(), logits, dt, lse, kIgnore, 1.0, grad); },
-                        "cross_entropy_backward: targets i32[6]@cuda holds 11 at row 2");
   const Tensor good = make_targets({rows}, static_cast<int32_t>(vocab), 0, 123).to(Device::CUDA);
   testing::expect_error(
       [&] {
         cross_entropy_forward(testing::gpu_exec(), logits, good, kIgnore,
-                              Tensor::empty({rows}, DType::BF16, Device::CUDA), lse);
+                              Tensor::empty({rows}, DType::BF16, Device::CUDA), lse, stats);
       },
       "losses is bf16[6]@cuda, expected dtype f32");
   testing::expect_error(
       [&] {
-        cross_entropy_backward(testing::gpu_exec(), logits, good, lse, kIgnore, 1.0,
+        cross_entropy_backward(testing::gpu_exec(), logits, good, lse, stats, kIgnore, 1.0,
                                Tensor::empty({rows, vocab}, DType::BF16, Device::CUDA));
       },
       "grad_logits is bf16[6,11]@cuda, expected dtype f32");
+  testing::expect_error(
+      [&] { cross_entropy_forward(testing::gpu_exec(), logits, good, kIgnore, losses, lse, stats.to(Device::CPU)); },
+      "stats");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -351,6 +371,54 @@ TEST_F(GradNormCuda, MixedDevicesAndDtypesAreErrors) {
         grad_norm(testing::gpu_exec(), {gpu, bf});
       },
       "grads[1] is bf16[5]@cuda, expected dtype f32");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The step's statistics
+
+// Two micro-batches of heads' and MoE layers' statistics accumulated on the GPU and on the CPU:
+// the losses within double rounding (the kernel's thread 0 does the reference's operations in its
+// order; only the compilers' contraction into FMAs may differ), loads and last loads and the first
+// bad target exactly, and reset clears it all.
+using StepStatsCuda = testing::GpuTest;
+
+TEST_F(StepStatsCuda, MatchesCpu) {
+  const StepStatsLayout l{3, 4, 64};
+  auto make = [](const std::vector<double>& v, Device d) {
+    Tensor t = Tensor::empty({static_cast<int64_t>(v.size())}, DType::F64);
+    std::copy(v.begin(), v.end(), t.data<double>());
+    return t.to(d);
+  };
+  const Tensor cpu = Tensor::empty({l.size()}, DType::F64), gpu = Tensor::empty({l.size()}, DType::F64, Device::CUDA);
+  step_stats_reset(Exec{}, cpu);
+  step_stats_reset(testing::gpu_exec(), gpu);
+  for (int micro = 0; micro < 2; ++micro) {
+    for (const Device d : {Device::CPU, Device::CUDA}) {
+      std::vector<Tensor> heads, moe;
+      for (int64_t k = 0; k < l.heads; ++k)  // head 2 of the second micro-batch holds a bad target
+        heads.push_back(make({3.7 * (k + 1) + micro, 5.0 + k, micro == 1 && k == 2 ? 9.0 : -1.0, 123.0}, d));
+      for (int64_t m = 0; m < l.moe_layers; ++m) {
+        const Tensor r = testing::randint({l.experts}, 100, 50 + 10 * micro + m);
+        std::vector<double> v = {0.01 * (m + 1), 0.002 * m, 1e-4 * (micro + 1)};
+        for (int64_t e = 0; e < l.experts; ++e) v.push_back(r.data<int32_t>()[e]);
+        moe.push_back(make(v, d));
+      }
+      step_stats_accumulate(d == Device::CPU ? Exec{} : testing::gpu_exec(), l, heads, moe, 0.3 / 2, 0.5,
+                            d == Device::CPU ? cpu : gpu);
+    }
+  }
+  const Tensor g = gpu.to(Device::CPU);
+  for (int64_t i = 0; i < l.size(); ++i) {
+    const double a = g.data<double>()[i], b = cpu.data<double>()[i];
+    EXPECT_NEAR(a, b, 1e-15 * std::fabs(b)) << "entry " << i;
+    if (i < StepStatsLayout::kTotal || i >= l.load(0)) {
+      EXPECT_EQ(a, b) << "entry " << i << " (bad target, loads)";
+    }
+  }
+  EXPECT_EQ(g.data<double>()[StepStatsLayout::kBadHead], 3.0);
+  step_stats_reset(testing::gpu_exec(), gpu);
+  const Tensor z = gpu.to(Device::CPU);
+  for (int64_t i = 0; i < l.size(); ++i) EXPECT_EQ(z.data<double>()[i], 0.0) << "entry " << i << " after reset";
 }
 
 }  // namespace

@@ -15,6 +15,7 @@
 #include "tests/nn/nn_harness.h"
 #include "train/optimizer.h"
 #include "train/runtime.h"
+#include "train/step.h"
 
 namespace moelab {
 namespace {
@@ -185,7 +186,8 @@ StepOut loss_and_grads(const ModelConfig& cfg, const Runtime& rt, const Tensor& 
   const Context ctx = rt.context(arena, B, T);
   Model::Saved saved;
   StepOut out;
-  out.losses = model->forward(ctx, rt.upload(tokens), saved);
+  model->forward(ctx, rt.upload(tokens), saved);
+  out.losses = model->read_losses(ctx, saved);
   model->backward(ctx, saved);
   out.grads = model->params().flat_grads().to(Device::CPU);
   return out;
@@ -294,19 +296,12 @@ std::vector<double> train_losses(const ModelConfig& cfg, const Runtime& rt, int6
   Arena arena(size_t{64} << 20, rt.device);
   const Context ctx = rt.context(arena, B, T);
   std::vector<double> losses;
+  StepStats stats;  // the trainer's step: statistics on the device, the verdict's loss read back
   for (int64_t step = 0; step < steps; ++step) {
     const Tensor tokens = testing::randint({B, T + 1 + cfg.num_nextn_predict_layers},
                                            static_cast<int32_t>(cfg.vocab_size), 1000 + static_cast<uint64_t>(step));
-    arena.reset();
-    model->params().zero_grads();
-    Model::Saved saved;
-    losses.push_back(model->forward(ctx, rt.upload(tokens), saved).total);
-    model->backward(ctx, saved);
-    clip_grad_norm(ctx, {model->params().flat_grads()}, 1.0);
-    optimizer.step(ctx, 3e-3);
-    std::vector<std::vector<double>> loads;
-    for (const MoEStats& st : model->moe_stats(saved)) loads.push_back(st.load);
-    model->update_bias(ctx, loads);
+    train_step(*model, optimizer, ctx, StepConfig{3e-3, 1.0, 1}, [&] { return rt.upload(tokens); }, stats);
+    losses.push_back(stats.losses.total);
   }
   return losses;
 }
@@ -344,8 +339,8 @@ TEST_F(TrainCuda, Fp8FiftyStepsTrackTheCpuEmulation) {
   std::printf("step 50 loss: cpu fp32 %.5f  cpu fp8 %.5f  cuda fp8 %.5f\n", cpu32.back(), cpu8.back(), gpu8.back());
 }
 
-// Model::update_bias from host loads (trunk and MTP MoE layers) moves the GPU's biases exactly as
-// the CPU's, step after step, and read_bias_ranges reports the same ranges.
+// Model::update_bias from the same f64 loads (trunk and MTP MoE layers) moves the GPU's biases
+// exactly as the CPU's, step after step, and read_bias_ranges reports the same ranges.
 TEST_F(TrainCuda, BiasUpdateMatchesCpuExactly) {
   const ModelConfig cfg = mla_moe_mtp();
   const Runtime cpu_rt = make_runtime("cpu", "fp32"), gpu_rt = make_runtime("cuda", "fp32");
@@ -355,15 +350,15 @@ TEST_F(TrainCuda, BiasUpdateMatchesCpuExactly) {
   const size_t layers = cpu->moe_layers().size();
   ASSERT_GE(layers, 2u);
   for (uint64_t step = 0; step < 3; ++step) {
-    std::vector<std::vector<double>> loads(layers);
+    const int64_t E = cfg.n_routed_experts;
+    const Tensor loads = Tensor::empty({static_cast<int64_t>(layers), E}, DType::F64);
     for (size_t i = 0; i < layers; ++i) {
-      const Tensor r = testing::randint({cfg.n_routed_experts}, 4, 200 + 10 * step + i);  // ties with the mean too
-      for (int64_t e = 0; e < cfg.n_routed_experts; ++e) loads[i].push_back(r.data<int32_t>()[e]);
+      const Tensor r = testing::randint({E}, 4, 200 + 10 * step + i);  // ties with the mean too
+      for (int64_t e = 0; e < E; ++e) loads.data<double>()[static_cast<int64_t>(i) * E + e] = r.data<int32_t>()[e];
     }
     cpu->update_bias(cpu_ctx, loads);
-    gpu->update_bias(gpu_ctx, loads);
+    gpu->update_bias(gpu_ctx, loads.to(Device::CUDA));
   }
-  EXPECT_EQ(gpu_arena.used(), 0u) << "the loads' upload must give its scratch back";
   for (const auto& e : cpu->buffers().entries()) {
     const Tensor a = cpu->buffers().param(e.spec.name), b = testing::to_host(gpu->buffers().param(e.spec.name));
     EXPECT_TRUE(testing::close(b, a, 0, 0)) << e.spec.name;

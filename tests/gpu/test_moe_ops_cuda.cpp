@@ -39,7 +39,7 @@ constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 
 // ---- helpers ----------------------------------------------------------------------------------
 
-// Element by element: equal bits, or both NaN (f32, compared as f32; i32 as i32). Reports the
+// Element by element: equal bits, or both NaN (f32 compared as f32, f64 as f64, i32 as i32). Reports the
 // first difference and how many there are.
 ::testing::AssertionResult identical(const Tensor& actual_in, const Tensor& expected_in) {
   const Tensor a = to_host(actual_in), e = to_host(expected_in);
@@ -50,6 +50,9 @@ constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
     bool same;
     if (a.dtype() == DType::I32) {
       same = a.data<int32_t>()[i] == e.data<int32_t>()[i];
+    } else if (a.dtype() == DType::F64) {
+      const double x = a.data<double>()[i], y = e.data<double>()[i];
+      same = (std::isnan(x) && std::isnan(y)) || std::memcmp(&x, &y, sizeof(double)) == 0;
     } else {
       const float x = a.data<float>()[i], y = e.data<float>()[i];
       same = (std::isnan(x) && std::isnan(y)) || std::memcmp(&x, &y, sizeof(float)) == 0;
@@ -61,8 +64,22 @@ constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
   std::ostringstream os;
   os << bad << " of " << a.numel() << " elements differ, first at flat index " << first << ": actual ";
   if (a.dtype() == DType::I32) os << a.data<int32_t>()[first] << ", expected " << e.data<int32_t>()[first];
+  else if (a.dtype() == DType::F64) os << a.data<double>()[first] << ", expected " << e.data<double>()[first];
   else os << a.data<float>()[first] << ", expected " << e.data<float>()[first];
   return ::testing::AssertionFailure() << os.str();
+}
+
+// The balance losses read back from the f64 the forwards write, on the input's device.
+double aux_loss(const Tensor& scores, const Tensor& idx, int64_t seq_len, double alpha,
+                const std::vector<double>& fractions = {}) {
+  const Tensor out = Tensor::empty({1}, DType::F64, scores.device());
+  moe_aux_loss_forward(testing::gpu_exec(), scores, idx, seq_len, alpha, out, fractions);
+  return to_host(out).data<double>()[0];
+}
+double z_loss(const Tensor& logits, double coef) {
+  const Tensor out = Tensor::empty({1}, DType::F64, logits.device());
+  moe_z_loss_forward(testing::gpu_exec(), logits, coef, out);
+  return to_host(out).data<double>()[0];
 }
 
 // Max |t| (CPU f32), for tolerances relative to the size of a result.
@@ -229,11 +246,14 @@ TEST_P(MoeCapacityCuda, KeptSetAndCountsMatchCpu) {
   EXPECT_TRUE(identical(gkept.view, kept_ref)) << "kept_idx, capacity " << capacity;
   EXPECT_TRUE(gkept.guards_intact()) << "write outside kept_idx";
 
-  EXPECT_EQ(moe_count_tokens(testing::gpu_exec(), gidx, c.E), moe_count_tokens(testing::gpu_exec(), idx, c.E))
-      << "counts before the drops";
-  EXPECT_EQ(moe_count_tokens(testing::gpu_exec(), gkept.view, c.E),
-            moe_count_tokens(testing::gpu_exec(), kept_ref, c.E))
-      << "counts with -1 entries";
+  // The counts on the device (f64) equal the CPU's, before the drops and with -1 entries.
+  auto counts = [&](const Tensor& topk_idx) {
+    const Tensor out = Tensor::empty({c.E}, DType::F64, topk_idx.device());
+    moe_count_tokens(testing::gpu_exec(), topk_idx, out);
+    return out;
+  };
+  EXPECT_TRUE(identical(counts(gidx), counts(idx))) << "counts before the drops";
+  EXPECT_TRUE(identical(counts(gkept.view), counts(kept_ref))) << "counts with -1 entries";
 }
 
 INSTANTIATE_TEST_SUITE_P(Cases, MoeCapacityCuda,
@@ -422,8 +442,8 @@ TEST_P(MoeBalanceCuda, AuxLossMatchesCpu) {
   const double alpha = 0.5, grad_loss = 1.7;
   const Tensor gscores = to_gpu(scores, DType::F32), gidx = idx.to(Device::CUDA);
 
-  const double loss_ref = moe_aux_loss_forward(testing::gpu_exec(), scores, idx, c.seq_len, alpha);
-  const double loss = moe_aux_loss_forward(testing::gpu_exec(), gscores, gidx, c.seq_len, alpha);
+  const double loss_ref = aux_loss(scores, idx, c.seq_len, alpha);
+  const double loss = aux_loss(gscores, gidx, c.seq_len, alpha);
   EXPECT_NEAR(loss, loss_ref, 1e-5 * std::fabs(loss_ref)) << "aux loss, seq_len " << c.seq_len;
 
   const Tensor g0 = randn({c.N, c.E}, DType::F32, 71, 1e-3);  // accumulated into
@@ -439,8 +459,8 @@ TEST_P(MoeBalanceCuda, AuxLossMatchesCpu) {
   if (c.seq_len != c.N) return;
   std::vector<double> f(static_cast<size_t>(c.E));
   for (int64_t i = 0; i < c.E; ++i) f[static_cast<size_t>(i)] = 0.5 + 0.25 * static_cast<double>(i % 3);
-  const double given_ref = moe_aux_loss_forward(testing::gpu_exec(), scores, idx, c.N, alpha, f);
-  const double given = moe_aux_loss_forward(testing::gpu_exec(), gscores, gidx, c.N, alpha, f);
+  const double given_ref = aux_loss(scores, idx, c.N, alpha, f);
+  const double given = aux_loss(gscores, gidx, c.N, alpha, f);
   EXPECT_NEAR(given, given_ref, 1e-5 * std::fabs(given_ref)) << "aux loss with given fractions";
   Tensor gf_ref = g0.to(DType::F32);
   moe_aux_loss_backward(testing::gpu_exec(), scores, idx, c.N, alpha, grad_loss, gf_ref, f);
@@ -467,8 +487,8 @@ TEST_P(MoeZLossCuda, MatchesCpu) {
   const auto [N, E] = GetParam();
   const Tensor logits = randn({N, E}, DType::F32, 80 + N, 3.0);
   const double coef = 1e-3 * 7, grad_loss = 0.9;
-  const double loss_ref = moe_z_loss_forward(testing::gpu_exec(), logits, coef);
-  const double loss = moe_z_loss_forward(testing::gpu_exec(), to_gpu(logits, DType::F32), coef);
+  const double loss_ref = z_loss(logits, coef);
+  const double loss = z_loss(to_gpu(logits, DType::F32), coef);
   EXPECT_NEAR(loss, loss_ref, 1e-5 * std::fabs(loss_ref)) << "z-loss";
 
   const Tensor g0 = randn({N, E}, DType::F32, 81, 1e-3);
@@ -498,20 +518,20 @@ enum class Loads { CountsAtTheMean, Fractional, AllEqual };
 //   Fractional:      U[0, 1000): a mean that is no load, summed in an order-sensitive way (the
 //                    kernel must add in the CPU's index order to get the same mean).
 //   AllEqual:        every expert at the mean: nothing moves.
-Tensor make_loads(int64_t E, Loads kind, uint64_t seed) {
-  if (kind == Loads::Fractional) return rand_uniform({E}, DType::F32, seed, 0.0f, 1000.0f);
-  Tensor load = Tensor::empty({E}, DType::F32);
-  float* l = load.data<float>();
+Tensor make_loads(int64_t E, Loads kind, uint64_t seed) {  // f64, as the step accumulates them
+  if (kind == Loads::Fractional) return rand_uniform({E}, DType::F32, seed, 0.0f, 1000.0f).to(DType::F64);
+  Tensor load = Tensor::empty({E}, DType::F64);
+  double* l = load.data<double>();
   if (kind == Loads::AllEqual) {
-    for (int64_t i = 0; i < E; ++i) l[i] = 7.0f;
+    for (int64_t i = 0; i < E; ++i) l[i] = 7.0;
     return load;
   }
   const Tensor d = randint({E / 2 + 1}, 5, seed);
   for (int64_t i = 0; i + 1 < E; i += 2) {
-    l[i] = 100.0f - static_cast<float>(d.data<int32_t>()[i / 2]);
-    l[i + 1] = 100.0f + static_cast<float>(d.data<int32_t>()[i / 2]);
+    l[i] = 100.0 - d.data<int32_t>()[i / 2];
+    l[i + 1] = 100.0 + d.data<int32_t>()[i / 2];
   }
-  if (E % 2) l[E - 1] = 100.0f;
+  if (E % 2) l[E - 1] = 100.0;
   return load;
 }
 
@@ -583,9 +603,9 @@ TEST_F(MoeOpsCudaDeterminism, TwoRunsAreBitIdentical) {
     const Tensor ga = dev({N, E}, DType::F32), gz = dev({N, E}, DType::F32);
     ga.zero();
     gz.zero();
-    const double aux = moe_aux_loss_forward(testing::gpu_exec(), scores, idx, 256, 0.1);
+    const double aux = aux_loss(scores, idx, 256, 0.1);
     moe_aux_loss_backward(testing::gpu_exec(), scores, idx, 256, 0.1, 1.0, ga);
-    const double z = moe_z_loss_forward(testing::gpu_exec(), scores, 1.0);
+    const double z = z_loss(scores, 1.0);
     moe_z_loss_backward(testing::gpu_exec(), scores, 1.0, 1.0, gz);
     const Tensor tv = dev({N, K}, DType::F32), ti = dev({N, K}, DType::I32), tg = dev({N, E}, DType::F32);
     topk_forward(testing::gpu_exec(), gs, K, tv, ti);
@@ -624,15 +644,15 @@ TEST_F(MoeOpsCudaErrors, WrongDtypesNameTheOp) {
       "moe_combine_forward");
   testing::expect_error(
       [&] {
-        moe_z_loss_forward(testing::gpu_exec(), Tensor::empty({2, 4}, DType::BF16, Device::CUDA), 1.0);
+        z_loss(Tensor::empty({2, 4}, DType::BF16, Device::CUDA), 1.0);
       },
       "moe_z_loss_forward");
-  // The bias update takes an f32 bias and f32 loads on one device.
-  const Tensor load = Tensor::zeros({4}, DType::F32, Device::CUDA);
+  // The bias update takes an f32 bias and f64 loads on one device.
+  const Tensor load = Tensor::zeros({4}, DType::F64, Device::CUDA);
   testing::expect_error(
       [&] { moe_bias_update(testing::gpu_exec(), load, 0.001, Tensor::zeros({4}, DType::F64).to(Device::CUDA)); },
       "moe_bias_update: bias is f64[4]@cuda, expected dtype f32");
-  testing::expect_error([&] { moe_bias_update(testing::gpu_exec(), Tensor::zeros({4}, DType::F32), 0.001,
+  testing::expect_error([&] { moe_bias_update(testing::gpu_exec(), Tensor::zeros({4}, DType::F64), 0.001,
                                               Tensor::zeros({4}, DType::F32, Device::CUDA)); },
                         "moe_bias_update");
 }
@@ -641,16 +661,19 @@ TEST_F(MoeOpsCudaErrors, OutOfRangeIndices) {
   const Tensor scores = to_gpu(make_scores(2, 4, Scores::Sigmoid, 2), DType::F32);
   const Tensor bad = to_gpu(i32_tensor({2, 2}, {0, 1, 5, 2}), DType::I32);  // expert 5 of E = 4
   const Tensor kept = Tensor::empty({2, 2}, DType::I32, Device::CUDA);
-  // The ops that copy counts to the host throw, naming the op.
+  // The ops that copy counts to the host throw, naming the op; the counts that stay on the device
+  // turn NaN.
   testing::expect_error([&] { moe_capacity_drop(testing::gpu_exec(), scores, bad, 1, kept); }, "moe_capacity_drop");
-  testing::expect_error([&] { moe_count_tokens(testing::gpu_exec(), bad, 4); }, "moe_count_tokens");
+  const Tensor counts = Tensor::empty({4}, DType::F64, Device::CUDA);
+  moe_count_tokens(testing::gpu_exec(), bad, counts);
+  const Tensor host = to_host(counts);
+  for (int64_t e = 0; e < 4; ++e) EXPECT_TRUE(std::isnan(host.data<double>()[e])) << "count " << e;
   testing::expect_error(
       [&] {
         moe_dispatch_layout(testing::gpu_exec(), to_gpu(i32_tensor({2, 2}, {0, 1, -2, 2}), DType::I32), 4, kept);
       },
       "moe_dispatch_layout");
-  testing::expect_error([&] { moe_aux_loss_forward(testing::gpu_exec(), scores, bad, 2, 1.0); },
-                        "moe_aux_loss_forward");
+  EXPECT_TRUE(std::isnan(aux_loss(scores, bad, 2, 1.0))) << "the aux loss of an out-of-range selection";
   // The others never read out of bounds: the bad token's row becomes NaN, the good one is exact.
   Guarded w({2, 2}, DType::F32), gs({2, 4}, DType::F32), gx({2, 4}, DType::F32);
   moe_gate_forward(testing::gpu_exec(), scores, bad, false, 1.0, w.view);

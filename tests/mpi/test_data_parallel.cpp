@@ -18,6 +18,7 @@
 #include "tests/harness.h"
 #include "tests/mpi/mpi_env.h"
 #include "train/parallel.h"
+#include "tests/train/read_step.h"
 #include "train/step.h"
 
 namespace moelab {
@@ -87,9 +88,9 @@ void run_and_compare(int zero, int64_t bucket_bytes, double grad_clip, bool batc
 
   for (int step = 0; step < steps; ++step) {
     const Tensor tokens = global_batch(step);
-    const StepStats a = train_step(one.model, one_opt, one.context(kB), cfg, [&] { return tokens; });
+    const StepStats a = testing::read_step(one.model, one_opt, one.context(kB), cfg, [&] { return tokens; });
     const StepStats d =
-        train_step(dp.model, dp_opt, dp.context(b), cfg, [&] { return tokens.slice(r * b, (r + 1) * b); }, &sync);
+        testing::read_step(dp.model, dp_opt, dp.context(b), cfg, [&] { return tokens.slice(r * b, (r + 1) * b); }, &sync);
     ASSERT_TRUE(a.finite && d.finite);
     EXPECT_NEAR(d.losses.total, a.losses.total, 1e-6 * a.losses.total) << "step " << step;
     EXPECT_NEAR(d.losses.main, a.losses.main, 1e-6 * a.losses.main);
@@ -168,9 +169,9 @@ TEST(ExpertParallel, OverlapGivesBitForBitTheSameSteps) {
             rank_memory(plain.model.params().numel_padded(), 0, N, 0, false, plain.model.expert_elements(), 2).optimizer);
   for (int step = 0; step < 5; ++step) {
     const Tensor tokens = global_batch(step).slice(r * b, (r + 1) * b);
-    const StepStats x = train_step(plain.model, *a.opt, plain.context(b), step_config(), [&] { return tokens; }, a.sync.get());
+    const StepStats x = testing::read_step(plain.model, *a.opt, plain.context(b), step_config(), [&] { return tokens; }, a.sync.get());
     const StepStats y =
-        train_step(overlapped.model, *o.opt, overlapped.context(b), step_config(), [&] { return tokens; }, o.sync.get());
+        testing::read_step(overlapped.model, *o.opt, overlapped.context(b), step_config(), [&] { return tokens; }, o.sync.get());
     EXPECT_EQ(x.losses.total, y.losses.total) << "step " << step;
     EXPECT_EQ(x.grad_norm, y.grad_norm) << "step " << step;
     EXPECT_TRUE(testing::close(plain.model.params().flat_params(), overlapped.model.params().flat_params(), 0, 0))
@@ -192,8 +193,8 @@ TEST(ExpertParallel, Fp8DispatchStaysCloseToF32) {
   double worst = 0;
   for (int step = 0; step < 10; ++step) {
     const Tensor tokens = global_batch(step).slice(r * b, (r + 1) * b);
-    const StepStats x = train_step(f32.model, *a.opt, f32.context(b), step_config(), [&] { return tokens; }, a.sync.get());
-    const StepStats y = train_step(fp8.model, *q.opt, fp8.context(b), step_config(), [&] { return tokens; }, q.sync.get());
+    const StepStats x = testing::read_step(f32.model, *a.opt, f32.context(b), step_config(), [&] { return tokens; }, a.sync.get());
+    const StepStats y = testing::read_step(fp8.model, *q.opt, fp8.context(b), step_config(), [&] { return tokens; }, q.sync.get());
     ASSERT_TRUE(y.finite);
     worst = std::max(worst, std::abs(y.losses.total - x.losses.total) / x.losses.total);
   }
@@ -216,8 +217,9 @@ TEST(ExpertParallel, CapacityDropsAreEachRanksOwn) {
   EPRig e(ep, 2, DType::F32, true);
   const Tensor tokens = global_batch(0).slice(r * b, (r + 1) * b);
   Model::Saved sa, se;
-  const Model::Losses la = alone.model.forward(alone.context(b), tokens, sa);
-  const Model::Losses le = ep.model.forward(ep.context(b), tokens, se);
+  alone.model.forward(alone.context(b), tokens, sa);
+  ep.model.forward(ep.context(b), tokens, se);
+  const Model::Losses la = alone.model.read_losses(alone.context(b), sa), le = ep.model.read_losses(ep.context(b), se);
   const std::vector<MoEStats> ma = alone.model.moe_stats(sa), me = ep.model.moe_stats(se);
   int64_t dropped = 0;
   for (size_t i = 0; i < ma.size(); ++i) {

@@ -215,8 +215,7 @@ TEST(Cost, MoEOnBothExpertPathsMatchesTheArenaPeak) {
     Arena arena(static_cast<size_t>(predicted) * 2 + (size_t{1} << 20), Device::CPU);
     const Context ctx{&arena, DType::F32, B, T};
     MoE::Saved saved;
-    MoEStats stats;
-    moe.forward(ctx, x, y, saved, stats);
+    moe.forward(ctx, x, y, saved);
     moe.backward(ctx, saved, grad_y, 1.0, grad_x);
     expect_close({predicted, arena.peak()}, naive ? "MoE naive" : "MoE grouped");
   }

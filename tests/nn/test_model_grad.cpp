@@ -61,12 +61,14 @@ void check_model(const ModelConfig& cfg, int64_t B, int64_t T, uint64_t seed) {
   auto loss = [&] {
     arena.reset();
     Model::Saved s;
-    return model.forward(ctx, tokens, s).total;
+    model.forward(ctx, tokens, s);
+    return model.read_losses(ctx, s).total;
   };
   auto backward = [&] {
     arena.reset();
     Model::Saved s;
-    const Model::Losses l = model.forward(ctx, tokens, s);
+    model.forward(ctx, tokens, s);
+    const Model::Losses l = model.read_losses(ctx, s);
     if (cfg.ffn == FfnKind::MoE) {
       const double margin = routing_margin(model, s);
       EXPECT_GT(margin, 1e-3) << "a top-k tie within reach of the finite-difference step: choose another seed";

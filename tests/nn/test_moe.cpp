@@ -56,11 +56,12 @@ class Layer {
 
   int64_t tokens() const { return ctx.tokens(); }
 
-  // y and saved are valid until the next call.
+  // y and saved are valid until the next call; stats: the forward's, read on the host.
   Tensor forward(const Tensor& x, MoE::Saved& saved, MoEStats& stats) {
     arena.reset();
     Tensor y = ctx.alloc({tokens(), cfg.hidden_size});
-    moe.forward(ctx, x, y, saved, stats);
+    moe.forward(ctx, x, y, saved);
+    stats = moe.read_stats(saved);
     return y;
   }
   // The checked scalar: L = <y, G> + balance_loss.
@@ -575,10 +576,10 @@ TEST(MoE, BalanceGradScale) {
   EXPECT_FALSE(testing::close(p0, p1, 1e-10, 0));  // the balance terms do reach the router
 }
 
-// The loads as MoE::update_bias takes them: f32 [E] (on the CPU here).
-Tensor f32_load(const std::vector<float>& values) {
-  Tensor t = Tensor::empty({static_cast<int64_t>(values.size())}, DType::F32);
-  std::copy(values.begin(), values.end(), t.data<float>());
+// The loads as MoE::update_bias takes them: f64 [E] (on the CPU here).
+Tensor f64_load(const std::vector<double>& values) {
+  Tensor t = Tensor::empty({static_cast<int64_t>(values.size())}, DType::F64);
+  std::copy(values.begin(), values.end(), t.data<double>());
   return t;
 }
 
@@ -591,21 +592,21 @@ TEST(MoE, UpdateBiasMovesByGamma) {
   fill_bias(layer, 122, 0.1);
   const Tensor bias = layer.moe.e_score_correction_bias();
   const Tensor before = bias.to(DType::F64);
-  layer.moe.update_bias(layer.ctx, f32_load({3, 5, 4, 4}));  // mean 4: under, over, at, at
+  layer.moe.update_bias(layer.ctx, f64_load({3, 5, 4, 4}));  // mean 4: under, over, at, at
   const double* b0 = before.data<double>();
   const double* b1 = bias.data<double>();
   EXPECT_EQ(b1[0], b0[0] + 0.001);
   EXPECT_EQ(b1[1], b0[1] - 0.001);
   EXPECT_EQ(b1[2], b0[2]);
   EXPECT_EQ(b1[3], b0[3]);
-  EXPECT_THROW(layer.moe.update_bias(layer.ctx, f32_load({1, 2, 3})), Error);  // E = 4 loads expected
-  EXPECT_THROW(layer.moe.update_bias(layer.ctx, f32_load({1, 2, -3, 4})), Error);
+  EXPECT_THROW(layer.moe.update_bias(layer.ctx, f64_load({1, 2, 3})), Error);  // E = 4 loads expected
+  EXPECT_THROW(layer.moe.update_bias(layer.ctx, f64_load({1, 2, -3, 4})), Error);
 
   // An f32 bias (training) moves by the f32 gamma, as torch's in-place add does.
   Layer f32(cfg, 1, 2, DType::F32, 121);
   const Tensor before32 = before.to(DType::F32);
   f32.moe.e_score_correction_bias().copy_from(before32);
-  f32.moe.update_bias(f32.ctx, f32_load({3, 5, 4, 4}));
+  f32.moe.update_bias(f32.ctx, f64_load({3, 5, 4, 4}));
   const float* c0 = before32.data<float>();
   const float* c1 = f32.moe.e_score_correction_bias().data<float>();
   EXPECT_EQ(c1[0], c0[0] + 0.001f);
@@ -682,10 +683,9 @@ TEST(MoE, BadShapesThrow) {
   ModelConfig cfg = small_config();
   Layer layer(cfg, 2, 3, DType::F64, 151);
   MoE::Saved s;
-  MoEStats st;
   Tensor y = Tensor::empty({6, cfg.hidden_size}, DType::F64);
-  EXPECT_THROW(layer.moe.forward(layer.ctx, Tensor::empty({5, cfg.hidden_size}, DType::F64), y, s, st), Error);
-  EXPECT_THROW(layer.moe.forward(layer.ctx, Tensor::empty({6, 7}, DType::F64), y, s, st), Error);
+  EXPECT_THROW(layer.moe.forward(layer.ctx, Tensor::empty({5, cfg.hidden_size}, DType::F64), y, s), Error);
+  EXPECT_THROW(layer.moe.forward(layer.ctx, Tensor::empty({6, 7}, DType::F64), y, s), Error);
 }
 
 }  // namespace

@@ -20,6 +20,19 @@ using testing::check_grad;
 using testing::randn;
 
 // A selection [N, K]: K distinct experts per row (the order of a random row), as a router makes.
+// The forwards write their loss into an f64 [1] tensor; these read it back.
+double aux_loss(const Tensor& scores, const Tensor& idx, int64_t seq_len, double alpha,
+                const std::vector<double>& fractions = {}) {
+  const Tensor out = Tensor::empty({1}, DType::F64);
+  moe_aux_loss_forward(Exec{}, scores, idx, seq_len, alpha, out, fractions);
+  return out.data<double>()[0];
+}
+double z_loss(const Tensor& logits, double coef) {
+  const Tensor out = Tensor::empty({1}, DType::F64);
+  moe_z_loss_forward(Exec{}, logits, coef, out);
+  return out.data<double>()[0];
+}
+
 Tensor random_selection(int64_t N, int64_t E, int64_t K, uint64_t seed) {
   const Tensor r = randn({N, E}, DType::F64, seed);
   Tensor idx = Tensor::empty({N, K}, DType::I32);
@@ -73,8 +86,8 @@ double z_loss_loops(const Tensor& logits, double coef) {
 TEST(MoeBalance, AuxLossMatchesLoops) {
   const int64_t B = 3, T = 5, N = B * T, E = 7, K = 3;
   const Tensor scores = random_scores(N, E, 1), idx = random_selection(N, E, K, 2);
-  const double seq = moe_aux_loss_forward(Exec{}, scores, idx, T, 0.3);
-  const double batch = moe_aux_loss_forward(Exec{}, scores, idx, N, 0.2);
+  const double seq = aux_loss(scores, idx, T, 0.3);
+  const double batch = aux_loss(scores, idx, N, 0.2);
   EXPECT_NEAR(seq, aux_loss_loops(scores, idx, T, 0.3), 1e-15);
   EXPECT_NEAR(batch, aux_loss_loops(scores, idx, N, 0.2), 1e-15);
   EXPECT_NE(seq, batch * 0.3 / 0.2);  // per-sequence f differs from the batch's
@@ -82,10 +95,10 @@ TEST(MoeBalance, AuxLossMatchesLoops) {
 
 TEST(MoeBalance, ZLossMatchesLoops) {
   const Tensor logits = randn({9, 5}, DType::F64, 3, 2.0);
-  EXPECT_NEAR(moe_z_loss_forward(Exec{}, logits, 0.05), z_loss_loops(logits, 0.05), 1e-14);
+  EXPECT_NEAR(z_loss(logits, 0.05), z_loss_loops(logits, 0.05), 1e-14);
   // Large logits: the row max is subtracted before exp, so nothing overflows.
   const Tensor big = randn({4, 6}, DType::F64, 4, 1.0, 800.0);
-  const double z = moe_z_loss_forward(Exec{}, big, 1.0);
+  const double z = z_loss(big, 1.0);
   EXPECT_TRUE(std::isfinite(z));
   EXPECT_GT(z, 790.0 * 790.0);
 }
@@ -103,7 +116,7 @@ void expect_aux_grad(int64_t B, int64_t T, int64_t E, int64_t K, int64_t seq_len
   Tensor added = Tensor::empty({N, E}, DType::F64);
   for (int64_t i = 0; i < added.numel(); ++i)
     added.data<double>()[i] = grad.data<double>()[i] - start.data<double>()[i];
-  EXPECT_TRUE(check_grad(scores, added, [&] { return c * moe_aux_loss_forward(Exec{}, scores, idx, seq_len, alpha); }));
+  EXPECT_TRUE(check_grad(scores, added, [&] { return c * aux_loss(scores, idx, seq_len, alpha); }));
 }
 
 TEST(MoeBalance, AuxGradCheckSequenceWise) { expect_aux_grad(3, 4, 6, 2, 4, 10); }
@@ -120,17 +133,17 @@ TEST(MoeBalance, AuxLossWithBatchFractionsSplitsTheBatch) {
   std::vector<double> f(E, 0.0);
   for (int64_t i = 0; i < N * K; ++i) f[static_cast<size_t>(idx.data<int32_t>()[i])] += 1.0;
   for (double& v : f) v *= static_cast<double>(E) / static_cast<double>(K * N);
-  const double whole = moe_aux_loss_forward(Exec{}, scores, idx, N, alpha);
+  const double whole = aux_loss(scores, idx, N, alpha);
   Tensor grad_whole = Tensor::zeros({N, E}, DType::F64);
   moe_aux_loss_backward(Exec{}, scores, idx, N, alpha, 1.0, grad_whole);
   double mean = 0;
   Tensor grad_parts = Tensor::zeros({N, E}, DType::F64);
   for (int64_t p = 0; p < parts; ++p) {
     const Tensor s = scores.slice(p * n, (p + 1) * n), k = idx.slice(p * n, (p + 1) * n);
-    mean += moe_aux_loss_forward(Exec{}, s, k, n, alpha, f) / parts;
+    mean += aux_loss(s, k, n, alpha, f) / parts;
     moe_aux_loss_backward(Exec{}, s, k, n, alpha, 1.0 / parts, grad_parts.slice(p * n, (p + 1) * n), f);
     // A part's own selections alone give another loss: the fractions matter.
-    EXPECT_NE(moe_aux_loss_forward(Exec{}, s, k, n, alpha), moe_aux_loss_forward(Exec{}, s, k, n, alpha, f));
+    EXPECT_NE(aux_loss(s, k, n, alpha), aux_loss(s, k, n, alpha, f));
   }
   EXPECT_NEAR(mean, whole, 1e-15);
   EXPECT_TRUE(testing::close(grad_parts, grad_whole, 1e-15, 1e-12));
@@ -139,10 +152,10 @@ TEST(MoeBalance, AuxLossWithBatchFractionsSplitsTheBatch) {
   const Tensor part_idx = idx.slice(0, n);
   Tensor added = Tensor::zeros({n, E}, DType::F64);
   moe_aux_loss_backward(Exec{}, part, part_idx, n, alpha, 1.0, added, f);
-  EXPECT_TRUE(check_grad(part, added, [&] { return moe_aux_loss_forward(Exec{}, part, part_idx, n, alpha, f); }));
+  EXPECT_TRUE(check_grad(part, added, [&] { return aux_loss(part, part_idx, n, alpha, f); }));
   // Fractions only describe one whole batch: seq_len must be the rows, and there must be E of them.
-  EXPECT_THROW(moe_aux_loss_forward(Exec{}, part, part_idx, 2, alpha, f), Error);
-  EXPECT_THROW(moe_aux_loss_forward(Exec{}, part, part_idx, n, alpha, std::vector<double>(E + 1, 0.1)), Error);
+  EXPECT_THROW(aux_loss(part, part_idx, 2, alpha, f), Error);
+  EXPECT_THROW(aux_loss(part, part_idx, n, alpha, std::vector<double>(E + 1, 0.1)), Error);
 }
 
 TEST(MoeBalance, ZLossGradCheck) {
@@ -155,7 +168,7 @@ TEST(MoeBalance, ZLossGradCheck) {
   Tensor added = Tensor::empty({N, E}, DType::F64);
   for (int64_t i = 0; i < added.numel(); ++i)
     added.data<double>()[i] = grad.data<double>()[i] - start.data<double>()[i];
-  EXPECT_TRUE(check_grad(logits, added, [&] { return c * moe_z_loss_forward(Exec{}, logits, coef); }));
+  EXPECT_TRUE(check_grad(logits, added, [&] { return c * z_loss(logits, coef); }));
 }
 
 // The f32 reference (training) against the f64 one (checks) on the same inputs.
@@ -164,8 +177,8 @@ TEST(MoeBalance, FloatMatchesDouble) {
   const Tensor s64 = random_scores(N, E, 50), idx = random_selection(N, E, K, 51);
   const Tensor l64 = randn({N, E}, DType::F64, 52, 2.0);
   const Tensor s32 = s64.to(DType::F32), l32 = l64.to(DType::F32);
-  EXPECT_NEAR(moe_aux_loss_forward(Exec{}, s32, idx, T, 0.1), moe_aux_loss_forward(Exec{}, s64, idx, T, 0.1), 1e-7);
-  EXPECT_NEAR(moe_z_loss_forward(Exec{}, l32, 0.01), moe_z_loss_forward(Exec{}, l64, 0.01), 1e-7);
+  EXPECT_NEAR(aux_loss(s32, idx, T, 0.1), aux_loss(s64, idx, T, 0.1), 1e-7);
+  EXPECT_NEAR(z_loss(l32, 0.01), z_loss(l64, 0.01), 1e-7);
   Tensor g32 = Tensor::zeros({N, E}, DType::F32), g64 = Tensor::zeros({N, E}, DType::F64);
   moe_aux_loss_backward(Exec{}, s32, idx, T, 0.1, 1.0, g32);
   moe_aux_loss_backward(Exec{}, s64, idx, T, 0.1, 1.0, g64);
@@ -181,18 +194,23 @@ using testing::expect_error;
 
 TEST(MoeBalance, RejectsBadArguments) {
   const Tensor scores = random_scores(6, 4, 60), idx = random_selection(6, 4, 2, 61);
-  expect_error([&] { moe_aux_loss_forward(Exec{}, scores, idx, 4, 0.1); },
+  expect_error([&] { aux_loss(scores, idx, 4, 0.1); },
                "seq_len = 4 must be >= 1 and divide the 6 rows of scores");
   Tensor bad = idx.to(DType::I32);
   bad.data<int32_t>()[5] = 4;  // row 2, slot 1
-  expect_error([&] { moe_aux_loss_forward(Exec{}, scores, bad, 3, 0.1); },
+  expect_error([&] { aux_loss(scores, bad, 3, 0.1); },
                "topk_idx[2, 1] is 4, expected an expert in [0, E = 4)");
   const Tensor wide = random_selection(6, 5, 5, 62);  // K = 5 > E = 4
-  expect_error([&] { moe_aux_loss_forward(Exec{}, scores, wide, 3, 0.1); }, "expected 1 <= K <= E");
+  expect_error([&] { aux_loss(scores, wide, 3, 0.1); }, "expected 1 <= K <= E");
   const Tensor grad = Tensor::zeros({6, 5}, DType::F64);
   expect_error([&] { moe_aux_loss_backward(Exec{}, scores, idx, 3, 0.1, 1.0, grad); }, "grad_scores");
-  expect_error([&] { moe_z_loss_forward(Exec{}, Tensor::zeros({0, 4}, DType::F64), 0.1); },
+  expect_error([&] { z_loss(Tensor::zeros({0, 4}, DType::F64), 0.1); },
                "expected at least one row and one expert");
+  // The loss goes into one f64.
+  expect_error([&] { moe_z_loss_forward(Exec{}, scores, 0.1, Tensor::zeros({2}, DType::F64)); },
+               "loss is f64[2]@cpu, expected shape [1]");
+  expect_error([&] { moe_aux_loss_forward(Exec{}, scores, idx, 3, 0.1, Tensor::zeros({1}, DType::F32)); },
+               "loss is f32[1]@cpu, expected dtype f64");
   expect_error([&] { moe_z_loss_backward(Exec{}, scores, 0.1, 1.0, Tensor::zeros({6, 4}, DType::F32)); },
                "grad_logits");
 }

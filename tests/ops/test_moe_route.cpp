@@ -40,6 +40,19 @@ TEST(MoeRoute, RejectsBadArguments) {
   EXPECT_THROW(moe_capacity_drop(Exec{}, scores, i32_tensor({2, 2}, {0, 1, 5, 2}), 1, pos), Error);       // expert 5
 }
 
+// Hand-counted: experts 0..3 of topk_idx with a dropped (-1) entry; the counts overwrite whatever
+// the tensor held; an index out of [-1, E) and a counts tensor of the wrong dtype are named.
+TEST(MoeRoute, CountTokensHandCounted) {
+  const Tensor idx = i32_tensor({3, 2}, {0, 2, 2, -1, 3, 2});
+  Tensor counts = Tensor::empty({4}, DType::F64);
+  counts.fill(99.0);
+  moe_count_tokens(Exec{}, idx, counts);
+  EXPECT_EQ(std::vector<double>(counts.data<double>(), counts.data<double>() + 4), (std::vector<double>{1, 0, 3, 1}));
+  testing::expect_error([&] { moe_count_tokens(Exec{}, i32_tensor({1, 2}, {0, 4}), counts); }, "topk_idx");
+  testing::expect_error([&] { moe_count_tokens(Exec{}, idx, Tensor::empty({4}, DType::F32)); },
+                        "counts is f32[4]@cpu, expected dtype f64");
+}
+
 TEST(MoeRoute, GroupTopkErrorsNameTheValues) {
   const Tensor scores = randn({2, 4}, DType::F64, 172), bias = randn({4}, DType::F64, 173);
   const Tensor idx = Tensor::empty({2, 2}, DType::I32);

@@ -13,6 +13,7 @@
 
 #include "core/ops/grad_norm.h"
 #include "tests/harness.h"
+#include "tests/train/read_step.h"
 #include "train/step.h"
 
 namespace moelab {
@@ -59,6 +60,10 @@ class IdenticalRanks : public GradSync {
   void sum(std::vector<double>& values) override {
     for (double& v : values) v *= n_;
   }
+  void sum(const Exec&, const Tensor& values) override {
+    double* v = values.data<double>();
+    for (int64_t i = 0; i < values.numel(); ++i) v[i] *= n_;
+  }
   void gather_params(const Exec&) override { ++gathered; }
   int ranks() const override { return n_; }
 
@@ -83,7 +88,7 @@ TEST(TrainStep, TwoMicroBatchesOfHalfEqualOneBatch) {
   StepRig whole(tiny_config());
   cfg.grad_accum_steps = 1;
   IdenticalRanks record_whole(whole.model.params(), 1);  // one rank: records the gradients only
-  const StepStats a = train_step(whole.model, *whole.optimizer, whole.context(kB), cfg, [&] { return tokens; },
+  const StepStats a = testing::read_step(whole.model, *whole.optimizer, whole.context(kB), cfg, [&] { return tokens; },
                                  &record_whole);
   grads_whole = record_whole.before;
 
@@ -91,7 +96,7 @@ TEST(TrainStep, TwoMicroBatchesOfHalfEqualOneBatch) {
   cfg.grad_accum_steps = 2;
   IdenticalRanks record_halves(halves.model.params(), 1);
   int64_t next = 0;
-  const StepStats b = train_step(
+  const StepStats b = testing::read_step(
       halves.model, *halves.optimizer, halves.context(kB / 2), cfg,
       [&] {
         const int64_t begin = next++ * (kB / 2);
@@ -147,8 +152,8 @@ TEST(TrainStep, GradSyncReducesOnceAfterBackwardBeforeTheNorm) {
   IdenticalRanks sync(s.model.params(), 2);
   for (int step = 1; step <= 2; ++step) {
     sync.ready.clear();
-    const StepStats st = train_step(s.model, *s.optimizer, s.context(kB / 2), cfg, next_tokens, &sync);
-    const StepStats one = train_step(alone.model, *alone.optimizer, alone.context(kB / 2), cfg,
+    const StepStats st = testing::read_step(s.model, *s.optimizer, s.context(kB / 2), cfg, next_tokens, &sync);
+    const StepStats one = testing::read_step(alone.model, *alone.optimizer, alone.context(kB / 2), cfg,
                                      [&] { return tokens.slice(0, kB / 2); });
     EXPECT_EQ(sync.finished, step) << "exactly one reduction per step";
     EXPECT_EQ(sync.gathered, step);
@@ -193,38 +198,13 @@ TEST(TrainStep, NonFiniteGradientSkipsTheUpdate) {
   const Tensor bias_before = copy(s.model.buffers().flat_params());
   PoisonOneGradient poison(s.model.params(), 1);
   poison.grads = s.model.params().flat_grads();
-  const StepStats st = train_step(s.model, *s.optimizer, s.context(kB), cfg, [&] { return tokens; }, &poison);
+  const StepStats st = testing::read_step(s.model, *s.optimizer, s.context(kB), cfg, [&] { return tokens; }, &poison);
   EXPECT_FALSE(st.finite);
   EXPECT_TRUE(std::isfinite(st.losses.total));
   EXPECT_TRUE(std::isnan(st.grad_norm));
   EXPECT_EQ(s.optimizer->steps_taken(), 0);
   EXPECT_TRUE(testing::close(s.model.params().flat_params(), params_before, 0, 0));
   EXPECT_TRUE(testing::close(s.model.buffers().flat_params(), bias_before, 0, 0));
-}
-
-TEST(TrainStep, StatsAddScaledLossesAndSumLoads) {
-  MicroBatchStats m;
-  m.losses.total = 3;
-  m.losses.main = 2;
-  m.losses.mtp = {1};
-  m.losses.z = 0.5;
-  m.scale = 0.5;
-  m.moe.resize(1);
-  m.moe[0].load = {1, 3};
-  m.moe[0].max_vio = 0.5;
-  StepStats s;
-  s += m;
-  m.moe[0].max_vio = 0.25;
-  s += m;
-  EXPECT_EQ(s.losses.total, 3);
-  EXPECT_EQ(s.losses.main, 2);
-  EXPECT_EQ(s.losses.mtp, std::vector<double>{1});
-  EXPECT_EQ(s.balance_loss(), 0.5);
-  EXPECT_EQ(s.loads, (std::vector<std::vector<double>>{{2, 6}}));
-  EXPECT_EQ(s.max_vio(), 0.25) << "MaxVio is the last micro-batch's";
-  MicroBatchStats other;
-  other.moe.resize(2);
-  testing::expect_error([&] { s += other; }, "2 MoE layers added to a step with 1");
 }
 
 }  // namespace
