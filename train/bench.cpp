@@ -226,7 +226,8 @@ double measured_gemm_gflops(const Runtime& rt, int64_t n) {
   for (int run = 0; run < 8 || total < 0.5; ++run) {
     rt.synchronize();
     const auto t0 = std::chrono::steady_clock::now();
-    matmul_forward(rt.exec(), a, b, c);
+    if (rt.cpu_bf16) bf16_matmul_forward(rt.exec(), a, b, c);  // the GEMMs the step's Linears run
+    else matmul_forward(rt.exec(), a, b, c);
     rt.synchronize();
     const double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     best = std::min(best, t);

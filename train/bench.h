@@ -90,9 +90,10 @@ constexpr double kH100Bf16DenseTflops = 989.0;
 BenchResult run_bench(const ModelConfig& cfg, const BenchOptions& opt);
 
 struct Runtime;
-// The GEMM rate this machine reaches through moelab's own matmul_forward in the runtime's
-// precision (a square n^3 product, best of at least 8 runs and 0.5 s; n = 0 picks 512 on the CPU, 8192 on CUDA),
-// in GFLOP/s: the measured "peak" that MFU is reported against (MODEL.md, "Counting for MFU").
+// The GEMM rate this machine reaches through moelab's own GEMM in the runtime's precision
+// (matmul_forward, or bf16_matmul_forward in the CPU's bf16 mode; a square n^3 product, best of at
+// least 8 runs and 0.5 s; n = 0 picks 512 on the CPU, 8192 on CUDA), in GFLOP/s: the measured
+// "peak" that MFU is reported against (MODEL.md, "Counting for MFU").
 double measured_gemm_gflops(const Runtime& rt, int64_t n = 0);
 std::string format_bench(const BenchResult& r, const BenchOptions& opt);
 
