@@ -3,7 +3,8 @@
 // aux-loss-free bias after the update); a GradSync reduces exactly once per step, after every
 // backward and before the norm (what it does to the gradients is what the norm, clipping and update
 // see), hears of finished gradients during the last backward only, and averages the losses and sums
-// the loads; a non-finite gradient skips the update and leaves weights, moments and bias alone.
+// the loads; a reused StepStats starts each step from zeros; a non-finite gradient skips the update
+// and leaves weights, moments and bias alone.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -175,6 +176,30 @@ TEST(TrainStep, GradSyncReducesOnceAfterBackwardBeforeTheNorm) {
   }
   EXPECT_EQ(micro_batches, 4);
   EXPECT_EQ(s.optimizer->steps_taken(), 2);
+}
+
+// The trainer hands one StepStats to every step: its device buffer is reset at each step, so a
+// reused one reports what a fresh one does, step after step, and the verdict's loss (every step) is
+// the one read() brings back (log steps).
+TEST(TrainStep, ReusedStatsAreResetEachStep) {
+  const Tensor tokens = tokens_for_test();
+  StepRig reused_rig(tiny_config()), fresh_rig(tiny_config());
+  StepConfig cfg;
+  cfg.lr = 1e-3;
+  StepStats reused;
+  for (int step = 1; step <= 3; ++step) {
+    train_step(reused_rig.model, *reused_rig.optimizer, reused_rig.context(kB), cfg, [&] { return tokens; }, reused);
+    const double verdict = reused.losses.total;
+    ASSERT_TRUE(reused.finite);
+    reused.read(reused_rig.model);
+    EXPECT_EQ(reused.losses.total, verdict) << "step " << step;
+    const StepStats fresh =
+        testing::read_step(fresh_rig.model, *fresh_rig.optimizer, fresh_rig.context(kB), cfg, [&] { return tokens; });
+    EXPECT_EQ(reused.losses.total, fresh.losses.total) << "step " << step;
+    EXPECT_EQ(reused.losses.mtp, fresh.losses.mtp) << "step " << step;
+    EXPECT_EQ(reused.loads, fresh.loads) << "step " << step << ": loads summed from zero each step";
+    EXPECT_EQ(reused.max_vio(), fresh.max_vio()) << "step " << step;
+  }
 }
 
 // A GradSync that poisons one gradient, as a rank with a NaN would after the all-reduce.
