@@ -310,9 +310,10 @@ int64_t Model::expert_elements() const {
 void Model::update_bias(const Exec& ex, const Tensor& loads) const {
   const std::vector<int64_t> layers = moe_layers();
   const auto L = static_cast<int64_t>(layers.size());
+  if (layers.empty()) return;  // a dense model: no bias
   const int64_t E = cfg_.n_routed_experts;
   check_shape("Model::update_bias", "loads", loads, {L, E});
-  if (layers.empty() || !cfg_.aux_free_bias) return;  // no bias to move
+  if (!cfg_.aux_free_bias) return;  // no bias to move
   for (int64_t i = 0; i < L; ++i)
     moe_of(layers[static_cast<size_t>(i)]).update_bias(ex, loads.slice(i, i + 1).reshape({E}));
 }

@@ -202,6 +202,26 @@ TEST(TrainStep, ReusedStatsAreResetEachStep) {
   }
 }
 
+// A dense model (no MoE layer: no loads, no bias) steps too: its statistics are the heads' alone.
+TEST(TrainStep, DenseModelHasNoLoadsAndNoBias) {
+  ModelConfig c = tiny_config();
+  c.ffn = FfnKind::Dense;
+  c.validate();
+  StepRig s(c);
+  ASSERT_TRUE(s.model.moe_layers().empty());
+  StepConfig cfg;
+  cfg.lr = 1e-3;
+  const Tensor tokens = tokens_for_test();
+  const StepStats st = testing::read_step(s.model, *s.optimizer, s.context(kB), cfg, [&] { return tokens; });
+  EXPECT_TRUE(st.finite);
+  EXPECT_GT(st.losses.main, 0);
+  EXPECT_EQ(st.losses.mtp.size(), 1u);
+  EXPECT_EQ(st.balance_loss(), 0.0);
+  EXPECT_TRUE(st.loads.empty());
+  EXPECT_EQ(st.max_vio(), 0.0);
+  EXPECT_EQ(s.optimizer->steps_taken(), 1);
+}
+
 // A GradSync that poisons one gradient, as a rank with a NaN would after the all-reduce.
 class PoisonOneGradient : public IdenticalRanks {
  public:
