@@ -1,6 +1,9 @@
 #include "train/runtime.h"
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <cmath>
 
 #include "core/device.h"
 
@@ -59,8 +62,14 @@ constexpr size_t kArenaMarginBytes = size_t{64} << 20;
 }  // namespace
 
 size_t Runtime::arena_bytes(double predicted) const {
-  if (device == Device::CPU) return size_t{8} << 30;
   double want = (1.0 + kArenaMarginFraction) * predicted + static_cast<double>(kArenaMarginBytes);
+  if (device == Device::CPU) {
+    const double ram = static_cast<double>(sysconf(_SC_PHYS_PAGES)) * static_cast<double>(sysconf(_SC_PAGE_SIZE));
+    MOELAB_CHECK(want <= ram, "one training step of this config needs about ", std::lround(predicted / (1 << 30)),
+                 " GiB of activations (the layers' own count, core/nn/cost.h) but this machine has ",
+                 std::lround(ram / (1 << 30)), " GiB of memory: lower train.batch_size or train.seq_len");
+    return std::max(size_t{8} << 30, static_cast<size_t>(want) / Arena::kAlignment * Arena::kAlignment);
+  }
   const double free_bytes = static_cast<double>(cuda_free_memory()) - static_cast<double>(size_t{1} << 30);
   MOELAB_CHECK(free_bytes > static_cast<double>(size_t{256} << 20), "the GPU has ",
                (free_bytes + (size_t{1} << 30)) / (1 << 20), " MiB free after the model: too little for activations");

@@ -46,9 +46,11 @@ struct Runtime {
   void synchronize() const;          // waits for the GPU's queued work (timing); a no-op on the CPU
   // The activation arena's size for a step whose layers count `predicted` bytes of activations
   // (ModelInfo::activation_bytes(), core/nn/cost.h: every tensor forward and backward allocate, an
-  // upper bound of the arena's peak on one process). CPU: a virtual reservation of 8 GiB (only the
-  // pages used are touched). CUDA: real memory, so the prediction plus 10% and 64 MiB (runtime.cpp
-  // says why), at most the free memory less 1 GiB; the peak used is printed at the end of a run.
+  // upper bound of the arena's peak on one process). CPU: a virtual reservation (only the pages used
+  // are touched) of 8 GiB, or of the prediction plus the CUDA margin when that is more (a model
+  // whose step needs more than 8 GiB). CUDA: real memory, so the prediction plus 10% and 64 MiB
+  // (runtime.cpp says why), at most the free memory less 1 GiB; the peak used is printed at the end
+  // of a run.
   size_t arena_bytes(double predicted) const;
 };
 

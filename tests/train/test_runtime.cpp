@@ -2,6 +2,7 @@
 // machine cannot run, and models placed on the CPU (the CUDA side is tests/gpu/test_model_cuda.cpp);
 // AdamW's weight-decay groups.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include "core/device.h"
 #include "core/rng.h"
@@ -22,6 +23,22 @@ TEST(Runtime, CpuIsFp32WithoutAGpuContext) {
     EXPECT_EQ(rt.describe(), "cpu fp32");
     EXPECT_FALSE(rt.fp8.enabled);
   }
+}
+
+// The CPU's arena: 8 GiB of address space, or the prediction plus the margin when a model's step
+// needs more (the small preset's needs about 32 GiB); a step that cannot fit in this machine's
+// memory is an error that says what to lower, not an allocation failure.
+TEST(Runtime, CpuArenaFollowsThePredictionAndTheMachinesMemory) {
+  const Runtime rt = make_runtime("cpu", "fp32");
+  EXPECT_EQ(rt.arena_bytes(1e6), size_t{8} << 30);
+  testing::expect_error([&] { rt.arena_bytes(1e15); }, "lower train.batch_size or train.seq_len");
+  const double ram = static_cast<double>(sysconf(_SC_PHYS_PAGES)) * static_cast<double>(sysconf(_SC_PAGE_SIZE));
+  const double big = 9e9;  // more than 8 GiB once the margin is added
+  if (1.1 * big + 1e8 > ram) GTEST_SKIP() << "this machine has too little memory for a 10 GB arena";
+  const size_t bytes = rt.arena_bytes(big);
+  EXPECT_GE(static_cast<double>(bytes), 1.1 * big);
+  EXPECT_LT(static_cast<double>(bytes), 1.1 * big + static_cast<double>(size_t{64} << 20) + 1.0);
+  EXPECT_EQ(bytes % Arena::kAlignment, 0u);
 }
 
 TEST(Runtime, Fp8OnTheCpuIsF32AroundEmulatedFp8LinearGemms) {
