@@ -287,8 +287,9 @@ TEST_P(ModelCuda, DecodeWithTheCacheMatchesCpu) {
 
 // ---- training steps ----
 
-// `steps` optimizer steps as the trainer takes them (forward, backward, clip, AdamW, bias update)
-// on a fixed stream of random windows; returns the loss of every step.
+// `steps` training steps through the trainer's train_step (forward, backward, clip at 1.0, AdamW,
+// bias update; statistics on the device) on a fixed stream of random windows; returns the loss of
+// every step (its verdict).
 std::vector<double> train_losses(const ModelConfig& cfg, const Runtime& rt, int64_t steps) {
   const int64_t B = 4, T = 12;
   const std::unique_ptr<Model> model = new_model(cfg, 99, rt);
